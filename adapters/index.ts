@@ -1,0 +1,11 @@
+/** The provider registry: adding a provider is one line here. */
+import type { ProviderModule } from './contract.ts';
+import { sandboxProvider } from './sandbox/index.ts';
+
+export const providers: Record<string, ProviderModule> = {
+  sandbox: sandboxProvider,
+};
+
+export function providerModule(name: string): ProviderModule | undefined {
+  return Object.hasOwn(providers, name) ? providers[name] : undefined;
+}

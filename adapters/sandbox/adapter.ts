@@ -1,0 +1,299 @@
+/**
+ * The reference adapter: the sandbox provider, which needs no real protocol. It shows the shape
+ * every adapter has: one `commit` path that signs, sends, verifies and classifies, and one table
+ * from the provider's statuses to our outcomes.
+ */
+import type { Readable } from 'node:stream';
+import {
+  type AccountContext,
+  type CancelOutcome,
+  CredentialError,
+  type FailureCode,
+  type NotificationResult,
+  type PaymentOutcome,
+  type PaymentRequest,
+  type RefundOutcome,
+  type RefundRequest,
+  type WalletAdapter,
+} from '../contract.ts';
+import { send, TransportError } from '../transport.ts';
+import {
+  type SandboxNotification,
+  type SandboxPaymentView,
+  type SandboxPayRequest,
+  type SandboxRefundView,
+  SIGNATURE_HEADER,
+  sandboxSecret,
+  signSandbox,
+  verifySandbox,
+} from './protocol.ts';
+import { parseSandboxSettlement } from './settlement.ts';
+
+export interface SandboxCredentials {
+  /** Resolved at call time: the simulator's port changes on every start. */
+  simulatorUrl: () => Promise<string>;
+  secret: Buffer;
+}
+
+const TIMEOUT_MS = 5000;
+
+const FAILURE_CODES: Record<string, FailureCode> = {
+  insufficient_funds: 'insufficient_funds',
+  invalid_payment_code: 'invalid_payment_code',
+  user_canceled: 'user_canceled',
+  expired: 'expired',
+};
+
+type Answer<T> = { ok: true; status: number; body: T } | { ok: false; reason: string; reached: boolean };
+
+async function commit<T>(
+  credentials: SandboxCredentials,
+  path: string,
+  payload: unknown,
+): Promise<Answer<T>> {
+  const body = JSON.stringify(payload);
+  try {
+    const res = await send({
+      method: 'POST',
+      url: `${await credentials.simulatorUrl()}${path}`,
+      headers: {
+        'content-type': 'application/json',
+        [SIGNATURE_HEADER]: signSandbox(credentials.secret, body),
+      },
+      body,
+      timeoutMs: TIMEOUT_MS,
+    });
+    const verified = verifySandbox(
+      credentials.secret,
+      res.headers[SIGNATURE_HEADER] as string | undefined,
+      res.body,
+    );
+    if (!verified.ok) return { ok: false, reason: `unverified response: ${verified.reason}`, reached: true };
+    if (res.status >= 500) return { ok: false, reason: `HTTP ${res.status}`, reached: true };
+    return { ok: true, status: res.status, body: JSON.parse(res.body.toString('utf8')) as T };
+  } catch (error) {
+    if (error instanceof TransportError) return { ok: false, reason: error.message, reached: error.reached };
+    return { ok: false, reason: (error as Error).message, reached: true };
+  }
+}
+
+function payRequestOf(
+  account: AccountContext<SandboxCredentials>,
+  payment: PaymentRequest,
+): SandboxPayRequest {
+  return {
+    request_id: payment.provider_request_id,
+    amount: payment.amount.value,
+    currency: payment.amount.currency,
+    mode: payment.mode,
+    payment_code: payment.payment_code,
+    notify_url: account.notify_url,
+    created_at: payment.created_at.toISOString(),
+    expires_at: payment.expires_at.toISOString(),
+    store_id: payment.store_id,
+  };
+}
+
+/** The one table from the sandbox's statuses to our outcomes. */
+export function outcomeOf(view: SandboxPaymentView): PaymentOutcome {
+  const facts = {
+    provider_reference: view.transaction_id,
+    wallet_psp: view.wallet_psp,
+    customer_amount:
+      view.customer_amount !== undefined && view.customer_currency
+        ? { value: view.customer_amount, currency: view.customer_currency }
+        : undefined,
+    exchange_rate: view.exchange_rate,
+    paid_at: view.paid_at ? new Date(view.paid_at) : undefined,
+  };
+  switch (view.status) {
+    case 'succeeded':
+      return { kind: 'succeeded', ...facts };
+    case 'failed':
+      return {
+        kind: 'failed',
+        failure: {
+          code: FAILURE_CODES[view.failure_code ?? ''] ?? 'provider_error',
+          message: view.failure_message ?? 'The payment failed',
+          provider_code: view.failure_code,
+        },
+        ...facts,
+      };
+    case 'canceled':
+      return { kind: 'canceled', ...facts };
+    case 'processing':
+      return { kind: 'pending', reason: 'customer is confirming', ...facts };
+    case 'requires_customer':
+      return {
+        kind: 'pending',
+        reason: 'waiting for the customer to scan',
+        qr_code: view.qr_url
+          ? { data: view.qr_url, expires_at: new Date(view.qr_expires_at ?? Date.now()) }
+          : undefined,
+        ...facts,
+      };
+    case 'not_found':
+      return { kind: 'not_found' };
+  }
+}
+
+function refundOutcomeOf(view: SandboxRefundView): RefundOutcome {
+  switch (view.status) {
+    case 'succeeded':
+      return { kind: 'succeeded', provider_reference: view.refund_id };
+    case 'failed':
+      return {
+        kind: 'failed',
+        provider_reference: view.refund_id,
+        failure: {
+          code: 'provider_error',
+          message: `refund refused: ${view.failure_code}`,
+          provider_code: view.failure_code,
+        },
+      };
+    case 'processing':
+      return { kind: 'pending', provider_reference: view.refund_id };
+    case 'not_found':
+      return { kind: 'not_found' };
+  }
+}
+
+export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
+  provider: 'sandbox',
+  wallets: ['alipay', 'wechatpay', 'alipayplus'],
+  modes: ['scan', 'qr'],
+  resolution: {
+    poll_schedule_s: [1, 1, 1, 2, 2, 3],
+    window_s: { min: 2, default: 30, max: 120 },
+    qr_window_s: 120,
+    cancel_schedule_s: [1, 2, 3, 5, 5],
+    resend_after_not_found_s: 1,
+    settlement_delay_days: 1,
+  },
+
+  async configure(input) {
+    const unknown = Object.keys(input).filter((k) => k !== 'sandbox');
+    if (unknown.length)
+      throw new CredentialError(unknown[0], `the sandbox provider takes no credentials (got ${unknown[0]})`);
+    return { credentials: { sandbox: true }, public_view: { simulator: 'built-in' } };
+  },
+
+  load(_stored, sandbox) {
+    return sandboxCredentials(sandbox.seed, () => sandbox.simulatorUrl());
+  },
+
+  async pay(account, payment) {
+    const answer = await commit<SandboxPaymentView>(
+      account.credentials,
+      '/v1/pay',
+      payRequestOf(account, payment),
+    );
+    if (!answer.ok) return { kind: 'unknown', reason: answer.reason, reached: answer.reached };
+    if (answer.status !== 200) return { kind: 'unknown', reason: `HTTP ${answer.status}`, reached: true };
+    return outcomeOf(answer.body);
+  },
+
+  async inquire(account, payment) {
+    const answer = await commit<SandboxPaymentView>(account.credentials, '/v1/inquire', {
+      request_id: payment.provider_request_id,
+      original: payRequestOf(account, payment),
+    });
+    if (!answer.ok) return { kind: 'unknown', reason: answer.reason, reached: answer.reached };
+    return outcomeOf(answer.body);
+  },
+
+  async cancel(account, payment): Promise<CancelOutcome> {
+    const answer = await commit<SandboxPaymentView>(account.credentials, '/v1/cancel', {
+      request_id: payment.provider_request_id,
+      original: payRequestOf(account, payment),
+    });
+    if (!answer.ok) return { kind: 'unknown', reason: answer.reason };
+    if (answer.body.status === 'canceled') return { kind: 'canceled' };
+    return { kind: 'failed', reason: `cancel answered ${answer.body.status}` };
+  },
+
+  async refund(account, refund: RefundRequest) {
+    const answer = await commit<SandboxRefundView>(account.credentials, '/v1/refund', {
+      refund_request_id: refund.provider_request_id,
+      request_id: refund.payment.provider_request_id,
+      amount: refund.amount.value,
+      currency: refund.amount.currency,
+    });
+    if (!answer.ok) return { kind: 'unknown', reason: answer.reason };
+    return refundOutcomeOf(answer.body);
+  },
+
+  async inquireRefund(account, refund) {
+    const answer = await commit<SandboxRefundView>(account.credentials, '/v1/inquire-refund', {
+      refund_request_id: refund.provider_request_id,
+    });
+    if (!answer.ok) return { kind: 'unknown', reason: answer.reason };
+    return refundOutcomeOf(answer.body);
+  },
+
+  async handleNotification(account, request): Promise<NotificationResult> {
+    const header = request.headers[SIGNATURE_HEADER];
+    const verified = verifySandbox(
+      account.credentials.secret,
+      typeof header === 'string' ? header : undefined,
+      request.raw_body,
+      request.received_at,
+    );
+    if (!verified.ok) {
+      return {
+        ok: false,
+        reason: verified.reason,
+        ack: { status: 401, body: JSON.stringify({ error: verified.reason }) },
+      };
+    }
+    let message: SandboxNotification;
+    try {
+      message = JSON.parse(request.raw_body.toString('utf8'));
+    } catch {
+      return {
+        ok: false,
+        reason: 'body is not JSON',
+        ack: { status: 400, body: JSON.stringify({ error: 'bad_json' }) },
+      };
+    }
+    const ack = { status: 200, body: JSON.stringify({ received: true }) };
+    if (message.type === 'payment' && message.payment) {
+      return {
+        ok: true,
+        ack,
+        event: {
+          kind: 'payment',
+          dedupe_key: message.notification_id,
+          provider_request_id: message.payment.request_id,
+          outcome: outcomeOf(message.payment),
+        },
+      };
+    }
+    if (message.type === 'refund' && message.refund) {
+      return {
+        ok: true,
+        ack,
+        event: {
+          kind: 'refund',
+          dedupe_key: message.notification_id,
+          provider_request_id: message.refund.refund_request_id,
+          outcome: refundOutcomeOf(message.refund),
+        },
+      };
+    }
+    return {
+      ok: true,
+      ack,
+      event: { kind: 'ignored', dedupe_key: String(message.notification_id), reason: 'unknown type' },
+    };
+  },
+
+  parseSettlement(file: Readable) {
+    return parseSandboxSettlement(file);
+  },
+};
+
+/** Sandbox credentials are never stored: both sides derive them from the sandbox seed. */
+export function sandboxCredentials(seed: Buffer, simulatorUrl: () => Promise<string>): SandboxCredentials {
+  return { simulatorUrl, secret: sandboxSecret(seed) };
+}

@@ -1,0 +1,113 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+
+export type Role = 'api' | 'worker' | 'all';
+
+export interface Config {
+  production: boolean;
+  port: number;
+  host: string;
+  databaseUrl: string;
+  redisUrl: string;
+  /** Namespaces every Redis key, queue and channel (tests use one per run). */
+  redisPrefix: string;
+  adminApiKey: string;
+  adminKeyGenerated: boolean;
+  masterKey: Buffer;
+  publicBaseUrl: string;
+  role: Role;
+  resolutionWindowS?: number;
+  rateLimitPerKeyRps: number;
+  sandboxLatencyMs: number;
+  /** Multiplies the simulators' scripted delays; tests use a fraction. */
+  sandboxTimeScale: number;
+  /** Overrides for a simulator shared between processes: SANDBOX_SIMULATOR_URL_<PROVIDER>. */
+  simulatorUrls: Record<string, string>;
+  maxAmountMinor: number;
+  sweepIntervalMs: number;
+  logLevel: string;
+}
+
+export class ConfigError extends Error {}
+
+const DEFAULT_MASTER_KEY_FILE = '.tillbridge/master.key';
+
+function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min)
+    throw new ConfigError(`${name} must be an integer ≥ ${min}, got "${raw}"`);
+  return value;
+}
+
+function numberFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value <= 0)
+    throw new ConfigError(`${name} must be a positive number, got "${raw}"`);
+  return value;
+}
+
+function masterKeyFrom(env: NodeJS.ProcessEnv, production: boolean): Buffer {
+  const raw = env.TILLBRIDGE_MASTER_KEY;
+  if (raw) {
+    const key = Buffer.from(raw, 'base64');
+    if (key.length !== 32) throw new ConfigError('TILLBRIDGE_MASTER_KEY must be 32 bytes, base64-encoded');
+    return key;
+  }
+  if (production) throw new ConfigError('TILLBRIDGE_MASTER_KEY is required when NODE_ENV=production');
+  // Sandbox: keep a generated key in a local file so encrypted credentials survive restarts.
+  const file = resolve(env.TILLBRIDGE_MASTER_KEY_FILE ?? DEFAULT_MASTER_KEY_FILE);
+  if (existsSync(file)) return Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  const key = randomBytes(32);
+  mkdirSync(dirname(file), { recursive: true });
+  writeFileSync(file, key.toString('base64'), { mode: 0o600 });
+  return key;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const production = env.NODE_ENV === 'production';
+  const port = intFrom(env, 'PORT', 3000);
+  const role = (env.TILLBRIDGE_ROLE ?? 'all') as Role;
+  if (!['api', 'worker', 'all'].includes(role))
+    throw new ConfigError(`TILLBRIDGE_ROLE must be api, worker or all`);
+  if (production && !env.ADMIN_API_KEY)
+    throw new ConfigError('ADMIN_API_KEY is required when NODE_ENV=production');
+  if (env.ADMIN_API_KEY !== undefined && env.ADMIN_API_KEY.length < 16) {
+    throw new ConfigError('ADMIN_API_KEY must be at least 16 characters');
+  }
+  if (production && !env.DATABASE_URL)
+    throw new ConfigError('DATABASE_URL is required when NODE_ENV=production');
+  if (production && !env.PUBLIC_BASE_URL)
+    throw new ConfigError('PUBLIC_BASE_URL is required when NODE_ENV=production');
+  const window = env.PAYMENT_RESOLUTION_WINDOW_S;
+  const simulatorUrls: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    const match = /^SANDBOX_SIMULATOR_URL_([A-Z0-9]+)$/.exec(name);
+    if (match && value) simulatorUrls[match[1].toLowerCase()] = value;
+  }
+  return {
+    production,
+    port,
+    host: env.HOST ?? '127.0.0.1',
+    databaseUrl: env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/tillbridge',
+    redisUrl: env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    redisPrefix: env.REDIS_PREFIX ?? 'tb',
+    adminApiKey: env.ADMIN_API_KEY ?? `adm_${randomBytes(24).toString('base64url')}`,
+    adminKeyGenerated: env.ADMIN_API_KEY === undefined,
+    masterKey: masterKeyFrom(env, production),
+    publicBaseUrl: (env.PUBLIC_BASE_URL ?? `http://127.0.0.1:${port}`).replace(/\/$/, ''),
+    role,
+    resolutionWindowS: window ? intFrom(env, 'PAYMENT_RESOLUTION_WINDOW_S', 0, 1) : undefined,
+    rateLimitPerKeyRps: intFrom(env, 'RATE_LIMIT_PER_KEY_RPS', 200, 1),
+    sandboxLatencyMs: intFrom(env, 'SANDBOX_LATENCY_MS', 0),
+    sandboxTimeScale: numberFrom(env, 'SANDBOX_TIME_SCALE', 1),
+    simulatorUrls,
+    maxAmountMinor: intFrom(env, 'MAX_AMOUNT_MINOR', 100_000_000, 1),
+    sweepIntervalMs: intFrom(env, 'SWEEP_INTERVAL_MS', 10_000, 100),
+    logLevel: env.LOG_LEVEL ?? (env.NODE_ENV === 'test' ? 'silent' : 'info'),
+  };
+}

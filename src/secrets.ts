@@ -1,0 +1,52 @@
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createHmac,
+  randomBytes,
+  timingSafeEqual,
+} from 'node:crypto';
+
+const VERSION = 1;
+
+/** AES-256-GCM: version byte ‖ 12-byte IV ‖ 16-byte tag ‖ ciphertext. `context` is bound as AAD. */
+export function seal(masterKey: Buffer, plaintext: string, context: string): Buffer {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', masterKey, iv);
+  cipher.setAAD(Buffer.from(context));
+  const body = Buffer.concat([cipher.update(plaintext, 'utf8'), cipher.final()]);
+  return Buffer.concat([Buffer.from([VERSION]), iv, cipher.getAuthTag(), body]);
+}
+
+export function open(masterKey: Buffer, sealed: Buffer, context: string): string {
+  if (sealed[0] !== VERSION) throw new Error('unknown sealed-secret version');
+  const decipher = createDecipheriv('aes-256-gcm', masterKey, sealed.subarray(1, 13));
+  decipher.setAAD(Buffer.from(context));
+  decipher.setAuthTag(sealed.subarray(13, 29));
+  return Buffer.concat([decipher.update(sealed.subarray(29)), decipher.final()]).toString('utf8');
+}
+
+export function hashKey(key: string): Buffer {
+  return createHash('sha256').update(key).digest();
+}
+
+export function hmacSha256Hex(secret: string | Buffer, data: string | Buffer): string {
+  return createHmac('sha256', secret).update(data).digest('hex');
+}
+
+export function safeEqual(a: string, b: string): boolean {
+  const left = Buffer.from(a);
+  const right = Buffer.from(b);
+  return left.length === right.length && timingSafeEqual(left, right);
+}
+
+/** Stable, purpose-bound secret material derived from the master key. */
+export function deriveSecret(masterKey: Buffer, purpose: string): Buffer {
+  return createHmac('sha256', masterKey).update(`tillbridge:${purpose}`).digest();
+}
+
+/** '286714335246118790' → '2867********8790' for logs and responses. */
+export function maskPaymentCode(code: string): string {
+  if (code.length <= 8) return '*'.repeat(code.length);
+  return code.slice(0, 4) + '*'.repeat(code.length - 8) + code.slice(-4);
+}
