@@ -1,0 +1,22 @@
+import type { Redis } from 'ioredis';
+import type { Config } from './config.ts';
+import type { Queues } from './jobs/queues.ts';
+import type { Db } from './ledger/db.ts';
+import type { Logger } from './logger.ts';
+import type { Metrics } from './metrics.ts';
+import type { ProviderAccounts } from './payments/accounts.ts';
+import type { SandboxRuntime } from './payments/sandbox.ts';
+import type { PaymentUpdates } from './realtime/payment-updates.ts';
+
+/** Everything a request handler or job needs; built once per process in src/main.ts. */
+export interface Context {
+  config: Config;
+  db: Db;
+  redis: Redis;
+  queues: Queues;
+  updates: PaymentUpdates;
+  accounts: ProviderAccounts;
+  sandbox: SandboxRuntime;
+  log: Logger;
+  metrics: Metrics;
+}

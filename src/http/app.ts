@@ -1,0 +1,151 @@
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { inboundWebhooksRouter } from '../../webhooks/inbound.ts';
+import type { Context } from '../context.ts';
+import { ApiError } from '../errors.ts';
+import { randomToken } from '../ids.ts';
+import { authenticator, rateLimiter } from './auth.ts';
+import { openApiDocument } from './openapi.ts';
+import { paymentsRouter } from './routes/payments.ts';
+import { extraRouters } from './routes/registry.ts';
+import { setupRouter } from './routes/setup.ts';
+
+const UNAVAILABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  '57P01',
+  '57P03',
+  '53300',
+  '08006',
+  '08001',
+]);
+
+function isInfrastructureError(error: unknown): boolean {
+  const e = error as { code?: string; message?: string };
+  return (
+    (e.code !== undefined && UNAVAILABLE_CODES.has(e.code)) ||
+    /Connection is closed|connect ECONNREFUSED|Connection terminated|timeout exceeded when trying to connect/.test(
+      e.message ?? '',
+    )
+  );
+}
+
+export function createApp(ctx: Context): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.set('query parser', 'simple');
+
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    req.requestId = `req_${randomToken(16)}`;
+    res.set('Request-Id', req.requestId);
+    const stop = ctx.metrics.httpDuration.startTimer({ method: req.method });
+    res.on('finish', () => {
+      const route = req.route?.path ? `${req.baseUrl}${req.route.path}` : 'unmatched';
+      stop({ route, status: String(res.statusCode) });
+      if (res.statusCode >= 500)
+        ctx.log.error(
+          { request_id: req.requestId, method: req.method, route, status: res.statusCode },
+          'request failed',
+        );
+      else
+        ctx.log.debug(
+          { request_id: req.requestId, method: req.method, route, status: res.statusCode },
+          'request',
+        );
+    });
+    next();
+  });
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_req, res) => {
+    const checks = await Promise.all([
+      ctx.db.query('SELECT 1').then(
+        () => true,
+        () => false,
+      ),
+      ctx.redis.ping().then(
+        () => true,
+        () => false,
+      ),
+    ]);
+    const [postgres, redis] = checks;
+    res
+      .status(postgres && redis ? 200 : 503)
+      .json({ status: postgres && redis ? 'ready' : 'unavailable', postgres, redis });
+  });
+  app.get('/metrics', async (_req, res) => {
+    res.type(ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics());
+  });
+  app.get('/openapi.json', (_req, res) => {
+    res.json(openApiDocument());
+  });
+
+  // Provider callbacks first, with their raw-body parser, before any JSON parsing.
+  app.use(inboundWebhooksRouter(ctx));
+
+  const jsonParser = express.json({ type: () => true, limit: '100kb', strict: true });
+  const authenticate = authenticator(ctx);
+  const limit = rateLimiter(ctx);
+  app.use('/v1', (req, res, next) => {
+    // A body on GET/DELETE is ignored; on POST/PUT it must be JSON.
+    if (req.method === 'POST' || req.method === 'PUT') return jsonParser(req, res, next);
+    next();
+  });
+  app.use('/v1', authenticate, limit);
+  app.use(setupRouter(ctx));
+  app.use(paymentsRouter(ctx));
+  for (const router of extraRouters(ctx)) app.use(router);
+
+  app.use((req: Request) => {
+    throw new ApiError('not_found', 'route_missing', `no route for ${req.method} ${req.path}`);
+  });
+
+  app.use((error: unknown, req: Request, res: Response, _next: NextFunction) => {
+    let apiError: ApiError;
+    if (error instanceof ApiError) apiError = error;
+    else if ((error as { type?: string }).type === 'entity.parse.failed') {
+      apiError = new ApiError('invalid_request', 'invalid_json', 'the request body is not valid JSON');
+    } else if ((error as { type?: string }).type === 'entity.too.large') {
+      apiError = new ApiError(
+        'invalid_request',
+        'body_too_large',
+        'the request body is too large',
+        undefined,
+        413,
+      );
+    } else if (
+      (error as { type?: string }).type === 'encoding.unsupported' ||
+      (error as { type?: string }).type === 'charset.unsupported'
+    ) {
+      apiError = new ApiError(
+        'invalid_request',
+        'unsupported_encoding',
+        'the request body must be UTF-8 JSON',
+        undefined,
+        415,
+      );
+    } else if (isInfrastructureError(error)) {
+      ctx.log.error({ err: error, request_id: req.requestId }, 'storage unavailable');
+      apiError = new ApiError(
+        'unavailable',
+        'storage_unavailable',
+        'the gateway cannot reach its storage; retry shortly',
+        undefined,
+        503,
+        {
+          'Retry-After': '1',
+        },
+      );
+    } else {
+      ctx.log.error({ err: error, request_id: req.requestId }, 'unhandled error');
+      apiError = new ApiError('internal', 'internal_error', 'an internal error occurred; it has been logged');
+    }
+    if (res.headersSent) return res.end();
+    res.status(apiError.status).set(apiError.headers).json(apiError.body(req.requestId));
+  });
+
+  return app;
+}

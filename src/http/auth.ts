@@ -1,0 +1,133 @@
+/** Bearer keys: the admin key, merchant secret keys (sk_) and terminal keys (tk_), stored only as hashes. */
+import type { NextFunction, Request, Response } from 'express';
+import type { Context } from '../context.ts';
+import { ApiError } from '../errors.ts';
+import { hashKey, safeEqual } from '../secrets.ts';
+
+export type Principal =
+  | { kind: 'admin'; key_id: 'admin' }
+  | { kind: 'merchant'; key_id: string; merchant_id: string }
+  | {
+      kind: 'terminal';
+      key_id: string;
+      merchant_id: string;
+      terminal_ref: string;
+      store_id: string;
+      terminal_id: string;
+      can_refund: boolean;
+    };
+
+declare module 'express-serve-static-core' {
+  interface Request {
+    principal?: Principal;
+    requestId: string;
+  }
+}
+
+interface KeyRow {
+  id: string;
+  merchant_id: string;
+  kind: 'secret' | 'terminal';
+  terminal_ref: string | null;
+  store_id: string | null;
+  terminal_id: string | null;
+  can_refund: boolean | null;
+}
+
+/** Hash lookups are cached briefly: a revoked key stops working within this time. */
+const CACHE_MS = 10_000;
+
+export function authenticator(ctx: Context) {
+  const cache = new Map<string, { principal: Principal | null; until: number }>();
+
+  async function lookup(token: string): Promise<Principal | null> {
+    const hash = hashKey(token).toString('base64');
+    const hit = cache.get(hash);
+    if (hit && hit.until > Date.now()) return hit.principal;
+    const { rows } = await ctx.db.query<KeyRow>(
+      `SELECT k.id, k.merchant_id, k.kind, k.terminal_ref, t.store_id, t.terminal_id, t.can_refund
+         FROM api_keys k LEFT JOIN terminals t ON t.id = k.terminal_ref
+        WHERE k.key_hash = $1 AND k.revoked_at IS NULL`,
+      [hashKey(token)],
+    );
+    const row = rows[0];
+    let principal: Principal | null = null;
+    if (row?.kind === 'secret')
+      principal = { kind: 'merchant', key_id: row.id, merchant_id: row.merchant_id };
+    if (row?.kind === 'terminal' && row.terminal_ref && row.store_id && row.terminal_id) {
+      principal = {
+        kind: 'terminal',
+        key_id: row.id,
+        merchant_id: row.merchant_id,
+        terminal_ref: row.terminal_ref,
+        store_id: row.store_id,
+        terminal_id: row.terminal_id,
+        can_refund: row.can_refund === true,
+      };
+    }
+    if (cache.size > 10_000) cache.clear();
+    cache.set(hash, { principal, until: Date.now() + CACHE_MS });
+    return principal;
+  }
+
+  return async (req: Request, _res: Response, next: NextFunction) => {
+    const header = req.headers.authorization;
+    const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+    if (!match)
+      throw new ApiError(
+        'authentication',
+        'missing_api_key',
+        'send your key as "Authorization: Bearer <key>"',
+      );
+    const token = match[1];
+    if (safeEqual(token, ctx.config.adminApiKey)) {
+      req.principal = { kind: 'admin', key_id: 'admin' };
+    } else if (token.startsWith('sk_') || token.startsWith('tk_')) {
+      req.principal = (await lookup(token)) ?? undefined;
+    }
+    if (!req.principal) throw new ApiError('authentication', 'invalid_api_key', 'the API key is not valid');
+    next();
+  };
+}
+
+export function requireAdmin(req: Request): void {
+  if (req.principal?.kind !== 'admin')
+    throw new ApiError('permission', 'admin_only', 'this endpoint needs the admin key');
+}
+
+export function requireMerchant(req: Request): Extract<Principal, { kind: 'merchant' }> {
+  const p = req.principal;
+  if (p?.kind === 'merchant') return p;
+  throw new ApiError('permission', 'secret_key_required', 'this endpoint needs a merchant secret key (sk_)');
+}
+
+export function requireMerchantOrTerminal(req: Request): Exclude<Principal, { kind: 'admin' }> {
+  const p = req.principal;
+  if (p && p.kind !== 'admin') return p;
+  throw new ApiError('permission', 'merchant_key_required', 'this endpoint needs a merchant or terminal key');
+}
+
+/** RATE_LIMIT_PER_KEY_RPS, counted in Redis so every API process shares the budget. */
+export function rateLimiter(ctx: Context) {
+  return async (req: Request, _res: Response, next: NextFunction) => {
+    const keyId = req.principal?.key_id;
+    if (!keyId) return next();
+    const second = Math.floor(Date.now() / 1000);
+    const key = `${ctx.config.redisPrefix}:rate:${keyId}:${second}`;
+    const results = await ctx.redis.multi().incr(key).expire(key, 2).exec();
+    const count = Number(results?.[0]?.[1] ?? 0);
+    if (count > ctx.config.rateLimitPerKeyRps) {
+      throw new ApiError(
+        'rate_limited',
+        'rate_limited',
+        `more than ${ctx.config.rateLimitPerKeyRps} requests per second for this key`,
+        undefined,
+        429,
+        {
+          'Retry-After': '1',
+        },
+      );
+    }
+    next();
+  };
+}

@@ -1,0 +1,148 @@
+/**
+ * Idempotency-Key semantics (API.md): the first request runs; a replay gets the stored
+ * response with `Idempotent-Replayed: true`; the same key with another body gets 422; a retry
+ * while the first is still running gets 409. The lock is a PostgreSQL row with a 30 s lease,
+ * so a lock left by a process that died frees itself. Records are kept at least 24 h.
+ */
+import { createHash } from 'node:crypto';
+import type { Request, Response } from 'express';
+import type { Context } from '../context.ts';
+import { ApiError } from '../errors.ts';
+import { idempotencyKeySchema } from './schemas.ts';
+
+export const LOCK_LEASE_S = 30;
+export const RETENTION_H = 48;
+
+export interface HandlerResult {
+  status: number;
+  body: unknown;
+  headers?: Record<string, string>;
+}
+
+interface Row {
+  request_hash: string;
+  response_status: number | null;
+  response_body: unknown;
+  locked: boolean;
+}
+
+export function idempotencyKeyOf(req: Request, required: boolean): string | undefined {
+  const key = req.get('Idempotency-Key');
+  if (key === undefined) {
+    if (required) {
+      throw new ApiError(
+        'invalid_request',
+        'idempotency_key_missing',
+        'the Idempotency-Key header is required',
+        'Idempotency-Key',
+      );
+    }
+    return undefined;
+  }
+  if (!idempotencyKeySchema.safeParse(key).success) {
+    throw new ApiError(
+      'invalid_request',
+      'idempotency_key_invalid',
+      'Idempotency-Key must be 1 to 255 printable ASCII characters',
+      'Idempotency-Key',
+    );
+  }
+  return key;
+}
+
+function send(res: Response, result: HandlerResult, replayed: boolean): void {
+  if (replayed) res.set('Idempotent-Replayed', 'true');
+  if (result.headers) res.set(result.headers);
+  res.status(result.status).json(result.body);
+}
+
+/** Runs `handler` at most once per (scope, key); validation must happen before, so a 400 is never stored. */
+export async function idempotent(
+  ctx: Context,
+  req: Request,
+  res: Response,
+  scope: string,
+  key: string | undefined,
+  handler: () => Promise<HandlerResult>,
+): Promise<void> {
+  if (key === undefined) return send(res, await handler(), false);
+  const hash = createHash('sha256')
+    .update(`${req.method} ${req.path}\n${JSON.stringify(req.body ?? null)}`)
+    .digest('hex');
+  const claimed = await ctx.db.query(
+    `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)
+     VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+     ON CONFLICT DO NOTHING`,
+    [scope, key, hash, LOCK_LEASE_S],
+  );
+  if (claimed.rowCount === 0) {
+    const { rows } = await ctx.db.query<Row>(
+      `SELECT request_hash, response_status, response_body, locked_until > now() AS locked
+         FROM idempotency_keys WHERE scope = $1 AND key = $2`,
+      [scope, key],
+    );
+    const row = rows[0];
+    if (!row)
+      throw new ApiError(
+        'idempotency',
+        'idempotency_key_in_use',
+        'this Idempotency-Key is being released; retry',
+        undefined,
+        409,
+      );
+    if (row.request_hash !== hash) {
+      throw new ApiError(
+        'idempotency',
+        'idempotency_key_reused',
+        'this Idempotency-Key was used with a different request',
+        'Idempotency-Key',
+        422,
+      );
+    }
+    if (row.response_status !== null)
+      return send(res, { status: row.response_status, body: row.response_body }, true);
+    if (row.locked) {
+      throw new ApiError(
+        'idempotency',
+        'idempotency_request_in_progress',
+        'a request with this Idempotency-Key is still in progress',
+        'Idempotency-Key',
+        409,
+      );
+    }
+    // The first request's process died: take the lease over.
+    const taken = await ctx.db.query(
+      `UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => $3)
+        WHERE scope = $1 AND key = $2 AND response_status IS NULL AND locked_until <= now()`,
+      [scope, key, LOCK_LEASE_S],
+    );
+    if (taken.rowCount === 0) {
+      throw new ApiError(
+        'idempotency',
+        'idempotency_request_in_progress',
+        'a request with this Idempotency-Key is still in progress',
+        'Idempotency-Key',
+        409,
+      );
+    }
+  }
+  let result: HandlerResult;
+  try {
+    result = await handler();
+  } catch (error) {
+    // A refused request moved nothing: free the key so a corrected retry can use it.
+    if (error instanceof ApiError && error.status < 500) {
+      await ctx.db.query(
+        'DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND response_status IS NULL',
+        [scope, key],
+      );
+    }
+    throw error;
+  }
+  await ctx.db.query(
+    `UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL
+      WHERE scope = $1 AND key = $2`,
+    [scope, key, result.status, JSON.stringify(result.body)],
+  );
+  send(res, result, false);
+}

@@ -1,0 +1,288 @@
+/** OpenAPI 3.1, generated from the same zod schemas that validate requests. */
+import { z } from 'zod';
+import {
+  createMerchantSchema,
+  createPaymentSchema,
+  createRefundSchema,
+  createTerminalSchema,
+  createWebhookEndpointSchema,
+  getPaymentQuerySchema,
+  listPaymentsQuerySchema,
+  listQuerySchema,
+  providerAccountCommon,
+} from './schemas.ts';
+
+type Op = {
+  method: 'get' | 'post' | 'put' | 'delete';
+  path: string;
+  summary: string;
+  body?: z.ZodType;
+  query?: z.ZodObject;
+  idempotent?: 'required' | 'optional';
+  auth?: 'admin' | 'merchant' | 'merchant_or_terminal' | 'none';
+  responses: Record<string, string>;
+};
+
+const OPERATIONS: Op[] = [
+  { method: 'get', path: '/healthz', summary: 'Process is up', auth: 'none', responses: { 200: 'ok' } },
+  {
+    method: 'get',
+    path: '/readyz',
+    summary: 'PostgreSQL and Redis reachable',
+    auth: 'none',
+    responses: { 200: 'ready', 503: 'not ready' },
+  },
+  {
+    method: 'get',
+    path: '/metrics',
+    summary: 'Prometheus metrics',
+    auth: 'none',
+    responses: { 200: 'metrics text' },
+  },
+  {
+    method: 'post',
+    path: '/v1/admin/merchants',
+    summary: 'Create a merchant',
+    body: createMerchantSchema,
+    auth: 'admin',
+    responses: { 201: 'merchant with secret_key' },
+  },
+  {
+    method: 'get',
+    path: '/v1/admin/merchants',
+    summary: 'List merchants',
+    query: listQuerySchema,
+    auth: 'admin',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'put',
+    path: '/v1/providers/{provider}',
+    summary: 'Configure the provider account',
+    body: providerAccountCommon.passthrough(),
+    auth: 'merchant',
+    responses: { 200: 'updated', 201: 'created' },
+  },
+  {
+    method: 'get',
+    path: '/v1/providers',
+    summary: 'List provider accounts',
+    auth: 'merchant',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'delete',
+    path: '/v1/providers/{provider}',
+    summary: 'Remove a provider account',
+    auth: 'merchant',
+    responses: { 200: 'deleted' },
+  },
+  {
+    method: 'post',
+    path: '/v1/terminals',
+    summary: 'Create a terminal and its key',
+    body: createTerminalSchema,
+    auth: 'merchant',
+    responses: { 201: 'terminal with terminal_key' },
+  },
+  {
+    method: 'get',
+    path: '/v1/terminals',
+    summary: 'List terminals',
+    query: listQuerySchema,
+    auth: 'merchant',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'post',
+    path: '/v1/webhook-endpoints',
+    summary: 'Create a webhook endpoint',
+    body: createWebhookEndpointSchema,
+    auth: 'merchant',
+    responses: { 201: 'endpoint with secret' },
+  },
+  {
+    method: 'get',
+    path: '/v1/webhook-endpoints',
+    summary: 'List webhook endpoints',
+    query: listQuerySchema,
+    auth: 'merchant',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'delete',
+    path: '/v1/webhook-endpoints/{id}',
+    summary: 'Delete a webhook endpoint',
+    auth: 'merchant',
+    responses: { 200: 'deleted' },
+  },
+  {
+    method: 'get',
+    path: '/v1/webhook-endpoints/{id}/deliveries',
+    summary: 'Deliveries to an endpoint',
+    query: listQuerySchema,
+    auth: 'merchant',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'post',
+    path: '/v1/payments',
+    summary: 'Create a payment',
+    body: createPaymentSchema,
+    idempotent: 'required',
+    auth: 'merchant_or_terminal',
+    responses: { 200: 'replay', 201: 'payment' },
+  },
+  {
+    method: 'get',
+    path: '/v1/payments',
+    summary: 'List payments',
+    query: listPaymentsQuerySchema,
+    auth: 'merchant_or_terminal',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'get',
+    path: '/v1/payments/{id}',
+    summary: 'Get a payment, optionally long-polling',
+    query: getPaymentQuerySchema,
+    auth: 'merchant_or_terminal',
+    responses: { 200: 'payment' },
+  },
+  {
+    method: 'post',
+    path: '/v1/payments/{id}/cancel',
+    summary: 'Cancel a payment',
+    idempotent: 'optional',
+    auth: 'merchant_or_terminal',
+    responses: { 200: 'canceled', 202: 'cancel requested', 409: 'final' },
+  },
+  {
+    method: 'post',
+    path: '/v1/payments/{id}/refunds',
+    summary: 'Refund a payment',
+    body: createRefundSchema,
+    idempotent: 'required',
+    auth: 'merchant_or_terminal',
+    responses: { 201: 'refund' },
+  },
+  {
+    method: 'get',
+    path: '/v1/refunds/{id}',
+    summary: 'Get a refund',
+    auth: 'merchant_or_terminal',
+    responses: { 200: 'refund' },
+  },
+  {
+    method: 'post',
+    path: '/webhooks/{provider}/{account}',
+    summary: 'Provider callbacks (raw body, provider-signed)',
+    auth: 'none',
+    responses: { 200: 'acknowledged in the provider’s form' },
+  },
+];
+
+const extraOperations: Op[] = [];
+
+/** Later features add their operations here. */
+export function registerOperations(ops: Op[]): void {
+  extraOperations.push(...ops);
+}
+
+const errorSchema = {
+  type: 'object',
+  required: ['error'],
+  properties: {
+    error: {
+      type: 'object',
+      required: ['type', 'code', 'message', 'request_id'],
+      properties: {
+        type: {
+          type: 'string',
+          enum: [
+            'invalid_request',
+            'authentication',
+            'permission',
+            'not_found',
+            'conflict',
+            'idempotency',
+            'unprocessable',
+            'rate_limited',
+            'provider',
+            'unavailable',
+            'internal',
+          ],
+        },
+        code: { type: 'string' },
+        message: { type: 'string' },
+        param: { type: 'string' },
+        request_id: { type: 'string' },
+      },
+    },
+  },
+};
+
+function jsonSchema(schema: z.ZodType): Record<string, unknown> {
+  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, {
+    io: 'input',
+    unrepresentable: 'any',
+  }) as Record<string, unknown>;
+  return rest;
+}
+
+export function openApiDocument(): Record<string, unknown> {
+  const paths: Record<string, Record<string, unknown>> = {};
+  for (const op of [...OPERATIONS, ...extraOperations]) {
+    const parameters: unknown[] = [...op.path.matchAll(/\{(\w+)\}/g)].map((m) => ({
+      name: m[1],
+      in: 'path',
+      required: true,
+      schema: { type: 'string' },
+    }));
+    if (op.query) {
+      const properties = (jsonSchema(op.query).properties ?? {}) as Record<string, unknown>;
+      for (const [name, schema] of Object.entries(properties))
+        parameters.push({ name, in: 'query', required: false, schema });
+    }
+    if (op.idempotent) {
+      parameters.push({
+        name: 'Idempotency-Key',
+        in: 'header',
+        required: op.idempotent === 'required',
+        schema: { type: 'string', minLength: 1, maxLength: 255 },
+      });
+    }
+    const responses: Record<string, unknown> = {};
+    for (const [code, description] of Object.entries(op.responses)) responses[code] = { description };
+    responses.default = {
+      description: 'error',
+      content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
+    };
+    paths[op.path] ??= {};
+    paths[op.path][op.method] = {
+      summary: op.summary,
+      ...(parameters.length ? { parameters } : {}),
+      ...(op.body
+        ? {
+            requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(op.body) } } },
+          }
+        : {}),
+      ...(op.auth === 'none' ? { security: [] } : {}),
+      responses,
+    };
+  }
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'tillbridge',
+      version: '1.0.0',
+      description: 'Cross-border wallet payment gateway for retail point-of-sale',
+    },
+    components: {
+      securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      schemas: { Error: errorSchema },
+    },
+    security: [{ bearer: [] }],
+    paths,
+  };
+}

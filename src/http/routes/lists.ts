@@ -1,0 +1,41 @@
+import type { Context } from '../../context.ts';
+import { ApiError } from '../../errors.ts';
+
+/**
+ * Cursor pagination shared by every list: newest first, `starting_after=<id>` continues after
+ * that object, `has_more` says whether another page exists. `table` and `filters` are ours, never input.
+ */
+export async function listPage<R extends { id: string }>(
+  ctx: Context,
+  table: string,
+  filters: string[],
+  values: unknown[],
+  query: { limit?: number; starting_after?: string },
+  toJson: (row: R) => unknown,
+): Promise<{ object: 'list'; data: unknown[]; has_more: boolean }> {
+  const limit = query.limit ?? 20;
+  const where = [...filters];
+  const params = [...values];
+  if (query.starting_after) {
+    params.push(query.starting_after);
+    const cursor = await ctx.db.query(
+      `SELECT 1 FROM ${table} WHERE ${filters.join(' AND ')} AND id = $${params.length}`,
+      params,
+    );
+    if (cursor.rowCount === 0) {
+      throw new ApiError(
+        'invalid_request',
+        'parameter_invalid',
+        `starting_after: no such object ${query.starting_after}`,
+        'starting_after',
+      );
+    }
+    where.push(`(created_at, id) < (SELECT created_at, id FROM ${table} WHERE id = $${params.length})`);
+  }
+  params.push(limit + 1);
+  const { rows } = await ctx.db.query<R>(
+    `SELECT * FROM ${table} WHERE ${where.join(' AND ')} ORDER BY created_at DESC, id DESC LIMIT $${params.length}`,
+    params,
+  );
+  return { object: 'list', data: rows.slice(0, limit).map(toJson), has_more: rows.length > limit };
+}

@@ -1,0 +1,171 @@
+import { type Request, Router } from 'express';
+import type { Context } from '../../context.ts';
+import { ApiError, notFound } from '../../errors.ts';
+import { hasPrefix } from '../../ids.ts';
+import {
+  type PaymentRow,
+  paymentJson,
+  type RefundRow,
+  refundJson,
+  UNRESOLVED,
+} from '../../ledger/payments.ts';
+import { createRefund } from '../../payments/refunds.ts';
+import { createPayment, requestCancel } from '../../payments/service.ts';
+import { requireMerchantOrTerminal } from '../auth.ts';
+import { idempotencyKeyOf, idempotent } from '../idempotency.ts';
+import {
+  createPaymentSchema,
+  createRefundSchema,
+  getPaymentQuerySchema,
+  listPaymentsQuerySchema,
+} from '../schemas.ts';
+import { parse } from '../validate.ts';
+import { listPage } from './lists.ts';
+
+/** Loads a payment the caller may see; anything else is 404, never 403 (no existence leaks). */
+async function visiblePayment(ctx: Context, req: Request, id: string): Promise<PaymentRow> {
+  const principal = requireMerchantOrTerminal(req);
+  if (!hasPrefix(id, 'pay')) throw notFound('payment', id);
+  const { rows } = await ctx.db.query<PaymentRow>(
+    'SELECT * FROM payments WHERE id = $1 AND merchant_id = $2',
+    [id, principal.merchant_id],
+  );
+  const row = rows[0];
+  if (!row || (principal.kind === 'terminal' && row.terminal_ref !== principal.terminal_ref))
+    throw notFound('payment', id);
+  return row;
+}
+
+export function paymentsRouter(ctx: Context): Router {
+  const router = Router();
+
+  router.post('/v1/payments', async (req, res) => {
+    const principal = requireMerchantOrTerminal(req);
+    const key = idempotencyKeyOf(req, true);
+    const body = parse(createPaymentSchema, req.body);
+    if (body.amount.value > ctx.config.maxAmountMinor) {
+      throw new ApiError(
+        'invalid_request',
+        'amount_too_large',
+        `amount.value must not exceed ${ctx.config.maxAmountMinor}`,
+        'amount.value',
+      );
+    }
+    let scope = {
+      store_id: body.store_id,
+      terminal_id: body.terminal_id,
+      terminal_ref: undefined as string | undefined,
+    };
+    if (principal.kind === 'terminal') {
+      for (const field of ['store_id', 'terminal_id'] as const) {
+        if (body[field] !== undefined && body[field] !== principal[field]) {
+          throw new ApiError(
+            'invalid_request',
+            'terminal_mismatch',
+            `${field} differs from the terminal key's ${field}`,
+            field,
+          );
+        }
+      }
+      scope = {
+        store_id: principal.store_id,
+        terminal_id: principal.terminal_id,
+        terminal_ref: principal.terminal_ref,
+      };
+    }
+    await idempotent(ctx, req, res, `${principal.merchant_id}:payments`, key, async () => {
+      const payment = await createPayment(ctx, { ...body, ...scope, merchant_id: principal.merchant_id });
+      return { status: 201, body: paymentJson(payment) };
+    });
+  });
+
+  router.get('/v1/payments/:id', async (req, res) => {
+    const { wait = 0 } = parse(getPaymentQuerySchema, req.query, 'query');
+    let row = await visiblePayment(ctx, req, req.params.id);
+    if (wait > 0 && UNRESOLVED.includes(row.status)) {
+      const subscription = await ctx.updates.subscribe(row.id, wait * 1000);
+      const close = () => subscription.cancel();
+      req.on('close', close);
+      // Re-read after subscribing: a change between the first read and the subscription is not lost.
+      const { rows } = await ctx.db.query<PaymentRow>('SELECT * FROM payments WHERE id = $1', [row.id]);
+      if (rows[0].status === row.status && rows[0].updated_at.getTime() === row.updated_at.getTime()) {
+        await subscription.changed;
+        row = (await ctx.db.query<PaymentRow>('SELECT * FROM payments WHERE id = $1', [row.id])).rows[0];
+      } else {
+        subscription.cancel();
+        row = rows[0];
+      }
+      req.off('close', close);
+    }
+    res.json(paymentJson(row));
+  });
+
+  router.get('/v1/payments', async (req, res) => {
+    const principal = requireMerchantOrTerminal(req);
+    const query = parse(listPaymentsQuerySchema, req.query, 'query');
+    const filters: string[] = ['merchant_id = $1'];
+    const values: unknown[] = [principal.merchant_id];
+    const add = (sql: string, value: unknown) => {
+      values.push(value);
+      filters.push(sql.replace('?', `$${values.length}`));
+    };
+    if (principal.kind === 'terminal') add('terminal_ref = ?', principal.terminal_ref);
+    if (query.status) add('status = ?', query.status);
+    if (query.store_id) add('store_id = ?', query.store_id);
+    if (query.terminal_id) add('terminal_id = ?', query.terminal_id);
+    if (query.created_gte) add('created_at >= ?', new Date(query.created_gte));
+    if (query.created_lt) add('created_at < ?', new Date(query.created_lt));
+    res.json(await listPage<PaymentRow>(ctx, 'payments', filters, values, query, paymentJson));
+  });
+
+  router.post('/v1/payments/:id/cancel', async (req, res) => {
+    const payment = await visiblePayment(ctx, req, req.params.id);
+    const key = idempotencyKeyOf(req, false);
+    if (req.body !== undefined && Object.keys(req.body).length > 0) {
+      throw new ApiError(
+        'invalid_request',
+        'parameter_unknown',
+        `unknown parameter ${Object.keys(req.body)[0]}`,
+        Object.keys(req.body)[0],
+      );
+    }
+    await idempotent(ctx, req, res, `${payment.merchant_id}:cancel:${payment.id}`, key, async () => {
+      const { payment: after, confirmed } = await requestCancel(ctx, payment);
+      return { status: confirmed ? 200 : 202, body: paymentJson(after) };
+    });
+  });
+
+  router.post('/v1/payments/:id/refunds', async (req, res) => {
+    const payment = await visiblePayment(ctx, req, req.params.id);
+    const principal = req.principal;
+    if (principal?.kind === 'terminal' && !principal.can_refund) {
+      throw new ApiError(
+        'permission',
+        'refunds_not_allowed',
+        'this terminal key was not created with can_refund',
+      );
+    }
+    const key = idempotencyKeyOf(req, true);
+    const body = parse(createRefundSchema, req.body ?? {});
+    await idempotent(ctx, req, res, `${payment.merchant_id}:refunds:${payment.id}`, key, async () => {
+      const refund = await createRefund(ctx, payment.id, body.amount, body.reason);
+      return { status: 201, body: refundJson(refund) };
+    });
+  });
+
+  router.get('/v1/refunds/:id', async (req, res) => {
+    const principal = requireMerchantOrTerminal(req);
+    const id = req.params.id;
+    const { rows } = await ctx.db.query<RefundRow & { terminal_ref: string | null }>(
+      `SELECT r.*, p.terminal_ref FROM refunds r JOIN payments p ON p.id = r.payment_id
+        WHERE r.id = $1 AND r.merchant_id = $2`,
+      [id, principal.merchant_id],
+    );
+    const row = rows[0];
+    if (!row || (principal.kind === 'terminal' && row.terminal_ref !== principal.terminal_ref))
+      throw notFound('refund', id);
+    res.json(refundJson(row));
+  });
+
+  return router;
+}

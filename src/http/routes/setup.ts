@@ -1,0 +1,372 @@
+/** Admin and merchant set-up: merchants, provider accounts, terminals, webhook endpoints. */
+import { Router } from 'express';
+import { CredentialError, type Wallet } from '../../../adapters/contract.ts';
+import { providerModule } from '../../../adapters/index.ts';
+import type { Context } from '../../context.ts';
+import { ApiError, notFound } from '../../errors.ts';
+import { newId, randomToken } from '../../ids.ts';
+import { inTransaction, type Queryable } from '../../ledger/db.ts';
+import { credentialsContext, type ProviderAccountRow, webhookPath } from '../../payments/accounts.ts';
+import { hashKey, seal } from '../../secrets.ts';
+import { requireAdmin, requireMerchant } from '../auth.ts';
+import {
+  createMerchantSchema,
+  createTerminalSchema,
+  createWebhookEndpointSchema,
+  listQuerySchema,
+  providerAccountCommon,
+} from '../schemas.ts';
+import { parse } from '../validate.ts';
+import { listPage } from './lists.ts';
+
+interface MerchantRow {
+  id: string;
+  name: string;
+  settlement_currency: string;
+  country: string;
+  created_at: Date;
+}
+
+interface TerminalRow {
+  id: string;
+  merchant_id: string;
+  store_id: string;
+  terminal_id: string;
+  can_refund: boolean;
+  created_at: Date;
+}
+
+interface EndpointRow {
+  id: string;
+  merchant_id: string;
+  url: string;
+  events: string[];
+  created_at: Date;
+}
+
+const merchantJson = (m: MerchantRow) => ({
+  id: m.id,
+  object: 'merchant',
+  name: m.name,
+  settlement_currency: m.settlement_currency,
+  country: m.country,
+  created_at: m.created_at.toISOString(),
+});
+
+const terminalJson = (t: TerminalRow) => ({
+  id: t.id,
+  object: 'terminal',
+  store_id: t.store_id,
+  terminal_id: t.terminal_id,
+  can_refund: t.can_refund,
+  created_at: t.created_at.toISOString(),
+});
+
+const accountJson = (a: ProviderAccountRow) => ({
+  id: a.id,
+  object: 'provider_account',
+  provider: a.provider,
+  wallets: a.wallets,
+  priority: a.priority,
+  currencies: a.currencies,
+  sandbox: a.sandbox,
+  webhook_url: webhookPath(a.provider, a.id),
+  settings: a.public_view,
+  created_at: a.created_at.toISOString(),
+  updated_at: a.updated_at.toISOString(),
+});
+
+const endpointJson = (e: EndpointRow) => ({
+  id: e.id,
+  object: 'webhook_endpoint',
+  url: e.url,
+  events: e.events,
+  created_at: e.created_at.toISOString(),
+});
+
+/** Creates a key, stores only its hash, and returns the key itself (shown once). */
+export async function issueKey(
+  db: Queryable,
+  merchantId: string,
+  kind: 'secret' | 'terminal',
+  terminalRef?: string,
+): Promise<string> {
+  const key = `${kind === 'secret' ? 'sk' : 'tk'}_${randomToken(32)}`;
+  await db.query(
+    'INSERT INTO api_keys (id, merchant_id, kind, terminal_ref, key_hash, key_hint) VALUES ($1, $2, $3, $4, $5, $6)',
+    [
+      newId('key'),
+      merchantId,
+      kind,
+      terminalRef ?? null,
+      hashKey(key),
+      `${key.slice(0, 3)}…${key.slice(-4)}`,
+    ],
+  );
+  return key;
+}
+
+export async function createMerchant(
+  ctx: Context,
+  input: { name: string; settlement_currency: string; country: string },
+) {
+  return inTransaction(ctx.db, async (client) => {
+    const { rows } = await client.query<MerchantRow>(
+      'INSERT INTO merchants (id, name, settlement_currency, country) VALUES ($1, $2, $3, $4) RETURNING *',
+      [newId('mer'), input.name, input.settlement_currency, input.country],
+    );
+    const secretKey = await issueKey(client, rows[0].id, 'secret');
+    return { ...merchantJson(rows[0]), secret_key: secretKey };
+  });
+}
+
+export async function createTerminal(
+  ctx: Context,
+  merchantId: string,
+  input: { store_id: string; terminal_id: string; can_refund?: boolean },
+) {
+  return inTransaction(ctx.db, async (client) => {
+    const { rows } = await client.query<TerminalRow>(
+      `INSERT INTO terminals (id, merchant_id, store_id, terminal_id, can_refund) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (merchant_id, store_id, terminal_id) DO NOTHING RETURNING *`,
+      [newId('trm'), merchantId, input.store_id, input.terminal_id, input.can_refund ?? false],
+    );
+    if (!rows[0]) {
+      throw new ApiError(
+        'conflict',
+        'terminal_exists',
+        `terminal ${input.terminal_id} already exists in store ${input.store_id}`,
+      );
+    }
+    const terminalKey = await issueKey(client, merchantId, 'terminal', rows[0].id);
+    return { ...terminalJson(rows[0]), terminal_key: terminalKey };
+  });
+}
+
+export function setupRouter(ctx: Context): Router {
+  const router = Router();
+
+  router.post('/v1/admin/merchants', async (req, res) => {
+    requireAdmin(req);
+    res.status(201).json(await createMerchant(ctx, parse(createMerchantSchema, req.body)));
+  });
+
+  router.get('/v1/admin/merchants', async (req, res) => {
+    requireAdmin(req);
+    res.json(
+      await listPage<MerchantRow>(
+        ctx,
+        'merchants',
+        ['true'],
+        [],
+        parse(listQuerySchema, req.query, 'query'),
+        merchantJson,
+      ),
+    );
+  });
+
+  router.put('/v1/providers/:provider', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const provider = req.params.provider;
+    const module = providerModule(provider);
+    if (!module) throw notFound('provider', provider);
+    if (req.body === undefined || typeof req.body !== 'object' || Array.isArray(req.body)) {
+      throw new ApiError('invalid_request', 'invalid_body', 'the request body must be a JSON object');
+    }
+    const { sandbox, wallets, priority, currencies, ...credentials } = req.body as Record<string, unknown>;
+    const common = parse(providerAccountCommon, { sandbox, wallets, priority, currencies });
+    const adapter = module.adapter;
+    const servedWallets: Wallet[] = common.wallets ?? [...adapter.wallets];
+    const unsupported = servedWallets.find((w) => !adapter.wallets.includes(w));
+    if (unsupported)
+      throw new ApiError(
+        'invalid_request',
+        'parameter_invalid',
+        `${provider} does not serve wallet ${unsupported}`,
+        'wallets',
+      );
+    const isSandbox = provider === 'sandbox' || common.sandbox === true;
+    let configured: Awaited<ReturnType<typeof adapter.configure>>;
+    try {
+      configured = await adapter.configure(
+        common.sandbox === undefined ? credentials : { ...credentials, sandbox: common.sandbox },
+        ctx.sandbox.env(provider),
+      );
+    } catch (error) {
+      if (error instanceof CredentialError)
+        throw new ApiError('invalid_request', 'invalid_credentials', error.message, error.param);
+      throw error;
+    }
+    const result = await inTransaction(ctx.db, async (client) => {
+      const existing = await client.query<{ id: string }>(
+        'SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL FOR UPDATE',
+        [merchant.merchant_id, provider],
+      );
+      const id = existing.rows[0]?.id ?? newId('pva');
+      const sealed = seal(
+        ctx.config.masterKey,
+        JSON.stringify(configured.credentials),
+        credentialsContext(id),
+      );
+      const values = [
+        id,
+        merchant.merchant_id,
+        provider,
+        servedWallets,
+        currencies ?? null,
+        common.priority ?? 0,
+        isSandbox,
+        sealed,
+        configured.public_view,
+      ];
+      const { rows } = existing.rows[0]
+        ? await client.query<ProviderAccountRow>(
+            `UPDATE provider_accounts SET wallets = $4, currencies = $5, priority = $6, sandbox = $7, credentials = $8,
+                    public_view = $9, updated_at = clock_timestamp()
+              WHERE id = $1 AND merchant_id = $2 AND provider = $3 RETURNING *`,
+            values,
+          )
+        : await client.query<ProviderAccountRow>(
+            `INSERT INTO provider_accounts (id, merchant_id, provider, wallets, currencies, priority, sandbox, credentials, public_view)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *`,
+            values,
+          );
+      return { row: rows[0], created: !existing.rows[0] };
+    });
+    res.status(result.created ? 201 : 200).json(accountJson(result.row));
+  });
+
+  router.get('/v1/providers', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const { rows } = await ctx.db.query<ProviderAccountRow>(
+      'SELECT * FROM provider_accounts WHERE merchant_id = $1 AND deleted_at IS NULL ORDER BY priority DESC, created_at',
+      [merchant.merchant_id],
+    );
+    res.json({ object: 'list', data: rows.map(accountJson), has_more: false });
+  });
+
+  router.delete('/v1/providers/:provider', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const { rows } = await ctx.db.query<ProviderAccountRow>(
+      `UPDATE provider_accounts SET deleted_at = now(), updated_at = clock_timestamp()
+        WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL RETURNING *`,
+      [merchant.merchant_id, req.params.provider],
+    );
+    if (!rows[0]) throw notFound('provider account', req.params.provider);
+    res.json({ ...accountJson(rows[0]), deleted: true });
+  });
+
+  router.post('/v1/terminals', async (req, res) => {
+    const merchant = requireMerchant(req);
+    res
+      .status(201)
+      .json(await createTerminal(ctx, merchant.merchant_id, parse(createTerminalSchema, req.body)));
+  });
+
+  router.get('/v1/terminals', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const query = parse(listQuerySchema, req.query, 'query');
+    res.json(
+      await listPage<TerminalRow>(
+        ctx,
+        'terminals',
+        ['merchant_id = $1'],
+        [merchant.merchant_id],
+        query,
+        terminalJson,
+      ),
+    );
+  });
+
+  router.post('/v1/webhook-endpoints', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const body = parse(createWebhookEndpointSchema, req.body);
+    const id = newId('whe');
+    const secret = `whsec_${randomToken(32)}`;
+    const { rows } = await ctx.db.query<EndpointRow>(
+      `INSERT INTO webhook_endpoints (id, merchant_id, url, events, secret_sealed) VALUES ($1, $2, $3, $4, $5) RETURNING *`,
+      [
+        id,
+        merchant.merchant_id,
+        body.url,
+        [...new Set(body.events)],
+        seal(ctx.config.masterKey, secret, `webhook-endpoint:${id}`),
+      ],
+    );
+    res.status(201).json({ ...endpointJson(rows[0]), secret });
+  });
+
+  router.get('/v1/webhook-endpoints', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const query = parse(listQuerySchema, req.query, 'query');
+    res.json(
+      await listPage<EndpointRow>(
+        ctx,
+        'webhook_endpoints',
+        ['merchant_id = $1', 'deleted_at IS NULL'],
+        [merchant.merchant_id],
+        query,
+        endpointJson,
+      ),
+    );
+  });
+
+  router.delete('/v1/webhook-endpoints/:id', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const { rows } = await ctx.db.query<EndpointRow>(
+      'UPDATE webhook_endpoints SET deleted_at = now() WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL RETURNING *',
+      [req.params.id, merchant.merchant_id],
+    );
+    if (!rows[0]) throw notFound('webhook endpoint', req.params.id);
+    res.json({ ...endpointJson(rows[0]), deleted: true });
+  });
+
+  router.get('/v1/webhook-endpoints/:id/deliveries', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const query = parse(listQuerySchema, req.query, 'query');
+    const owned = await ctx.db.query('SELECT 1 FROM webhook_endpoints WHERE id = $1 AND merchant_id = $2', [
+      req.params.id,
+      merchant.merchant_id,
+    ]);
+    if (owned.rowCount === 0) throw notFound('webhook endpoint', req.params.id);
+    res.json(
+      await listPage<DeliveryRow>(
+        ctx,
+        'webhook_deliveries',
+        ['endpoint_id = $1'],
+        [req.params.id],
+        query,
+        deliveryJson,
+      ),
+    );
+  });
+
+  return router;
+}
+
+interface DeliveryRow {
+  id: string;
+  endpoint_id: string;
+  event_id: string;
+  event_type: string;
+  status: string;
+  attempts: number;
+  last_status_code: number | null;
+  last_error: string | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+const deliveryJson = (d: DeliveryRow) => ({
+  id: d.id,
+  object: 'webhook_delivery',
+  endpoint_id: d.endpoint_id,
+  event_id: d.event_id,
+  event_type: d.event_type,
+  status: d.status,
+  attempts: d.attempts,
+  last_status_code: d.last_status_code,
+  last_error: d.last_error,
+  created_at: d.created_at.toISOString(),
+  updated_at: d.updated_at.toISOString(),
+});

@@ -1,0 +1,148 @@
+/**
+ * Request schemas: the same zod objects validate requests and generate /openapi.json.
+ * Objects are strict: unknown fields are rejected (DESIGN.md principle 4).
+ */
+import { z } from 'zod';
+import { WALLETS } from '../../adapters/contract.ts';
+import { isCurrency } from '../payments/money.ts';
+
+const printable = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .regex(/^[^\u0000-\u001f\u007f]*$/, 'must not contain control characters');
+
+export const currency = z
+  .string()
+  .regex(/^[A-Z]{3}$/, 'must be a three-letter ISO 4217 code in upper case')
+  .refine(isCurrency, 'is not an ISO 4217 currency');
+
+export const moneySchema = z.strictObject({
+  value: z
+    .number()
+    .int('must be an integer count of minor units')
+    .positive('must be greater than zero')
+    .max(Number.MAX_SAFE_INTEGER),
+  currency,
+});
+
+export const walletSchema = z.enum(WALLETS as unknown as ['alipay', 'wechatpay', 'alipayplus']);
+
+export const createPaymentSchema = z
+  .strictObject({
+    amount: moneySchema,
+    reference: printable(64),
+    mode: z.enum(['scan', 'qr']),
+    payment_code: z
+      .string()
+      .regex(/^\d{10,32}$/, 'must be 10 to 32 digits as scanned')
+      .optional(),
+    wallet: walletSchema.optional(),
+    store_id: printable(64).optional(),
+    terminal_id: printable(64).optional(),
+    description: printable(256).optional(),
+    metadata: z
+      .record(z.string().min(1).max(40), z.string().max(500))
+      .refine((m) => Object.keys(m).length <= 20, 'at most 20 keys')
+      .optional(),
+  })
+  .superRefine((body, issue) => {
+    if (body.mode === 'scan' && !body.payment_code) {
+      issue.addIssue({ code: 'custom', path: ['payment_code'], message: 'is required with mode "scan"' });
+    }
+    if (body.mode === 'qr' && body.payment_code) {
+      issue.addIssue({ code: 'custom', path: ['payment_code'], message: 'is only allowed with mode "scan"' });
+    }
+    if (body.mode === 'qr' && !body.wallet) {
+      issue.addIssue({ code: 'custom', path: ['wallet'], message: 'is required with mode "qr"' });
+    }
+  });
+
+export const createRefundSchema = z.strictObject({
+  amount: moneySchema.optional(),
+  reason: printable(256).optional(),
+});
+
+export const createMerchantSchema = z.strictObject({
+  name: printable(128),
+  settlement_currency: currency,
+  country: z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code'),
+});
+
+export const createTerminalSchema = z.strictObject({
+  store_id: printable(64),
+  terminal_id: printable(64),
+  can_refund: z.boolean().optional(),
+});
+
+export const providerAccountCommon = z.object({
+  sandbox: z.boolean().optional(),
+  wallets: z.array(walletSchema).min(1).max(3).optional(),
+  priority: z.number().int().min(-1000).max(1000).optional(),
+  currencies: z.array(currency).min(1).max(50).optional(),
+});
+
+export const WEBHOOK_EVENTS = [
+  'payment.succeeded',
+  'payment.failed',
+  'payment.canceled',
+  'refund.succeeded',
+  'refund.failed',
+  'settlement.reconciled',
+  'reconciliation.discrepancy',
+] as const;
+
+export const createWebhookEndpointSchema = z.strictObject({
+  url: z
+    .string()
+    .max(2048)
+    .refine((u) => {
+      try {
+        return ['http:', 'https:'].includes(new URL(u).protocol);
+      } catch {
+        return false;
+      }
+    }, 'must be an absolute http(s) URL'),
+  events: z.array(z.enum(WEBHOOK_EVENTS)).min(1),
+});
+
+const rfc3339 = z
+  .string()
+  .refine(
+    (s) => /^\d{4}-\d{2}-\d{2}T/.test(s) && !Number.isNaN(Date.parse(s)),
+    'must be an RFC 3339 timestamp',
+  );
+
+export const listQuerySchema = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(100).optional(),
+  starting_after: z.string().min(1).max(64).optional(),
+});
+
+export const listPaymentsQuerySchema = listQuerySchema.extend({
+  status: z
+    .enum([
+      'processing',
+      'requires_customer',
+      'succeeded',
+      'failed',
+      'canceled',
+      'partially_refunded',
+      'refunded',
+    ])
+    .optional(),
+  store_id: printable(64).optional(),
+  terminal_id: printable(64).optional(),
+  created_gte: rfc3339.optional(),
+  created_lt: rfc3339.optional(),
+});
+
+export const getPaymentQuerySchema = z.strictObject({
+  wait: z.coerce.number().int('must be whole seconds').min(0).max(60).optional(),
+});
+
+export const idempotencyKeySchema = z
+  .string()
+  .min(1)
+  .max(255)
+  .regex(/^[\x21-\x7e]+$/, 'must be 1 to 255 printable ASCII characters');

@@ -1,0 +1,32 @@
+import type { z } from 'zod';
+import { ApiError } from '../errors.ts';
+
+/** Parses input with a schema, or throws the first problem as a 400 naming the field. */
+export function parse<S extends z.ZodType>(
+  schema: S,
+  input: unknown,
+  where: 'body' | 'query' = 'body',
+): z.output<S> {
+  if (
+    where === 'body' &&
+    (input === undefined || input === null || typeof input !== 'object' || Array.isArray(input))
+  ) {
+    throw new ApiError('invalid_request', 'invalid_body', 'the request body must be a JSON object');
+  }
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const param = issue.path.map(String).join('.');
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0];
+    const full = param ? `${param}.${key}` : key;
+    throw new ApiError('invalid_request', 'parameter_unknown', `unknown parameter ${full}`, full);
+  }
+  const missing = issue.code === 'invalid_type' && issue.input === undefined;
+  throw new ApiError(
+    'invalid_request',
+    missing ? 'parameter_missing' : 'parameter_invalid',
+    missing ? `${param} is required` : `${param || where} ${issue.message}`,
+    param || undefined,
+  );
+}

@@ -1,0 +1,82 @@
+/** Job processors (worker role): resolution, merchant webhook delivery, the outbox relay and the sweeper. */
+import { deliver, dispatchOutbox } from '../../webhooks/outbound.ts';
+import type { Context } from '../context.ts';
+import { resolveRefund } from '../payments/refunds.ts';
+import { resolvePayment, sweepStragglers } from '../payments/service.ts';
+import { QUEUE_NAMES } from './queues.ts';
+
+const CONCURRENCY = { resolve: 20, deliver: 10 };
+const OUTBOX_INTERVAL_MS = 250;
+const IDEMPOTENCY_RETENTION_H = 48;
+
+export interface Worker {
+  stop(): Promise<void>;
+}
+
+export async function startWorker(ctx: Context): Promise<Worker> {
+  const { queues } = ctx;
+
+  queues.resolve.process(CONCURRENCY.resolve, async (job) => {
+    const data = job.data as { payment_id?: string; refund_id?: string };
+    if (data.payment_id) await resolvePayment(ctx, data.payment_id);
+    if (data.refund_id) await resolveRefund(ctx, data.refund_id);
+  });
+
+  queues.deliver.process(CONCURRENCY.deliver, async (job) => {
+    const { delivery_id } = job.data as { delivery_id: string };
+    await deliver(ctx, delivery_id, job.attemptsMade + 1 >= (job.opts.attempts ?? 1));
+  });
+
+  queues.maintenance.process('sweep', 1, async () => {
+    const resumed = await sweepStragglers(ctx);
+    if (resumed) ctx.log.warn({ resumed }, 'sweeper resumed payments whose jobs were lost');
+    return { resumed };
+  });
+  queues.maintenance.process('cleanup', 1, async () => {
+    await ctx.db.query('DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)', [
+      IDEMPOTENCY_RETENTION_H,
+    ]);
+  });
+  queues.maintenance.process('queue-depth', 1, async () => {
+    for (const name of QUEUE_NAMES) {
+      const counts = await queues[name].getJobCounts();
+      for (const [state, value] of Object.entries(counts))
+        ctx.metrics.queueDepth.set({ queue: name, state }, value);
+    }
+  });
+  // Repeatable jobs are keyed by name and schedule, so every worker adding them yields one schedule.
+  await queues.maintenance.add(
+    'sweep',
+    {},
+    { repeat: { every: ctx.config.sweepIntervalMs }, removeOnComplete: 10, removeOnFail: 50 },
+  );
+  await queues.maintenance.add(
+    'cleanup',
+    {},
+    { repeat: { every: 3_600_000 }, removeOnComplete: 10, removeOnFail: 50 },
+  );
+  await queues.maintenance.add(
+    'queue-depth',
+    {},
+    { repeat: { every: 15_000 }, removeOnComplete: 10, removeOnFail: 50 },
+  );
+
+  let stopping = false;
+  let relay: Promise<void> = Promise.resolve();
+  const timer = setInterval(() => {
+    if (stopping) return;
+    relay = relay
+      .then(async () => {
+        while (!stopping && (await dispatchOutbox(ctx)) > 0) {}
+      })
+      .catch((error) => ctx.log.error({ err: error }, 'outbox relay failed'));
+  }, OUTBOX_INTERVAL_MS);
+
+  return {
+    async stop() {
+      stopping = true;
+      clearInterval(timer);
+      await relay;
+    },
+  };
+}

@@ -1,0 +1,57 @@
+import { ConfigError, loadConfig } from './config.ts';
+import { startGateway } from './runtime.ts';
+
+function walkthrough(base: string, adminKey: string): string {
+  return `
+tillbridge is running at ${base} (sandbox: payments go to local simulators).
+Admin key: ${adminKey}
+
+Try it (copy-paste, needs curl and jq):
+
+  ADMIN=${adminKey}
+  SK=$(curl -s -X POST ${base}/v1/admin/merchants -H "Authorization: Bearer $ADMIN" \\
+        -H 'Content-Type: application/json' \\
+        -d '{"name":"Demo Drugstore","settlement_currency":"EUR","country":"DE"}' | jq -r .secret_key)
+  curl -s -X PUT ${base}/v1/providers/sandbox -H "Authorization: Bearer $SK" \\
+        -H 'Content-Type: application/json' -d '{"wallets":["alipay","wechatpay","alipayplus"]}'
+  TK=$(curl -s -X POST ${base}/v1/terminals -H "Authorization: Bearer $SK" \\
+        -H 'Content-Type: application/json' \\
+        -d '{"store_id":"berlin-01","terminal_id":"till-3","can_refund":true}' | jq -r .terminal_key)
+  curl -s -X POST ${base}/v1/payments -H "Authorization: Bearer $TK" \\
+        -H 'Content-Type: application/json' -H "Idempotency-Key: $(date +%s%N)" \\
+        -d '{"amount":{"value":1999,"currency":"EUR"},"reference":"R-0001","mode":"scan","payment_code":"286714335246118790"}'
+
+Amounts ending in 51..57 play the other sandbox outcomes (declined, confirm on the phone, timeout, ...).
+`;
+}
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const gateway = await startGateway(config);
+  const { log } = gateway.ctx;
+  log.info({ role: config.role, url: gateway.url, production: config.production }, 'tillbridge started');
+  if (!config.production && gateway.url) {
+    process.stdout.write(walkthrough(config.publicBaseUrl, config.adminApiKey));
+  } else if (config.adminKeyGenerated) {
+    log.info('ADMIN_API_KEY not set: a key was generated for this run');
+  }
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down: no new requests, finishing in-flight work');
+    await gateway.stop();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((error) => {
+  if (error instanceof ConfigError) {
+    process.stderr.write(`tillbridge: configuration error: ${error.message}\n`);
+    process.exit(2);
+  }
+  process.stderr.write(`tillbridge: failed to start: ${(error as Error).stack ?? error}\n`);
+  process.exit(1);
+});

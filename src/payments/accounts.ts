@@ -1,0 +1,98 @@
+/** Provider accounts: stored encrypted, decrypted and loaded into their adapter once, then cached. */
+import type { AccountContext, ProviderModule, Wallet } from '../../adapters/contract.ts';
+import { providerModule } from '../../adapters/index.ts';
+import type { Config } from '../config.ts';
+import type { Db } from '../ledger/db.ts';
+import { open } from '../secrets.ts';
+import type { SandboxRuntime } from './sandbox.ts';
+
+export interface ProviderAccountRow {
+  id: string;
+  merchant_id: string;
+  provider: string;
+  wallets: Wallet[];
+  currencies: string[] | null;
+  priority: number;
+  sandbox: boolean;
+  credentials: Buffer;
+  public_view: Record<string, unknown>;
+  created_at: Date;
+  updated_at: Date;
+  deleted_at: Date | null;
+}
+
+export interface LoadedAccount {
+  row: ProviderAccountRow;
+  module: ProviderModule;
+  context: AccountContext<unknown>;
+}
+
+export function credentialsContext(accountId: string): string {
+  return `provider-account:${accountId}`;
+}
+
+export function webhookPath(provider: string, accountId: string): string {
+  return `/webhooks/${provider}/${accountId}`;
+}
+
+export class ProviderAccounts {
+  private readonly cache = new Map<string, { updatedAt: number; loaded: LoadedAccount }>();
+
+  constructor(
+    private readonly db: Db,
+    private readonly config: Config,
+    private readonly sandbox: SandboxRuntime,
+  ) {}
+
+  /** Loads an account, including a deleted one: payments made through it must still resolve. */
+  async get(accountId: string): Promise<LoadedAccount | undefined> {
+    const { rows } = await this.db.query<ProviderAccountRow>(
+      'SELECT * FROM provider_accounts WHERE id = $1',
+      [accountId],
+    );
+    return rows[0] ? this.load(rows[0]) : undefined;
+  }
+
+  load(row: ProviderAccountRow): LoadedAccount {
+    const cached = this.cache.get(row.id);
+    if (cached && cached.updatedAt === row.updated_at.getTime()) {
+      cached.loaded.row = row;
+      return cached.loaded;
+    }
+    const module = providerModule(row.provider);
+    if (!module) throw new Error(`account ${row.id} names unknown provider ${row.provider}`);
+    const stored = JSON.parse(open(this.config.masterKey, row.credentials, credentialsContext(row.id)));
+    const notifyPath = webhookPath(row.provider, row.id);
+    const loaded: LoadedAccount = {
+      row,
+      module,
+      context: {
+        account_id: row.id,
+        merchant_id: row.merchant_id,
+        credentials: module.adapter.load(stored, this.sandbox.env(row.provider)),
+        sandbox: row.sandbox,
+        notify_url: `${this.config.publicBaseUrl}${notifyPath}`,
+        notify_path: notifyPath,
+      },
+    };
+    this.cache.set(row.id, { updatedAt: row.updated_at.getTime(), loaded });
+    return loaded;
+  }
+
+  /** The merchant's live accounts that serve this wallet, currency and mode, best first. */
+  async candidates(
+    merchantId: string,
+    wallet: Wallet,
+    currency: string,
+    mode: 'scan' | 'qr',
+  ): Promise<LoadedAccount[]> {
+    const { rows } = await this.db.query<ProviderAccountRow>(
+      `SELECT * FROM provider_accounts
+        WHERE merchant_id = $1 AND deleted_at IS NULL AND $2 = ANY(wallets)
+          AND (currencies IS NULL OR $3 = ANY(currencies))
+        ORDER BY priority DESC, created_at`,
+      [merchantId, wallet, currency],
+    );
+    return rows.map((row) => this.load(row)).filter((account) => account.module.adapter.modes.includes(mode));
+  }
+}

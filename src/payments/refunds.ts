@@ -1,0 +1,237 @@
+/**
+ * Refunds: the sum of non-failed refunds never exceeds what was captured, also under concurrent
+ * requests, because the check and the insert happen under a row lock on the payment.
+ */
+import type { RefundOutcome, RefundRequest } from '../../adapters/contract.ts';
+import type { Context } from '../context.ts';
+import { ApiError } from '../errors.ts';
+import { newId } from '../ids.ts';
+import { enqueue } from '../jobs/queues.ts';
+import { inTransaction } from '../ledger/db.ts';
+import {
+  CAPTURED,
+  type PaymentRow,
+  paymentRequestOf,
+  type RefundRow,
+  refundJson,
+} from '../ledger/payments.ts';
+import type { LoadedAccount } from './accounts.ts';
+import type { Money } from './money.ts';
+import { raiseAlert } from './service.ts';
+import { announce, recordEvent, transitionIn, writeOutbox } from './state-machine.ts';
+
+const REFUND_POLL_S = [1, 2, 3, 5, 10, 30, 60];
+/** After this many inquiries without an answer a human is told; polling goes on. */
+const REFUND_ALERT_AFTER = 20;
+
+export async function createRefund(
+  ctx: Context,
+  paymentId: string,
+  amount: Money | undefined,
+  reason: string | undefined,
+): Promise<RefundRow> {
+  const refund = await inTransaction(ctx.db, async (client) => {
+    const { rows } = await client.query<PaymentRow>('SELECT * FROM payments WHERE id = $1 FOR UPDATE', [
+      paymentId,
+    ]);
+    const payment = rows[0];
+    if (!CAPTURED.includes(payment.status)) {
+      throw new ApiError(
+        'conflict',
+        'payment_not_captured',
+        `payment ${paymentId} is ${payment.status}; only a succeeded payment can be refunded`,
+      );
+    }
+    if (amount && amount.currency !== payment.currency) {
+      throw new ApiError(
+        'invalid_request',
+        'currency_mismatch',
+        `refund currency must be the payment's (${payment.currency})`,
+        'amount.currency',
+      );
+    }
+    const { rows: sums } = await client.query<{ reserved: number }>(
+      `SELECT COALESCE(SUM(amount_value), 0)::bigint AS reserved FROM refunds WHERE payment_id = $1 AND status <> 'failed'`,
+      [paymentId],
+    );
+    const remaining = payment.amount_value - sums[0].reserved;
+    if (remaining <= 0)
+      throw new ApiError(
+        'conflict',
+        'payment_fully_refunded',
+        `payment ${paymentId} has nothing left to refund`,
+      );
+    const value = amount?.value ?? remaining;
+    if (value > remaining) {
+      throw new ApiError(
+        'unprocessable',
+        'amount_too_large',
+        `at most ${remaining} ${payment.currency} minor units can still be refunded`,
+        'amount.value',
+      );
+    }
+    const id = newId('re');
+    const inserted = await client.query<RefundRow>(
+      `INSERT INTO refunds (id, payment_id, merchant_id, amount_value, currency, status, reason, provider_request_id)
+       VALUES ($1, $2, $3, $4, $5, 'pending', $6, $1) RETURNING *`,
+      [id, paymentId, payment.merchant_id, value, payment.currency, reason ?? null],
+    );
+    await recordEvent(
+      client,
+      paymentId,
+      payment.status,
+      payment.status,
+      'refund requested',
+      { amount: value },
+      id,
+    );
+    return inserted.rows[0];
+  });
+  return sendRefund(ctx, refund.id);
+}
+
+async function loadRefundWithPayment(ctx: Context, refundId: string) {
+  const { rows } = await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId]);
+  const refund = rows[0];
+  const payment = (
+    await ctx.db.query<PaymentRow>('SELECT * FROM payments WHERE id = $1', [refund.payment_id])
+  ).rows[0];
+  const account = await ctx.accounts.get(payment.provider_account_id);
+  if (!account) throw new Error(`payment ${payment.id} has no provider account`);
+  return { refund, payment, account };
+}
+
+function refundRequestOf(refund: RefundRow, payment: PaymentRow): RefundRequest {
+  return {
+    refund_id: refund.id,
+    provider_request_id: refund.provider_request_id,
+    payment: paymentRequestOf(payment, undefined, payment.resolve_by),
+    amount: { value: refund.amount_value, currency: refund.currency },
+    reason: refund.reason ?? undefined,
+    created_at: refund.created_at,
+    provider_reference: refund.provider_reference ?? undefined,
+  };
+}
+
+async function askProvider(
+  ctx: Context,
+  account: LoadedAccount,
+  op: 'refund' | 'inquireRefund',
+  request: RefundRequest,
+) {
+  const stop = ctx.metrics.providerCallDuration.startTimer({ provider: account.row.provider, operation: op });
+  try {
+    const outcome = await account.module.adapter[op](account.context, request);
+    stop({ outcome: outcome.kind });
+    return outcome;
+  } catch (error) {
+    stop({ outcome: 'error' });
+    ctx.log.error({ err: error, refund_id: request.refund_id }, 'adapter threw; refund outcome unknown');
+    return { kind: 'unknown', reason: (error as Error).message } as RefundOutcome;
+  }
+}
+
+/** Sends (or re-sends, with the same request id) a pending refund. */
+export async function sendRefund(ctx: Context, refundId: string): Promise<RefundRow> {
+  const { refund, payment, account } = await loadRefundWithPayment(ctx, refundId);
+  if (refund.status !== 'pending') return refund;
+  const outcome = await askProvider(ctx, account, 'refund', refundRequestOf(refund, payment));
+  return applyRefundOutcome(ctx, refund.id, outcome, 'refund');
+}
+
+export async function resolveRefund(ctx: Context, refundId: string): Promise<void> {
+  const { refund, payment, account } = await loadRefundWithPayment(ctx, refundId);
+  if (refund.status !== 'pending') return;
+  const outcome = await askProvider(ctx, account, 'inquireRefund', refundRequestOf(refund, payment));
+  // The provider never saw it: sending the identical request (same refund id) again is safe.
+  if (outcome.kind === 'not_found') {
+    await sendRefund(ctx, refundId);
+    return;
+  }
+  await applyRefundOutcome(ctx, refundId, outcome, 'inquiry');
+}
+
+export async function applyRefundOutcome(
+  ctx: Context,
+  refundId: string,
+  outcome: RefundOutcome,
+  source: string,
+): Promise<RefundRow> {
+  if (outcome.kind === 'succeeded' || outcome.kind === 'failed') {
+    const result = await inTransaction(ctx.db, async (client) => {
+      const status = outcome.kind;
+      const { rows } = await client.query<RefundRow>(
+        `UPDATE refunds SET status = $2, provider_reference = COALESCE($3, provider_reference),
+                failure_code = $4, failure_message = $5, next_check_at = NULL, updated_at = now()
+          WHERE id = $1 AND status = 'pending' RETURNING *`,
+        [
+          refundId,
+          status,
+          outcome.provider_reference ?? null,
+          outcome.kind === 'failed' ? outcome.failure.code : null,
+          outcome.kind === 'failed' ? outcome.failure.message : null,
+        ],
+      );
+      const refund = rows[0];
+      if (!refund) return { refund: undefined, payment: undefined };
+      await writeOutbox(client, refund.merchant_id, `refund.${status}`, refundJson(refund));
+      if (status === 'failed') {
+        await recordEvent(
+          client,
+          refund.payment_id,
+          null,
+          'succeeded',
+          `${source}: refund failed`,
+          {},
+          refund.id,
+        );
+        return { refund, payment: undefined };
+      }
+      const { rows: paid } = await client.query<PaymentRow>(
+        'UPDATE payments SET amount_refunded = amount_refunded + $2 WHERE id = $1 RETURNING *',
+        [refund.payment_id, refund.amount_value],
+      );
+      const to = paid[0].amount_refunded >= paid[0].amount_value ? 'refunded' : 'partially_refunded';
+      const payment = await transitionIn(
+        client,
+        refund.payment_id,
+        to,
+        `${source}: refund ${refund.id} succeeded`,
+        {},
+        {
+          refund_id: refund.id,
+          amount: refund.amount_value,
+        },
+      );
+      return { refund, payment };
+    });
+    if (result.payment) await announce(ctx, result.payment);
+    if (result.refund) return result.refund;
+    return (await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId])).rows[0];
+  }
+  // pending or unknown: inquire later, on a widening schedule, never giving up.
+  const { rows } = await ctx.db.query<RefundRow>(
+    `UPDATE refunds SET poll_step = poll_step + 1, provider_reference = COALESCE($2, provider_reference),
+            next_check_at = now() + make_interval(secs => ($3::int[])[LEAST(poll_step + 1, cardinality($3::int[]))]),
+            updated_at = now()
+      WHERE id = $1 AND status = 'pending' RETURNING *`,
+    [refundId, 'provider_reference' in outcome ? (outcome.provider_reference ?? null) : null, REFUND_POLL_S],
+  );
+  const refund = rows[0];
+  if (!refund)
+    return (await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId])).rows[0];
+  const delayS = REFUND_POLL_S[Math.min(refund.poll_step, REFUND_POLL_S.length) - 1];
+  if (refund.poll_step === REFUND_ALERT_AFTER) {
+    await raiseAlert(ctx, 'refund_unknown', `refund still unresolved after ${REFUND_ALERT_AFTER} inquiries`, {
+      payment_id: refund.payment_id,
+      refund_id: refund.id,
+    });
+  }
+  await enqueue(
+    ctx.queues,
+    'resolve',
+    { refund_id: refund.id },
+    { delayMs: delayS * 1000, jobId: `refund:${refund.id}:${refund.poll_step}` },
+  );
+  return refund;
+}

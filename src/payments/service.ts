@@ -1,0 +1,537 @@
+/**
+ * The payments core: it owns state and drives each payment to a final status. Adapters only
+ * translate; every decision about what happens next (inquire, resend the identical request,
+ * cancel at the end of the window, alert a human) is taken here, from their outcomes.
+ */
+import type {
+  PaymentFacts,
+  PaymentOutcome,
+  PaymentRequest,
+  ResolutionPolicy,
+  Wallet,
+} from '../../adapters/contract.ts';
+import type { Context } from '../context.ts';
+import { ApiError } from '../errors.ts';
+import { newId } from '../ids.ts';
+import { enqueue } from '../jobs/queues.ts';
+import { inTransaction } from '../ledger/db.ts';
+import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
+import { maskPaymentCode, open, seal } from '../secrets.ts';
+import type { LoadedAccount } from './accounts.ts';
+import type { Money } from './money.ts';
+import { walletForPaymentCode } from './routing.ts';
+import { announce, type PaymentPatch, recordEvent, transition, updatePayment } from './state-machine.ts';
+
+export interface NewPayment {
+  merchant_id: string;
+  terminal_ref?: string;
+  store_id?: string;
+  terminal_id?: string;
+  amount: Money;
+  reference: string;
+  mode: 'scan' | 'qr';
+  payment_code?: string;
+  wallet?: Wallet;
+  description?: string;
+  metadata?: Record<string, string>;
+}
+
+type Ctx = Context;
+type Source = 'pay' | 'inquiry' | 'notification' | 'resend' | 'cancel';
+
+const paymentCodeContext = (paymentId: string) => `payment-code:${paymentId}`;
+
+export function resolutionWindowS(
+  policy: ResolutionPolicy,
+  mode: 'scan' | 'qr',
+  configured: number | undefined,
+): number {
+  if (mode === 'qr') return policy.qr_window_s;
+  const { min, max } = policy.window_s;
+  return Math.min(max, Math.max(min, configured ?? policy.window_s.default));
+}
+
+function chooseWallet(input: NewPayment): Wallet {
+  if (input.mode === 'qr') {
+    if (!input.wallet)
+      throw new ApiError(
+        'invalid_request',
+        'parameter_missing',
+        'wallet is required with mode "qr"',
+        'wallet',
+      );
+    return input.wallet;
+  }
+  const detected = walletForPaymentCode(input.payment_code ?? '');
+  if (input.wallet && detected !== 'alipayplus' && input.wallet !== detected) {
+    throw new ApiError(
+      'invalid_request',
+      'wallet_mismatch',
+      `the payment code belongs to ${detected}, not ${input.wallet}`,
+      'wallet',
+    );
+  }
+  return input.wallet ?? detected;
+}
+
+export async function loadPayment(ctx: Ctx, paymentId: string): Promise<PaymentRow> {
+  const { rows } = await ctx.db.query<PaymentRow>('SELECT * FROM payments WHERE id = $1', [paymentId]);
+  if (!rows[0]) throw new Error(`payment ${paymentId} vanished`);
+  return rows[0];
+}
+
+function requestFor(ctx: Ctx, row: PaymentRow): PaymentRequest {
+  const code = row.payment_code_sealed
+    ? open(ctx.config.masterKey, row.payment_code_sealed, paymentCodeContext(row.id))
+    : undefined;
+  const expiresAt = row.mode === 'qr' && row.qr_expires_at ? row.qr_expires_at : row.resolve_by;
+  return paymentRequestOf(row, code, expiresAt);
+}
+
+/** Wraps a provider call with latency metrics and turns a thrown bug into an unknown outcome. */
+async function call<T>(
+  ctx: Ctx,
+  provider: string,
+  operation: string,
+  work: () => Promise<T>,
+  onThrow: (e: Error) => T,
+): Promise<T> {
+  const stop = ctx.metrics.providerCallDuration.startTimer({ provider, operation });
+  try {
+    const result = await work();
+    stop({ outcome: (result as { kind?: string }).kind ?? 'ok' });
+    return result;
+  } catch (error) {
+    stop({ outcome: 'error' });
+    ctx.log.error({ err: error, provider, operation }, 'adapter threw; treating the outcome as unknown');
+    return onThrow(error as Error);
+  }
+}
+
+export async function raiseAlert(
+  ctx: Ctx,
+  kind: string,
+  detail: string,
+  ids: { payment_id?: string; refund_id?: string },
+) {
+  ctx.log.error({ alert: kind, ...ids }, detail);
+  await ctx.db.query('INSERT INTO alerts (kind, payment_id, refund_id, detail) VALUES ($1, $2, $3, $4)', [
+    kind,
+    ids.payment_id ?? null,
+    ids.refund_id ?? null,
+    detail,
+  ]);
+}
+
+export async function createPayment(ctx: Ctx, input: NewPayment): Promise<PaymentRow> {
+  const wallet = chooseWallet(input);
+  const candidates = await ctx.accounts.candidates(
+    input.merchant_id,
+    wallet,
+    input.amount.currency,
+    input.mode,
+  );
+  if (candidates.length === 0) {
+    throw new ApiError(
+      'unprocessable',
+      'no_provider_account',
+      `no provider account serves ${wallet} in ${input.amount.currency} for mode "${input.mode}"`,
+      'wallet',
+    );
+  }
+  const first = candidates[0];
+  const id = newId('pay');
+  const windowS = resolutionWindowS(
+    first.module.adapter.resolution,
+    input.mode,
+    ctx.config.resolutionWindowS,
+  );
+  const row = await inTransaction(ctx.db, async (client) => {
+    const { rows } = await client.query<PaymentRow>(
+      `INSERT INTO payments (id, merchant_id, terminal_ref, store_id, terminal_id, provider_account_id, provider, wallet,
+         mode, status, amount_value, currency, reference, description, metadata, payment_code_masked,
+         payment_code_sealed, provider_request_id, resolve_by, pay_answered)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'processing', $10, $11, $12, $13, $14, $15, $16, $1,
+               now() + make_interval(secs => $17), false)
+       RETURNING *`,
+      [
+        id,
+        input.merchant_id,
+        input.terminal_ref ?? null,
+        input.store_id ?? null,
+        input.terminal_id ?? null,
+        first.row.id,
+        first.row.provider,
+        wallet,
+        input.mode,
+        input.amount.value,
+        input.amount.currency,
+        input.reference,
+        input.description ?? null,
+        input.metadata ?? {},
+        input.payment_code ? maskPaymentCode(input.payment_code) : null,
+        input.payment_code ? seal(ctx.config.masterKey, input.payment_code, paymentCodeContext(id)) : null,
+        windowS,
+      ],
+    );
+    await recordEvent(client, id, null, 'processing', 'created', { provider_account_id: first.row.id });
+    return rows[0];
+  });
+  return sendToProvider(ctx, row, candidates, input.payment_code);
+}
+
+/** Sends the payment, failing over only while the request provably never reached a provider. */
+async function sendToProvider(
+  ctx: Ctx,
+  row: PaymentRow,
+  candidates: LoadedAccount[],
+  code?: string,
+): Promise<PaymentRow> {
+  let current = row;
+  for (const [index, account] of candidates.entries()) {
+    if (index > 0) {
+      const windowS = resolutionWindowS(
+        account.module.adapter.resolution,
+        row.mode,
+        ctx.config.resolutionWindowS,
+      );
+      current =
+        (await updatePayment(ctx.db, row.id, {
+          provider_account_id: account.row.id,
+          provider: account.row.provider,
+          resolve_by: new Date(row.created_at.getTime() + windowS * 1000),
+        })) ?? current;
+      await recordEvent(ctx.db, row.id, 'processing', 'processing', 'failover', {
+        provider_account_id: account.row.id,
+      });
+    }
+    const request = paymentRequestOf(current, code, current.resolve_by);
+    const outcome = await call(
+      ctx,
+      account.row.provider,
+      'pay',
+      () => account.module.adapter.pay(account.context, request),
+      (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
+    );
+    const isLast = index === candidates.length - 1;
+    if (outcome.kind === 'unknown' && !outcome.reached && !isLast) {
+      ctx.log.warn(
+        { payment_id: row.id, account: account.row.id, reason: outcome.reason },
+        'provider unreachable; failing over',
+      );
+      continue;
+    }
+    return applyOutcome(ctx, current, account, outcome, 'pay');
+  }
+  return current;
+}
+
+function factsPatch(facts: PaymentFacts): PaymentPatch {
+  return {
+    provider_reference: facts.provider_reference,
+    wallet_psp: facts.wallet_psp,
+    customer_amount_value: facts.customer_amount?.value,
+    customer_currency: facts.customer_amount?.currency,
+    exchange_rate: facts.exchange_rate,
+    settlement_amount_value: facts.settlement_amount?.value,
+    settlement_currency: facts.settlement_amount?.currency,
+    settlement_rate: facts.settlement_rate,
+    paid_at: facts.paid_at,
+  };
+}
+
+/** Applies what a provider said; a no-op when the payment has already moved on. */
+export async function applyOutcome(
+  ctx: Ctx,
+  row: PaymentRow,
+  account: LoadedAccount,
+  outcome: PaymentOutcome,
+  source: Source,
+): Promise<PaymentRow> {
+  const cause = `${source}: ${outcome.kind}`;
+  // Any answer to a send proves it arrived; only then is a later "not found" not a reason to resend.
+  const answered: PaymentPatch =
+    (source === 'pay' || source === 'resend') && outcome.kind !== 'unknown' ? { pay_answered: true } : {};
+  switch (outcome.kind) {
+    case 'succeeded': {
+      const patch = {
+        ...answered,
+        ...factsPatch(outcome),
+        paid_at: outcome.paid_at ?? new Date(),
+        payment_code_sealed: null,
+      };
+      const moved = await transition(ctx, row.id, 'succeeded', cause, patch);
+      if (moved) return moved;
+      const now = await loadPayment(ctx, row.id);
+      if (now.status === 'canceled' || now.status === 'failed') {
+        await raiseAlert(
+          ctx,
+          'late_success',
+          `provider reports success after the payment became ${now.status}`,
+          {
+            payment_id: row.id,
+          },
+        );
+      }
+      return now;
+    }
+    case 'failed': {
+      const patch = {
+        ...answered,
+        ...factsPatch(outcome),
+        failure_code: outcome.failure.code,
+        failure_message: outcome.failure.message,
+        payment_code_sealed: null,
+      };
+      return (
+        (await transition(ctx, row.id, 'failed', cause, patch, {
+          provider_code: outcome.failure.provider_code,
+        })) ?? loadPayment(ctx, row.id)
+      );
+    }
+    case 'canceled':
+      return (
+        (await transition(ctx, row.id, 'canceled', cause, {
+          ...answered,
+          ...factsPatch(outcome),
+          payment_code_sealed: null,
+        })) ?? loadPayment(ctx, row.id)
+      );
+    case 'pending': {
+      const patch: PaymentPatch = {
+        ...answered,
+        ...factsPatch(outcome),
+        ...(outcome.qr_code
+          ? { qr_data: outcome.qr_code.data, qr_expires_at: outcome.qr_code.expires_at }
+          : {}),
+      };
+      let next: PaymentRow | undefined;
+      if (outcome.qr_code && row.status === 'processing' && source === 'pay') {
+        next = await transition(ctx, row.id, 'requires_customer', cause, patch);
+      } else {
+        next = await updatePayment(ctx.db, row.id, patch);
+      }
+      const current = next ?? (await loadPayment(ctx, row.id));
+      if (UNRESOLVED.includes(current.status))
+        await scheduleCheck(ctx, current, account.module.adapter.resolution);
+      return current;
+    }
+    case 'unknown': {
+      const current = await loadPayment(ctx, row.id);
+      ctx.log.warn(
+        { payment_id: row.id, source, reason: outcome.reason },
+        'payment outcome unknown; will inquire',
+      );
+      if (UNRESOLVED.includes(current.status))
+        await scheduleCheck(ctx, current, account.module.adapter.resolution);
+      return current;
+    }
+    case 'not_found': {
+      const current = await loadPayment(ctx, row.id);
+      if (UNRESOLVED.includes(current.status))
+        await scheduleCheck(ctx, current, account.module.adapter.resolution);
+      return current;
+    }
+  }
+}
+
+/** Plans the next inquiry on the provider's schedule, never past the end of the window. */
+export async function scheduleCheck(
+  ctx: Ctx,
+  row: PaymentRow,
+  policy: ResolutionPolicy,
+  delayS?: number,
+): Promise<void> {
+  const schedule = policy.poll_schedule_s;
+  const planned = delayS ?? schedule[Math.min(row.poll_step, schedule.length - 1)];
+  const untilWindowEnd = (row.resolve_by.getTime() - Date.now()) / 1000;
+  const delay = Math.max(
+    0,
+    Math.min(planned, row.cancel_requested_at ? planned : Math.max(untilWindowEnd, 0)),
+  );
+  const step = row.poll_step + 1;
+  await updatePayment(ctx.db, row.id, {
+    poll_step: step,
+    next_check_at: new Date(Date.now() + delay * 1000),
+  });
+  await enqueue(
+    ctx.queues,
+    'resolve',
+    { payment_id: row.id },
+    { delayMs: delay * 1000, jobId: `resolve:${row.id}:${step}` },
+  );
+}
+
+/** One step of resolution for an unresolved payment: inquire, resend once, or cancel at the window's end. */
+export async function resolvePayment(ctx: Ctx, paymentId: string): Promise<void> {
+  const row = await loadPayment(ctx, paymentId);
+  if (!UNRESOLVED.includes(row.status)) return;
+  const account = await ctx.accounts.get(row.provider_account_id);
+  if (!account) throw new Error(`payment ${row.id} has no provider account`);
+  if (row.cancel_requested_at || Date.now() >= row.resolve_by.getTime()) {
+    await cancelAtProvider(
+      ctx,
+      row,
+      account,
+      row.cancel_requested_at ? 'cancel requested' : 'resolution window ended',
+    );
+    return;
+  }
+  const { adapter } = account.module;
+  const outcome = await call(
+    ctx,
+    row.provider,
+    'inquire',
+    () => adapter.inquire(account.context, requestFor(ctx, row)),
+    (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
+  );
+  if (outcome.kind === 'not_found' && !row.pay_answered && !row.resent) {
+    await handleNotFound(ctx, row, account);
+    return;
+  }
+  await applyOutcome(ctx, row, account, outcome, 'inquiry');
+}
+
+/**
+ * After a `pay` that got no answer, two "no such order" inquiries far enough apart prove the
+ * request never arrived: then, and only once, the identical request is sent again (PROVIDERS.md rule 1).
+ */
+async function handleNotFound(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<void> {
+  const policy = account.module.adapter.resolution;
+  const since = row.not_found_since ?? new Date();
+  const count = row.not_found_count + 1;
+  const apartMs = (policy.resend_after_not_found_s ?? Number.POSITIVE_INFINITY) * 1000;
+  if (count >= 2 && Date.now() - since.getTime() >= apartMs) {
+    const updated = (await updatePayment(ctx.db, row.id, { resent: true, not_found_count: count })) ?? row;
+    await recordEvent(
+      ctx.db,
+      row.id,
+      row.status,
+      row.status,
+      'resend: identical request after two not-found inquiries',
+    );
+    const outcome = await call(
+      ctx,
+      row.provider,
+      'pay',
+      () => account.module.adapter.pay(account.context, requestFor(ctx, updated)),
+      (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
+    );
+    await applyOutcome(ctx, updated, account, outcome, 'resend');
+    return;
+  }
+  const updated =
+    (await updatePayment(ctx.db, row.id, { not_found_count: count, not_found_since: since })) ?? row;
+  await scheduleCheck(ctx, updated, policy);
+}
+
+/** Cancels or reverses at the provider; a result that stays unknown is retried and finally raised to a human. */
+async function cancelAtProvider(
+  ctx: Ctx,
+  row: PaymentRow,
+  account: LoadedAccount,
+  reason: string,
+): Promise<PaymentRow> {
+  const { adapter } = account.module;
+  const outcome = await call(
+    ctx,
+    row.provider,
+    'cancel',
+    () => adapter.cancel(account.context, requestFor(ctx, row)),
+    (e) => ({ kind: 'unknown' as const, reason: e.message }),
+  );
+  switch (outcome.kind) {
+    case 'canceled':
+      return (
+        (await transition(ctx, row.id, 'canceled', `cancel: ${reason}`, { payment_code_sealed: null })) ??
+        loadPayment(ctx, row.id)
+      );
+    case 'already_succeeded':
+      return applyOutcome(ctx, row, account, { kind: 'succeeded', ...outcome.facts }, 'cancel');
+    case 'deferred':
+      await scheduleCheck(ctx, row, adapter.resolution, outcome.retry_after_s);
+      return row;
+    case 'unknown':
+    case 'failed': {
+      // The customer's payment may have won the race: ask before trying again.
+      const inquiry = await call(
+        ctx,
+        row.provider,
+        'inquire',
+        () => adapter.inquire(account.context, requestFor(ctx, row)),
+        (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
+      );
+      if (inquiry.kind === 'succeeded' || inquiry.kind === 'failed' || inquiry.kind === 'canceled') {
+        return applyOutcome(ctx, row, account, inquiry, 'inquiry');
+      }
+      const attempts = row.cancel_attempts + 1;
+      const schedule = adapter.resolution.cancel_schedule_s;
+      const updated = (await updatePayment(ctx.db, row.id, { cancel_attempts: attempts })) ?? row;
+      if (attempts === schedule.length) {
+        await raiseAlert(
+          ctx,
+          'cancel_unknown',
+          `cancel result unknown after ${attempts} attempts: ${outcome.reason}`,
+          {
+            payment_id: row.id,
+          },
+        );
+      }
+      // Never dropped: after the schedule runs out, keep trying once a minute.
+      await scheduleCheck(ctx, updated, adapter.resolution, schedule[attempts - 1] ?? 60);
+      return updated;
+    }
+  }
+}
+
+/** POST /v1/payments/{id}/cancel: 200 when the provider confirmed at once, else 202 and the job goes on. */
+export async function requestCancel(
+  ctx: Ctx,
+  row: PaymentRow,
+): Promise<{ payment: PaymentRow; confirmed: boolean }> {
+  if (!UNRESOLVED.includes(row.status)) {
+    throw new ApiError('conflict', 'payment_final', `payment ${row.id} is already ${row.status}`);
+  }
+  const requested =
+    (await ctx.db
+      .query<PaymentRow>(
+        `UPDATE payments SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
+          WHERE id = $1 AND status = ANY($2) RETURNING *`,
+        [row.id, UNRESOLVED],
+      )
+      .then((r) => r.rows[0])) ?? (await loadPayment(ctx, row.id));
+  if (!UNRESOLVED.includes(requested.status)) {
+    throw new ApiError('conflict', 'payment_final', `payment ${row.id} is already ${requested.status}`);
+  }
+  const account = await ctx.accounts.get(requested.provider_account_id);
+  if (!account) throw new Error(`payment ${row.id} has no provider account`);
+  const after = await cancelAtProvider(ctx, requested, account, 'cancel requested by the till');
+  if (after.status === 'canceled') return { payment: after, confirmed: true };
+  if (after.status === 'succeeded' || after.status === 'failed') {
+    throw new ApiError('conflict', 'payment_final', `payment ${row.id} is already ${after.status}`);
+  }
+  return { payment: after, confirmed: false };
+}
+
+/** The sweeper: payments whose next check is long overdue lost their job (crash, Redis flush). */
+export async function sweepStragglers(ctx: Ctx, graceMs = 5000): Promise<number> {
+  const { rows } = await ctx.db.query<PaymentRow>(
+    `SELECT * FROM payments
+      WHERE status IN ('processing', 'requires_customer')
+        AND COALESCE(next_check_at, created_at) < now() - make_interval(secs => $1)
+      ORDER BY created_at LIMIT 500`,
+    [graceMs / 1000],
+  );
+  for (const row of rows) {
+    await updatePayment(ctx.db, row.id, { next_check_at: new Date() });
+    await enqueue(
+      ctx.queues,
+      'resolve',
+      { payment_id: row.id },
+      { jobId: `resolve:${row.id}:sweep:${Date.now()}` },
+    );
+  }
+  return rows.length;
+}
+
+export { announce };

@@ -1,0 +1,155 @@
+/**
+ * Payment state changes: each one a compare-and-set UPDATE on the current status, an event in
+ * the append-only history and, for changes merchants hear about, an outbox row, all in one
+ * PostgreSQL transaction. Tills waiting on the payment are woken after the commit.
+ */
+import type pg from 'pg';
+import type { Context } from '../context.ts';
+import { newId } from '../ids.ts';
+import { type Db, inTransaction, type Queryable } from '../ledger/db.ts';
+import { type PaymentRow, type PaymentStatus, paymentJson } from '../ledger/payments.ts';
+
+const TRANSITIONS: Record<PaymentStatus, readonly PaymentStatus[]> = {
+  processing: ['requires_customer', 'succeeded', 'failed', 'canceled'],
+  requires_customer: ['processing', 'succeeded', 'failed', 'canceled'],
+  succeeded: ['partially_refunded', 'refunded'],
+  partially_refunded: ['partially_refunded', 'refunded'],
+  refunded: [],
+  failed: [],
+  canceled: [],
+};
+
+const FINAL: ReadonlySet<PaymentStatus> = new Set([
+  'succeeded',
+  'failed',
+  'canceled',
+  'partially_refunded',
+  'refunded',
+]);
+
+export function isFinal(status: PaymentStatus): boolean {
+  return FINAL.has(status);
+}
+
+/** The statuses a payment may move to `to` from. */
+export function sourcesOf(to: PaymentStatus): PaymentStatus[] {
+  return (Object.keys(TRANSITIONS) as PaymentStatus[]).filter((from) => TRANSITIONS[from].includes(to));
+}
+
+const EVENT_FOR: Partial<Record<PaymentStatus, string>> = {
+  succeeded: 'payment.succeeded',
+  failed: 'payment.failed',
+  canceled: 'payment.canceled',
+};
+
+export type PaymentPatch = Partial<
+  Omit<PaymentRow, 'id' | 'merchant_id' | 'status' | 'created_at' | 'updated_at'>
+>;
+
+function setClause(patch: Record<string, unknown>, firstParam: number): { sql: string; values: unknown[] } {
+  const keys = Object.keys(patch).filter((k) => patch[k] !== undefined);
+  return {
+    sql: keys.map((k, i) => `, ${k} = $${firstParam + i}`).join(''),
+    values: keys.map((k) => patch[k]),
+  };
+}
+
+export async function writeOutbox(
+  client: Queryable,
+  merchantId: string,
+  type: string,
+  object: unknown,
+): Promise<void> {
+  const id = newId('evt');
+  const payload = { id, type, created_at: new Date().toISOString(), data: { object } };
+  await client.query('INSERT INTO outbox (event_id, merchant_id, type, payload) VALUES ($1, $2, $3, $4)', [
+    id,
+    merchantId,
+    type,
+    payload,
+  ]);
+}
+
+export async function recordEvent(
+  client: Queryable,
+  paymentId: string,
+  from: PaymentStatus | null,
+  to: PaymentStatus,
+  cause: string,
+  detail: Record<string, unknown> = {},
+  refundId?: string,
+): Promise<void> {
+  await client.query(
+    `INSERT INTO payment_events (payment_id, refund_id, from_status, to_status, cause, detail)
+     VALUES ($1, $2, $3, $4, $5, $6)`,
+    [paymentId, refundId ?? null, from, to, cause, detail],
+  );
+}
+
+/**
+ * Inside a transaction: moves the payment to `to` if its current status allows it.
+ * Returns the updated row, or undefined when the compare-and-set found another status.
+ */
+export async function transitionIn(
+  client: pg.PoolClient,
+  paymentId: string,
+  to: PaymentStatus,
+  cause: string,
+  patch: PaymentPatch = {},
+  detail: Record<string, unknown> = {},
+): Promise<PaymentRow | undefined> {
+  const set = setClause(patch, 4);
+  const finalizing = FINAL.has(to)
+    ? ', finalized_at = COALESCE(finalized_at, now()), next_check_at = NULL'
+    : '';
+  const { rows } = await client.query<PaymentRow & { from_status: PaymentStatus }>(
+    `WITH prev AS (SELECT status FROM payments WHERE id = $1 FOR UPDATE)
+     UPDATE payments p SET status = $2, updated_at = now()${finalizing}${set.sql}
+       FROM prev WHERE p.id = $1 AND prev.status = ANY($3)
+     RETURNING p.*, prev.status AS from_status`,
+    [paymentId, to, sourcesOf(to), ...set.values],
+  );
+  const row = rows[0];
+  if (!row) return undefined;
+  const { from_status: from, ...payment } = row;
+  await recordEvent(client, paymentId, from, to, cause, detail);
+  const eventType = from !== to ? EVENT_FOR[to] : undefined;
+  if (eventType) await writeOutbox(client, payment.merchant_id, eventType, paymentJson(payment));
+  return payment;
+}
+
+/** One transition in its own transaction, then wake the tills and count it. */
+export async function transition(
+  ctx: Pick<Context, 'db' | 'updates' | 'metrics'>,
+  paymentId: string,
+  to: PaymentStatus,
+  cause: string,
+  patch: PaymentPatch = {},
+  detail: Record<string, unknown> = {},
+): Promise<PaymentRow | undefined> {
+  const row = await inTransaction(ctx.db, (client) =>
+    transitionIn(client, paymentId, to, cause, patch, detail),
+  );
+  if (row) await announce(ctx, row);
+  return row;
+}
+
+export async function announce(ctx: Pick<Context, 'updates' | 'metrics'>, row: PaymentRow): Promise<void> {
+  ctx.metrics.paymentsByOutcome.inc({ provider: row.provider, status: row.status });
+  await ctx.updates.publish(row.id, row.status);
+}
+
+/** Facts that do not change the status (provider reference, QR, polling bookkeeping). */
+export async function updatePayment(
+  db: Db | Queryable,
+  paymentId: string,
+  patch: PaymentPatch,
+): Promise<PaymentRow | undefined> {
+  const set = setClause(patch, 2);
+  if (!set.sql) return undefined;
+  const { rows } = await db.query<PaymentRow>(
+    `UPDATE payments SET updated_at = now()${set.sql} WHERE id = $1 RETURNING *`,
+    [paymentId, ...set.values],
+  );
+  return rows[0];
+}

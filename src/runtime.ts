@@ -1,0 +1,80 @@
+/** Builds a process: its connections, the HTTP server (api role) and the job processors (worker role). */
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Redis } from 'ioredis';
+import type { Config } from './config.ts';
+import type { Context } from './context.ts';
+import { createApp } from './http/app.ts';
+import { startWorker, type Worker } from './jobs/processors.ts';
+import { createQueues } from './jobs/queues.ts';
+import { createPool, ensureDatabase, migrate } from './ledger/db.ts';
+import { createLogger } from './logger.ts';
+import { createMetrics } from './metrics.ts';
+import { ProviderAccounts } from './payments/accounts.ts';
+import { SandboxRuntime } from './payments/sandbox.ts';
+import { PaymentUpdates } from './realtime/payment-updates.ts';
+
+export async function createContext(config: Config): Promise<Context> {
+  await ensureDatabase(config.databaseUrl);
+  const db = createPool(config.databaseUrl);
+  await migrate(db);
+  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 2 });
+  redis.on('error', () => {});
+  const sandbox = new SandboxRuntime(config);
+  return {
+    config,
+    db,
+    redis,
+    queues: createQueues(config.redisUrl, config.redisPrefix),
+    updates: new PaymentUpdates(config.redisUrl, config.redisPrefix),
+    accounts: new ProviderAccounts(db, config, sandbox),
+    sandbox,
+    log: createLogger(config.logLevel),
+    metrics: createMetrics(),
+  };
+}
+
+export interface Gateway {
+  ctx: Context;
+  url?: string;
+  server?: Server;
+  worker?: Worker;
+  stop(): Promise<void>;
+}
+
+export async function startGateway(config: Config, port = config.port): Promise<Gateway> {
+  const ctx = await createContext(config);
+  let server: Server | undefined;
+  let worker: Worker | undefined;
+  if (config.role !== 'worker') {
+    const app = createApp(ctx);
+    server = await new Promise<Server>((resolve, reject) => {
+      const s = app.listen(port, config.host, () => resolve(s));
+      s.on('error', reject);
+    });
+    server.keepAliveTimeout = 65_000;
+  }
+  if (config.role !== 'api') worker = await startWorker(ctx);
+  const address = server?.address() as AddressInfo | undefined;
+  return {
+    ctx,
+    server,
+    worker,
+    url: address ? `http://${config.host}:${address.port}` : undefined,
+    async stop() {
+      // Stop accepting, let in-flight requests finish, then close queues and connections.
+      if (server) {
+        const closed = new Promise<void>((resolve) => server?.close(() => resolve()));
+        server.closeIdleConnections();
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
+        server.closeAllConnections();
+      }
+      await worker?.stop();
+      await ctx.queues.close();
+      await ctx.updates.close();
+      await ctx.sandbox.close();
+      ctx.redis.disconnect();
+      await ctx.db.end();
+    },
+  };
+}

@@ -1,0 +1,116 @@
+/**
+ * Inbound provider callbacks: raw body → the adapter verifies and parses → deduplicated →
+ * applied as a forward-only state change → answered in the provider's own form.
+ * A callback that fails verification changes nothing.
+ */
+import express, { type Request, type Response, Router } from 'express';
+import type { NotificationEvent, ProviderAck } from '../adapters/contract.ts';
+import type { Context } from '../src/context.ts';
+import { hasPrefix } from '../src/ids.ts';
+import type { PaymentRow } from '../src/ledger/payments.ts';
+import type { LoadedAccount } from '../src/payments/accounts.ts';
+import { applyRefundOutcome } from '../src/payments/refunds.ts';
+import { applyOutcome } from '../src/payments/service.ts';
+
+function answer(res: Response, ack: ProviderAck): void {
+  res.status(ack.status);
+  if (ack.headers) res.set(ack.headers);
+  if (ack.body === undefined) res.end();
+  else res.type(ack.headers?.['content-type'] ?? 'application/json').send(ack.body);
+}
+
+async function apply(ctx: Context, account: LoadedAccount, event: NotificationEvent): Promise<void> {
+  if (event.kind === 'ignored') return;
+  if (event.kind === 'payment') {
+    const { rows } = await ctx.db.query<PaymentRow>(
+      'SELECT * FROM payments WHERE provider_request_id = $1 AND provider_account_id = $2',
+      [event.provider_request_id, account.row.id],
+    );
+    if (!rows[0]) {
+      // Acknowledged anyway: refusing only brings retries (PROVIDERS.md rule 5).
+      ctx.log.warn(
+        { account: account.row.id, request_id: event.provider_request_id },
+        'notification for an unknown payment',
+      );
+      return;
+    }
+    await applyOutcome(ctx, rows[0], account, event.outcome, 'notification');
+    return;
+  }
+  const { rows } = await ctx.db.query<{ id: string }>(
+    `SELECT r.id FROM refunds r JOIN payments p ON p.id = r.payment_id
+      WHERE r.provider_request_id = $1 AND p.provider_account_id = $2`,
+    [event.provider_request_id, account.row.id],
+  );
+  if (!rows[0]) {
+    ctx.log.warn(
+      { account: account.row.id, request_id: event.provider_request_id },
+      'notification for an unknown refund',
+    );
+    return;
+  }
+  await applyRefundOutcome(ctx, rows[0].id, event.outcome, 'notification');
+}
+
+export function inboundWebhooksRouter(ctx: Context): Router {
+  const router = Router();
+  // Signatures are over the exact bytes received: no JSON parser may touch these bodies.
+  router.post(
+    '/webhooks/:provider/:account',
+    express.raw({ type: () => true, limit: '1mb' }),
+    async (req: Request, res: Response) => {
+      const provider = String(req.params.provider);
+      const accountId = String(req.params.account);
+      const account = hasPrefix(accountId, 'pva') ? await ctx.accounts.get(accountId) : undefined;
+      if (!account || account.row.provider !== provider) {
+        res
+          .status(404)
+          .json({
+            error: {
+              type: 'not_found',
+              code: 'resource_missing',
+              message: 'no such provider account',
+              request_id: req.requestId,
+            },
+          });
+        return;
+      }
+      const result = await account.module.adapter.handleNotification(account.context, {
+        method: req.method,
+        path: req.originalUrl.split('?')[0],
+        headers: req.headers,
+        raw_body: Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0),
+        received_at: new Date(),
+      });
+      if (!result.ok) {
+        ctx.log.warn(
+          { provider, account: accountId, reason: result.reason },
+          'rejected provider notification',
+        );
+        answer(res, result.ack);
+        return;
+      }
+      const fresh = await ctx.db.query(
+        `INSERT INTO inbound_notifications (account_id, dedupe_key, provider, kind) VALUES ($1, $2, $3, $4)
+       ON CONFLICT DO NOTHING`,
+        [account.row.id, result.event.dedupe_key, provider, result.event.kind],
+      );
+      if (fresh.rowCount === 0) {
+        answer(res, result.ack);
+        return;
+      }
+      try {
+        await apply(ctx, account, result.event);
+      } catch (error) {
+        // Let the provider retry: forget the dedupe mark so the retry is applied.
+        await ctx.db.query('DELETE FROM inbound_notifications WHERE account_id = $1 AND dedupe_key = $2', [
+          account.row.id,
+          result.event.dedupe_key,
+        ]);
+        throw error;
+      }
+      answer(res, result.ack);
+    },
+  );
+  return router;
+}
