@@ -86,7 +86,7 @@ export function verifySignatureHeader(
   publicKey: KeyObject,
 ): boolean {
   const parsed = parseSignatureHeader(header);
-  if (!parsed || parsed.algorithm !== 'RSA256') return false;
+  if (parsed?.algorithm !== 'RSA256') return false;
   return verifyBase64(parts, parsed.signature, publicKey);
 }
 
@@ -97,7 +97,9 @@ export function isoTime(date: Date): string {
 
 /** Read a request-time/response-time in either documented form; undefined when it is neither. */
 export function parseAntomTime(value: string): Date | undefined {
-  if (/^\d{10,16}$/.test(value)) return new Date(Number(value));
+  // Epoch milliseconds, as Antom's header table shows; ten digits would be seconds.
+  if (/^\d{13}$/.test(value)) return new Date(Number(value));
+  if (/^\d{10}$/.test(value)) return new Date(Number(value) * 1000);
   if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$/.test(value)) return undefined;
   const normalised = value.replace(/([+-]\d{2})(\d{2})$/, '$1:$2');
   const date = new Date(normalised);

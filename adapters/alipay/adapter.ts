@@ -1,0 +1,139 @@
+/**
+ * The Alipay adapter: Antom AMS in-store payments (alipay.md). A translator plus I/O — it builds
+ * Antom requests from ours, sends them through the one `send` path, and classifies the answers
+ * through the one table in mapping.ts. The core owns state, polling, the one permitted resend and
+ * the cancel at the end of the window.
+ */
+import { Readable } from 'node:stream';
+import type {
+  AccountContext,
+  PaymentOutcome,
+  PaymentRequest,
+  RefundOutcome,
+  ResolutionPolicy,
+  WalletAdapter,
+} from '../contract.ts';
+import { TransportError, send as transportSend } from '../transport.ts';
+import { send } from './client.ts';
+import { type AlipayAccount, configureCredentials, loadAccount } from './credentials.ts';
+import {
+  cancelOutcome,
+  inquiryOutcome,
+  payBody,
+  paymentLookupBody,
+  payOutcome,
+  refundBody,
+  refundInquiryOutcome,
+  refundLookupBody,
+  refundOutcome,
+} from './mapping.ts';
+import { handleAlipayNotification } from './notification.ts';
+import { parseSettlementFile } from './settlement.ts';
+
+/**
+ * alipay.md §9: Alipay's reference client inquires after 2, 3, 3, 5, 5… s and cancels after
+ * 2, 3, 3, 5, 5 s; two ORDER_NOT_EXIST ≥ 2 s apart after an unanswered pay allow one identical
+ * resend. The window is capped by the paymentExpiryTime we send (UPM: 10 min at most); Order Code
+ * QRs live 3 minutes by Antom's docs.
+ */
+export const ALIPAY_RESOLUTION: ResolutionPolicy = {
+  poll_schedule_s: [2, 3, 3, 5, 5],
+  window_s: { min: 10, default: 60, max: 600 },
+  qr_window_s: 180,
+  cancel_schedule_s: [2, 3, 3, 5, 5],
+  resend_after_not_found_s: 2,
+  settlement_delay_days: 2,
+};
+
+type Account = AccountContext<AlipayAccount>;
+
+export const alipayAdapter: WalletAdapter<AlipayAccount> = {
+  provider: 'alipay',
+  wallets: ['alipay', 'alipayplus'],
+  modes: ['scan', 'qr'],
+  resolution: ALIPAY_RESOLUTION,
+
+  configure: (input, sandbox) => configureCredentials(input, sandbox),
+
+  load: (stored, sandbox) => loadAccount(stored, sandbox),
+
+  async pay(account, payment) {
+    const sent = await send(
+      account.credentials,
+      'pay',
+      payBody(account.credentials.stored, payment, account.notify_url),
+    );
+    if (!sent.answered) return { kind: 'unknown', reason: sent.reason, reached: sent.reached };
+    return payOutcome(payment, sent.result, sent.body);
+  },
+
+  async inquire(account, payment) {
+    const sent = await send(account.credentials, 'inquiryPayment', paymentLookupBody(payment));
+    if (!sent.answered) return { kind: 'unknown', reason: sent.reason, reached: sent.reached };
+    return inquiryOutcome(sent.result, sent.body);
+  },
+
+  async cancel(account, payment) {
+    const sent = await send(account.credentials, 'cancel', paymentLookupBody(payment));
+    if (!sent.answered) return { kind: 'unknown', reason: sent.reason };
+    return cancelOutcome(sent.result);
+  },
+
+  async refund(account, refund) {
+    // Antom refunds by paymentId; when the core never learnt it (the pay answer was lost), ask.
+    const paymentId = refund.payment.provider_reference ?? (await paymentIdOf(account, refund.payment));
+    if (!paymentId) return { kind: 'unknown', reason: 'the payment has no Antom paymentId yet' };
+    const sent = await send(account.credentials, 'refund', refundBody(refund, paymentId));
+    if (!sent.answered) return { kind: 'unknown', reason: sent.reason };
+    return refundOutcome(sent.result, sent.body);
+  },
+
+  async inquireRefund(account, refund): Promise<RefundOutcome> {
+    const sent = await send(account.credentials, 'inquiryRefund', refundLookupBody(refund));
+    if (!sent.answered) return { kind: 'unknown', reason: sent.reason };
+    return refundInquiryOutcome(sent.result, sent.body);
+  },
+
+  async handleNotification(account, request) {
+    try {
+      return handleAlipayNotification(account, request);
+    } catch (error) {
+      return {
+        ok: false,
+        reason: `notification could not be processed: ${(error as Error).message}`,
+        ack: {
+          status: 400,
+          headers: { 'content-type': 'application/json; charset=UTF-8' },
+          body: '{"result":{"resultCode":"PARAM_ILLEGAL","resultStatus":"F","resultMessage":"bad notification"}}',
+        },
+      };
+    }
+  },
+
+  parseSettlement: (file: Readable) => parseSettlementFile(file),
+
+  /**
+   * Real Antom delivers settlement files over SFTP only (§12), which is not built: null. The
+   * sandbox simulator serves the same CSV over HTTP.
+   */
+  async fetchSettlement(account, date) {
+    if (!account.credentials.stored.sandbox) return null;
+    const base = await account.credentials.baseUrl();
+    const url = `${base}/_sim/settlements/${encodeURIComponent(date)}?client_id=${encodeURIComponent(account.credentials.stored.client_id)}`;
+    try {
+      const response = await transportSend({ method: 'GET', url, timeoutMs: 30_000 });
+      if (response.status === 404) return null;
+      if (response.status !== 200)
+        throw new Error(`simulator answered HTTP ${response.status} for settlements ${date}`);
+      return Readable.from([response.body]);
+    } catch (error) {
+      if (error instanceof TransportError) throw new Error(`settlement fetch failed: ${error.message}`);
+      throw error;
+    }
+  },
+};
+
+async function paymentIdOf(account: Account, payment: PaymentRequest): Promise<string | undefined> {
+  const outcome: PaymentOutcome = await alipayAdapter.inquire(account, payment);
+  return 'provider_reference' in outcome ? outcome.provider_reference : undefined;
+}

@@ -1,0 +1,119 @@
+/**
+ * The one send path (ActiveMerchant's `commit`): sign, POST with a timeout, read the raw body,
+ * verify the response signature, parse. Every operation goes through `send`, so every answer is
+ * judged by the same rules (alipay.md §3.6, §3.7, §5.3):
+ * - a signed, verified answer is trusted whatever its status;
+ * - an unsigned F or U is accepted (Antom sends gateway errors such as SIGNATURE_INVALID unsigned);
+ * - an unsigned or badly signed S, partly present signature headers, HTTP ≠ 200, a timeout, a reset
+ *   or an unparseable body are `no answer`: the caller turns them into "unknown" and inquires.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import { TransportError, type TransportResponse, send as transportSend } from '../transport.ts';
+import type { AlipayAccount } from './credentials.ts';
+import { type AntomResult, isRecord, type Json, resultOf } from './mapping.ts';
+import { formatSignatureHeader, isoTime, signBase64, verifySignatureHeader } from './signature.ts';
+
+export type AntomOperation = 'pay' | 'inquiryPayment' | 'cancel' | 'refund' | 'inquiryRefund';
+
+export type SendResult =
+  | { answered: true; result: AntomResult; body: Json; signed: boolean }
+  | { answered: false; reason: string; reached: boolean };
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+export async function send(
+  account: AlipayAccount,
+  operation: AntomOperation,
+  payload: Json,
+  timeoutMs = DEFAULT_TIMEOUT_MS,
+): Promise<SendResult> {
+  const { stored } = account;
+  let base: string;
+  try {
+    base = await account.baseUrl();
+  } catch (error) {
+    // The sandbox simulator could not be started: nothing was sent.
+    return { answered: false, reason: `no Antom endpoint: ${(error as Error).message}`, reached: false };
+  }
+  const url = new URL(`${base.replace(/\/+$/, '')}${stored.path_prefix}/v1/payments/${operation}`);
+  const path = `${url.pathname}${url.search}`;
+  // Serialised once: the signed string is the sent string (never re-serialise, §3.2).
+  const body = JSON.stringify(payload);
+  const requestTime = isoTime(new Date());
+  const signature = signBase64(
+    { path, clientId: stored.client_id, time: requestTime, body },
+    account.privateKey,
+  );
+
+  let response: TransportResponse;
+  try {
+    response = await transportSend({
+      method: 'POST',
+      url: url.toString(),
+      headers: {
+        'content-type': 'application/json; charset=UTF-8',
+        'client-id': stored.client_id,
+        'request-time': requestTime,
+        signature: formatSignatureHeader(signature, stored.key_version),
+      },
+      body,
+      timeoutMs,
+    });
+  } catch (error) {
+    if (error instanceof TransportError)
+      return { answered: false, reason: error.message, reached: error.reached };
+    return { answered: false, reason: (error as Error).message, reached: true };
+  }
+  if (response.status !== 200) {
+    return { answered: false, reason: `HTTP ${response.status} from Antom ${operation}`, reached: true };
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(response.body.toString('utf8'));
+  } catch {
+    return { answered: false, reason: `unparseable ${operation} response body`, reached: true };
+  }
+  const result = isRecord(parsed) ? resultOf(parsed) : undefined;
+  if (!isRecord(parsed) || !result) {
+    return { answered: false, reason: `${operation} response has no result object`, reached: true };
+  }
+  return judge(account, path, response.headers, response.body, parsed, result);
+}
+
+function judge(
+  account: AlipayAccount,
+  path: string,
+  headers: IncomingHttpHeaders,
+  raw: Buffer,
+  body: Json,
+  result: AntomResult,
+): SendResult {
+  const signature = header(headers, 'signature');
+  const responseTime = header(headers, 'response-time');
+  const clientId = header(headers, 'client-id');
+  const unsigned = signature === undefined && responseTime === undefined;
+  if (unsigned) {
+    if (result.resultStatus === 'F' || result.resultStatus === 'U')
+      return { answered: true, result, body, signed: false };
+    return {
+      answered: false,
+      reason: `unsigned ${result.resultStatus} response is not trusted`,
+      reached: true,
+    };
+  }
+  if (signature === undefined || responseTime === undefined || clientId === undefined) {
+    return { answered: false, reason: 'response carries only part of the signature headers', reached: true };
+  }
+  const verified = verifySignatureHeader(
+    { path, clientId, time: responseTime, body: raw },
+    signature,
+    account.alipayPublicKey,
+  );
+  if (!verified) return { answered: false, reason: 'response signature does not verify', reached: true };
+  return { answered: true, result, body, signed: true };
+}
+
+function header(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}

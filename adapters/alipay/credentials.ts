@@ -1,0 +1,248 @@
+/**
+ * Account credentials: validated and normalised once, when the merchant configures the account
+ * (`PUT /v1/providers/alipay`), so a bad key is a 400 then and not a failed payment later.
+ */
+import { createPublicKey, type KeyObject, randomBytes } from 'node:crypto';
+import { isCurrency } from '../../src/payments/money.ts';
+import { CredentialError, type SandboxEnvironment } from '../contract.ts';
+import {
+  fingerprintOfPem,
+  KeyFormatError,
+  normalisePrivateKey,
+  normalisePublicKey,
+  privateKeyObject,
+  publicKeyObject,
+} from './keys.ts';
+import { sandboxKeys } from './sandbox-keys.ts';
+
+/** What is stored (encrypted at rest). Plain JSON: keys as normalised PEM. */
+export interface AlipayCredentials {
+  sandbox: boolean;
+  client_id: string;
+  /** PKCS#8 PEM. */
+  private_key: string;
+  /** SubjectPublicKeyInfo PEM. */
+  alipay_public_key: string;
+  key_version: string;
+  /** Base URL; absent for sandbox accounts, whose simulator URL is looked up at call time. */
+  endpoint?: string;
+  /** `/ams/api`, or `/ams/sandbox/api` as the Python SDK rewrites it for SANDBOX_ client ids. */
+  path_prefix: string;
+  reference_merchant_id?: string;
+  merchant_name?: string;
+  mcc: string;
+  settlement_currency?: string;
+}
+
+/** Antom Europe (alipay.md §2). */
+export const DEFAULT_ENDPOINT = 'https://open-de-global.alipay.com';
+export const PATH_PREFIXES = ['/ams/api', '/ams/sandbox/api'] as const;
+
+/** What `load` hands the adapter: the stored fields, key objects, and where to send. */
+export interface AlipayAccount {
+  stored: AlipayCredentials;
+  privateKey: KeyObject;
+  alipayPublicKey: KeyObject;
+  /** Real accounts: the endpoint. Sandbox accounts: the simulator's URL, looked up at call time. */
+  baseUrl(): Promise<string>;
+}
+
+export function loadAccount(stored: unknown, sandbox: SandboxEnvironment): AlipayAccount {
+  const credentials = parseStored(stored);
+  const endpoint = credentials.endpoint ?? DEFAULT_ENDPOINT;
+  return {
+    stored: credentials,
+    privateKey: privateKeyObject(credentials.private_key),
+    alipayPublicKey: publicKeyObject(credentials.alipay_public_key),
+    baseUrl: credentials.sandbox ? () => sandbox.simulatorUrl() : async () => endpoint,
+  };
+}
+
+export async function configureCredentials(
+  input: Record<string, unknown>,
+  sandbox: SandboxEnvironment,
+): Promise<{ credentials: AlipayCredentials; public_view: Record<string, unknown> }> {
+  const credentials =
+    input.sandbox === true ? await sandboxCredentials(input, sandbox) : realCredentials(input);
+  return { credentials, public_view: publicView(credentials) };
+}
+
+/** Stored credentials back from JSON; throws on anything that is not what configure stored. */
+function parseStored(stored: unknown): AlipayCredentials {
+  if (!isRecord(stored))
+    throw new CredentialError('credentials', 'stored alipay credentials are not an object');
+  const text = (name: string): string => {
+    const value = stored[name];
+    if (typeof value !== 'string' || value.length === 0) {
+      throw new CredentialError(name, `stored alipay credentials lack ${name}`);
+    }
+    return value;
+  };
+  const optional = (name: string): string | undefined =>
+    typeof stored[name] === 'string' ? (stored[name] as string) : undefined;
+  const credentials: AlipayCredentials = {
+    sandbox: stored.sandbox === true,
+    client_id: text('client_id'),
+    private_key: text('private_key'),
+    alipay_public_key: text('alipay_public_key'),
+    key_version: optional('key_version') ?? '1',
+    endpoint: optional('endpoint'),
+    path_prefix: optional('path_prefix') ?? '/ams/api',
+    reference_merchant_id: optional('reference_merchant_id'),
+    merchant_name: optional('merchant_name'),
+    mcc: optional('mcc') ?? '5999',
+    settlement_currency: optional('settlement_currency'),
+  };
+  return credentials;
+}
+
+export function publicView(credentials: AlipayCredentials): Record<string, unknown> {
+  return {
+    sandbox: credentials.sandbox,
+    client_id: credentials.client_id,
+    key_version: credentials.key_version,
+    endpoint: credentials.endpoint ?? 'sandbox simulator',
+    path_prefix: credentials.path_prefix,
+    reference_merchant_id: credentials.reference_merchant_id ?? null,
+    merchant_name: credentials.merchant_name ?? null,
+    mcc: credentials.mcc,
+    settlement_currency: credentials.settlement_currency ?? null,
+    private_key_fingerprint: fingerprintOfPem(publicPemOf(credentials)),
+    alipay_public_key_fingerprint: fingerprintOfPem(credentials.alipay_public_key),
+  };
+}
+
+function publicPemOf(credentials: AlipayCredentials): string {
+  return createPublicKey(privateKeyObject(credentials.private_key))
+    .export({ type: 'spki', format: 'pem' })
+    .toString();
+}
+
+function realCredentials(input: Record<string, unknown>): AlipayCredentials {
+  const clientId = requiredText(input, 'client_id', 64);
+  const privateKey = parseKey('private_key', () =>
+    normalisePrivateKey(requiredText(input, 'private_key', 20_000)),
+  );
+  const publicKey = parseKey('alipay_public_key', () =>
+    normalisePublicKey(requiredText(input, 'alipay_public_key', 20_000)),
+  );
+  // alipay.md §14: the merchant's own public key pasted as "Alipay public key" makes every
+  // response fail verification. Caught here, where the merchant can still fix it.
+  if (privateKey.modulus === publicKey.modulus) {
+    throw new CredentialError(
+      'alipay_public_key',
+      'alipay_public_key is the public half of your own private_key (keys swapped?): paste the Alipay public key shown in the Antom Dashboard',
+    );
+  }
+  return {
+    sandbox: false,
+    client_id: clientId,
+    private_key: privateKey.pem,
+    alipay_public_key: publicKey.pem,
+    key_version: keyVersion(input),
+    endpoint: endpoint(input),
+    path_prefix: pathPrefix(input),
+    ...commonOptions(input),
+  };
+}
+
+async function sandboxCredentials(
+  input: Record<string, unknown>,
+  sandbox: SandboxEnvironment,
+): Promise<AlipayCredentials> {
+  const keys = await sandboxKeys(sandbox.seed);
+  return {
+    sandbox: true,
+    // One client id per sandbox account, so the simulator's settlement files stay per merchant.
+    client_id: `SANDBOX_5X${randomBytes(7).toString('hex').toUpperCase()}`,
+    private_key: keys.merchant.privatePem,
+    alipay_public_key: keys.antom.publicPem,
+    key_version: '1',
+    path_prefix: '/ams/api',
+    ...commonOptions(input),
+  };
+}
+
+function commonOptions(
+  input: Record<string, unknown>,
+): Pick<AlipayCredentials, 'reference_merchant_id' | 'merchant_name' | 'mcc' | 'settlement_currency'> {
+  const mcc = optionalText(input, 'mcc', 4) ?? '5999';
+  if (!/^\d{4}$/.test(mcc))
+    throw new CredentialError('mcc', 'mcc must be a four-digit merchant category code');
+  const currency = optionalText(input, 'settlement_currency', 3);
+  if (currency !== undefined && !isCurrency(currency)) {
+    throw new CredentialError('settlement_currency', `${currency} is not an ISO 4217 currency`);
+  }
+  return {
+    reference_merchant_id: optionalText(input, 'reference_merchant_id', 64),
+    merchant_name: optionalText(input, 'merchant_name', 256),
+    mcc,
+    settlement_currency: currency,
+  };
+}
+
+function keyVersion(input: Record<string, unknown>): string {
+  const value = input.key_version;
+  if (value === undefined || value === null) return '1';
+  const text = typeof value === 'number' ? String(value) : value;
+  if (typeof text !== 'string' || !/^\d{1,4}$/.test(text)) {
+    throw new CredentialError('key_version', 'key_version must be a small integer such as "1"');
+  }
+  return text;
+}
+
+function endpoint(input: Record<string, unknown>): string {
+  const value = optionalText(input, 'endpoint', 2048) ?? DEFAULT_ENDPOINT;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new CredentialError(
+      'endpoint',
+      'endpoint must be an absolute URL such as https://open-de-global.alipay.com',
+    );
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    throw new CredentialError('endpoint', 'endpoint must be an http(s) URL');
+  }
+  if (url.search || url.hash)
+    throw new CredentialError('endpoint', 'endpoint must not carry a query or fragment');
+  return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
+}
+
+function pathPrefix(input: Record<string, unknown>): string {
+  const value = optionalText(input, 'path_prefix', 32) ?? '/ams/api';
+  if (!(PATH_PREFIXES as readonly string[]).includes(value)) {
+    throw new CredentialError('path_prefix', `path_prefix must be one of ${PATH_PREFIXES.join(', ')}`);
+  }
+  return value;
+}
+
+function parseKey<T>(param: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    if (error instanceof KeyFormatError) throw new CredentialError(param, `${param}: ${error.message}`);
+    throw error;
+  }
+}
+
+function requiredText(input: Record<string, unknown>, name: string, max: number): string {
+  const value = optionalText(input, name, max);
+  if (value === undefined) throw new CredentialError(name, `${name} is required`);
+  return value;
+}
+
+function optionalText(input: Record<string, unknown>, name: string, max: number): string | undefined {
+  const value = input[name];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'string' || value.trim().length === 0) {
+    throw new CredentialError(name, `${name} must be a non-empty string`);
+  }
+  if (value.length > max) throw new CredentialError(name, `${name} is longer than ${max} characters`);
+  return value.trim();
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

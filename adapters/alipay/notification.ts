@@ -1,0 +1,180 @@
+/**
+ * notifyPayment (alipay.md §3.8, §10): verify over OUR notify path and the raw body, then parse.
+ * Nothing unverified is ever turned into an event. The acknowledgement body is exactly what Antom
+ * needs to stop retrying; anything else gets a non-success answer and no event.
+ */
+import type {
+  AccountContext,
+  InboundRequest,
+  NotificationEvent,
+  NotificationResult,
+  PaymentOutcome,
+  ProviderAck,
+} from '../contract.ts';
+import type { AlipayAccount } from './credentials.ts';
+import { failureFor, isRecord, type Json, money, paymentFacts, resultOf, text } from './mapping.ts';
+import {
+  formatSignatureHeader,
+  isoTime,
+  parseAntomTime,
+  signBase64,
+  verifySignatureHeader,
+} from './signature.ts';
+
+export const ACK_BODY = '{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}';
+
+/**
+ * Replay window for `request-time`. Antom documents none (§16.3); each retry is a new signed HTTP
+ * request, so a notification signed long ago is a replay. Ten minutes tolerates clock skew and slow
+ * delivery; a few minutes into the future tolerates a fast clock.
+ */
+export const MAX_AGE_MS = 10 * 60_000;
+export const MAX_FUTURE_MS = 5 * 60_000;
+
+export function handleAlipayNotification(
+  account: AccountContext<AlipayAccount>,
+  request: InboundRequest,
+): NotificationResult {
+  const credentials = account.credentials;
+  const clientIdOfAccount = credentials.stored.client_id;
+  const reject = (status: number, code: string, reason: string): NotificationResult => ({
+    ok: false,
+    reason,
+    ack: rejection(status, code, reason),
+  });
+  if (request.method.toUpperCase() !== 'POST')
+    return reject(405, 'PARAM_ILLEGAL', 'notifications are POSTed');
+  const clientId = header(request, 'client-id');
+  const requestTime = header(request, 'request-time');
+  const signature = header(request, 'signature');
+  if (!clientId || !requestTime || !signature) {
+    return reject(401, 'SIGNATURE_INVALID', 'client-id, request-time or signature header missing');
+  }
+  if (clientId !== clientIdOfAccount) {
+    return reject(401, 'SIGNATURE_INVALID', `notification for client-id ${clientId}, not this account`);
+  }
+  // §3.8: the signed path is that of the URL Antom called, i.e. our configured notify URL, not
+  // whatever a proxy rewrote req.url into.
+  const verified = verifySignatureHeader(
+    { path: account.notify_path, clientId, time: requestTime, body: request.raw_body },
+    signature,
+    credentials.alipayPublicKey,
+  );
+  if (!verified) return reject(401, 'SIGNATURE_INVALID', 'notification signature does not verify');
+  const sentAt = parseAntomTime(requestTime);
+  if (!sentAt)
+    return reject(400, 'PARAM_ILLEGAL', `request-time ${requestTime} is neither ISO-8601 nor epoch ms`);
+  const age = request.received_at.getTime() - sentAt.getTime();
+  if (age > MAX_AGE_MS || age < -MAX_FUTURE_MS) {
+    return reject(401, 'SIGNATURE_INVALID', `stale notification: request-time ${requestTime}`);
+  }
+
+  let body: unknown;
+  try {
+    body = JSON.parse(request.raw_body.toString('utf8'));
+  } catch {
+    return reject(400, 'PARAM_ILLEGAL', 'notification body is not JSON');
+  }
+  if (!isRecord(body)) return reject(400, 'PARAM_ILLEGAL', 'notification body is not a JSON object');
+  const event = toEvent(body);
+  if (!event) return reject(400, 'PARAM_ILLEGAL', 'notification lacks notifyType, result or request id');
+  return { ok: true, event, ack: acknowledgement(credentials, account.notify_path) };
+}
+
+function toEvent(body: Json): NotificationEvent | undefined {
+  const notifyType = text(body.notifyType);
+  const result = resultOf(body);
+  if (!notifyType || !result) return undefined;
+  if (notifyType === 'PAYMENT_RESULT' || notifyType === 'PAYMENT_PENDING') {
+    const requestId = text(body.paymentRequestId);
+    if (!requestId) return undefined;
+    const paymentId = text(body.paymentId) ?? requestId;
+    return {
+      kind: 'payment',
+      // Antom retries and duplicates by design; paymentId + notifyType identifies one message (§10).
+      dedupe_key: `${paymentId}:${notifyType}:${result.resultStatus}`,
+      provider_request_id: requestId,
+      outcome: paymentOutcome(notifyType, result.resultStatus, result.resultCode, result.resultMessage, body),
+    };
+  }
+  if (notifyType === 'REFUND_RESULT') {
+    const requestId = text(body.refundRequestId);
+    if (!requestId) return undefined;
+    const refundId = text(body.refundId);
+    const succeeded = result.resultStatus === 'S' && (text(body.refundStatus) ?? 'SUCCESS') === 'SUCCESS';
+    return {
+      kind: 'refund',
+      dedupe_key: `${refundId ?? requestId}:${notifyType}:${result.resultStatus}`,
+      provider_request_id: requestId,
+      outcome: succeeded
+        ? {
+            kind: 'succeeded',
+            provider_reference: refundId,
+            settlement_amount: money(body.grossSettlementAmount),
+          }
+        : result.resultStatus === 'F'
+          ? {
+              kind: 'failed',
+              failure: failureFor(result.resultCode, result.resultMessage),
+              provider_reference: refundId,
+            }
+          : { kind: 'pending', provider_reference: refundId },
+    };
+  }
+  return {
+    kind: 'ignored',
+    dedupe_key: `${text(body.paymentId) ?? ''}:${notifyType}`,
+    reason: `notifyType ${notifyType}`,
+  };
+}
+
+function paymentOutcome(
+  notifyType: string,
+  status: string,
+  code: string,
+  message: string,
+  body: Json,
+): PaymentOutcome {
+  const facts = paymentFacts(body);
+  if (notifyType === 'PAYMENT_PENDING')
+    return { kind: 'pending', reason: 'PAYMENT_PENDING notification', ...facts };
+  if (status === 'S') return { kind: 'succeeded', ...facts };
+  if (status === 'F') return { kind: 'failed', failure: failureFor(code, message), ...facts };
+  return { kind: 'pending', reason: `PAYMENT_RESULT with status ${status}`, ...facts };
+}
+
+/** HTTP 200 and the exact success body. Signed too: harmless for Antom, required by Alipay+ (§10). */
+function acknowledgement(credentials: AlipayAccount, notifyPath: string): ProviderAck {
+  const responseTime = isoTime(new Date());
+  const signature = signBase64(
+    { path: notifyPath, clientId: credentials.stored.client_id, time: responseTime, body: ACK_BODY },
+    credentials.privateKey,
+  );
+  return {
+    status: 200,
+    headers: {
+      'content-type': 'application/json; charset=UTF-8',
+      'client-id': credentials.stored.client_id,
+      'response-time': responseTime,
+      signature: formatSignatureHeader(signature, credentials.stored.key_version),
+    },
+    body: ACK_BODY,
+  };
+}
+
+function rejection(status: number, code: string, message: string): ProviderAck {
+  return {
+    status,
+    headers: { 'content-type': 'application/json; charset=UTF-8' },
+    body: JSON.stringify({ result: { resultCode: code, resultStatus: 'F', resultMessage: message } }),
+  };
+}
+
+function header(request: InboundRequest, name: string): string | undefined {
+  const wanted = name.toLowerCase();
+  for (const [key, value] of Object.entries(request.headers)) {
+    if (key.toLowerCase() !== wanted) continue;
+    return Array.isArray(value) ? value[0] : value;
+  }
+  return undefined;
+}

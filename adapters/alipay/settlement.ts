@@ -1,0 +1,204 @@
+/**
+ * Streaming parser for Antom's settlement details CSV (alipay.md §12): a header row of field
+ * names, data rows, and a last line `<END>`.
+ *
+ * Column names beyond the first few are not confirmed by a real file, so columns are found by
+ * header name in any order (PROVIDERS.md, "Decisions where the sources stop"); unknown columns are
+ * reported, not fatal; a missing required column fails the whole import naming it; a file without
+ * `<END>` is treated as truncated. Amounts are integer minor units; a decimal point is rejected
+ * rather than guessed at. Amounts are yielded unsigned: `type` carries the direction.
+ */
+import type { Readable } from 'node:stream';
+import { parse } from 'csv-parse';
+import { currencyFromCode, type Money } from '../../src/payments/money.ts';
+import { SettlementFormatError, type SettlementLine } from '../contract.ts';
+import { decimal } from './mapping.ts';
+
+export const REQUIRED_COLUMNS = [
+  'settlementBatchId',
+  'transactionId',
+  'transactionType',
+  'settlementTime',
+  'transactionAmountValue',
+  'transactionCurrency',
+  'settlementAmountValue',
+  'settlementCurrency',
+] as const;
+
+export const OPTIONAL_COLUMNS = [
+  'originalTransactionId',
+  'transactionRequestId',
+  'paymentTime',
+  'quoteCurrencyPair',
+  'quotePrice',
+  'feeAmountValue',
+  'feeCurrency',
+  'referenceStoreId',
+  'pspName',
+  // Confirmed by the docs but not used by us.
+  'customerId',
+  'PSP',
+  'ARN',
+  'referenceMerchantId',
+  'referenceTransactionId',
+  'paymentMethodType',
+  'productCode',
+] as const;
+
+type Column = (typeof REQUIRED_COLUMNS)[number] | (typeof OPTIONAL_COLUMNS)[number];
+
+const KNOWN = new Set<string>([...REQUIRED_COLUMNS, ...OPTIONAL_COLUMNS]);
+
+const TYPES: Record<string, SettlementLine['type']> = {
+  PAYMENT: 'payment',
+  REFUND: 'refund',
+  CANCEL: 'cancel',
+};
+
+export const END_MARKER = '<END>';
+
+export interface ParseOptions {
+  /** Called once with header names we do not know (reported, never fatal). */
+  onUnknownColumns?(names: string[]): void;
+}
+
+export async function* parseSettlementFile(
+  file: Readable,
+  options: ParseOptions = {},
+): AsyncGenerator<SettlementLine> {
+  const parser = file.pipe(
+    parse({ bom: true, relax_column_count: true, skip_empty_lines: true, trim: true, info: true }),
+  );
+  file.on('error', (error) => parser.destroy(error));
+  let columns: Map<Column, number> | undefined;
+  let ended = false;
+  for await (const entry of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+    const { record, info } = entry;
+    const lineNo = info.lines;
+    if (ended) {
+      throw new SettlementFormatError(`line ${lineNo}: data after the ${END_MARKER} trailer`, lineNo);
+    }
+    if (record.length === 1 && record[0] === END_MARKER) {
+      if (!columns)
+        throw new SettlementFormatError(`line ${lineNo}: ${END_MARKER} before any header row`, lineNo);
+      ended = true;
+      continue;
+    }
+    if (!columns) {
+      columns = headerColumns(record, options);
+      continue;
+    }
+    yield toLine(record, columns, lineNo);
+  }
+  if (!columns) throw new SettlementFormatError('settlement file is empty: no header row');
+  if (!ended) {
+    throw new SettlementFormatError(`settlement file ends without the ${END_MARKER} trailer (truncated?)`);
+  }
+}
+
+function headerColumns(header: string[], options: ParseOptions): Map<Column, number> {
+  const columns = new Map<Column, number>();
+  const unknown: string[] = [];
+  header.forEach((name, index) => {
+    if (KNOWN.has(name)) {
+      if (!columns.has(name as Column)) columns.set(name as Column, index);
+    } else if (name.length > 0) {
+      unknown.push(name);
+    }
+  });
+  const missing = REQUIRED_COLUMNS.filter((name) => !columns.has(name));
+  if (missing.length > 0) {
+    throw new SettlementFormatError(
+      `settlement file header lacks required column${missing.length > 1 ? 's' : ''} ${missing.join(', ')}`,
+      1,
+    );
+  }
+  if (unknown.length > 0) options.onUnknownColumns?.(unknown);
+  return columns;
+}
+
+function toLine(record: string[], columns: Map<Column, number>, lineNo: number): SettlementLine {
+  const cell = (name: Column): string | undefined => {
+    const index = columns.get(name);
+    const value = index === undefined ? undefined : record[index];
+    return value === undefined || value === '' ? undefined : value;
+  };
+  const required = (name: Column): string => {
+    const value = cell(name);
+    if (value === undefined) throw new SettlementFormatError(`line ${lineNo}: ${name} is empty`, lineNo);
+    return value;
+  };
+  const rawType = required('transactionType');
+  const type = TYPES[rawType.toUpperCase()];
+  if (!type) throw new SettlementFormatError(`line ${lineNo}: unknown transactionType ${rawType}`, lineNo);
+
+  const settlement = amount(
+    required('settlementAmountValue'),
+    required('settlementCurrency'),
+    'settlementAmountValue',
+    lineNo,
+  );
+  const feeValue = cell('feeAmountValue');
+  const line: SettlementLine = {
+    line_no: lineNo,
+    batch_id: required('settlementBatchId'),
+    type,
+    provider_reference: required('transactionId'),
+    transaction_amount: amount(
+      required('transactionAmountValue'),
+      required('transactionCurrency'),
+      'transactionAmountValue',
+      lineNo,
+    ),
+    settlement_amount: settlement,
+    fee:
+      feeValue === undefined
+        ? { value: 0, currency: settlement.currency }
+        : amount(feeValue, cell('feeCurrency') ?? settlement.currency, 'feeAmountValue', lineNo),
+    settled_at: time(required('settlementTime'), 'settlementTime', lineNo),
+  };
+  const original = cell('originalTransactionId');
+  if (original) line.original_provider_reference = original;
+  const requestId = cell('transactionRequestId');
+  if (requestId) line.provider_request_id = requestId;
+  const paidAt = cell('paymentTime');
+  if (paidAt) line.transacted_at = time(paidAt, 'paymentTime', lineNo);
+  const rate = cell('quotePrice');
+  if (rate) {
+    const parsed = decimal(rate);
+    if (!parsed)
+      throw new SettlementFormatError(`line ${lineNo}: quotePrice ${rate} is not a decimal`, lineNo);
+    line.exchange_rate = parsed;
+  }
+  const store = cell('referenceStoreId');
+  if (store) line.store_id = store;
+  const psp = cell('pspName') ?? cell('PSP');
+  if (psp) line.wallet_psp = psp;
+  return line;
+}
+
+function amount(value: string, currencyCode: string, column: string, lineNo: number): Money {
+  const currency = currencyFromCode(currencyCode);
+  if (!currency)
+    throw new SettlementFormatError(`line ${lineNo}: unknown currency ${currencyCode} for ${column}`, lineNo);
+  if (!/^[-+]?\d{1,16}$/.test(value)) {
+    throw new SettlementFormatError(
+      `line ${lineNo}: ${column} "${value}" is not an integer amount in minor units`,
+      lineNo,
+    );
+  }
+  // Refunds may be written signed or unsigned; the direction comes from transactionType.
+  return { value: Math.abs(Number(value)), currency };
+}
+
+/** ISO-8601, or `yyyy-MM-dd HH:mm:ss` without a zone, read as UTC (not confirmed by a real file). */
+function time(value: string, column: string, lineNo: number): Date {
+  const iso = /^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$/.test(value)
+    ? `${value.replace(' ', 'T')}Z`
+    : value;
+  const date = /^\d{4}-\d{2}-\d{2}/.test(iso) ? new Date(iso) : new Date(Number.NaN);
+  if (Number.isNaN(date.getTime())) {
+    throw new SettlementFormatError(`line ${lineNo}: ${column} "${value}" is not a date-time`, lineNo);
+  }
+  return date;
+}

@@ -1,0 +1,55 @@
+/**
+ * Switches of the simulated Antom: the documented variants it can emit (PROVIDERS.md rule 6) and
+ * the faults it can inject. Set at start, by the test handle, or by `POST /_sim/switches`.
+ */
+export interface SimulatorSwitches {
+  /** `request-time`/`response-time` as epoch milliseconds instead of ISO-8601. */
+  epoch_time: boolean;
+  /** Signature header value as raw base64 instead of URL-encoded. */
+  raw_signature: boolean;
+  /** `quoteCurrencyPair` numeric (`978/156`) instead of alphabetic (`EUR/CNY`). */
+  numeric_pair: boolean;
+  /** Amount values and quote prices as JSON numbers instead of strings. */
+  json_numbers: boolean;
+  /** Send every notification twice. */
+  duplicate_notifications: boolean;
+  /** Antom's sandbox: no retry after a wrongly formatted acknowledgement. */
+  no_retry_on_malformed_ack: boolean;
+  /** Sign the SIGNATURE_INVALID answers too (Antom sends them unsigned). */
+  sign_errors: boolean;
+  /** Fault: strip the signature headers from every response. */
+  unsigned_responses: boolean;
+  /** Fault: sign every response with a wrong signature. */
+  bad_signatures: boolean;
+  /** Refunds answer S with isAsyncRefund and complete about 3 s later. */
+  async_refunds: boolean;
+  /** Send notifyPayment at all. */
+  notifications: boolean;
+}
+
+export const DEFAULT_SWITCHES: SimulatorSwitches = {
+  epoch_time: false,
+  raw_signature: false,
+  numeric_pair: false,
+  json_numbers: false,
+  duplicate_notifications: false,
+  no_retry_on_malformed_ack: false,
+  sign_errors: false,
+  unsigned_responses: false,
+  bad_signatures: false,
+  async_refunds: false,
+  notifications: true,
+};
+
+export function applySwitches(target: SimulatorSwitches, patch: unknown): string[] {
+  const unknown: string[] = [];
+  if (typeof patch !== 'object' || patch === null) return ['(not an object)'];
+  for (const [name, value] of Object.entries(patch)) {
+    if (!Object.hasOwn(DEFAULT_SWITCHES, name) || typeof value !== 'boolean') {
+      unknown.push(name);
+      continue;
+    }
+    target[name as keyof SimulatorSwitches] = value;
+  }
+  return unknown;
+}
