@@ -1,0 +1,198 @@
+/**
+ * Test harness: every test file gets its own PostgreSQL database and its own Redis key prefix,
+ * against the real services; only wallet providers are simulated (over real HTTP).
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import supertest from 'supertest';
+import { type Config, loadConfig } from '../src/config.ts';
+import { type Gateway, startGateway } from '../src/runtime.ts';
+
+export const PG_BASE = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+export function databaseUrl(name: string): string {
+  const url = new URL(PG_BASE);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+export async function dropDatabase(name: string): Promise<void> {
+  const client = new pg.Client({ connectionString: PG_BASE });
+  await client.connect();
+  try {
+    await client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+  } finally {
+    await client.end();
+  }
+}
+
+/** One isolated environment: a database, a Redis prefix, a master key. */
+export function testEnvironment(overrides: Record<string, string> = {}): {
+  env: NodeJS.ProcessEnv;
+  dbName: string;
+} {
+  const id = randomBytes(5).toString('hex');
+  const dbName = `tb_test_${id}`;
+  return {
+    dbName,
+    env: {
+      NODE_ENV: 'test',
+      DATABASE_URL: databaseUrl(dbName),
+      REDIS_URL,
+      REDIS_PREFIX: `tbtest:${id}`,
+      ADMIN_API_KEY: `adm_test_${randomBytes(12).toString('hex')}`,
+      TILLBRIDGE_MASTER_KEY: randomBytes(32).toString('base64'),
+      TILLBRIDGE_MASTER_KEY_FILE: join(mkdtempSync(join(tmpdir(), 'tb-')), 'master.key'),
+      SANDBOX_TIME_SCALE: '0.3',
+      SWEEP_INTERVAL_MS: '1000',
+      RATE_LIMIT_PER_KEY_RPS: '10000',
+      LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+      ...overrides,
+    },
+  };
+}
+
+export interface TestGateway {
+  gateway: Gateway;
+  config: Config;
+  url: string;
+  http: ReturnType<typeof supertest>;
+  adminKey: string;
+  dbName: string;
+  stop(options?: { keepDatabase?: boolean }): Promise<void>;
+}
+
+export async function startTestGateway(overrides: Record<string, string> = {}): Promise<TestGateway> {
+  const port = await freePort();
+  const { env, dbName } = testEnvironment({ PORT: String(port), ...overrides });
+  const config = loadConfig(env);
+  const gateway = await startGateway(config);
+  const url = gateway.url ?? `http://127.0.0.1:${port}`;
+  return {
+    gateway,
+    config,
+    url,
+    http: supertest(url),
+    adminKey: config.adminApiKey,
+    dbName,
+    async stop({ keepDatabase = false } = {}) {
+      await gateway.stop();
+      if (!keepDatabase) await dropDatabase(dbName);
+    },
+  };
+}
+
+export interface Merchant {
+  id: string;
+  secretKey: string;
+  terminalKey: string;
+  refundTerminalKey: string;
+  accountId: string;
+}
+
+/** A merchant with the sandbox provider and two terminals (one allowed to refund). */
+export async function setupMerchant(tg: TestGateway, name = 'Test Drugstore'): Promise<Merchant> {
+  const merchant = await tg.http
+    .post('/v1/admin/merchants')
+    .set('Authorization', `Bearer ${tg.adminKey}`)
+    .send({ name, settlement_currency: 'EUR', country: 'DE' })
+    .expect(201);
+  const sk = merchant.body.secret_key as string;
+  const account = await tg.http
+    .put('/v1/providers/sandbox')
+    .set('Authorization', `Bearer ${sk}`)
+    .send({ wallets: ['alipay', 'wechatpay', 'alipayplus'] })
+    .expect(201);
+  const terminal = await tg.http
+    .post('/v1/terminals')
+    .set('Authorization', `Bearer ${sk}`)
+    .send({ store_id: 'berlin-01', terminal_id: 'till-1' })
+    .expect(201);
+  const refundTerminal = await tg.http
+    .post('/v1/terminals')
+    .set('Authorization', `Bearer ${sk}`)
+    .send({ store_id: 'berlin-01', terminal_id: 'till-2', can_refund: true })
+    .expect(201);
+  return {
+    id: merchant.body.id,
+    secretKey: sk,
+    terminalKey: terminal.body.terminal_key,
+    refundTerminalKey: refundTerminal.body.terminal_key,
+    accountId: account.body.id,
+  };
+}
+
+export const ALIPAY_CODE = '286714335246118790';
+export const WECHAT_CODE = '134567890123456789';
+
+let counter = 0;
+export function idempotencyKey(): string {
+  counter += 1;
+  return `test-${Date.now()}-${counter}-${randomBytes(4).toString('hex')}`;
+}
+
+export function scanPayment(value: number, extra: Record<string, unknown> = {}) {
+  return {
+    amount: { value, currency: 'EUR' },
+    reference: `R-${value}-${counter}`,
+    mode: 'scan',
+    payment_code: ALIPAY_CODE,
+    ...extra,
+  };
+}
+
+export async function createPayment(tg: TestGateway, key: string, body: unknown, idem = idempotencyKey()) {
+  return tg.http
+    .post('/v1/payments')
+    .set('Authorization', `Bearer ${key}`)
+    .set('Idempotency-Key', idem)
+    .send(body as object);
+}
+
+/** Polls until `check` returns a value, or fails after `timeoutMs`. */
+export async function eventually<T>(
+  check: () => Promise<T | undefined | false>,
+  timeoutMs = 15_000,
+  what = 'condition',
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export async function waitForStatus(
+  tg: TestGateway,
+  key: string,
+  id: string,
+  statuses: string[],
+  timeoutMs = 20_000,
+) {
+  return eventually(
+    async () => {
+      const res = await tg.http.get(`/v1/payments/${id}`).set('Authorization', `Bearer ${key}`);
+      return statuses.includes(res.body.status) ? res.body : undefined;
+    },
+    timeoutMs,
+    `payment ${id} to reach ${statuses.join('|')}`,
+  );
+}
