@@ -62,7 +62,9 @@ export function normalisePrivateKey(input: string): NormalisedPrivateKey {
     throw new KeyFormatError(`RSA key has ${bits} bits; at least ${MIN_BITS} are required`);
   const publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
   return {
-    pem: forge.pki.privateKeyInfoToPem(forge.pki.wrapRsaPrivateKey(forge.pki.privateKeyToAsn1(key))),
+    pem: unixLines(
+      forge.pki.privateKeyInfoToPem(forge.pki.wrapRsaPrivateKey(forge.pki.privateKeyToAsn1(key))),
+    ),
     format: `${pkcs8 ? 'pkcs8' : 'pkcs1'}-${pem ? 'pem' : 'base64'}`,
     modulus: key.n.toString(16),
     bits,
@@ -86,7 +88,7 @@ export function normalisePublicKey(input: string): NormalisedPublicKey {
   if (bits < MIN_BITS)
     throw new KeyFormatError(`RSA key has ${bits} bits; at least ${MIN_BITS} are required`);
   return {
-    pem: forge.pki.publicKeyToPem(key),
+    pem: unixLines(forge.pki.publicKeyToPem(key)),
     // A PKCS#1 RSAPublicKey is normalised to SPKI like the rest; report it under the SPKI name.
     format: pem ? 'spki-pem' : 'spki-base64',
     modulus: key.n.toString(16),
@@ -112,6 +114,11 @@ export function privateKeyObject(pkcs8Pem: string): KeyObject {
 
 export function publicKeyObject(spkiPem: string): KeyObject {
   return createPublicKey({ key: spkiPem, format: 'pem' });
+}
+
+/** forge writes CRLF; the stored PEM uses plain newlines like every other PEM we handle. */
+function unixLines(pem: string): string {
+  return pem.replace(/\r\n/g, '\n');
 }
 
 function readKeyText(input: string): { der: string; pem: boolean } {

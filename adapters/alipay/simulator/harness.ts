@@ -116,7 +116,10 @@ export function paymentRequest(overrides: Partial<PaymentRequest> = {}): Payment
   };
 }
 
-export function refundRequest(payment: PaymentRequest, overrides: Partial<RefundRequest> = {}): RefundRequest {
+export function refundRequest(
+  payment: PaymentRequest,
+  overrides: Partial<RefundRequest> = {},
+): RefundRequest {
   const id = `re_${randomBytes(8).toString('hex')}`;
   return {
     refund_id: id,
@@ -129,7 +132,10 @@ export function refundRequest(payment: PaymentRequest, overrides: Partial<Refund
 }
 
 /** Poll until `check` returns a value, or fail after `timeoutMs`. */
-export async function eventually<T>(check: () => T | undefined | Promise<T | undefined>, timeoutMs = 5000): Promise<T> {
+export async function eventually<T>(
+  check: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 5000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
