@@ -157,7 +157,7 @@ export function scanPayment(value: number, extra: Record<string, unknown> = {}) 
   };
 }
 
-export async function createPayment(tg: TestGateway, key: string, body: unknown, idem = idempotencyKey()) {
+export function createPayment(tg: TestGateway, key: string, body: unknown, idem = idempotencyKey()) {
   return tg.http
     .post('/v1/payments')
     .set('Authorization', `Bearer ${key}`)

@@ -11,6 +11,7 @@ const printable = (max: number) =>
     .string()
     .min(1)
     .max(max)
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point.
     .regex(/^[^\u0000-\u001f\u007f]*$/, 'must not contain control characters');
 
 export const currency = z

@@ -61,8 +61,8 @@ export class PaymentUpdates {
         resolve(value);
       };
     });
-    let set = this.waiters.get(paymentId);
-    if (!set) this.waiters.set(paymentId, (set = new Set()));
+    const set = this.waiters.get(paymentId) ?? new Set();
+    this.waiters.set(paymentId, set);
     set.add(wake);
     return { changed, cancel: () => wake() };
   }

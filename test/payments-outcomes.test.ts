@@ -1,0 +1,218 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import {
+  createPayment,
+  type Merchant,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+  type TestGateway,
+  WECHAT_CODE,
+  waitForStatus,
+} from './helpers.ts';
+
+let tg: TestGateway;
+let merchant: Merchant;
+
+before(async () => {
+  tg = await startTestGateway({ PAYMENT_RESOLUTION_WINDOW_S: '3' });
+  merchant = await setupMerchant(tg);
+});
+after(() => tg.stop());
+
+async function history(id: string): Promise<string[]> {
+  const { rows } = await tg.gateway.ctx.db.query<{ to_status: string; cause: string }>(
+    'SELECT to_status, cause FROM payment_events WHERE payment_id = $1 ORDER BY id',
+    [id],
+  );
+  return rows.map((r) => `${r.to_status} (${r.cause})`);
+}
+
+describe('sandbox magic outcomes, mode scan', () => {
+  test('00–50: succeeds at once, with the wallet’s amount and rate', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(1999)).expect(201);
+    assert.equal(res.body.status, 'succeeded');
+    assert.deepEqual(res.body.amount, { value: 1999, currency: 'EUR' });
+    assert.deepEqual(res.body.customer_amount, { value: 15420, currency: 'CNY' });
+    assert.equal(res.body.exchange_rate, '7.7140');
+    assert.equal(res.body.wallet, 'alipay');
+    assert.equal(res.body.provider, 'sandbox');
+    assert.equal(res.body.store_id, 'berlin-01');
+    assert.equal(res.body.terminal_id, 'till-1');
+    assert.match(res.body.id, /^pay_/);
+    assert.ok(res.body.provider_reference);
+    assert.equal(res.body.payment_code, '2867**********8790', 'the payment code is shown masked only');
+    assert.match(res.headers['request-id'], /^req_/);
+  });
+
+  test('51: declined for insufficient funds', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2051)).expect(201);
+    assert.equal(res.body.status, 'failed');
+    assert.equal(res.body.failure.code, 'insufficient_funds');
+    assert.ok(res.body.failure.message.length > 0);
+  });
+
+  test('52: processing while the customer confirms, then succeeds', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2052)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
+      'succeeded',
+      'failed',
+      'canceled',
+    ]);
+    assert.equal(done.status, 'succeeded');
+  });
+
+  test('53: processing, then the customer gives up and it fails', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2053)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
+      'succeeded',
+      'failed',
+      'canceled',
+    ]);
+    assert.equal(done.status, 'failed');
+    assert.equal(done.failure.code, 'user_canceled');
+  });
+
+  test('54: no answer from the provider; the gateway finds the success by inquiry', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2054)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
+      'succeeded',
+      'failed',
+      'canceled',
+    ]);
+    assert.equal(done.status, 'succeeded');
+    assert.ok((await history(res.body.id)).includes('succeeded (inquiry: succeeded)'));
+  });
+
+  test('55: 5xx first; two not-found inquiries prove it never arrived, the identical request is resent once', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2055)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
+      'succeeded',
+      'failed',
+      'canceled',
+    ]);
+    assert.equal(done.status, 'succeeded');
+    const events = await history(res.body.id);
+    assert.equal(events.filter((e) => e.includes('resend')).length, 2, events.join('\n'));
+  });
+
+  test('56: invalid payment code fails at once', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2056)).expect(201);
+    assert.equal(res.body.status, 'failed');
+    assert.equal(res.body.failure.code, 'invalid_payment_code');
+  });
+
+  test('57: stays processing; cancelled at the end of the resolution window', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2057)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
+      'succeeded',
+      'failed',
+      'canceled',
+    ]);
+    assert.equal(done.status, 'canceled');
+    assert.ok(
+      (await history(res.body.id)).some((e) => e.startsWith('canceled (cancel: resolution window ended')),
+    );
+  });
+
+  test('a WeChat Pay code is routed to the wechatpay wallet', async () => {
+    const res = await createPayment(
+      tg,
+      merchant.terminalKey,
+      scanPayment(1200, { payment_code: WECHAT_CODE }),
+    ).expect(201);
+    assert.equal(res.body.wallet, 'wechatpay');
+    assert.equal(res.body.status, 'succeeded');
+  });
+});
+
+describe('mode qr', () => {
+  test('shows a QR code; paying on the simulated wallet page succeeds and wakes a long-polling till', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, {
+      amount: { value: 1500, currency: 'EUR' },
+      reference: 'R-QR-1',
+      mode: 'qr',
+      wallet: 'wechatpay',
+    }).expect(201);
+    assert.equal(res.body.status, 'requires_customer');
+    assert.match(res.body.qr_code.data, /^http:\/\/127\.0\.0\.1:\d+\/wallet\//);
+    assert.ok(Date.parse(res.body.qr_code.expires_at) > Date.now());
+
+    const page = await fetch(res.body.qr_code.data);
+    assert.equal(page.status, 200);
+    assert.match(await page.text(), /Sandbox wallet/);
+
+    const started = Date.now();
+    const waiting = tg.http
+      .get(`/v1/payments/${res.body.id}?wait=30`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`);
+    const pending = waiting.then((r) => r);
+    await new Promise((r) => setTimeout(r, 300));
+    const paid = await fetch(res.body.qr_code.data, { method: 'POST' });
+    assert.equal(paid.status, 200);
+    const woken = await pending;
+    assert.equal(woken.status, 200);
+    assert.equal(woken.body.status, 'succeeded');
+    assert.ok(Date.now() - started < 10_000, 'woken by the notification, not by the wait timeout');
+  });
+
+  test('the till cancels a QR nobody scanned: 200 canceled, then 409 for a second cancel', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, {
+      amount: { value: 1600, currency: 'EUR' },
+      reference: 'R-QR-2',
+      mode: 'qr',
+      wallet: 'alipay',
+    }).expect(201);
+    assert.equal(res.body.status, 'requires_customer');
+    const cancel = await tg.http
+      .post(`/v1/payments/${res.body.id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    assert.equal(cancel.body.status, 'canceled');
+    await tg.http
+      .post(`/v1/payments/${res.body.id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(409);
+  });
+});
+
+describe('long-poll', () => {
+  test('?wait returns at once for a final payment and after the timeout for an unchanged one', async () => {
+    const done = await createPayment(tg, merchant.terminalKey, scanPayment(1000)).expect(201);
+    const t0 = Date.now();
+    await tg.http
+      .get(`/v1/payments/${done.body.id}?wait=20`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    assert.ok(Date.now() - t0 < 2000);
+
+    const qr = await createPayment(tg, merchant.terminalKey, {
+      amount: { value: 1700, currency: 'EUR' },
+      reference: 'R-W',
+      mode: 'qr',
+      wallet: 'alipay',
+    });
+    const t1 = Date.now();
+    const res = await tg.http
+      .get(`/v1/payments/${qr.body.id}?wait=1`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    assert.equal(res.body.status, 'requires_customer');
+    assert.ok(Date.now() - t1 >= 900, 'held for the wait time');
+  });
+
+  test('cancel while the customer is confirming: 200 canceled, and the payment stays canceled', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(3057)).expect(201);
+    const cancel = await tg.http
+      .post(`/v1/payments/${res.body.id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    assert.equal(cancel.body.status, 'canceled');
+    assert.ok(cancel.body.cancel_requested_at);
+  });
+});
