@@ -99,8 +99,11 @@ export async function idempotent(
         422,
       );
     }
-    if (row.response_status !== null)
-      return send(res, { status: row.response_status, body: row.response_body }, true);
+    if (row.response_status !== null) {
+      // API.md: a replay of a creation answers 200, not 201 — nothing new was created.
+      const status = row.response_status === 201 ? 200 : row.response_status;
+      return send(res, { status, body: row.response_body }, true);
+    }
     if (row.locked) {
       throw new ApiError(
         'idempotency',

@@ -1,0 +1,204 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import {
+  createPayment,
+  idempotencyKey,
+  type Merchant,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+  type TestGateway,
+} from './helpers.ts';
+
+let tg: TestGateway;
+let merchant: Merchant;
+
+before(async () => {
+  tg = await startTestGateway();
+  merchant = await setupMerchant(tg);
+});
+after(() => tg.stop());
+
+async function paymentsWithReference(reference: string): Promise<number> {
+  const { rows } = await tg.gateway.ctx.db.query('SELECT 1 FROM payments WHERE reference = $1', [reference]);
+  return rows.length;
+}
+
+describe('Idempotency-Key', () => {
+  test('a replay returns the stored response with Idempotent-Replayed, and creates nothing', async () => {
+    const key = idempotencyKey();
+    const body = scanPayment(1234, { reference: 'R-IDEM-1' });
+    const first = await createPayment(tg, merchant.terminalKey, body, key).expect(201);
+    assert.equal(first.headers['idempotent-replayed'], undefined);
+    const second = await createPayment(tg, merchant.terminalKey, body, key).expect(200);
+    assert.equal(second.headers['idempotent-replayed'], 'true');
+    assert.deepEqual(second.body, first.body);
+    assert.equal(await paymentsWithReference('R-IDEM-1'), 1);
+  });
+
+  test('the same key with another body is 422 idempotency', async () => {
+    const key = idempotencyKey();
+    await createPayment(tg, merchant.terminalKey, scanPayment(1300, { reference: 'R-IDEM-2' }), key).expect(
+      201,
+    );
+    const res = await createPayment(
+      tg,
+      merchant.terminalKey,
+      scanPayment(1301, { reference: 'R-IDEM-2' }),
+      key,
+    ).expect(422);
+    assert.equal(res.body.error.type, 'idempotency');
+    assert.equal(await paymentsWithReference('R-IDEM-2'), 1);
+  });
+
+  test('concurrent identical requests create exactly one payment; the others get the replay or 409', async () => {
+    const key = idempotencyKey();
+    const body = scanPayment(2052, { reference: 'R-IDEM-3' }); // 52: the provider takes a while
+    const results = await Promise.all(
+      Array.from({ length: 12 }, () => createPayment(tg, merchant.terminalKey, body, key)),
+    );
+    const statuses = results.map((r) => r.status).sort();
+    assert.equal(statuses.filter((s) => s === 201).length, 1, `statuses: ${statuses}`);
+    for (const r of results.filter((r) => r.status === 409)) assert.equal(r.body.error.type, 'idempotency');
+    for (const r of results) assert.ok([200, 201, 409].includes(r.status));
+    assert.equal(await paymentsWithReference('R-IDEM-3'), 1);
+  });
+
+  test('a lock left by a dead process is taken over once its lease has expired', async () => {
+    const key = idempotencyKey();
+    const body = scanPayment(1400, { reference: 'R-IDEM-4' });
+    const scope = `${merchant.id}:payments`;
+    const crypto = await import('node:crypto');
+    const hash = crypto
+      .createHash('sha256')
+      .update(`POST /v1/payments\n${JSON.stringify(body)}`)
+      .digest('hex');
+    await tg.gateway.ctx.db.query(
+      `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until) VALUES ($1, $2, $3, now() + interval '30 seconds')`,
+      [scope, key, hash],
+    );
+    const blocked = await createPayment(tg, merchant.terminalKey, body, key).expect(409);
+    assert.equal(blocked.body.error.type, 'idempotency');
+    await tg.gateway.ctx.db.query(
+      `UPDATE idempotency_keys SET locked_until = now() - interval '1 second' WHERE key = $1`,
+      [key],
+    );
+    const res = await createPayment(tg, merchant.terminalKey, body, key).expect(201);
+    assert.equal(res.body.status, 'succeeded');
+  });
+
+  test('keys are scoped per merchant', async () => {
+    const other = await setupMerchant(tg, 'Other Store');
+    const key = idempotencyKey();
+    const a = await createPayment(tg, merchant.terminalKey, scanPayment(1500), key).expect(201);
+    const b = await createPayment(tg, other.terminalKey, scanPayment(1500), key).expect(201);
+    assert.notEqual(a.body.id, b.body.id);
+  });
+});
+
+describe('refunds', () => {
+  async function paid(value: number): Promise<string> {
+    const res = await createPayment(tg, merchant.secretKey, scanPayment(value)).expect(201);
+    assert.equal(res.body.status, 'succeeded');
+    return res.body.id;
+  }
+
+  function refund(paymentId: string, body: object, key = merchant.secretKey, idem = idempotencyKey()) {
+    return tg.http
+      .post(`/v1/payments/${paymentId}/refunds`)
+      .set('Authorization', `Bearer ${key}`)
+      .set('Idempotency-Key', idem)
+      .send(body);
+  }
+
+  test('partial refund, then the default rest; the payment ends refunded', async () => {
+    const id = await paid(5000);
+    const first = await refund(id, {
+      amount: { value: 1200, currency: 'EUR' },
+      reason: 'broken item',
+    }).expect(201);
+    assert.equal(first.body.status, 'succeeded');
+    assert.deepEqual(first.body.amount, { value: 1200, currency: 'EUR' });
+    let payment = await tg.http
+      .get(`/v1/payments/${id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    assert.equal(payment.body.status, 'partially_refunded');
+    assert.deepEqual(payment.body.amount_refunded, { value: 1200, currency: 'EUR' });
+
+    const rest = await refund(id, {}).expect(201);
+    assert.deepEqual(rest.body.amount, { value: 3800, currency: 'EUR' });
+    payment = await tg.http
+      .get(`/v1/payments/${id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    assert.equal(payment.body.status, 'refunded');
+    assert.deepEqual(payment.body.amount_refunded, { value: 5000, currency: 'EUR' });
+
+    const fetched = await tg.http
+      .get(`/v1/refunds/${first.body.id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    assert.equal(fetched.body.payment_id, id);
+    const more = await refund(id, { amount: { value: 1, currency: 'EUR' } }).expect(409);
+    assert.equal(more.body.error.type, 'conflict');
+  });
+
+  test('more than the captured amount is refused with 422', async () => {
+    const id = await paid(1000);
+    const res = await refund(id, { amount: { value: 1001, currency: 'EUR' } }).expect(422);
+    assert.equal(res.body.error.type, 'unprocessable');
+    assert.equal(res.body.error.param, 'amount.value');
+  });
+
+  test('concurrent refunds never exceed the captured amount', async () => {
+    const id = await paid(1000);
+    const results = await Promise.all(
+      Array.from({ length: 10 }, () => refund(id, { amount: { value: 300, currency: 'EUR' } })),
+    );
+    const created = results.filter((r) => r.status === 201);
+    assert.equal(created.length, 3, `statuses ${results.map((r) => r.status)}`);
+    for (const r of results.filter((r) => r.status !== 201)) assert.ok([409, 422].includes(r.status));
+    const { rows } = await tg.gateway.ctx.db.query<{ total: number }>(
+      "SELECT COALESCE(SUM(amount_value), 0)::int AS total FROM refunds WHERE payment_id = $1 AND status <> 'failed'",
+      [id],
+    );
+    assert.equal(rows[0].total, 900);
+    const payment = await tg.http
+      .get(`/v1/payments/${id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    assert.deepEqual(payment.body.amount_refunded, { value: 900, currency: 'EUR' });
+  });
+
+  test('a refund replayed with its Idempotency-Key refunds once', async () => {
+    const id = await paid(2000);
+    const idem = idempotencyKey();
+    const a = await refund(id, { amount: { value: 500, currency: 'EUR' } }, merchant.secretKey, idem).expect(
+      201,
+    );
+    const b = await refund(id, { amount: { value: 500, currency: 'EUR' } }, merchant.secretKey, idem).expect(
+      200,
+    );
+    assert.equal(a.body.id, b.body.id);
+    const payment = await tg.http
+      .get(`/v1/payments/${id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    assert.deepEqual(payment.body.amount_refunded, { value: 500, currency: 'EUR' });
+  });
+
+  test('a failed or unfinished payment cannot be refunded', async () => {
+    const failed = await createPayment(tg, merchant.secretKey, scanPayment(1051)).expect(201);
+    const res = await refund(failed.body.id, {}).expect(409);
+    assert.equal(res.body.error.code, 'payment_not_captured');
+  });
+
+  test('terminal keys refund only when created with can_refund', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(900)).expect(201);
+    const denied = await refund(res.body.id, {}, merchant.terminalKey).expect(403);
+    assert.equal(denied.body.error.type, 'permission');
+    const own = await createPayment(tg, merchant.refundTerminalKey, scanPayment(900)).expect(201);
+    await refund(own.body.id, {}, merchant.refundTerminalKey).expect(201);
+  });
+});
