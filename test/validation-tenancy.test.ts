@@ -1,0 +1,345 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import {
+  ALIPAY_CODE,
+  createPayment,
+  idempotencyKey,
+  type Merchant,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+  type TestGateway,
+} from './helpers.ts';
+
+let tg: TestGateway;
+let merchant: Merchant;
+let other: Merchant;
+
+before(async () => {
+  tg = await startTestGateway();
+  merchant = await setupMerchant(tg);
+  other = await setupMerchant(tg, 'Rival Store');
+});
+after(() => tg.stop());
+
+const good = () => scanPayment(1999, { reference: 'R-BAD' });
+const without = (field: string) => {
+  const body: Record<string, unknown> = good();
+  delete body[field];
+  return body;
+};
+
+type Case = [name: string, body: unknown, status: number, param?: string, headers?: Record<string, string>];
+
+const BAD_PAYMENTS: Case[] = [
+  ['amount missing', without('amount'), 400, 'amount'],
+  ['amount as a float', { ...good(), amount: { value: 19.99, currency: 'EUR' } }, 400, 'amount.value'],
+  ['amount as a string', { ...good(), amount: { value: '1999', currency: 'EUR' } }, 400, 'amount.value'],
+  ['negative amount', { ...good(), amount: { value: -5, currency: 'EUR' } }, 400, 'amount.value'],
+  ['zero amount', { ...good(), amount: { value: 0, currency: 'EUR' } }, 400, 'amount.value'],
+  [
+    'amount above the maximum',
+    { ...good(), amount: { value: 100_000_001, currency: 'EUR' } },
+    400,
+    'amount.value',
+  ],
+  [
+    'amount beyond safe integers',
+    { ...good(), amount: { value: 2 ** 60, currency: 'EUR' } },
+    400,
+    'amount.value',
+  ],
+  ['unknown currency', { ...good(), amount: { value: 100, currency: 'XYZ' } }, 400, 'amount.currency'],
+  ['lower-case currency', { ...good(), amount: { value: 100, currency: 'eur' } }, 400, 'amount.currency'],
+  ['currency missing', { ...good(), amount: { value: 100 } }, 400, 'amount.currency'],
+  ['extra field in amount', { ...good(), amount: { value: 100, currency: 'EUR', fx: 1 } }, 400, 'amount.fx'],
+  ['amount as a number', { ...good(), amount: 1999 }, 400, 'amount'],
+  ['reference missing', without('reference'), 400, 'reference'],
+  ['empty reference', { ...good(), reference: '' }, 400, 'reference'],
+  ['reference too long', { ...good(), reference: 'R'.repeat(65) }, 400, 'reference'],
+  ['reference with a control character', { ...good(), reference: 'R-1\u0007' }, 400, 'reference'],
+  ['mode missing', without('mode'), 400, 'mode'],
+  ['unknown mode', { ...good(), mode: 'nfc' }, 400, 'mode'],
+  ['scan without payment code', without('payment_code'), 400, 'payment_code'],
+  ['payment code with letters', { ...good(), payment_code: '28671433524611879A' }, 400, 'payment_code'],
+  ['payment code too short', { ...good(), payment_code: '123456789' }, 400, 'payment_code'],
+  ['payment code too long', { ...good(), payment_code: '1'.repeat(33) }, 400, 'payment_code'],
+  [
+    'qr without wallet',
+    { amount: { value: 100, currency: 'EUR' }, reference: 'R', mode: 'qr' },
+    400,
+    'wallet',
+  ],
+  [
+    'qr with a payment code',
+    {
+      amount: { value: 100, currency: 'EUR' },
+      reference: 'R',
+      mode: 'qr',
+      wallet: 'alipay',
+      payment_code: ALIPAY_CODE,
+    },
+    400,
+    'payment_code',
+  ],
+  ['unknown wallet', { ...good(), wallet: 'paypal' }, 400, 'wallet'],
+  ['wallet contradicting the code', { ...good(), wallet: 'wechatpay' }, 400, 'wallet'],
+  ['unknown top-level field', { ...good(), tip: 100 }, 400, 'tip'],
+  ['metadata with a number value', { ...good(), metadata: { till: 3 } }, 400, 'metadata.till'],
+  [
+    'metadata with 21 keys',
+    { ...good(), metadata: Object.fromEntries(Array.from({ length: 21 }, (_, i) => [`k${i}`, 'v'])) },
+    400,
+    'metadata',
+  ],
+  ['description too long', { ...good(), description: 'd'.repeat(257) }, 400, 'description'],
+  ['store_id differing from the terminal key', { ...good(), store_id: 'paris-09' }, 400, 'store_id'],
+  ['terminal_id differing from the terminal key', { ...good(), terminal_id: 'till-9' }, 400, 'terminal_id'],
+  ['body is an array', [good()], 400],
+  ['body is a string', 'pay me', 400],
+  ['Idempotency-Key missing', good(), 400, 'Idempotency-Key', { 'Idempotency-Key': '' }],
+  ['Idempotency-Key too long', good(), 400, 'Idempotency-Key', { 'Idempotency-Key': 'k'.repeat(256) }],
+  ['Idempotency-Key with a space', good(), 400, 'Idempotency-Key', { 'Idempotency-Key': 'a b' }],
+];
+
+describe('bad payment requests: each a 4xx with the error shape, and nothing stored', () => {
+  for (const [name, body, status, param, headers] of BAD_PAYMENTS) {
+    test(name, async () => {
+      const before = await tg.gateway.ctx.db.query('SELECT count(*)::int AS n FROM payments');
+      let req = tg.http
+        .post('/v1/payments')
+        .set('Authorization', `Bearer ${merchant.terminalKey}`)
+        .set('Content-Type', 'application/json');
+      const idem = headers?.['Idempotency-Key'];
+      if (idem === undefined) req = req.set('Idempotency-Key', idempotencyKey());
+      else if (idem !== '') req = req.set('Idempotency-Key', idem);
+      const res = await req.send(typeof body === 'string' ? JSON.stringify(body) : (body as object));
+      assert.equal(res.status, status, JSON.stringify(res.body));
+      assert.equal(res.body.error.type, 'invalid_request');
+      assert.equal(typeof res.body.error.code, 'string');
+      assert.ok(res.body.error.message.length > 0);
+      assert.match(res.body.error.request_id, /^req_/);
+      assert.equal(res.body.error.request_id, res.headers['request-id']);
+      if (param) assert.equal(res.body.error.param, param);
+      const afterCount = await tg.gateway.ctx.db.query('SELECT count(*)::int AS n FROM payments');
+      assert.equal(afterCount.rows[0].n, before.rows[0].n);
+    });
+  }
+
+  test('malformed JSON is a 400 invalid_json', async () => {
+    const res = await tg.http
+      .post('/v1/payments')
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .set('Content-Type', 'application/json')
+      .send('{"amount": {"value": 10,');
+    assert.equal(res.status, 400);
+    assert.equal(res.body.error.code, 'invalid_json');
+  });
+
+  test('a currency no provider account serves is 422 and stores nothing', async () => {
+    const outside = await setupMerchant(tg, 'EUR only');
+    await tg.http
+      .put('/v1/providers/sandbox')
+      .set('Authorization', `Bearer ${outside.secretKey}`)
+      .send({ wallets: ['alipay'], currencies: ['EUR'] })
+      .expect(200);
+    const res = await createPayment(
+      tg,
+      outside.terminalKey,
+      scanPayment(100, { amount: { value: 100, currency: 'USD' } }),
+    ).expect(422);
+    assert.equal(res.body.error.type, 'unprocessable');
+    assert.equal(res.body.error.code, 'no_provider_account');
+    const { rows } = await tg.gateway.ctx.db.query('SELECT 1 FROM payments WHERE merchant_id = $1', [
+      outside.id,
+    ]);
+    assert.equal(rows.length, 0);
+  });
+
+  test('other bad inputs: list filters, wait, set-up bodies', async () => {
+    const auth = { Authorization: `Bearer ${merchant.secretKey}` };
+    const cases: [string, () => Promise<{ status: number; body: { error: { type: string } } }>][] = [
+      ['limit 0', () => tg.http.get('/v1/payments?limit=0').set(auth)],
+      ['limit 101', () => tg.http.get('/v1/payments?limit=101').set(auth)],
+      ['unknown status filter', () => tg.http.get('/v1/payments?status=lost').set(auth)],
+      ['bad created_gte', () => tg.http.get('/v1/payments?created_gte=yesterday').set(auth)],
+      ['unknown query parameter', () => tg.http.get('/v1/payments?colour=red').set(auth)],
+      ['wait above 60', () => tg.http.get('/v1/payments/pay_x?wait=61').set(auth)],
+      ['terminal without store_id', () => tg.http.post('/v1/terminals').set(auth).send({ terminal_id: 't' })],
+      [
+        'merchant with a bad country',
+        () =>
+          tg.http
+            .post('/v1/admin/merchants')
+            .set('Authorization', `Bearer ${tg.adminKey}`)
+            .send({ name: 'x', settlement_currency: 'EUR', country: 'Germany' }),
+      ],
+      [
+        'merchant with an unknown currency',
+        () =>
+          tg.http
+            .post('/v1/admin/merchants')
+            .set('Authorization', `Bearer ${tg.adminKey}`)
+            .send({ name: 'x', settlement_currency: 'EURO', country: 'DE' }),
+      ],
+      [
+        'webhook endpoint with a relative url',
+        () =>
+          tg.http
+            .post('/v1/webhook-endpoints')
+            .set(auth)
+            .send({ url: '/hook', events: ['payment.succeeded'] }),
+      ],
+      [
+        'webhook endpoint with an unknown event',
+        () =>
+          tg.http
+            .post('/v1/webhook-endpoints')
+            .set(auth)
+            .send({ url: 'http://127.0.0.1/h', events: ['payment.lost'] }),
+      ],
+      [
+        'provider account with an unknown wallet',
+        () =>
+          tg.http
+            .put('/v1/providers/sandbox')
+            .set(auth)
+            .send({ wallets: ['paypal'] }),
+      ],
+      [
+        'sandbox provider with credentials',
+        () =>
+          tg.http
+            .put('/v1/providers/sandbox')
+            .set(auth)
+            .send({ wallets: ['alipay'], secret: 'x' }),
+      ],
+      [
+        'refund with a float amount',
+        () =>
+          tg.http
+            .post('/v1/payments/pay_x/refunds')
+            .set(auth)
+            .set('Idempotency-Key', idempotencyKey())
+            .send({ amount: { value: 1.5, currency: 'EUR' } }),
+      ],
+    ];
+    for (const [name, send] of cases) {
+      const res = await send();
+      assert.ok(res.status >= 400 && res.status < 500, `${name}: ${res.status}`);
+      assert.ok(res.body.error?.type, `${name}: error shape`);
+    }
+  });
+});
+
+describe('authentication and tenancy', () => {
+  test('no key, a wrong key and a malformed header are 401', async () => {
+    for (const header of [undefined, 'Bearer sk_nope', 'Basic abc', 'Bearer tk_nope']) {
+      let req = tg.http.get('/v1/payments');
+      if (header) req = req.set('Authorization', header);
+      const res = await req.expect(401);
+      assert.equal(res.body.error.type, 'authentication');
+    }
+  });
+
+  test('the admin key only reaches /v1/admin, merchant keys never do', async () => {
+    await tg.http.get('/v1/payments').set('Authorization', `Bearer ${tg.adminKey}`).expect(403);
+    await tg.http.get('/v1/admin/merchants').set('Authorization', `Bearer ${merchant.secretKey}`).expect(403);
+    await tg.http.get('/v1/admin/merchants').set('Authorization', `Bearer ${tg.adminKey}`).expect(200);
+  });
+
+  test('terminal keys cannot configure providers or create terminals', async () => {
+    await tg.http
+      .put('/v1/providers/sandbox')
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .send({})
+      .expect(403);
+    await tg.http
+      .post('/v1/terminals')
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .send({ store_id: 's', terminal_id: 't' })
+      .expect(403);
+  });
+
+  test('another merchant’s payment and refund are 404, as are listing and cancelling them', async () => {
+    const mine = await createPayment(tg, merchant.secretKey, scanPayment(1100)).expect(201);
+    const refund = await tg.http
+      .post(`/v1/payments/${mine.body.id}/refunds`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .send({})
+      .expect(201);
+    const as = (key: string) => ({ Authorization: `Bearer ${key}` });
+    await tg.http.get(`/v1/payments/${mine.body.id}`).set(as(other.secretKey)).expect(404);
+    await tg.http.get(`/v1/payments/${mine.body.id}`).set(as(other.terminalKey)).expect(404);
+    await tg.http.get(`/v1/refunds/${refund.body.id}`).set(as(other.secretKey)).expect(404);
+    await tg.http.post(`/v1/payments/${mine.body.id}/cancel`).set(as(other.secretKey)).expect(404);
+    await tg.http
+      .post(`/v1/payments/${mine.body.id}/refunds`)
+      .set(as(other.secretKey))
+      .set('Idempotency-Key', idempotencyKey())
+      .send({})
+      .expect(404);
+    const list = await tg.http.get('/v1/payments?limit=100').set(as(other.secretKey)).expect(200);
+    assert.ok(!list.body.data.some((p: { id: string }) => p.id === mine.body.id));
+  });
+
+  test('a terminal sees only its own payments; the merchant key sees all', async () => {
+    const a = await createPayment(tg, merchant.terminalKey, scanPayment(1200)).expect(201);
+    const b = await createPayment(tg, merchant.refundTerminalKey, scanPayment(1200)).expect(201);
+    await tg.http
+      .get(`/v1/payments/${b.body.id}`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(404);
+    const list = await tg.http
+      .get('/v1/payments?limit=100')
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    const ids = list.body.data.map((p: { id: string }) => p.id);
+    assert.ok(ids.includes(a.body.id));
+    assert.ok(!ids.includes(b.body.id));
+    assert.ok(list.body.data.every((p: { terminal_id: string }) => p.terminal_id === 'till-1'));
+    await tg.http
+      .get(`/v1/payments/${b.body.id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+  });
+});
+
+describe('listing', () => {
+  test('cursor pagination walks every payment once, newest first, with filters', async () => {
+    const shop = await setupMerchant(tg, 'Pager');
+    const created: string[] = [];
+    for (let i = 0; i < 7; i++) {
+      const res = await createPayment(
+        tg,
+        shop.secretKey,
+        scanPayment(i % 2 ? 1051 : 1000, { store_id: 'pager-store' }),
+      ).expect(201);
+      created.push(res.body.id);
+    }
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    for (;;) {
+      const res = await tg.http
+        .get(`/v1/payments?limit=3${cursor ? `&starting_after=${cursor}` : ''}`)
+        .set('Authorization', `Bearer ${shop.secretKey}`)
+        .expect(200);
+      seen.push(...res.body.data.map((p: { id: string }) => p.id));
+      if (!res.body.has_more) break;
+      cursor = seen[seen.length - 1];
+    }
+    assert.deepEqual(seen, [...created].reverse());
+    const failed = await tg.http
+      .get('/v1/payments?status=failed&store_id=pager-store')
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .expect(200);
+    assert.equal(failed.body.data.length, 3);
+    const future = await tg.http
+      .get(`/v1/payments?created_gte=${encodeURIComponent(new Date(Date.now() + 60_000).toISOString())}`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .expect(200);
+    assert.equal(future.body.data.length, 0);
+  });
+});
