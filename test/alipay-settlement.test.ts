@@ -1,0 +1,162 @@
+/**
+ * The Antom settlement details parser (alipay.md §12; PROVIDERS.md "Decisions"): header row,
+ * rows, `<END>`; columns by name in any order; unknown columns tolerated and reported; a missing
+ * required column or a missing `<END>` fails with a clear message. Streams.
+ */
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { describe, it } from 'node:test';
+import { alipayAdapter } from '../adapters/alipay/adapter.ts';
+import { parseSettlementFile } from '../adapters/alipay/settlement.ts';
+import { SettlementFormatError, type SettlementLine } from '../adapters/contract.ts';
+
+const HEADER =
+  'settlementBatchId,customerId,PSP,ARN,referenceMerchantId,referenceStoreId,transactionId,originalTransactionId,transactionRequestId,referenceTransactionId,transactionType,paymentTime,settlementTime,transactionAmountValue,transactionCurrency,settlementAmountValue,settlementCurrency,quoteCurrencyPair,quotePrice,feeAmountValue,feeCurrency,pspName';
+
+const GOOD = [
+  HEADER,
+  'B20240501,cust1,ALIPAYCN,,shop-1,berlin-01,202405011940108001001881I0204295953,,pay_abc,,PAYMENT,2024-05-01T10:00:02+02:00,2024-05-03T00:00:00+00:00,1999,EUR,1999,EUR,EUR/EUR,1,36,EUR,ALIPAYCN',
+  'B20240501,cust1,ALIPAYHK,,shop-1,berlin-01,202405011940108001001881R0204295954,202405011940108001001881I0204295953,re_abc,,REFUND,2024-05-01T11:00:00+02:00,2024-05-03 00:00:00,-500,EUR,-500,EUR,,,0,EUR,',
+  '"B20240501","cust1","","","shop-1","hamburg, 2","T3",,"pay_def",,"cancel",,2024-05-03T00:00:00Z,12000,JPY,7300,EUR,392/978,0.0062,,,',
+  '<END>',
+  '',
+].join('\n');
+
+function stream(text: string, chunk = 7): Readable {
+  // Small chunks, so rows and quoted fields straddle chunk boundaries.
+  const parts: string[] = [];
+  for (let i = 0; i < text.length; i += chunk) parts.push(text.slice(i, i + chunk));
+  return Readable.from(parts);
+}
+
+async function collect(
+  text: string,
+  onUnknownColumns?: (names: string[]) => void,
+): Promise<SettlementLine[]> {
+  const lines: SettlementLine[] = [];
+  for await (const line of parseSettlementFile(stream(text), { onUnknownColumns })) lines.push(line);
+  return lines;
+}
+
+async function failure(text: string): Promise<SettlementFormatError> {
+  try {
+    await collect(text);
+  } catch (error) {
+    assert.ok(error instanceof SettlementFormatError, `expected SettlementFormatError, got ${String(error)}`);
+    return error;
+  }
+  assert.fail('expected the parse to fail');
+}
+
+describe('Antom settlement details parser', () => {
+  it('parses a good file into settlement lines', async () => {
+    const lines = await collect(GOOD);
+    assert.equal(lines.length, 3);
+    assert.deepEqual(lines[0], {
+      line_no: 2,
+      batch_id: 'B20240501',
+      type: 'payment',
+      provider_reference: '202405011940108001001881I0204295953',
+      provider_request_id: 'pay_abc',
+      transaction_amount: { value: 1999, currency: 'EUR' },
+      settlement_amount: { value: 1999, currency: 'EUR' },
+      fee: { value: 36, currency: 'EUR' },
+      exchange_rate: '1',
+      settled_at: new Date('2024-05-03T00:00:00Z'),
+      transacted_at: new Date('2024-05-01T08:00:02Z'),
+      store_id: 'berlin-01',
+      wallet_psp: 'ALIPAYCN',
+    });
+    // A refund written signed: unsigned amounts, the type carries the direction.
+    assert.equal(lines[1].type, 'refund');
+    assert.equal(lines[1].original_provider_reference, '202405011940108001001881I0204295953');
+    assert.deepEqual(lines[1].transaction_amount, { value: 500, currency: 'EUR' });
+    assert.equal(lines[1].wallet_psp, 'ALIPAYHK', 'falls back to the PSP column');
+    assert.deepEqual(lines[1].settled_at, new Date('2024-05-03T00:00:00Z'));
+    // Quoted cells with commas; lower-case type; fee defaulting to zero in the settlement currency.
+    assert.equal(lines[2].type, 'cancel');
+    assert.equal(lines[2].store_id, 'hamburg, 2');
+    assert.deepEqual(lines[2].fee, { value: 0, currency: 'EUR' });
+    assert.deepEqual(lines[2].transaction_amount, { value: 12000, currency: 'JPY' });
+  });
+
+  it('finds columns by name in any order, and reports unknown columns without failing', async () => {
+    const columns = HEADER.split(',');
+    const order = [...columns.keys()].reverse();
+    const reorder = (line: string) => {
+      const cells = line.split(',');
+      return [...order.map((i) => cells[i]), 'X'].join(',');
+    };
+    const text = [
+      `${order.map((i) => columns[i]).join(',')},riskLevel`,
+      reorder(GOOD.split('\n')[1]),
+      '<END>',
+    ].join('\n');
+    let unknown: string[] = [];
+    const lines = await collect(text, (names) => {
+      unknown = names;
+    });
+    assert.deepEqual(unknown, ['riskLevel']);
+    assert.equal(lines.length, 1);
+    assert.equal(lines[0].provider_request_id, 'pay_abc');
+    assert.deepEqual(lines[0].fee, { value: 36, currency: 'EUR' });
+  });
+
+  it('fails naming a missing required column', async () => {
+    const text = GOOD.replace('transactionAmountValue', 'transactionAmount');
+    const error = await failure(text);
+    assert.match(error.message, /lacks required column transactionAmountValue/);
+  });
+
+  it('fails when the <END> trailer is missing (truncated file)', async () => {
+    const error = await failure(GOOD.replace('<END>\n', ''));
+    assert.match(error.message, /without the <END> trailer/);
+  });
+
+  it('rejects data after <END>, decimal amounts, unknown types and currencies, empty files, naming the line', async () => {
+    assert.match((await failure(`${GOOD}${GOOD.split('\n')[1]}\n`)).message, /line 6: data after the <END>/);
+    const decimalAmount = GOOD.replace(',1999,EUR,1999,', ',19.99,EUR,1999,');
+    const error = await failure(decimalAmount);
+    assert.equal(error.line_no, 2);
+    assert.match(error.message, /line 2: transactionAmountValue "19.99" is not an integer amount/);
+    assert.match(
+      (await failure(GOOD.replace(',PAYMENT,', ',CHARGEBACK,'))).message,
+      /unknown transactionType CHARGEBACK/,
+    );
+    assert.match(
+      (await failure(GOOD.replace(',1999,EUR,1999,EUR,', ',1999,EUX,1999,EUR,'))).message,
+      /unknown currency EUX/,
+    );
+    assert.match((await failure('')).message, /empty/);
+    assert.match(
+      (await failure(GOOD.replace('2024-05-03T00:00:00+00:00', 'soon'))).message,
+      /settlementTime "soon"/,
+    );
+  });
+
+  it('tolerates a UTF-8 BOM and CRLF line ends, through the adapter entry point', async () => {
+    const text = `\uFEFF${GOOD.replace(/\n/g, '\r\n')}`;
+    const lines: SettlementLine[] = [];
+    for await (const line of alipayAdapter.parseSettlement(stream(text, 13))) lines.push(line);
+    assert.equal(lines.length, 3);
+    assert.equal(lines[0].batch_id, 'B20240501');
+  });
+
+  it('streams a large file without holding it', async () => {
+    const row = GOOD.split('\n')[1];
+    const count = 50_000;
+    async function* generate() {
+      yield `${HEADER}\n`;
+      for (let i = 0; i < count; i++) yield `${row.replace('pay_abc', `pay_${i}`)}\n`;
+      yield '<END>\n';
+    }
+    let seen = 0;
+    let last = '';
+    for await (const line of parseSettlementFile(Readable.from(generate()))) {
+      seen++;
+      last = line.provider_request_id ?? '';
+    }
+    assert.equal(seen, count);
+    assert.equal(last, `pay_${count - 1}`);
+  });
+});
