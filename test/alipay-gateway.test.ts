@@ -1,0 +1,251 @@
+/**
+ * Alipay through our own HTTP API, against the built-in Antom simulator
+ * (`PUT /v1/providers/alipay {"sandbox": true}`): every magic outcome, QR mode, refunds,
+ * notifications (good, duplicated, forged) and credential validation.
+ */
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import {
+  createPayment,
+  eventually,
+  idempotencyKey,
+  type Merchant,
+  scanPayment,
+  startTestGateway,
+  type TestGateway,
+  waitForStatus,
+} from './helpers.ts';
+
+let tg: TestGateway;
+let merchant: Merchant;
+let accountBody: Record<string, unknown>;
+const FINAL = ['succeeded', 'failed', 'canceled'];
+
+before(async () => {
+  tg = await startTestGateway({ PAYMENT_RESOLUTION_WINDOW_S: '3' });
+  const created = await tg.http
+    .post('/v1/admin/merchants')
+    .set('Authorization', `Bearer ${tg.adminKey}`)
+    .send({ name: 'Alipay Drugstore', settlement_currency: 'EUR', country: 'DE' })
+    .expect(201);
+  const sk = created.body.secret_key as string;
+  const account = await tg.http
+    .put('/v1/providers/alipay')
+    .set('Authorization', `Bearer ${sk}`)
+    .send({ sandbox: true, wallets: ['alipay', 'alipayplus'] })
+    .expect(201);
+  accountBody = account.body;
+  const terminal = await tg.http
+    .post('/v1/terminals')
+    .set('Authorization', `Bearer ${sk}`)
+    .send({ store_id: 'berlin-01', terminal_id: 'till-1' })
+    .expect(201);
+  const refundTerminal = await tg.http
+    .post('/v1/terminals')
+    .set('Authorization', `Bearer ${sk}`)
+    .send({ store_id: 'berlin-01', terminal_id: 'till-2', can_refund: true })
+    .expect(201);
+  merchant = {
+    id: created.body.id,
+    secretKey: sk,
+    terminalKey: terminal.body.terminal_key,
+    refundTerminalKey: refundTerminal.body.terminal_key,
+    accountId: account.body.id,
+  };
+});
+after(() => tg.stop());
+
+async function causes(id: string): Promise<string[]> {
+  const { rows } = await tg.gateway.ctx.db.query<{ to_status: string; cause: string }>(
+    'SELECT to_status, cause FROM payment_events WHERE payment_id = $1 ORDER BY id',
+    [id],
+  );
+  return rows.map((r) => `${r.to_status} (${r.cause})`);
+}
+
+describe('alipay provider account', () => {
+  test('sandbox account: webhook URL, no secrets shown', () => {
+    assert.equal(accountBody.provider, 'alipay');
+    assert.deepEqual(accountBody.wallets, ['alipay', 'alipayplus']);
+    assert.equal(accountBody.webhook_url, `/webhooks/alipay/${merchant.accountId}`);
+    const shown = JSON.stringify(accountBody);
+    assert.doesNotMatch(shown, /PRIVATE KEY|MII[A-Za-z0-9+/]{40}/);
+  });
+
+  test('real credentials are validated at once: bad or swapped keys are 400 naming the field', async () => {
+    const merchantKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const privatePem = merchantKey.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    const ownPublic = merchantKey.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+    const swapped = await tg.http
+      .put('/v1/providers/alipay')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .send({ wallets: ['alipay'], client_id: 'C1', private_key: privatePem, alipay_public_key: ownPublic })
+      .expect(400);
+    assert.equal(swapped.body.error.param, 'alipay_public_key');
+    const garbage = await tg.http
+      .put('/v1/providers/alipay')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .send({ wallets: ['alipay'], client_id: 'C1', private_key: 'nope', alipay_public_key: ownPublic })
+      .expect(400);
+    assert.equal(garbage.body.error.param, 'private_key');
+    // The sandbox account is still in place.
+    const list = await tg.http
+      .get('/v1/providers')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    assert.ok(JSON.stringify(list.body).includes(merchant.accountId));
+  });
+});
+
+describe('alipay sandbox outcomes through the API, mode scan', () => {
+  test('00–50: succeeds at once with Antom’s FX and the paying wallet', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(1999)).expect(201);
+    assert.equal(res.body.status, 'succeeded');
+    assert.equal(res.body.provider, 'alipay');
+    assert.equal(res.body.wallet, 'alipay');
+    assert.equal(res.body.wallet_psp, 'ALIPAYCN');
+    assert.deepEqual(res.body.customer_amount, { value: 15420, currency: 'CNY' });
+    assert.equal(res.body.exchange_rate, '7.7140');
+    assert.match(res.body.provider_reference, /^\d{22}I\d{10}$/);
+  });
+
+  test('51: declined for insufficient funds', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2051)).expect(201);
+    assert.equal(res.body.status, 'failed');
+    assert.equal(res.body.failure.code, 'insufficient_funds');
+  });
+
+  test('52: processing, then succeeds', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2052)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    assert.equal((await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL)).status, 'succeeded');
+  });
+
+  test('53: processing, then fails (customer gave up)', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2053)).expect(201);
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
+    assert.equal(done.status, 'failed');
+    assert.equal(done.failure.code, 'user_canceled');
+  });
+
+  test('54: no answer; the gateway finds the success by inquiry', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2054)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
+    assert.equal(done.status, 'succeeded');
+    assert.ok(
+      (await causes(res.body.id)).some((c) => /inquiry/.test(c)),
+      (await causes(res.body.id)).join(', '),
+    );
+  });
+
+  test('55: HTTP 500 first, not found twice, the identical request resent once, then succeeds', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2055)).expect(201);
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
+    assert.equal(done.status, 'succeeded');
+    assert.ok(
+      (await causes(res.body.id)).some((c) => /resend/.test(c)),
+      (await causes(res.body.id)).join(', '),
+    );
+  });
+
+  test('56: invalid payment code fails at once', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2056)).expect(201);
+    assert.equal(res.body.status, 'failed');
+    assert.equal(res.body.failure.code, 'invalid_payment_code');
+  });
+
+  test('57: stays processing; cancelled at the end of the window', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2057)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL, 40_000);
+    assert.equal(done.status, 'canceled');
+  });
+});
+
+describe('alipay sandbox, mode qr, refunds and notifications', () => {
+  test('QR: the code is the simulator’s wallet page; paying it succeeds through the notification', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, {
+      amount: { value: 1250, currency: 'EUR' },
+      reference: 'R-QR-1',
+      mode: 'qr',
+      wallet: 'alipay',
+    }).expect(201);
+    assert.equal(res.body.status, 'requires_customer');
+    assert.match(res.body.qr_code.data, /^http:\/\/127\.0\.0\.1:\d+\/wallet\//);
+    const page = await fetch(res.body.qr_code.data);
+    assert.match(await page.text(), /Alipay\+ sandbox wallet/);
+    // Every notification is sent twice: the gateway applies it once.
+    const simUrl = new URL(res.body.qr_code.data).origin;
+    await fetch(`${simUrl}/_sim/switches`, { method: 'POST', body: '{"duplicate_notifications":true}' });
+    try {
+      assert.equal((await fetch(res.body.qr_code.data, { method: 'POST' })).status, 200);
+      const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
+      assert.equal(done.status, 'succeeded');
+      assert.equal(done.wallet_psp, 'ALIPAYCN');
+      const history = await causes(res.body.id);
+      assert.equal(history.filter((c) => c.startsWith('succeeded')).length, 1, history.join(', '));
+    } finally {
+      await fetch(`${simUrl}/_sim/switches`, { method: 'POST', body: '{"duplicate_notifications":false}' });
+    }
+  });
+
+  test('refunds: partial then the rest', async () => {
+    const paid = await createPayment(tg, merchant.refundTerminalKey, scanPayment(3000)).expect(201);
+    assert.equal(paid.body.status, 'succeeded');
+    const first = await tg.http
+      .post(`/v1/payments/${paid.body.id}/refunds`)
+      .set('Authorization', `Bearer ${merchant.refundTerminalKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .send({ amount: { value: 1000, currency: 'EUR' } })
+      .expect(201);
+    const refund = await eventually(async () => {
+      const r = await tg.http
+        .get(`/v1/refunds/${first.body.id}`)
+        .set('Authorization', `Bearer ${merchant.secretKey}`);
+      return r.body.status === 'succeeded' ? r.body : undefined;
+    });
+    assert.equal(refund.amount.value, 1000);
+    await tg.http
+      .post(`/v1/payments/${paid.body.id}/refunds`)
+      .set('Authorization', `Bearer ${merchant.refundTerminalKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .send({})
+      .expect(201);
+    const done = await waitForStatus(tg, merchant.secretKey, paid.body.id, ['refunded']);
+    assert.deepEqual(done.amount_refunded, { value: 3000, currency: 'EUR' });
+  });
+
+  test('forged and malformed notifications are rejected and change nothing', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2057)).expect(201);
+    const forged = JSON.stringify({
+      notifyType: 'PAYMENT_RESULT',
+      result: { resultCode: 'SUCCESS', resultStatus: 'S', resultMessage: 'success.' },
+      paymentRequestId: res.body.id,
+      paymentId: 'forged',
+      paymentAmount: { currency: 'EUR', value: '2057' },
+    });
+    const answer = await tg.http
+      .post(`/webhooks/alipay/${merchant.accountId}`)
+      .set('content-type', 'application/json')
+      .set('client-id', 'SANDBOX_5X0000')
+      .set('request-time', new Date().toISOString())
+      .set('signature', 'algorithm=RSA256,keyVersion=1,signature=AAAA')
+      .send(forged);
+    assert.ok(answer.status >= 400, `status ${answer.status}`);
+    assert.doesNotMatch(answer.text, /"resultStatus":"S"/);
+    const malformed = await tg.http
+      .post(`/webhooks/alipay/${merchant.accountId}`)
+      .set('content-type', 'application/json')
+      .send('{"notifyType":');
+    assert.ok(malformed.status >= 400);
+    const now = await tg.http
+      .get(`/v1/payments/${res.body.id}`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`);
+    assert.equal(now.body.status, 'processing');
+    await tg.http
+      .post(`/v1/payments/${res.body.id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`);
+  });
+});
