@@ -10,6 +10,7 @@ const REDACT = [
   '*.authorization',
   'headers.authorization',
   'req.headers.authorization',
+  '*.*.private_key',
   'private_key',
   '*.private_key',
   'secret_key',
@@ -22,6 +23,7 @@ const REDACT = [
   '*.secret',
 ];
 
-export function createLogger(level: string): Logger {
-  return pino({ level, redact: { paths: REDACT, censor: '[redacted]' }, base: { service: 'tillbridge' } });
+export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
+  const options = { level, redact: { paths: REDACT, censor: '[redacted]' }, base: { service: 'tillbridge' } };
+  return destination ? pino(options, destination) : pino(options);
 }

@@ -1,0 +1,182 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { Writable } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import { loadConfig } from '../src/config.ts';
+import { createLogger } from '../src/logger.ts';
+import {
+  createPayment,
+  type Merchant,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+  type TestGateway,
+  testEnvironment,
+} from './helpers.ts';
+
+let tg: TestGateway;
+let merchant: Merchant;
+
+before(async () => {
+  tg = await startTestGateway();
+  merchant = await setupMerchant(tg);
+});
+after(() => tg.stop());
+
+describe('operations endpoints', () => {
+  test('/healthz and /readyz', async () => {
+    assert.equal((await tg.http.get('/healthz').expect(200)).body.status, 'ok');
+    const ready = await tg.http.get('/readyz').expect(200);
+    assert.deepEqual(ready.body, { status: 'ready', postgres: true, redis: true });
+  });
+
+  test('/metrics exposes request latency, payments by outcome and provider latency', async () => {
+    await createPayment(tg, merchant.terminalKey, scanPayment(1000)).expect(201);
+    const res = await tg.http.get('/metrics').expect(200);
+    assert.match(res.text, /tillbridge_http_request_duration_seconds_bucket\{[^}]*route="\/v1\/payments"/);
+    assert.match(res.text, /tillbridge_payments_total\{provider="sandbox",status="succeeded"\} [1-9]/);
+    assert.match(
+      res.text,
+      /tillbridge_provider_call_duration_seconds_count\{provider="sandbox",operation="pay",outcome="succeeded"\} [1-9]/,
+    );
+    assert.match(res.text, /tillbridge_queue_jobs/);
+  });
+
+  test('/openapi.json is OpenAPI 3.1 with the request schemas that validate requests', async () => {
+    const res = await tg.http.get('/openapi.json').expect(200);
+    assert.equal(res.body.openapi, '3.1.0');
+    const create = res.body.paths['/v1/payments'].post;
+    const schema = create.requestBody.content['application/json'].schema;
+    assert.deepEqual(schema.required.sort(), ['amount', 'mode', 'reference']);
+    assert.equal(schema.additionalProperties, false);
+    assert.ok(
+      create.parameters.some(
+        (p: { name: string; required: boolean }) => p.name === 'Idempotency-Key' && p.required,
+      ),
+    );
+    assert.ok(res.body.paths['/v1/payments/{id}/refunds'].post);
+  });
+
+  test('unknown routes answer 404 in the error shape', async () => {
+    const res = await tg.http
+      .get('/v1/nothing-here')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(404);
+    assert.equal(res.body.error.type, 'not_found');
+  });
+
+  test('the rate limit per key answers 429 with Retry-After', async () => {
+    const limited = await startTestGateway({ RATE_LIMIT_PER_KEY_RPS: '5' });
+    try {
+      const shop = await setupMerchant(limited);
+      const results = await Promise.all(
+        Array.from({ length: 20 }, () =>
+          limited.http.get('/v1/payments').set('Authorization', `Bearer ${shop.secretKey}`),
+        ),
+      );
+      const refused = results.filter((r) => r.status === 429);
+      assert.ok(refused.length >= 10, `429s: ${refused.length}`);
+      assert.equal(refused[0].headers['retry-after'], '1');
+      assert.equal(refused[0].body.error.type, 'rate_limited');
+    } finally {
+      await limited.stop();
+    }
+  });
+});
+
+describe('secrets stay secret', () => {
+  test('payment codes and keys are masked in logs', () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk, _enc, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    const serviceLog = createLogger('info', sink);
+    serviceLog.info(
+      {
+        payment_code: '286714335246118790',
+        req: { headers: { authorization: 'Bearer sk_secret' } },
+        body: { private_key: 'PEM' },
+      },
+      'x',
+    );
+    const text = lines.join('');
+    assert.ok(!text.includes('286714335246118790'));
+    assert.ok(!text.includes('sk_secret'));
+    assert.ok(!text.includes('PEM'));
+    assert.match(text, /\[redacted\]/);
+  });
+
+  test('provider credentials are stored encrypted and never echoed', async () => {
+    const { rows } = await tg.gateway.ctx.db.query<{ credentials: Buffer }>(
+      'SELECT credentials FROM provider_accounts WHERE id = $1',
+      [merchant.accountId],
+    );
+    assert.ok(!rows[0].credentials.toString('utf8').includes('sandbox'), 'sealed, not plain JSON');
+    const list = await tg.http
+      .get('/v1/providers')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    assert.equal(list.body.data[0].webhook_url, `/webhooks/sandbox/${merchant.accountId}`);
+    assert.equal(list.body.data[0].credentials, undefined);
+  });
+
+  test('API keys are stored only as hashes', async () => {
+    const { rows } = await tg.gateway.ctx.db.query<{ key_hash: Buffer; key_hint: string }>(
+      'SELECT key_hash, key_hint FROM api_keys',
+    );
+    for (const row of rows) {
+      assert.equal(row.key_hash.length, 32);
+      assert.ok(!row.key_hint.includes(merchant.secretKey));
+    }
+  });
+});
+
+describe('start-up', () => {
+  test('NODE_ENV=production refuses to start without real secrets', () => {
+    const { env } = testEnvironment();
+    const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      env: { PATH: process.env.PATH, NODE_ENV: 'production', DATABASE_URL: env.DATABASE_URL },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.equal(result.status, 2, result.stderr);
+    assert.match(result.stderr, /configuration error: .*required when NODE_ENV=production/);
+  });
+
+  test('config rejects a master key that is not 32 bytes', () => {
+    assert.throws(
+      () => loadConfig({ TILLBRIDGE_MASTER_KEY: Buffer.alloc(16).toString('base64') }),
+      /32 bytes/,
+    );
+  });
+
+  test('the CLI migrates, creates a merchant and a terminal key', () => {
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
+        env: {
+          ...process.env,
+          DATABASE_URL: tg.config.databaseUrl,
+          TILLBRIDGE_MASTER_KEY: tg.config.masterKey.toString('base64'),
+        },
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
+    const migrate = cli('migrate');
+    assert.equal(migrate.status, 0, migrate.stderr);
+    assert.match(migrate.stdout, /up to date/);
+    const merchantOut = cli('create-merchant', 'CLI Shop', 'EUR', 'FR');
+    assert.equal(merchantOut.status, 0, merchantOut.stderr);
+    const created = JSON.parse(merchantOut.stdout);
+    assert.match(created.secret_key, /^sk_/);
+    const terminalOut = cli('create-terminal', created.id, 'lyon-1', 'till-1', '--can-refund');
+    assert.equal(terminalOut.status, 0, terminalOut.stderr);
+    const terminal = JSON.parse(terminalOut.stdout);
+    assert.match(terminal.terminal_key, /^tk_/);
+    assert.equal(terminal.can_refund, true);
+    const bad = cli('create-terminal', 'mer_nope', 's', 't');
+    assert.notEqual(bad.status, 0);
+  });
+});

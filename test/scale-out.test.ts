@@ -1,0 +1,198 @@
+/**
+ * Scale-out: two API processes and a separate worker process against one database and one
+ * Redis. A payment created on one API process is long-polled on the other and woken by a
+ * callback arriving on either.
+ */
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import supertest from 'supertest';
+import type { SimulatorHandle } from '../adapters/contract.ts';
+import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
+import { startSandboxSimulator } from '../adapters/sandbox/simulator.ts';
+import { loadConfig } from '../src/config.ts';
+import { deriveSecret } from '../src/secrets.ts';
+import {
+  databaseUrl,
+  dropDatabase,
+  eventually,
+  freePort,
+  idempotencyKey,
+  scanPayment,
+  testEnvironment,
+} from './helpers.ts';
+
+const children: ChildProcess[] = [];
+let simulator: SimulatorHandle;
+let dbName: string;
+let api1: ReturnType<typeof supertest>;
+let api2: ReturnType<typeof supertest>;
+let adminKey: string;
+let seed: Buffer;
+
+function startProcess(env: NodeJS.ProcessEnv, role: string, port: number): ChildProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    env: { ...process.env, ...env, TILLBRIDGE_ROLE: role, PORT: String(port) },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  child.stderr?.on('data', (d) => process.stderr.write(`[${role}:${port}] ${d}`));
+  children.push(child);
+  return child;
+}
+
+before(async () => {
+  const [port1, port2, workerPort] = [await freePort(), await freePort(), await freePort()];
+  const environment = testEnvironment({ PUBLIC_BASE_URL: `http://127.0.0.1:${port1}` });
+  dbName = environment.dbName;
+  const config = loadConfig(environment.env);
+  seed = deriveSecret(config.masterKey, 'sandbox-seed');
+  simulator = await startSandboxSimulator({ seed, latency_ms: 0, time_scale: 0.3 });
+  const env = { ...environment.env, SANDBOX_SIMULATOR_URL_SANDBOX: simulator.url };
+  adminKey = config.adminApiKey;
+  // The first process creates and migrates the database; the others find it ready.
+  startProcess(env, 'api', port1);
+  api1 = supertest(`http://127.0.0.1:${port1}`);
+  await eventually(
+    async () => (await api1.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
+    30_000,
+    'api 1',
+  );
+  startProcess(env, 'api', port2);
+  startProcess(env, 'worker', workerPort);
+  api2 = supertest(`http://127.0.0.1:${port2}`);
+  await eventually(
+    async () => (await api2.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
+    30_000,
+    'api 2',
+  );
+});
+
+after(async () => {
+  await Promise.all(
+    children.map(
+      (child) =>
+        new Promise<void>((resolve) => {
+          if (child.exitCode !== null) return resolve();
+          child.once('exit', () => resolve());
+          child.kill('SIGTERM');
+        }),
+    ),
+  );
+  await simulator?.close();
+  await dropDatabase(dbName);
+});
+
+async function merchantKeys(api: ReturnType<typeof supertest>) {
+  const merchant = await api
+    .post('/v1/admin/merchants')
+    .set('Authorization', `Bearer ${adminKey}`)
+    .send({ name: 'Scale', settlement_currency: 'EUR', country: 'DE' })
+    .expect(201);
+  const sk = merchant.body.secret_key;
+  const account = await api
+    .put('/v1/providers/sandbox')
+    .set('Authorization', `Bearer ${sk}`)
+    .send({ wallets: ['alipay'] })
+    .expect(201);
+  return { sk, accountId: account.body.id as string };
+}
+
+describe('two API processes and a worker', () => {
+  test('a QR payment created on API 1 is long-polled on API 2 and woken by the callback that reaches API 1', async () => {
+    const { sk } = await merchantKeys(api1);
+    const created = await api1
+      .post('/v1/payments')
+      .set('Authorization', `Bearer ${sk}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .send({
+        amount: { value: 2500, currency: 'EUR' },
+        reference: 'R-SCALE-1',
+        mode: 'qr',
+        wallet: 'alipay',
+      })
+      .expect(201);
+    assert.equal(created.body.status, 'requires_customer');
+    const started = Date.now();
+    const polled = api2
+      .get(`/v1/payments/${created.body.id}?wait=30`)
+      .set('Authorization', `Bearer ${sk}`)
+      .then((r) => r);
+    await new Promise((r) => setTimeout(r, 500));
+    const paid = await fetch(created.body.qr_code.data, { method: 'POST' });
+    assert.equal(paid.status, 200);
+    const res = await polled;
+    assert.equal(res.body.status, 'succeeded');
+    assert.ok(Date.now() - started < 10_000);
+  });
+
+  test('a callback arriving on API 2 wakes a till long-polling on API 1', async () => {
+    const { sk, accountId } = await merchantKeys(api2);
+    const created = await api2
+      .post('/v1/payments')
+      .set('Authorization', `Bearer ${sk}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .send(scanPayment(2557, { reference: 'R-SCALE-2' }))
+      .expect(201);
+    assert.equal(created.body.status, 'processing');
+    const polled = api1
+      .get(`/v1/payments/${created.body.id}?wait=30`)
+      .set('Authorization', `Bearer ${sk}`)
+      .then((r) => r);
+    await new Promise((r) => setTimeout(r, 500));
+    const body = JSON.stringify({
+      notification_id: `ntf_scale_${created.body.id}`,
+      type: 'payment',
+      payment: { request_id: created.body.id, status: 'succeeded', transaction_id: 'sbx_scale' },
+    });
+    const started = Date.now();
+    await api2
+      .post(`/webhooks/sandbox/${accountId}`)
+      .set('Content-Type', 'application/json')
+      .set('Sandbox-Signature', signSandbox(sandboxSecret(seed), body))
+      .send(body)
+      .expect(200);
+    const res = await polled;
+    assert.equal(res.body.status, 'succeeded');
+    assert.ok(Date.now() - started < 5000, 'woken through Redis pub/sub, not by the timeout');
+  });
+
+  test('payments resolved by the separate worker reach one final state each, with one transition', async () => {
+    const { sk } = await merchantKeys(api1);
+    const ids: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const api = i % 2 ? api2 : api1;
+      const res = await api
+        .post('/v1/payments')
+        .set('Authorization', `Bearer ${sk}`)
+        .set('Idempotency-Key', idempotencyKey())
+        .send(scanPayment(i % 2 ? 2052 : 2054, { reference: `R-SCALE-W${i}` }))
+        .expect(201);
+      ids.push(res.body.id);
+    }
+    for (const id of ids) {
+      const done = await eventually(
+        async () => {
+          const res = await api2.get(`/v1/payments/${id}`).set('Authorization', `Bearer ${sk}`);
+          return res.body.status === 'succeeded' ? res.body : undefined;
+        },
+        30_000,
+        `payment ${id}`,
+      );
+      assert.equal(done.status, 'succeeded');
+    }
+    const client = new pg.Client({ connectionString: databaseUrl(dbName) });
+    await client.connect();
+    try {
+      const { rows } = await client.query<{ payment_id: string; n: number }>(
+        "SELECT payment_id, count(*)::int AS n FROM payment_events WHERE to_status = 'succeeded' AND payment_id = ANY($1) GROUP BY payment_id",
+        [ids],
+      );
+      assert.equal(rows.length, ids.length);
+      for (const row of rows)
+        assert.equal(row.n, 1, `payment ${row.payment_id} moved to succeeded ${row.n} times`);
+    } finally {
+      await client.end();
+    }
+  });
+});
