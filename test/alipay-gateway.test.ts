@@ -6,8 +6,10 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
+import { startGateway } from '../src/runtime.ts';
 import {
   createPayment,
+  dropDatabase,
   eventually,
   idempotencyKey,
   type Merchant,
@@ -247,5 +249,39 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     await tg.http
       .post(`/v1/payments/${res.body.id}/cancel`)
       .set('Authorization', `Bearer ${merchant.terminalKey}`);
+  });
+});
+
+describe('alipay sandbox across a gateway restart', () => {
+  test('a payment in flight resolves the same way after the gateway (and its simulator) restart', async () => {
+    const first = await startTestGateway({ PAYMENT_RESOLUTION_WINDOW_S: '30' });
+    let second: Awaited<ReturnType<typeof startGateway>> | undefined;
+    try {
+      const created = await first.http
+        .post('/v1/admin/merchants')
+        .set('Authorization', `Bearer ${first.adminKey}`)
+        .send({ name: 'Restart Drugstore', settlement_currency: 'EUR', country: 'DE' })
+        .expect(201);
+      const sk = created.body.secret_key as string;
+      await first.http
+        .put('/v1/providers/alipay')
+        .set('Authorization', `Bearer ${sk}`)
+        .send({ sandbox: true, wallets: ['alipay'] })
+        .expect(201);
+      const res = await createPayment(first, sk, scanPayment(2052)).expect(201);
+      assert.equal(res.body.status, 'processing');
+      await first.gateway.stop();
+      second = await startGateway(first.config);
+      const done = await eventually(async () => {
+        const r = await first.http.get(`/v1/payments/${res.body.id}`).set('Authorization', `Bearer ${sk}`);
+        return FINAL.includes(r.body.status) ? r.body : undefined;
+      }, 30_000);
+      assert.equal(done.status, 'succeeded');
+      const after = await createPayment(first, sk, scanPayment(1999)).expect(201);
+      assert.equal(after.body.status, 'succeeded', 'the account configured before the restart still works');
+    } finally {
+      await second?.stop();
+      await dropDatabase(first.dbName);
+    }
   });
 });

@@ -75,12 +75,19 @@ export interface TestGateway {
   http: ReturnType<typeof supertest>;
   adminKey: string;
   dbName: string;
+  env: NodeJS.ProcessEnv;
   stop(options?: { keepDatabase?: boolean }): Promise<void>;
 }
 
-export async function startTestGateway(overrides: Record<string, string> = {}): Promise<TestGateway> {
-  const port = await freePort();
-  const { env, dbName } = testEnvironment({ PORT: String(port), ...overrides });
+/** Starts a gateway; given `previous`, a new process on the same database, Redis prefix and keys (a restart). */
+export async function startTestGateway(
+  overrides: Record<string, string> = {},
+  previous?: TestGateway,
+): Promise<TestGateway> {
+  const { env, dbName } = previous
+    ? { env: previous.env, dbName: previous.dbName }
+    : testEnvironment({ PORT: String(await freePort()), ...overrides });
+  const port = Number(env.PORT);
   const config = loadConfig(env);
   const gateway = await startGateway(config);
   const url = gateway.url ?? `http://127.0.0.1:${port}`;
@@ -91,6 +98,7 @@ export async function startTestGateway(overrides: Record<string, string> = {}): 
     http: supertest(url),
     adminKey: config.adminApiKey,
     dbName,
+    env,
     async stop({ keepDatabase = false } = {}) {
       await gateway.stop();
       if (!keepDatabase) await dropDatabase(dbName);

@@ -78,6 +78,28 @@ describe('crash recovery', () => {
   });
 });
 
+describe('restart', () => {
+  test('a payment in flight while the gateway restarts resolves the same way afterwards', async () => {
+    const shop = await setupMerchant(tg, 'Restarting shop');
+    const res = await createPayment(tg, shop.terminalKey, scanPayment(4652)).expect(201); // 52: succeeds after ~1 s
+    assert.equal(res.body.status, 'processing');
+    await tg.stop({ keepDatabase: true });
+    await new Promise((r) => setTimeout(r, 1500));
+    tg = await startTestGateway({}, tg);
+    const done = await waitForStatus(
+      tg,
+      shop.terminalKey,
+      res.body.id,
+      ['succeeded', 'failed', 'canceled'],
+      30_000,
+    );
+    assert.equal(done.status, 'succeeded');
+    // The sandbox account configured before the restart keeps working.
+    const next = await createPayment(tg, shop.terminalKey, scanPayment(1000)).expect(201);
+    assert.equal(next.body.status, 'succeeded');
+  });
+});
+
 describe('inbound provider notifications', () => {
   function notify(body: object, signature?: string) {
     const raw = JSON.stringify(body);
