@@ -3,7 +3,7 @@
  * every adapter has: one `commit` path that signs, sends, verifies and classifies, and one table
  * from the provider's statuses to our outcomes.
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import {
   type AccountContext,
   type CancelOutcome,
@@ -290,6 +290,21 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
 
   parseSettlement(file: Readable) {
     return parseSandboxSettlement(file);
+  },
+
+  /** The simulator serves each UTC day's settlement file; a real sandbox provider would be asked the same way. */
+  async fetchSettlement(account, date) {
+    const url = `${await account.credentials.simulatorUrl()}/v1/settlements/${encodeURIComponent(date)}`;
+    try {
+      const res = await send({ method: 'GET', url, timeoutMs: 30_000 });
+      if (res.status === 404) return null;
+      if (res.status !== 200)
+        throw new Error(`the simulator answered HTTP ${res.status} for settlements ${date}`);
+      return Readable.from([res.body]);
+    } catch (error) {
+      if (error instanceof TransportError) throw new Error(`settlement fetch failed: ${error.message}`);
+      throw error;
+    }
   },
 };
 

@@ -102,6 +102,8 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
   const parser = file.pipe(
     parse({ columns: true, bom: true, skip_empty_lines: true, trim: true, relax_column_count: false }),
   );
+  // pipe() does not forward a source's errors; without this a failing source would hang the parse.
+  file.on('error', (error) => parser.destroy(error));
   let lineNo = 1;
   let checkedHeader = false;
   try {

@@ -91,6 +91,8 @@ export function createApp(ctx: Context): express.Express {
   const limit = rateLimiter(ctx);
   app.use('/v1', (req, res, next) => {
     // A body on GET/DELETE is ignored; on POST/PUT it must be JSON.
+    // Settlement files are streamed raw into PostgreSQL by their route, never parsed here.
+    if (req.method === 'POST' && req.path === '/settlements/imports') return next();
     if (req.method === 'POST' || req.method === 'PUT') return jsonParser(req, res, next);
     next();
   });

@@ -3,6 +3,7 @@ import { deliver, dispatchOutbox } from '../../webhooks/outbound.ts';
 import type { Context } from '../context.ts';
 import { resolveRefund } from '../payments/refunds.ts';
 import { resolvePayment, sweepStragglers } from '../payments/service.ts';
+import { startSettlementWorker } from '../settlements/worker.ts';
 import { QUEUE_NAMES } from './queues.ts';
 
 const CONCURRENCY = { resolve: 20, deliver: 10 };
@@ -44,6 +45,7 @@ export async function startWorker(ctx: Context): Promise<Worker> {
         ctx.metrics.queueDepth.set({ queue: name, state }, value);
     }
   });
+  await startSettlementWorker(ctx);
   // Repeatable jobs are keyed by name and schedule, so every worker adding them yields one schedule.
   await queues.maintenance.add(
     'sweep',

@@ -1,0 +1,418 @@
+/**
+ * Settlements and reconciliation (API.md): file imports and fetches, the jobs that reconcile them,
+ * settlement batches and their lines, discrepancies, reports, and the dashboard page.
+ */
+import { type Request, Router } from 'express';
+import { z } from 'zod';
+import { providerModule } from '../../../adapters/index.ts';
+import type { Context } from '../../context.ts';
+import { dashboardRouter } from '../../dashboard/page.ts';
+import { ApiError, notFound } from '../../errors.ts';
+import { hasPrefix } from '../../ids.ts';
+import { queueFetch } from '../../settlements/fetch.ts';
+import { storeFile } from '../../settlements/files.ts';
+import { createImport, type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
+import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
+import { settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
+import { requireMerchant } from '../auth.ts';
+import { registerOperations } from '../openapi.ts';
+import { listQuerySchema } from '../schemas.ts';
+import { parse } from '../validate.ts';
+import { listPage } from './lists.ts';
+
+const providerName = z.string().regex(/^[a-z0-9_]{1,32}$/, 'must be a provider name such as alipay');
+const isoDate = z
+  .string()
+  .regex(/^\d{4}-\d{2}-\d{2}$/, 'must be a date YYYY-MM-DD')
+  .refine(
+    (d) =>
+      !Number.isNaN(Date.parse(`${d}T00:00:00Z`)) && new Date(`${d}T00:00:00Z`).toISOString().startsWith(d),
+    'is not a calendar date',
+  );
+
+export const importQuerySchema = z.strictObject({ provider: providerName });
+export const fetchBodySchema = z.strictObject({ provider: providerName, date: isoDate });
+export const listSettlementsQuerySchema = listQuerySchema.extend({
+  provider: providerName.optional(),
+  status: z.enum(['reconciled', 'discrepancies']).optional(),
+});
+export const listLinesQuerySchema = listQuerySchema.extend({
+  result: z
+    .enum(['matched', 'pending', ...(DISCREPANCY_KINDS as unknown as ['missing_in_ledger'])])
+    .optional(),
+});
+export const listDiscrepanciesQuerySchema = listQuerySchema.extend({
+  kind: z.enum(DISCREPANCY_KINDS as unknown as ['missing_in_ledger']).optional(),
+  provider: providerName.optional(),
+  settlement_id: z.string().min(1).max(64).optional(),
+});
+export const reportQuerySchema = z
+  .strictObject({
+    from: isoDate,
+    to: isoDate,
+    format: z.enum(['json', 'csv']).optional(),
+    group_by: z.enum(['day', 'store', 'wallet']).optional(),
+    provider: providerName.optional(),
+  })
+  .refine((q) => q.from <= q.to, { message: 'must not be after to', path: ['from'] });
+
+function knownProvider(name: string, param: string) {
+  const module = providerModule(name);
+  if (!module)
+    throw new ApiError('invalid_request', 'provider_unknown', `${param}: unknown provider ${name}`, param);
+  return module;
+}
+
+async function accountOf(ctx: Context, merchantId: string, provider: string) {
+  const { rows } = await ctx.db.query<{ id: string; merchant_id: string; provider: string }>(
+    `SELECT id, merchant_id, provider FROM provider_accounts
+      WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL`,
+    [merchantId, provider],
+  );
+  return rows[0];
+}
+
+const SETTLEMENT_VIEW = '(SELECT s.*, tb_settlement_json(s) AS json FROM settlements s) v';
+const DISCREPANCY_VIEW =
+  '(SELECT d.*, tb_discrepancy_json(d) AS json FROM reconciliation_discrepancies d WHERE d.closed_at IS NULL) v';
+
+interface LineRow {
+  id: number;
+  settlement_id: string;
+  line_no: number;
+  type: string;
+  provider_reference: string;
+  original_provider_reference: string | null;
+  provider_request_id: string | null;
+  transaction_value: number;
+  transaction_currency: string;
+  settlement_value: number;
+  settlement_currency: string;
+  fee_value: number;
+  exchange_rate: string | null;
+  settled_at: Date;
+  transacted_at: Date | null;
+  store_id: string | null;
+  wallet_psp: string | null;
+  payment_id: string | null;
+  refund_id: string | null;
+  result: string;
+}
+
+const lineJson = (l: LineRow) => ({
+  id: `ln_${l.id}`,
+  object: 'settlement_line',
+  settlement_id: l.settlement_id,
+  line_no: l.line_no,
+  type: l.type,
+  provider_reference: l.provider_reference,
+  ...(l.original_provider_reference ? { original_provider_reference: l.original_provider_reference } : {}),
+  ...(l.provider_request_id ? { provider_request_id: l.provider_request_id } : {}),
+  amount: { value: l.transaction_value, currency: l.transaction_currency },
+  settlement_amount: { value: l.settlement_value, currency: l.settlement_currency },
+  fee: { value: l.fee_value, currency: l.settlement_currency },
+  net: {
+    value: (l.type === 'payment' ? l.settlement_value : -l.settlement_value) - l.fee_value,
+    currency: l.settlement_currency,
+  },
+  ...(l.exchange_rate ? { exchange_rate: l.exchange_rate } : {}),
+  settled_at: l.settled_at.toISOString(),
+  ...(l.transacted_at ? { transacted_at: l.transacted_at.toISOString() } : {}),
+  ...(l.store_id ? { store_id: l.store_id } : {}),
+  ...(l.wallet_psp ? { wallet_psp: l.wallet_psp } : {}),
+  payment_id: l.payment_id,
+  refund_id: l.refund_id,
+  result: l.result,
+});
+
+async function visibleSettlement(ctx: Context, req: Request, id: string) {
+  const merchant = requireMerchant(req);
+  if (!hasPrefix(id, 'stl')) throw notFound('settlement', id);
+  const { rows } = await ctx.db.query<{ json: Record<string, unknown> }>(
+    'SELECT tb_settlement_json(s) AS json FROM settlements s WHERE id = $1 AND merchant_id = $2',
+    [id, merchant.merchant_id],
+  );
+  if (!rows[0]) throw notFound('settlement', id);
+  return rows[0].json;
+}
+
+export function settlementsRouter(ctx: Context): Router {
+  const router = Router();
+
+  router.post('/v1/settlements/imports', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const { provider } = parse(importQuerySchema, req.query, 'query');
+    knownProvider(provider, 'provider');
+    const account = await accountOf(ctx, merchant.merchant_id, provider);
+    const id = await createImport(ctx.db, {
+      merchant_id: merchant.merchant_id,
+      provider,
+      provider_account_id: account?.id ?? null,
+      source: 'upload',
+      status: 'receiving',
+    });
+    let stored: Awaited<ReturnType<typeof storeFile>>;
+    try {
+      stored = await storeFile(ctx.db, id, req);
+    } catch (error) {
+      await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [id]).catch(() => {});
+      throw error;
+    }
+    if (stored.bytes === 0) {
+      await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [id]);
+      throw new ApiError(
+        'invalid_request',
+        'settlement_file_empty',
+        "send the provider's settlement file as the raw request body",
+      );
+    }
+    await ctx.db.query(
+      `UPDATE settlement_imports SET status = 'queued', bytes = $2, sha256 = $3 WHERE id = $1`,
+      [id, stored.bytes, stored.sha256],
+    );
+    await queueReconcile(ctx, id);
+    res.status(202).json({ id, object: 'job', status: 'queued' });
+  });
+
+  router.post('/v1/settlements/fetches', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const body = parse(fetchBodySchema, req.body);
+    const module = knownProvider(body.provider, 'provider');
+    if (!module.adapter.fetchSettlement)
+      throw new ApiError(
+        'invalid_request',
+        'fetch_unsupported',
+        `provider ${body.provider} offers no settlement data to fetch; import its files instead`,
+        'provider',
+      );
+    const account = await accountOf(ctx, merchant.merchant_id, body.provider);
+    if (!account)
+      throw new ApiError(
+        'invalid_request',
+        'provider_not_configured',
+        `no ${body.provider} account is configured`,
+        'provider',
+      );
+    const id = await queueFetch(ctx, account, body.date);
+    res.status(202).json({ id, object: 'job', status: 'queued' });
+  });
+
+  router.get('/v1/settlements/imports', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const query = parse(listQuerySchema, req.query, 'query');
+    res.json(
+      await listPage<ImportRow>(
+        ctx,
+        'settlement_imports',
+        ['merchant_id = $1'],
+        [merchant.merchant_id],
+        query,
+        jobJson,
+      ),
+    );
+  });
+
+  router.get('/v1/jobs/:id', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const id = String(req.params.id);
+    if (!hasPrefix(id, 'job')) throw notFound('job', id);
+    const { rows } = await ctx.db.query<ImportRow>(
+      'SELECT * FROM settlement_imports WHERE id = $1 AND merchant_id = $2',
+      [id, merchant.merchant_id],
+    );
+    if (!rows[0]) throw notFound('job', id);
+    res.json(jobJson(rows[0]));
+  });
+
+  router.get('/v1/settlements', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const query = parse(listSettlementsQuerySchema, req.query, 'query');
+    const filters = ['merchant_id = $1'];
+    const values: unknown[] = [merchant.merchant_id];
+    for (const field of ['provider', 'status'] as const) {
+      if (query[field] === undefined) continue;
+      values.push(query[field]);
+      filters.push(`${field} = $${values.length}`);
+    }
+    res.json(
+      await listPage<{ id: string; json: unknown }>(
+        ctx,
+        SETTLEMENT_VIEW,
+        filters,
+        values,
+        query,
+        (r) => r.json,
+      ),
+    );
+  });
+
+  router.get('/v1/settlements/:id', async (req, res) => {
+    const json = await visibleSettlement(ctx, req, String(req.params.id));
+    const { rows } = await ctx.db.query(
+      `SELECT version, import_id, content_hash, count, discrepancies,
+              tb_money(gross, $2) AS gross, tb_money(fees, $2) AS fees, tb_money(net, $2) AS net,
+              tb_utc(created_at) AS created_at, tb_utc(superseded_at) AS superseded_at, superseded_by
+         FROM settlement_versions WHERE settlement_id = $1 ORDER BY version`,
+      [json.id, json.currency],
+    );
+    res.json({ ...json, versions: rows });
+  });
+
+  router.get('/v1/settlements/:id/lines', async (req, res) => {
+    const json = await visibleSettlement(ctx, req, String(req.params.id));
+    const query = parse(listLinesQuerySchema, req.query, 'query');
+    const limit = query.limit ?? 20;
+    const values: unknown[] = [json.id];
+    const where = ['settlement_id = $1', 'active'];
+    if (query.result) {
+      values.push(query.result);
+      where.push(`result = $${values.length}`);
+    }
+    if (query.starting_after) {
+      const cursor = /^ln_(\d{1,18})$/.exec(query.starting_after);
+      if (!cursor)
+        throw new ApiError(
+          'invalid_request',
+          'parameter_invalid',
+          `starting_after: no such line ${query.starting_after}`,
+          'starting_after',
+        );
+      values.push(cursor[1]);
+      where.push(`id > $${values.length}`);
+    }
+    values.push(limit + 1);
+    const { rows } = await ctx.db.query<LineRow>(
+      `SELECT * FROM settlement_lines WHERE ${where.join(' AND ')} ORDER BY id LIMIT $${values.length}`,
+      values,
+    );
+    res.json({ object: 'list', data: rows.slice(0, limit).map(lineJson), has_more: rows.length > limit });
+  });
+
+  router.get('/v1/reconciliation/discrepancies', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const query = parse(listDiscrepanciesQuerySchema, req.query, 'query');
+    const filters = ['merchant_id = $1'];
+    const values: unknown[] = [merchant.merchant_id];
+    for (const field of ['kind', 'provider', 'settlement_id'] as const) {
+      if (query[field] === undefined) continue;
+      values.push(query[field]);
+      filters.push(`${field} = $${values.length}`);
+    }
+    res.json(
+      await listPage<{ id: string; json: unknown }>(
+        ctx,
+        DISCREPANCY_VIEW,
+        filters,
+        values,
+        query,
+        (r) => r.json,
+      ),
+    );
+  });
+
+  router.get('/v1/reports/settlements', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const query = parse(reportQuerySchema, req.query, 'query');
+    const q = {
+      merchant_id: merchant.merchant_id,
+      from: query.from,
+      to: query.to,
+      group_by: query.group_by ?? 'day',
+      provider: query.provider,
+    };
+    if ((query.format ?? 'json') === 'json') {
+      res.json(await settlementReport(ctx, q));
+      return;
+    }
+    res.status(200);
+    res.set({
+      'Content-Type': 'text/csv; charset=utf-8',
+      'Content-Disposition': `attachment; filename="settlements_${q.from}_${q.to}_by_${q.group_by}.csv"`,
+    });
+    await streamSettlementReportCsv(ctx, q, res);
+    res.end();
+  });
+
+  router.use(dashboardRouter());
+  return router;
+}
+
+registerOperations([
+  {
+    method: 'post',
+    path: '/v1/settlements/imports',
+    summary: "Import a provider's settlement file (raw body, streamed); reconciles in a job",
+    query: importQuerySchema,
+    auth: 'merchant',
+    responses: { 202: 'job queued' },
+  },
+  {
+    method: 'post',
+    path: '/v1/settlements/fetches',
+    summary: "Fetch a date's settlement data from the provider now, and reconcile it",
+    body: fetchBodySchema,
+    auth: 'merchant',
+    responses: { 202: 'job queued' },
+  },
+  {
+    method: 'get',
+    path: '/v1/settlements/imports',
+    summary: 'Imports and fetches (jobs), newest first',
+    query: listQuerySchema,
+    auth: 'merchant',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'get',
+    path: '/v1/jobs/{id}',
+    summary: 'A reconcile job: queued, running, completed or failed, with counts or the error',
+    auth: 'merchant',
+    responses: { 200: 'job' },
+  },
+  {
+    method: 'get',
+    path: '/v1/settlements',
+    summary: 'Settlement batches',
+    query: listSettlementsQuerySchema,
+    auth: 'merchant',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'get',
+    path: '/v1/settlements/{id}',
+    summary: 'A settlement batch with its version history',
+    auth: 'merchant',
+    responses: { 200: 'settlement' },
+  },
+  {
+    method: 'get',
+    path: '/v1/settlements/{id}/lines',
+    summary: "The lines of a batch's current version, in file order, with their match result",
+    query: listLinesQuerySchema,
+    auth: 'merchant',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'get',
+    path: '/v1/reconciliation/discrepancies',
+    summary: 'Open reconciliation discrepancies',
+    query: listDiscrepanciesQuerySchema,
+    auth: 'merchant',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'get',
+    path: '/v1/reports/settlements',
+    summary: 'Settlement report by day, store or wallet (JSON, or CSV streamed)',
+    query: reportQuerySchema as unknown as z.ZodObject,
+    auth: 'merchant',
+    responses: { 200: 'report' },
+  },
+  {
+    method: 'get',
+    path: '/dashboard',
+    summary: 'Settlement report page for a browser (asks for the secret key, then calls this API)',
+    auth: 'none',
+    responses: { 200: 'HTML page' },
+  },
+]);

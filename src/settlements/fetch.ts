@@ -1,0 +1,128 @@
+/**
+ * Scheduled settlement fetch: for each live provider account whose adapter can fetch settlement
+ * data, the recent settlement dates are fetched, stored like an upload and reconciled. A fetch
+ * that fails is retried with exponential back-off by bull and recorded on its import (GET
+ * /v1/jobs/{id}, GET /v1/settlements/imports), never dropped silently.
+ */
+
+import { createHash } from 'node:crypto';
+import type { Context } from '../context.ts';
+import { storeFile } from './files.ts';
+import { createImport, type ImportRow } from './imports.ts';
+import { reconcileImport } from './reconcile.ts';
+
+export const FETCH_ATTEMPTS = 5;
+export const FETCH_BACKOFF_MS = 60_000;
+/** How often the schedule looks for settlement dates to fetch. */
+export const FETCH_INTERVAL_MS = 6 * 3_600_000;
+
+export interface FetchJob {
+  import_id: string;
+  account_id: string;
+  date: string;
+}
+
+export function utcDate(daysAgo: number, now = new Date()): string {
+  return new Date(now.getTime() - daysAgo * 86_400_000).toISOString().slice(0, 10);
+}
+
+/** Creates the import record and queues the fetch; returns the job id. */
+export async function queueFetch(
+  ctx: Context,
+  account: { id: string; merchant_id: string; provider: string },
+  date: string,
+  options: { importId?: string; attempts?: number; backoffMs?: number } = {},
+): Promise<string> {
+  const importId = await createImport(ctx.db, {
+    id: options.importId,
+    merchant_id: account.merchant_id,
+    provider: account.provider,
+    provider_account_id: account.id,
+    source: 'fetch',
+    fetch_date: date,
+    status: 'queued',
+  });
+  const data: FetchJob = { import_id: importId, account_id: account.id, date };
+  await ctx.queues.settlement.add('fetch', data, {
+    jobId: importId,
+    attempts: options.attempts ?? FETCH_ATTEMPTS,
+    backoff: { type: 'exponential', delay: options.backoffMs ?? FETCH_BACKOFF_MS },
+    removeOnComplete: 1000,
+    removeOnFail: 5000,
+  });
+  return importId;
+}
+
+/** One fetch attempt: download, store, reconcile. Throws for bull to retry. */
+export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean): Promise<void> {
+  const { rows } = await ctx.db.query<ImportRow>('SELECT * FROM settlement_imports WHERE id = $1', [
+    job.import_id,
+  ]);
+  if (!rows[0] || rows[0].status === 'completed' || rows[0].status === 'failed') return;
+  try {
+    const account = await ctx.accounts.get(job.account_id);
+    if (!account) throw new Error(`provider account ${job.account_id} no longer exists`);
+    const fetcher = account.module.adapter.fetchSettlement;
+    if (!fetcher) throw new Error(`provider ${account.row.provider} offers no settlement fetch`);
+    const stream = await fetcher.call(account.module.adapter, account.context, job.date);
+    await ctx.db.query('DELETE FROM settlement_import_chunks WHERE import_id = $1', [job.import_id]);
+    if (!stream) {
+      await ctx.db.query(
+        `UPDATE settlement_imports SET status = 'completed', finished_at = now(), counts = '{"no_file": true, "lines": 0}',
+                error_code = NULL, error_message = NULL WHERE id = $1`,
+        [job.import_id],
+      );
+      return;
+    }
+    const stored = await storeFile(ctx.db, job.import_id, stream);
+    await ctx.db.query('UPDATE settlement_imports SET bytes = $2, sha256 = $3 WHERE id = $1', [
+      job.import_id,
+      stored.bytes,
+      stored.sha256,
+    ]);
+  } catch (error) {
+    const message = `settlement fetch for ${job.date} failed: ${(error as Error).message}`;
+    ctx.log.warn(
+      { err: error, import_id: job.import_id, account_id: job.account_id },
+      'settlement fetch failed',
+    );
+    ctx.metrics.reconciliation.inc({ provider: rows[0].provider, result: 'fetch_failed' });
+    await ctx.db.query(
+      `UPDATE settlement_imports SET attempts = attempts + 1, error_code = 'fetch_failed', error_message = $2,
+              status = CASE WHEN $3 THEN 'failed' ELSE status END,
+              finished_at = CASE WHEN $3 THEN now() ELSE finished_at END
+        WHERE id = $1`,
+      [job.import_id, message, lastAttempt],
+    );
+    throw error;
+  }
+  await reconcileImport(ctx, job.import_id, lastAttempt);
+}
+
+/** The repeatable tick: queue the dates each fetchable account should have settled by now. */
+export async function scheduleFetches(ctx: Context, now = new Date()): Promise<number> {
+  const { rows } = await ctx.db.query<{ id: string; merchant_id: string; provider: string }>(
+    'SELECT id, merchant_id, provider FROM provider_accounts WHERE deleted_at IS NULL',
+  );
+  let queued = 0;
+  for (const account of rows) {
+    const loaded = await ctx.accounts.get(account.id).catch(() => undefined);
+    const adapter = loaded?.module.adapter;
+    if (!adapter?.fetchSettlement) continue;
+    for (let back = 1; back <= adapter.resolution.settlement_delay_days + 1; back++) {
+      const date = utcDate(back, now);
+      // One import per account and date; a failed one is tried again on the next tick.
+      const importId = `job_f${createHash('sha256').update(`${account.id}:${date}`).digest('hex').slice(0, 21)}`;
+      const existing = await ctx.db.query<{ status: string }>(
+        'SELECT status FROM settlement_imports WHERE id = $1',
+        [importId],
+      );
+      const status = existing.rows[0]?.status;
+      if (status && status !== 'failed') continue;
+      if (status === 'failed') await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [importId]);
+      await queueFetch(ctx, account, date, { importId });
+      queued++;
+    }
+  }
+  return queued;
+}

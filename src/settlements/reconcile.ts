@@ -1,0 +1,672 @@
+/**
+ * The `reconcile` job: parse a stored settlement file with its provider's streaming parser, COPY
+ * the lines into a staging table, then apply them in one transaction, set-based in SQL
+ * (PROVIDERS.md, "Decisions where the sources stop"):
+ *
+ * - a batch is keyed by provider, the provider's batch id and the settlement currency; a batch whose
+ *   lines hash the same as its current version is left alone (the same file twice changes nothing),
+ *   a batch whose lines differ supersedes the current version, which stays in the audit trail;
+ * - each line is matched to a payment by the provider's transaction id, then by our request id
+ *   (refunds likewise), and gets a result: matched, pending (a refund not final yet) or a
+ *   discrepancy kind; matched payments are marked settled (amount, rate, fee);
+ * - captured payments that should have settled and did not become `missing_in_settlement`.
+ *
+ * A malformed file fails the job before anything is applied: the staging table and every write
+ * live in one transaction, rolled back on the first error.
+ */
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import { SettlementFormatError, type SettlementLine, type WalletAdapter } from '../../adapters/contract.ts';
+import { providerModule } from '../../adapters/index.ts';
+import type { Context } from '../context.ts';
+import type { Db } from '../ledger/db.ts';
+import { copyRow } from './copy-text.ts';
+import { Utf8Guard } from './encoding.ts';
+import { readFile } from './files.ts';
+
+export type DiscrepancyKind =
+  | 'missing_in_ledger'
+  | 'missing_in_settlement'
+  | 'amount_mismatch'
+  | 'currency_mismatch'
+  | 'status_mismatch'
+  | 'duplicate_in_settlement';
+
+export const DISCREPANCY_KINDS: readonly DiscrepancyKind[] = [
+  'missing_in_ledger',
+  'missing_in_settlement',
+  'amount_mismatch',
+  'currency_mismatch',
+  'status_mismatch',
+  'duplicate_in_settlement',
+];
+
+export interface ImportCounts {
+  lines: number;
+  batches: number;
+  batches_created: number;
+  batches_superseded: number;
+  batches_unchanged: number;
+  matched: number;
+  pending: number;
+  discrepancies: number;
+  by_kind: Partial<Record<DiscrepancyKind, number>>;
+}
+
+interface BatchDigest {
+  batch_ref: string;
+  currency: string;
+  hash: ReturnType<typeof createHash>;
+  lines: number;
+}
+
+const STAGE_COLUMNS = [
+  'line_no',
+  'batch_ref',
+  'type',
+  'provider_reference',
+  'original_provider_reference',
+  'provider_request_id',
+  'transaction_value',
+  'transaction_currency',
+  'settlement_value',
+  'settlement_currency',
+  'fee_value',
+  'exchange_rate',
+  'settled_at',
+  'transacted_at',
+  'store_id',
+  'wallet_psp',
+];
+
+const ROWS_PER_WRITE = 2000;
+const PROGRESS_EVERY = 100_000;
+
+/** Lines the parser gave us that we cannot store are format errors too, with the line number. */
+function checkLine(line: SettlementLine): void {
+  const fail = (what: string) => {
+    throw new SettlementFormatError(`line ${line.line_no}: ${what}`, line.line_no);
+  };
+  if (!line.batch_id) fail('the settlement batch id is empty');
+  if (!line.provider_reference) fail('the transaction id is empty');
+  for (const [name, m] of [
+    ['transaction amount', line.transaction_amount],
+    ['settlement amount', line.settlement_amount],
+    ['fee', line.fee],
+  ] as const) {
+    if (!Number.isSafeInteger(m.value)) fail(`the ${name} is not an integer amount`);
+  }
+  if (line.fee.currency !== line.settlement_amount.currency)
+    fail(
+      `the fee is in ${line.fee.currency}, not in the settlement currency ${line.settlement_amount.currency}`,
+    );
+  if (Number.isNaN(line.settled_at.getTime())) fail('the settlement time is not a date');
+}
+
+function stageRow(line: SettlementLine): string {
+  return copyRow([
+    line.line_no,
+    line.batch_id,
+    line.type,
+    line.provider_reference,
+    line.original_provider_reference,
+    line.provider_request_id,
+    line.transaction_amount.value,
+    line.transaction_amount.currency,
+    line.settlement_amount.value,
+    line.settlement_amount.currency,
+    line.fee.value,
+    line.exchange_rate,
+    line.settled_at.toISOString(),
+    line.transacted_at?.toISOString(),
+    line.store_id,
+    line.wallet_psp,
+  ]);
+}
+
+/** Parses the stored file into the session's staging table; returns the batches it holds. */
+async function stageFile(
+  ctx: Context,
+  client: pg.PoolClient,
+  importId: string,
+  adapter: WalletAdapter<unknown>,
+): Promise<{ lines: number; batches: Map<string, BatchDigest> }> {
+  await client.query(
+    `CREATE TEMP TABLE stage (
+       line_no integer, batch_ref text, type text, provider_reference text, original_provider_reference text,
+       provider_request_id text, transaction_value bigint, transaction_currency text, settlement_value bigint,
+       settlement_currency text, fee_value bigint, exchange_rate text, settled_at timestamptz,
+       transacted_at timestamptz, store_id text, wallet_psp text) ON COMMIT DROP`,
+  );
+  const guard = new Utf8Guard();
+  const file = readFile(ctx.db, importId);
+  file.on('error', (error) => guard.destroy(error));
+  const batches = new Map<string, BatchDigest>();
+  let lines = 0;
+  async function* rows() {
+    let buffer: string[] = [];
+    try {
+      for await (const line of adapter.parseSettlement(file.pipe(guard))) {
+        checkLine(line);
+        const row = stageRow(line);
+        const key = `${line.batch_id}\u0000${line.settlement_amount.currency}`;
+        let batch = batches.get(key);
+        if (!batch) {
+          batch = {
+            batch_ref: line.batch_id,
+            currency: line.settlement_amount.currency,
+            hash: createHash('sha256'),
+            lines: 0,
+          };
+          batches.set(key, batch);
+        }
+        // The content hash leaves out the line number: only what was settled counts.
+        batch.hash.update(row.slice(row.indexOf('\t') + 1));
+        batch.lines++;
+        buffer.push(row);
+        lines++;
+        if (buffer.length >= ROWS_PER_WRITE) {
+          yield buffer.join('');
+          buffer = [];
+        }
+        if (lines % PROGRESS_EVERY === 0) void progress(ctx.db, importId, lines);
+      }
+    } catch (error) {
+      throw guard.error ?? error;
+    }
+    if (guard.error) throw guard.error;
+    if (buffer.length) yield buffer.join('');
+  }
+  const copy = client.query(copyFrom(`COPY stage (${STAGE_COLUMNS.join(', ')}) FROM STDIN`));
+  await pipeline(Readable.from(rows()), copy);
+  if (lines === 0) throw new SettlementFormatError('the settlement file has no lines');
+  return { lines, batches };
+}
+
+async function progress(db: Db, importId: string, lines: number): Promise<void> {
+  await db
+    .query(
+      `UPDATE settlement_imports SET counts = counts || jsonb_build_object('lines_parsed', $2::int)
+        WHERE id = $1 AND status = 'running'`,
+      [importId, lines],
+    )
+    .catch(() => {});
+}
+
+interface ImportRow {
+  id: string;
+  merchant_id: string;
+  provider: string;
+}
+
+/** The big statement: lines in, each classified, payments marked, discrepancies and their events out. */
+const MATCH_SQL = `
+WITH rr AS MATERIALIZED (
+  SELECT r.id, r.provider_reference, r.provider_request_id, r.amount_value, r.currency, r.status
+    FROM refunds r JOIN payments p ON p.id = r.payment_id
+   WHERE r.merchant_id = $2 AND p.provider = $3
+),
+dup AS (
+  SELECT s.batch_ref, s.settlement_currency, s.type, s.provider_reference, min(s.line_no) AS first_line
+    FROM stage s JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
+   GROUP BY 1, 2, 3, 4 HAVING count(*) > 1
+),
+cancels AS (
+  SELECT DISTINCT COALESCE(original_provider_reference, provider_reference) AS ref, provider_request_id AS req
+    FROM stage WHERE type = 'cancel'
+),
+keyed AS (
+  SELECT s.*, c.settlement_id, d.first_line,
+         COALESCE(p1.id, p2.id) AS pay_id, COALESCE(p1.amount_value, p2.amount_value) AS pay_amount,
+         COALESCE(p1.currency, p2.currency) AS pay_currency, COALESCE(p1.status, p2.status) AS pay_status,
+         COALESCE(p1.settlement_id, p2.settlement_id) AS pay_settlement,
+         COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
+         COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
+    FROM stage s
+    JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
+    LEFT JOIN dup d ON d.batch_ref = s.batch_ref AND d.settlement_currency = s.settlement_currency
+                   AND d.type = s.type AND d.provider_reference = s.provider_reference AND s.line_no > d.first_line
+    LEFT JOIN payments p1 ON s.type <> 'refund' AND p1.merchant_id = $2 AND p1.provider = $3
+                         AND p1.provider_reference = CASE WHEN s.type = 'cancel'
+                               THEN COALESCE(s.original_provider_reference, s.provider_reference)
+                               ELSE s.provider_reference END
+    LEFT JOIN payments p2 ON s.type <> 'refund' AND p1.id IS NULL AND p2.provider_request_id = s.provider_request_id
+                         AND p2.merchant_id = $2 AND p2.provider = $3
+    LEFT JOIN rr r1 ON s.type = 'refund' AND r1.provider_reference = s.provider_reference
+    LEFT JOIN rr r2 ON s.type = 'refund' AND r1.id IS NULL AND r2.provider_request_id = s.provider_request_id
+),
+classified AS (
+  SELECT k.*, nextval(pg_get_serial_sequence('settlement_lines', 'id')) AS line_id,
+    CASE
+      WHEN k.first_line IS NOT NULL THEN 'duplicate_in_settlement'
+      WHEN k.type = 'refund' THEN CASE
+        WHEN k.ref_id IS NULL THEN 'missing_in_ledger'
+        WHEN EXISTS (SELECT 1 FROM settlement_lines o
+                      WHERE o.refund_id = k.ref_id AND o.active AND o.settlement_id <> k.settlement_id
+                        AND o.result <> 'duplicate_in_settlement') THEN 'duplicate_in_settlement'
+        WHEN k.ref_currency <> k.transaction_currency THEN 'currency_mismatch'
+        WHEN k.ref_amount <> k.transaction_value THEN 'amount_mismatch'
+        WHEN k.ref_status = 'pending' THEN 'pending'
+        WHEN k.ref_status <> 'succeeded' THEN 'status_mismatch'
+        ELSE 'matched' END
+      WHEN k.pay_id IS NULL THEN 'missing_in_ledger'
+      WHEN k.type = 'payment' AND k.pay_settlement IS NOT NULL AND k.pay_settlement <> k.settlement_id
+        THEN 'duplicate_in_settlement'
+      WHEN k.pay_currency <> k.transaction_currency THEN 'currency_mismatch'
+      WHEN k.pay_amount <> k.transaction_value THEN 'amount_mismatch'
+      WHEN k.type = 'cancel' THEN CASE WHEN k.pay_status = 'canceled' THEN 'matched' ELSE 'status_mismatch' END
+      WHEN k.pay_status IN ('succeeded', 'partially_refunded', 'refunded') THEN 'matched'
+      -- Paid, then reversed: the file carries the payment and its cancel, and the ledger says canceled.
+      WHEN k.pay_status = 'canceled' AND EXISTS (SELECT 1 FROM cancels x
+                                                  WHERE x.ref = k.provider_reference OR x.req = k.provider_request_id)
+        THEN 'matched'
+      ELSE 'status_mismatch' END AS result
+    FROM keyed k
+),
+ins AS (
+  INSERT INTO settlement_lines (id, import_id, merchant_id, provider, settlement_id, active, line_no, batch_ref, type,
+         provider_reference, original_provider_reference, provider_request_id, transaction_value,
+         transaction_currency, settlement_value, settlement_currency, fee_value, exchange_rate, settled_at,
+         transacted_at, store_id, wallet_psp, payment_id, refund_id, result)
+  SELECT line_id, $1, $2, $3, settlement_id, true, line_no, batch_ref, type, provider_reference,
+         original_provider_reference, provider_request_id, transaction_value, transaction_currency,
+         settlement_value, settlement_currency, fee_value, exchange_rate, settled_at, transacted_at, store_id,
+         wallet_psp, pay_id, ref_id, result
+    FROM classified
+  RETURNING 1
+),
+marked AS (
+  UPDATE payments p
+     SET settlement_id = c.settlement_id, settlement_amount_value = c.settlement_value,
+         settlement_currency = c.settlement_currency, settlement_rate = COALESCE(c.exchange_rate, p.settlement_rate),
+         settlement_fee_value = c.fee_value, settled_at = c.settled_at
+    FROM classified c
+   WHERE c.type = 'payment' AND c.pay_id = p.id
+     AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
+     AND (p.settlement_id IS NULL OR p.settlement_id = c.settlement_id)
+  RETURNING 1
+),
+disc AS (
+  INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, line_id, import_id, kind,
+         payment_id, refund_id, provider_reference, expected_value, expected_currency, actual_value,
+         actual_currency, detail)
+  SELECT tb_random_id('dsc'), $2, $3, c.settlement_id, c.line_id, $1, c.result, c.pay_id, c.ref_id,
+         c.provider_reference,
+         CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
+         CASE WHEN c.type = 'refund' THEN c.ref_currency ELSE c.pay_currency END,
+         c.transaction_value, c.transaction_currency,
+         CASE c.result
+           WHEN 'missing_in_ledger' THEN format('line %s: no %s with provider reference %s%s in the ledger',
+             c.line_no, c.type, c.provider_reference,
+             CASE WHEN c.provider_request_id IS NULL THEN '' ELSE ' or request id ' || c.provider_request_id END)
+           WHEN 'duplicate_in_settlement' THEN format('line %s: %s %s is settled more than once (%s)',
+             c.line_no, c.type, c.provider_reference,
+             CASE WHEN c.first_line IS NOT NULL THEN 'first on line ' || c.first_line
+                  ELSE 'already in another settlement' END)
+           WHEN 'currency_mismatch' THEN format('line %s: the provider reports %s %s, the ledger has %s %s',
+             c.line_no, c.transaction_value, c.transaction_currency,
+             CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
+             CASE WHEN c.type = 'refund' THEN c.ref_currency ELSE c.pay_currency END)
+           WHEN 'amount_mismatch' THEN format('line %s: the provider reports %s %s, the ledger has %s %s',
+             c.line_no, c.transaction_value, c.transaction_currency,
+             CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
+             CASE WHEN c.type = 'refund' THEN c.ref_currency ELSE c.pay_currency END)
+           ELSE format('line %s: the provider settled a %s, but the ledger %s %s is %s',
+             c.line_no, c.type, CASE WHEN c.type = 'refund' THEN 'refund' ELSE 'payment' END,
+             COALESCE(c.ref_id, c.pay_id), COALESCE(c.ref_status, c.pay_status))
+         END
+    FROM classified c
+   WHERE c.result NOT IN ('matched', 'pending')
+  RETURNING *
+),
+events AS (
+  INSERT INTO outbox (event_id, merchant_id, type, payload)
+  SELECT e.payload->>'id', $2, 'reconciliation.discrepancy', e.payload
+    FROM (SELECT tb_event('reconciliation.discrepancy', tb_discrepancy_json(d::reconciliation_discrepancies)) AS payload
+            FROM disc d) e
+  RETURNING 1
+)
+SELECT result, count(*)::int AS n FROM classified GROUP BY result
+`;
+
+const MISSING_IN_SETTLEMENT_SQL = `
+WITH horizon AS (
+  SELECT max(settlement_date) AS last_date,
+         (array_agg(id ORDER BY settlement_date DESC, created_at DESC, id DESC))[1] AS latest
+    FROM settlements WHERE merchant_id = $2 AND provider = $3
+),
+settled AS (
+  SELECT max((paid_at AT TIME ZONE 'UTC')::date) AS last_paid
+    FROM payments WHERE merchant_id = $2 AND provider = $3 AND settlement_id IS NOT NULL
+),
+found AS (
+  SELECT p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at, h.latest
+    FROM payments p, horizon h, settled s
+   WHERE p.merchant_id = $2 AND p.provider = $3 AND p.settlement_id IS NULL AND p.paid_at IS NOT NULL
+     AND p.status IN ('succeeded', 'partially_refunded', 'refunded') AND h.latest IS NOT NULL
+     -- Due: the provider's settlement delay has passed by the dates it has settled, or it has
+     -- already settled payments made on the same day or later.
+     AND ((p.paid_at AT TIME ZONE 'UTC')::date + $4::int <= h.last_date
+          OR (p.paid_at AT TIME ZONE 'UTC')::date <= s.last_paid)
+     AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
+                      WHERE d.payment_id = p.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
+),
+disc AS (
+  INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, import_id, kind, payment_id,
+         provider_reference, expected_value, expected_currency, detail)
+  SELECT tb_random_id('dsc'), $2, $3, f.latest, $1, 'missing_in_settlement', f.id,
+         COALESCE(f.provider_reference, ''), f.amount_value, f.currency,
+         format('payment %s succeeded on %s and is in no settlement (expected within %s day(s))',
+                f.id, to_char(f.paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), $4::int)
+    FROM found f
+  RETURNING *
+),
+events AS (
+  INSERT INTO outbox (event_id, merchant_id, type, payload)
+  SELECT e.payload->>'id', $2, 'reconciliation.discrepancy', e.payload
+    FROM (SELECT tb_event('reconciliation.discrepancy', tb_discrepancy_json(d::reconciliation_discrepancies)) AS payload
+            FROM disc d) e
+  RETURNING 1
+)
+SELECT count(*)::int AS n FROM disc
+`;
+
+/** A refund that was pending when its line was matched is matched again once it is final. */
+const REMATCH_PENDING_SQL = `
+WITH upd AS (
+  UPDATE settlement_lines l
+     SET result = CASE WHEN r.status = 'succeeded' THEN 'matched' ELSE 'status_mismatch' END
+    FROM refunds r
+   WHERE l.merchant_id = $2 AND l.provider = $3 AND l.active AND l.result = 'pending'
+     AND r.id = l.refund_id AND r.status <> 'pending'
+  RETURNING l.id, l.settlement_id, l.line_no, l.refund_id, l.provider_reference, l.transaction_value,
+            l.transaction_currency, l.result, r.status
+),
+disc AS (
+  INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, line_id, import_id, kind,
+         refund_id, provider_reference, expected_value, expected_currency, actual_value, actual_currency, detail)
+  SELECT tb_random_id('dsc'), $2, $3, u.settlement_id, u.id, $1, 'status_mismatch', u.refund_id,
+         u.provider_reference, u.transaction_value, u.transaction_currency, u.transaction_value,
+         u.transaction_currency,
+         format('line %s: the provider settled a refund, but the ledger refund %s is %s', u.line_no, u.refund_id, u.status)
+    FROM upd u WHERE u.result = 'status_mismatch'
+  RETURNING *
+),
+events AS (
+  INSERT INTO outbox (event_id, merchant_id, type, payload)
+  SELECT e.payload->>'id', $2, 'reconciliation.discrepancy', e.payload
+    FROM (SELECT tb_event('reconciliation.discrepancy', tb_discrepancy_json(d::reconciliation_discrepancies)) AS payload
+            FROM disc d) e
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM upd)::int AS rematched, (SELECT count(*) FROM disc)::int AS failed
+`;
+
+/** Applies the staged lines; the caller owns the transaction. */
+async function applyStaged(
+  client: pg.PoolClient,
+  job: ImportRow,
+  adapter: WalletAdapter<unknown>,
+  batches: Map<string, BatchDigest>,
+  counts: ImportCounts,
+): Promise<string[]> {
+  const { id: importId, merchant_id: merchantId, provider } = job;
+  // Same batch serialises (advisory locks, taken in one order so two files cannot deadlock);
+  // different batches go on in parallel.
+  const ordered = [...batches.values()].sort((a, b) =>
+    `${a.batch_ref}\u0000${a.currency}` < `${b.batch_ref}\u0000${b.currency}` ? -1 : 1,
+  );
+  for (const batch of ordered) {
+    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
+      `settlement:${merchantId}:${provider}:${batch.batch_ref}:${batch.currency}`,
+    ]);
+  }
+  await client.query(
+    'CREATE TEMP TABLE changed (batch_ref text, currency text, settlement_id text) ON COMMIT DROP',
+  );
+  const changed: string[] = [];
+  const superseded: string[] = [];
+  for (const batch of ordered) {
+    const hash = batch.hash.digest('hex');
+    const { rows } = await client.query<{ id: string; content_hash: string }>(
+      `SELECT id, content_hash FROM settlements
+        WHERE merchant_id = $1 AND provider = $2 AND provider_batch_id = $3 AND currency = $4 FOR UPDATE`,
+      [merchantId, provider, batch.batch_ref, batch.currency],
+    );
+    const existing = rows[0];
+    let settlementId: string;
+    if (existing && existing.content_hash === hash) {
+      counts.batches_unchanged++;
+      continue;
+    }
+    if (existing) {
+      settlementId = existing.id;
+      superseded.push(settlementId);
+      counts.batches_superseded++;
+      await client.query(
+        `UPDATE settlements SET version = version + 1, content_hash = $2, import_id = $3, updated_at = now()
+          WHERE id = $1`,
+        [settlementId, hash, importId],
+      );
+    } else {
+      const created = await client.query<{ id: string }>(
+        `INSERT INTO settlements (id, merchant_id, provider, provider_batch_id, currency, settlement_date, status,
+                                  content_hash, import_id)
+         SELECT tb_random_id('stl'), $1, $2, $3, $4, min((settled_at AT TIME ZONE 'UTC')::date), 'reconciled', $5, $6
+           FROM stage WHERE batch_ref = $3 AND settlement_currency = $4
+         RETURNING id`,
+        [merchantId, provider, batch.batch_ref, batch.currency, hash, importId],
+      );
+      settlementId = created.rows[0].id;
+      counts.batches_created++;
+    }
+    changed.push(settlementId);
+    await client.query('INSERT INTO changed VALUES ($1, $2, $3)', [
+      batch.batch_ref,
+      batch.currency,
+      settlementId,
+    ]);
+  }
+  if (superseded.length) await supersede(client, superseded, importId);
+  if (changed.length) {
+    await client.query('ANALYZE stage');
+    const { rows } = await client.query<{ result: string; n: number }>(MATCH_SQL, [
+      importId,
+      merchantId,
+      provider,
+    ]);
+    for (const { result, n } of rows) {
+      if (result === 'matched') counts.matched += n;
+      else if (result === 'pending') counts.pending += n;
+      else {
+        counts.by_kind[result as DiscrepancyKind] = (counts.by_kind[result as DiscrepancyKind] ?? 0) + n;
+        counts.discrepancies += n;
+      }
+    }
+    await client.query(
+      `UPDATE settlements s
+          SET gross = a.gross, fees = a.fees, net = a.gross - a.fees, count = a.n, settlement_date = a.day,
+              updated_at = now()
+         FROM (SELECT c.settlement_id,
+                      sum(CASE WHEN st.type = 'payment' THEN st.settlement_value ELSE -st.settlement_value END) AS gross,
+                      sum(st.fee_value) AS fees, count(*) AS n, min((st.settled_at AT TIME ZONE 'UTC')::date) AS day
+                 FROM stage st JOIN changed c ON c.batch_ref = st.batch_ref AND c.currency = st.settlement_currency
+                GROUP BY c.settlement_id) a
+        WHERE s.id = a.settlement_id`,
+    );
+  }
+  await reconcileLedger(client, job, adapter, counts);
+  if (changed.length) {
+    await client.query(
+      `INSERT INTO settlement_versions (settlement_id, version, import_id, content_hash, gross, fees, net, count,
+                                        discrepancies)
+       SELECT s.id, s.version, $2, s.content_hash, s.gross, s.fees, s.net, s.count,
+              (SELECT count(*) FROM reconciliation_discrepancies d WHERE d.settlement_id = s.id AND d.closed_at IS NULL)
+         FROM settlements s WHERE s.id = ANY($1)`,
+      [changed, importId],
+    );
+    await client.query(
+      `INSERT INTO outbox (event_id, merchant_id, type, payload)
+       SELECT e.payload->>'id', $2, 'settlement.reconciled', e.payload
+         FROM (SELECT tb_event('settlement.reconciled', tb_settlement_json(s)) AS payload
+                 FROM settlements s WHERE s.id = ANY($1) ORDER BY s.provider_batch_id) e`,
+      [changed, merchantId],
+    );
+  }
+  return changed;
+}
+
+/** The current version of each batch becomes history: its lines inactive, its discrepancies closed. */
+async function supersede(client: pg.PoolClient, ids: string[], importId: string): Promise<void> {
+  await client.query('UPDATE settlement_lines SET active = false WHERE settlement_id = ANY($1) AND active', [
+    ids,
+  ]);
+  await client.query(
+    `UPDATE reconciliation_discrepancies SET closed_at = now(), closed_reason = 'superseded'
+      WHERE settlement_id = ANY($1) AND closed_at IS NULL`,
+    [ids],
+  );
+  await client.query(
+    `UPDATE payments SET settlement_id = NULL, settlement_fee_value = NULL, settled_at = NULL
+      WHERE settlement_id = ANY($1)`,
+    [ids],
+  );
+  await client.query(
+    `UPDATE settlement_versions SET superseded_at = now(), superseded_by = $2
+      WHERE settlement_id = ANY($1) AND superseded_at IS NULL`,
+    [ids, importId],
+  );
+}
+
+/**
+ * What the ledger says beyond the file's own lines: settled-late payments close their
+ * missing_in_settlement, pending refunds are matched again, due payments not settled are reported,
+ * and every batch of this merchant and provider gets its status.
+ */
+async function reconcileLedger(
+  client: pg.PoolClient,
+  job: ImportRow,
+  adapter: WalletAdapter<unknown>,
+  counts: ImportCounts,
+): Promise<void> {
+  const params = [job.id, job.merchant_id, job.provider];
+  await client.query(
+    `UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
+       FROM payments p
+      WHERE d.merchant_id = $1 AND d.provider = $2 AND d.kind = 'missing_in_settlement' AND d.closed_at IS NULL
+        AND p.id = d.payment_id AND p.settlement_id IS NOT NULL`,
+    [job.merchant_id, job.provider],
+  );
+  const rematch = await client.query<{ rematched: number; failed: number }>(REMATCH_PENDING_SQL, params);
+  const failedRefunds = rematch.rows[0]?.failed ?? 0;
+  if (failedRefunds) {
+    counts.discrepancies += failedRefunds;
+    counts.by_kind.status_mismatch = (counts.by_kind.status_mismatch ?? 0) + failedRefunds;
+  }
+  const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [
+    ...params,
+    adapter.resolution.settlement_delay_days,
+  ]);
+  const n = missing.rows[0]?.n ?? 0;
+  if (n) {
+    counts.discrepancies += n;
+    counts.by_kind.missing_in_settlement = (counts.by_kind.missing_in_settlement ?? 0) + n;
+  }
+  await client.query(
+    `UPDATE settlements s SET status = CASE WHEN EXISTS (SELECT 1 FROM reconciliation_discrepancies d
+                                                          WHERE d.settlement_id = s.id AND d.closed_at IS NULL)
+                                            THEN 'discrepancies' ELSE 'reconciled' END
+      WHERE s.merchant_id = $1 AND s.provider = $2`,
+    [job.merchant_id, job.provider],
+  );
+}
+
+export class ReconcileError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly line?: number,
+  ) {
+    super(message);
+  }
+}
+
+function emptyCounts(): ImportCounts {
+  return {
+    lines: 0,
+    batches: 0,
+    batches_created: 0,
+    batches_superseded: 0,
+    batches_unchanged: 0,
+    matched: 0,
+    pending: 0,
+    discrepancies: 0,
+    by_kind: {},
+  };
+}
+
+/**
+ * Runs one import end to end. A malformed file marks the import failed (no retry: the same bytes
+ * fail the same way); any other error is thrown for bull to retry, and recorded when `lastAttempt`.
+ */
+export async function reconcileImport(ctx: Context, importId: string, lastAttempt = true): Promise<void> {
+  const started = await ctx.db.query<ImportRow>(
+    `UPDATE settlement_imports SET status = 'running', started_at = COALESCE(started_at, now()),
+            attempts = attempts + 1
+      WHERE id = $1 AND status IN ('queued', 'running') RETURNING id, merchant_id, provider`,
+    [importId],
+  );
+  const job = started.rows[0];
+  if (!job) return;
+  const module = providerModule(job.provider);
+  const log = ctx.log.child({ import_id: importId, provider: job.provider });
+  const counts = emptyCounts();
+  const client = await ctx.db.connect();
+  try {
+    if (!module) throw new ReconcileError('provider_unknown', `no adapter for provider ${job.provider}`);
+    const adapter = module.adapter;
+    await client.query('BEGIN');
+    await client.query("SET LOCAL work_mem = '128MB'");
+    const staged = await stageFile(ctx, client, importId, adapter);
+    counts.lines = staged.lines;
+    counts.batches = staged.batches.size;
+    await applyStaged(client, job, adapter, staged.batches, counts);
+    await client.query(
+      `UPDATE settlement_imports SET status = 'completed', counts = $2, finished_at = now(),
+              error_code = NULL, error_message = NULL, error_line = NULL
+        WHERE id = $1`,
+      [importId, counts],
+    );
+    await client.query('COMMIT');
+    ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'matched' }, counts.matched);
+    for (const [kind, n] of Object.entries(counts.by_kind))
+      ctx.metrics.reconciliation.inc({ provider: job.provider, result: kind }, n ?? 0);
+    log.info({ counts }, 'settlement file reconciled');
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => {});
+    const known =
+      error instanceof SettlementFormatError
+        ? new ReconcileError('settlement_file_invalid', error.message, error.line_no)
+        : error instanceof ReconcileError
+          ? error
+          : undefined;
+    if (known || lastAttempt) {
+      const code = known?.code ?? 'reconciliation_failed';
+      const message = known?.message ?? `reconciliation failed: ${(error as Error).message}`;
+      await ctx.db.query(
+        `UPDATE settlement_imports SET status = 'failed', finished_at = now(), error_code = $2, error_message = $3,
+                error_line = $4, counts = '{}'
+          WHERE id = $1`,
+        [importId, code, message, known?.line ?? null],
+      );
+      log[known ? 'warn' : 'error']({ err: error, code }, 'settlement import failed');
+      ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'import_failed' });
+    }
+    if (!known) throw error;
+  } finally {
+    client.release();
+  }
+}

@@ -1,0 +1,143 @@
+/** Shared by the settlement tests: sandbox settlement files, imports through the API, waiting for jobs. */
+import assert from 'node:assert/strict';
+import { createPayment, eventually, type Merchant, scanPayment, type TestGateway } from './helpers.ts';
+
+export const SANDBOX_HEADER =
+  'batch_id,type,transaction_id,original_transaction_id,request_id,amount,currency,settlement_amount,settlement_currency,fee,exchange_rate,settled_at,store_id,wallet_psp';
+
+export interface SandboxLine {
+  batch_id?: string;
+  type?: string;
+  transaction_id: string;
+  original_transaction_id?: string;
+  request_id?: string;
+  amount: number;
+  currency?: string;
+  settlement_amount?: number;
+  settlement_currency?: string;
+  fee?: number;
+  rate?: string;
+  settled_at?: string;
+  store_id?: string;
+}
+
+export function sandboxCsv(
+  lines: SandboxLine[],
+  batch = 'SBX-B1',
+  date = new Date().toISOString().slice(0, 10),
+) {
+  const rows = lines.map((l) =>
+    [
+      l.batch_id ?? batch,
+      l.type ?? 'payment',
+      l.transaction_id,
+      l.original_transaction_id ?? '',
+      l.request_id ?? '',
+      l.amount,
+      l.currency ?? 'EUR',
+      l.settlement_amount ?? l.amount,
+      l.settlement_currency ?? 'EUR',
+      l.fee ?? Math.floor((l.amount * 18 + 500) / 1000),
+      l.rate ?? '1',
+      l.settled_at ?? `${date}T12:00:00Z`,
+      l.store_id ?? '',
+      'SANDBOXWALLET',
+    ].join(','),
+  );
+  return `${[SANDBOX_HEADER, ...rows].join('\n')}\n`;
+}
+
+export interface PaidPayment {
+  id: string;
+  amount: number;
+  provider_reference: string;
+  status: string;
+}
+
+/** Payments that succeed at once (last two digits ≤ 50). */
+export async function pay(tg: TestGateway, m: Merchant, amount: number, extra: Record<string, unknown> = {}) {
+  const res = await createPayment(tg, m.secretKey, scanPayment(amount, extra));
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  return {
+    id: res.body.id,
+    amount,
+    provider_reference: res.body.provider_reference,
+    status: res.body.status,
+  } as PaidPayment;
+}
+
+export function lineFor(p: PaidPayment, extra: Partial<SandboxLine> = {}): SandboxLine {
+  return { transaction_id: p.provider_reference, request_id: p.id, amount: p.amount, ...extra };
+}
+
+export async function importFile(
+  tg: TestGateway,
+  key: string,
+  body: string | Buffer,
+  provider = 'sandbox',
+): Promise<string> {
+  const res = await tg.http
+    .post(`/v1/settlements/imports?provider=${provider}`)
+    .set('Authorization', `Bearer ${key}`)
+    .set('Content-Type', 'text/csv')
+    .send(Buffer.isBuffer(body) ? body : Buffer.from(body));
+  assert.equal(res.status, 202, JSON.stringify(res.body));
+  assert.equal(res.body.status, 'queued');
+  assert.match(res.body.id, /^job_/);
+  return res.body.id;
+}
+
+export async function waitJob(tg: TestGateway, key: string, id: string, timeoutMs = 30_000) {
+  return eventually(
+    async () => {
+      const res = await tg.http.get(`/v1/jobs/${id}`).set('Authorization', `Bearer ${key}`);
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      return ['completed', 'failed'].includes(res.body.status) ? res.body : undefined;
+    },
+    timeoutMs,
+    `job ${id}`,
+  );
+}
+
+export async function importAndWait(
+  tg: TestGateway,
+  key: string,
+  body: string | Buffer,
+  provider = 'sandbox',
+) {
+  return waitJob(tg, key, await importFile(tg, key, body, provider));
+}
+
+export async function discrepancies(tg: TestGateway, key: string, query = '') {
+  const all: Record<string, unknown>[] = [];
+  let after = '';
+  for (;;) {
+    const res = await tg.http
+      .get(`/v1/reconciliation/discrepancies?limit=100${query}${after ? `&starting_after=${after}` : ''}`)
+      .set('Authorization', `Bearer ${key}`);
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    all.push(...res.body.data);
+    if (!res.body.has_more) return all;
+    after = res.body.data.at(-1).id;
+  }
+}
+
+export interface Settlement {
+  id: string;
+  provider: string;
+  provider_batch_id: string;
+  settlement_date: string;
+  currency: string;
+  gross: { value: number; currency: string };
+  fees: { value: number; currency: string };
+  net: { value: number; currency: string };
+  count: number;
+  status: string;
+  version: number;
+}
+
+export async function settlements(tg: TestGateway, key: string) {
+  const res = await tg.http.get('/v1/settlements?limit=100').set('Authorization', `Bearer ${key}`);
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  return res.body.data as Settlement[];
+}
