@@ -39,6 +39,9 @@ export interface NewPayment {
 type Ctx = Context;
 type Source = 'pay' | 'inquiry' | 'notification' | 'resend' | 'cancel';
 
+/** Longer than any adapter's request timeout: until then a new payment may still be in its first `pay`. */
+const IN_FLIGHT_GRACE_S = 30;
+
 const paymentCodeContext = (paymentId: string) => `payment-code:${paymentId}`;
 
 export function resolutionWindowS(
@@ -150,9 +153,9 @@ export async function createPayment(ctx: Ctx, input: NewPayment): Promise<Paymen
     const { rows } = await client.query<PaymentRow>(
       `INSERT INTO payments (id, merchant_id, terminal_ref, store_id, terminal_id, provider_account_id, provider, wallet,
          mode, status, amount_value, currency, reference, description, metadata, payment_code_masked,
-         payment_code_sealed, provider_request_id, resolve_by, pay_answered)
+         payment_code_sealed, provider_request_id, resolve_by, pay_answered, next_check_at)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'processing', $10, $11, $12, $13, $14, $15, $16, $1,
-               now() + make_interval(secs => $17), false)
+               now() + make_interval(secs => $17), false, now() + make_interval(secs => $18))
        RETURNING *`,
       [
         id,
@@ -172,6 +175,8 @@ export async function createPayment(ctx: Ctx, input: NewPayment): Promise<Paymen
         input.payment_code ? maskPaymentCode(input.payment_code) : null,
         input.payment_code ? seal(ctx.config.masterKey, input.payment_code, paymentCodeContext(id)) : null,
         windowS,
+        // The sweeper leaves the payment alone while this request may still be talking to the provider.
+        IN_FLIGHT_GRACE_S,
       ],
     );
     await recordEvent(client, id, null, 'processing', 'created', { provider_account_id: first.row.id });
@@ -213,17 +218,21 @@ async function sendToProvider(
       () => account.module.adapter.pay(account.context, request),
       (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
     );
-    const isLast = index === candidates.length - 1;
-    if (outcome.kind === 'unknown' && !outcome.reached && !isLast) {
+    if (outcome.kind === 'unknown' && !outcome.reached) {
       ctx.log.warn(
         { payment_id: row.id, account: account.row.id, reason: outcome.reason },
-        'provider unreachable; failing over',
+        'provider unreachable',
       );
       continue;
     }
     return applyOutcome(ctx, current, account, outcome, 'pay');
   }
-  return current;
+  // No provider was reached at all, so nobody can have charged the customer: say so at once.
+  const unreachable: PaymentOutcome = {
+    kind: 'failed',
+    failure: { code: 'provider_error', message: 'no payment provider could be reached; nothing was charged' },
+  };
+  return applyOutcome(ctx, current, candidates[candidates.length - 1], unreachable, 'pay');
 }
 
 function factsPatch(facts: PaymentFacts): PaymentPatch {
