@@ -50,6 +50,15 @@ export function idempotencyKeyOf(req: Request, required: boolean): string | unde
   return key;
 }
 
+const inProgress = () =>
+  new ApiError(
+    'idempotency',
+    'idempotency_request_in_progress',
+    'a request with this Idempotency-Key is still in progress',
+    'Idempotency-Key',
+    409,
+  );
+
 function send(res: Response, result: HandlerResult, replayed: boolean): void {
   if (replayed) res.set('Idempotent-Replayed', 'true');
   if (result.headers) res.set(result.headers);
@@ -105,13 +114,7 @@ export async function idempotent(
       return send(res, { status, body: row.response_body }, true);
     }
     if (row.locked) {
-      throw new ApiError(
-        'idempotency',
-        'idempotency_request_in_progress',
-        'a request with this Idempotency-Key is still in progress',
-        'Idempotency-Key',
-        409,
-      );
+      throw inProgress();
     }
     // The first request's process died: take the lease over.
     const taken = await ctx.db.query(
@@ -120,13 +123,7 @@ export async function idempotent(
       [scope, key, LOCK_LEASE_S],
     );
     if (taken.rowCount === 0) {
-      throw new ApiError(
-        'idempotency',
-        'idempotency_request_in_progress',
-        'a request with this Idempotency-Key is still in progress',
-        'Idempotency-Key',
-        409,
-      );
+      throw inProgress();
     }
   }
   let result: HandlerResult;
