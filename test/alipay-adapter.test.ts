@@ -60,7 +60,7 @@ async function scanQr(outcome: PaymentOutcome): Promise<string> {
 describe('alipay adapter ⇄ simulator, UPM (customer shows the code)', () => {
   let h: Harness;
   before(async () => {
-    h = await startHarness();
+    h = await startHarness({ time_scale: 0.1 });
   });
   after(() => h.close());
 
@@ -225,7 +225,7 @@ describe('alipay adapter ⇄ simulator, UPM (customer shows the code)', () => {
 describe('alipay adapter ⇄ simulator, Order Code (till shows a QR)', () => {
   let h: Harness;
   before(async () => {
-    h = await startHarness();
+    h = await startHarness({ time_scale: 0.1 });
   });
   after(() => h.close());
 
@@ -297,7 +297,7 @@ describe('alipay adapter ⇄ simulator, Order Code (till shows a QR)', () => {
 describe('alipay adapter: answers that must not be trusted, and variants that must be', () => {
   let h: Harness;
   before(async () => {
-    h = await startHarness();
+    h = await startHarness({ time_scale: 0.1 });
   });
   after(() => h.close());
   beforeEach(() =>
@@ -435,32 +435,53 @@ describe('alipay adapter: answers that must not be trusted, and variants that mu
 
 describe('alipay sandbox survives a restart', () => {
   it('an account configured before a restart works against a new simulator (new port, same seed)', async () => {
-    const h = await startHarness({ seed: Buffer.from('restart-seed') });
+    const seed = Buffer.from(`restart-seed-${Date.now()}`);
+    const h = await startHarness({ seed, time_scale: 0.1, state_file: undefined });
     const stored = JSON.parse(JSON.stringify(h.account.credentials.stored));
     const payment = scanPayment(2052);
     assert.equal((await alipayAdapter.pay(h.account, payment)).kind, 'pending');
     const oldUrl = h.sim.url;
     await h.close();
 
-    const sim = await startAlipaySimulator({
-      seed: Buffer.from('restart-seed'),
-      latency_ms: 0,
-      time_scale: 0.01,
-    });
+    // Same seed, so the default journal path: what a restarted gateway's simulator would use.
+    const sim = await startAlipaySimulator({ seed, latency_ms: 0, time_scale: 0.1 });
     try {
       assert.notEqual(sim.url, oldUrl);
-      const env = { seed: Buffer.from('restart-seed'), latency_ms: 0, simulatorUrl: async () => sim.url };
+      const env = { seed, latency_ms: 0, simulatorUrl: async () => sim.url };
       const account: AccountContext<AlipayAccount> = {
         ...h.account,
         credentials: alipayAdapter.load(stored, env),
       };
-      // The new simulator lost the order: not found twice, the identical resend, then the same outcome.
-      assert.equal((await alipayAdapter.inquire(account, payment)).kind, 'not_found');
-      assert.equal((await alipayAdapter.pay(account, payment)).kind, 'pending');
+      // Antom never forgets an order: the new simulator still has it, and it decides as scripted.
+      assert.notEqual((await alipayAdapter.inquire(account, payment)).kind, 'not_found');
       await eventually(async () =>
         (await alipayAdapter.inquire(account, payment)).kind === 'succeeded' ? true : undefined,
       );
+      assert.equal(
+        (await alipayAdapter.pay(account, payment)).kind,
+        'succeeded',
+        'the identical resend gets the stored result',
+      );
       assert.equal((await alipayAdapter.pay(account, scanPayment(1999))).kind, 'succeeded');
+      const forgetful = await startAlipaySimulator({
+        seed,
+        latency_ms: 0,
+        time_scale: 0.01,
+        state_file: null,
+      });
+      try {
+        const blank = {
+          ...account,
+          credentials: alipayAdapter.load(stored, { ...env, simulatorUrl: async () => forgetful.url }),
+        };
+        assert.equal(
+          (await alipayAdapter.inquire(blank, payment)).kind,
+          'not_found',
+          'without its journal it would forget',
+        );
+      } finally {
+        await forgetful.close();
+      }
     } finally {
       await sim.close();
     }
@@ -470,7 +491,7 @@ describe('alipay sandbox survives a restart', () => {
 describe('alipay settlement files from the simulator', () => {
   let h: Harness;
   before(async () => {
-    h = await startHarness();
+    h = await startHarness({ time_scale: 0.1 });
   });
   after(() => h.close());
 

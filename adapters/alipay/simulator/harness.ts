@@ -35,7 +35,9 @@ export async function startHarness(
   options: Partial<AlipaySimulatorOptions> & { input?: Record<string, unknown> } = {},
 ): Promise<Harness> {
   const seed = options.seed ?? TEST_SEED;
-  const sim = await startAlipaySimulator({ latency_ms: 0, time_scale: 0.01, ...options, seed });
+  // Tests share TEST_SEED: without an explicit choice, no journal, so test runs never share state.
+  const state_file = 'state_file' in options ? options.state_file : null;
+  const sim = await startAlipaySimulator({ latency_ms: 0, time_scale: 0.01, ...options, seed, state_file });
   const env: SandboxEnvironment = { seed, latency_ms: 0, simulatorUrl: async () => sim.url };
   const received: NotificationResult[] = [];
   const failNext = { count: 0 };

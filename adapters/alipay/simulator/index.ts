@@ -13,6 +13,7 @@ import type { SimulatorHandle, SimulatorOptions } from '../../contract.ts';
 import { normalisePublicKey, publicKeyObject } from '../keys.ts';
 import { sandboxKeys } from '../sandbox-keys.ts';
 import { formatSignatureHeader, isoTime, signBase64 } from '../signature.ts';
+import { defaultJournalPath, Journal } from './journal.ts';
 import { Ledger, type PaymentRecord } from './ledger.ts';
 import { type DeliveryAttempt, Notifier } from './notifier.ts';
 import { Renderer } from './render.ts';
@@ -26,6 +27,8 @@ export interface AlipaySimulatorOptions extends SimulatorOptions {
   switches?: Partial<SimulatorSwitches>;
   /** Merchant clients besides the sandbox ones: client id → public key (PEM or base64). */
   clients?: Record<string, string>;
+  /** Where the simulator remembers orders across restarts; default derived from the seed; null: nowhere. */
+  state_file?: string | null;
 }
 
 export interface AlipaySimulatorHandle extends SimulatorHandle {
@@ -60,7 +63,9 @@ export async function startAlipaySimulator(options: AlipaySimulatorOptions): Pro
   for (const [clientId, key] of Object.entries(options.clients ?? {})) registerClient(clientId, key);
 
   const timeScale = options.time_scale;
-  const ledger = new Ledger(timeScale);
+  const stateFile = options.state_file === undefined ? defaultJournalPath(options.seed) : options.state_file;
+  const journal = stateFile ? new Journal(stateFile) : undefined;
+  const ledger = new Ledger(timeScale, journal);
   const headersFor = (path: string, clientId: string, body: string, requestTime?: string) => {
     const time = requestTime ?? (switches.epoch_time ? String(Date.now()) : isoTime(new Date()));
     const signature = signBase64({ path, clientId, time, body }, keys.antom.privateKey);
@@ -99,6 +104,8 @@ export async function startAlipaySimulator(options: AlipaySimulatorOptions): Pro
     server.listen(options.port ?? 0, '127.0.0.1', () => resolve());
   });
   baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // Orders that were waiting when a previous simulator stopped decide (and notify) on time.
+  for (const record of ledger.waiting()) followUp(ctx, record);
 
   return {
     url: baseUrl,
@@ -128,6 +135,7 @@ export async function startAlipaySimulator(options: AlipaySimulatorOptions): Pro
       ctx.held.clear();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
+      await journal?.flush();
     },
   };
 }

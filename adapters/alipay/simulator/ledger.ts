@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { currencyFromCode, type Money } from '../../../src/payments/money.ts';
 import { isRecord, type Json, text } from '../mapping.ts';
 import { convert, rateFor } from './fx.ts';
+import type { Journal } from './journal.ts';
 
 export type PaymentStatus = 'PROCESSING' | 'SUCCESS' | 'FAIL' | 'CANCELLED';
 
@@ -37,6 +38,8 @@ export interface PaymentRecord {
   /** When a waiting payment decides, and how. */
   dueAt?: number;
   dueStatus?: 'SUCCESS' | 'FAIL';
+  /** notifyPayment has been queued for the final state. */
+  notified?: boolean;
   /** A cancel that arrived before any pay: later pays with this id are refused (tombstone). */
   tombstone?: boolean;
   refunds: RefundRecord[];
@@ -109,7 +112,27 @@ export class Ledger {
   /** paymentRequestIds whose first attempt already got the scripted HTTP 500 (digits 55). */
   private readonly failedOnce = new Set<string>();
 
-  constructor(private readonly timeScale: number) {}
+  constructor(
+    private readonly timeScale: number,
+    private readonly journal?: Journal,
+  ) {
+    const state = journal?.load();
+    for (const record of state?.payments ?? []) {
+      this.payments.set(this.key(record.clientId, record.paymentRequestId), record);
+      if (!record.tombstone) this.paymentsById.set(record.paymentId, record);
+    }
+    for (const refund of state?.refunds ?? []) {
+      const payment = this.paymentsById.get(refund.paymentId);
+      this.refunds.set(this.key(payment?.clientId ?? '', refund.refundRequestId), refund);
+      this.refundsById.set(refund.refundId, refund);
+    }
+    for (const key of state?.failedOnce ?? []) this.failedOnce.add(key);
+  }
+
+  /** Records still waiting for a decision (after a restart the server re-arms their timers). */
+  waiting(): PaymentRecord[] {
+    return [...this.paymentsById.values()].filter((p) => p.status === 'PROCESSING' && p.dueAt !== undefined);
+  }
 
   private key(clientId: string, requestId: string): string {
     return `${clientId}\u0000${requestId}`;
@@ -150,6 +173,7 @@ export class Ledger {
     const scenario = factor.inStorePaymentScenario === 'OrderCode' ? 'OrderCode' : 'PaymentCode';
     if (digits === 55 && !this.failedOnce.has(`${clientId}:${requestId}`)) {
       this.failedOnce.add(`${clientId}:${requestId}`);
+      this.journal?.failedOnce(`${clientId}:${requestId}`);
       return { transport: 'http500' };
     }
     const order = isRecord(body.order) ? body.order : {};
@@ -182,6 +206,7 @@ export class Ledger {
     this.payments.set(this.key(clientId, requestId), record);
     this.paymentsById.set(record.paymentId, record);
     if (scenario === 'PaymentCode') this.decide(record, now);
+    this.journal?.payment(record);
     return { record, transport: scenario === 'PaymentCode' && digits === 54 ? 'hang' : 'answer' };
   }
 
@@ -205,6 +230,7 @@ export class Ledger {
       refunds: [],
     };
     this.payments.set(this.key(clientId, requestId), record);
+    this.journal?.payment(record);
     return record;
   }
 
@@ -214,6 +240,7 @@ export class Ledger {
     if (record.scenario !== 'OrderCode' || record.scanned || record.status !== 'PROCESSING') return false;
     record.scanned = true;
     this.decide(record, now);
+    this.journal?.payment(record);
     return true;
   }
 
@@ -258,11 +285,13 @@ export class Ledger {
     if (record.dueAt !== undefined && now.getTime() >= record.dueAt) {
       const due = record.dueStatus ?? 'SUCCESS';
       this.finish(record, due, now, due === 'FAIL' ? FAILURES[53] : undefined);
+      this.journal?.payment(record);
       return true;
     }
     // alipay.md §15.5: an unpaid order closes at paymentExpiryTime (its later state is undocumented).
     if (record.scenario === 'OrderCode' && !record.scanned && record.expiresAt && now >= record.expiresAt) {
       this.finish(record, 'FAIL', now, ['ORDER_IS_CLOSED', 'the order code expired unpaid']);
+      this.journal?.payment(record);
       return true;
     }
     return false;
@@ -273,6 +302,7 @@ export class Ledger {
     this.settle(record, now);
     if (record.status === 'CANCELLED') return;
     this.finish(record, 'CANCELLED', now);
+    this.journal?.payment(record);
   }
 
   refund(
@@ -324,6 +354,7 @@ export class Ledger {
     payment.refunds.push(record);
     this.refunds.set(this.key(clientId, requestId), record);
     this.refundsById.set(record.refundId, record);
+    this.journal?.refund(record);
     return { record };
   }
 
@@ -332,6 +363,7 @@ export class Ledger {
       record.status = 'SUCCESS';
       record.refundedAt = now;
       record.dueAt = undefined;
+      this.journal?.refund(record);
     }
   }
 

@@ -241,7 +241,8 @@ function refund(
 /** Notifications for what is final now, and timers for what decides later. */
 export function followUp(ctx: ServerContext, record: PaymentRecord) {
   const notify = () => {
-    if (!shouldNotify(record) || !ctx.switches.notifications || !record.notifyUrl) return;
+    if (record.notified || !shouldNotify(record) || !ctx.switches.notifications || !record.notifyUrl) return;
+    record.notified = true;
     ctx.notifier.deliver(record.notifyUrl, record.clientId, ctx.render.notification(record));
   };
   if (record.status !== 'PROCESSING') return notify();
@@ -249,7 +250,9 @@ export function followUp(ctx: ServerContext, record: PaymentRecord) {
     const timer = setTimeout(
       () => {
         ctx.held.delete(timer);
-        if (ctx.ledger.settle(record)) notify();
+        // An inquiry may have settled it already; the notification is due either way.
+        ctx.ledger.settle(record);
+        notify();
       },
       Math.max(0, record.dueAt - Date.now()) + 5,
     );
