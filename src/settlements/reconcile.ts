@@ -54,6 +54,17 @@ export interface ImportCounts {
   pending: number;
   discrepancies: number;
   by_kind: Partial<Record<DiscrepancyKind, number>>;
+  /** Where the time went: parse + COPY, matching, ledger-side checks. */
+  timings_ms: Record<string, number>;
+}
+
+async function timed<T>(counts: ImportCounts, step: string, work: () => Promise<T>): Promise<T> {
+  const start = Date.now();
+  try {
+    return await work();
+  } finally {
+    counts.timings_ms[step] = (counts.timings_ms[step] ?? 0) + Date.now() - start;
+  }
 }
 
 interface BatchDigest {
@@ -222,13 +233,13 @@ keyed AS (
   SELECT s.*, c.settlement_id, d.first_line,
          COALESCE(p1.id, p2.id) AS pay_id, COALESCE(p1.amount_value, p2.amount_value) AS pay_amount,
          COALESCE(p1.currency, p2.currency) AS pay_currency, COALESCE(p1.status, p2.status) AS pay_status,
-         COALESCE(p1.settlement_id, p2.settlement_id) AS pay_settlement,
+         COALESCE(p1.paid_at, p2.paid_at) AS pay_paid_at,
          COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
          COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
     FROM stage s
     JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
     LEFT JOIN dup d ON d.batch_ref = s.batch_ref AND d.settlement_currency = s.settlement_currency
-                   AND d.type = s.type AND d.provider_reference = s.provider_reference AND s.line_no > d.first_line
+                   AND d.type = s.type AND d.provider_reference = s.provider_reference
     LEFT JOIN payments p1 ON s.type <> 'refund' AND p1.merchant_id = $2 AND p1.provider = $3
                          AND p1.provider_reference = CASE WHEN s.type = 'cancel'
                                THEN COALESCE(s.original_provider_reference, s.provider_reference)
@@ -239,9 +250,9 @@ keyed AS (
     LEFT JOIN rr r2 ON s.type = 'refund' AND r1.id IS NULL AND r2.provider_request_id = s.provider_request_id
 ),
 classified AS (
-  SELECT k.*, nextval(pg_get_serial_sequence('settlement_lines', 'id')) AS line_id,
+  SELECT k.*, ps.settlement_id AS pay_settlement, nextval(pg_get_serial_sequence('settlement_lines', 'id')) AS line_id,
     CASE
-      WHEN k.first_line IS NOT NULL THEN 'duplicate_in_settlement'
+      WHEN k.line_no > k.first_line THEN 'duplicate_in_settlement'
       WHEN k.type = 'refund' THEN CASE
         WHEN k.ref_id IS NULL THEN 'missing_in_ledger'
         WHEN EXISTS (SELECT 1 FROM settlement_lines o
@@ -253,7 +264,7 @@ classified AS (
         WHEN k.ref_status <> 'succeeded' THEN 'status_mismatch'
         ELSE 'matched' END
       WHEN k.pay_id IS NULL THEN 'missing_in_ledger'
-      WHEN k.type = 'payment' AND k.pay_settlement IS NOT NULL AND k.pay_settlement <> k.settlement_id
+      WHEN k.type = 'payment' AND ps.settlement_id IS NOT NULL AND ps.settlement_id <> k.settlement_id
         THEN 'duplicate_in_settlement'
       WHEN k.pay_currency <> k.transaction_currency THEN 'currency_mismatch'
       WHEN k.pay_amount <> k.transaction_value THEN 'amount_mismatch'
@@ -265,6 +276,7 @@ classified AS (
         THEN 'matched'
       ELSE 'status_mismatch' END AS result
     FROM keyed k
+    LEFT JOIN payment_settlements ps ON ps.payment_id = k.pay_id
 ),
 ins AS (
   INSERT INTO settlement_lines (id, import_id, merchant_id, provider, settlement_id, active, line_no, batch_ref, type,
@@ -279,14 +291,14 @@ ins AS (
   RETURNING 1
 ),
 marked AS (
-  UPDATE payments p
-     SET settlement_id = c.settlement_id, settlement_amount_value = c.settlement_value,
-         settlement_currency = c.settlement_currency, settlement_rate = COALESCE(c.exchange_rate, p.settlement_rate),
-         settlement_fee_value = c.fee_value, settled_at = c.settled_at
+  INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
+         rate, fee_value, settled_at, paid_on)
+  SELECT DISTINCT ON (c.pay_id) c.pay_id, $2, $3, c.settlement_id, c.line_id, c.settlement_value,
+         c.settlement_currency, c.exchange_rate, c.fee_value, c.settled_at, (c.pay_paid_at AT TIME ZONE 'UTC')::date
     FROM classified c
-   WHERE c.type = 'payment' AND c.pay_id = p.id
-     AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
-     AND (p.settlement_id IS NULL OR p.settlement_id = c.settlement_id)
+   WHERE c.type = 'payment' AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
+   ORDER BY c.pay_id, c.line_no
+  ON CONFLICT (payment_id) DO NOTHING
   RETURNING 1
 ),
 disc AS (
@@ -339,13 +351,13 @@ WITH horizon AS (
     FROM settlements WHERE merchant_id = $2 AND provider = $3
 ),
 settled AS (
-  SELECT max((paid_at AT TIME ZONE 'UTC')::date) AS last_paid
-    FROM payments WHERE merchant_id = $2 AND provider = $3 AND settlement_id IS NOT NULL
+  SELECT max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $2 AND provider = $3
 ),
 found AS (
   SELECT p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at, h.latest
     FROM payments p, horizon h, settled s
-   WHERE p.merchant_id = $2 AND p.provider = $3 AND p.settlement_id IS NULL AND p.paid_at IS NOT NULL
+   WHERE p.merchant_id = $2 AND p.provider = $3 AND p.paid_at IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
      AND p.status IN ('succeeded', 'partially_refunded', 'refunded') AND h.latest IS NOT NULL
      -- Due: the provider's settlement delay has passed by the dates it has settled, or it has
      -- already settled payments made on the same day or later.
@@ -473,11 +485,10 @@ async function applyStaged(
   if (superseded.length) await supersede(client, superseded, importId);
   if (changed.length) {
     await client.query('ANALYZE stage');
-    const { rows } = await client.query<{ result: string; n: number }>(MATCH_SQL, [
-      importId,
-      merchantId,
-      provider,
-    ]);
+    await client.query('ANALYZE changed');
+    const { rows } = await timed(counts, 'match', () =>
+      client.query<{ result: string; n: number }>(MATCH_SQL, [importId, merchantId, provider]),
+    );
     for (const { result, n } of rows) {
       if (result === 'matched') counts.matched += n;
       else if (result === 'pending') counts.pending += n;
@@ -498,7 +509,7 @@ async function applyStaged(
         WHERE s.id = a.settlement_id`,
     );
   }
-  await reconcileLedger(client, job, adapter, counts);
+  await timed(counts, 'ledger', () => reconcileLedger(client, job, adapter, counts));
   if (changed.length) {
     await client.query(
       `INSERT INTO settlement_versions (settlement_id, version, import_id, content_hash, gross, fees, net, count,
@@ -529,11 +540,7 @@ async function supersede(client: pg.PoolClient, ids: string[], importId: string)
       WHERE settlement_id = ANY($1) AND closed_at IS NULL`,
     [ids],
   );
-  await client.query(
-    `UPDATE payments SET settlement_id = NULL, settlement_fee_value = NULL, settled_at = NULL
-      WHERE settlement_id = ANY($1)`,
-    [ids],
-  );
+  await client.query('DELETE FROM payment_settlements WHERE settlement_id = ANY($1)', [ids]);
   await client.query(
     `UPDATE settlement_versions SET superseded_at = now(), superseded_by = $2
       WHERE settlement_id = ANY($1) AND superseded_at IS NULL`,
@@ -555,9 +562,9 @@ async function reconcileLedger(
   const params = [job.id, job.merchant_id, job.provider];
   await client.query(
     `UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
-       FROM payments p
+       FROM payment_settlements p
       WHERE d.merchant_id = $1 AND d.provider = $2 AND d.kind = 'missing_in_settlement' AND d.closed_at IS NULL
-        AND p.id = d.payment_id AND p.settlement_id IS NOT NULL`,
+        AND p.payment_id = d.payment_id`,
     [job.merchant_id, job.provider],
   );
   const rematch = await client.query<{ rematched: number; failed: number }>(REMATCH_PENDING_SQL, params);
@@ -605,6 +612,7 @@ function emptyCounts(): ImportCounts {
     pending: 0,
     discrepancies: 0,
     by_kind: {},
+    timings_ms: {},
   };
 }
 
@@ -630,17 +638,19 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     const adapter = module.adapter;
     await client.query('BEGIN');
     await client.query("SET LOCAL work_mem = '128MB'");
-    const staged = await stageFile(ctx, client, importId, adapter);
+    // One big statement per file: compiling it (JIT) costs seconds and saves nothing.
+    await client.query('SET LOCAL jit = off');
+    const staged = await timed(counts, 'parse_copy', () => stageFile(ctx, client, importId, adapter));
     counts.lines = staged.lines;
     counts.batches = staged.batches.size;
-    await applyStaged(client, job, adapter, staged.batches, counts);
+    await timed(counts, 'apply', () => applyStaged(client, job, adapter, staged.batches, counts));
     await client.query(
       `UPDATE settlement_imports SET status = 'completed', counts = $2, finished_at = now(),
               error_code = NULL, error_message = NULL, error_line = NULL
         WHERE id = $1`,
       [importId, counts],
     );
-    await client.query('COMMIT');
+    await timed(counts, 'commit', () => client.query('COMMIT'));
     ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'matched' }, counts.matched);
     for (const [kind, n] of Object.entries(counts.by_kind))
       ctx.metrics.reconciliation.inc({ provider: job.provider, result: kind }, n ?? 0);

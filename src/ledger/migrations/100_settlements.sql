@@ -140,8 +140,22 @@ CREATE INDEX reconciliation_discrepancies_open ON reconciliation_discrepancies (
 CREATE INDEX reconciliation_discrepancies_settlement ON reconciliation_discrepancies (settlement_id) WHERE closed_at IS NULL;
 CREATE INDEX reconciliation_discrepancies_payment ON reconciliation_discrepancies (payment_id) WHERE closed_at IS NULL;
 
--- Matched payments are marked settled (settlement amount, rate and fee; the amount columns exist since 001).
-ALTER TABLE payments ADD COLUMN settlement_id text, ADD COLUMN settlement_fee_value bigint, ADD COLUMN settled_at timestamptz;
+-- Matched payments are marked settled here, with the settlement amount, rate and fee: a narrow
+-- insert-only table rather than an UPDATE of a million wide payment rows (and their indexes).
+CREATE TABLE payment_settlements (
+  payment_id text PRIMARY KEY,
+  merchant_id text NOT NULL,
+  provider text NOT NULL,
+  settlement_id text NOT NULL,
+  line_id bigint NOT NULL,
+  amount_value bigint NOT NULL,
+  currency text NOT NULL,
+  rate text,
+  fee_value bigint NOT NULL,
+  settled_at timestamptz NOT NULL,
+  paid_on date
+);
+CREATE INDEX payment_settlements_settlement ON payment_settlements (settlement_id);
 -- Refund lines are matched by the provider's refund id.
 CREATE INDEX refunds_provider_reference ON refunds (provider_reference) WHERE provider_reference IS NOT NULL;
 

@@ -1,0 +1,271 @@
+/** Reconciliation through the API: every discrepancy kind planted, clean files, re-imports, corrections, tenancy. */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import {
+  createPayment,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+  type TestGateway,
+  waitForStatus,
+} from './helpers.ts';
+import {
+  discrepancies,
+  importAndWait,
+  importFile,
+  lineFor,
+  pay,
+  sandboxCsv,
+  settlements,
+  waitJob,
+} from './settlement-helpers.ts';
+
+let tg: TestGateway;
+before(async () => {
+  tg = await startTestGateway();
+});
+after(async () => {
+  await tg.stop();
+});
+
+const kinds = (list: Record<string, unknown>[]) => list.map((d) => d.kind as string).sort();
+
+test('a clean file reconciles: batch totals, lines matched, payments marked settled, event emitted', async () => {
+  const m = await setupMerchant(tg);
+  const a = await pay(tg, m, 1000);
+  const b = await pay(tg, m, 2500);
+  const job = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv([lineFor(a), lineFor(b, { fee: 50 })], 'CLEAN-1'),
+  );
+  assert.equal(job.status, 'completed');
+  assert.equal(job.counts.lines, 2);
+  assert.equal(job.counts.matched, 2);
+  assert.equal(job.counts.discrepancies, 0);
+  const [batch] = await settlements(tg, m.secretKey);
+  assert.equal(batch.status, 'reconciled');
+  assert.equal(batch.provider, 'sandbox');
+  assert.equal(batch.count, 2);
+  assert.deepEqual(batch.gross, { value: 3500, currency: 'EUR' });
+  assert.deepEqual(batch.fees, { value: 18 + 50, currency: 'EUR' });
+  assert.deepEqual(batch.net, { value: 3500 - 68, currency: 'EUR' });
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const lines = await tg.http
+    .get(`/v1/settlements/${batch.id}/lines`)
+    .set('Authorization', `Bearer ${m.secretKey}`);
+  assert.equal(lines.status, 200);
+  assert.deepEqual(
+    lines.body.data.map((l: { payment_id: string; result: string }) => [l.payment_id, l.result]),
+    [
+      [a.id, 'matched'],
+      [b.id, 'matched'],
+    ],
+  );
+  const marked = await tg.gateway.ctx.db.query(
+    'SELECT payment_id, settlement_id, fee_value FROM payment_settlements WHERE payment_id = ANY($1) ORDER BY fee_value',
+    [[a.id, b.id]],
+  );
+  assert.deepEqual(
+    marked.rows.map((r) => [r.settlement_id, r.fee_value]),
+    [
+      [batch.id, 18],
+      [batch.id, 50],
+    ],
+  );
+  const events = await tg.gateway.ctx.db.query(
+    "SELECT payload FROM outbox WHERE merchant_id = $1 AND type = 'settlement.reconciled'",
+    [m.id],
+  );
+  assert.equal(events.rowCount, 1);
+  assert.equal(events.rows[0].payload.data.object.id, batch.id);
+});
+
+test('each discrepancy kind, planted, is reported exactly once, and nothing else', async () => {
+  const m = await setupMerchant(tg);
+  const ok = await pay(tg, m, 1000);
+  const amount = await pay(tg, m, 1100);
+  const currency = await pay(tg, m, 1200);
+  const dup = await pay(tg, m, 1300);
+  const missing = await pay(tg, m, 1400);
+  const failed = await createPayment(tg, m.secretKey, scanPayment(1551));
+  assert.equal(failed.body.status, 'failed');
+  const file = sandboxCsv(
+    [
+      lineFor(ok),
+      lineFor(amount, { amount: 1101 }),
+      lineFor(currency, { currency: 'USD' }),
+      lineFor(dup),
+      lineFor(dup),
+      { transaction_id: 'sbx_never_seen', request_id: 'pay_unknown', amount: 777 },
+      {
+        transaction_id: failed.body.provider_reference ?? 'sbx_failed',
+        request_id: failed.body.id,
+        amount: 1551,
+      },
+    ],
+    'PLANTED-1',
+  );
+  const job = await importAndWait(tg, m.secretKey, file);
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+  const found = await discrepancies(tg, m.secretKey);
+  assert.deepEqual(kinds(found), [
+    'amount_mismatch',
+    'currency_mismatch',
+    'duplicate_in_settlement',
+    'missing_in_ledger',
+    'missing_in_settlement',
+    'status_mismatch',
+  ]);
+  const by = Object.fromEntries(found.map((d) => [d.kind as string, d]));
+  assert.equal(by.amount_mismatch.payment_id, amount.id);
+  assert.deepEqual(by.amount_mismatch.expected, { value: 1100, currency: 'EUR' });
+  assert.deepEqual(by.amount_mismatch.actual, { value: 1101, currency: 'EUR' });
+  assert.equal(by.currency_mismatch.payment_id, currency.id);
+  assert.equal(by.duplicate_in_settlement.payment_id, dup.id);
+  assert.equal(by.missing_in_ledger.provider_reference, 'sbx_never_seen');
+  assert.equal(by.missing_in_settlement.payment_id, missing.id);
+  assert.equal(by.missing_in_settlement.provider_reference, missing.provider_reference);
+  assert.equal(by.status_mismatch.payment_id, failed.body.id);
+  for (const d of found) {
+    assert.match(d.id as string, /^dsc_/);
+    assert.equal(d.provider, 'sandbox');
+    assert.match(d.settlement_id as string, /^stl_/);
+    assert.equal(typeof d.detail, 'string');
+  }
+  const [batch] = await settlements(tg, m.secretKey);
+  assert.equal(batch.status, 'discrepancies');
+  // Filters.
+  const onlyAmount = await discrepancies(tg, m.secretKey, '&kind=amount_mismatch');
+  assert.deepEqual(kinds(onlyAmount), ['amount_mismatch']);
+  assert.equal((await discrepancies(tg, m.secretKey, `&settlement_id=${batch.id}`)).length, 6);
+  assert.equal((await discrepancies(tg, m.secretKey, '&provider=alipay')).length, 0);
+  const bad = await tg.http
+    .get('/v1/reconciliation/discrepancies?kind=bogus')
+    .set('Authorization', `Bearer ${m.secretKey}`);
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error.type, 'invalid_request');
+  const events = await tg.gateway.ctx.db.query(
+    "SELECT count(*)::int AS n FROM outbox WHERE merchant_id = $1 AND type = 'reconciliation.discrepancy'",
+    [m.id],
+  );
+  assert.equal(events.rows[0].n, 6);
+
+  // The same file again changes nothing.
+  const again = await importAndWait(tg, m.secretKey, file);
+  assert.equal(again.status, 'completed');
+  assert.equal(again.counts.batches_unchanged, 1);
+  assert.equal(again.counts.discrepancies, 0);
+  assert.deepEqual(
+    (await discrepancies(tg, m.secretKey)).map((d) => d.id).sort(),
+    found.map((d) => d.id).sort(),
+  );
+  const [same] = await settlements(tg, m.secretKey);
+  assert.deepEqual(same, batch);
+
+  // A corrected file for the same batch supersedes it, with an audit trail.
+  const corrected = sandboxCsv(
+    [lineFor(ok), lineFor(amount), lineFor(currency), lineFor(dup), lineFor(missing)],
+    'PLANTED-1',
+  );
+  const fixed = await importAndWait(tg, m.secretKey, corrected);
+  assert.equal(fixed.status, 'completed');
+  assert.equal(fixed.counts.batches_superseded, 1);
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const [v2] = await settlements(tg, m.secretKey);
+  assert.equal(v2.id, batch.id);
+  assert.equal(v2.version, 2);
+  assert.equal(v2.status, 'reconciled');
+  assert.equal(v2.count, 5);
+  const detail = await tg.http
+    .get(`/v1/settlements/${batch.id}`)
+    .set('Authorization', `Bearer ${m.secretKey}`);
+  assert.equal(detail.body.versions.length, 2);
+  assert.equal(detail.body.versions[0].superseded_by, fixed.id);
+  assert.equal(detail.body.versions[0].discrepancies, 6);
+  assert.equal(detail.body.versions[1].discrepancies, 0);
+  const closed = await tg.gateway.ctx.db.query(
+    "SELECT count(*)::int AS n FROM reconciliation_discrepancies WHERE merchant_id = $1 AND closed_reason = 'superseded'",
+    [m.id],
+  );
+  assert.equal(closed.rows[0].n, 6);
+});
+
+test('a late settlement resolves missing_in_settlement; refunds are matched by their own ids', async () => {
+  const m = await setupMerchant(tg);
+  const a = await pay(tg, m, 3000);
+  const b = await pay(tg, m, 3100);
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(b)], 'DAY-1'));
+  assert.deepEqual(kinds(await discrepancies(tg, m.secretKey)), ['missing_in_settlement']);
+  const refund = await tg.http
+    .post(`/v1/payments/${b.id}/refunds`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .set('Idempotency-Key', `rf-${b.id}`)
+    .send({ amount: { value: 500, currency: 'EUR' } });
+  assert.equal(refund.status, 201, JSON.stringify(refund.body));
+  await waitForStatus(tg, m.secretKey, b.id, ['partially_refunded']);
+  const stored = await tg.gateway.ctx.db.query('SELECT provider_reference FROM refunds WHERE id = $1', [
+    refund.body.id,
+  ]);
+  const job = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv(
+      [
+        lineFor(a),
+        {
+          type: 'refund',
+          transaction_id: stored.rows[0].provider_reference ?? 'sbx_refund',
+          original_transaction_id: b.provider_reference,
+          request_id: refund.body.id,
+          amount: 500,
+          fee: 0,
+        },
+      ],
+      'DAY-2',
+    ),
+  );
+  assert.equal(job.status, 'completed');
+  assert.equal(job.counts.matched, 2, JSON.stringify(job.counts));
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const day2 = (await settlements(tg, m.secretKey)).find((s) => s.provider_batch_id === 'DAY-2');
+  assert.deepEqual(day2?.gross, { value: 3000 - 500, currency: 'EUR' });
+});
+
+test('tenancy: another merchant sees none of it (404, empty lists)', async () => {
+  const m = await setupMerchant(tg, 'Owner');
+  const other = await setupMerchant(tg, 'Other');
+  const p = await pay(tg, m, 4000);
+  const jobId = await importFile(tg, m.secretKey, sandboxCsv([lineFor(p)], 'TEN-1'));
+  await waitJob(tg, m.secretKey, jobId);
+  const [batch] = await settlements(tg, m.secretKey);
+  const as = (path: string) => tg.http.get(path).set('Authorization', `Bearer ${other.secretKey}`);
+  assert.equal((await as(`/v1/jobs/${jobId}`)).status, 404);
+  assert.equal((await as(`/v1/settlements/${batch.id}`)).status, 404);
+  assert.equal((await as(`/v1/settlements/${batch.id}/lines`)).status, 404);
+  assert.deepEqual((await as('/v1/settlements')).body.data, []);
+  assert.deepEqual((await as(`/v1/reconciliation/discrepancies?settlement_id=${batch.id}`)).body.data, []);
+  // The other merchant's import of the same file finds none of the owner's payments.
+  const theirs = await importAndWait(tg, other.secretKey, sandboxCsv([lineFor(p)], 'TEN-1'));
+  assert.equal(theirs.counts.by_kind.missing_in_ledger, 1);
+  const terminal = await tg.http.get('/v1/settlements').set('Authorization', `Bearer ${m.terminalKey}`);
+  assert.equal(terminal.status, 403);
+});
+
+test('imports of different batches run in parallel; the same batch twice at once yields one version', async () => {
+  const m = await setupMerchant(tg);
+  const p = await Promise.all([5000, 5100, 5200].map((v) => pay(tg, m, v)));
+  const files = [
+    sandboxCsv([lineFor(p[0])], 'PAR-A'),
+    sandboxCsv([lineFor(p[1])], 'PAR-B'),
+    sandboxCsv([lineFor(p[2])], 'PAR-C'),
+    sandboxCsv([lineFor(p[2])], 'PAR-C'),
+  ];
+  const ids = await Promise.all(files.map((f) => importFile(tg, m.secretKey, f)));
+  const jobs = await Promise.all(ids.map((id) => waitJob(tg, m.secretKey, id)));
+  assert.ok(jobs.every((j) => j.status === 'completed'));
+  const list = await settlements(tg, m.secretKey);
+  assert.deepEqual(list.map((s) => s.provider_batch_id).sort(), ['PAR-A', 'PAR-B', 'PAR-C']);
+  assert.ok(list.every((s) => s.version === 1 && s.status === 'reconciled'));
+  assert.equal(jobs[2].counts.batches_unchanged + jobs[3].counts.batches_unchanged, 1);
+});
