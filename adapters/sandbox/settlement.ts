@@ -99,22 +99,24 @@ function currencyField(record: Record<string, string>, column: string, lineNo: n
 }
 
 export async function* parseSandboxSettlement(file: Readable): AsyncIterable<SettlementLine> {
+  let headerSeen = false;
+  // The header is checked as soon as it is read, so a header-only file (no payments that day) is valid.
+  const columns = (header: string[]) => {
+    const missing = REQUIRED.filter((c) => !header.includes(c));
+    if (missing.length)
+      throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, 1);
+    headerSeen = true;
+    return header;
+  };
   const parser = file.pipe(
-    parse({ columns: true, bom: true, skip_empty_lines: true, trim: true, relax_column_count: false }),
+    parse({ columns, bom: true, skip_empty_lines: true, trim: true, relax_column_count: false }),
   );
   // pipe() does not forward a source's errors; without this a failing source would hang the parse.
   file.on('error', (error) => parser.destroy(error));
   let lineNo = 1;
-  let checkedHeader = false;
   try {
     for await (const record of parser as AsyncIterable<Record<string, string>>) {
       lineNo++;
-      if (!checkedHeader) {
-        const missing = REQUIRED.filter((c) => !(c in record));
-        if (missing.length)
-          throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, 1);
-        checkedHeader = true;
-      }
       const type = TYPES[(record.type ?? '').trim().toLowerCase()];
       if (!type) throw new SettlementFormatError(`line ${lineNo}: unknown type "${record.type}"`, lineNo);
       const settledAt = new Date(record.settled_at);
@@ -145,5 +147,5 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
     if (error instanceof SettlementFormatError) throw error;
     throw new SettlementFormatError(`unreadable settlement file: ${(error as Error).message}`, lineNo);
   }
-  if (!checkedHeader) throw new SettlementFormatError('empty settlement file: no header or no rows');
+  if (!headerSeen) throw new SettlementFormatError('empty settlement file: no header row');
 }

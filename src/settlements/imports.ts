@@ -10,7 +10,8 @@ export interface ImportRow {
   provider: string;
   provider_account_id: string | null;
   source: 'upload' | 'fetch';
-  fetch_date: string | null;
+  /** node-postgres reads a `date` as local midnight. */
+  fetch_date: Date | null;
   status: 'receiving' | 'queued' | 'running' | 'completed' | 'failed';
   bytes: number;
   sha256: string | null;
@@ -70,6 +71,9 @@ export async function queueReconcile(ctx: Context, importId: string): Promise<vo
   );
 }
 
+const localDate = (d: Date) =>
+  `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
+
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
 
 export function jobJson(row: ImportRow): Record<string, unknown> {
@@ -81,7 +85,7 @@ export function jobJson(row: ImportRow): Record<string, unknown> {
     status: row.status === 'receiving' ? 'queued' : row.status,
     provider: row.provider,
     source: row.source,
-    ...(row.fetch_date ? { settlement_date: row.fetch_date } : {}),
+    ...(row.fetch_date ? { settlement_date: localDate(row.fetch_date) } : {}),
     file: { bytes: row.bytes, sha256: row.sha256 },
     counts: row.status === 'completed' ? counts : { lines_parsed: lines_parsed ?? 0 },
     ...(row.error_code

@@ -1,0 +1,209 @@
+/** Settlement files in each provider's format, fetched or uploaded, and malformed files rejected whole. */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import {
+  ALIPAY_CODE,
+  createPayment,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+  type TestGateway,
+  waitForStatus,
+} from './helpers.ts';
+import {
+  discrepancies,
+  importAndWait,
+  lineFor,
+  pay,
+  SANDBOX_HEADER,
+  sandboxCsv,
+  settlements,
+  waitJob,
+} from './settlement-helpers.ts';
+
+let tg: TestGateway;
+before(async () => {
+  tg = await startTestGateway();
+});
+after(async () => {
+  await tg.stop();
+});
+
+const today = () => new Date().toISOString().slice(0, 10);
+
+async function nothingImported(merchantId: string) {
+  const { rows } = await tg.gateway.ctx.db.query(
+    `SELECT (SELECT count(*) FROM settlement_lines WHERE merchant_id = $1)::int AS lines,
+            (SELECT count(*) FROM settlements WHERE merchant_id = $1)::int AS batches,
+            (SELECT count(*) FROM reconciliation_discrepancies WHERE merchant_id = $1)::int AS discrepancies,
+            (SELECT count(*) FROM payment_settlements WHERE merchant_id = $1)::int AS settled`,
+    [merchantId],
+  );
+  assert.deepEqual(rows[0], { lines: 0, batches: 0, discrepancies: 0, settled: 0 });
+}
+
+test('malformed sandbox files fail the job with a clear error, and nothing is imported', async () => {
+  const m = await setupMerchant(tg);
+  const a = await pay(tg, m, 1000);
+  const b = await pay(tg, m, 1200);
+  const good = sandboxCsv([lineFor(a), lineFor(b)], 'BAD-1');
+  const cases: [string, Buffer, RegExp][] = [
+    [
+      'wrong columns',
+      Buffer.from(good.replace('settled_at', 'settlement_time')),
+      /missing required column.*settled_at/,
+    ],
+    ['truncated mid-line', Buffer.from(good.slice(0, good.length - 40)), /line 3|record|column|truncated/i],
+    [
+      'wrong encoding (Latin-1)',
+      Buffer.concat([Buffer.from(good.trimEnd()), Buffer.from(',M\xfcnchen\n', 'latin1')]),
+      /not valid UTF-8/,
+    ],
+    ['UTF-16', Buffer.from(`\ufeff${good}`, 'utf16le'), /UTF-16/],
+    [
+      'not an amount',
+      Buffer.from(good.replace(',1000,EUR,1000,', ',10.00,EUR,1000,')),
+      /line 2: amount "10.00"/,
+    ],
+    ['unknown currency', Buffer.from(good.replace(',1200,EUR,', ',1200,EUX,')), /line 3: currency "EUX"/],
+    ['nothing at all', Buffer.from('\n'), /empty settlement file/],
+  ];
+  for (const [name, body, message] of cases) {
+    const job = await importAndWait(tg, m.secretKey, body);
+    assert.equal(job.status, 'failed', `${name}: ${JSON.stringify(job)}`);
+    assert.equal(job.error.code, 'settlement_file_invalid', name);
+    assert.match(job.error.message, message, name);
+    await nothingImported(m.id);
+  }
+  // A header without lines is a day without settlements: fine, and nothing to import.
+  const none = await importAndWait(tg, m.secretKey, `${SANDBOX_HEADER}\n`);
+  assert.equal(none.status, 'completed');
+  assert.equal(none.counts.lines, 0);
+  // An empty body is refused at once.
+  const empty = await tg.http
+    .post('/v1/settlements/imports?provider=sandbox')
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .set('Content-Type', 'text/csv')
+    .send('');
+  assert.equal(empty.status, 400);
+  assert.equal(empty.body.error.code, 'settlement_file_empty');
+  const unknown = await tg.http
+    .post('/v1/settlements/imports?provider=nope')
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .send('x');
+  assert.equal(unknown.status, 400);
+  assert.equal(unknown.body.error.param, 'provider');
+  // After all that, the good file imports cleanly.
+  const ok = await importAndWait(tg, m.secretKey, good);
+  assert.equal(ok.status, 'completed');
+  assert.equal(ok.counts.matched, 2);
+});
+
+async function alipayMerchant() {
+  const merchant = await tg.http
+    .post('/v1/admin/merchants')
+    .set('Authorization', `Bearer ${tg.adminKey}`)
+    .send({ name: 'Alipay shop', settlement_currency: 'EUR', country: 'DE' })
+    .expect(201);
+  const key = merchant.body.secret_key as string;
+  const account = await tg.http
+    .put('/v1/providers/alipay')
+    .set('Authorization', `Bearer ${key}`)
+    .send({ sandbox: true, wallets: ['alipay', 'alipayplus'] });
+  assert.ok([200, 201].includes(account.status), JSON.stringify(account.body));
+  return { id: merchant.body.id as string, key, account: account.body };
+}
+
+async function alipayPayments(key: string, amounts: number[]) {
+  const ids: string[] = [];
+  for (const value of amounts) {
+    const res = await createPayment(tg, key, scanPayment(value, { payment_code: ALIPAY_CODE }));
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    assert.equal(res.body.provider, 'alipay');
+    ids.push(res.body.id);
+  }
+  for (const id of ids) await waitForStatus(tg, key, id, ['succeeded']);
+  return ids;
+}
+
+test('Alipay (Antom) settlement files: fetched on demand, and uploaded with planted faults', async () => {
+  const shop = await alipayMerchant();
+  await alipayPayments(shop.key, [2000, 2100, 2200]);
+  const fetched = await tg.http
+    .post('/v1/settlements/fetches')
+    .set('Authorization', `Bearer ${shop.key}`)
+    .send({ provider: 'alipay', date: today() });
+  assert.equal(fetched.status, 202, JSON.stringify(fetched.body));
+  const job = await waitJob(tg, shop.key, fetched.body.id);
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+  assert.equal(job.source, 'fetch');
+  assert.equal(job.counts.matched, 3, JSON.stringify(job.counts));
+  assert.deepEqual(await discrepancies(tg, shop.key), []);
+  const [batch] = await settlements(tg, shop.key);
+  assert.equal(batch.provider, 'alipay');
+  assert.equal(batch.count, 3);
+  assert.equal(batch.status, 'reconciled');
+
+  // The simulator's file with faults, uploaded as a merchant would: the discrepancies are the planted ones.
+  const sim = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+  const clientId = shop.account.settings?.client_id ?? shop.account.client_id;
+  const url = `${sim}/_sim/settlements/${today()}?faults=amount_mismatch,duplicate_row,extra_column${
+    clientId ? `&client_id=${encodeURIComponent(clientId)}` : ''
+  }`;
+  const file = Buffer.from(await (await fetch(url)).arrayBuffer());
+  const uploaded = await importAndWait(tg, shop.key, file, 'alipay');
+  assert.equal(uploaded.status, 'completed', JSON.stringify(uploaded));
+  assert.equal(uploaded.counts.batches_superseded, 1);
+  assert.deepEqual((await discrepancies(tg, shop.key)).map((d) => d.kind).sort(), [
+    'amount_mismatch',
+    'duplicate_in_settlement',
+  ]);
+
+  // Truncated (no <END>) and missing columns are refused whole; the current version stays.
+  const truncated = file.toString('utf8').replace(/<END>\s*$/, '');
+  const failed = await importAndWait(tg, shop.key, truncated, 'alipay');
+  assert.equal(failed.status, 'failed');
+  assert.match(failed.error.message, /<END>/);
+  const noColumn = file.toString('utf8').replace('settlementCurrency', 'settleCcy');
+  const failed2 = await importAndWait(tg, shop.key, noColumn, 'alipay');
+  assert.equal(failed2.status, 'failed');
+  assert.match(failed2.error.message, /settlementCurrency/);
+  const [still] = await settlements(tg, shop.key);
+  assert.equal(still.version, 2);
+});
+
+test('the scheduled fetch queues recent dates per account, and a failing fetch is visible', async () => {
+  const m = await setupMerchant(tg);
+  const { scheduleFetches, queueFetch } = await import('../src/settlements/fetch.ts');
+  const queued = await scheduleFetches(tg.gateway.ctx);
+  assert.ok(queued >= 2, `queued ${queued}`);
+  const { rows } = await tg.gateway.ctx.db.query(
+    "SELECT id FROM settlement_imports WHERE merchant_id = $1 AND source = 'fetch'",
+    [m.id],
+  );
+  assert.equal(rows.length, 2);
+  for (const row of rows) {
+    const job = await waitJob(tg, m.secretKey, row.id);
+    assert.equal(job.status, 'completed', JSON.stringify(job));
+  }
+  assert.equal(await scheduleFetches(tg.gateway.ctx), 0, 'a date is fetched once');
+  // An account that cannot be loaded any more: retried, then failed with the reason.
+  await tg.gateway.ctx.db.query(
+    `INSERT INTO provider_accounts (id, merchant_id, provider, wallets, credentials, deleted_at)
+     VALUES ('pva_missing', $1, 'retired', '{alipay}', '\\x00', now())`,
+    [m.id],
+  );
+  const id = await queueFetch(
+    tg.gateway.ctx,
+    { id: 'pva_missing', merchant_id: m.id, provider: 'sandbox' },
+    today(),
+    { attempts: 2, backoffMs: 50 },
+  );
+  const failed = await waitJob(tg, m.secretKey, id);
+  assert.equal(failed.status, 'failed');
+  assert.equal(failed.error.code, 'fetch_failed');
+  assert.match(failed.error.message, /pva_missing/);
+  assert.equal(failed.attempts, 2);
+  const list = await tg.http.get('/v1/settlements/imports').set('Authorization', `Bearer ${m.secretKey}`);
+  assert.ok(list.body.data.some((j: { id: string; status: string }) => j.id === id && j.status === 'failed'));
+});
