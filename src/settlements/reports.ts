@@ -86,7 +86,8 @@ export async function settlementReport(ctx: Context, q: ReportQuery) {
 /** A cell Excel opens as text, never as a formula (CSV injection), quoted when needed. */
 function cell(value: string | number): string {
   let text = String(value);
-  if (typeof value === 'string' && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
+  const numeric = /^-?\d+(\.\d+)?$/.test(text);
+  if (!numeric && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
   return /[",\r\n;]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 

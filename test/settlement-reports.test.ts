@@ -1,0 +1,194 @@
+/** Settlement reports: groups add up to the totals exactly (property test), CSV for spreadsheets, the dashboard. */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import fc from 'fast-check';
+import { setupMerchant, startTestGateway, type TestGateway } from './helpers.ts';
+
+let tg: TestGateway;
+before(async () => {
+  tg = await startTestGateway();
+});
+after(async () => {
+  await tg.stop();
+});
+
+interface Line {
+  day: number;
+  type: 'payment' | 'refund';
+  value: number;
+  fee: number;
+  currency: 'EUR' | 'JPY';
+  store: string | null;
+}
+
+const lineArb = fc.record({
+  day: fc.integer({ min: 1, max: 5 }),
+  type: fc.constantFrom('payment' as const, 'refund' as const),
+  value: fc.integer({ min: 1, max: 50_000_000 }),
+  fee: fc.integer({ min: 0, max: 900_000 }),
+  currency: fc.constantFrom('EUR' as const, 'JPY' as const),
+  store: fc.option(fc.constantFrom('berlin-01', 'paris-02', 'wien,03'), { nil: null }),
+});
+
+/** Writes lines straight into settlement batches of a fresh merchant, bypassing parsing. */
+async function plant(merchantId: string, lines: Line[]): Promise<void> {
+  const db = tg.gateway.ctx.db;
+  await db.query(
+    `INSERT INTO settlement_imports (id, merchant_id, provider, source, status) VALUES ('job_prop_' || $1, $1, 'sandbox', 'upload', 'completed')`,
+    [merchantId],
+  );
+  for (const [i, l] of lines.entries()) {
+    const settlementId = `stl_${merchantId}_${l.day}_${l.currency}`;
+    await db.query(
+      `INSERT INTO settlements (id, merchant_id, provider, provider_batch_id, currency, settlement_date, status, content_hash, import_id)
+       VALUES ($1, $2, 'sandbox', $3, $4, $5, 'reconciled', 'x', 'job_prop_' || $2) ON CONFLICT DO NOTHING`,
+      [settlementId, merchantId, `B${l.day}`, l.currency, `2030-01-0${l.day}`],
+    );
+    await db.query(
+      `INSERT INTO settlement_lines (import_id, merchant_id, provider, settlement_id, active, line_no, batch_ref, type,
+         provider_reference, transaction_value, transaction_currency, settlement_value, settlement_currency, fee_value,
+         settled_at, store_id, result)
+       VALUES ('job_prop_' || $1, $1, 'sandbox', $2, true, $3::int, 'B', $4, 'ref' || $3::int, $5, $6, $5, $6, $7, $8, $9, $10)`,
+      [
+        merchantId,
+        settlementId,
+        i + 2,
+        l.type,
+        l.value,
+        l.currency,
+        l.fee,
+        `2030-01-0${l.day}T12:00:00Z`,
+        l.store,
+        i % 7 === 0 ? 'missing_in_ledger' : 'matched',
+      ],
+    );
+  }
+}
+
+type Figures = {
+  count: number;
+  gross: { value: number };
+  fees: { value: number };
+  net: { value: number };
+  discrepancies: number;
+};
+
+test('property: for any lines and any grouping, the groups sum exactly to the totals, per currency', async () => {
+  let run = 0;
+  await fc.assert(
+    fc.asyncProperty(fc.array(lineArb, { minLength: 0, maxLength: 25 }), async (lines) => {
+      run++;
+      const merchant = await tg.http
+        .post('/v1/admin/merchants')
+        .set('Authorization', `Bearer ${tg.adminKey}`)
+        .send({ name: `Prop ${run}`, settlement_currency: 'EUR', country: 'DE' })
+        .expect(201);
+      await plant(merchant.body.id, lines);
+      for (const groupBy of ['day', 'store', 'wallet']) {
+        const res = await tg.http
+          .get(`/v1/reports/settlements?from=2030-01-01&to=2030-01-31&group_by=${groupBy}`)
+          .set('Authorization', `Bearer ${merchant.body.secret_key}`);
+        assert.equal(res.status, 200, JSON.stringify(res.body));
+        for (const currency of ['EUR', 'JPY']) {
+          const mine = lines.filter((l) => l.currency === currency);
+          const groups = (res.body.groups as (Figures & { currency: string })[]).filter(
+            (g) => g.currency === currency,
+          );
+          const total = (res.body.totals as (Figures & { currency: string })[]).find(
+            (t) => t.currency === currency,
+          );
+          if (mine.length === 0) {
+            assert.equal(total, undefined);
+            continue;
+          }
+          assert.ok(total);
+          const sum = (f: (g: Figures) => number) => groups.reduce((a, g) => a + f(g), 0);
+          assert.equal(
+            sum((g) => g.count),
+            total.count,
+          );
+          assert.equal(
+            sum((g) => g.gross.value),
+            total.gross.value,
+          );
+          assert.equal(
+            sum((g) => g.fees.value),
+            total.fees.value,
+          );
+          assert.equal(
+            sum((g) => g.net.value),
+            total.net.value,
+          );
+          assert.equal(
+            sum((g) => g.discrepancies),
+            total.discrepancies,
+          );
+          // …and the totals are the lines' own sums, in integer minor units.
+          const gross = mine.reduce((a, l) => a + (l.type === 'payment' ? l.value : -l.value), 0);
+          const fees = mine.reduce((a, l) => a + l.fee, 0);
+          assert.equal(total.count, mine.length);
+          assert.equal(total.gross.value, gross);
+          assert.equal(total.fees.value, fees);
+          assert.equal(total.net.value, gross - fees);
+        }
+      }
+    }),
+    { numRuns: 25 },
+  );
+});
+
+test('CSV: streamed, UTF-8 with BOM, CRLF, major units, quoted cells, a TOTAL row per currency', async () => {
+  const m = await setupMerchant(tg);
+  await plant(m.id, [
+    { day: 1, type: 'payment', value: 123456, fee: 2222, currency: 'EUR', store: 'wien,03' },
+    { day: 2, type: 'refund', value: 1000, fee: 0, currency: 'EUR', store: '=cmd()' },
+    { day: 2, type: 'payment', value: 500, fee: 9, currency: 'JPY', store: null },
+  ]);
+  const res = await tg.http
+    .get('/v1/reports/settlements?from=2030-01-01&to=2030-01-31&format=csv&group_by=store')
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .buffer(true)
+    .parse((r, done) => {
+      const chunks: Buffer[] = [];
+      r.on('data', (c: Buffer) => chunks.push(c));
+      r.on('end', () => done(null, Buffer.concat(chunks).toString('utf8')));
+    });
+  assert.equal(res.status, 200);
+  assert.match(res.headers['content-type'], /text\/csv/);
+  assert.match(
+    res.headers['content-disposition'],
+    /attachment; filename="settlements_2030-01-01_2030-01-31_by_store.csv"/,
+  );
+  const text = res.body as string;
+  assert.ok(text.startsWith('\ufeff'));
+  assert.deepEqual(text.slice(1).split('\r\n'), [
+    'group,currency,count,gross,fees,net,discrepancies',
+    "'=cmd(),EUR,1,-10.00,0.00,-10.00,0",
+    '"wien,03",EUR,1,1234.56,22.22,1212.34,1',
+    'TOTAL,EUR,2,1224.56,22.22,1202.34,1',
+    '(no store),JPY,1,500,9,491,0',
+    'TOTAL,JPY,1,500,9,491,0',
+    '',
+  ]);
+  const bad = await tg.http
+    .get('/v1/reports/settlements?from=2030-02-01&to=2030-01-01')
+    .set('Authorization', `Bearer ${m.secretKey}`);
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error.type, 'invalid_request');
+  const noDates = await tg.http.get('/v1/reports/settlements').set('Authorization', `Bearer ${m.secretKey}`);
+  assert.equal(noDates.status, 400);
+});
+
+test('the dashboard page needs no key to load, and holds no data', async () => {
+  const page = await tg.http.get('/dashboard');
+  assert.equal(page.status, 200);
+  assert.match(page.headers['content-type'], /text\/html/);
+  assert.match(page.headers['content-security-policy'], /script-src 'self'/);
+  assert.match(page.text, /merchant secret key/);
+  const js = await tg.http.get('/dashboard/app.js');
+  assert.equal(js.status, 200);
+  assert.match(js.text, /\/v1\/reports\/settlements/);
+  const spec = await tg.http.get('/openapi.json');
+  assert.ok(spec.body.paths['/v1/reports/settlements']);
+  assert.ok(spec.body.paths['/v1/settlements/imports'].post);
+});
