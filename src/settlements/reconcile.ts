@@ -508,6 +508,11 @@ async function applyStaged(
         WHERE s.id = a.settlement_id`,
     );
   }
+  // The ledger-side step looks at every batch of this merchant and provider: imports take turns for
+  // it (held to commit), so one never reports missing a payment another is settling right now.
+  await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
+    `settlement-ledger:${merchantId}:${provider}`,
+  ]);
   await timed(counts, 'ledger', () => reconcileLedger(client, job, adapter, counts));
   if (changed.length) {
     await client.query(
