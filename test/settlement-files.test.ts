@@ -31,18 +31,57 @@ after(async () => {
 
 const today = () => new Date().toISOString().slice(0, 10);
 
-async function nothingImported(merchantId: string) {
+async function nothingImported(merchantId: string, imports = 0) {
   const { rows } = await tg.gateway.ctx.db.query(
-    `SELECT (SELECT count(*) FROM settlement_lines WHERE merchant_id = $1)::int AS lines,
+    `SELECT (SELECT count(*) FROM settlement_imports WHERE merchant_id = $1)::int AS imports,
+            (SELECT count(*) FROM settlement_import_batches b JOIN settlement_imports i ON i.id = b.import_id
+              WHERE i.merchant_id = $1)::int AS staged_batches,
+            (SELECT count(*) FROM settlement_lines WHERE merchant_id = $1)::int AS lines,
             (SELECT count(*) FROM settlements WHERE merchant_id = $1)::int AS batches,
             (SELECT count(*) FROM reconciliation_discrepancies WHERE merchant_id = $1)::int AS discrepancies,
             (SELECT count(*) FROM payment_settlements WHERE merchant_id = $1)::int AS settled`,
     [merchantId],
   );
-  assert.deepEqual(rows[0], { lines: 0, batches: 0, discrepancies: 0, settled: 0 });
+  assert.deepEqual(rows[0], {
+    imports,
+    staged_batches: 0,
+    lines: 0,
+    batches: 0,
+    discrepancies: 0,
+    settled: 0,
+  });
 }
 
-test('malformed sandbox files fail the job with a clear error, and nothing is imported', async () => {
+/** The staging tables left behind (each import's table is dropped by its reconcile job). */
+async function stagingTables(): Promise<string[]> {
+  const { rows } = await tg.gateway.ctx.db.query<{ name: string }>(
+    "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'settlement_staging'",
+  );
+  return rows.map((r) => r.name);
+}
+
+async function upload(key: string, body: Buffer | string, provider = 'sandbox') {
+  return tg.http
+    .post(`/v1/settlements/imports?provider=${provider}`)
+    .set('Authorization', `Bearer ${key}`)
+    .set('Content-Type', 'text/csv')
+    .send(Buffer.isBuffer(body) ? body : Buffer.from(body));
+}
+
+/** A malformed file is refused at the POST: 400 settlement_file_invalid naming the problem. */
+interface Refusal {
+  status: number;
+  body: { error: { type: string; code: string; message: string; request_id: string } };
+}
+function assertRefused(res: Refusal, message: RegExp, name = '') {
+  assert.equal(res.status, 400, `${name}: ${JSON.stringify(res.body)}`);
+  assert.equal(res.body.error.type, 'invalid_request', name);
+  assert.equal(res.body.error.code, 'settlement_file_invalid', name);
+  assert.match(res.body.error.message, message, name);
+  assert.match(res.body.error.request_id, /./, name);
+}
+
+test('malformed sandbox files are refused at the POST with a clear 400, and nothing is stored', async () => {
   const m = await setupMerchant(tg);
   const a = await pay(tg, m, 1000);
   const b = await pay(tg, m, 1200);
@@ -68,17 +107,22 @@ test('malformed sandbox files fail the job with a clear error, and nothing is im
     ['unknown currency', Buffer.from(good.replace(',1200,EUR,', ',1200,EUX,')), /line 3: currency "EUX"/],
     ['nothing at all', Buffer.from('\n'), /empty settlement file/],
   ];
+  const tablesBefore = await stagingTables();
   for (const [name, body, message] of cases) {
-    const job = await importAndWait(tg, m.secretKey, body);
-    assert.equal(job.status, 'failed', `${name}: ${JSON.stringify(job)}`);
-    assert.equal(job.error.code, 'settlement_file_invalid', name);
-    assert.match(job.error.message, message, name);
+    assertRefused(await upload(m.secretKey, body), message, name);
     await nothingImported(m.id);
   }
+  // A bad line far into a file (past the first COPY writes) rolls back what was already staged.
+  const many = Array.from({ length: 5000 }, (_, i) => ({ transaction_id: `sbx_many_${i}`, amount: 100 + i }));
+  const late = sandboxCsv(many, 'BAD-2').replace(',sbx_many_4321,,,4421,EUR,', ',sbx_many_4321,,,44.21,EUR,');
+  assertRefused(await upload(m.secretKey, late), /line 4323: amount "44.21"/, 'late bad line');
+  await nothingImported(m.id);
+  assert.deepEqual(await stagingTables(), tablesBefore, 'no staging table is left behind');
   // A header without lines is a day without settlements: fine, and nothing to import.
   const none = await importAndWait(tg, m.secretKey, `${SANDBOX_HEADER}\n`);
   assert.equal(none.status, 'completed');
   assert.equal(none.counts.lines, 0);
+  await nothingImported(m.id, 1);
   // An empty body is refused at once.
   const empty = await tg.http
     .post('/v1/settlements/imports?provider=sandbox')
@@ -97,6 +141,9 @@ test('malformed sandbox files fail the job with a clear error, and nothing is im
   const ok = await importAndWait(tg, m.secretKey, good);
   assert.equal(ok.status, 'completed');
   assert.equal(ok.counts.matched, 2);
+  assert.equal(ok.file.bytes, Buffer.byteLength(good));
+  assert.match(ok.file.sha256, /^[0-9a-f]{64}$/);
+  assert.deepEqual(await stagingTables(), tablesBefore, 'the job drops its staging table');
 });
 
 async function alipayMerchant() {
@@ -159,15 +206,11 @@ test('Alipay (Antom) settlement files: fetched on demand, and uploaded with plan
     'duplicate_in_settlement',
   ]);
 
-  // Truncated (no <END>) and missing columns are refused whole; the current version stays.
+  // Truncated (no <END>) and missing columns are refused at the POST; the current version stays.
   const truncated = file.toString('utf8').replace(/<END>\s*$/, '');
-  const failed = await importAndWait(tg, shop.key, truncated, 'alipay');
-  assert.equal(failed.status, 'failed');
-  assert.match(failed.error.message, /<END>/);
+  assertRefused(await upload(shop.key, truncated, 'alipay'), /<END>/, 'alipay truncated');
   const noColumn = file.toString('utf8').replace('settlementCurrency', 'settleCcy');
-  const failed2 = await importAndWait(tg, shop.key, noColumn, 'alipay');
-  assert.equal(failed2.status, 'failed');
-  assert.match(failed2.error.message, /settlementCurrency/);
+  assertRefused(await upload(shop.key, noColumn, 'alipay'), /settlementCurrency/, 'alipay column');
   const [still] = await settlements(tg, shop.key);
   assert.equal(still.version, 2);
 });

@@ -1,15 +1,16 @@
 /**
  * Scheduled settlement fetch: for each live provider account whose adapter can fetch settlement
- * data, the recent settlement dates are fetched, stored like an upload and reconciled. A fetch
+ * data, the recent settlement dates are fetched, parsed and staged like an upload and reconciled. A fetch
  * that fails is retried with exponential back-off by bull and recorded on its import (GET
  * /v1/jobs/{id}, GET /v1/settlements/imports), never dropped silently.
  */
 
 import { createHash } from 'node:crypto';
+import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
-import { storeFile } from './files.ts';
 import { createImport, type ImportRow } from './imports.ts';
 import { reconcileImport } from './reconcile.ts';
+import { EmptyFileError, receiveFile } from './stage.ts';
 
 export const FETCH_ATTEMPTS = 5;
 export const FETCH_BACKOFF_MS = 60_000;
@@ -53,7 +54,7 @@ export async function queueFetch(
   return importId;
 }
 
-/** One fetch attempt: download, store, reconcile. Throws for bull to retry. */
+/** One fetch attempt: download, parse and stage, reconcile. Throws for bull to retry. */
 export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean): Promise<void> {
   const { rows } = await ctx.db.query<ImportRow>('SELECT * FROM settlement_imports WHERE id = $1', [
     job.import_id,
@@ -65,7 +66,6 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
     const fetcher = account.module.adapter.fetchSettlement;
     if (!fetcher) throw new Error(`provider ${account.row.provider} offers no settlement fetch`);
     const stream = await fetcher.call(account.module.adapter, account.context, job.date);
-    await ctx.db.query('DELETE FROM settlement_import_chunks WHERE import_id = $1', [job.import_id]);
     if (!stream) {
       await ctx.db.query(
         `UPDATE settlement_imports SET status = 'completed', finished_at = now(), counts = '{"no_file": true, "lines": 0}',
@@ -74,12 +74,33 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
       );
       return;
     }
-    const stored = await storeFile(ctx.db, job.import_id, stream);
-    await ctx.db.query('UPDATE settlement_imports SET bytes = $2, sha256 = $3 WHERE id = $1', [
-      job.import_id,
-      stored.bytes,
-      stored.sha256,
-    ]);
+    // Parsed and staged exactly as an upload is; a malformed file is final (the same bytes fail
+    // the same way), so it is recorded and not retried.
+    try {
+      await receiveFile(
+        ctx,
+        {
+          id: job.import_id,
+          merchant_id: rows[0].merchant_id,
+          provider: rows[0].provider,
+          provider_account_id: job.account_id,
+          source: 'fetch',
+        },
+        stream,
+      );
+    } catch (error) {
+      if (!(error instanceof SettlementFormatError || error instanceof EmptyFileError)) throw error;
+      const message =
+        error instanceof EmptyFileError ? 'the fetched settlement file is empty' : error.message;
+      await ctx.db.query(
+        `UPDATE settlement_imports SET status = 'failed', finished_at = now(), attempts = attempts + 1,
+                error_code = 'settlement_file_invalid', error_message = $2, error_line = $3
+          WHERE id = $1`,
+        [job.import_id, message, error instanceof SettlementFormatError ? (error.line_no ?? null) : null],
+      );
+      ctx.metrics.reconciliation.inc({ provider: rows[0].provider, result: 'import_failed' });
+      return;
+    }
   } catch (error) {
     const message = `settlement fetch for ${job.date} failed: ${(error as Error).message}`;
     ctx.log.warn(

@@ -1,7 +1,7 @@
 /**
- * The `reconcile` job: parse a stored settlement file with its provider's streaming parser, COPY
- * the lines into a staging table, then apply them in one transaction, set-based in SQL
- * (PROVIDERS.md, "Decisions where the sources stop"):
+ * The `reconcile` job: the lines of a received file (parsed and COPYed into the import's staging
+ * table by receiveFile in stage.ts, where a malformed file is refused) are applied in one
+ * transaction, set-based in SQL (PROVIDERS.md, "Decisions where the sources stop"):
  *
  * - a batch is keyed by provider, the provider's batch id and the settlement currency; a batch whose
  *   lines hash the same as its current version is left alone (the same file twice changes nothing),
@@ -11,21 +11,14 @@
  *   discrepancy kind; matched payments are marked settled (amount, rate, fee);
  * - captured payments that should have settled and did not become `missing_in_settlement`.
  *
- * A malformed file fails the job before anything is applied: the staging table and every write
- * live in one transaction, rolled back on the first error.
+ * Every write lives in one transaction, rolled back on the first error; the staging table is
+ * dropped in the same transaction once its lines are applied.
  */
-import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
-import { from as copyFrom } from 'pg-copy-streams';
-import { SettlementFormatError, type SettlementLine, type WalletAdapter } from '../../adapters/contract.ts';
+import { SettlementFormatError, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
-import type { Db } from '../ledger/db.ts';
-import { copyRow } from './copy-text.ts';
-import { Utf8Guard } from './encoding.ts';
-import { readFile } from './files.ts';
+import { stageTable } from './stage.ts';
 
 export type DiscrepancyKind =
   | 'missing_in_ledger'
@@ -67,145 +60,6 @@ async function timed<T>(counts: ImportCounts, step: string, work: () => Promise<
   }
 }
 
-interface BatchDigest {
-  batch_ref: string;
-  currency: string;
-  hash: ReturnType<typeof createHash>;
-  lines: number;
-}
-
-const STAGE_COLUMNS = [
-  'line_no',
-  'batch_ref',
-  'type',
-  'provider_reference',
-  'original_provider_reference',
-  'provider_request_id',
-  'transaction_value',
-  'transaction_currency',
-  'settlement_value',
-  'settlement_currency',
-  'fee_value',
-  'exchange_rate',
-  'settled_at',
-  'transacted_at',
-  'store_id',
-  'wallet_psp',
-];
-
-const ROWS_PER_WRITE = 2000;
-const PROGRESS_EVERY = 100_000;
-
-/** Lines the parser gave us that we cannot store are format errors too, with the line number. */
-function checkLine(line: SettlementLine): void {
-  const fail = (what: string) => {
-    throw new SettlementFormatError(`line ${line.line_no}: ${what}`, line.line_no);
-  };
-  if (!line.batch_id) fail('the settlement batch id is empty');
-  if (!line.provider_reference) fail('the transaction id is empty');
-  for (const [name, m] of [
-    ['transaction amount', line.transaction_amount],
-    ['settlement amount', line.settlement_amount],
-    ['fee', line.fee],
-  ] as const) {
-    if (!Number.isSafeInteger(m.value)) fail(`the ${name} is not an integer amount`);
-  }
-  if (line.fee.currency !== line.settlement_amount.currency)
-    fail(
-      `the fee is in ${line.fee.currency}, not in the settlement currency ${line.settlement_amount.currency}`,
-    );
-  if (Number.isNaN(line.settled_at.getTime())) fail('the settlement time is not a date');
-}
-
-function stageRow(line: SettlementLine): string {
-  return copyRow([
-    line.line_no,
-    line.batch_id,
-    line.type,
-    line.provider_reference,
-    line.original_provider_reference,
-    line.provider_request_id,
-    line.transaction_amount.value,
-    line.transaction_amount.currency,
-    line.settlement_amount.value,
-    line.settlement_amount.currency,
-    line.fee.value,
-    line.exchange_rate,
-    line.settled_at.toISOString(),
-    line.transacted_at?.toISOString(),
-    line.store_id,
-    line.wallet_psp,
-  ]);
-}
-
-/** Parses the stored file into the session's staging table; returns the batches it holds. */
-async function stageFile(
-  ctx: Context,
-  client: pg.PoolClient,
-  importId: string,
-  adapter: WalletAdapter<unknown>,
-): Promise<{ lines: number; batches: Map<string, BatchDigest> }> {
-  await client.query(
-    `CREATE TEMP TABLE stage (
-       line_no integer, batch_ref text, type text, provider_reference text, original_provider_reference text,
-       provider_request_id text, transaction_value bigint, transaction_currency text, settlement_value bigint,
-       settlement_currency text, fee_value bigint, exchange_rate text, settled_at timestamptz,
-       transacted_at timestamptz, store_id text, wallet_psp text) ON COMMIT DROP`,
-  );
-  const guard = new Utf8Guard();
-  const file = readFile(ctx.db, importId);
-  file.on('error', (error) => guard.destroy(error));
-  const batches = new Map<string, BatchDigest>();
-  let lines = 0;
-  async function* rows() {
-    let buffer: string[] = [];
-    try {
-      for await (const line of adapter.parseSettlement(file.pipe(guard))) {
-        checkLine(line);
-        const row = stageRow(line);
-        const key = `${line.batch_id}\u0000${line.settlement_amount.currency}`;
-        let batch = batches.get(key);
-        if (!batch) {
-          batch = {
-            batch_ref: line.batch_id,
-            currency: line.settlement_amount.currency,
-            hash: createHash('sha256'),
-            lines: 0,
-          };
-          batches.set(key, batch);
-        }
-        // The content hash leaves out the line number: only what was settled counts.
-        batch.hash.update(row.slice(row.indexOf('\t') + 1));
-        batch.lines++;
-        buffer.push(row);
-        lines++;
-        if (buffer.length >= ROWS_PER_WRITE) {
-          yield buffer.join('');
-          buffer = [];
-        }
-        if (lines % PROGRESS_EVERY === 0) void progress(ctx.db, importId, lines);
-      }
-    } catch (error) {
-      throw guard.error ?? error;
-    }
-    if (guard.error) throw guard.error;
-    if (buffer.length) yield buffer.join('');
-  }
-  const copy = client.query(copyFrom(`COPY stage (${STAGE_COLUMNS.join(', ')}) FROM STDIN`));
-  await pipeline(Readable.from(rows()), copy);
-  return { lines, batches };
-}
-
-async function progress(db: Db, importId: string, lines: number): Promise<void> {
-  await db
-    .query(
-      `UPDATE settlement_imports SET counts = counts || jsonb_build_object('lines_parsed', $2::int)
-        WHERE id = $1 AND status = 'running'`,
-      [importId, lines],
-    )
-    .catch(() => {});
-}
-
 interface ImportRow {
   id: string;
   merchant_id: string;
@@ -221,12 +75,12 @@ WITH rr AS MATERIALIZED (
 ),
 dup AS (
   SELECT s.batch_ref, s.settlement_currency, s.type, s.provider_reference, min(s.line_no) AS first_line
-    FROM stage s JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
+    FROM $stage s JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
    GROUP BY 1, 2, 3, 4 HAVING count(*) > 1
 ),
 cancels AS (
   SELECT DISTINCT COALESCE(original_provider_reference, provider_reference) AS ref, provider_request_id AS req
-    FROM stage WHERE type = 'cancel'
+    FROM $stage WHERE type = 'cancel'
 ),
 keyed AS (
   SELECT s.*, c.settlement_id, d.first_line,
@@ -235,7 +89,7 @@ keyed AS (
          COALESCE(p1.paid_at, p2.paid_at) AS pay_paid_at,
          COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
          COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
-    FROM stage s
+    FROM $stage s
     JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
     LEFT JOIN dup d ON d.batch_ref = s.batch_ref AND d.settlement_currency = s.settlement_currency
                    AND d.type = s.type AND d.provider_reference = s.provider_reference
@@ -421,13 +275,14 @@ async function applyStaged(
   client: pg.PoolClient,
   job: ImportRow,
   adapter: WalletAdapter<unknown>,
-  batches: Map<string, BatchDigest>,
+  batches: StagedBatch[],
   counts: ImportCounts,
 ): Promise<string[]> {
   const { id: importId, merchant_id: merchantId, provider } = job;
+  const stage = stageTable(importId);
   // Same batch serialises (advisory locks, taken in one order so two files cannot deadlock);
   // different batches go on in parallel.
-  const ordered = [...batches.values()].sort((a, b) =>
+  const ordered = [...batches].sort((a, b) =>
     `${a.batch_ref}\u0000${a.currency}` < `${b.batch_ref}\u0000${b.currency}` ? -1 : 1,
   );
   for (const batch of ordered) {
@@ -441,7 +296,7 @@ async function applyStaged(
   const changed: string[] = [];
   const superseded: string[] = [];
   for (const batch of ordered) {
-    const hash = batch.hash.digest('hex');
+    const hash = batch.content_hash;
     const { rows } = await client.query<{ id: string; content_hash: string }>(
       `SELECT id, content_hash FROM settlements
         WHERE merchant_id = $1 AND provider = $2 AND provider_batch_id = $3 AND currency = $4 FOR UPDATE`,
@@ -467,7 +322,7 @@ async function applyStaged(
         `INSERT INTO settlements (id, merchant_id, provider, provider_batch_id, currency, settlement_date, status,
                                   content_hash, import_id)
          SELECT tb_random_id('stl'), $1, $2, $3, $4, min((settled_at AT TIME ZONE 'UTC')::date), 'reconciled', $5, $6
-           FROM stage WHERE batch_ref = $3 AND settlement_currency = $4
+           FROM ${stage} WHERE batch_ref = $3 AND settlement_currency = $4
          RETURNING id`,
         [merchantId, provider, batch.batch_ref, batch.currency, hash, importId],
       );
@@ -483,10 +338,14 @@ async function applyStaged(
   }
   if (superseded.length) await supersede(client, superseded, importId);
   if (changed.length) {
-    await client.query('ANALYZE stage');
+    await client.query(`ANALYZE ${stage}`);
     await client.query('ANALYZE changed');
     const { rows } = await timed(counts, 'match', () =>
-      client.query<{ result: string; n: number }>(MATCH_SQL, [importId, merchantId, provider]),
+      client.query<{ result: string; n: number }>(MATCH_SQL.replaceAll('$stage', stage), [
+        importId,
+        merchantId,
+        provider,
+      ]),
     );
     for (const { result, n } of rows) {
       if (result === 'matched') counts.matched += n;
@@ -503,7 +362,7 @@ async function applyStaged(
          FROM (SELECT c.settlement_id,
                       sum(CASE WHEN st.type = 'payment' THEN st.settlement_value ELSE -st.settlement_value END) AS gross,
                       sum(st.fee_value) AS fees, count(*) AS n, min((st.settled_at AT TIME ZONE 'UTC')::date) AS day
-                 FROM stage st JOIN changed c ON c.batch_ref = st.batch_ref AND c.currency = st.settlement_currency
+                 FROM ${stage} st JOIN changed c ON c.batch_ref = st.batch_ref AND c.currency = st.settlement_currency
                 GROUP BY c.settlement_id) a
         WHERE s.id = a.settlement_id`,
     );
@@ -605,6 +464,37 @@ export class ReconcileError extends Error {
   }
 }
 
+interface StagedBatch {
+  batch_ref: string;
+  currency: string;
+  content_hash: string;
+  lines: number;
+}
+
+/**
+ * The batches the file was parsed into when it was received, checked against its staging table:
+ * an unlogged table is emptied by a crash, and half a file must never be reconciled.
+ */
+async function stagedBatches(client: pg.PoolClient, importId: string): Promise<StagedBatch[]> {
+  const { rows } = await client.query<StagedBatch>(
+    'SELECT batch_ref, currency, content_hash, lines FROM settlement_import_batches WHERE import_id = $1',
+    [importId],
+  );
+  const expected = rows.reduce((sum, b) => sum + b.lines, 0);
+  const found = await client.query<{ table: string | null }>('SELECT to_regclass($1)::text AS table', [
+    stageTable(importId),
+  ]);
+  const lost = () =>
+    new ReconcileError(
+      'settlement_file_lost',
+      'the staged lines of this file were lost (database restart); import the file again',
+    );
+  if (!found.rows[0].table) throw lost();
+  const staged = await client.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${stageTable(importId)}`);
+  if (staged.rows[0].n !== expected) throw lost();
+  return rows;
+}
+
 function emptyCounts(): ImportCounts {
   return {
     lines: 0,
@@ -621,8 +511,9 @@ function emptyCounts(): ImportCounts {
 }
 
 /**
- * Runs one import end to end. A malformed file marks the import failed (no retry: the same bytes
- * fail the same way); any other error is thrown for bull to retry, and recorded when `lastAttempt`.
+ * Applies one received import (its lines already parsed and staged by receiveFile). A known
+ * failure marks the import failed (no retry); any other error is thrown for bull to retry, and
+ * recorded when `lastAttempt`.
  */
 export async function reconcileImport(ctx: Context, importId: string, lastAttempt = true): Promise<void> {
   const started = await ctx.db.query<ImportRow>(
@@ -644,10 +535,12 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     await client.query("SET LOCAL work_mem = '128MB'");
     // One big statement per file: compiling it (JIT) costs seconds and saves nothing.
     await client.query('SET LOCAL jit = off');
-    const staged = await timed(counts, 'parse_copy', () => stageFile(ctx, client, importId, adapter));
-    counts.lines = staged.lines;
-    counts.batches = staged.batches.size;
-    await timed(counts, 'apply', () => applyStaged(client, job, adapter, staged.batches, counts));
+    const batches = await stagedBatches(client, importId);
+    counts.lines = batches.reduce((sum, b) => sum + b.lines, 0);
+    counts.batches = batches.length;
+    await timed(counts, 'apply', () => applyStaged(client, job, adapter, batches, counts));
+    // The staged lines are in settlement_lines now (or their batch was unchanged).
+    await client.query(`DROP TABLE ${stageTable(importId)}`);
     await client.query(
       `UPDATE settlement_imports SET status = 'completed', counts = $2, finished_at = now(),
               error_code = NULL, error_message = NULL, error_line = NULL
@@ -677,6 +570,7 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
         [importId, code, message, known?.line ?? null],
       );
       log[known ? 'warn' : 'error']({ err: error, code }, 'settlement import failed');
+      await ctx.db.query(`DROP TABLE IF EXISTS ${stageTable(importId)}`).catch(() => {});
       ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'import_failed' });
     }
     if (!known) throw error;

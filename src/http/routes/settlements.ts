@@ -4,16 +4,17 @@
  */
 import { type Request, Router } from 'express';
 import { z } from 'zod';
+import { SettlementFormatError } from '../../../adapters/contract.ts';
 import { providerModule } from '../../../adapters/index.ts';
 import type { Context } from '../../context.ts';
 import { dashboardRouter } from '../../dashboard/page.ts';
 import { ApiError, notFound } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
 import { queueFetch } from '../../settlements/fetch.ts';
-import { storeFile } from '../../settlements/files.ts';
-import { createImport, type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
+import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
 import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
 import { settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
+import { EmptyFileError, receiveFile } from '../../settlements/stage.ts';
 import { requireMerchant } from '../auth.ts';
 import { registerOperations } from '../openapi.ts';
 import { listQuerySchema } from '../schemas.ts';
@@ -144,32 +145,33 @@ export function settlementsRouter(ctx: Context): Router {
     const { provider } = parse(importQuerySchema, req.query, 'query');
     knownProvider(provider, 'provider');
     const account = await accountOf(ctx, merchant.merchant_id, provider);
-    const id = await createImport(ctx.db, {
-      merchant_id: merchant.merchant_id,
-      provider,
-      provider_account_id: account?.id ?? null,
-      source: 'upload',
-      status: 'receiving',
-    });
-    let stored: Awaited<ReturnType<typeof storeFile>>;
+    // The file is parsed while it arrives: a malformed one is refused here, with nothing stored.
+    let id: string;
     try {
-      stored = await storeFile(ctx.db, id, req);
+      ({ id } = await receiveFile(
+        ctx,
+        {
+          merchant_id: merchant.merchant_id,
+          provider,
+          provider_account_id: account?.id ?? null,
+          source: 'upload',
+        },
+        req,
+      ));
     } catch (error) {
-      await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [id]).catch(() => {});
+      // Whatever is still arriving is read and dropped, so the client gets to read the answer.
+      req.unpipe();
+      req.resume();
+      if (error instanceof EmptyFileError)
+        throw new ApiError(
+          'invalid_request',
+          'settlement_file_empty',
+          "send the provider's settlement file as the raw request body",
+        );
+      if (error instanceof SettlementFormatError)
+        throw new ApiError('invalid_request', 'settlement_file_invalid', error.message);
       throw error;
     }
-    if (stored.bytes === 0) {
-      await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [id]);
-      throw new ApiError(
-        'invalid_request',
-        'settlement_file_empty',
-        "send the provider's settlement file as the raw request body",
-      );
-    }
-    await ctx.db.query(
-      `UPDATE settlement_imports SET status = 'queued', bytes = $2, sha256 = $3 WHERE id = $1`,
-      [id, stored.bytes, stored.sha256],
-    );
     await queueReconcile(ctx, id);
     res.status(202).json({ id, object: 'job', status: 'queued' });
   });

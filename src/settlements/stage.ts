@@ -1,0 +1,262 @@
+/**
+ * Receiving a settlement file (upload or scheduled fetch): the bytes are streamed through the
+ * provider adapter's streaming parser and the parsed lines COPYed into the import's own UNLOGGED
+ * staging table, all in one transaction. A malformed file (SettlementFormatError, naming the line
+ * or column) rolls everything back, so nothing of it is stored; an accepted file is queued for the
+ * `reconcile` job, which matches the staged lines and drops the table.
+ *
+ * Memory stays bounded: the file is never buffered (back-pressure runs from the COPY back to the
+ * socket), at most ROWS_PER_WRITE rows wait for the COPY at a time. The raw bytes are not kept:
+ * the import records their size and SHA-256 (the audit of what was received), and the parsed
+ * lines are kept for good in settlement_lines by the job.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import { SettlementFormatError, type SettlementLine, type WalletAdapter } from '../../adapters/contract.ts';
+import { providerModule } from '../../adapters/index.ts';
+import type { Context } from '../context.ts';
+import { copyRow } from './copy-text.ts';
+import { Utf8Guard } from './encoding.ts';
+import { createImport } from './imports.ts';
+
+const STAGE_COLUMNS = [
+  'line_no',
+  'batch_ref',
+  'type',
+  'provider_reference',
+  'original_provider_reference',
+  'provider_request_id',
+  'transaction_value',
+  'transaction_currency',
+  'settlement_value',
+  'settlement_currency',
+  'fee_value',
+  'exchange_rate',
+  'settled_at',
+  'transacted_at',
+  'store_id',
+  'wallet_psp',
+];
+
+const ROWS_PER_WRITE = 2000;
+/** A batch's content hash is fed in pieces of about this size rather than line by line. */
+const HASH_PIECE = 1 << 16;
+
+/** The import's staging table, quoted: `settlement_staging."job_..."`. */
+export function stageTable(importId: string): string {
+  return `settlement_staging."${importId.replaceAll('"', '""')}"`;
+}
+
+/** Lines the parser gave us that we cannot store are format errors too, with the line number. */
+function checkLine(line: SettlementLine): void {
+  const fail = (what: string) => {
+    throw new SettlementFormatError(`line ${line.line_no}: ${what}`, line.line_no);
+  };
+  if (!line.batch_id) fail('the settlement batch id is empty');
+  if (!line.provider_reference) fail('the transaction id is empty');
+  if (!Number.isSafeInteger(line.transaction_amount.value))
+    fail('the transaction amount is not an integer amount');
+  if (!Number.isSafeInteger(line.settlement_amount.value))
+    fail('the settlement amount is not an integer amount');
+  if (!Number.isSafeInteger(line.fee.value)) fail('the fee is not an integer amount');
+  if (line.fee.currency !== line.settlement_amount.currency)
+    fail(
+      `the fee is in ${line.fee.currency}, not in the settlement currency ${line.settlement_amount.currency}`,
+    );
+  if (Number.isNaN(line.settled_at.getTime())) fail('the settlement time is not a date');
+}
+
+function stageRow(line: SettlementLine): string {
+  return copyRow([
+    line.line_no,
+    line.batch_id,
+    line.type,
+    line.provider_reference,
+    line.original_provider_reference,
+    line.provider_request_id,
+    line.transaction_amount.value,
+    line.transaction_amount.currency,
+    line.settlement_amount.value,
+    line.settlement_amount.currency,
+    line.fee.value,
+    line.exchange_rate,
+    line.settled_at.toISOString(),
+    line.transacted_at?.toISOString(),
+    line.store_id,
+    line.wallet_psp,
+  ]);
+}
+
+interface BatchDigest {
+  batch_ref: string;
+  currency: string;
+  hash: Hash;
+  pending: string;
+  lines: number;
+}
+
+/** Counts and hashes the raw bytes on their way to the parser. */
+class Tap extends Transform {
+  readonly hash = createHash('sha256');
+  bytes = 0;
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    done(null, chunk);
+  }
+}
+
+export interface StagedFile {
+  bytes: number;
+  sha256: string;
+  lines: number;
+  batches: number;
+}
+
+/**
+ * Parses `source` into the import's staging table and records its batches; the caller owns the
+ * transaction. Throws SettlementFormatError for a malformed file (`bytes` tells an empty body).
+ */
+export async function stageFile(
+  client: pg.PoolClient,
+  importId: string,
+  adapter: WalletAdapter<unknown>,
+  source: Readable,
+): Promise<StagedFile> {
+  const table = stageTable(importId);
+  // A retried fetch stages its file again from scratch.
+  await client.query(`DROP TABLE IF EXISTS ${table}`);
+  await client.query('DELETE FROM settlement_import_batches WHERE import_id = $1', [importId]);
+  await client.query(
+    `CREATE UNLOGGED TABLE ${table} (
+       line_no integer, batch_ref text, type text, provider_reference text, original_provider_reference text,
+       provider_request_id text, transaction_value bigint, transaction_currency text, settlement_value bigint,
+       settlement_currency text, fee_value bigint, exchange_rate text, settled_at timestamptz,
+       transacted_at timestamptz, store_id text, wallet_psp text)`,
+  );
+  const tap = new Tap();
+  const guard = new Utf8Guard();
+  source.on('error', (error) => tap.destroy(error));
+  tap.on('error', (error) => guard.destroy(error));
+  source.pipe(tap).pipe(guard);
+  const batches = new Map<string, BatchDigest>();
+  let lines = 0;
+  async function* rows() {
+    let buffer = '';
+    let buffered = 0;
+    try {
+      for await (const line of adapter.parseSettlement(guard)) {
+        checkLine(line);
+        const row = stageRow(line);
+        const key = `${line.batch_id}\u0000${line.settlement_amount.currency}`;
+        let batch = batches.get(key);
+        if (!batch) {
+          batch = {
+            batch_ref: line.batch_id,
+            currency: line.settlement_amount.currency,
+            hash: createHash('sha256'),
+            pending: '',
+            lines: 0,
+          };
+          batches.set(key, batch);
+        }
+        // The content hash leaves out the line number: only what was settled counts.
+        batch.pending += row.slice(row.indexOf('\t') + 1);
+        if (batch.pending.length >= HASH_PIECE) {
+          batch.hash.update(batch.pending);
+          batch.pending = '';
+        }
+        batch.lines++;
+        buffer += row;
+        lines++;
+        if (++buffered >= ROWS_PER_WRITE) {
+          yield buffer;
+          buffer = '';
+          buffered = 0;
+        }
+      }
+    } catch (error) {
+      throw guard.error ?? error;
+    }
+    if (guard.error) throw guard.error;
+    if (buffer) yield buffer;
+  }
+  const copy = client.query(copyFrom(`COPY ${table} (${STAGE_COLUMNS.join(', ')}) FROM STDIN`));
+  try {
+    await pipeline(Readable.from(rows()), copy);
+  } catch (error) {
+    // Nothing at all was sent: say so, rather than what the parser makes of no bytes.
+    if (error instanceof SettlementFormatError && tap.bytes === 0) throw new EmptyFileError();
+    throw error;
+  }
+  if (tap.bytes === 0) throw new EmptyFileError();
+  for (const batch of batches.values()) {
+    batch.hash.update(batch.pending);
+    await client.query(
+      `INSERT INTO settlement_import_batches (import_id, batch_ref, currency, content_hash, lines)
+       VALUES ($1, $2, $3, $4, $5)`,
+      [importId, batch.batch_ref, batch.currency, batch.hash.digest('hex'), batch.lines],
+    );
+  }
+  return { bytes: tap.bytes, sha256: tap.hash.digest('hex'), lines, batches: batches.size };
+}
+
+export class EmptyFileError extends Error {
+  constructor() {
+    super('the settlement file is empty');
+  }
+}
+
+export interface ImportFields {
+  merchant_id: string;
+  provider: string;
+  provider_account_id: string | null;
+  source: 'upload' | 'fetch';
+  /** An import created beforehand (a scheduled fetch); otherwise one is created with the file. */
+  id?: string;
+}
+
+/**
+ * Receives one settlement file, in one transaction: the import record (created, or the fetch's
+ * own), the parsed lines in the staging table, the batches, and status `queued`. Throws
+ * SettlementFormatError (malformed) or EmptyFileError (no bytes at all), with nothing stored.
+ * The caller queues the `reconcile` job.
+ */
+export async function receiveFile(
+  ctx: Context,
+  fields: ImportFields,
+  source: Readable,
+): Promise<{ id: string } & StagedFile> {
+  const module = providerModule(fields.provider);
+  if (!module) throw new Error(`no adapter for provider ${fields.provider}`);
+  const client = await ctx.db.connect();
+  try {
+    await client.query('BEGIN');
+    const id =
+      fields.id ??
+      (await createImport(client, {
+        merchant_id: fields.merchant_id,
+        provider: fields.provider,
+        provider_account_id: fields.provider_account_id,
+        source: fields.source,
+        status: 'receiving',
+      }));
+    const staged = await stageFile(client, id, module.adapter, source);
+    await client.query(
+      `UPDATE settlement_imports SET status = 'queued', bytes = $2, sha256 = $3,
+              counts = jsonb_build_object('lines_parsed', $4::int, 'batches', $5::int)
+        WHERE id = $1`,
+      [id, staged.bytes, staged.sha256, staged.lines, staged.batches],
+    );
+    await client.query('COMMIT');
+    return { id, ...staged };
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw error;
+  } finally {
+    client.release();
+  }
+}
