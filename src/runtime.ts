@@ -18,7 +18,7 @@ export async function createContext(config: Config): Promise<Context> {
   await ensureDatabase(config.databaseUrl);
   const db = createPool(config.databaseUrl);
   await migrate(db);
-  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 2 });
+  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
   redis.on('error', () => {});
   const sandbox = new SandboxRuntime(config);
   return {

@@ -63,16 +63,14 @@ export function inboundWebhooksRouter(ctx: Context): Router {
       const accountId = String(req.params.account);
       const account = hasPrefix(accountId, 'pva') ? await ctx.accounts.get(accountId) : undefined;
       if (!account || account.row.provider !== provider) {
-        res
-          .status(404)
-          .json({
-            error: {
-              type: 'not_found',
-              code: 'resource_missing',
-              message: 'no such provider account',
-              request_id: req.requestId,
-            },
-          });
+        res.status(404).json({
+          error: {
+            type: 'not_found',
+            code: 'resource_missing',
+            message: 'no such provider account',
+            request_id: req.requestId,
+          },
+        });
         return;
       }
       const result = await account.module.adapter.handleNotification(account.context, {

@@ -5,9 +5,10 @@
  */
 import { send } from '../adapters/transport.ts';
 import type { Context } from '../src/context.ts';
-import { newId } from '../src/ids.ts';
 import { enqueue } from '../src/jobs/queues.ts';
 import { inTransaction } from '../src/ledger/db.ts';
+import { paymentJson } from '../src/ledger/payments.ts';
+import { paymentRowFromSnapshot } from '../src/payments/state-machine.ts';
 import { hmacSha256Hex, open } from '../src/secrets.ts';
 
 export const DELIVERY_ATTEMPTS = 12;
@@ -18,37 +19,56 @@ export function signatureHeader(secret: string, body: string, now = new Date()):
   return `t=${t},v1=${hmacSha256Hex(secret, `${t}.${body}`)}`;
 }
 
-/** Moves a batch of outbox events into deliveries; safe with many workers (SKIP LOCKED). */
-export async function dispatchOutbox(ctx: Context, batch = 200): Promise<number> {
-  const deliveries: string[] = [];
-  const count = await inTransaction(ctx.db, async (client) => {
-    const { rows } = await client.query<{ id: number; event_id: string; merchant_id: string; type: string }>(
-      `SELECT id, event_id, merchant_id, type FROM outbox WHERE dispatched_at IS NULL
+interface OutboxRow {
+  id: number;
+  event_id: string;
+  type: string;
+  payload: Record<string, unknown>;
+  payload_kind: 'event' | 'payment_row';
+  created_at: Date;
+}
+
+/** The event envelope of API.md; a payment snapshot taken at the change is rendered as the API shows payments. */
+function envelope(row: OutboxRow): Record<string, unknown> {
+  if (row.payload_kind === 'event') return row.payload;
+  return {
+    id: row.event_id,
+    type: row.type,
+    created_at: row.created_at.toISOString(),
+    data: { object: paymentJson(paymentRowFromSnapshot(row.payload)) },
+  };
+}
+
+/**
+ * Moves a batch of outbox events into deliveries, set-based: a few statements per batch, not per
+ * event. Safe with many workers (SKIP LOCKED).
+ */
+export async function dispatchOutbox(ctx: Context, batch = 500): Promise<number> {
+  const deliveries = await inTransaction(ctx.db, async (client) => {
+    const { rows } = await client.query<OutboxRow>(
+      `SELECT id, event_id, type, payload, payload_kind, created_at FROM outbox WHERE dispatched_at IS NULL
         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`,
       [batch],
     );
-    for (const event of rows) {
-      const { rows: endpoints } = await client.query<{ id: string }>(
-        `SELECT id FROM webhook_endpoints WHERE merchant_id = $1 AND deleted_at IS NULL AND $2 = ANY(events)`,
-        [event.merchant_id, event.type],
-      );
-      for (const endpoint of endpoints) {
-        const id = newId('del');
-        const inserted = await client.query(
-          `INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status) VALUES ($1, $2, $3, $4, 'pending')
-           ON CONFLICT DO NOTHING`,
-          [id, endpoint.id, event.event_id, event.type],
-        );
-        if (inserted.rowCount) deliveries.push(id);
-      }
-    }
-    if (rows.length)
-      await client.query('UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1)', [
-        rows.map((r) => r.id),
-      ]);
-    return rows.length;
+    if (rows.length === 0) return undefined;
+    await client.query(
+      `UPDATE outbox o SET payload = r.payload, payload_kind = 'event', dispatched_at = now()
+         FROM unnest($1::bigint[], $2::jsonb[]) AS r(id, payload) WHERE o.id = r.id`,
+      [rows.map((r) => r.id), rows.map((r) => JSON.stringify(envelope(r)))],
+    );
+    const inserted = await client.query<{ id: string }>(
+      `INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status)
+       SELECT 'del_' || substr(md5(e.id || o.event_id), 1, 22), e.id, o.event_id, o.type, 'pending'
+         FROM outbox o JOIN webhook_endpoints e
+           ON e.merchant_id = o.merchant_id AND e.deleted_at IS NULL AND o.type = ANY(e.events)
+        WHERE o.id = ANY($1)
+       ON CONFLICT DO NOTHING RETURNING id`,
+      [rows.map((r) => r.id)],
+    );
+    return { count: rows.length, deliveryIds: inserted.rows.map((r) => r.id) };
   });
-  for (const id of deliveries) {
+  if (!deliveries) return 0;
+  for (const id of deliveries.deliveryIds) {
     await enqueue(
       ctx.queues,
       'deliver',
@@ -56,7 +76,7 @@ export async function dispatchOutbox(ctx: Context, batch = 200): Promise<number>
       { jobId: `deliver:${id}`, attempts: DELIVERY_ATTEMPTS, backoffMs: FIRST_BACKOFF_MS },
     );
   }
-  return count;
+  return deliveries.count;
 }
 
 /** One delivery attempt; throws on failure so the queue retries with back-off. */

@@ -27,6 +27,9 @@ export interface LoadedAccount {
   context: AccountContext<unknown>;
 }
 
+/** How long a merchant's routing table is reused before it is read again. */
+const ROUTE_CACHE_MS = 5000;
+
 export function credentialsContext(accountId: string): string {
   return `provider-account:${accountId}`;
 }
@@ -37,6 +40,7 @@ export function webhookPath(provider: string, accountId: string): string {
 
 export class ProviderAccounts {
   private readonly cache = new Map<string, { updatedAt: number; loaded: LoadedAccount }>();
+  private readonly routes = new Map<string, { until: number; accounts: LoadedAccount[] }>();
 
   constructor(
     private readonly db: Db,
@@ -79,13 +83,19 @@ export class ProviderAccounts {
     return loaded;
   }
 
-  /** The merchant's live accounts that serve this wallet, currency and mode, best first. */
+  /**
+   * The merchant's live accounts that serve this wallet, currency and mode, best first. Cached
+   * briefly: it is asked on every payment, and account changes are rare.
+   */
   async candidates(
     merchantId: string,
     wallet: Wallet,
     currency: string,
     mode: 'scan' | 'qr',
   ): Promise<LoadedAccount[]> {
+    const key = `${merchantId}|${wallet}|${currency}|${mode}`;
+    const hit = this.routes.get(key);
+    if (hit && hit.until > Date.now()) return hit.accounts;
     const { rows } = await this.db.query<ProviderAccountRow>(
       `SELECT * FROM provider_accounts
         WHERE merchant_id = $1 AND deleted_at IS NULL AND $2 = ANY(wallets)
@@ -93,6 +103,16 @@ export class ProviderAccounts {
         ORDER BY priority DESC, created_at`,
       [merchantId, wallet, currency],
     );
-    return rows.map((row) => this.load(row)).filter((account) => account.module.adapter.modes.includes(mode));
+    const accounts = rows
+      .map((row) => this.load(row))
+      .filter((account) => account.module.adapter.modes.includes(mode));
+    if (this.routes.size > 10_000) this.routes.clear();
+    this.routes.set(key, { until: Date.now() + ROUTE_CACHE_MS, accounts });
+    return accounts;
+  }
+
+  /** After `PUT`/`DELETE /v1/providers/...` in this process; other processes see it within ROUTE_CACHE_MS. */
+  forgetRoutes(merchantId: string): void {
+    for (const key of this.routes.keys()) if (key.startsWith(`${merchantId}|`)) this.routes.delete(key);
   }
 }

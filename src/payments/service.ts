@@ -14,7 +14,6 @@ import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue } from '../jobs/queues.ts';
-import { inTransaction } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
 import type { LoadedAccount } from './accounts.ts';
@@ -34,6 +33,7 @@ export interface NewPayment {
   wallet?: Wallet;
   description?: string;
   metadata?: Record<string, string>;
+  idempotency_key?: string;
 }
 
 type Ctx = Context;
@@ -149,39 +149,52 @@ export async function createPayment(ctx: Ctx, input: NewPayment): Promise<Paymen
     input.mode,
     ctx.config.resolutionWindowS,
   );
-  const row = await inTransaction(ctx.db, async (client) => {
-    const { rows } = await client.query<PaymentRow>(
-      `INSERT INTO payments (id, merchant_id, terminal_ref, store_id, terminal_id, provider_account_id, provider, wallet,
+  // One statement stores the payment and its first event; a retry whose first attempt died after
+  // storing it (same Idempotency-Key) finds that payment instead of creating another.
+  const { rows } = await ctx.db.query<PaymentRow>(
+    `WITH p AS (
+       INSERT INTO payments (id, merchant_id, terminal_ref, store_id, terminal_id, provider_account_id, provider, wallet,
          mode, status, amount_value, currency, reference, description, metadata, payment_code_masked,
-         payment_code_sealed, provider_request_id, resolve_by, pay_answered, next_check_at)
+         payment_code_sealed, provider_request_id, resolve_by, pay_answered, next_check_at, idempotency_key)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'processing', $10, $11, $12, $13, $14, $15, $16, $1,
-               now() + make_interval(secs => $17), false, now() + make_interval(secs => $18))
-       RETURNING *`,
-      [
-        id,
-        input.merchant_id,
-        input.terminal_ref ?? null,
-        input.store_id ?? null,
-        input.terminal_id ?? null,
-        first.row.id,
-        first.row.provider,
-        wallet,
-        input.mode,
-        input.amount.value,
-        input.amount.currency,
-        input.reference,
-        input.description ?? null,
-        input.metadata ?? {},
-        input.payment_code ? maskPaymentCode(input.payment_code) : null,
-        input.payment_code ? seal(ctx.config.masterKey, input.payment_code, paymentCodeContext(id)) : null,
-        windowS,
-        // The sweeper leaves the payment alone while this request may still be talking to the provider.
-        IN_FLIGHT_GRACE_S,
-      ],
+               now() + make_interval(secs => $17), false, now() + make_interval(secs => $18), $19)
+       ON CONFLICT (merchant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+       RETURNING *),
+     e AS (
+       INSERT INTO payment_events (payment_id, to_status, cause, detail)
+       SELECT id, 'processing', 'created', jsonb_build_object('provider_account_id', provider_account_id) FROM p)
+     SELECT * FROM p`,
+    [
+      id,
+      input.merchant_id,
+      input.terminal_ref ?? null,
+      input.store_id ?? null,
+      input.terminal_id ?? null,
+      first.row.id,
+      first.row.provider,
+      wallet,
+      input.mode,
+      input.amount.value,
+      input.amount.currency,
+      input.reference,
+      input.description ?? null,
+      input.metadata ?? {},
+      input.payment_code ? maskPaymentCode(input.payment_code) : null,
+      input.payment_code ? seal(ctx.config.masterKey, input.payment_code, paymentCodeContext(id)) : null,
+      windowS,
+      // The sweeper leaves the payment alone while this request may still be talking to the provider.
+      IN_FLIGHT_GRACE_S,
+      input.idempotency_key ?? null,
+    ],
+  );
+  const row = rows[0];
+  if (!row) {
+    const { rows: existing } = await ctx.db.query<PaymentRow>(
+      'SELECT * FROM payments WHERE merchant_id = $1 AND idempotency_key = $2',
+      [input.merchant_id, input.idempotency_key],
     );
-    await recordEvent(client, id, null, 'processing', 'created', { provider_account_id: first.row.id });
-    return rows[0];
-  });
+    return existing[0];
+  }
   return sendToProvider(ctx, row, candidates, input.payment_code);
 }
 

@@ -3,11 +3,10 @@
  * the append-only history and, for changes merchants hear about, an outbox row, all in one
  * PostgreSQL transaction. Tills waiting on the payment are woken after the commit.
  */
-import type pg from 'pg';
 import type { Context } from '../context.ts';
 import { newId } from '../ids.ts';
-import { type Db, inTransaction, type Queryable } from '../ledger/db.ts';
-import { type PaymentRow, type PaymentStatus, paymentJson } from '../ledger/payments.ts';
+import type { Db, Queryable } from '../ledger/db.ts';
+import type { PaymentRow, PaymentStatus } from '../ledger/payments.ts';
 
 const TRANSITIONS: Record<PaymentStatus, readonly PaymentStatus[]> = {
   processing: ['requires_customer', 'succeeded', 'failed', 'canceled'],
@@ -87,38 +86,68 @@ export async function recordEvent(
 }
 
 /**
- * Inside a transaction: moves the payment to `to` if its current status allows it.
- * Returns the updated row, or undefined when the compare-and-set found another status.
+ * Moves the payment to `to` if its current status allows it, and records the event and (for
+ * changes merchants hear about) the outbox row, all in ONE statement: atomic on its own, inside
+ * or outside a transaction, and one round trip. The outbox row holds a snapshot of the updated
+ * row, rendered into the event envelope when it is dispatched. Returns the updated row, or
+ * undefined when the compare-and-set found another status.
  */
 export async function transitionIn(
-  client: pg.PoolClient,
+  client: Queryable,
   paymentId: string,
   to: PaymentStatus,
   cause: string,
   patch: PaymentPatch = {},
   detail: Record<string, unknown> = {},
 ): Promise<PaymentRow | undefined> {
-  const set = setClause(patch, 4);
+  const set = setClause(patch, 8);
   const finalizing = FINAL.has(to)
     ? ', finalized_at = COALESCE(finalized_at, now()), next_check_at = NULL'
     : '';
   const { rows } = await client.query<PaymentRow & { from_status: PaymentStatus }>(
-    `WITH prev AS (SELECT status FROM payments WHERE id = $1 FOR UPDATE)
-     UPDATE payments p SET status = $2, updated_at = now()${finalizing}${set.sql}
-       FROM prev WHERE p.id = $1 AND prev.status = ANY($3)
-     RETURNING p.*, prev.status AS from_status`,
-    [paymentId, to, sourcesOf(to), ...set.values],
+    `WITH prev AS (SELECT status FROM payments WHERE id = $1 FOR UPDATE),
+     upd AS (
+       UPDATE payments p SET status = $2, updated_at = now()${finalizing}${set.sql}
+         FROM prev WHERE p.id = $1 AND prev.status = ANY($3)
+       RETURNING p.*, prev.status AS from_status),
+     ev AS (
+       INSERT INTO payment_events (payment_id, from_status, to_status, cause, detail)
+       SELECT id, from_status, $2, $4, $5 FROM upd),
+     ob AS (
+       INSERT INTO outbox (event_id, merchant_id, type, payload, payload_kind)
+       SELECT $6, merchant_id, $7, to_jsonb(upd) - 'payment_code_sealed' - 'from_status', 'payment_row' FROM upd
+        WHERE $7::text IS NOT NULL AND upd.from_status <> $2)
+     SELECT * FROM upd`,
+    [paymentId, to, sourcesOf(to), cause, detail, newId('evt'), EVENT_FOR[to] ?? null, ...set.values],
   );
   const row = rows[0];
   if (!row) return undefined;
-  const { from_status: from, ...payment } = row;
-  await recordEvent(client, paymentId, from, to, cause, detail);
-  const eventType = from !== to ? EVENT_FOR[to] : undefined;
-  if (eventType) await writeOutbox(client, payment.merchant_id, eventType, paymentJson(payment));
+  const { from_status: _from, ...payment } = row;
   return payment;
 }
 
-/** One transition in its own transaction, then wake the tills and count it. */
+const TIMESTAMP_COLUMNS = [
+  'qr_expires_at',
+  'resolve_by',
+  'next_check_at',
+  'not_found_since',
+  'cancel_requested_at',
+  'paid_at',
+  'finalized_at',
+  'created_at',
+  'updated_at',
+] as const;
+
+/** A payment row as `to_jsonb` wrote it into the outbox, back into a row. */
+export function paymentRowFromSnapshot(snapshot: Record<string, unknown>): PaymentRow {
+  const row = { ...snapshot } as Record<string, unknown>;
+  for (const column of TIMESTAMP_COLUMNS) {
+    if (typeof row[column] === 'string') row[column] = new Date(row[column] as string);
+  }
+  return row as unknown as PaymentRow;
+}
+
+/** One transition, then wake the tills and count it. */
 export async function transition(
   ctx: Pick<Context, 'db' | 'updates' | 'metrics'>,
   paymentId: string,
@@ -127,16 +156,15 @@ export async function transition(
   patch: PaymentPatch = {},
   detail: Record<string, unknown> = {},
 ): Promise<PaymentRow | undefined> {
-  const row = await inTransaction(ctx.db, (client) =>
-    transitionIn(client, paymentId, to, cause, patch, detail),
-  );
-  if (row) await announce(ctx, row);
+  const row = await transitionIn(ctx.db, paymentId, to, cause, patch, detail);
+  if (row) announce(ctx, row);
   return row;
 }
 
-export async function announce(ctx: Pick<Context, 'updates' | 'metrics'>, row: PaymentRow): Promise<void> {
+/** Counts the change and wakes long-polling tills; the publish is not awaited (a miss costs a wait, never money). */
+export function announce(ctx: Pick<Context, 'updates' | 'metrics'>, row: PaymentRow): void {
   ctx.metrics.paymentsByOutcome.inc({ provider: row.provider, status: row.status });
-  await ctx.updates.publish(row.id, row.status);
+  void ctx.updates.publish(row.id, row.status);
 }
 
 /** Facts that do not change the status (provider reference, QR, polling bookkeeping). */

@@ -13,7 +13,8 @@ export class PaymentUpdates {
     private readonly redisUrl: string,
     private readonly prefix: string,
   ) {
-    this.publisher = new Redis(redisUrl, { maxRetriesPerRequest: 2 });
+    this.publisher = new Redis(redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
+    this.publisher.on('error', () => {});
   }
 
   private channel(paymentId: string): string {

@@ -74,7 +74,12 @@ export function paymentsRouter(ctx: Context): Router {
       };
     }
     await idempotent(ctx, req, res, `${principal.merchant_id}:payments`, key, async () => {
-      const payment = await createPayment(ctx, { ...body, ...scope, merchant_id: principal.merchant_id });
+      const payment = await createPayment(ctx, {
+        ...body,
+        ...scope,
+        merchant_id: principal.merchant_id,
+        idempotency_key: key,
+      });
       return { status: 201, body: paymentJson(payment) };
     });
   });

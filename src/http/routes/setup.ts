@@ -233,6 +233,7 @@ export function setupRouter(ctx: Context): Router {
           );
       return { row: rows[0], created: !existing.rows[0] };
     });
+    ctx.accounts.forgetRoutes(merchant.merchant_id);
     res.status(result.created ? 201 : 200).json(accountJson(result.row));
   });
 
@@ -253,6 +254,7 @@ export function setupRouter(ctx: Context): Router {
       [merchant.merchant_id, req.params.provider],
     );
     if (!rows[0]) throw notFound('provider account', req.params.provider);
+    ctx.accounts.forgetRoutes(merchant.merchant_id);
     res.json({ ...accountJson(rows[0]), deleted: true });
   });
 
