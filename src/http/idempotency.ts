@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import type { Request, Response } from 'express';
 import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
+import { prepared } from '../ledger/db.ts';
 import { idempotencyKeySchema } from './schemas.ts';
 
 export const LOCK_LEASE_S = 30;
@@ -79,10 +80,12 @@ export async function idempotent(
     .update(`${req.method} ${req.path}\n${JSON.stringify(req.body ?? null)}`)
     .digest('hex');
   const claimed = await ctx.db.query(
-    `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)
-     VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-     ON CONFLICT DO NOTHING`,
-    [scope, key, hash, LOCK_LEASE_S],
+    prepared(
+      `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)
+       VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+       ON CONFLICT DO NOTHING`,
+      [scope, key, hash, LOCK_LEASE_S],
+    ),
   );
   if (claimed.rowCount === 0) {
     const { rows } = await ctx.db.query<Row>(
@@ -140,9 +143,11 @@ export async function idempotent(
     throw error;
   }
   await ctx.db.query(
-    `UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL
-      WHERE scope = $1 AND key = $2`,
-    [scope, key, result.status, JSON.stringify(result.body)],
+    prepared(
+      `UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL
+        WHERE scope = $1 AND key = $2`,
+      [scope, key, result.status, JSON.stringify(result.body)],
+    ),
   );
   send(res, result, false);
 }

@@ -78,6 +78,21 @@ export async function migrate(pool: Db): Promise<string[]> {
   return applied;
 }
 
+const statements = new Map<string, string>();
+
+/**
+ * A named (prepared) statement for a hot query: PostgreSQL parses and plans it once per
+ * connection instead of on every call, which matters for the CTEs on the checkout path.
+ */
+export function prepared(text: string, values: unknown[]): { name: string; text: string; values: unknown[] } {
+  let name = statements.get(text);
+  if (!name) {
+    name = `tb_${statements.size + 1}`;
+    statements.set(text, name);
+  }
+  return { name, text, values };
+}
+
 export async function inTransaction<T>(pool: Db, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   try {

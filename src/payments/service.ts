@@ -14,6 +14,7 @@ import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue } from '../jobs/queues.ts';
+import { prepared } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
 import type { LoadedAccount } from './accounts.ts';
@@ -78,7 +79,9 @@ function chooseWallet(input: NewPayment): Wallet {
 }
 
 export async function loadPayment(ctx: Ctx, paymentId: string): Promise<PaymentRow> {
-  const { rows } = await ctx.db.query<PaymentRow>('SELECT * FROM payments WHERE id = $1', [paymentId]);
+  const { rows } = await ctx.db.query<PaymentRow>(
+    prepared('SELECT * FROM payments WHERE id = $1', [paymentId]),
+  );
   if (!rows[0]) throw new Error(`payment ${paymentId} vanished`);
   return rows[0];
 }
@@ -152,7 +155,8 @@ export async function createPayment(ctx: Ctx, input: NewPayment): Promise<Paymen
   // One statement stores the payment and its first event; a retry whose first attempt died after
   // storing it (same Idempotency-Key) finds that payment instead of creating another.
   const { rows } = await ctx.db.query<PaymentRow>(
-    `WITH p AS (
+    prepared(
+      `WITH p AS (
        INSERT INTO payments (id, merchant_id, terminal_ref, store_id, terminal_id, provider_account_id, provider, wallet,
          mode, status, amount_value, currency, reference, description, metadata, payment_code_masked,
          payment_code_sealed, provider_request_id, resolve_by, pay_answered, next_check_at, idempotency_key)
@@ -164,28 +168,29 @@ export async function createPayment(ctx: Ctx, input: NewPayment): Promise<Paymen
        INSERT INTO payment_events (payment_id, to_status, cause, detail)
        SELECT id, 'processing', 'created', jsonb_build_object('provider_account_id', provider_account_id) FROM p)
      SELECT * FROM p`,
-    [
-      id,
-      input.merchant_id,
-      input.terminal_ref ?? null,
-      input.store_id ?? null,
-      input.terminal_id ?? null,
-      first.row.id,
-      first.row.provider,
-      wallet,
-      input.mode,
-      input.amount.value,
-      input.amount.currency,
-      input.reference,
-      input.description ?? null,
-      input.metadata ?? {},
-      input.payment_code ? maskPaymentCode(input.payment_code) : null,
-      input.payment_code ? seal(ctx.config.masterKey, input.payment_code, paymentCodeContext(id)) : null,
-      windowS,
-      // The sweeper leaves the payment alone while this request may still be talking to the provider.
-      IN_FLIGHT_GRACE_S,
-      input.idempotency_key ?? null,
-    ],
+      [
+        id,
+        input.merchant_id,
+        input.terminal_ref ?? null,
+        input.store_id ?? null,
+        input.terminal_id ?? null,
+        first.row.id,
+        first.row.provider,
+        wallet,
+        input.mode,
+        input.amount.value,
+        input.amount.currency,
+        input.reference,
+        input.description ?? null,
+        input.metadata ?? {},
+        input.payment_code ? maskPaymentCode(input.payment_code) : null,
+        input.payment_code ? seal(ctx.config.masterKey, input.payment_code, paymentCodeContext(id)) : null,
+        windowS,
+        // The sweeper leaves the payment alone while this request may still be talking to the provider.
+        IN_FLIGHT_GRACE_S,
+        input.idempotency_key ?? null,
+      ],
+    ),
   );
   const row = rows[0];
   if (!row) {

@@ -5,7 +5,7 @@
  */
 import type { Context } from '../context.ts';
 import { newId } from '../ids.ts';
-import type { Db, Queryable } from '../ledger/db.ts';
+import { type Db, prepared, type Queryable } from '../ledger/db.ts';
 import type { PaymentRow, PaymentStatus } from '../ledger/payments.ts';
 
 const TRANSITIONS: Record<PaymentStatus, readonly PaymentStatus[]> = {
@@ -105,7 +105,8 @@ export async function transitionIn(
     ? ', finalized_at = COALESCE(finalized_at, now()), next_check_at = NULL'
     : '';
   const { rows } = await client.query<PaymentRow & { from_status: PaymentStatus }>(
-    `WITH prev AS (SELECT status FROM payments WHERE id = $1 FOR UPDATE),
+    prepared(
+      `WITH prev AS (SELECT status FROM payments WHERE id = $1 FOR UPDATE),
      upd AS (
        UPDATE payments p SET status = $2, updated_at = now()${finalizing}${set.sql}
          FROM prev WHERE p.id = $1 AND prev.status = ANY($3)
@@ -118,7 +119,8 @@ export async function transitionIn(
        SELECT $6, merchant_id, $7, to_jsonb(upd) - 'payment_code_sealed' - 'from_status', 'payment_row' FROM upd
         WHERE $7::text IS NOT NULL AND upd.from_status <> $2)
      SELECT * FROM upd`,
-    [paymentId, to, sourcesOf(to), cause, detail, newId('evt'), EVENT_FOR[to] ?? null, ...set.values],
+      [paymentId, to, sourcesOf(to), cause, detail, newId('evt'), EVENT_FOR[to] ?? null, ...set.values],
+    ),
   );
   const row = rows[0];
   if (!row) return undefined;
@@ -176,8 +178,10 @@ export async function updatePayment(
   const set = setClause(patch, 2);
   if (!set.sql) return undefined;
   const { rows } = await db.query<PaymentRow>(
-    `UPDATE payments SET updated_at = now()${set.sql} WHERE id = $1 RETURNING *`,
-    [paymentId, ...set.values],
+    prepared(`UPDATE payments SET updated_at = now()${set.sql} WHERE id = $1 RETURNING *`, [
+      paymentId,
+      ...set.values,
+    ]),
   );
   return rows[0];
 }

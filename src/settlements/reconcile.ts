@@ -103,7 +103,7 @@ keyed AS (
     LEFT JOIN rr r2 ON s.type = 'refund' AND r1.id IS NULL AND r2.provider_request_id = s.provider_request_id
 ),
 classified AS (
-  SELECT k.*, ps.settlement_id AS pay_settlement, nextval(pg_get_serial_sequence('settlement_lines', 'id')) AS line_id,
+  SELECT k.*, ps.settlement_id AS pay_settlement, nextval('settlement_lines_id_seq'::regclass) AS line_id,
     CASE
       WHEN k.line_no > k.first_line THEN 'duplicate_in_settlement'
       WHEN k.type = 'refund' THEN CASE

@@ -2,6 +2,7 @@ import { type Request, Router } from 'express';
 import type { Context } from '../../context.ts';
 import { ApiError, notFound } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
+import { prepared } from '../../ledger/db.ts';
 import {
   type PaymentRow,
   paymentJson,
@@ -27,8 +28,7 @@ async function visiblePayment(ctx: Context, req: Request, id: string): Promise<P
   const principal = requireMerchantOrTerminal(req);
   if (!hasPrefix(id, 'pay')) throw notFound('payment', id);
   const { rows } = await ctx.db.query<PaymentRow>(
-    'SELECT * FROM payments WHERE id = $1 AND merchant_id = $2',
-    [id, principal.merchant_id],
+    prepared('SELECT * FROM payments WHERE id = $1 AND merchant_id = $2', [id, principal.merchant_id]),
   );
   const row = rows[0];
   if (!row || (principal.kind === 'terminal' && row.terminal_ref !== principal.terminal_ref))
