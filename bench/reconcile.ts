@@ -10,7 +10,8 @@
  *   the payments.
  *
  * It checks that the discrepancies found are exactly the planted ones.
- * Usage: npx tsx bench/reconcile.ts [lines]   (env BENCH_DATABASE_URL, REDIS_URL)
+ * Usage: npx tsx bench/reconcile.ts [lines]   (env BENCH_DATABASE_URL, REDIS_URL; BENCH_EXPLAIN=<ms>
+ * prints the plan, with actual times, of every statement slower than that)
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, mkdtempSync, rmSync, statSync } from 'node:fs';
@@ -127,6 +128,19 @@ async function main(): Promise<void> {
     LOG_LEVEL: 'warn',
   });
   const ctx = await createContext(config);
+  if (process.env.BENCH_EXPLAIN) {
+    // Plans of every statement slower than BENCH_EXPLAIN ms, with actual times, on stderr.
+    const explaining = new WeakSet<object>();
+    ctx.db.on('acquire', (client) => {
+      if (explaining.has(client)) return;
+      explaining.add(client);
+      client.on('notice', (notice) => console.error(notice.message));
+      void client.query(
+        `LOAD 'auto_explain'; SET auto_explain.log_min_duration = ${Number(process.env.BENCH_EXPLAIN)};
+         SET auto_explain.log_analyze = on; SET auto_explain.log_buffers = on; SET auto_explain.log_level = notice`,
+      );
+    });
+  }
   try {
     const faults = plan(LINES);
     console.log(`generating ${LINES.toLocaleString()} ledger payments and their settlement file …`);
