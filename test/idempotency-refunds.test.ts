@@ -4,6 +4,7 @@ import {
   createPayment,
   idempotencyKey,
   type Merchant,
+  requestHashOf,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -64,27 +65,29 @@ describe('Idempotency-Key', () => {
     assert.equal(await paymentsWithReference('R-IDEM-3'), 1);
   });
 
-  test('a lock left by a dead process is taken over once its lease has expired', async () => {
+  test('a payment stored by a request whose process died: 409 until the lease passes, then that payment, never a second', async () => {
     const key = idempotencyKey();
     const body = scanPayment(1400, { reference: 'R-IDEM-4' });
-    const scope = `${merchant.id}:payments`;
-    const crypto = await import('node:crypto');
-    const hash = crypto
-      .createHash('sha256')
-      .update(`POST /v1/payments\n${JSON.stringify(body)}`)
-      .digest('hex');
+    const id = 'pay_diedMidRequest000000001';
     await tg.gateway.ctx.db.query(
-      `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until) VALUES ($1, $2, $3, now() + interval '30 seconds')`,
-      [scope, key, hash],
+      `INSERT INTO payments (id, merchant_id, provider_account_id, provider, wallet, mode, status, amount_value, currency,
+         reference, provider_request_id, resolve_by, pay_answered, idempotency_key, request_hash, request_done, terminal_ref,
+         store_id, terminal_id, next_check_at)
+       SELECT $1, $2, $3, 'sandbox', 'alipay', 'scan', 'processing', 1400, 'EUR', 'R-IDEM-4', $1, now() + interval '60 seconds',
+              false, $4, $5, false, t.id, t.store_id, t.terminal_id, now() + interval '60 seconds'
+         FROM terminals t WHERE t.merchant_id = $2 AND t.terminal_id = 'till-1'`,
+      [id, merchant.id, merchant.accountId, key, requestHashOf('POST', '/v1/payments', body)],
     );
     const blocked = await createPayment(tg, merchant.terminalKey, body, key).expect(409);
     assert.equal(blocked.body.error.type, 'idempotency');
     await tg.gateway.ctx.db.query(
-      `UPDATE idempotency_keys SET locked_until = now() - interval '1 second' WHERE key = $1`,
-      [key],
+      `UPDATE payments SET created_at = now() - interval '31 seconds' WHERE id = $1`,
+      [id],
     );
-    const res = await createPayment(tg, merchant.terminalKey, body, key).expect(201);
-    assert.equal(res.body.status, 'succeeded');
+    const res = await createPayment(tg, merchant.terminalKey, body, key).expect(200);
+    assert.equal(res.headers['idempotent-replayed'], 'true');
+    assert.equal(res.body.id, id);
+    assert.equal(await paymentsWithReference('R-IDEM-4'), 1);
   });
 
   test('keys are scoped per merchant', async () => {

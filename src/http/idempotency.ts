@@ -66,6 +66,13 @@ function send(res: Response, result: HandlerResult, replayed: boolean): void {
   res.status(result.status).json(result.body);
 }
 
+/** What "the same request" means for an Idempotency-Key: method, path and body. */
+export function requestHash(req: Request): string {
+  return createHash('sha256')
+    .update(`${req.method} ${req.path}\n${JSON.stringify(req.body ?? null)}`)
+    .digest('hex');
+}
+
 /** Runs `handler` at most once per (scope, key); validation must happen before, so a 400 is never stored. */
 export async function idempotent(
   ctx: Context,
@@ -76,9 +83,7 @@ export async function idempotent(
   handler: () => Promise<HandlerResult>,
 ): Promise<void> {
   if (key === undefined) return send(res, await handler(), false);
-  const hash = createHash('sha256')
-    .update(`${req.method} ${req.path}\n${JSON.stringify(req.body ?? null)}`)
-    .digest('hex');
+  const hash = requestHash(req);
   const claimed = await ctx.db.query(
     prepared(
       `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)

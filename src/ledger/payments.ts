@@ -57,6 +57,9 @@ export interface PaymentRow {
   cancel_attempts: number;
   paid_at: Date | null;
   finalized_at: Date | null;
+  idempotency_key: string | null;
+  request_hash: string | null;
+  request_done: boolean;
   created_at: Date;
   updated_at: Date;
 }

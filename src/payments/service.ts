@@ -34,7 +34,9 @@ export interface NewPayment {
   wallet?: Wallet;
   description?: string;
   metadata?: Record<string, string>;
-  idempotency_key?: string;
+  idempotency_key: string;
+  /** Hash of the request that carried the key: the same key with another request is refused. */
+  request_hash: string;
 }
 
 type Ctx = Context;
@@ -129,7 +131,45 @@ export async function raiseAlert(
   ]);
 }
 
-export async function createPayment(ctx: Ctx, input: NewPayment): Promise<PaymentRow> {
+/**
+ * Idempotency-Key semantics of `POST /v1/payments`, kept on the payment itself: the same key
+ * with another request is 422; while the first request is still running, 409; afterwards (or
+ * once a dead request's lease has passed) the payment as it is now.
+ */
+async function replayOf(ctx: Ctx, input: NewPayment): Promise<PaymentRow> {
+  const { rows } = await ctx.db.query<PaymentRow & { lease_over: boolean }>(
+    prepared(
+      `SELECT *, created_at < now() - make_interval(secs => $3) AS lease_over
+         FROM payments WHERE merchant_id = $1 AND idempotency_key = $2`,
+      [input.merchant_id, input.idempotency_key, IN_FLIGHT_GRACE_S],
+    ),
+  );
+  const { lease_over: leaseOver, ...existing } = rows[0];
+  if (existing.request_hash !== input.request_hash) {
+    throw new ApiError(
+      'idempotency',
+      'idempotency_key_reused',
+      'this Idempotency-Key was used with a different request',
+      'Idempotency-Key',
+      422,
+    );
+  }
+  if (!existing.request_done && !leaseOver) {
+    throw new ApiError(
+      'idempotency',
+      'idempotency_request_in_progress',
+      'a request with this Idempotency-Key is still in progress',
+      'Idempotency-Key',
+      409,
+    );
+  }
+  return existing;
+}
+
+export async function createPayment(
+  ctx: Ctx,
+  input: NewPayment,
+): Promise<{ payment: PaymentRow; replayed: boolean }> {
   const wallet = chooseWallet(input);
   const candidates = await ctx.accounts.candidates(
     input.merchant_id,
@@ -159,9 +199,10 @@ export async function createPayment(ctx: Ctx, input: NewPayment): Promise<Paymen
       `WITH p AS (
        INSERT INTO payments (id, merchant_id, terminal_ref, store_id, terminal_id, provider_account_id, provider, wallet,
          mode, status, amount_value, currency, reference, description, metadata, payment_code_masked,
-         payment_code_sealed, provider_request_id, resolve_by, pay_answered, next_check_at, idempotency_key)
+         payment_code_sealed, provider_request_id, resolve_by, pay_answered, next_check_at, idempotency_key,
+         request_hash, request_done)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'processing', $10, $11, $12, $13, $14, $15, $16, $1,
-               now() + make_interval(secs => $17), false, now() + make_interval(secs => $18), $19)
+               now() + make_interval(secs => $17), false, now() + make_interval(secs => $18), $19, $20, false)
        ON CONFLICT (merchant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
        RETURNING *),
      e AS (
@@ -188,19 +229,14 @@ export async function createPayment(ctx: Ctx, input: NewPayment): Promise<Paymen
         windowS,
         // The sweeper leaves the payment alone while this request may still be talking to the provider.
         IN_FLIGHT_GRACE_S,
-        input.idempotency_key ?? null,
+        input.idempotency_key,
+        input.request_hash,
       ],
     ),
   );
   const row = rows[0];
-  if (!row) {
-    const { rows: existing } = await ctx.db.query<PaymentRow>(
-      'SELECT * FROM payments WHERE merchant_id = $1 AND idempotency_key = $2',
-      [input.merchant_id, input.idempotency_key],
-    );
-    return existing[0];
-  }
-  return sendToProvider(ctx, row, candidates, input.payment_code);
+  if (!row) return { payment: await replayOf(ctx, input), replayed: true };
+  return { payment: await sendToProvider(ctx, row, candidates, input.payment_code), replayed: false };
 }
 
 /** Sends the payment, failing over only while the request provably never reached a provider. */
@@ -277,8 +313,13 @@ export async function applyOutcome(
 ): Promise<PaymentRow> {
   const cause = `${source}: ${outcome.kind}`;
   // Any answer to a send proves it arrived; only then is a later "not found" not a reason to resend.
-  const answered: PaymentPatch =
-    (source === 'pay' || source === 'resend') && outcome.kind !== 'unknown' ? { pay_answered: true } : {};
+  // The creating request ends with this outcome: from now on a retry with its key is a replay.
+  const answered: PaymentPatch = {
+    ...((source === 'pay' || source === 'resend') && outcome.kind !== 'unknown'
+      ? { pay_answered: true }
+      : {}),
+    ...(source === 'pay' ? { request_done: true } : {}),
+  };
   switch (outcome.kind) {
     case 'succeeded': {
       const patch = {
@@ -349,8 +390,9 @@ export async function applyOutcome(
         { payment_id: row.id, source, reason: outcome.reason },
         'payment outcome unknown; will inquire',
       );
-      if (UNRESOLVED.includes(current.status))
-        await scheduleCheck(ctx, current, account.module.adapter.resolution);
+      if (UNRESOLVED.includes(current.status)) {
+        return scheduleCheck(ctx, current, account.module.adapter.resolution, undefined, answered);
+      }
       return current;
     }
     case 'not_found': {
@@ -368,7 +410,8 @@ export async function scheduleCheck(
   row: PaymentRow,
   policy: ResolutionPolicy,
   delayS?: number,
-): Promise<void> {
+  patch: PaymentPatch = {},
+): Promise<PaymentRow> {
   const schedule = policy.poll_schedule_s;
   const planned = delayS ?? schedule[Math.min(row.poll_step, schedule.length - 1)];
   const untilWindowEnd = (row.resolve_by.getTime() - Date.now()) / 1000;
@@ -377,7 +420,8 @@ export async function scheduleCheck(
     Math.min(planned, row.cancel_requested_at ? planned : Math.max(untilWindowEnd, 0)),
   );
   const step = row.poll_step + 1;
-  await updatePayment(ctx.db, row.id, {
+  const updated = await updatePayment(ctx.db, row.id, {
+    ...patch,
     poll_step: step,
     next_check_at: new Date(Date.now() + delay * 1000),
   });
@@ -387,6 +431,7 @@ export async function scheduleCheck(
     { payment_id: row.id },
     { delayMs: delay * 1000, jobId: `resolve:${row.id}:${step}` },
   );
+  return updated ?? row;
 }
 
 /** One step of resolution for an unresolved payment: inquire, resend once, or cancel at the window's end. */

@@ -13,7 +13,7 @@ import {
 import { createRefund } from '../../payments/refunds.ts';
 import { createPayment, requestCancel } from '../../payments/service.ts';
 import { requireMerchantOrTerminal } from '../auth.ts';
-import { idempotencyKeyOf, idempotent } from '../idempotency.ts';
+import { idempotencyKeyOf, idempotent, requestHash } from '../idempotency.ts';
 import {
   createPaymentSchema,
   createRefundSchema,
@@ -73,15 +73,16 @@ export function paymentsRouter(ctx: Context): Router {
         terminal_ref: principal.terminal_ref,
       };
     }
-    await idempotent(ctx, req, res, `${principal.merchant_id}:payments`, key, async () => {
-      const payment = await createPayment(ctx, {
-        ...body,
-        ...scope,
-        merchant_id: principal.merchant_id,
-        idempotency_key: key,
-      });
-      return { status: 201, body: paymentJson(payment) };
+    // Payments keep their Idempotency-Key on the payment row itself (one statement, no extra round trip).
+    const { payment, replayed } = await createPayment(ctx, {
+      ...body,
+      ...scope,
+      merchant_id: principal.merchant_id,
+      idempotency_key: key as string,
+      request_hash: requestHash(req),
     });
+    if (replayed) res.set('Idempotent-Replayed', 'true');
+    res.status(replayed ? 200 : 201).json(paymentJson(payment));
   });
 
   router.get('/v1/payments/:id', async (req, res) => {
