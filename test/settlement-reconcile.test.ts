@@ -269,3 +269,22 @@ test('imports of different batches run in parallel; the same batch twice at once
   assert.ok(list.every((s) => s.version === 1 && s.status === 'reconciled'));
   assert.equal(jobs[2].counts.batches_unchanged + jobs[3].counts.batches_unchanged, 1);
 });
+
+test('a payment on lines of two batches of one file is marked settled once', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 6000);
+  const job = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv([lineFor(p), lineFor(p, { batch_id: 'TWO-B' })], 'TWO-A'),
+  );
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+  assert.equal(job.counts.batches_created, 2);
+  const marked = await tg.gateway.ctx.db.query(
+    'SELECT settlement_id FROM payment_settlements WHERE payment_id = $1',
+    [p.id],
+  );
+  assert.equal(marked.rowCount, 1);
+  const first = (await settlements(tg, m.secretKey)).find((s) => s.provider_batch_id === 'TWO-A');
+  assert.equal(marked.rows[0].settlement_id, first?.id, 'the first line in the file wins');
+});
