@@ -180,17 +180,22 @@ describe('alipay notifications', () => {
     await eventually(
       () =>
         h.sim.notifications.find((n) => n.paymentRequestId === payment.provider_request_id && n.acknowledged),
-      15_000,
+      30_000,
     );
     const attempts = h.sim.notifications.filter((n) => n.paymentRequestId === payment.provider_request_id);
+    // The two refused attempts, then retries until one is acknowledged (on a loaded machine an
+    // attempt may also time out), and nothing after the acknowledgement.
     assert.deepEqual(
-      attempts.map((a) => [a.attempt, a.httpStatus, a.acknowledged]),
+      attempts.slice(0, 2).map((a) => [a.attempt, a.httpStatus, a.acknowledged]),
       [
         [0, 500, false],
         [1, 500, false],
-        [2, 200, true],
       ],
     );
+    const acknowledged = attempts.findIndex((a) => a.acknowledged);
+    assert.ok(acknowledged >= 2);
+    assert.equal(attempts.length, acknowledged + 1);
+    assert.equal(attempts[acknowledged].httpStatus, 200);
     assert.ok(Date.now() - started >= 7000);
     assert.ok(attempts[1].at.getTime() - attempts[0].at.getTime() >= 1150);
   });
