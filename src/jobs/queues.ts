@@ -15,6 +15,9 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
   const options: RedisOptions = { maxRetriesPerRequest: null, enableReadyCheck: false };
   const client = new Redis(redisUrl, options);
   const subscriber = new Redis(redisUrl, options);
+  // Each queue adds its own listeners to the two shared connections.
+  client.setMaxListeners(4 * QUEUE_NAMES.length);
+  subscriber.setMaxListeners(4 * QUEUE_NAMES.length);
   const blocking: Redis[] = [];
   const createClient = (type: 'client' | 'subscriber' | 'bclient') => {
     if (type === 'client') return client;
