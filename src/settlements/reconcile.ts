@@ -348,10 +348,9 @@ async function applyStaged(
       const created = await client.query<{ id: string }>(
         `INSERT INTO settlements (id, merchant_id, provider, provider_batch_id, currency, settlement_date, status,
                                   content_hash, import_id)
-         SELECT tb_random_id('stl'), $1, $2, $3, $4, min((settled_at AT TIME ZONE 'UTC')::date), 'reconciled', $5, $6
-           FROM ${stage} WHERE batch_ref = $3 AND settlement_currency = $4
+         VALUES (tb_random_id('stl'), $1, $2, $3, $4, $7, 'reconciled', $5, $6)
          RETURNING id`,
-        [merchantId, provider, batch.batch_ref, batch.currency, hash, importId],
+        [merchantId, provider, batch.batch_ref, batch.currency, hash, importId, batch.settlement_date],
       );
       settlementId = created.rows[0].id;
       counts.batches_created++;
@@ -378,16 +377,15 @@ async function applyStaged(
         counts.discrepancies += n;
       }
     }
+    // Totals as counted while the file was parsed (settlement_import_batches).
     await client.query(
       `UPDATE settlements s
-          SET gross = a.gross, fees = a.fees, net = a.gross - a.fees, count = a.n, settlement_date = a.day,
-              updated_at = now()
-         FROM (SELECT c.settlement_id,
-                      sum(CASE WHEN st.type = 'payment' THEN st.settlement_value ELSE -st.settlement_value END) AS gross,
-                      sum(st.fee_value) AS fees, count(*) AS n, min((st.settled_at AT TIME ZONE 'UTC')::date) AS day
-                 FROM ${stage} st JOIN changed c ON c.batch_ref = st.batch_ref AND c.currency = st.settlement_currency
-                GROUP BY c.settlement_id) a
-        WHERE s.id = a.settlement_id`,
+          SET gross = b.gross, fees = b.fees, net = b.gross - b.fees, count = b.lines,
+              settlement_date = b.settlement_date, updated_at = now()
+         FROM changed c JOIN settlement_import_batches b
+              ON b.import_id = $1 AND b.batch_ref = c.batch_ref AND b.currency = c.currency
+        WHERE s.id = c.settlement_id`,
+      [importId],
     );
   }
   // The ledger-side step looks at every batch of this merchant and provider: imports take turns for
@@ -492,6 +490,8 @@ interface StagedBatch {
   currency: string;
   content_hash: string;
   lines: number;
+  /** YYYY-MM-DD (as text: node-postgres would read a `date` as local midnight). */
+  settlement_date: string;
 }
 
 /**
@@ -500,7 +500,8 @@ interface StagedBatch {
  */
 async function stagedBatches(client: pg.PoolClient, importId: string): Promise<StagedBatch[]> {
   const { rows } = await client.query<StagedBatch>(
-    'SELECT batch_ref, currency, content_hash, lines FROM settlement_import_batches WHERE import_id = $1',
+    `SELECT batch_ref, currency, content_hash, lines, settlement_date::text AS settlement_date
+       FROM settlement_import_batches WHERE import_id = $1`,
     [importId],
   );
   const expected = rows.reduce((sum, b) => sum + b.lines, 0);

@@ -105,6 +105,9 @@ interface BatchDigest {
   hash: Hash;
   pending: string;
   lines: number;
+  gross: bigint;
+  fees: bigint;
+  first_settled: number;
 }
 
 /** Counts and hashes the raw bytes on their way to the parser. */
@@ -169,6 +172,9 @@ export async function stageFile(
             hash: createHash('sha256'),
             pending: '',
             lines: 0,
+            gross: 0n,
+            fees: 0n,
+            first_settled: Number.POSITIVE_INFINITY,
           };
           batches.set(key, batch);
         }
@@ -179,6 +185,11 @@ export async function stageFile(
           batch.pending = '';
         }
         batch.lines++;
+        const value = BigInt(line.settlement_amount.value);
+        batch.gross += line.type === 'payment' ? value : -value;
+        batch.fees += BigInt(line.fee.value);
+        const settled = line.settled_at.getTime();
+        if (settled < batch.first_settled) batch.first_settled = settled;
         buffer += row;
         lines++;
         if (++buffered >= ROWS_PER_WRITE) {
@@ -205,9 +216,19 @@ export async function stageFile(
   for (const batch of batches.values()) {
     batch.hash.update(batch.pending);
     await client.query(
-      `INSERT INTO settlement_import_batches (import_id, batch_ref, currency, content_hash, lines)
-       VALUES ($1, $2, $3, $4, $5)`,
-      [importId, batch.batch_ref, batch.currency, batch.hash.digest('hex'), batch.lines],
+      `INSERT INTO settlement_import_batches (import_id, batch_ref, currency, content_hash, lines, gross, fees,
+                                             settlement_date)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+      [
+        importId,
+        batch.batch_ref,
+        batch.currency,
+        batch.hash.digest('hex'),
+        batch.lines,
+        batch.gross.toString(),
+        batch.fees.toString(),
+        new Date(batch.first_settled).toISOString().slice(0, 10),
+      ],
     );
   }
   return { bytes: tap.bytes, sha256: tap.hash.digest('hex'), lines, batches: batches.size };
