@@ -166,6 +166,8 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
   let header: string[] | undefined;
   let at: Record<string, number> = {};
   let lineNo = 1;
+  let lastSettledText: string | undefined;
+  let lastSettledAt = new Date(Number.NaN);
   // pipe()d sources do not forward their errors; iterating the source itself does.
   for await (const records of csvRecords(file)) {
     for (const record of records) {
@@ -188,7 +190,13 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
       const rawType = get('type');
       const type = TYPES[rawType.toLowerCase()];
       if (!type) throw new SettlementFormatError(`line ${lineNo}: unknown type "${rawType}"`, lineNo);
-      const settledAt = new Date(get('settled_at'));
+      // Lines of a batch mostly share their settlement time: parsed once per distinct text.
+      const settledText = get('settled_at');
+      if (settledText !== lastSettledText) {
+        lastSettledText = settledText;
+        lastSettledAt = new Date(settledText);
+      }
+      const settledAt = new Date(lastSettledAt.getTime());
       if (Number.isNaN(settledAt.getTime()))
         throw new SettlementFormatError(`line ${lineNo}: settled_at is not a timestamp`, lineNo);
       const currency = currencyField(get('currency'), 'currency', lineNo);
