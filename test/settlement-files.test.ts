@@ -1,5 +1,6 @@
 /** Settlement files in each provider's format, fetched or uploaded, and malformed files rejected whole. */
 import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import {
   ALIPAY_CODE,
@@ -249,4 +250,40 @@ test('the scheduled fetch queues recent dates per account, and a failing fetch i
   assert.equal(failed.attempts, 2);
   const list = await tg.http.get('/v1/settlements/imports').set('Authorization', `Bearer ${m.secretKey}`);
   assert.ok(list.body.data.some((j: { id: string; status: string }) => j.id === id && j.status === 'failed'));
+});
+
+test('a malformed fetched file fails its import at once (no retry), and nothing is stored', async () => {
+  const m = await setupMerchant(tg);
+  const { queueFetch } = await import('../src/settlements/fetch.ts');
+  const { providerModule } = await import('../adapters/index.ts');
+  const adapter = providerModule('sandbox')?.adapter;
+  assert.ok(adapter?.fetchSettlement);
+  const original = adapter.fetchSettlement;
+  const { rows } = await tg.gateway.ctx.db.query<{ id: string }>(
+    "SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = 'sandbox' AND deleted_at IS NULL",
+    [m.id],
+  );
+  adapter.fetchSettlement = async () =>
+    Readable.from([
+      Buffer.from(
+        `${SANDBOX_HEADER}\nF-1,payment,sbx_f1,,,10.50,EUR,1050,EUR,19,1,${today()}T12:00:00Z,,W\n`,
+      ),
+    ]);
+  try {
+    const id = await queueFetch(
+      tg.gateway.ctx,
+      { id: rows[0].id, merchant_id: m.id, provider: 'sandbox' },
+      today(),
+      { attempts: 3, backoffMs: 50 },
+    );
+    const job = await waitJob(tg, m.secretKey, id);
+    assert.equal(job.status, 'failed', JSON.stringify(job));
+    assert.equal(job.error.code, 'settlement_file_invalid');
+    assert.match(job.error.message, /line 2: amount "10.50"/);
+    assert.equal(job.error.line, 2);
+    assert.equal(job.attempts, 1);
+    await nothingImported(m.id, 1);
+  } finally {
+    adapter.fetchSettlement = original;
+  }
 });
