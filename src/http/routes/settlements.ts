@@ -343,7 +343,8 @@ registerOperations([
   {
     method: 'post',
     path: '/v1/settlements/imports',
-    summary: "Import a provider's settlement file (raw body, streamed); reconciles in a job",
+    summary:
+      "Import a provider's settlement file (raw body, streamed and parsed as it arrives: a malformed file is refused with 400 settlement_file_invalid, nothing stored); reconciles in a job",
     query: importQuerySchema,
     auth: 'merchant',
     responses: { 202: 'job queued' },
