@@ -287,3 +287,26 @@ test('a malformed fetched file fails its import at once (no retry), and nothing 
     adapter.fetchSettlement = original;
   }
 });
+
+test('staging tables of finished or vanished imports are dropped; a queued one is kept', async () => {
+  const m = await setupMerchant(tg);
+  const { dropOrphanStages } = await import('../src/settlements/stage.ts');
+  const { createImport } = await import('../src/settlements/imports.ts');
+  const db = tg.gateway.ctx.db;
+  const queued = await createImport(db, {
+    merchant_id: m.id,
+    provider: 'sandbox',
+    provider_account_id: null,
+    source: 'upload',
+    status: 'queued',
+  });
+  const orphan = `job_orphan_${Date.now()}`;
+  for (const id of [queued, orphan])
+    await db.query(`CREATE UNLOGGED TABLE settlement_staging."${id}" (line_no integer)`);
+  assert.ok((await dropOrphanStages(tg.gateway.ctx)) >= 1);
+  const tables = await stagingTables();
+  assert.ok(tables.includes(queued));
+  assert.ok(!tables.includes(orphan));
+  await db.query(`DROP TABLE settlement_staging."${queued}"`);
+  await db.query('DELETE FROM settlement_imports WHERE id = $1', [queued]);
+});

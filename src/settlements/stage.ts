@@ -290,3 +290,19 @@ export async function receiveFile(
     client.release();
   }
 }
+
+/**
+ * Drops staging tables left behind by imports that finished or no longer exist (the job drops its
+ * own; this catches a drop that failed). A file still being received is invisible here: its table
+ * and its import are both uncommitted.
+ */
+export async function dropOrphanStages(ctx: Context): Promise<number> {
+  const { rows } = await ctx.db.query<{ name: string }>(
+    `SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       LEFT JOIN settlement_imports i ON i.id = c.relname
+      WHERE n.nspname = 'settlement_staging' AND c.relkind = 'r'
+        AND (i.id IS NULL OR i.status IN ('completed', 'failed'))`,
+  );
+  for (const { name } of rows) await ctx.db.query(`DROP TABLE IF EXISTS ${stageTable(name)}`);
+  return rows.length;
+}
