@@ -104,7 +104,7 @@ export const DASHBOARD_JS = `'use strict';
       var batches = await (await api('/v1/settlements?limit=100')).json();
       table($('batches'), [['date'], ['provider'], ['batch'], ['lines', 'n'], ['gross', 'n'], ['fees', 'n'], ['net', 'n'], ['status']],
         batches.data.filter(function (b) { return b.settlement_date >= $('from').value && b.settlement_date <= $('to').value; }).map(function (b) {
-          return [[b.settlement_date], [b.provider], [b.provider_batch_id], [String(b.count), 'n'], [fmt(b.gross), 'n'], [fmt(b.fees), 'n'], [fmt(b.net), 'n'], [b.status, b.status === 'reconciled' ? 'ok' : 'bad']];
+          return [[b.settlement_date], [b.provider], [b.provider_batch_id], [String(b.count), 'n'], [fmt({ value: b.gross, currency: b.currency }), 'n'], [fmt({ value: b.fees, currency: b.currency }), 'n'], [fmt({ value: b.net, currency: b.currency }), 'n'], [b.status, b.status === 'reconciled' ? 'ok' : 'bad']];
         }));
       var disc = await (await api('/v1/reconciliation/discrepancies?limit=100')).json();
       table($('discrepancies'), [['kind'], ['provider'], ['reference'], ['expected', 'n'], ['actual', 'n'], ['detail']], disc.data.map(function (d) {

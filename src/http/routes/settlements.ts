@@ -252,10 +252,10 @@ export function settlementsRouter(ctx: Context): Router {
     const json = await visibleSettlement(ctx, req, String(req.params.id));
     const { rows } = await ctx.db.query(
       `SELECT version, import_id, content_hash, count, discrepancies,
-              tb_money(gross, $2) AS gross, tb_money(fees, $2) AS fees, tb_money(net, $2) AS net,
+              gross, fees, net,
               tb_utc(created_at) AS created_at, tb_utc(superseded_at) AS superseded_at, superseded_by
          FROM settlement_versions WHERE settlement_id = $1 ORDER BY version`,
-      [json.id, json.currency],
+      [json.id],
     );
     res.json({ ...json, versions: rows });
   });
