@@ -27,6 +27,8 @@ interface Row {
   locked: boolean;
 }
 
+export function idempotencyKeyOf(req: Request, required: true): string;
+export function idempotencyKeyOf(req: Request, required: boolean): string | undefined;
 export function idempotencyKeyOf(req: Request, required: boolean): string | undefined {
   const key = req.get('Idempotency-Key');
   if (key === undefined) {

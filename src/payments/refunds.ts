@@ -205,7 +205,7 @@ export async function applyRefundOutcome(
       );
       return { refund, payment };
     });
-    if (result.payment) await announce(ctx, result.payment);
+    if (result.payment) announce(ctx, result.payment);
     if (result.refund) return result.refund;
     return (await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId])).rows[0];
   }

@@ -20,7 +20,7 @@ import { maskPaymentCode, open, seal } from '../secrets.ts';
 import type { LoadedAccount } from './accounts.ts';
 import type { Money } from './money.ts';
 import { walletForPaymentCode } from './routing.ts';
-import { announce, type PaymentPatch, recordEvent, transition, updatePayment } from './state-machine.ts';
+import { type PaymentPatch, recordEvent, transition, updatePayment } from './state-machine.ts';
 
 export interface NewPayment {
   merchant_id: string;
@@ -605,5 +605,3 @@ export async function sweepStragglers(ctx: Ctx, graceMs = 5000): Promise<number>
   }
   return rows.length;
 }
-
-export { announce };

@@ -78,7 +78,7 @@ export function paymentsRouter(ctx: Context): Router {
       ...body,
       ...scope,
       merchant_id: principal.merchant_id,
-      idempotency_key: key as string,
+      idempotency_key: key,
       request_hash: requestHash(req),
     });
     if (replayed) res.set('Idempotent-Replayed', 'true');
