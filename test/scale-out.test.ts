@@ -191,6 +191,23 @@ describe('two API processes and a worker', () => {
       assert.equal(rows.length, ids.length);
       for (const row of rows)
         assert.equal(row.n, 1, `payment ${row.payment_id} moved to succeeded ${row.n} times`);
+      // Each scheduled resolution job asks the provider at most once: never more inquiries than jobs.
+      const { rows: steps } = await client.query<{ id: string; poll_step: number; amount_value: number }>(
+        'SELECT id, poll_step, amount_value FROM payments WHERE id = ANY($1)',
+        [ids],
+      );
+      for (const payment of steps) {
+        const res = await fetch(`${simulator.url}/_sim/calls/${payment.id}`);
+        const calls = (await res.json()) as Record<string, number>;
+        const inquiries = calls['/v1/inquire'] ?? 0;
+        assert.ok(
+          inquiries <= payment.poll_step,
+          `${payment.id}: ${inquiries} inquiries for ${payment.poll_step} jobs`,
+        );
+        if (payment.amount_value % 100 === 54)
+          assert.ok(inquiries >= 1, 'a payment with no answer is found by inquiry');
+        assert.equal(calls['/v1/pay'], 1, 'the payment was sent once');
+      }
     } finally {
       await client.end();
     }

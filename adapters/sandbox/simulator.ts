@@ -68,6 +68,7 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
   const orders = new Map<string, Order>();
   const refundsById = new Map<string, Order>();
   const failedOnce = new Set<string>();
+  const callCounts = new Map<string, Record<string, number>>();
   const timers = new Set<NodeJS.Timeout>();
   let baseUrl = '';
 
@@ -325,6 +326,9 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
       res.end(settlementCsv(all.map(view), settlement[1], amounts));
       return;
     }
+    const calls = /^\/_sim\/calls\/([^/]+)$/.exec(path);
+    if (calls && req.method === 'GET')
+      return reply(res, 200, callCounts.get(decodeURIComponent(calls[1])) ?? {});
     const handler = req.method === 'POST' ? api[path] : undefined;
     if (!handler) return reply(res, 404, { error: 'not_found' });
     const verified = verifySandbox(secret, req.headers[SIGNATURE_HEADER] as string | undefined, raw);
@@ -335,6 +339,11 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
     } catch {
       return reply(res, 400, { error: 'bad_json' });
     }
+    // Counted per request id so tests can see how often the gateway asked (each job runs once).
+    const requestId = String(body.request_id ?? body.refund_request_id ?? '');
+    const counts = callCounts.get(requestId) ?? {};
+    counts[path] = (counts[path] ?? 0) + 1;
+    callCounts.set(requestId, counts);
     handler(body, res);
   }
 

@@ -595,7 +595,8 @@ export async function sweepStragglers(ctx: Ctx, graceMs = 5000): Promise<number>
     [graceMs / 1000],
   );
   for (const row of rows) {
-    await updatePayment(ctx.db, row.id, { next_check_at: new Date() });
+    // poll_step counts every resolution job ever scheduled for the payment, these included.
+    await updatePayment(ctx.db, row.id, { next_check_at: new Date(), poll_step: row.poll_step + 1 });
     await enqueue(
       ctx.queues,
       'resolve',
