@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const ALL = ['checkout', 'signing', 'reconcile'];
+const ALL = ['checkout', 'signing', 'wakeup', 'reconcile'];
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

@@ -7,6 +7,7 @@ import express, { type Request, type Response, Router } from 'express';
 import type { NotificationEvent, ProviderAck } from '../adapters/contract.ts';
 import type { Context } from '../src/context.ts';
 import { hasPrefix } from '../src/ids.ts';
+import { prepared } from '../src/ledger/db.ts';
 import type { PaymentRow } from '../src/ledger/payments.ts';
 import type { LoadedAccount } from '../src/payments/accounts.ts';
 import { applyRefundOutcome } from '../src/payments/refunds.ts';
@@ -88,25 +89,24 @@ export function inboundWebhooksRouter(ctx: Context): Router {
         answer(res, result.ack);
         return;
       }
-      const fresh = await ctx.db.query(
-        `INSERT INTO inbound_notifications (account_id, dedupe_key, provider, kind) VALUES ($1, $2, $3, $4)
-       ON CONFLICT DO NOTHING`,
-        [account.row.id, result.event.dedupe_key, provider, result.event.kind],
+      const key = [account.row.id, result.event.dedupe_key];
+      const seen = await ctx.db.query(
+        prepared('SELECT 1 FROM inbound_notifications WHERE account_id = $1 AND dedupe_key = $2', key),
       );
-      if (fresh.rowCount === 0) {
+      if (seen.rowCount) {
         answer(res, result.ack);
         return;
       }
-      try {
-        await apply(ctx, account, result.event);
-      } catch (error) {
-        // Let the provider retry: forget the dedupe mark so the retry is applied.
-        await ctx.db.query('DELETE FROM inbound_notifications WHERE account_id = $1 AND dedupe_key = $2', [
-          account.row.id,
-          result.event.dedupe_key,
-        ]);
-        throw error;
-      }
+      // Applied first (a forward-only compare-and-set, harmless when a twin races it), marked after:
+      // the till is woken one commit sooner, and a failed apply leaves no mark, so the retry applies.
+      await apply(ctx, account, result.event);
+      await ctx.db.query(
+        prepared(
+          `INSERT INTO inbound_notifications (account_id, dedupe_key, provider, kind) VALUES ($1, $2, $3, $4)
+           ON CONFLICT DO NOTHING`,
+          [...key, provider, result.event.kind],
+        ),
+      );
       answer(res, result.ack);
     },
   );

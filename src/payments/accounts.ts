@@ -41,6 +41,7 @@ export function webhookPath(provider: string, accountId: string): string {
 export class ProviderAccounts {
   private readonly cache = new Map<string, { updatedAt: number; loaded: LoadedAccount }>();
   private readonly routes = new Map<string, { until: number; accounts: LoadedAccount[] }>();
+  private readonly byId = new Map<string, { until: number; account: LoadedAccount }>();
 
   constructor(
     private readonly db: Db,
@@ -48,13 +49,21 @@ export class ProviderAccounts {
     private readonly sandbox: SandboxRuntime,
   ) {}
 
-  /** Loads an account, including a deleted one: payments made through it must still resolve. */
+  /**
+   * Loads an account, including a deleted one: payments made through it must still resolve.
+   * Reused for ROUTE_CACHE_MS, like the routing table: callbacks and jobs ask for it constantly.
+   */
   async get(accountId: string): Promise<LoadedAccount | undefined> {
+    const hit = this.byId.get(accountId);
+    if (hit && hit.until > Date.now()) return hit.account;
     const { rows } = await this.db.query<ProviderAccountRow>(
       'SELECT * FROM provider_accounts WHERE id = $1',
       [accountId],
     );
-    return rows[0] ? this.load(rows[0]) : undefined;
+    const account = rows[0] ? this.load(rows[0]) : undefined;
+    if (this.byId.size > 10_000) this.byId.clear();
+    if (account) this.byId.set(accountId, { until: Date.now() + ROUTE_CACHE_MS, account });
+    return account;
   }
 
   load(row: ProviderAccountRow): LoadedAccount {
@@ -114,5 +123,7 @@ export class ProviderAccounts {
   /** After `PUT`/`DELETE /v1/providers/...` in this process; other processes see it within ROUTE_CACHE_MS. */
   forgetRoutes(merchantId: string): void {
     for (const key of this.routes.keys()) if (key.startsWith(`${merchantId}|`)) this.routes.delete(key);
+    for (const [id, { account }] of this.byId)
+      if (account.row.merchant_id === merchantId) this.byId.delete(id);
   }
 }

@@ -6,7 +6,7 @@
 import type { Context } from '../context.ts';
 import { newId } from '../ids.ts';
 import { type Db, prepared, type Queryable } from '../ledger/db.ts';
-import type { PaymentRow, PaymentStatus } from '../ledger/payments.ts';
+import { type PaymentRow, type PaymentStatus, paymentJson } from '../ledger/payments.ts';
 
 const TRANSITIONS: Record<PaymentStatus, readonly PaymentStatus[]> = {
   processing: ['requires_customer', 'succeeded', 'failed', 'canceled'],
@@ -166,7 +166,7 @@ export async function transition(
 /** Counts the change and wakes long-polling tills; the publish is not awaited (a miss costs a wait, never money). */
 export function announce(ctx: Pick<Context, 'updates' | 'metrics'>, row: PaymentRow): void {
   ctx.metrics.paymentsByOutcome.inc({ provider: row.provider, status: row.status });
-  void ctx.updates.publish(row.id, row.status);
+  void ctx.updates.publish(row.id, JSON.stringify(paymentJson(row)));
 }
 
 /** Facts that do not change the status (provider reference, QR, polling bookkeeping). */

@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 export class PaymentUpdates {
   private readonly publisher: Redis;
   private subscriber?: Redis;
-  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly waiters = new Map<string, Set<(message?: string) => void>>();
 
   constructor(
     private readonly redisUrl: string,
@@ -21,8 +21,9 @@ export class PaymentUpdates {
     return `${this.prefix}:payment-updates:${paymentId}`;
   }
 
-  async publish(paymentId: string, status: string): Promise<void> {
-    await this.publisher.publish(this.channel(paymentId), status).catch(() => {
+  /** `payment` is the payment as the API shows it, so a woken till is answered without a read. */
+  async publish(paymentId: string, payment: string): Promise<void> {
+    await this.publisher.publish(this.channel(paymentId), payment).catch(() => {
       // Best effort: a missed wake-up costs a till at most its wait timeout, never money.
     });
   }
@@ -31,9 +32,9 @@ export class PaymentUpdates {
     if (this.subscriber) return this.subscriber;
     const subscriber = new Redis(this.redisUrl);
     subscriber.on('error', () => {});
-    subscriber.on('pmessage', (_pattern: string, channel: string) => {
+    subscriber.on('pmessage', (_pattern: string, channel: string, message: string) => {
       const id = channel.slice(channel.lastIndexOf(':') + 1);
-      for (const wake of this.waiters.get(id) ?? []) wake();
+      for (const wake of this.waiters.get(id) ?? []) wake(message);
     });
     this.subscriber = subscriber;
     await subscriber.psubscribe(`${this.prefix}:payment-updates:*`);
@@ -41,20 +42,21 @@ export class PaymentUpdates {
   }
 
   /**
-   * Resolves when a change for the payment is published or `timeoutMs` passes. Call it
-   * *before* reading the payment, so a change between the read and the wait is not missed.
+   * Resolves with the published payment when it changes, or with undefined when `timeoutMs`
+   * passes or the wait is cancelled. Call it *before* reading the payment, so a change between
+   * the read and the wait is not missed.
    */
   async subscribe(
     paymentId: string,
     timeoutMs: number,
-  ): Promise<{ changed: Promise<boolean>; cancel(): void }> {
+  ): Promise<{ changed: Promise<string | undefined>; cancel(): void }> {
     await this.ensureSubscriber();
-    let wake!: () => void;
+    let wake!: (message?: string) => void;
     let timer!: NodeJS.Timeout;
-    const changed = new Promise<boolean>((resolve) => {
-      wake = () => finish(true);
-      timer = setTimeout(() => finish(false), timeoutMs);
-      const finish = (value: boolean) => {
+    const changed = new Promise<string | undefined>((resolve) => {
+      wake = (message?: string) => finish(message);
+      timer = setTimeout(() => finish(undefined), timeoutMs);
+      const finish = (value: string | undefined) => {
         clearTimeout(timer);
         const set = this.waiters.get(paymentId);
         set?.delete(wake);

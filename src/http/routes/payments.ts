@@ -87,23 +87,23 @@ export function paymentsRouter(ctx: Context): Router {
 
   router.get('/v1/payments/:id', async (req, res) => {
     const { wait = 0 } = parse(getPaymentQuerySchema, req.query, 'query');
-    let row = await visiblePayment(ctx, req, req.params.id);
-    if (wait > 0 && UNRESOLVED.includes(row.status)) {
-      const subscription = await ctx.updates.subscribe(row.id, wait * 1000);
-      const close = () => subscription.cancel();
-      req.on('close', close);
-      // Re-read after subscribing: a change between the first read and the subscription is not lost.
-      const { rows } = await ctx.db.query<PaymentRow>('SELECT * FROM payments WHERE id = $1', [row.id]);
-      if (rows[0].status === row.status && rows[0].updated_at.getTime() === row.updated_at.getTime()) {
-        await subscription.changed;
-        row = (await ctx.db.query<PaymentRow>('SELECT * FROM payments WHERE id = $1', [row.id])).rows[0];
-      } else {
-        subscription.cancel();
-        row = rows[0];
+    // Subscribe before reading, so a change between the read and the wait is not missed.
+    const subscription = wait > 0 ? await ctx.updates.subscribe(req.params.id, wait * 1000) : undefined;
+    try {
+      let row = await visiblePayment(ctx, req, req.params.id);
+      if (subscription && UNRESOLVED.includes(row.status)) {
+        res.on('close', subscription.cancel);
+        const published = await subscription.changed;
+        if (published) {
+          res.type('application/json').send(published);
+          return;
+        }
+        row = await visiblePayment(ctx, req, row.id);
       }
-      req.off('close', close);
+      res.json(paymentJson(row));
+    } finally {
+      subscription?.cancel();
     }
-    res.json(paymentJson(row));
   });
 
   router.get('/v1/payments', async (req, res) => {
