@@ -56,6 +56,14 @@ const OPERATIONS: Op[] = [
     responses: { 200: 'list' },
   },
   {
+    method: 'get',
+    path: '/v1/admin/alerts',
+    summary: 'Unresolved alerts for an operator',
+    query: listQuerySchema,
+    auth: 'admin',
+    responses: { 200: 'list' },
+  },
+  {
     method: 'put',
     path: '/v1/providers/{provider}',
     summary: 'Configure the provider account',

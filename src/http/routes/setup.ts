@@ -165,6 +165,14 @@ export function setupRouter(ctx: Context): Router {
     );
   });
 
+  // What the gateway could not settle by itself (a cancel whose result stays unknown, a success
+  // reported after a final failure, a refund that never resolves): for an operator to act on.
+  router.get('/v1/admin/alerts', async (req, res) => {
+    requireAdmin(req);
+    const query = parse(listQuerySchema, req.query, 'query');
+    res.json(await listPage<AlertRow>(ctx, 'alerts', ['resolved_at IS NULL'], [], query, alertJson));
+  });
+
   router.put('/v1/providers/:provider', async (req, res) => {
     const merchant = requireMerchant(req);
     const provider = req.params.provider;
@@ -345,6 +353,25 @@ export function setupRouter(ctx: Context): Router {
 
   return router;
 }
+
+interface AlertRow {
+  id: string;
+  kind: string;
+  payment_id: string | null;
+  refund_id: string | null;
+  detail: string;
+  created_at: Date;
+}
+
+const alertJson = (a: AlertRow) => ({
+  id: String(a.id),
+  object: 'alert',
+  kind: a.kind,
+  payment_id: a.payment_id,
+  refund_id: a.refund_id,
+  detail: a.detail,
+  created_at: a.created_at.toISOString(),
+});
 
 interface DeliveryRow {
   id: string;
