@@ -66,6 +66,8 @@ export async function startGateway(config: Config, port = config.port): Promise<
       if (server) {
         const closed = new Promise<void>((resolve) => server?.close(() => resolve()));
         server.closeIdleConnections();
+        // Long-polling tills would otherwise hold the shutdown for up to their wait: answer them now.
+        ctx.updates.wakeAll();
         await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
         server.closeAllConnections();
       }

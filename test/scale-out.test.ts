@@ -213,3 +213,54 @@ describe('two API processes and a worker', () => {
     }
   });
 });
+
+describe('graceful shutdown', () => {
+  test('SIGTERM answers waiting tills at once, finishes in-flight requests and exits cleanly', async () => {
+    const port = await freePort();
+    const environment = testEnvironment({ PORT: String(port) });
+    const child = startProcess(environment.env, 'all', port);
+    const api = supertest(`http://127.0.0.1:${port}`);
+    try {
+      await eventually(
+        async () => (await api.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
+        30_000,
+        'gateway',
+      );
+      const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
+      const merchant = await api
+        .post('/v1/admin/merchants')
+        .set('Authorization', admin)
+        .send({ name: 'Stop', settlement_currency: 'EUR', country: 'DE' })
+        .expect(201);
+      const sk = `Bearer ${merchant.body.secret_key}`;
+      await api
+        .put('/v1/providers/sandbox')
+        .set('Authorization', sk)
+        .send({ wallets: ['alipay'] })
+        .expect(201);
+      const created = await api
+        .post('/v1/payments')
+        .set('Authorization', sk)
+        .set('Idempotency-Key', idempotencyKey())
+        .send({ amount: { value: 2600, currency: 'EUR' }, reference: 'R-STOP', mode: 'qr', wallet: 'alipay' })
+        .expect(201);
+      assert.equal(created.body.status, 'requires_customer');
+      const polled = api
+        .get(`/v1/payments/${created.body.id}?wait=60`)
+        .set('Authorization', sk)
+        .then((r) => r);
+      await new Promise((r) => setTimeout(r, 300));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      const started = Date.now();
+      child.kill('SIGTERM');
+      const res = await polled;
+      assert.equal(res.status, 200);
+      assert.equal(res.body.status, 'requires_customer', 'answered with the payment as it stands');
+      assert.ok(Date.now() - started < 5000, 'not held for the wait');
+      assert.equal(await exited, 0);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await dropDatabase(environment.dbName);
+    }
+  });
+});

@@ -70,8 +70,13 @@ export class PaymentUpdates {
     return { changed, cancel: () => wake() };
   }
 
+  /** Ends every wait now: each long-polling till is answered with the payment as it stands. */
+  wakeAll(): void {
+    for (const set of this.waiters.values()) for (const wake of [...set]) wake();
+  }
+
   async close(): Promise<void> {
-    for (const set of this.waiters.values()) for (const wake of set) wake();
+    this.wakeAll();
     this.publisher.disconnect();
     this.subscriber?.disconnect();
   }
