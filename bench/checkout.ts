@@ -22,11 +22,8 @@ import { fileURLToPath } from 'node:url';
 import type autocannon from 'autocannon';
 import { Redis } from 'ioredis';
 import pg from 'pg';
+import { adminQuery, databaseUrl } from './db.ts';
 
-const PG_BASE =
-  process.env.BENCH_DATABASE_URL ??
-  process.env.TEST_DATABASE_URL ??
-  'postgres://postgres@127.0.0.1:5432/postgres';
 const REDIS_URL = process.env.BENCH_REDIS_URL ?? process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const ALIPAY_CODE = '286714335246118790';
 const CHILD_ENV = 'TB_BENCH_CHILD';
@@ -284,22 +281,6 @@ function freePort(): Promise<number> {
     });
     server.on('error', reject);
   });
-}
-
-function databaseUrl(name: string): string {
-  const url = new URL(PG_BASE);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
-async function adminQuery(sql: string): Promise<void> {
-  const client = new pg.Client({ connectionString: PG_BASE });
-  await client.connect();
-  try {
-    await client.query(sql);
-  } finally {
-    await client.end();
-  }
 }
 
 async function dropRedisKeys(prefix: string): Promise<void> {

@@ -18,15 +18,14 @@ import { createReadStream, createWriteStream, mkdtempSync, rmSync, statSync } fr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { loadConfig } from '../src/config.ts';
 import { createContext } from '../src/runtime.ts';
 import { reconcileImport } from '../src/settlements/reconcile.ts';
 import { receiveFile } from '../src/settlements/stage.ts';
+import { adminQuery, databaseUrl } from './db.ts';
 
 const LINES = Number(process.argv[2] ?? 1_000_000);
-const PG_BASE = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const PLANT = {
   amount_mismatch: 100,
   currency_mismatch: 50,
@@ -36,22 +35,6 @@ const PLANT = {
   missing_in_settlement: 50,
 };
 const DATE = new Date(Date.now() - 86_400_000).toISOString().slice(0, 10);
-
-function databaseUrl(name: string): string {
-  const url = new URL(PG_BASE);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
-async function admin(sql: string): Promise<void> {
-  const client = new pg.Client({ connectionString: PG_BASE });
-  await client.connect();
-  try {
-    await client.query(sql);
-  } finally {
-    await client.end();
-  }
-}
 
 /** Which payment numbers carry which planted fault; spread evenly through the file. */
 function plan(n: number): Map<number, keyof typeof PLANT> {
@@ -243,7 +226,7 @@ async function main(): Promise<void> {
     ctx.redis.disconnect();
     await ctx.db.end();
     rmSync(dir, { recursive: true, force: true });
-    await admin(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
+    await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
   }
 }
 

@@ -7,13 +7,12 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { Redis } from 'ioredis';
-import pg from 'pg';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import { loadConfig } from '../src/config.ts';
 import { startGateway } from '../src/runtime.ts';
+import { adminQuery, databaseUrl } from './db.ts';
 
 const ROUNDS = Number(process.env.BENCH_WAKEUP_ROUNDS ?? 200);
-const PG_BASE = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const agent = new http.Agent({ keepAlive: true });
 
@@ -53,12 +52,10 @@ async function redisFloor(prefix: string): Promise<number[]> {
 export async function run(): Promise<void> {
   const id = randomBytes(5).toString('hex');
   const dbName = `tb_bench_${id}`;
-  const dbUrl = new URL(PG_BASE);
-  dbUrl.pathname = `/${dbName}`;
   const adminKey = `adm_bench_${randomBytes(12).toString('hex')}`;
   const config = loadConfig({
     NODE_ENV: 'test',
-    DATABASE_URL: dbUrl.toString(),
+    DATABASE_URL: databaseUrl(dbName),
     REDIS_URL,
     REDIS_PREFIX: `tbbench:${id}`,
     ADMIN_API_KEY: adminKey,
@@ -142,10 +139,7 @@ export async function run(): Promise<void> {
     console.log(`\ntarget: p99 < 20 ms — ${percentile(samples, 99) < 20 ? 'met ✓' : 'missed ✗'}`);
   } finally {
     await gateway.stop();
-    const admin = new pg.Client({ connectionString: PG_BASE });
-    await admin.connect();
-    await admin.query(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
-    await admin.end();
+    await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
     agent.destroy();
   }
 }
