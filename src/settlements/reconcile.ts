@@ -67,6 +67,16 @@ interface ImportRow {
 }
 
 /** The big statement: lines in, each classified, payments marked, discrepancies and their events out. */
+
+/** The CTE that announces every row of a statement's `disc` CTE (new discrepancies) through the outbox; $2 is the merchant. */
+const DISCREPANCY_EVENTS = `events AS (
+  INSERT INTO outbox (event_id, merchant_id, type, payload)
+  SELECT e.payload->>'id', $2, 'reconciliation.discrepancy', e.payload
+    FROM (SELECT tb_event('reconciliation.discrepancy', tb_discrepancy_json(d::reconciliation_discrepancies)) AS payload
+            FROM disc d) e
+  RETURNING 1
+)`;
+
 const MATCH_SQL = `
 WITH rr AS MATERIALIZED (
   SELECT r.id, r.provider_reference, r.provider_request_id, r.amount_value, r.currency, r.status
@@ -189,13 +199,7 @@ disc AS (
    WHERE c.result NOT IN ('matched', 'pending')
   RETURNING *
 ),
-events AS (
-  INSERT INTO outbox (event_id, merchant_id, type, payload)
-  SELECT e.payload->>'id', $2, 'reconciliation.discrepancy', e.payload
-    FROM (SELECT tb_event('reconciliation.discrepancy', tb_discrepancy_json(d::reconciliation_discrepancies)) AS payload
-            FROM disc d) e
-  RETURNING 1
-)
+${DISCREPANCY_EVENTS}
 SELECT result, count(*)::int AS n FROM classified GROUP BY result
 `;
 
@@ -231,13 +235,7 @@ disc AS (
     FROM found f
   RETURNING *
 ),
-events AS (
-  INSERT INTO outbox (event_id, merchant_id, type, payload)
-  SELECT e.payload->>'id', $2, 'reconciliation.discrepancy', e.payload
-    FROM (SELECT tb_event('reconciliation.discrepancy', tb_discrepancy_json(d::reconciliation_discrepancies)) AS payload
-            FROM disc d) e
-  RETURNING 1
-)
+${DISCREPANCY_EVENTS}
 SELECT count(*)::int AS n FROM disc
 `;
 
@@ -262,13 +260,7 @@ disc AS (
     FROM upd u WHERE u.result = 'status_mismatch'
   RETURNING *
 ),
-events AS (
-  INSERT INTO outbox (event_id, merchant_id, type, payload)
-  SELECT e.payload->>'id', $2, 'reconciliation.discrepancy', e.payload
-    FROM (SELECT tb_event('reconciliation.discrepancy', tb_discrepancy_json(d::reconciliation_discrepancies)) AS payload
-            FROM disc d) e
-  RETURNING 1
-)
+${DISCREPANCY_EVENTS}
 SELECT (SELECT count(*) FROM upd)::int AS rematched, (SELECT count(*) FROM disc)::int AS failed
 `;
 
