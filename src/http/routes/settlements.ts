@@ -137,6 +137,22 @@ async function visibleSettlement(ctx: Context, req: Request, id: string) {
   return rows[0].json;
 }
 
+/** `merchant_id = $1` plus `field = $n` for each of `fields` the query gives; the fields are ours, never input. */
+function merchantFilters<F extends string>(
+  merchantId: string,
+  query: Partial<Record<F, unknown>>,
+  fields: readonly F[],
+): { filters: string[]; values: unknown[] } {
+  const filters = ['merchant_id = $1'];
+  const values: unknown[] = [merchantId];
+  for (const field of fields) {
+    if (query[field] === undefined) continue;
+    values.push(query[field]);
+    filters.push(`${field} = $${values.length}`);
+  }
+  return { filters, values };
+}
+
 export function settlementsRouter(ctx: Context): Router {
   const router = Router();
 
@@ -229,13 +245,7 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/settlements', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listSettlementsQuerySchema, req.query, 'query');
-    const filters = ['merchant_id = $1'];
-    const values: unknown[] = [merchant.merchant_id];
-    for (const field of ['provider', 'status'] as const) {
-      if (query[field] === undefined) continue;
-      values.push(query[field]);
-      filters.push(`${field} = $${values.length}`);
-    }
+    const { filters, values } = merchantFilters(merchant.merchant_id, query, ['provider', 'status'] as const);
     res.json(
       await listPage<{ id: string; json: unknown }>(
         ctx,
@@ -293,13 +303,11 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/reconciliation/discrepancies', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listDiscrepanciesQuerySchema, req.query, 'query');
-    const filters = ['merchant_id = $1'];
-    const values: unknown[] = [merchant.merchant_id];
-    for (const field of ['kind', 'provider', 'settlement_id'] as const) {
-      if (query[field] === undefined) continue;
-      values.push(query[field]);
-      filters.push(`${field} = $${values.length}`);
-    }
+    const { filters, values } = merchantFilters(merchant.merchant_id, query, [
+      'kind',
+      'provider',
+      'settlement_id',
+    ] as const);
     res.json(
       await listPage<{ id: string; json: unknown }>(
         ctx,
