@@ -14,6 +14,7 @@ import {
   idempotencyKey,
   type Merchant,
   scanPayment,
+  setupMerchant,
   startTestGateway,
   type TestGateway,
   waitForStatus,
@@ -21,40 +22,14 @@ import {
 
 let tg: TestGateway;
 let merchant: Merchant;
-let accountBody: Record<string, unknown>;
 const FINAL = ['succeeded', 'failed', 'canceled'];
 
 before(async () => {
   tg = await startTestGateway({ PAYMENT_RESOLUTION_WINDOW_S: '3' });
-  const created = await tg.http
-    .post('/v1/admin/merchants')
-    .set('Authorization', `Bearer ${tg.adminKey}`)
-    .send({ name: 'Alipay Drugstore', settlement_currency: 'EUR', country: 'DE' })
-    .expect(201);
-  const sk = created.body.secret_key as string;
-  const account = await tg.http
-    .put('/v1/providers/alipay')
-    .set('Authorization', `Bearer ${sk}`)
-    .send({ sandbox: true, wallets: ['alipay', 'alipayplus'] })
-    .expect(201);
-  accountBody = account.body;
-  const terminal = await tg.http
-    .post('/v1/terminals')
-    .set('Authorization', `Bearer ${sk}`)
-    .send({ store_id: 'berlin-01', terminal_id: 'till-1' })
-    .expect(201);
-  const refundTerminal = await tg.http
-    .post('/v1/terminals')
-    .set('Authorization', `Bearer ${sk}`)
-    .send({ store_id: 'berlin-01', terminal_id: 'till-2', can_refund: true })
-    .expect(201);
-  merchant = {
-    id: created.body.id,
-    secretKey: sk,
-    terminalKey: terminal.body.terminal_key,
-    refundTerminalKey: refundTerminal.body.terminal_key,
-    accountId: account.body.id,
-  };
+  merchant = await setupMerchant(tg, 'Alipay Drugstore', {
+    name: 'alipay',
+    body: { sandbox: true, wallets: ['alipay', 'alipayplus'] },
+  });
 });
 after(() => tg.stop());
 
@@ -68,10 +43,10 @@ async function causes(id: string): Promise<string[]> {
 
 describe('alipay provider account', () => {
   test('sandbox account: webhook URL, no secrets shown', () => {
-    assert.equal(accountBody.provider, 'alipay');
-    assert.deepEqual(accountBody.wallets, ['alipay', 'alipayplus']);
-    assert.equal(accountBody.webhook_url, `/webhooks/alipay/${merchant.accountId}`);
-    const shown = JSON.stringify(accountBody);
+    assert.equal(merchant.account.provider, 'alipay');
+    assert.deepEqual(merchant.account.wallets, ['alipay', 'alipayplus']);
+    assert.equal(merchant.account.webhook_url, `/webhooks/alipay/${merchant.accountId}`);
+    const shown = JSON.stringify(merchant.account);
     assert.doesNotMatch(shown, /PRIVATE KEY|MII[A-Za-z0-9+/]{40}/);
   });
 

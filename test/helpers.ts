@@ -112,10 +112,19 @@ export interface Merchant {
   terminalKey: string;
   refundTerminalKey: string;
   accountId: string;
+  /** The provider account as `PUT /v1/providers/...` answered it. */
+  account: Record<string, unknown>;
 }
 
-/** A merchant with the sandbox provider and two terminals (one allowed to refund). */
-export async function setupMerchant(tg: TestGateway, name = 'Test Drugstore'): Promise<Merchant> {
+/** A merchant with one provider account (the sandbox provider unless told) and two terminals (one allowed to refund). */
+export async function setupMerchant(
+  tg: TestGateway,
+  name = 'Test Drugstore',
+  provider: { name: string; body: Record<string, unknown> } = {
+    name: 'sandbox',
+    body: { wallets: ['alipay', 'wechatpay', 'alipayplus'] },
+  },
+): Promise<Merchant> {
   const merchant = await tg.http
     .post('/v1/admin/merchants')
     .set('Authorization', `Bearer ${tg.adminKey}`)
@@ -123,9 +132,9 @@ export async function setupMerchant(tg: TestGateway, name = 'Test Drugstore'): P
     .expect(201);
   const sk = merchant.body.secret_key as string;
   const account = await tg.http
-    .put('/v1/providers/sandbox')
+    .put(`/v1/providers/${provider.name}`)
     .set('Authorization', `Bearer ${sk}`)
-    .send({ wallets: ['alipay', 'wechatpay', 'alipayplus'] })
+    .send(provider.body)
     .expect(201);
   const terminal = await tg.http
     .post('/v1/terminals')
@@ -143,6 +152,7 @@ export async function setupMerchant(tg: TestGateway, name = 'Test Drugstore'): P
     terminalKey: terminal.body.terminal_key,
     refundTerminalKey: refundTerminal.body.terminal_key,
     accountId: account.body.id,
+    account: account.body,
   };
 }
 
