@@ -21,8 +21,8 @@ import { pipeline } from 'node:stream/promises';
 import { from as copyFrom } from 'pg-copy-streams';
 import { loadConfig } from '../src/config.ts';
 import { createContext } from '../src/runtime.ts';
+import { receiveFile } from '../src/settlements/receive.ts';
 import { reconcileImport } from '../src/settlements/reconcile.ts';
-import { receiveFile } from '../src/settlements/stage.ts';
 import { adminQuery, databaseUrl } from './db.ts';
 
 const LINES = Number(process.argv[2] ?? 1_000_000);

@@ -37,7 +37,8 @@ async function nothingImported(merchantId: string, imports = 0) {
     `SELECT (SELECT count(*) FROM settlement_imports WHERE merchant_id = $1)::int AS imports,
             (SELECT count(*) FROM settlement_import_batches b JOIN settlement_imports i ON i.id = b.import_id
               WHERE i.merchant_id = $1)::int AS staged_batches,
-            (SELECT count(*) FROM settlement_lines WHERE merchant_id = $1)::int AS lines,
+            (SELECT count(*) FROM settlement_lines l JOIN settlement_imports i ON i.id = l.import_id
+              WHERE i.merchant_id = $1)::int AS lines,
             (SELECT count(*) FROM settlements WHERE merchant_id = $1)::int AS batches,
             (SELECT count(*) FROM reconciliation_discrepancies WHERE merchant_id = $1)::int AS discrepancies,
             (SELECT count(*) FROM payment_settlements WHERE merchant_id = $1)::int AS settled`,
@@ -54,11 +55,14 @@ async function nothingImported(merchantId: string, imports = 0) {
 }
 
 /** The staging tables left behind (each import's table is dropped by its reconcile job). */
-async function stagingTables(): Promise<string[]> {
-  const { rows } = await tg.gateway.ctx.db.query<{ name: string }>(
-    "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'settlement_staging'",
+/** The lines stored for a merchant, whichever import brought them. */
+async function storedLines(merchantId: string): Promise<number> {
+  const { rows } = await tg.gateway.ctx.db.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM settlement_lines l JOIN settlement_imports i ON i.id = l.import_id
+      WHERE i.merchant_id = $1`,
+    [merchantId],
   );
-  return rows.map((r) => r.name);
+  return rows[0].n;
 }
 
 async function upload(key: string, body: Buffer | string, provider = 'sandbox') {
@@ -108,7 +112,6 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
     ['unknown currency', Buffer.from(good.replace(',1200,EUR,', ',1200,EUX,')), /line 3: currency "EUX"/],
     ['nothing at all', Buffer.from('\n'), /empty settlement file/],
   ];
-  const tablesBefore = await stagingTables();
   for (const [name, body, message] of cases) {
     assertRefused(await upload(m.secretKey, body), message, name);
     await nothingImported(m.id);
@@ -118,7 +121,6 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
   const late = sandboxCsv(many, 'BAD-2').replace(',sbx_many_4321,,,4421,EUR,', ',sbx_many_4321,,,44.21,EUR,');
   assertRefused(await upload(m.secretKey, late), /line 4323: amount "44.21"/, 'late bad line');
   await nothingImported(m.id);
-  assert.deepEqual(await stagingTables(), tablesBefore, 'no staging table is left behind');
   // A header without lines is a day without settlements: fine, and nothing to import.
   const none = await importAndWait(tg, m.secretKey, `${SANDBOX_HEADER}\n`);
   assert.equal(none.status, 'completed');
@@ -144,7 +146,7 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
   assert.equal(ok.counts.matched, 2);
   assert.equal(ok.file.bytes, Buffer.byteLength(good));
   assert.match(ok.file.sha256, /^[0-9a-f]{64}$/);
-  assert.deepEqual(await stagingTables(), tablesBefore, 'the job drops its staging table');
+  assert.equal(await storedLines(m.id), 2, 'only the good file left lines behind');
 });
 
 async function alipayMerchant() {
@@ -288,25 +290,28 @@ test('a malformed fetched file fails its import at once (no retry), and nothing 
   }
 });
 
-test('staging tables of finished or vanished imports are dropped; a queued one is kept', async () => {
+test('lines are stored once: a re-imported file adds none, a corrected one keeps both versions', async () => {
   const m = await setupMerchant(tg);
-  const { dropOrphanStages } = await import('../src/settlements/stage.ts');
-  const { createImport } = await import('../src/settlements/imports.ts');
-  const db = tg.gateway.ctx.db;
-  const queued = await createImport(db, {
-    merchant_id: m.id,
-    provider: 'sandbox',
-    provider_account_id: null,
-    source: 'upload',
-    status: 'queued',
-  });
-  const orphan = `job_orphan_${Date.now()}`;
-  for (const id of [queued, orphan])
-    await db.query(`CREATE UNLOGGED TABLE settlement_staging."${id}" (line_no integer)`);
-  assert.ok((await dropOrphanStages(tg.gateway.ctx)) >= 1);
-  const tables = await stagingTables();
-  assert.ok(tables.includes(queued));
-  assert.ok(!tables.includes(orphan));
-  await db.query(`DROP TABLE settlement_staging."${queued}"`);
-  await db.query('DELETE FROM settlement_imports WHERE id = $1', [queued]);
+  const p = await Promise.all([7000, 7100].map((v) => pay(tg, m, v)));
+  const file = sandboxCsv(
+    p.map((x) => lineFor(x)),
+    'ONCE-1',
+  );
+  await importAndWait(tg, m.secretKey, file);
+  assert.equal(await storedLines(m.id), 2);
+  const again = await importAndWait(tg, m.secretKey, file);
+  assert.equal(again.counts.batches_unchanged, 1);
+  assert.equal(await storedLines(m.id), 2, 'the unchanged batch keeps its own lines');
+  const corrected = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p[0])], 'ONCE-1'));
+  assert.equal(corrected.counts.batches_superseded, 1);
+  assert.equal(await storedLines(m.id), 3, 'the superseded version keeps its lines for the audit trail');
+  const [batch] = await settlements(tg, m.secretKey);
+  const lines = await tg.http
+    .get(`/v1/settlements/${batch.id}/lines`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  assert.deepEqual(
+    lines.body.data.map((l: { payment_id: string; result: string }) => [l.payment_id, l.result]),
+    [[p[0].id, 'matched']],
+  );
 });

@@ -44,24 +44,30 @@ async function plant(merchantId: string, lines: Line[]): Promise<void> {
        VALUES ($1, $2, 'sandbox', $3, $4, $5, 'reconciled', 'x', 'job_prop_' || $2) ON CONFLICT DO NOTHING`,
       [settlementId, merchantId, `B${l.day}`, l.currency, `2030-01-0${l.day}`],
     );
-    await db.query(
-      `INSERT INTO settlement_lines (import_id, merchant_id, provider, settlement_id, active, line_no, batch_ref, type,
-         provider_reference, transaction_value, transaction_currency, settlement_value, settlement_currency, fee_value,
-         settled_at, store_id, result)
-       VALUES ('job_prop_' || $1, $1, 'sandbox', $2, true, $3::int, 'B', $4, 'ref' || $3::int, $5, $6, $5, $6, $7, $8, $9, $10)`,
+    const line = await db.query<{ id: string }>(
+      `INSERT INTO settlement_lines (import_id, line_no, batch_ref, type, provider_reference, transaction_value,
+         transaction_currency, settlement_value, settlement_currency, fee_value, settled_at, store_id)
+       VALUES ('job_prop_' || $1, $2::int, $3, $4, 'ref' || $2::int, $5, $6, $5, $6, $7, $8, $9)
+       RETURNING id`,
       [
         merchantId,
-        settlementId,
         i + 2,
+        `B${l.day}`,
         l.type,
         l.value,
         l.currency,
         l.fee,
         `2030-01-0${l.day}T12:00:00Z`,
         l.store,
-        i % 7 === 0 ? 'missing_in_ledger' : 'matched',
       ],
     );
+    // What the job records for a line other than a payment matched by its reference (migration 104).
+    if (i % 7 === 0 || l.type !== 'payment')
+      await db.query(
+        `INSERT INTO settlement_line_results (line_id, import_id, settlement_id, result)
+         VALUES ($1, 'job_prop_' || $2, $3, $4)`,
+        [line.rows[0].id, merchantId, settlementId, i % 7 === 0 ? 'missing_in_ledger' : 'matched'],
+      );
   }
 }
 

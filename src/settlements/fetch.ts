@@ -9,8 +9,8 @@ import { createHash } from 'node:crypto';
 import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
 import { createImport, type ImportRow } from './imports.ts';
+import { EmptyFileError, receiveFile } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
-import { EmptyFileError, receiveFile } from './stage.ts';
 
 export const FETCH_ATTEMPTS = 5;
 export const FETCH_BACKOFF_MS = 60_000;

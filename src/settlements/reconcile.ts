@@ -1,24 +1,26 @@
 /**
- * The `reconcile` job: the lines of a received file (parsed and COPYed into the import's staging
- * table by receiveFile in stage.ts, where a malformed file is refused) are applied in one
- * transaction, set-based in SQL (PROVIDERS.md, "Decisions where the sources stop"):
+ * The `reconcile` job: the lines of a received file (parsed and COPYed into settlement_lines by
+ * receiveFile in receive.ts, where a malformed file is refused) are applied in one transaction,
+ * set-based in SQL (PROVIDERS.md, "Decisions where the sources stop"):
  *
  * - a batch is keyed by provider, the provider's batch id and the settlement currency; a batch whose
  *   lines hash the same as its current version is left alone (the same file twice changes nothing),
  *   a batch whose lines differ supersedes the current version, which stays in the audit trail;
  * - each line is matched to a payment by the provider's transaction id, then by our request id
  *   (refunds likewise), and gets a result: matched, pending (a refund not final yet) or a
- *   discrepancy kind; matched payments are marked settled (amount, rate, fee);
+ *   discrepancy kind; matched payments are marked settled (amount, rate, fee). The lines are not
+ *   written again: only results other than a payment matched by its transaction id are recorded
+ *   (settlement_line_results, migration 104);
  * - captured payments that should have settled and did not become `missing_in_settlement`.
  *
- * Every write lives in one transaction, rolled back on the first error; the staging table is
- * dropped in the same transaction once its lines are applied.
+ * Every write lives in one transaction, rolled back on the first error. The jobs of one merchant
+ * and provider take turns (an advisory lock held to commit), so a payment settled by two files at
+ * once is seen by the second; receiving files, the bulk of the work, runs in parallel.
  */
 import type pg from 'pg';
 import { SettlementFormatError, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
-import { stageTable } from './stage.ts';
 
 export type DiscrepancyKind =
   | 'missing_in_ledger'
@@ -66,8 +68,6 @@ interface ImportRow {
   provider: string;
 }
 
-/** The big statement: lines in, each classified, payments marked, discrepancies and their events out. */
-
 /** The CTE that announces every row of a statement's `disc` CTE (new discrepancies) through the outbox; $2 is the merchant. */
 const DISCREPANCY_EVENTS = `events AS (
   INSERT INTO outbox (event_id, merchant_id, type, payload)
@@ -77,32 +77,35 @@ const DISCREPANCY_EVENTS = `events AS (
   RETURNING 1
 )`;
 
+/** The big statement: the import's lines classified, payments marked, results, discrepancies and their events out. */
 const MATCH_SQL = `
 WITH rr AS MATERIALIZED (
   SELECT r.id, r.provider_reference, r.provider_request_id, r.amount_value, r.currency, r.status
     FROM refunds r JOIN payments p ON p.id = r.payment_id
    WHERE r.merchant_id = $2 AND p.provider = $3
 ),
+lines AS (
+  SELECT s.*, c.settlement_id
+    FROM settlement_lines s JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
+   WHERE s.import_id = $1
+),
+-- The same transaction twice in one file, in one batch or in two, is settled more than once.
 dup AS (
-  SELECT s.batch_ref, s.settlement_currency, s.type, s.provider_reference, min(s.line_no) AS first_line
-    FROM $stage s JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
-   GROUP BY 1, 2, 3, 4 HAVING count(*) > 1
+  SELECT type, provider_reference, min(line_no) AS first_line FROM lines GROUP BY 1, 2 HAVING count(*) > 1
 ),
 cancels AS (
   SELECT DISTINCT COALESCE(original_provider_reference, provider_reference) AS ref, provider_request_id AS req
-    FROM $stage WHERE type = 'cancel'
+    FROM settlement_lines WHERE import_id = $1 AND type = 'cancel'
 ),
 keyed AS (
-  SELECT s.*, c.settlement_id, d.first_line,
+  SELECT s.*, d.first_line, p1.id AS by_reference,
          COALESCE(p1.id, p2.id) AS pay_id, COALESCE(p1.amount_value, p2.amount_value) AS pay_amount,
          COALESCE(p1.currency, p2.currency) AS pay_currency, COALESCE(p1.status, p2.status) AS pay_status,
          COALESCE(p1.paid_at, p2.paid_at) AS pay_paid_at,
          COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
          COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
-    FROM $stage s
-    JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
-    LEFT JOIN dup d ON d.batch_ref = s.batch_ref AND d.settlement_currency = s.settlement_currency
-                   AND d.type = s.type AND d.provider_reference = s.provider_reference
+    FROM lines s
+    LEFT JOIN dup d ON d.type = s.type AND d.provider_reference = s.provider_reference
     LEFT JOIN payments p1 ON s.type <> 'refund' AND p1.merchant_id = $2 AND p1.provider = $3
                          AND p1.provider_reference = CASE WHEN s.type = 'cancel'
                                THEN COALESCE(s.original_provider_reference, s.provider_reference)
@@ -116,13 +119,13 @@ keyed AS (
     LEFT JOIN rr r2 ON s.type = 'refund' AND r1.id IS NULL AND r2.provider_request_id = s.provider_request_id
 ),
 classified AS (
-  SELECT k.*, ps.settlement_id AS pay_settlement, nextval('settlement_lines_id_seq'::regclass) AS line_id,
+  SELECT k.*,
     CASE
       WHEN k.line_no > k.first_line THEN 'duplicate_in_settlement'
       WHEN k.type = 'refund' THEN CASE
         WHEN k.ref_id IS NULL THEN 'missing_in_ledger'
-        WHEN EXISTS (SELECT 1 FROM settlement_lines o
-                      WHERE o.refund_id = k.ref_id AND o.active AND o.settlement_id <> k.settlement_id
+        WHEN EXISTS (SELECT 1 FROM settlement_line_results o JOIN settlements so ON so.id = o.settlement_id
+                      WHERE o.refund_id = k.ref_id AND so.import_id = o.import_id AND o.settlement_id <> k.settlement_id
                         AND o.result <> 'duplicate_in_settlement') THEN 'duplicate_in_settlement'
         WHEN k.ref_currency <> k.transaction_currency THEN 'currency_mismatch'
         WHEN k.ref_amount <> k.transaction_value THEN 'amount_mismatch'
@@ -144,33 +147,28 @@ classified AS (
     FROM keyed k
     LEFT JOIN payment_settlements ps ON ps.payment_id = k.pay_id
 ),
-ins AS (
-  INSERT INTO settlement_lines (id, import_id, merchant_id, provider, settlement_id, active, line_no, batch_ref, type,
-         provider_reference, original_provider_reference, provider_request_id, transaction_value,
-         transaction_currency, settlement_value, settlement_currency, fee_value, exchange_rate, settled_at,
-         transacted_at, store_id, wallet_psp, payment_id, refund_id, result)
-  SELECT line_id, $1, $2, $3, settlement_id, true, line_no, batch_ref, type, provider_reference,
-         original_provider_reference, provider_request_id, transaction_value, transaction_currency,
-         settlement_value, settlement_currency, fee_value, exchange_rate, settled_at, transacted_at, store_id,
-         wallet_psp, pay_id, ref_id, result
-    FROM classified
-  RETURNING 1
-),
 marked AS (
   INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
          rate, fee_value, settled_at, paid_on)
-  SELECT c.pay_id, $2, $3, c.settlement_id, c.line_id, c.settlement_value,
+  SELECT c.pay_id, $2, $3, c.settlement_id, c.id, c.settlement_value,
          c.settlement_currency, c.exchange_rate, c.fee_value, c.settled_at, (c.pay_paid_at AT TIME ZONE 'UTC')::date
     FROM classified c
    WHERE c.type = 'payment' AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
-  $on_conflict
+  RETURNING 1
+),
+-- A payment line matched by the provider's id needs no row: that is what a line without one means.
+results AS (
+  INSERT INTO settlement_line_results (line_id, import_id, settlement_id, result, payment_id, refund_id)
+  SELECT c.id, $1, c.settlement_id, c.result, c.pay_id, c.ref_id
+    FROM classified c
+   WHERE NOT (c.type = 'payment' AND c.result = 'matched' AND c.by_reference IS NOT NULL)
   RETURNING 1
 ),
 disc AS (
   INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, line_id, import_id, kind,
          payment_id, refund_id, provider_reference, expected_value, expected_currency, actual_value,
          actual_currency, detail)
-  SELECT tb_random_id('dsc'), $2, $3, c.settlement_id, c.line_id, $1, c.result, c.pay_id, c.ref_id,
+  SELECT tb_random_id('dsc'), $2, $3, c.settlement_id, c.id, $1, c.result, c.pay_id, c.ref_id,
          c.provider_reference,
          CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
          CASE WHEN c.type = 'refund' THEN c.ref_currency ELSE c.pay_currency END,
@@ -181,7 +179,7 @@ disc AS (
              CASE WHEN c.provider_request_id IS NULL THEN '' ELSE ' or request id ' || c.provider_request_id END)
            WHEN 'duplicate_in_settlement' THEN format('line %s: %s %s is settled more than once (%s)',
              c.line_no, c.type, c.provider_reference,
-             CASE WHEN c.first_line IS NOT NULL THEN 'first on line ' || c.first_line
+             CASE WHEN c.line_no > c.first_line THEN 'first on line ' || c.first_line
                   ELSE 'already in another settlement' END)
            WHEN 'currency_mismatch' THEN format('line %s: the provider reports %s %s, the ledger has %s %s',
              c.line_no, c.transaction_value, c.transaction_currency,
@@ -242,13 +240,15 @@ SELECT count(*)::int AS n FROM disc
 /** A refund that was pending when its line was matched is matched again once it is final. */
 const REMATCH_PENDING_SQL = `
 WITH upd AS (
-  UPDATE settlement_lines l
+  UPDATE settlement_line_results x
      SET result = CASE WHEN r.status = 'succeeded' THEN 'matched' ELSE 'status_mismatch' END
-    FROM refunds r
-   WHERE l.merchant_id = $2 AND l.provider = $3 AND l.active AND l.result = 'pending'
-     AND r.id = l.refund_id AND r.status <> 'pending'
-  RETURNING l.id, l.settlement_id, l.line_no, l.refund_id, l.provider_reference, l.transaction_value,
-            l.transaction_currency, l.result, r.status
+    FROM refunds r, settlements s, settlement_lines l
+   WHERE x.result = 'pending' AND s.id = x.settlement_id AND s.import_id = x.import_id
+     AND s.merchant_id = $2 AND s.provider = $3
+     AND r.id = x.refund_id AND r.status <> 'pending'
+     AND l.import_id = x.import_id AND l.id = x.line_id
+  RETURNING x.line_id AS id, x.settlement_id, l.line_no, x.refund_id, l.provider_reference, l.transaction_value,
+            l.transaction_currency, x.result, r.status
 ),
 disc AS (
   INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, line_id, import_id, kind,
@@ -264,51 +264,27 @@ ${DISCREPANCY_EVENTS}
 SELECT (SELECT count(*) FROM upd)::int AS rematched, (SELECT count(*) FROM disc)::int AS failed
 `;
 
-/**
- * Runs the matching statement. Payments are marked settled with a plain INSERT: ON CONFLICT's
- * speculative insertion doubles the cost of that million-row insert (12 s against 6 s at 1M rows,
- * measured). A conflict is rare — one payment on lines of two batches of one file (within a batch
- * the second line is a duplicate), or another import settling it at the same moment — and then the
- * statement is run again, under a savepoint, keeping the first row for each payment.
- */
-async function match(client: pg.PoolClient, stage: string, params: unknown[]) {
-  const sql = MATCH_SQL.replaceAll('$stage', stage);
-  await client.query('SAVEPOINT match');
-  try {
-    const result = await client.query<{ result: string; n: number }>(sql.replace('$on_conflict', ''), params);
-    await client.query('RELEASE SAVEPOINT match');
-    return result;
-  } catch (error) {
-    const e = error as { code?: string; constraint?: string };
-    if (e.code !== '23505' || e.constraint !== 'payment_settlements_pkey') throw error;
-    await client.query('ROLLBACK TO SAVEPOINT match');
-    return client.query<{ result: string; n: number }>(
-      sql.replace('$on_conflict', 'ON CONFLICT (payment_id) DO NOTHING'),
-      params,
-    );
-  }
-}
+/** From this many lines an import is worth fresh statistics before the matching statement is planned. */
+const ANALYZE_FROM_LINES = 10_000;
 
-/** Applies the staged lines; the caller owns the transaction. */
-async function applyStaged(
+/** Applies the import's received lines; the caller owns the transaction. */
+async function applyLines(
   client: pg.PoolClient,
   job: ImportRow,
   adapter: WalletAdapter<unknown>,
-  batches: StagedBatch[],
+  batches: ReceivedBatch[],
   counts: ImportCounts,
 ): Promise<string[]> {
   const { id: importId, merchant_id: merchantId, provider } = job;
-  const stage = stageTable(importId);
-  // Same batch serialises (advisory locks, taken in one order so two files cannot deadlock);
-  // different batches go on in parallel.
+  // One job at a time per merchant and provider, held to commit: the same batch twice yields one
+  // version, a payment settled by two files at once is a duplicate in the second, and the ledger
+  // side never reports missing a payment another file is settling right now.
+  await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
+    `settlement-ledger:${merchantId}:${provider}`,
+  ]);
   const ordered = [...batches].sort((a, b) =>
     `${a.batch_ref}\u0000${a.currency}` < `${b.batch_ref}\u0000${b.currency}` ? -1 : 1,
   );
-  for (const batch of ordered) {
-    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-      `settlement:${merchantId}:${provider}:${batch.batch_ref}:${batch.currency}`,
-    ]);
-  }
   await client.query(
     'CREATE TEMP TABLE changed (batch_ref text, currency text, settlement_id text) ON COMMIT DROP',
   );
@@ -355,11 +331,18 @@ async function applyStaged(
     ]);
   }
   if (superseded.length) await supersede(client, superseded, importId);
+  // An unchanged batch's lines were received for nothing: the batch keeps its own.
+  if (counts.batches_unchanged)
+    await client.query(
+      `DELETE FROM settlement_lines l WHERE l.import_id = $1
+          AND NOT EXISTS (SELECT 1 FROM changed c WHERE c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency)`,
+      [importId],
+    );
   if (changed.length) {
-    await client.query(`ANALYZE ${stage}`);
+    if (counts.lines >= ANALYZE_FROM_LINES) await client.query('ANALYZE settlement_lines');
     await client.query('ANALYZE changed');
     const { rows } = await timed(counts, 'match', () =>
-      match(client, stage, [importId, merchantId, provider]),
+      client.query<{ result: string; n: number }>(MATCH_SQL, [importId, merchantId, provider]),
     );
     for (const { result, n } of rows) {
       if (result === 'matched') counts.matched += n;
@@ -380,12 +363,7 @@ async function applyStaged(
       [importId],
     );
   }
-  // The ledger-side step looks at every batch of this merchant and provider: imports take turns for
-  // it (held to commit), so one never reports missing a payment another is settling right now.
-  await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-    `settlement-ledger:${merchantId}:${provider}`,
-  ]);
-  await timed(counts, 'ledger', () => reconcileLedger(client, job, adapter, counts));
+  await timed(counts, 'ledger', () => reconcileLedger(client, job, adapter, changed, counts));
   if (changed.length) {
     await client.query(
       `INSERT INTO settlement_versions (settlement_id, version, import_id, content_hash, gross, fees, net, count,
@@ -406,11 +384,11 @@ async function applyStaged(
   return changed;
 }
 
-/** The current version of each batch becomes history: its lines inactive, its discrepancies closed. */
+/**
+ * The current version of each batch becomes history: its discrepancies closed, its payments no
+ * longer settled by it (its lines stop being current with settlements.import_id).
+ */
 async function supersede(client: pg.PoolClient, ids: string[], importId: string): Promise<void> {
-  await client.query('UPDATE settlement_lines SET active = false WHERE settlement_id = ANY($1) AND active', [
-    ids,
-  ]);
   await client.query(
     `UPDATE reconciliation_discrepancies SET closed_at = now(), closed_reason = 'superseded'
       WHERE settlement_id = ANY($1) AND closed_at IS NULL`,
@@ -433,15 +411,17 @@ async function reconcileLedger(
   client: pg.PoolClient,
   job: ImportRow,
   adapter: WalletAdapter<unknown>,
+  changed: string[],
   counts: ImportCounts,
 ): Promise<void> {
   const params = [job.id, job.merchant_id, job.provider];
+  // Only the batches this file changed can have settled a payment since the last job.
   await client.query(
     `UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
        FROM payment_settlements p
       WHERE d.merchant_id = $1 AND d.provider = $2 AND d.kind = 'missing_in_settlement' AND d.closed_at IS NULL
-        AND p.payment_id = d.payment_id`,
-    [job.merchant_id, job.provider],
+        AND p.settlement_id = ANY($3) AND p.payment_id = d.payment_id`,
+    [job.merchant_id, job.provider, changed],
   );
   const rematch = await client.query<{ rematched: number; failed: number }>(REMATCH_PENDING_SQL, params);
   const failedRefunds = rematch.rows[0]?.failed ?? 0;
@@ -477,38 +457,13 @@ export class ReconcileError extends Error {
   }
 }
 
-interface StagedBatch {
+interface ReceivedBatch {
   batch_ref: string;
   currency: string;
   content_hash: string;
   lines: number;
   /** YYYY-MM-DD (as text: node-postgres would read a `date` as local midnight). */
   settlement_date: string;
-}
-
-/**
- * The batches the file was parsed into when it was received, checked against its staging table:
- * an unlogged table is emptied by a crash, and half a file must never be reconciled.
- */
-async function stagedBatches(client: pg.PoolClient, importId: string): Promise<StagedBatch[]> {
-  const { rows } = await client.query<StagedBatch>(
-    `SELECT batch_ref, currency, content_hash, lines, settlement_date::text AS settlement_date
-       FROM settlement_import_batches WHERE import_id = $1`,
-    [importId],
-  );
-  const expected = rows.reduce((sum, b) => sum + b.lines, 0);
-  const found = await client.query<{ table: string | null }>('SELECT to_regclass($1)::text AS table', [
-    stageTable(importId),
-  ]);
-  const lost = () =>
-    new ReconcileError(
-      'settlement_file_lost',
-      'the staged lines of this file were lost (database restart); import the file again',
-    );
-  if (!found.rows[0].table) throw lost();
-  const staged = await client.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${stageTable(importId)}`);
-  if (staged.rows[0].n !== expected) throw lost();
-  return rows;
 }
 
 function emptyCounts(): ImportCounts {
@@ -527,7 +482,7 @@ function emptyCounts(): ImportCounts {
 }
 
 /**
- * Applies one received import (its lines already parsed and staged by receiveFile). A known
+ * Applies one received import (its lines already parsed and stored by receiveFile). A known
  * failure marks the import failed (no retry); any other error is thrown for bull to retry, and
  * recorded when `lastAttempt`.
  */
@@ -552,12 +507,14 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     await client.query("SET LOCAL work_mem = '256MB'");
     // One big statement per file: compiling it (JIT) costs seconds and saves nothing.
     await client.query('SET LOCAL jit = off');
-    const batches = await stagedBatches(client, importId);
+    const { rows: batches } = await client.query<ReceivedBatch>(
+      `SELECT batch_ref, currency, content_hash, lines, settlement_date::text AS settlement_date
+         FROM settlement_import_batches WHERE import_id = $1`,
+      [importId],
+    );
     counts.lines = batches.reduce((sum, b) => sum + b.lines, 0);
     counts.batches = batches.length;
-    await timed(counts, 'apply', () => applyStaged(client, job, adapter, batches, counts));
-    // The staged lines are in settlement_lines now (or their batch was unchanged).
-    await client.query(`DROP TABLE ${stageTable(importId)}`);
+    await timed(counts, 'apply', () => applyLines(client, job, adapter, batches, counts));
     await client.query(
       `UPDATE settlement_imports SET status = 'completed', counts = $2, finished_at = now(),
               error_code = NULL, error_message = NULL, error_line = NULL
@@ -587,7 +544,8 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
         [importId, code, message, known?.line ?? null],
       );
       log[known ? 'warn' : 'error']({ err: error, code }, 'settlement import failed');
-      await ctx.db.query(`DROP TABLE IF EXISTS ${stageTable(importId)}`).catch(() => {});
+      // Lines of a file that was never applied belong to no batch.
+      await ctx.db.query('DELETE FROM settlement_lines WHERE import_id = $1', [importId]).catch(() => {});
       ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'import_failed' });
     }
     if (!known) throw error;

@@ -30,8 +30,8 @@ interface ReportRow {
 
 const KEYS: Record<GroupBy, string> = {
   day: 's.settlement_date::text',
-  store: "COALESCE(p.store_id, l.store_id, '(no store)')",
-  wallet: "COALESCE(p.wallet, '(unmatched)')",
+  store: "COALESCE(p.store_id, pr.store_id, l.store_id, '(no store)')",
+  wallet: "COALESCE(p.wallet, pr.wallet, '(unmatched)')",
 };
 
 function reportSql(groupBy: GroupBy, withProvider: boolean): string {
@@ -41,12 +41,18 @@ function reportSql(groupBy: GroupBy, withProvider: boolean): string {
            sum(CASE WHEN l.type = 'payment' THEN l.settlement_value ELSE -l.settlement_value END)::bigint AS gross,
            sum(l.fee_value)::bigint AS fees,
            sum(CASE WHEN l.type = 'payment' THEN l.settlement_value ELSE -l.settlement_value END - l.fee_value)::bigint AS net,
-           count(*) FILTER (WHERE l.result NOT IN ('matched', 'pending'))::int AS discrepancies
-      FROM settlement_lines l
-      JOIN settlements s ON s.id = l.settlement_id
-      LEFT JOIN refunds r ON r.id = l.refund_id
-      LEFT JOIN payments p ON p.id = COALESCE(l.payment_id, r.payment_id)
-     WHERE l.merchant_id = $1 AND l.active AND s.merchant_id = $1
+           count(*) FILTER (WHERE x.result NOT IN ('matched', 'pending'))::int AS discrepancies
+      FROM settlements s
+      -- The batches' current lines, and their results where a line has one (migration 104).
+      JOIN settlement_lines l ON l.import_id = s.import_id AND l.batch_ref = s.provider_batch_id
+                             AND l.settlement_currency = s.currency
+      LEFT JOIN settlement_line_results x ON x.line_id = l.id
+      LEFT JOIN refunds r ON r.id = x.refund_id
+      LEFT JOIN payments p ON p.id = COALESCE(x.payment_id, r.payment_id)
+      -- A line without a result is a payment matched by its provider reference.
+      LEFT JOIN payments pr ON x.line_id IS NULL AND pr.merchant_id = s.merchant_id AND pr.provider = s.provider
+                           AND pr.provider_reference = l.provider_reference
+     WHERE s.merchant_id = $1
        AND s.settlement_date BETWEEN $2::date AND $3::date
        ${withProvider ? 'AND s.provider = $4' : ''}
      GROUP BY GROUPING SETS ((${KEYS[groupBy]}, l.settlement_currency), (l.settlement_currency))

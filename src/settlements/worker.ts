@@ -2,7 +2,6 @@
 import type { Context } from '../context.ts';
 import { FETCH_INTERVAL_MS, type FetchJob, runFetch, scheduleFetches } from './fetch.ts';
 import { reconcileImport } from './reconcile.ts';
-import { dropOrphanStages } from './stage.ts';
 
 /** Two files at a time: different batches really run in parallel; same batch waits on its lock. */
 const RECONCILE_CONCURRENCY = 2;
@@ -18,10 +17,7 @@ export async function startSettlementWorker(ctx: Context): Promise<{ stop(): Pro
   queue.process('fetch', FETCH_CONCURRENCY, async (job) => {
     await runFetch(ctx, job.data as FetchJob, isLast(job.attemptsMade, job.opts.attempts));
   });
-  queue.process('fetch-schedule', 1, async () => ({
-    queued: await scheduleFetches(ctx),
-    stages_dropped: await dropOrphanStages(ctx),
-  }));
+  queue.process('fetch-schedule', 1, async () => ({ queued: await scheduleFetches(ctx) }));
   await queue.add(
     'fetch-schedule',
     {},

@@ -12,9 +12,9 @@ import { ApiError, notFound } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
 import { queueFetch } from '../../settlements/fetch.ts';
 import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
+import { EmptyFileError, receiveFile } from '../../settlements/receive.ts';
 import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
 import { settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
-import { EmptyFileError, receiveFile } from '../../settlements/stage.ts';
 import { requireMerchant } from '../auth.ts';
 import { registerOperations } from '../openapi.ts';
 import { listQuerySchema } from '../schemas.ts';
@@ -76,6 +76,20 @@ async function accountOf(ctx: Context, merchantId: string, provider: string) {
 const SETTLEMENT_VIEW = '(SELECT s.*, tb_settlement_json(s) AS json FROM settlements s) v';
 const DISCREPANCY_VIEW =
   '(SELECT d.*, tb_discrepancy_json(d) AS json FROM reconciliation_discrepancies d WHERE d.closed_at IS NULL) v';
+
+/**
+ * A batch's current lines with their results (migration 104): a line without a result row is a
+ * payment matched by its provider reference.
+ */
+const LINES_SQL = `
+  SELECT l.*, s.id AS settlement_id, COALESCE(x.result, 'matched') AS result, x.refund_id,
+         COALESCE(x.payment_id, (SELECT p.id FROM payments p
+                                  WHERE x.line_id IS NULL AND p.merchant_id = s.merchant_id AND p.provider = s.provider
+                                    AND p.provider_reference = l.provider_reference LIMIT 1)) AS payment_id
+    FROM settlements s
+    JOIN settlement_lines l ON l.import_id = s.import_id AND l.batch_ref = s.provider_batch_id
+                           AND l.settlement_currency = s.currency
+    LEFT JOIN settlement_line_results x ON x.line_id = l.id`;
 
 interface LineRow {
   id: number;
@@ -275,10 +289,10 @@ export function settlementsRouter(ctx: Context): Router {
     const query = parse(listLinesQuerySchema, req.query, 'query');
     const limit = query.limit ?? 20;
     const values: unknown[] = [json.id];
-    const where = ['settlement_id = $1', 'active'];
+    const where = ['s.id = $1'];
     if (query.result) {
       values.push(query.result);
-      where.push(`result = $${values.length}`);
+      where.push(`COALESCE(x.result, 'matched') = $${values.length}`);
     }
     if (query.starting_after) {
       const cursor = /^ln_(\d{1,18})$/.exec(query.starting_after);
@@ -290,11 +304,11 @@ export function settlementsRouter(ctx: Context): Router {
           'starting_after',
         );
       values.push(cursor[1]);
-      where.push(`id > $${values.length}`);
+      where.push(`l.id > $${values.length}`);
     }
     values.push(limit + 1);
     const { rows } = await ctx.db.query<LineRow>(
-      `SELECT * FROM settlement_lines WHERE ${where.join(' AND ')} ORDER BY id LIMIT $${values.length}`,
+      `${LINES_SQL} WHERE ${where.join(' AND ')} ORDER BY l.id LIMIT $${values.length}`,
       values,
     );
     res.json({ object: 'list', data: rows.slice(0, limit).map(lineJson), has_more: rows.length > limit });

@@ -1,14 +1,13 @@
 /**
  * Receiving a settlement file (upload or scheduled fetch): the bytes are streamed through the
- * provider adapter's streaming parser and the parsed lines COPYed into the import's own UNLOGGED
- * staging table, all in one transaction. A malformed file (SettlementFormatError, naming the line
+ * provider adapter's streaming parser and the parsed lines COPYed into settlement_lines, where they
+ * stay for good, all in one transaction. A malformed file (SettlementFormatError, naming the line
  * or column) rolls everything back, so nothing of it is stored; an accepted file is queued for the
- * `reconcile` job, which matches the staged lines and drops the table.
+ * `reconcile` job, which matches its lines and records only what is not a plain match.
  *
  * Memory stays bounded: the file is never buffered (back-pressure runs from the COPY back to the
  * socket), at most ROWS_PER_WRITE rows wait for the COPY at a time. The raw bytes are not kept:
- * the import records their size and SHA-256 (the audit of what was received), and the parsed
- * lines are kept for good in settlement_lines by the job.
+ * the import records their size and SHA-256 (the audit of what was received) beside its lines.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
@@ -22,7 +21,8 @@ import { copyField } from './copy-text.ts';
 import { Utf8Guard } from './encoding.ts';
 import { createImport } from './imports.ts';
 
-const STAGE_COLUMNS = [
+const LINE_COLUMNS = [
+  'import_id',
   'line_no',
   'batch_ref',
   'type',
@@ -44,11 +44,6 @@ const STAGE_COLUMNS = [
 const ROWS_PER_WRITE = 2000;
 /** A batch's content hash is fed in pieces of about this size rather than line by line. */
 const HASH_PIECE = 1 << 16;
-
-/** The import's staging table, quoted: `settlement_staging."job_..."`. */
-export function stageTable(importId: string): string {
-  return `settlement_staging."${importId.replaceAll('"', '""')}"`;
-}
 
 /** Lines the parser gave us that we cannot store are format errors too, with the line number. */
 function checkLine(line: SettlementLine): void {
@@ -87,8 +82,8 @@ function iso(date: Date | undefined): string {
   return lastIso;
 }
 
-/** The line as a COPY text row (what copyRow makes of its fields, built without the arrays). */
-export function stageRow(line: SettlementLine): string {
+/** The line as a COPY text row without its import id (what copyRow makes of its fields, built without the arrays). */
+export function lineRow(line: SettlementLine): string {
   const t = line.transacted_at ? line.transacted_at.toISOString() : '\\N';
   return `${line.line_no}\t${text(line.batch_id)}\t${line.type}\t${text(line.provider_reference)}\t${text(
     line.original_provider_reference,
@@ -121,7 +116,7 @@ class Tap extends Transform {
   }
 }
 
-export interface StagedFile {
+export interface ReceivedFile {
   bytes: number;
   sha256: string;
   lines: number;
@@ -129,26 +124,19 @@ export interface StagedFile {
 }
 
 /**
- * Parses `source` into the import's staging table and records its batches; the caller owns the
+ * Parses `source` into settlement_lines and records the import's batches; the caller owns the
  * transaction. Throws SettlementFormatError for a malformed file (`bytes` tells an empty body).
  */
-export async function stageFile(
+export async function copyLines(
   client: pg.PoolClient,
   importId: string,
   adapter: WalletAdapter<unknown>,
   source: Readable,
-): Promise<StagedFile> {
-  const table = stageTable(importId);
-  // A retried fetch stages its file again from scratch.
-  await client.query(`DROP TABLE IF EXISTS ${table}`);
+): Promise<ReceivedFile> {
+  // A retried fetch receives its file again from scratch.
+  await client.query('DELETE FROM settlement_lines WHERE import_id = $1', [importId]);
   await client.query('DELETE FROM settlement_import_batches WHERE import_id = $1', [importId]);
-  await client.query(
-    `CREATE UNLOGGED TABLE ${table} (
-       line_no integer, batch_ref text, type text, provider_reference text, original_provider_reference text,
-       provider_request_id text, transaction_value bigint, transaction_currency text, settlement_value bigint,
-       settlement_currency text, fee_value bigint, exchange_rate text, settled_at timestamptz,
-       transacted_at timestamptz, store_id text, wallet_psp text)`,
-  );
+  const prefix = `${copyField(importId)}\t`;
   const tap = new Tap();
   const guard = new Utf8Guard();
   source.on('error', (error) => tap.destroy(error));
@@ -162,7 +150,7 @@ export async function stageFile(
     try {
       for await (const line of adapter.parseSettlement(guard)) {
         checkLine(line);
-        const row = stageRow(line);
+        const row = lineRow(line);
         const key = `${line.batch_id}\u0000${line.settlement_amount.currency}`;
         let batch = batches.get(key);
         if (!batch) {
@@ -190,7 +178,7 @@ export async function stageFile(
         batch.fees += BigInt(line.fee.value);
         const settled = line.settled_at.getTime();
         if (settled < batch.first_settled) batch.first_settled = settled;
-        buffer += row;
+        buffer += prefix + row;
         lines++;
         if (++buffered >= ROWS_PER_WRITE) {
           yield buffer;
@@ -204,7 +192,7 @@ export async function stageFile(
     if (guard.error) throw guard.error;
     if (buffer) yield buffer;
   }
-  const copy = client.query(copyFrom(`COPY ${table} (${STAGE_COLUMNS.join(', ')}) FROM STDIN`));
+  const copy = client.query(copyFrom(`COPY settlement_lines (${LINE_COLUMNS.join(', ')}) FROM STDIN`));
   try {
     await pipeline(Readable.from(rows()), copy);
   } catch (error) {
@@ -251,7 +239,7 @@ export interface ImportFields {
 
 /**
  * Receives one settlement file, in one transaction: the import record (created, or the fetch's
- * own), the parsed lines in the staging table, the batches, and status `queued`. Throws
+ * own), its parsed lines, its batches, and status `queued`. Throws
  * SettlementFormatError (malformed) or EmptyFileError (no bytes at all), with nothing stored.
  * The caller queues the `reconcile` job.
  */
@@ -259,7 +247,7 @@ export async function receiveFile(
   ctx: Context,
   fields: ImportFields,
   source: Readable,
-): Promise<{ id: string } & StagedFile> {
+): Promise<{ id: string } & ReceivedFile> {
   const module = providerModule(fields.provider);
   if (!module) throw new Error(`no adapter for provider ${fields.provider}`);
   const client = await ctx.db.connect();
@@ -274,35 +262,19 @@ export async function receiveFile(
         source: fields.source,
         status: 'receiving',
       }));
-    const staged = await stageFile(client, id, module.adapter, source);
+    const received = await copyLines(client, id, module.adapter, source);
     await client.query(
       `UPDATE settlement_imports SET status = 'queued', bytes = $2, sha256 = $3,
               counts = jsonb_build_object('lines_parsed', $4::int, 'batches', $5::int)
         WHERE id = $1`,
-      [id, staged.bytes, staged.sha256, staged.lines, staged.batches],
+      [id, received.bytes, received.sha256, received.lines, received.batches],
     );
     await client.query('COMMIT');
-    return { id, ...staged };
+    return { id, ...received };
   } catch (error) {
     await client.query('ROLLBACK').catch(() => {});
     throw error;
   } finally {
     client.release();
   }
-}
-
-/**
- * Drops staging tables left behind by imports that finished or no longer exist (the job drops its
- * own; this catches a drop that failed). A file still being received is invisible here: its table
- * and its import are both uncommitted.
- */
-export async function dropOrphanStages(ctx: Context): Promise<number> {
-  const { rows } = await ctx.db.query<{ name: string }>(
-    `SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-       LEFT JOIN settlement_imports i ON i.id = c.relname
-      WHERE n.nspname = 'settlement_staging' AND c.relkind = 'r'
-        AND (i.id IS NULL OR i.status IN ('completed', 'failed'))`,
-  );
-  for (const { name } of rows) await ctx.db.query(`DROP TABLE IF EXISTS ${stageTable(name)}`);
-  return rows.length;
 }
