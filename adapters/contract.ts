@@ -249,8 +249,12 @@ export interface WalletAdapter<C = unknown> {
   /** Verify (over the raw bytes) and parse a provider callback. Never throws for bad input. */
   handleNotification(account: AccountContext<C>, request: InboundRequest): Promise<NotificationResult>;
 
-  /** Stream-parse the provider's settlement file. Throws SettlementFormatError with a clear message. */
-  parseSettlement(file: Readable): AsyncIterable<SettlementLine>;
+  /**
+   * Stream-parse the provider's settlement file: its lines in file order, in chunks as they are read
+   * (a million lines one `await` each would cost a second). Throws SettlementFormatError with a
+   * clear message.
+   */
+  parseSettlement(file: Readable): AsyncIterable<SettlementLine[]>;
 
   /** Fetch settlement data for a date where the provider offers an API (simulators serve it). */
   fetchSettlement?(account: AccountContext<C>, date: string): Promise<Readable | null>;
@@ -281,4 +285,20 @@ export interface ProviderModule {
   // biome-ignore lint/suspicious/noExplicitAny: the registry holds adapters of every credential type.
   adapter: WalletAdapter<any>;
   startSimulator?(options: SimulatorOptions): Promise<SimulatorHandle>;
+}
+
+/** Groups a line-at-a-time parser's lines into the chunks parseSettlement yields. */
+export async function* inChunks(
+  lines: AsyncIterable<SettlementLine>,
+  size = 1000,
+): AsyncIterable<SettlementLine[]> {
+  let chunk: SettlementLine[] = [];
+  for await (const line of lines) {
+    chunk.push(line);
+    if (chunk.length >= size) {
+      yield chunk;
+      chunk = [];
+    }
+  }
+  if (chunk.length) yield chunk;
 }

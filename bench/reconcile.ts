@@ -4,7 +4,7 @@
  * settlement file for them with a few hundred planted discrepancies, then measures, in one run:
  *
  * - import + match: the file received as an upload is (parsed by the sandbox adapter's streaming
- *   parser, COPYed into the import's unlogged staging table), then the reconcile job (set-based
+ *   parser, COPYed into settlement_lines), then the reconcile job (set-based
  *   matching, discrepancies, marking payments settled);
  * - the floor: a bare COPY of the same file into a table of text columns plus one join against
  *   the payments.
@@ -215,7 +215,7 @@ async function main(): Promise<void> {
       `planted discrepancies       ${Object.values(PLANT).reduce((a, b) => a + b, 0)} — found exactly: ${exact}`,
     );
     console.log(`floor (bare COPY + 1 join)  ${s(floorMs)}`);
-    console.log(`import + match              ${s(totalMs)} (received: parsed + staged in ${s(receivedMs)})`);
+    console.log(`import + match              ${s(totalMs)} (received: parsed + stored in ${s(receivedMs)})`);
     console.log(`ratio to floor              ${(totalMs / floorMs).toFixed(2)}×  (target ≤ 3×)`);
     console.log(`peak RSS during import      ${mb(peak)} (baseline ${mb(baseline)}; target < 300 MB)`);
     console.log(`target < 60 s               ${totalMs < 60_000 ? 'met' : 'MISSED'}`);

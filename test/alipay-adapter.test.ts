@@ -509,7 +509,7 @@ describe('alipay settlement files from the simulator', () => {
       : await alipayAdapter.fetchSettlement?.(account, date);
     assert.ok(stream);
     const out: SettlementLine[] = [];
-    for await (const line of alipayAdapter.parseSettlement(stream)) out.push(line);
+    for await (const chunk of alipayAdapter.parseSettlement(stream)) out.push(...chunk);
     return out;
   }
 

@@ -137,7 +137,7 @@ describe('Antom settlement details parser', () => {
   it('tolerates a UTF-8 BOM and CRLF line ends, through the adapter entry point', async () => {
     const text = `\uFEFF${GOOD.replace(/\n/g, '\r\n')}`;
     const lines: SettlementLine[] = [];
-    for await (const line of alipayAdapter.parseSettlement(stream(text, 13))) lines.push(line);
+    for await (const chunk of alipayAdapter.parseSettlement(stream(text, 13))) lines.push(...chunk);
     assert.equal(lines.length, 3);
     assert.equal(lines[0].batch_id, 'B20240501');
   });

@@ -69,6 +69,12 @@ async function plant(merchantId: string, lines: Line[]): Promise<void> {
         [line.rows[0].id, merchantId, settlementId, i % 7 === 0 ? 'missing_in_ledger' : 'matched'],
       );
   }
+  await db.query(
+    `UPDATE settlement_imports i SET first_line_id = l.first, last_line_id = l.last
+       FROM (SELECT min(id) AS first, max(id) AS last FROM settlement_lines WHERE import_id = 'job_prop_' || $1) l
+      WHERE i.id = 'job_prop_' || $1`,
+    [merchantId],
+  );
 }
 
 type Figures = {

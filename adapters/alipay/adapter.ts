@@ -5,13 +5,14 @@
  * the cancel at the end of the window.
  */
 import { Readable } from 'node:stream';
-import type {
-  AccountContext,
-  PaymentOutcome,
-  PaymentRequest,
-  RefundOutcome,
-  ResolutionPolicy,
-  WalletAdapter,
+import {
+  type AccountContext,
+  inChunks,
+  type PaymentOutcome,
+  type PaymentRequest,
+  type RefundOutcome,
+  type ResolutionPolicy,
+  type WalletAdapter,
 } from '../contract.ts';
 import { TransportError, send as transportSend } from '../transport.ts';
 import { send } from './client.ts';
@@ -110,7 +111,7 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
     }
   },
 
-  parseSettlement: (file: Readable) => parseSettlementFile(file),
+  parseSettlement: (file: Readable) => inChunks(parseSettlementFile(file)),
 
   /**
    * Real Antom delivers settlement files over SFTP only (§12), which is not built: null. The

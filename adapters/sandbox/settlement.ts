@@ -162,14 +162,24 @@ async function* csvRecords(file: Readable): AsyncGenerator<string[][]> {
   if (records.length) yield records.splice(0);
 }
 
-export async function* parseSandboxSettlement(file: Readable): AsyncIterable<SettlementLine> {
+/** Where each known column is in the file (-1: absent), from its header row. */
+type ColumnIndex = Record<(typeof SANDBOX_SETTLEMENT_COLUMNS)[number], number>;
+
+export async function* parseSandboxSettlement(file: Readable): AsyncIterable<SettlementLine[]> {
   let header: string[] | undefined;
-  let at: Record<string, number> = {};
+  let at = {} as ColumnIndex;
   let lineNo = 1;
+  // Lines of a batch mostly share their settlement time and currencies: each distinct text is
+  // parsed or checked once (the Date is shared between those lines, and nobody changes it).
   let lastSettledText: string | undefined;
   let lastSettledAt = new Date(Number.NaN);
+  let lastCurrencyText: string | undefined;
+  let lastCurrency = '';
+  let lastSettlementText: string | undefined;
+  let lastSettlementCurrency = '';
   // pipe()d sources do not forward their errors; iterating the source itself does.
   for await (const records of csvRecords(file)) {
+    const lines: SettlementLine[] = [];
     for (const record of records) {
       if (!header) {
         // The header is checked as soon as it is read, so a header-only file (no payments that day) is valid.
@@ -177,7 +187,7 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
         if (missing.length)
           throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, 1);
         header = record;
-        at = Object.fromEntries(SANDBOX_SETTLEMENT_COLUMNS.map((c) => [c, record.indexOf(c)]));
+        at = Object.fromEntries(SANDBOX_SETTLEMENT_COLUMNS.map((c) => [c, record.indexOf(c)])) as ColumnIndex;
         continue;
       }
       lineNo++;
@@ -186,40 +196,52 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
           `line ${lineNo}: the record has ${record.length} columns, the header ${header.length} (truncated?)`,
           lineNo,
         );
-      const get = (column: string) => (at[column] >= 0 ? record[at[column]] : '');
-      const rawType = get('type');
-      const type = TYPES[rawType.toLowerCase()];
+      const rawType = record[at.type];
+      const type = TYPES[rawType] ?? TYPES[rawType.toLowerCase()];
       if (!type) throw new SettlementFormatError(`line ${lineNo}: unknown type "${rawType}"`, lineNo);
-      // Lines of a batch mostly share their settlement time: parsed once per distinct text.
-      const settledText = get('settled_at');
+      const settledText = record[at.settled_at];
       if (settledText !== lastSettledText) {
         lastSettledText = settledText;
         lastSettledAt = new Date(settledText);
       }
-      const settledAt = new Date(lastSettledAt.getTime());
-      if (Number.isNaN(settledAt.getTime()))
+      if (Number.isNaN(lastSettledAt.getTime()))
         throw new SettlementFormatError(`line ${lineNo}: settled_at is not a timestamp`, lineNo);
-      const currency = currencyField(get('currency'), 'currency', lineNo);
-      const settlementCurrency = currencyField(get('settlement_currency'), 'settlement_currency', lineNo);
-      yield {
+      if (record[at.currency] !== lastCurrencyText) {
+        lastCurrencyText = record[at.currency];
+        lastCurrency = currencyField(lastCurrencyText, 'currency', lineNo);
+      }
+      if (record[at.settlement_currency] !== lastSettlementText) {
+        lastSettlementText = record[at.settlement_currency];
+        lastSettlementCurrency = currencyField(lastSettlementText, 'settlement_currency', lineNo);
+      }
+      lines.push({
         line_no: lineNo,
-        batch_id: get('batch_id'),
+        batch_id: record[at.batch_id],
         type,
-        provider_reference: get('transaction_id'),
-        original_provider_reference: get('original_transaction_id') || undefined,
-        provider_request_id: get('request_id') || undefined,
-        transaction_amount: { value: Math.abs(integerField(get('amount'), 'amount', lineNo)), currency },
-        settlement_amount: {
-          value: Math.abs(integerField(get('settlement_amount'), 'settlement_amount', lineNo)),
-          currency: settlementCurrency,
+        provider_reference: record[at.transaction_id],
+        original_provider_reference: optional(record, at.original_transaction_id),
+        provider_request_id: optional(record, at.request_id),
+        transaction_amount: {
+          value: Math.abs(integerField(record[at.amount], 'amount', lineNo)),
+          currency: lastCurrency,
         },
-        fee: { value: integerField(get('fee'), 'fee', lineNo), currency: settlementCurrency },
-        exchange_rate: get('exchange_rate') || undefined,
-        settled_at: settledAt,
-        store_id: get('store_id') || undefined,
-        wallet_psp: get('wallet_psp') || undefined,
-      };
+        settlement_amount: {
+          value: Math.abs(integerField(record[at.settlement_amount], 'settlement_amount', lineNo)),
+          currency: lastSettlementCurrency,
+        },
+        fee: { value: integerField(record[at.fee], 'fee', lineNo), currency: lastSettlementCurrency },
+        exchange_rate: optional(record, at.exchange_rate),
+        settled_at: lastSettledAt,
+        store_id: optional(record, at.store_id),
+        wallet_psp: optional(record, at.wallet_psp),
+      });
     }
+    if (lines.length) yield lines;
   }
   if (!header) throw new SettlementFormatError('empty settlement file: no header row');
+}
+
+/** An optional column's value: absent from the file, or empty, is undefined. */
+function optional(record: string[], index: number): string | undefined {
+  return index >= 0 ? record[index] || undefined : undefined;
 }

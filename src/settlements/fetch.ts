@@ -1,6 +1,6 @@
 /**
  * Scheduled settlement fetch: for each live provider account whose adapter can fetch settlement
- * data, the recent settlement dates are fetched, parsed and staged like an upload and reconciled. A fetch
+ * data, the recent settlement dates are fetched, parsed and stored like an upload and reconciled. A fetch
  * that fails is retried with exponential back-off by bull and recorded on its import (GET
  * /v1/jobs/{id}, GET /v1/settlements/imports), never dropped silently.
  */
@@ -54,7 +54,7 @@ export async function queueFetch(
   return importId;
 }
 
-/** One fetch attempt: download, parse and stage, reconcile. Throws for bull to retry. */
+/** One fetch attempt: download, parse and store, reconcile. Throws for bull to retry. */
 export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean): Promise<void> {
   const { rows } = await ctx.db.query<ImportRow>('SELECT * FROM settlement_imports WHERE id = $1', [
     job.import_id,
@@ -74,7 +74,7 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
       );
       return;
     }
-    // Parsed and staged exactly as an upload is; a malformed file is final (the same bytes fail
+    // Parsed and stored exactly as an upload is; a malformed file is final (the same bytes fail
     // the same way), so it is recorded and not retried.
     try {
       await receiveFile(

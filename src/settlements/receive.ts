@@ -45,23 +45,19 @@ const ROWS_PER_WRITE = 2000;
 /** A batch's content hash is fed in pieces of about this size rather than line by line. */
 const HASH_PIECE = 1 << 16;
 
-/** Lines the parser gave us that we cannot store are format errors too, with the line number. */
-function checkLine(line: SettlementLine): void {
-  const fail = (what: string) => {
-    throw new SettlementFormatError(`line ${line.line_no}: ${what}`, line.line_no);
-  };
-  if (!line.batch_id) fail('the settlement batch id is empty');
-  if (!line.provider_reference) fail('the transaction id is empty');
+/** What makes a line the parser gave us impossible to store (a format error too), if anything. */
+function lineFault(line: SettlementLine): string | undefined {
+  if (!line.batch_id) return 'the settlement batch id is empty';
+  if (!line.provider_reference) return 'the transaction id is empty';
   if (!Number.isSafeInteger(line.transaction_amount.value))
-    fail('the transaction amount is not an integer amount');
+    return 'the transaction amount is not an integer amount';
   if (!Number.isSafeInteger(line.settlement_amount.value))
-    fail('the settlement amount is not an integer amount');
-  if (!Number.isSafeInteger(line.fee.value)) fail('the fee is not an integer amount');
+    return 'the settlement amount is not an integer amount';
+  if (!Number.isSafeInteger(line.fee.value)) return 'the fee is not an integer amount';
   if (line.fee.currency !== line.settlement_amount.currency)
-    fail(
-      `the fee is in ${line.fee.currency}, not in the settlement currency ${line.settlement_amount.currency}`,
-    );
-  if (Number.isNaN(line.settled_at.getTime())) fail('the settlement time is not a date');
+    return `the fee is in ${line.fee.currency}, not in the settlement currency ${line.settlement_amount.currency}`;
+  if (Number.isNaN(line.settled_at.getTime())) return 'the settlement time is not a date';
+  return undefined;
 }
 
 const SPECIAL = /[\\\t\n\r]/;
@@ -82,10 +78,13 @@ function iso(date: Date | undefined): string {
   return lastIso;
 }
 
-/** The line as a COPY text row without its import id (what copyRow makes of its fields, built without the arrays). */
-export function lineRow(line: SettlementLine): string {
+/**
+ * What a line settles, as the COPY text fields after its import id and line number (what copyRow
+ * makes of them, built without the arrays): also what a batch's content hash is made of.
+ */
+export function lineContent(line: SettlementLine): string {
   const t = line.transacted_at ? line.transacted_at.toISOString() : '\\N';
-  return `${line.line_no}\t${text(line.batch_id)}\t${line.type}\t${text(line.provider_reference)}\t${text(
+  return `${text(line.batch_id)}\t${line.type}\t${text(line.provider_reference)}\t${text(
     line.original_provider_reference,
   )}\t${text(line.provider_request_id)}\t${line.transaction_amount.value}\t${text(
     line.transaction_amount.currency,
@@ -100,8 +99,8 @@ interface BatchDigest {
   hash: Hash;
   pending: string;
   lines: number;
-  gross: bigint;
-  fees: bigint;
+  gross: number;
+  fees: number;
   first_settled: number;
 }
 
@@ -121,6 +120,9 @@ export interface ReceivedFile {
   sha256: string;
   lines: number;
   batches: number;
+  /** The ids of the import's lines lie between these (bigint, as text); null without lines. */
+  first_line_id: string | null;
+  last_line_id: string | null;
 }
 
 /**
@@ -137,53 +139,76 @@ export async function copyLines(
   await client.query('DELETE FROM settlement_lines WHERE import_id = $1', [importId]);
   await client.query('DELETE FROM settlement_import_batches WHERE import_id = $1', [importId]);
   const prefix = `${copyField(importId)}\t`;
+  // Every id the COPY is given comes after the last one handed out before it.
+  const before = await client.query<{ first: string }>(
+    'SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS first FROM settlement_lines_id_seq',
+  );
   const tap = new Tap();
   const guard = new Utf8Guard();
   source.on('error', (error) => tap.destroy(error));
   tap.on('error', (error) => guard.destroy(error));
   source.pipe(tap).pipe(guard);
-  const batches = new Map<string, BatchDigest>();
+  const batches = new Map<string, Map<string, BatchDigest>>();
   let lines = 0;
+  /** The batch a line belongs to, by batch id then settlement currency (no key string per line). */
+  const batchOf = (line: SettlementLine): BatchDigest => {
+    const currency = line.settlement_amount.currency;
+    let byCurrency = batches.get(line.batch_id);
+    if (!byCurrency) {
+      byCurrency = new Map();
+      batches.set(line.batch_id, byCurrency);
+    }
+    let batch = byCurrency.get(currency);
+    if (!batch) {
+      batch = {
+        batch_ref: line.batch_id,
+        currency,
+        hash: createHash('sha256'),
+        pending: '',
+        lines: 0,
+        gross: 0,
+        fees: 0,
+        first_settled: Number.POSITIVE_INFINITY,
+      };
+      byCurrency.set(currency, batch);
+    }
+    return batch;
+  };
   async function* rows() {
     let buffer = '';
     let buffered = 0;
     try {
-      for await (const line of adapter.parseSettlement(guard)) {
-        checkLine(line);
-        const row = lineRow(line);
-        const key = `${line.batch_id}\u0000${line.settlement_amount.currency}`;
-        let batch = batches.get(key);
-        if (!batch) {
-          batch = {
-            batch_ref: line.batch_id,
-            currency: line.settlement_amount.currency,
-            hash: createHash('sha256'),
-            pending: '',
-            lines: 0,
-            gross: 0n,
-            fees: 0n,
-            first_settled: Number.POSITIVE_INFINITY,
-          };
-          batches.set(key, batch);
-        }
-        // The content hash leaves out the line number: only what was settled counts.
-        batch.pending += row.slice(row.indexOf('\t') + 1);
-        if (batch.pending.length >= HASH_PIECE) {
-          batch.hash.update(batch.pending);
-          batch.pending = '';
-        }
-        batch.lines++;
-        const value = BigInt(line.settlement_amount.value);
-        batch.gross += line.type === 'payment' ? value : -value;
-        batch.fees += BigInt(line.fee.value);
-        const settled = line.settled_at.getTime();
-        if (settled < batch.first_settled) batch.first_settled = settled;
-        buffer += prefix + row;
-        lines++;
-        if (++buffered >= ROWS_PER_WRITE) {
-          yield buffer;
-          buffer = '';
-          buffered = 0;
+      for await (const chunk of adapter.parseSettlement(guard)) {
+        for (const line of chunk) {
+          const fault = lineFault(line);
+          if (fault) throw new SettlementFormatError(`line ${line.line_no}: ${fault}`, line.line_no);
+          // The content hash leaves out the line number: only what was settled counts.
+          const content = lineContent(line);
+          const batch = batchOf(line);
+          batch.pending += content;
+          if (batch.pending.length >= HASH_PIECE) {
+            batch.hash.update(batch.pending);
+            batch.pending = '';
+          }
+          batch.lines++;
+          const value = line.settlement_amount.value;
+          batch.gross += line.type === 'payment' ? value : -value;
+          batch.fees += line.fee.value;
+          // Each amount is a safe integer; a batch total beyond 2^53 minor units is no real file.
+          if (!Number.isSafeInteger(batch.gross) || !Number.isSafeInteger(batch.fees))
+            throw new SettlementFormatError(
+              `line ${line.line_no}: the batch total is out of range`,
+              line.line_no,
+            );
+          const settled = line.settled_at.getTime();
+          if (settled < batch.first_settled) batch.first_settled = settled;
+          buffer += `${prefix}${line.line_no}\t${content}`;
+          lines++;
+          if (++buffered >= ROWS_PER_WRITE) {
+            yield buffer;
+            buffer = '';
+            buffered = 0;
+          }
         }
       }
     } catch (error) {
@@ -201,7 +226,11 @@ export async function copyLines(
     throw error;
   }
   if (tap.bytes === 0) throw new EmptyFileError();
-  for (const batch of batches.values()) {
+  const last = lines
+    ? (await client.query<{ last: string }>("SELECT currval('settlement_lines_id_seq') AS last")).rows[0].last
+    : null;
+  const digests = [...batches.values()].flatMap((byCurrency) => [...byCurrency.values()]);
+  for (const batch of digests) {
     batch.hash.update(batch.pending);
     await client.query(
       `INSERT INTO settlement_import_batches (import_id, batch_ref, currency, content_hash, lines, gross, fees,
@@ -213,13 +242,20 @@ export async function copyLines(
         batch.currency,
         batch.hash.digest('hex'),
         batch.lines,
-        batch.gross.toString(),
-        batch.fees.toString(),
+        batch.gross,
+        batch.fees,
         new Date(batch.first_settled).toISOString().slice(0, 10),
       ],
     );
   }
-  return { bytes: tap.bytes, sha256: tap.hash.digest('hex'), lines, batches: batches.size };
+  return {
+    bytes: tap.bytes,
+    sha256: tap.hash.digest('hex'),
+    lines,
+    batches: digests.length,
+    first_line_id: last === null ? null : before.rows[0].first,
+    last_line_id: last,
+  };
 }
 
 export class EmptyFileError extends Error {
@@ -265,9 +301,18 @@ export async function receiveFile(
     const received = await copyLines(client, id, module.adapter, source);
     await client.query(
       `UPDATE settlement_imports SET status = 'queued', bytes = $2, sha256 = $3,
-              counts = jsonb_build_object('lines_parsed', $4::int, 'batches', $5::int)
+              counts = jsonb_build_object('lines_parsed', $4::int, 'batches', $5::int),
+              first_line_id = $6, last_line_id = $7
         WHERE id = $1`,
-      [id, received.bytes, received.sha256, received.lines, received.batches],
+      [
+        id,
+        received.bytes,
+        received.sha256,
+        received.lines,
+        received.batches,
+        received.first_line_id,
+        received.last_line_id,
+      ],
     );
     await client.query('COMMIT');
     return { id, ...received };

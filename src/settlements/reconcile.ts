@@ -49,7 +49,7 @@ export interface ImportCounts {
   pending: number;
   discrepancies: number;
   by_kind: Partial<Record<DiscrepancyKind, number>>;
-  /** Where the time went: parse + COPY, matching, ledger-side checks. */
+  /** Where the time went: classifying the lines, marking payments settled, ledger-side checks, all. */
   timings_ms: Record<string, number>;
 }
 
@@ -66,6 +66,9 @@ interface ImportRow {
   id: string;
   merchant_id: string;
   provider: string;
+  /** The ids of the import's lines lie between these (bigint, as text). */
+  first_line_id: string | null;
+  last_line_id: string | null;
 }
 
 /** The CTE that announces every row of a statement's `disc` CTE (new discrepancies) through the outbox; $2 is the merchant. */
@@ -77,17 +80,25 @@ const DISCREPANCY_EVENTS = `events AS (
   RETURNING 1
 )`;
 
-/** The big statement: the import's lines classified, payments marked, results, discrepancies and their events out. */
-const MATCH_SQL = `
-WITH rr AS MATERIALIZED (
+/**
+ * The import's lines, each classified, into a temporary table (one row a line). A read-only query
+ * feeding CREATE TABLE AS may run in parallel, which the statements that write the ledger may not,
+ * so everything that writes reads this table afterwards. $6..$8: the changed batches (batch id,
+ * currency, settlement id); the lines' ids lie between $4 and $5.
+ */
+const CLASSIFY_SQL = `
+CREATE TEMP TABLE classified ON COMMIT DROP AS
+WITH rr AS NOT MATERIALIZED (
   SELECT r.id, r.provider_reference, r.provider_request_id, r.amount_value, r.currency, r.status
     FROM refunds r JOIN payments p ON p.id = r.payment_id
    WHERE r.merchant_id = $2 AND p.provider = $3
 ),
-lines AS (
+lines AS NOT MATERIALIZED (
   SELECT s.*, c.settlement_id
-    FROM settlement_lines s JOIN changed c ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
-   WHERE s.import_id = $1
+    FROM settlement_lines s
+    JOIN unnest($6::text[], $7::text[], $8::text[]) AS c (batch_ref, currency, settlement_id)
+      ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
+   WHERE s.id BETWEEN $4 AND $5 AND s.import_id = $1
 ),
 -- The same transaction twice in one file, in one batch or in two, is settled more than once.
 dup AS (
@@ -95,7 +106,7 @@ dup AS (
 ),
 cancels AS (
   SELECT DISTINCT COALESCE(original_provider_reference, provider_reference) AS ref, provider_request_id AS req
-    FROM settlement_lines WHERE import_id = $1 AND type = 'cancel'
+    FROM settlement_lines WHERE id BETWEEN $4 AND $5 AND import_id = $1 AND type = 'cancel'
 ),
 keyed AS (
   SELECT s.*, d.first_line, p1.id AS by_reference,
@@ -117,9 +128,11 @@ keyed AS (
                           AND p.merchant_id = $2 AND p.provider = $3 LIMIT 1) p2 ON true
     LEFT JOIN rr r1 ON s.type = 'refund' AND r1.provider_reference = s.provider_reference
     LEFT JOIN rr r2 ON s.type = 'refund' AND r1.id IS NULL AND r2.provider_request_id = s.provider_request_id
-),
-classified AS (
-  SELECT k.*,
+)
+SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provider_request_id, k.transaction_value,
+       k.transaction_currency, k.settlement_value, k.settlement_currency, k.exchange_rate, k.fee_value, k.settled_at,
+       k.first_line, k.by_reference, k.pay_id, k.pay_amount, k.pay_currency, k.pay_status, k.pay_paid_at,
+       k.ref_id, k.ref_amount, k.ref_currency, k.ref_status,
     CASE
       WHEN k.line_no > k.first_line THEN 'duplicate_in_settlement'
       WHEN k.type = 'refund' THEN CASE
@@ -144,27 +157,30 @@ classified AS (
                                                   WHERE x.ref = k.provider_reference OR x.req = k.provider_request_id)
         THEN 'matched'
       ELSE 'status_mismatch' END AS result
-    FROM keyed k
-    LEFT JOIN payment_settlements ps ON ps.payment_id = k.pay_id
-),
-marked AS (
-  INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
-         rate, fee_value, settled_at, paid_on)
-  SELECT c.pay_id, $2, $3, c.settlement_id, c.id, c.settlement_value,
-         c.settlement_currency, c.exchange_rate, c.fee_value, c.settled_at, (c.pay_paid_at AT TIME ZONE 'UTC')::date
-    FROM classified c
-   WHERE c.type = 'payment' AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
-  RETURNING 1
-),
--- A payment line matched by the provider's id needs no row: that is what a line without one means.
-results AS (
-  INSERT INTO settlement_line_results (line_id, import_id, settlement_id, result, payment_id, refund_id)
-  SELECT c.id, $1, c.settlement_id, c.result, c.pay_id, c.ref_id
-    FROM classified c
-   WHERE NOT (c.type = 'payment' AND c.result = 'matched' AND c.by_reference IS NOT NULL)
-  RETURNING 1
-),
-disc AS (
+  FROM keyed k
+  LEFT JOIN payment_settlements ps ON ps.payment_id = k.pay_id
+`;
+
+/** Matched payments (and those matched with another amount or currency) are marked settled. */
+const MARK_SQL = `
+INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
+       rate, fee_value, settled_at, paid_on)
+SELECT c.pay_id, $1, $2, c.settlement_id, c.id, c.settlement_value,
+       c.settlement_currency, c.exchange_rate, c.fee_value, c.settled_at, (c.pay_paid_at AT TIME ZONE 'UTC')::date
+  FROM classified c
+ WHERE c.type = 'payment' AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
+`;
+
+/** A payment line matched by the provider's id needs no row: that is what a line without one means. */
+const RESULTS_SQL = `
+INSERT INTO settlement_line_results (line_id, import_id, settlement_id, result, payment_id, refund_id)
+SELECT c.id, $1, c.settlement_id, c.result, c.pay_id, c.ref_id
+  FROM classified c
+ WHERE NOT (c.type = 'payment' AND c.result = 'matched' AND c.by_reference IS NOT NULL)
+`;
+
+const DISCREPANCIES_SQL = `
+WITH disc AS (
   INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, line_id, import_id, kind,
          payment_id, refund_id, provider_reference, expected_value, expected_currency, actual_value,
          actual_currency, detail)
@@ -198,7 +214,7 @@ disc AS (
   RETURNING *
 ),
 ${DISCREPANCY_EVENTS}
-SELECT result, count(*)::int AS n FROM classified GROUP BY result
+SELECT count(*) FROM disc
 `;
 
 const MISSING_IN_SETTLEMENT_SQL = `
@@ -276,6 +292,7 @@ async function applyLines(
   counts: ImportCounts,
 ): Promise<string[]> {
   const { id: importId, merchant_id: merchantId, provider } = job;
+  const lineIds = [job.first_line_id, job.last_line_id];
   // One job at a time per merchant and provider, held to commit: the same batch twice yields one
   // version, a payment settled by two files at once is a duplicate in the second, and the ledger
   // side never reports missing a payment another file is settling right now.
@@ -285,9 +302,9 @@ async function applyLines(
   const ordered = [...batches].sort((a, b) =>
     `${a.batch_ref}\u0000${a.currency}` < `${b.batch_ref}\u0000${b.currency}` ? -1 : 1,
   );
-  await client.query(
-    'CREATE TEMP TABLE changed (batch_ref text, currency text, settlement_id text) ON COMMIT DROP',
-  );
+  // The batches this file changes: batch ids, currencies and settlement ids, side by side.
+  const changedRefs: string[] = [];
+  const changedCurrencies: string[] = [];
   const changed: string[] = [];
   const superseded: string[] = [];
   for (const batch of ordered) {
@@ -323,26 +340,34 @@ async function applyLines(
       settlementId = created.rows[0].id;
       counts.batches_created++;
     }
+    changedRefs.push(batch.batch_ref);
+    changedCurrencies.push(batch.currency);
     changed.push(settlementId);
-    await client.query('INSERT INTO changed VALUES ($1, $2, $3)', [
-      batch.batch_ref,
-      batch.currency,
-      settlementId,
-    ]);
   }
+  const changedBatches = [changedRefs, changedCurrencies, changed];
+  /** The changed batches as a table `c`, from the three arrays given as parameters $n, $n+1, $n+2. */
+  const changedAt = (n: number) =>
+    `unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::text[]) AS c (batch_ref, currency, settlement_id)`;
   if (superseded.length) await supersede(client, superseded, importId);
   // An unchanged batch's lines were received for nothing: the batch keeps its own.
   if (counts.batches_unchanged)
     await client.query(
-      `DELETE FROM settlement_lines l WHERE l.import_id = $1
-          AND NOT EXISTS (SELECT 1 FROM changed c WHERE c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency)`,
-      [importId],
+      `DELETE FROM settlement_lines l WHERE l.id BETWEEN $2 AND $3 AND l.import_id = $1
+          AND NOT EXISTS (SELECT 1 FROM ${changedAt(4)} WHERE c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency)`,
+      [importId, ...lineIds, ...changedBatches],
     );
   if (changed.length) {
+    // The planner must know how many lines it is about to join: a million lines planned as a dozen
+    // become a million index probes. ANALYZE samples the table (a bounded cost).
     if (counts.lines >= ANALYZE_FROM_LINES) await client.query('ANALYZE settlement_lines');
-    await client.query('ANALYZE changed');
-    const { rows } = await timed(counts, 'match', () =>
-      client.query<{ result: string; n: number }>(MATCH_SQL, [importId, merchantId, provider]),
+    await timed(counts, 'classify', () =>
+      client.query(CLASSIFY_SQL, [importId, merchantId, provider, ...lineIds, ...changedBatches]),
+    );
+    await timed(counts, 'mark', () => client.query(MARK_SQL, [merchantId, provider]));
+    await client.query(RESULTS_SQL, [importId]);
+    await client.query(DISCREPANCIES_SQL, [importId, merchantId, provider]);
+    const { rows } = await client.query<{ result: string; n: number }>(
+      'SELECT result, count(*)::int AS n FROM classified GROUP BY result',
     );
     for (const { result, n } of rows) {
       if (result === 'matched') counts.matched += n;
@@ -357,10 +382,10 @@ async function applyLines(
       `UPDATE settlements s
           SET gross = b.gross, fees = b.fees, net = b.gross - b.fees, count = b.lines,
               settlement_date = b.settlement_date, updated_at = now()
-         FROM changed c JOIN settlement_import_batches b
+         FROM ${changedAt(2)} JOIN settlement_import_batches b
               ON b.import_id = $1 AND b.batch_ref = c.batch_ref AND b.currency = c.currency
         WHERE s.id = c.settlement_id`,
-      [importId],
+      [importId, ...changedBatches],
     );
   }
   await timed(counts, 'ledger', () => reconcileLedger(client, job, adapter, changed, counts));
@@ -490,7 +515,8 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
   const started = await ctx.db.query<ImportRow>(
     `UPDATE settlement_imports SET status = 'running', started_at = COALESCE(started_at, now()),
             attempts = attempts + 1
-      WHERE id = $1 AND status IN ('queued', 'running') RETURNING id, merchant_id, provider`,
+      WHERE id = $1 AND status IN ('queued', 'running')
+      RETURNING id, merchant_id, provider, first_line_id, last_line_id`,
     [importId],
   );
   const job = started.rows[0];
@@ -504,7 +530,7 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     const adapter = module.adapter;
     await client.query('BEGIN');
     // Hash joins and aggregates over a million lines stay in memory (the server's memory, not ours).
-    await client.query("SET LOCAL work_mem = '256MB'");
+    await client.query("SET LOCAL work_mem = '512MB'");
     // One big statement per file: compiling it (JIT) costs seconds and saves nothing.
     await client.query('SET LOCAL jit = off');
     const { rows: batches } = await client.query<ReceivedBatch>(
@@ -545,7 +571,13 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
       );
       log[known ? 'warn' : 'error']({ err: error, code }, 'settlement import failed');
       // Lines of a file that was never applied belong to no batch.
-      await ctx.db.query('DELETE FROM settlement_lines WHERE import_id = $1', [importId]).catch(() => {});
+      await ctx.db
+        .query('DELETE FROM settlement_lines WHERE id BETWEEN $2 AND $3 AND import_id = $1', [
+          importId,
+          job.first_line_id,
+          job.last_line_id,
+        ])
+        .catch(() => {});
       ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'import_failed' });
     }
     if (!known) throw error;

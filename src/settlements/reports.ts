@@ -44,8 +44,9 @@ function reportSql(groupBy: GroupBy, withProvider: boolean): string {
            count(*) FILTER (WHERE x.result NOT IN ('matched', 'pending'))::int AS discrepancies
       FROM settlements s
       -- The batches' current lines, and their results where a line has one (migration 104).
-      JOIN settlement_lines l ON l.import_id = s.import_id AND l.batch_ref = s.provider_batch_id
-                             AND l.settlement_currency = s.currency
+      JOIN settlement_imports i ON i.id = s.import_id
+      JOIN settlement_lines l ON l.id BETWEEN i.first_line_id AND i.last_line_id AND l.import_id = s.import_id
+                             AND l.batch_ref = s.provider_batch_id AND l.settlement_currency = s.currency
       LEFT JOIN settlement_line_results x ON x.line_id = l.id
       LEFT JOIN refunds r ON r.id = x.refund_id
       LEFT JOIN payments p ON p.id = COALESCE(x.payment_id, r.payment_id)

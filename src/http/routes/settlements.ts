@@ -87,8 +87,9 @@ const LINES_SQL = `
                                   WHERE x.line_id IS NULL AND p.merchant_id = s.merchant_id AND p.provider = s.provider
                                     AND p.provider_reference = l.provider_reference LIMIT 1)) AS payment_id
     FROM settlements s
-    JOIN settlement_lines l ON l.import_id = s.import_id AND l.batch_ref = s.provider_batch_id
-                           AND l.settlement_currency = s.currency
+    JOIN settlement_imports i ON i.id = s.import_id
+    JOIN settlement_lines l ON l.id BETWEEN i.first_line_id AND i.last_line_id AND l.import_id = s.import_id
+                           AND l.batch_ref = s.provider_batch_id AND l.settlement_currency = s.currency
     LEFT JOIN settlement_line_results x ON x.line_id = l.id`;
 
 interface LineRow {

@@ -41,9 +41,15 @@ ALTER TABLE settlement_lines
   DROP COLUMN payment_id,
   DROP COLUMN refund_id,
   DROP COLUMN result;
--- The one index: an import's lines in order (lists, matching). Ids come from the identity in COPY
--- order; a unique index on them would cost a second index write per line for nothing.
-CREATE INDEX settlement_lines_import ON settlement_lines (import_id, id);
+-- The one index, on the ids the identity hands out in COPY order: each new line lands at its right
+-- edge, so it costs little per line (an index on (import_id, id) cost a third of the COPY). An
+-- import's lines are the ids between the two it records (a concurrent import's lines may lie
+-- between them too: queries still ask for the import id).
+CREATE INDEX settlement_lines_id ON settlement_lines (id);
+ALTER TABLE settlement_imports ADD COLUMN first_line_id bigint, ADD COLUMN last_line_id bigint;
+UPDATE settlement_imports i SET first_line_id = l.first, last_line_id = l.last
+  FROM (SELECT import_id, min(id) AS first, max(id) AS last FROM settlement_lines GROUP BY import_id) l
+ WHERE l.import_id = i.id;
 
 -- Payments marked settled: one row per payment line the job matched (or matched with a different
 -- amount or currency). Written by the million; the primary key on payment_id (a random-text index,
@@ -51,6 +57,10 @@ CREATE INDEX settlement_lines_import ON settlement_lines (import_id, id);
 -- matching statement's duplicate_in_settlement, which runs one import at a time per merchant and
 -- provider; lookups by payment are set-based joins.
 ALTER TABLE payment_settlements DROP CONSTRAINT payment_settlements_pkey;
+-- A job's marks lie together on disk: a block-range index finds a batch's (to supersede it) at
+-- next to no cost per row, where the B-tree on settlement_id cost half of the insert.
+DROP INDEX payment_settlements_settlement;
+CREATE INDEX payment_settlements_settlement ON payment_settlements USING brin (settlement_id);
 
 -- Imports still queued hold their lines in staging tables that no longer exist after this step.
 UPDATE settlement_imports SET status = 'failed', finished_at = now(), error_code = 'settlement_file_lost',
