@@ -310,19 +310,29 @@ function processCpuS(pid: number): number {
   }
 }
 
-/** CPU seconds used so far by every PostgreSQL process (shared with whatever else uses the server). */
-function postgresCpuS(): number {
-  let sum = 0;
+/** CPU seconds used so far by each PostgreSQL process (shared with whatever else uses the server). */
+function postgresCpuS(): Map<number, number> {
+  const used = new Map<number, number>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      if (comm.startsWith('postgres')) sum += processCpuS(Number(entry));
+      if (comm.startsWith('postgres')) used.set(Number(entry), processCpuS(Number(entry)));
     } catch {
       // gone meanwhile
     }
   }
+  return used;
+}
+
+/**
+ * CPU seconds PostgreSQL used between two readings, process by process: a sum over all processes
+ * would lose the whole past of a backend that exits meanwhile (the previous run's connections).
+ */
+function postgresCpuSince(before: Map<number, number>, after: Map<number, number>): number {
+  let sum = 0;
+  for (const [pid, cpu] of after) sum += cpu - (before.get(pid) ?? 0);
   return sum;
 }
 
@@ -412,7 +422,7 @@ async function measure(target: Target, connections: number, durationS: number, w
     timeouts: result.timeouts,
     serverCores: (processCpuS(target.child.proc.pid ?? 0) - server0) / elapsedS,
     loaderCores: (loader.user + loader.system) / 1e6 / elapsedS,
-    postgresCores: Math.max(0, postgres1 - postgres0) / elapsedS, // backends that exit meanwhile are lost
+    postgresCores: postgresCpuSince(postgres0, postgres1) / elapsedS, // backends that exit meanwhile are lost
     machineCores: (machine1.busy - machine0.busy) / elapsedS,
     loadavg1,
   };
