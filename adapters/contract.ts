@@ -293,12 +293,19 @@ export async function* inChunks(
   size = 1000,
 ): AsyncIterable<SettlementLine[]> {
   let chunk: SettlementLine[] = [];
-  for await (const line of lines) {
-    chunk.push(line);
-    if (chunk.length >= size) {
-      yield chunk;
-      chunk = [];
+  try {
+    for await (const line of lines) {
+      chunk.push(line);
+      if (chunk.length >= size) {
+        yield chunk;
+        chunk = [];
+      }
     }
+  } catch (error) {
+    // The lines before the one that failed go first: a fault the caller finds in them is reported
+    // before a later line's.
+    if (chunk.length) yield chunk;
+    throw error;
   }
   if (chunk.length) yield chunk;
 }

@@ -110,6 +110,8 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
       /line 2: amount "10.00"/,
     ],
     ['unknown currency', Buffer.from(good.replace(',1200,EUR,', ',1200,EUX,')), /line 3: currency "EUX"/],
+    // Not a type, though every JavaScript object has a property of that name.
+    ['unknown type', Buffer.from(good.replace(',payment,', ',toString,')), /line 2: unknown type "toString"/],
     ['nothing at all', Buffer.from('\n'), /empty settlement file/],
   ];
   for (const [name, body, message] of cases) {

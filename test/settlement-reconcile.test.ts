@@ -289,3 +289,59 @@ test('a payment on lines of two batches of one file is marked settled once', asy
   const first = (await settlements(tg, m.secretKey)).find((s) => s.provider_batch_id === 'TWO-A');
   assert.equal(marked.rows[0].settlement_id, first?.id, 'the first line in the file wins');
 });
+
+test('a payment named by the provider on one line and found by our request id on another is settled once', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 6100);
+  const job = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv([lineFor(p, { transaction_id: 'sbx_renamed' }), lineFor(p)], 'REQ-1'),
+  );
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+  assert.deepEqual(job.counts.by_kind, { duplicate_in_settlement: 1 });
+  const [dup] = await discrepancies(tg, m.secretKey);
+  assert.equal(dup.payment_id, p.id);
+  assert.match(
+    dup.detail as string,
+    /line 2: payment sbx_renamed is settled more than once \(also on line 3\)/,
+  );
+  const marked = await tg.gateway.ctx.db.query(
+    'SELECT line_id FROM payment_settlements WHERE payment_id = $1',
+    [p.id],
+  );
+  assert.equal(marked.rowCount, 1);
+});
+
+test('a reconcile job run twice at once applies the file once and keeps its lines', async () => {
+  const m = await setupMerchant(tg);
+  const p = await Promise.all([6200, 6300].map((v) => pay(tg, m, v)));
+  const { receiveFile } = await import('../src/settlements/receive.ts');
+  const { reconcileImport } = await import('../src/settlements/reconcile.ts');
+  const { Readable } = await import('node:stream');
+  const ctx = tg.gateway.ctx;
+  // Received but not queued, so only this test's two runs apply it.
+  const { id } = await receiveFile(
+    ctx,
+    { merchant_id: m.id, provider: 'sandbox', provider_account_id: m.accountId, source: 'upload' },
+    Readable.from([
+      sandboxCsv(
+        p.map((x) => lineFor(x)),
+        'TWICE-1',
+      ),
+    ]),
+  );
+  await Promise.all([reconcileImport(ctx, id), reconcileImport(ctx, id)]);
+  const job = await waitJob(tg, m.secretKey, id);
+  assert.equal(job.status, 'completed');
+  const [batch] = await settlements(tg, m.secretKey);
+  assert.equal(batch.version, 1);
+  const lines = await tg.http
+    .get(`/v1/settlements/${batch.id}/lines`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  assert.deepEqual(
+    lines.body.data.map((l: { payment_id: string; result: string }) => [l.payment_id, l.result]),
+    p.map((x) => [x.id, 'matched']),
+  );
+});

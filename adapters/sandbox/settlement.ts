@@ -37,11 +37,11 @@ const REQUIRED = [
   'fee',
   'settled_at',
 ];
-const TYPES: Record<string, SettlementLine['type']> = {
-  payment: 'payment',
-  refund: 'refund',
-  cancel: 'cancel',
-};
+const TYPES = new Map<string, SettlementLine['type']>([
+  ['payment', 'payment'],
+  ['refund', 'refund'],
+  ['cancel', 'cancel'],
+]);
 /** The sandbox's fee: 1.8 % of the settlement amount, rounded half up. */
 const FEE_PER_MILLE = 18;
 
@@ -180,61 +180,69 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
   // pipe()d sources do not forward their errors; iterating the source itself does.
   for await (const records of csvRecords(file)) {
     const lines: SettlementLine[] = [];
-    for (const record of records) {
-      if (!header) {
-        // The header is checked as soon as it is read, so a header-only file (no payments that day) is valid.
-        const missing = REQUIRED.filter((c) => !record.includes(c));
-        if (missing.length)
-          throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, 1);
-        header = record;
-        at = Object.fromEntries(SANDBOX_SETTLEMENT_COLUMNS.map((c) => [c, record.indexOf(c)])) as ColumnIndex;
-        continue;
+    try {
+      for (const record of records) {
+        if (!header) {
+          // The header is checked as soon as it is read, so a header-only file (no payments that day) is valid.
+          const missing = REQUIRED.filter((c) => !record.includes(c));
+          if (missing.length)
+            throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, 1);
+          header = record;
+          at = Object.fromEntries(
+            SANDBOX_SETTLEMENT_COLUMNS.map((c) => [c, record.indexOf(c)]),
+          ) as ColumnIndex;
+          continue;
+        }
+        lineNo++;
+        if (record.length !== header.length)
+          throw new SettlementFormatError(
+            `line ${lineNo}: the record has ${record.length} columns, the header ${header.length} (truncated?)`,
+            lineNo,
+          );
+        const rawType = record[at.type];
+        const type = TYPES.get(rawType) ?? TYPES.get(rawType.toLowerCase());
+        if (!type) throw new SettlementFormatError(`line ${lineNo}: unknown type "${rawType}"`, lineNo);
+        const settledText = record[at.settled_at];
+        if (settledText !== lastSettledText) {
+          lastSettledText = settledText;
+          lastSettledAt = new Date(settledText);
+        }
+        if (Number.isNaN(lastSettledAt.getTime()))
+          throw new SettlementFormatError(`line ${lineNo}: settled_at is not a timestamp`, lineNo);
+        if (record[at.currency] !== lastCurrencyText) {
+          lastCurrencyText = record[at.currency];
+          lastCurrency = currencyField(lastCurrencyText, 'currency', lineNo);
+        }
+        if (record[at.settlement_currency] !== lastSettlementText) {
+          lastSettlementText = record[at.settlement_currency];
+          lastSettlementCurrency = currencyField(lastSettlementText, 'settlement_currency', lineNo);
+        }
+        lines.push({
+          line_no: lineNo,
+          batch_id: record[at.batch_id],
+          type,
+          provider_reference: record[at.transaction_id],
+          original_provider_reference: optional(record, at.original_transaction_id),
+          provider_request_id: optional(record, at.request_id),
+          transaction_amount: {
+            value: Math.abs(integerField(record[at.amount], 'amount', lineNo)),
+            currency: lastCurrency,
+          },
+          settlement_amount: {
+            value: Math.abs(integerField(record[at.settlement_amount], 'settlement_amount', lineNo)),
+            currency: lastSettlementCurrency,
+          },
+          fee: { value: integerField(record[at.fee], 'fee', lineNo), currency: lastSettlementCurrency },
+          exchange_rate: optional(record, at.exchange_rate),
+          settled_at: lastSettledAt,
+          store_id: optional(record, at.store_id),
+          wallet_psp: optional(record, at.wallet_psp),
+        });
       }
-      lineNo++;
-      if (record.length !== header.length)
-        throw new SettlementFormatError(
-          `line ${lineNo}: the record has ${record.length} columns, the header ${header.length} (truncated?)`,
-          lineNo,
-        );
-      const rawType = record[at.type];
-      const type = TYPES[rawType] ?? TYPES[rawType.toLowerCase()];
-      if (!type) throw new SettlementFormatError(`line ${lineNo}: unknown type "${rawType}"`, lineNo);
-      const settledText = record[at.settled_at];
-      if (settledText !== lastSettledText) {
-        lastSettledText = settledText;
-        lastSettledAt = new Date(settledText);
-      }
-      if (Number.isNaN(lastSettledAt.getTime()))
-        throw new SettlementFormatError(`line ${lineNo}: settled_at is not a timestamp`, lineNo);
-      if (record[at.currency] !== lastCurrencyText) {
-        lastCurrencyText = record[at.currency];
-        lastCurrency = currencyField(lastCurrencyText, 'currency', lineNo);
-      }
-      if (record[at.settlement_currency] !== lastSettlementText) {
-        lastSettlementText = record[at.settlement_currency];
-        lastSettlementCurrency = currencyField(lastSettlementText, 'settlement_currency', lineNo);
-      }
-      lines.push({
-        line_no: lineNo,
-        batch_id: record[at.batch_id],
-        type,
-        provider_reference: record[at.transaction_id],
-        original_provider_reference: optional(record, at.original_transaction_id),
-        provider_request_id: optional(record, at.request_id),
-        transaction_amount: {
-          value: Math.abs(integerField(record[at.amount], 'amount', lineNo)),
-          currency: lastCurrency,
-        },
-        settlement_amount: {
-          value: Math.abs(integerField(record[at.settlement_amount], 'settlement_amount', lineNo)),
-          currency: lastSettlementCurrency,
-        },
-        fee: { value: integerField(record[at.fee], 'fee', lineNo), currency: lastSettlementCurrency },
-        exchange_rate: optional(record, at.exchange_rate),
-        settled_at: lastSettledAt,
-        store_id: optional(record, at.store_id),
-        wallet_psp: optional(record, at.wallet_psp),
-      });
+    } catch (error) {
+      // The lines before the one that failed go first (see inChunks).
+      if (lines.length) yield lines;
+      throw error;
     }
     if (lines.length) yield lines;
   }

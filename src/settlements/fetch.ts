@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
 import { createImport, type ImportRow } from './imports.ts';
-import { EmptyFileError, receiveFile } from './receive.ts';
+import { discardLines, EmptyFileError, ImportFinishedError, receiveFile } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
 
 export const FETCH_ATTEMPTS = 5;
@@ -89,6 +89,7 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
         stream,
       );
     } catch (error) {
+      if (error instanceof ImportFinishedError) return;
       if (!(error instanceof SettlementFormatError || error instanceof EmptyFileError)) throw error;
       const message =
         error instanceof EmptyFileError ? 'the fetched settlement file is empty' : error.message;
@@ -115,6 +116,7 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
         WHERE id = $1`,
       [job.import_id, message, lastAttempt],
     );
+    if (lastAttempt) await discardLines(ctx.db, job.import_id);
     throw error;
   }
   await reconcileImport(ctx, job.import_id, lastAttempt);
@@ -140,7 +142,10 @@ export async function scheduleFetches(ctx: Context, now = new Date()): Promise<n
       );
       const status = existing.rows[0]?.status;
       if (status && status !== 'failed') continue;
-      if (status === 'failed') await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [importId]);
+      if (status === 'failed') {
+        await discardLines(ctx.db, importId);
+        await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [importId]);
+      }
       await queueFetch(ctx, account, date, { importId });
       queued++;
     }

@@ -17,6 +17,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { SettlementFormatError, type SettlementLine, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
+import type { Queryable } from '../ledger/db.ts';
 import { copyField } from './copy-text.ts';
 import { Utf8Guard } from './encoding.ts';
 import { createImport } from './imports.ts';
@@ -136,7 +137,7 @@ export async function copyLines(
   source: Readable,
 ): Promise<ReceivedFile> {
   // A retried fetch receives its file again from scratch.
-  await client.query('DELETE FROM settlement_lines WHERE import_id = $1', [importId]);
+  await discardLines(client, importId);
   await client.query('DELETE FROM settlement_import_batches WHERE import_id = $1', [importId]);
   const prefix = `${copyField(importId)}\t`;
   // Every id the COPY is given comes after the last one handed out before it.
@@ -258,6 +259,45 @@ export async function copyLines(
   };
 }
 
+/**
+ * Deletes the lines of an import that no batch took (a failed import, or a fetch received again),
+ * by the id range it recorded: never a scan of every import's lines. An import that any batch
+ * version points at keeps its lines.
+ */
+export async function discardLines(db: Queryable, importId: string): Promise<void> {
+  await db.query(
+    `WITH i AS (
+       SELECT first_line_id, last_line_id FROM settlement_imports
+        WHERE id = $1 AND first_line_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM settlements WHERE import_id = $1)
+          AND NOT EXISTS (SELECT 1 FROM settlement_versions WHERE import_id = $1)
+     ),
+     gone AS (
+       DELETE FROM settlement_lines l USING i
+        WHERE l.id BETWEEN i.first_line_id AND i.last_line_id AND l.import_id = $1
+     )
+     UPDATE settlement_imports SET first_line_id = NULL, last_line_id = NULL
+      WHERE id = $1 AND EXISTS (SELECT 1 FROM i)`,
+    [importId],
+  );
+}
+
+/** The lines of failed imports, given up by whichever path failed them (the fetch schedule sweeps). */
+export async function discardFailedLines(ctx: Context): Promise<number> {
+  const { rows } = await ctx.db.query<{ id: string }>(
+    "SELECT id FROM settlement_imports WHERE status = 'failed' AND first_line_id IS NOT NULL",
+  );
+  for (const { id } of rows) await discardLines(ctx.db, id);
+  return rows.length;
+}
+
+/** The import was finished (completed or failed) by another run of its job meanwhile. */
+export class ImportFinishedError extends Error {
+  constructor(id: string) {
+    super(`import ${id} is already finished`);
+  }
+}
+
 export class EmptyFileError extends Error {
   constructor() {
     super('the settlement file is empty');
@@ -289,6 +329,16 @@ export async function receiveFile(
   const client = await ctx.db.connect();
   try {
     await client.query('BEGIN');
+    if (fields.id) {
+      // A fetch received again (a retry, or its job handed out twice): the reconcile job holds this
+      // row while it runs, so this waits for it, and a finished import is left alone.
+      const { rows } = await client.query<{ status: string }>(
+        'SELECT status FROM settlement_imports WHERE id = $1 FOR UPDATE',
+        [fields.id],
+      );
+      if (!rows[0] || rows[0].status === 'completed' || rows[0].status === 'failed')
+        throw new ImportFinishedError(fields.id);
+    }
     const id =
       fields.id ??
       (await createImport(client, {

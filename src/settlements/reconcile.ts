@@ -21,6 +21,7 @@ import type pg from 'pg';
 import { SettlementFormatError, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
+import { discardLines } from './receive.ts';
 
 export type DiscrepancyKind =
   | 'missing_in_ledger'
@@ -161,6 +162,23 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
   LEFT JOIN payment_settlements ps ON ps.payment_id = k.pay_id
 `;
 
+/**
+ * A payment found by our request id (the provider's id named nothing) may also be on a line that
+ * names it by the provider's id, or on an earlier line found the same way: the file settles it
+ * twice, and this line is the duplicate. Rare, so looked for only where such lines exist.
+ */
+const FOUND_BY_REQUEST_ID_SQL = `
+SELECT EXISTS (SELECT 1 FROM classified WHERE type = 'payment' AND by_reference IS NULL AND pay_id IS NOT NULL) AS found
+`;
+const DUPLICATE_BY_REQUEST_ID_SQL = `
+UPDATE classified c SET result = 'duplicate_in_settlement', first_line = o.line_no
+  FROM classified o
+ WHERE c.type = 'payment' AND c.by_reference IS NULL AND c.pay_id IS NOT NULL
+   AND c.result <> 'duplicate_in_settlement'
+   AND o.type = 'payment' AND o.pay_id = c.pay_id AND o.id <> c.id
+   AND (o.by_reference IS NOT NULL OR o.line_no < c.line_no)
+`;
+
 /** Matched payments (and those matched with another amount or currency) are marked settled. */
 const MARK_SQL = `
 INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
@@ -195,8 +213,9 @@ WITH disc AS (
              CASE WHEN c.provider_request_id IS NULL THEN '' ELSE ' or request id ' || c.provider_request_id END)
            WHEN 'duplicate_in_settlement' THEN format('line %s: %s %s is settled more than once (%s)',
              c.line_no, c.type, c.provider_reference,
-             CASE WHEN c.line_no > c.first_line THEN 'first on line ' || c.first_line
-                  ELSE 'already in another settlement' END)
+             CASE WHEN c.first_line IS NULL OR c.first_line = c.line_no THEN 'already in another settlement'
+                  WHEN c.first_line < c.line_no THEN 'first on line ' || c.first_line
+                  ELSE 'also on line ' || c.first_line END)
            WHEN 'currency_mismatch' THEN format('line %s: the provider reports %s %s, the ledger has %s %s',
              c.line_no, c.transaction_value, c.transaction_currency,
              CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
@@ -349,20 +368,12 @@ async function applyLines(
   const changedAt = (n: number) =>
     `unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::text[]) AS c (batch_ref, currency, settlement_id)`;
   if (superseded.length) await supersede(client, superseded, importId);
-  // An unchanged batch's lines were received for nothing: the batch keeps its own.
-  if (counts.batches_unchanged)
-    await client.query(
-      `DELETE FROM settlement_lines l WHERE l.id BETWEEN $2 AND $3 AND l.import_id = $1
-          AND NOT EXISTS (SELECT 1 FROM ${changedAt(4)} WHERE c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency)`,
-      [importId, ...lineIds, ...changedBatches],
-    );
   if (changed.length) {
-    // The planner must know how many lines it is about to join: a million lines planned as a dozen
-    // become a million index probes. ANALYZE samples the table (a bounded cost).
-    if (counts.lines >= ANALYZE_FROM_LINES) await client.query('ANALYZE settlement_lines');
     await timed(counts, 'classify', () =>
       client.query(CLASSIFY_SQL, [importId, merchantId, provider, ...lineIds, ...changedBatches]),
     );
+    const byRequestId = await client.query<{ found: boolean }>(FOUND_BY_REQUEST_ID_SQL);
+    if (byRequestId.rows[0].found) await client.query(DUPLICATE_BY_REQUEST_ID_SQL);
     await timed(counts, 'mark', () => client.query(MARK_SQL, [merchantId, provider]));
     await client.query(RESULTS_SQL, [importId]);
     await client.query(DISCREPANCIES_SQL, [importId, merchantId, provider]);
@@ -388,6 +399,14 @@ async function applyLines(
       [importId, ...changedBatches],
     );
   }
+  // An unchanged batch's lines were received for nothing: the batch keeps its own. (Only now: a
+  // cancel on such a line still counted for a payment in a changed batch.)
+  if (counts.batches_unchanged)
+    await client.query(
+      `DELETE FROM settlement_lines l WHERE l.id BETWEEN $2 AND $3 AND l.import_id = $1
+          AND NOT EXISTS (SELECT 1 FROM ${changedAt(4)} WHERE c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency)`,
+      [importId, ...lineIds, ...changedBatches],
+    );
   await timed(counts, 'ledger', () => reconcileLedger(client, job, adapter, changed, counts));
   if (changed.length) {
     await client.query(
@@ -528,11 +547,6 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
   try {
     if (!module) throw new ReconcileError('provider_unknown', `no adapter for provider ${job.provider}`);
     const adapter = module.adapter;
-    await client.query('BEGIN');
-    // Hash joins and aggregates over a million lines stay in memory (the server's memory, not ours).
-    await client.query("SET LOCAL work_mem = '512MB'");
-    // One big statement per file: compiling it (JIT) costs seconds and saves nothing.
-    await client.query('SET LOCAL jit = off');
     const { rows: batches } = await client.query<ReceivedBatch>(
       `SELECT batch_ref, currency, content_hash, lines, settlement_date::text AS settlement_date
          FROM settlement_import_batches WHERE import_id = $1`,
@@ -540,6 +554,25 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     );
     counts.lines = batches.reduce((sum, b) => sum + b.lines, 0);
     counts.batches = batches.length;
+    // The planner must know how many lines it is about to join: a million lines planned as a dozen
+    // become a million index probes. ANALYZE samples the table (a bounded cost), outside the
+    // transaction, whose lock on the table would hold other merchants' jobs until its commit.
+    if (counts.lines >= ANALYZE_FROM_LINES) await client.query('ANALYZE settlement_lines');
+    await client.query('BEGIN');
+    // Hash joins and aggregates over a million lines stay in memory (the server's memory, not ours).
+    await client.query("SET LOCAL work_mem = '512MB'");
+    // One big statement per file: compiling it (JIT) costs seconds and saves nothing.
+    await client.query('SET LOCAL jit = off');
+    // Held to commit: a second run of this job (handed out twice) or a fetch receiving this import
+    // again waits here, then finds it finished.
+    const current = await client.query<{ status: string }>(
+      'SELECT status FROM settlement_imports WHERE id = $1 FOR UPDATE',
+      [importId],
+    );
+    if (current.rows[0]?.status !== 'running') {
+      await client.query('ROLLBACK');
+      return;
+    }
     await timed(counts, 'apply', () => applyLines(client, job, adapter, batches, counts));
     await client.query(
       `UPDATE settlement_imports SET status = 'completed', counts = $2, finished_at = now(),
@@ -570,14 +603,9 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
         [importId, code, message, known?.line ?? null],
       );
       log[known ? 'warn' : 'error']({ err: error, code }, 'settlement import failed');
-      // Lines of a file that was never applied belong to no batch.
-      await ctx.db
-        .query('DELETE FROM settlement_lines WHERE id BETWEEN $2 AND $3 AND import_id = $1', [
-          importId,
-          job.first_line_id,
-          job.last_line_id,
-        ])
-        .catch(() => {});
+      // Lines of a file that was never applied belong to no batch (if this fails, the fetch
+      // schedule's sweep deletes them).
+      await discardLines(ctx.db, importId).catch(() => {});
       ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'import_failed' });
     }
     if (!known) throw error;

@@ -1,6 +1,7 @@
 /** Settlement job processors (worker role): reconcile uploaded files, fetch and reconcile on a schedule. */
 import type { Context } from '../context.ts';
 import { FETCH_INTERVAL_MS, type FetchJob, runFetch, scheduleFetches } from './fetch.ts';
+import { discardFailedLines } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
 
 /** Two files at a time: different batches really run in parallel; same batch waits on its lock. */
@@ -17,7 +18,10 @@ export async function startSettlementWorker(ctx: Context): Promise<{ stop(): Pro
   queue.process('fetch', FETCH_CONCURRENCY, async (job) => {
     await runFetch(ctx, job.data as FetchJob, isLast(job.attemptsMade, job.opts.attempts));
   });
-  queue.process('fetch-schedule', 1, async () => ({ queued: await scheduleFetches(ctx) }));
+  queue.process('fetch-schedule', 1, async () => ({
+    queued: await scheduleFetches(ctx),
+    failed_imports_cleared: await discardFailedLines(ctx),
+  }));
   await queue.add(
     'fetch-schedule',
     {},
