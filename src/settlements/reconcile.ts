@@ -473,10 +473,14 @@ async function reconcileLedger(
     counts.discrepancies += failedRefunds;
     counts.by_kind.status_mismatch = (counts.by_kind.status_mismatch ?? 0) + failedRefunds;
   }
+  // The planner walks payments in key order and sorts every mark to merge them (1.5 s at 1M);
+  // hashing the marks is a third cheaper, and a merge join is never the better plan here.
+  await client.query('SET LOCAL enable_mergejoin = off');
   const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [
     ...params,
     adapter.resolution.settlement_delay_days,
   ]);
+  await client.query('SET LOCAL enable_mergejoin = on');
   const n = missing.rows[0]?.n ?? 0;
   if (n) {
     counts.discrepancies += n;
