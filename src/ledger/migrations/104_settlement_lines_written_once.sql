@@ -1,4 +1,4 @@
--- Settlement lines are written once, by the COPY that receives the file (stage.ts), into
+-- Settlement lines are written once, by the COPY that receives the file (receive.ts), into
 -- settlement_lines itself, and never rewritten: the staging table, the job's second million-row
 -- insert and its per-row indexes were most of a large import's time.
 --
