@@ -316,8 +316,9 @@ export interface ImportFields {
 /**
  * Receives one settlement file, in one transaction: the import record (created, or the fetch's
  * own), its parsed lines, its batches, and status `queued`. Throws
- * SettlementFormatError (malformed) or EmptyFileError (no bytes at all), with nothing stored.
- * The caller queues the `reconcile` job.
+ * SettlementFormatError (malformed) or EmptyFileError (no bytes at all), with nothing stored, and
+ * ImportFinishedError for a fetch's import that another run finished meanwhile. The caller queues
+ * the `reconcile` job.
  */
 export async function receiveFile(
   ctx: Context,
