@@ -110,6 +110,16 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
       /line 2: amount "10.00"/,
     ],
     ['unknown currency', Buffer.from(good.replace(',1200,EUR,', ',1200,EUX,')), /line 3: currency "EUX"/],
+    [
+      'a time PostgreSQL cannot store',
+      Buffer.from(good.replace(/\d{4}-\d{2}-\d{2}T12:00:00Z/, '9999-12-31T23:59:59-05:00')),
+      /line 2: the settlement time is not a date from 1970 to 9999/,
+    ],
+    [
+      'a time that is not RFC 3339',
+      Buffer.from(good.replace(/\d{4}-\d{2}-\d{2}T12:00:00Z/, '1')),
+      /line 2: settled_at "1" is not an RFC 3339 timestamp/,
+    ],
     // Not a type, though every JavaScript object has a property of that name.
     ['unknown type', Buffer.from(good.replace(',payment,', ',toString,')), /line 2: unknown type "toString"/],
     ['nothing at all', Buffer.from('\n'), /empty settlement file/],

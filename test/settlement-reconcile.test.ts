@@ -190,6 +190,12 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
     [m.id],
   );
   assert.equal(closed.rows[0].n, 6);
+
+  // The first file sent again after the correction changes nothing either: it does not undo it.
+  const old = await importAndWait(tg, m.secretKey, file);
+  assert.equal(old.counts.batches_unchanged, 1);
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  assert.deepEqual(await settlements(tg, m.secretKey), [v2]);
 });
 
 test('a late settlement resolves missing_in_settlement; refunds are matched by their own ids', async () => {

@@ -231,6 +231,21 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       assert.ok(res.body.error?.type, `${name}: error shape`);
     }
   });
+
+  test('a parameter sent with a wrong value is invalid, not missing', async () => {
+    const auth = { Authorization: `Bearer ${merchant.secretKey}` };
+    const notANumber = await tg.http.get('/v1/payments?limit=abc').set(auth).expect(400);
+    assert.equal(notANumber.body.error.code, 'parameter_invalid');
+    assert.equal(notANumber.body.error.param, 'limit');
+    const twice = await tg.http
+      .get('/v1/reports/settlements?from=2030-01-01&from=2030-01-02&to=2030-01-31')
+      .set(auth);
+    assert.equal(twice.status, 400);
+    assert.equal(twice.body.error.code, 'parameter_invalid');
+    assert.equal(twice.body.error.param, 'from');
+    const absent = await tg.http.get('/v1/reports/settlements?to=2030-01-31').set(auth).expect(400);
+    assert.equal(absent.body.error.code, 'parameter_missing');
+  });
 });
 
 describe('authentication and tenancy', () => {

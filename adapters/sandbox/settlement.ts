@@ -42,6 +42,7 @@ const TYPES = new Map<string, SettlementLine['type']>([
   ['refund', 'refund'],
   ['cancel', 'cancel'],
 ]);
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 /** The sandbox's fee: 1.8 % of the settlement amount, rounded half up. */
 const FEE_PER_MILLE = 18;
 
@@ -205,10 +206,14 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
         const settledText = record[at.settled_at];
         if (settledText !== lastSettledText) {
           lastSettledText = settledText;
-          lastSettledAt = new Date(settledText);
+          // RFC 3339 only: Date alone would also take "1" or "Nov 29 2026".
+          lastSettledAt = RFC3339.test(settledText) ? new Date(settledText) : new Date(Number.NaN);
         }
         if (Number.isNaN(lastSettledAt.getTime()))
-          throw new SettlementFormatError(`line ${lineNo}: settled_at is not a timestamp`, lineNo);
+          throw new SettlementFormatError(
+            `line ${lineNo}: settled_at "${settledText}" is not an RFC 3339 timestamp`,
+            lineNo,
+          );
         if (record[at.currency] !== lastCurrencyText) {
           lastCurrencyText = record[at.currency];
           lastCurrency = currencyField(lastCurrencyText, 'currency', lineNo);

@@ -22,11 +22,21 @@ export function parse<S extends z.ZodType>(
     const full = param ? `${param}.${key}` : key;
     throw new ApiError('invalid_request', 'parameter_unknown', `unknown parameter ${full}`, full);
   }
-  const missing = issue.code === 'invalid_type' && issue.input === undefined;
+  // Zod 4 leaves the input out of its issues: what was sent is looked up by the issue's path.
+  const missing = issue.code === 'invalid_type' && valueAt(input, issue.path) === undefined;
   throw new ApiError(
     'invalid_request',
     missing ? 'parameter_missing' : 'parameter_invalid',
     missing ? `${param} is required` : `${param || where} ${issue.message}`,
     param || undefined,
   );
+}
+
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let value = input;
+  for (const key of path) {
+    if (value === null || typeof value !== 'object') return undefined;
+    value = (value as Record<PropertyKey, unknown>)[key];
+  }
+  return value;
 }

@@ -57,9 +57,15 @@ function lineFault(line: SettlementLine): string | undefined {
   if (!Number.isSafeInteger(line.fee.value)) return 'the fee is not an integer amount';
   if (line.fee.currency !== line.settlement_amount.currency)
     return `the fee is in ${line.fee.currency}, not in the settlement currency ${line.settlement_amount.currency}`;
-  if (Number.isNaN(line.settled_at.getTime())) return 'the settlement time is not a date';
+  if (!storableTime(line.settled_at)) return 'the settlement time is not a date from 1970 to 9999';
+  if (line.transacted_at && !storableTime(line.transacted_at))
+    return 'the transaction time is not a date from 1970 to 9999';
   return undefined;
 }
+
+const LAST_STORABLE = Date.UTC(10000, 0, 1);
+/** A time PostgreSQL stores and our ISO text renders as written (Date alone goes to year 275760). */
+const storableTime = (time: Date): boolean => time.getTime() >= 0 && time.getTime() < LAST_STORABLE;
 
 const SPECIAL = /[\\\t\n\r]/;
 /** A text field of a COPY row (copyField's output, with the common clean case tested once). */
@@ -224,6 +230,13 @@ export async function copyLines(
   } catch (error) {
     // Nothing at all was sent: say so, rather than what the parser makes of no bytes.
     if (error instanceof SettlementFormatError && tap.bytes === 0) throw new EmptyFileError();
+    // A value the parser let through that PostgreSQL refuses (SQLSTATE class 22, data exception)
+    // is still the file's fault, not ours.
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('22'))
+      throw new SettlementFormatError(
+        `the file holds a value the ledger cannot store: ${(error as Error).message}`,
+      );
     throw error;
   }
   if (tap.bytes === 0) throw new EmptyFileError();

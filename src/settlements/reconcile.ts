@@ -328,14 +328,19 @@ async function applyLines(
   const superseded: string[] = [];
   for (const batch of ordered) {
     const hash = batch.content_hash;
-    const { rows } = await client.query<{ id: string; content_hash: string }>(
-      `SELECT id, content_hash FROM settlements
-        WHERE merchant_id = $1 AND provider = $2 AND provider_batch_id = $3 AND currency = $4 FOR UPDATE`,
-      [merchantId, provider, batch.batch_ref, batch.currency],
+    // `seen`: this content was a version of the batch once. The same file imported again changes
+    // nothing, also when a correction came in between (an old file sent again must not undo it).
+    const { rows } = await client.query<{ id: string; seen: boolean }>(
+      `SELECT s.id, s.content_hash = $5 OR EXISTS (SELECT 1 FROM settlement_versions v
+                                                   WHERE v.settlement_id = s.id AND v.content_hash = $5) AS seen
+         FROM settlements s
+        WHERE s.merchant_id = $1 AND s.provider = $2 AND s.provider_batch_id = $3 AND s.currency = $4
+          FOR UPDATE`,
+      [merchantId, provider, batch.batch_ref, batch.currency, hash],
     );
     const existing = rows[0];
     let settlementId: string;
-    if (existing && existing.content_hash === hash) {
+    if (existing?.seen) {
       counts.batches_unchanged++;
       continue;
     }
