@@ -2,7 +2,7 @@
  * Test harness: every test file gets its own PostgreSQL database and its own Redis key prefix,
  * against the real services; only wallet providers are simulated (over real HTTP).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -213,11 +213,4 @@ export async function waitForStatus(
     timeoutMs,
     `payment ${id} to reach ${statuses.join('|')}`,
   );
-}
-
-/** The request hash the gateway keeps with an Idempotency-Key (src/http/idempotency.ts). */
-export function requestHashOf(method: string, path: string, body: unknown): string {
-  return createHash('sha256')
-    .update(`${method} ${path}\n${JSON.stringify(body)}`)
-    .digest('hex');
 }

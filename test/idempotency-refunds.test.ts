@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { requestHashOf } from '../src/http/idempotency.ts';
 import {
   createPayment,
   idempotencyKey,
   type Merchant,
-  requestHashOf,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -69,6 +69,10 @@ describe('Idempotency-Key', () => {
     const key = idempotencyKey();
     const body = scanPayment(1400, { reference: 'R-IDEM-4' });
     const id = 'pay_diedMidRequest000000001';
+    const till = await tg.gateway.ctx.db.query<{ id: string }>(
+      "SELECT id FROM terminals WHERE merchant_id = $1 AND terminal_id = 'till-1'",
+      [merchant.id],
+    );
     await tg.gateway.ctx.db.query(
       `INSERT INTO payments (id, merchant_id, provider_account_id, provider, wallet, mode, status, amount_value, currency,
          reference, provider_request_id, resolve_by, pay_answered, idempotency_key, request_hash, request_done, terminal_ref,
@@ -76,7 +80,13 @@ describe('Idempotency-Key', () => {
        SELECT $1, $2, $3, 'sandbox', 'alipay', 'scan', 'processing', 1400, 'EUR', 'R-IDEM-4', $1, now() + interval '60 seconds',
               false, $4, $5, false, t.id, t.store_id, t.terminal_id, now() + interval '60 seconds'
          FROM terminals t WHERE t.merchant_id = $2 AND t.terminal_id = 'till-1'`,
-      [id, merchant.id, merchant.accountId, key, requestHashOf('POST', '/v1/payments', body)],
+      [
+        id,
+        merchant.id,
+        merchant.accountId,
+        key,
+        requestHashOf('POST', '/v1/payments', `terminal ${till.rows[0].id}`, body),
+      ],
     );
     const blocked = await createPayment(tg, merchant.terminalKey, body, key).expect(409);
     assert.equal(blocked.body.error.type, 'idempotency');
@@ -96,6 +106,28 @@ describe('Idempotency-Key', () => {
     const a = await createPayment(tg, merchant.terminalKey, scanPayment(1500), key).expect(201);
     const b = await createPayment(tg, other.terminalKey, scanPayment(1500), key).expect(201);
     assert.notEqual(a.body.id, b.body.id);
+  });
+
+  test("another terminal, or the secret key, reusing a terminal's key gets 422, never its payment", async () => {
+    const key = idempotencyKey();
+    const body = scanPayment(1600);
+    const first = await createPayment(tg, merchant.terminalKey, body, key).expect(201);
+    for (const caller of [merchant.refundTerminalKey, merchant.secretKey]) {
+      const res = await createPayment(tg, caller, body, key);
+      assert.equal(res.status, 422, JSON.stringify(res.body));
+      assert.equal(res.body.error.code, 'idempotency_key_reused');
+      assert.doesNotMatch(JSON.stringify(res.body), new RegExp(first.body.id));
+    }
+  });
+
+  test('the same body with its keys in another order is the same request; a key may hold spaces', async () => {
+    const key = `till 1 receipt ${idempotencyKey()}`;
+    const body = scanPayment(1700);
+    const first = await createPayment(tg, merchant.terminalKey, body, key).expect(201);
+    const reordered = Object.fromEntries(Object.entries(body).reverse());
+    const again = await createPayment(tg, merchant.terminalKey, reordered, key).expect(200);
+    assert.equal(again.headers['idempotent-replayed'], 'true');
+    assert.equal(again.body.id, first.body.id);
   });
 });
 

@@ -68,11 +68,33 @@ function send(res: Response, result: HandlerResult, replayed: boolean): void {
   res.status(result.status).json(result.body);
 }
 
-/** What "the same request" means for an Idempotency-Key: method, path and body. */
+/**
+ * What "the same request" means for an Idempotency-Key: method, path, body (its keys in any
+ * order) and who sends it. A terminal's key used by another terminal, or by the merchant's secret
+ * key, is another request (422), never a replay of a payment that caller may not see.
+ */
 export function requestHash(req: Request): string {
+  const principal = req.principal;
+  const caller = principal?.kind === 'terminal' ? `terminal ${principal.terminal_ref}` : 'merchant';
+  return requestHashOf(req.method, req.path, caller, req.body ?? null);
+}
+
+export function requestHashOf(method: string, path: string, caller: string, body: unknown): string {
   return createHash('sha256')
-    .update(`${req.method} ${req.path}\n${JSON.stringify(req.body ?? null)}`)
+    .update(`${method} ${path} ${caller}\n${canonicalJson(body)}`)
     .digest('hex');
+}
+
+/** JSON with every object's keys sorted, so that key order never makes two bodies differ. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
 }
 
 /** Runs `handler` at most once per (scope, key); validation must happen before, so a 400 is never stored. */

@@ -146,4 +146,4 @@ export const idempotencyKeySchema = z
   .string()
   .min(1)
   .max(255)
-  .regex(/^[\x21-\x7e]+$/, 'must be 1 to 255 printable ASCII characters');
+  .regex(/^[\x20-\x7e]+$/, 'must be 1 to 255 printable ASCII characters');
