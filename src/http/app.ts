@@ -30,6 +30,12 @@ function isInfrastructureError(error: unknown): boolean {
   );
 }
 
+/** SQLSTATE class 22, data exception. */
+function isDataException(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' && code.startsWith('22') && code.length === 5;
+}
+
 export function createApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -128,6 +134,17 @@ export function createApp(ctx: Context): express.Express {
         'the request body must be UTF-8 JSON',
         undefined,
         415,
+      );
+    } else if (error instanceof URIError) {
+      apiError = new ApiError('invalid_request', 'invalid_path', 'the URL path is not valid percent-encoded UTF-8');
+    } else if (isDataException(error)) {
+      // PostgreSQL refused a value it was given (a NUL byte, a lone surrogate in JSON, a number out
+      // of range): whatever validation let through, it is the request's fault.
+      ctx.log.warn({ err: error, request_id: req.requestId }, 'value refused by the ledger');
+      apiError = new ApiError(
+        'invalid_request',
+        'invalid_value',
+        'the request holds a value that cannot be stored (NUL bytes and unpaired surrogates are refused)',
       );
     } else if (isInfrastructureError(error)) {
       ctx.log.error({ err: error, request_id: req.requestId }, 'storage unavailable');
