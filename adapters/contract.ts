@@ -228,10 +228,13 @@ export interface WalletAdapter<C = unknown> {
    * Validate and normalise credentials from `PUT /v1/providers/{provider}` (throw CredentialError → 400),
    * or build them for `{"sandbox": true}`. Returns the JSON-serialisable credentials that are stored
    * (encrypted) and later handed to `load`, and the non-secret view shown to the merchant.
+   * `accountId` is the provider account they are for: a sandbox identity derived from it stays the
+   * same when the same account is configured again (payments in flight keep their notifications).
    */
   configure(
     input: Record<string, unknown>,
     sandbox: SandboxEnvironment,
+    accountId: string,
   ): Promise<{ credentials: unknown; public_view: Record<string, unknown> }>;
 
   /**

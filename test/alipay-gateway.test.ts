@@ -99,6 +99,22 @@ describe('alipay sandbox outcomes through the API, mode scan', () => {
     assert.equal((await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL)).status, 'succeeded');
   });
 
+  test('52 across the same sandbox account configured again: its notification still lands', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(2152)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const again = await tg.http
+      .put('/v1/providers/alipay')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .send({ sandbox: true, wallets: ['alipay', 'alipayplus'] });
+    assert.ok([200, 201].includes(again.status), JSON.stringify(again.body));
+    assert.equal(again.body.id, merchant.accountId);
+    assert.equal(
+      again.body.settings.client_id,
+      (merchant.account.settings as { client_id: string }).client_id,
+    );
+    assert.equal((await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL)).status, 'succeeded');
+  });
+
   test('53: processing, then fails (customer gave up)', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(2053)).expect(201);
     const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);

@@ -68,6 +68,7 @@ describe('alipay keys', () => {
           endpoint: sim.url,
         },
         unusedSandbox,
+        'pva_test',
       );
       assert.match(String(public_view.private_key_fingerprint), /^sha256:[0-9a-f]{64}$/);
       sim.registerClient(clientId, merchant.publicKey.export({ type: 'spki', format: 'pem' }).toString());
@@ -89,6 +90,7 @@ describe('alipay keys', () => {
       const { credentials, public_view } = await alipayAdapter.configure(
         { client_id: 'C1', private_key: formats(merchant.privateKey)['PKCS#8 PEM'], alipay_public_key: text },
         unusedSandbox,
+        'pva_test',
       );
       assert.equal((credentials as { alipay_public_key: string }).alipay_public_key.trim(), antomPem.trim());
       assert.equal(public_view.endpoint, 'https://open-de-global.alipay.com');
@@ -107,6 +109,7 @@ describe('alipay keys', () => {
           alipay_public_key: bare(own),
         },
         unusedSandbox,
+        'pva_test',
       ),
       (error: unknown) =>
         error instanceof CredentialError &&
@@ -121,6 +124,7 @@ describe('alipay keys', () => {
       alipayAdapter.configure(
         { client_id: 'C1', private_key: antomPem, alipay_public_key: antomPem },
         unusedSandbox,
+        'pva_test',
       ),
       (error: unknown) => error instanceof CredentialError && error.param === 'private_key',
     );
@@ -128,6 +132,7 @@ describe('alipay keys', () => {
       alipayAdapter.configure(
         { client_id: 'C1', private_key: pkcs8, alipay_public_key: pkcs8 },
         unusedSandbox,
+        'pva_test',
       ),
       (error: unknown) => error instanceof CredentialError && error.param === 'alipay_public_key',
     );
@@ -160,7 +165,7 @@ describe('alipay keys', () => {
     ];
     for (const [input, param] of cases) {
       await assert.rejects(
-        alipayAdapter.configure(input, unusedSandbox),
+        alipayAdapter.configure(input, unusedSandbox, 'pva_test'),
         (error: unknown) => error instanceof CredentialError && error.param === param,
         `expected CredentialError on ${param}`,
       );
@@ -178,6 +183,7 @@ describe('alipay keys', () => {
         mcc: '5912',
       },
       unusedSandbox,
+      'pva_test',
     );
     const shown = JSON.stringify(public_view);
     const secretBody = bare(formats(merchant.privateKey)['PKCS#8 PEM']);

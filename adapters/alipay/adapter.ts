@@ -54,7 +54,7 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
   modes: ['scan', 'qr'],
   resolution: ALIPAY_RESOLUTION,
 
-  configure: (input, sandbox) => configureCredentials(input, sandbox),
+  configure: (input, sandbox, accountId) => configureCredentials(input, sandbox, accountId),
 
   load: (stored, sandbox) => loadAccount(stored, sandbox),
 

@@ -2,7 +2,7 @@
  * Account credentials: validated and normalised once, when the merchant configures the account
  * (`PUT /v1/providers/alipay`), so a bad key is a 400 then and not a failed payment later.
  */
-import { createPublicKey, type KeyObject, randomBytes } from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { isCurrency } from '../../src/payments/money.ts';
 import { CredentialError, type SandboxEnvironment } from '../contract.ts';
 import {
@@ -61,9 +61,10 @@ export function loadAccount(stored: unknown, sandbox: SandboxEnvironment): Alipa
 export async function configureCredentials(
   input: Record<string, unknown>,
   sandbox: SandboxEnvironment,
+  accountId: string,
 ): Promise<{ credentials: AlipayCredentials; public_view: Record<string, unknown> }> {
   const credentials =
-    input.sandbox === true ? await sandboxCredentials(input, sandbox) : realCredentials(input);
+    input.sandbox === true ? await sandboxCredentials(input, sandbox, accountId) : realCredentials(input);
   return { credentials, public_view: publicView(credentials) };
 }
 
@@ -149,12 +150,16 @@ function realCredentials(input: Record<string, unknown>): AlipayCredentials {
 async function sandboxCredentials(
   input: Record<string, unknown>,
   sandbox: SandboxEnvironment,
+  accountId: string,
 ): Promise<AlipayCredentials> {
   const keys = await sandboxKeys(sandbox.seed);
+  // One client id per sandbox account, so the simulator's settlement files stay per merchant, and
+  // the same one each time the account is configured: the simulator's notifications and refunds
+  // for payments made before still reach it.
+  const clientId = createHash('sha256').update(`${sandbox.seed}:${accountId}`).digest('hex').slice(0, 14);
   return {
     sandbox: true,
-    // One client id per sandbox account, so the simulator's settlement files stay per merchant.
-    client_id: `SANDBOX_5X${randomBytes(7).toString('hex').toUpperCase()}`,
+    client_id: `SANDBOX_5X${clientId.toUpperCase()}`,
     private_key: keys.merchant.privatePem,
     alipay_public_key: keys.antom.publicPem,
     key_version: '1',

@@ -136,7 +136,11 @@ export function createApp(ctx: Context): express.Express {
         415,
       );
     } else if (error instanceof URIError) {
-      apiError = new ApiError('invalid_request', 'invalid_path', 'the URL path is not valid percent-encoded UTF-8');
+      apiError = new ApiError(
+        'invalid_request',
+        'invalid_path',
+        'the URL path is not valid percent-encoded UTF-8',
+      );
     } else if (isDataException(error)) {
       // PostgreSQL refused a value it was given (a NUL byte, a lone surrogate in JSON, a number out
       // of range): whatever validation let through, it is the request's fault.

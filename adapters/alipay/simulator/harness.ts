@@ -72,7 +72,7 @@ export async function startHarness(
   });
   await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
   const receiverUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`;
-  const { credentials } = await alipayAdapter.configure({ sandbox: true, ...options.input }, env);
+  const { credentials } = await alipayAdapter.configure({ sandbox: true, ...options.input }, env, 'pva_test');
   const notifyPath = '/webhooks/alipay/pva_test';
   accountRef.current = {
     account_id: 'pva_test',

@@ -194,11 +194,18 @@ export function setupRouter(ctx: Context): Router {
         'wallets',
       );
     const isSandbox = provider === 'sandbox' || common.sandbox === true;
+    // The account keeps its id when it is configured again (and so does a sandbox identity made from it).
+    const current = await ctx.db.query<{ id: string }>(
+      'SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL',
+      [merchant.merchant_id, provider],
+    );
+    const accountId = current.rows[0]?.id ?? newId('pva');
     let configured: Awaited<ReturnType<typeof adapter.configure>>;
     try {
       configured = await adapter.configure(
         common.sandbox === undefined ? credentials : { ...credentials, sandbox: common.sandbox },
         ctx.sandbox.env(provider),
+        accountId,
       );
     } catch (error) {
       if (error instanceof CredentialError)
@@ -210,7 +217,7 @@ export function setupRouter(ctx: Context): Router {
         'SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL FOR UPDATE',
         [merchant.merchant_id, provider],
       );
-      const id = existing.rows[0]?.id ?? newId('pva');
+      const id = existing.rows[0]?.id ?? accountId;
       const sealed = seal(
         ctx.config.masterKey,
         JSON.stringify(configured.credentials),
