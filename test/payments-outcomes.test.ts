@@ -35,6 +35,14 @@ describe('sandbox magic outcomes, mode scan', () => {
     assert.deepEqual(res.body.amount, { value: 1999, currency: 'EUR' });
     assert.deepEqual(res.body.customer_amount, { value: 15420, currency: 'CNY' });
     assert.equal(res.body.exchange_rate, '7.7140');
+    // Between minor units: JPY has none, so ¥1000 × 0.0476 is CNY 47.60.
+    const yen = await createPayment(
+      tg,
+      merchant.terminalKey,
+      scanPayment(1000, { amount: { value: 1000, currency: 'JPY' } }),
+    ).expect(201);
+    assert.deepEqual(yen.body.customer_amount, { value: 4760, currency: 'CNY' });
+    assert.equal(yen.body.exchange_rate, '0.0476');
     assert.equal(res.body.wallet, 'alipay');
     assert.equal(res.body.provider, 'sandbox');
     assert.equal(res.body.store_id, 'berlin-01');

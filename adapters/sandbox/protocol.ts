@@ -120,6 +120,3 @@ export function scenarioFor(amount: number): Scenario {
   };
   return table[digits] ?? 'success';
 }
-
-/** The sandbox's fixed demo rate, so customer amounts look real: 1 EUR = 7.7140 CNY. */
-export const DEMO_RATE = '7.7140';

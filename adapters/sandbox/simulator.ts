@@ -11,9 +11,9 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { SimulatorHandle, SimulatorOptions } from '../contract.ts';
+import { convert, rateFor } from '../demo-fx.ts';
 import { send } from '../transport.ts';
 import {
-  DEMO_RATE,
   type SandboxNotification,
   type SandboxPaymentView,
   type SandboxPayRequest,
@@ -55,14 +55,6 @@ function transactionIdFor(requestId: string): string {
   return `sbx_${createHash('sha256').update(requestId).digest('hex').slice(0, 24)}`;
 }
 
-function customerAmount(amount: number): number {
-  // Integer arithmetic on the rate's digits: amount × 7.7140, rounded half up.
-  const [whole, fraction = ''] = DEMO_RATE.split('.');
-  const scale = 10n ** BigInt(fraction.length);
-  const scaled = BigInt(amount) * BigInt(whole + fraction);
-  return Number((scaled * 2n + scale) / (2n * scale));
-}
-
 export async function startSandboxSimulator(options: SimulatorOptions): Promise<SimulatorHandle> {
   const secret = sandboxSecret(options.seed);
   const orders = new Map<string, Order>();
@@ -94,9 +86,15 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
       qr_expires_at: isQr ? order.request.expires_at : undefined,
       ...(paid
         ? {
-            customer_amount: customerAmount(order.request.amount),
+            // What the customer's wallet paid in CNY, at the simulators' demo rates, between the
+            // currencies' own minor units (JPY has none, KWD three).
+            customer_amount: convert(
+              { value: order.request.amount, currency: order.request.currency },
+              'CNY',
+              rateFor(order.request.currency, 'CNY'),
+            ).value,
             customer_currency: 'CNY',
-            exchange_rate: DEMO_RATE,
+            exchange_rate: rateFor(order.request.currency, 'CNY'),
             wallet_psp: 'SANDBOXWALLET',
             paid_at: order.paid_at?.toISOString(),
           }

@@ -7,8 +7,8 @@
  */
 import { createHash } from 'node:crypto';
 import { currencyFromCode, type Money } from '../../../src/payments/money.ts';
+import { convert, rateFor } from '../../demo-fx.ts';
 import { isRecord, type Json, text } from '../mapping.ts';
-import { convert, rateFor } from './fx.ts';
 import type { Journal } from './journal.ts';
 
 export type PaymentStatus = 'PROCESSING' | 'SUCCESS' | 'FAIL' | 'CANCELLED';

@@ -5,8 +5,8 @@
  * unknown extra column (and a truncated file without `<END>`).
  */
 import { createHash } from 'node:crypto';
+import { convert } from '../../demo-fx.ts';
 import { isoTime } from '../signature.ts';
-import { convert } from './fx.ts';
 import { fxOf, type Ledger } from './ledger.ts';
 
 export const SETTLEMENT_FAULTS = [

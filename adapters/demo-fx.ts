@@ -1,8 +1,8 @@
 /**
- * The simulator's exchange: customer amounts in CNY (or HKD for Alipay HK) and settlement amounts,
+ * The simulators' exchange: customer amounts in CNY (or HKD for Alipay HK) and settlement amounts,
  * from fixed demo rates, rounded half up to the minor unit on integers (alipay.md §15.6).
  */
-import { currencyExponent, type Money } from '../../../src/payments/money.ts';
+import { currencyExponent, type Money } from '../src/payments/money.ts';
 
 /** Units of `to` per unit of `from`, as decimal strings. */
 const RATES: Record<string, Record<string, string>> = {
