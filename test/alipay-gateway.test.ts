@@ -50,6 +50,20 @@ describe('alipay provider account', () => {
     assert.doesNotMatch(shown, /PRIVATE KEY|MII[A-Za-z0-9+/]{40}/);
   });
 
+  test('an unknown field is a 400 naming it, for a sandbox account as for a real one', async () => {
+    for (const body of [
+      { sandbox: true, wallets: ['alipay'], foo: 1 },
+      { sandbox: true, wallets: ['alipay'], client_id: 'C1' },
+    ]) {
+      const res = await tg.http
+        .put('/v1/providers/alipay')
+        .set('Authorization', `Bearer ${merchant.secretKey}`)
+        .send(body);
+      assert.equal(res.status, 400, JSON.stringify(res.body));
+      assert.equal(res.body.error.param, Object.keys(body)[2]);
+    }
+  });
+
   test('real credentials are validated at once: bad or swapped keys are 400 naming the field', async () => {
     const merchantKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
     const privatePem = merchantKey.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();

@@ -244,6 +244,28 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     }
   });
 
+  test('an oversized body and a body in another charset are 400 invalid_request, as API.md types them', async () => {
+    const huge = await tg.http
+      .post('/v1/payments')
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .set('Content-Type', 'application/json')
+      .send(JSON.stringify({ ...scanPayment(100), description: 'x'.repeat(200_000) }));
+    assert.equal(huge.status, 400);
+    assert.deepEqual([huge.body.error.type, huge.body.error.code], ['invalid_request', 'body_too_large']);
+    const latin1 = await tg.http
+      .post('/v1/payments')
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .set('Content-Type', 'application/json; charset=latin1')
+      .send(JSON.stringify(scanPayment(100)));
+    assert.equal(latin1.status, 400);
+    assert.deepEqual(
+      [latin1.body.error.type, latin1.body.error.code],
+      ['invalid_request', 'unsupported_encoding'],
+    );
+  });
+
   test('a parameter sent with a wrong value is invalid, not missing', async () => {
     const auth = { Authorization: `Bearer ${merchant.secretKey}` };
     const notANumber = await tg.http.get('/v1/payments?limit=abc').set(auth).expect(400);

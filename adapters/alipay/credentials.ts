@@ -58,11 +58,30 @@ export function loadAccount(stored: unknown, sandbox: SandboxEnvironment): Alipa
   };
 }
 
+const COMMON_FIELDS = ['sandbox', 'reference_merchant_id', 'merchant_name', 'mcc', 'settlement_currency'];
+const SANDBOX_FIELDS = new Set(COMMON_FIELDS);
+const REAL_FIELDS = new Set([
+  ...COMMON_FIELDS,
+  'client_id',
+  'private_key',
+  'alipay_public_key',
+  'key_version',
+  'endpoint',
+  'path_prefix',
+]);
+
 export async function configureCredentials(
   input: Record<string, unknown>,
   sandbox: SandboxEnvironment,
   accountId: string,
 ): Promise<{ credentials: AlipayCredentials; public_view: Record<string, unknown> }> {
+  const known = input.sandbox === true ? SANDBOX_FIELDS : REAL_FIELDS;
+  const unknown = Object.keys(input).find((key) => !known.has(key));
+  if (unknown !== undefined)
+    throw new CredentialError(
+      unknown,
+      `unknown field ${unknown}${input.sandbox === true && REAL_FIELDS.has(unknown) ? ' (a sandbox account has no credentials)' : ''}`,
+    );
   const credentials =
     input.sandbox === true ? await sandboxCredentials(input, sandbox, accountId) : realCredentials(input);
   return { credentials, public_view: publicView(credentials) };

@@ -117,13 +117,8 @@ export function createApp(ctx: Context): express.Express {
     else if ((error as { type?: string }).type === 'entity.parse.failed') {
       apiError = new ApiError('invalid_request', 'invalid_json', 'the request body is not valid JSON');
     } else if ((error as { type?: string }).type === 'entity.too.large') {
-      apiError = new ApiError(
-        'invalid_request',
-        'body_too_large',
-        'the request body is too large',
-        undefined,
-        413,
-      );
+      // API.md gives every invalid_request the status 400 (not 413 or 415); the code says which.
+      apiError = new ApiError('invalid_request', 'body_too_large', 'the request body is too large');
     } else if (
       (error as { type?: string }).type === 'encoding.unsupported' ||
       (error as { type?: string }).type === 'charset.unsupported'
@@ -132,8 +127,6 @@ export function createApp(ctx: Context): express.Express {
         'invalid_request',
         'unsupported_encoding',
         'the request body must be UTF-8 JSON',
-        undefined,
-        415,
       );
     } else if (error instanceof URIError) {
       apiError = new ApiError(
