@@ -172,6 +172,23 @@ describe('alipay sandbox outcomes through the API, mode scan', () => {
 });
 
 describe('alipay sandbox, mode qr, refunds and notifications', () => {
+  test('QR with 55: the first request never arrives; its resend brings the code, and the waiting till wakes', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, {
+      amount: { value: 1355, currency: 'EUR' },
+      reference: 'R-QR-55',
+      mode: 'qr',
+      wallet: 'alipay',
+    }).expect(201);
+    assert.equal(res.body.status, 'processing');
+    assert.equal(res.body.qr_code, null);
+    const waited = await tg.http
+      .get(`/v1/payments/${res.body.id}?wait=20`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    assert.equal(waited.body.status, 'requires_customer', (await causes(res.body.id)).join(', '));
+    assert.match(waited.body.qr_code.data, /^http:\/\/127\.0\.0\.1:\d+\/wallet\//);
+  });
+
   test('QR: the code is the simulator’s wallet page; paying it succeeds through the notification', async () => {
     const res = await createPayment(tg, merchant.terminalKey, {
       amount: { value: 1250, currency: 'EUR' },

@@ -374,7 +374,8 @@ export async function applyOutcome(
           : {}),
       };
       let next: PaymentRow | undefined;
-      if (outcome.qr_code && row.status === 'processing' && source === 'pay') {
+      // A QR code from the creating request, or from its resend when the first never arrived.
+      if (outcome.qr_code && row.status === 'processing' && (source === 'pay' || source === 'resend')) {
         next = await transition(ctx, row.id, 'requires_customer', cause, patch);
       } else {
         next = await updatePayment(ctx.db, row.id, patch);
