@@ -185,6 +185,7 @@ export interface SettlementLine {
   provider_request_id?: string;
   transaction_amount: Money;
   settlement_amount: Money;
+  /** Unsigned, like the amounts: what the provider charged, or on a cancel what it gives back. */
   fee: Money;
   exchange_rate?: string;
   settled_at: Date;

@@ -108,6 +108,19 @@ describe('Antom settlement details parser', () => {
     assert.match(error.message, /lacks required column transactionAmountValue/);
   });
 
+  it('takes a trailer padded with commas, as a spreadsheet saves it', async () => {
+    assert.equal((await collect(GOOD.replace('<END>\n', '<END>,,,,,,\n'))).length, 3);
+  });
+
+  it('refuses CSV it cannot read (an unclosed quote, text after a closing quote) as a format error', async () => {
+    const unclosed = await failure(GOOD.replace(',shop-1,berlin-01,2024', ',"shop-1,berlin-01,2024'));
+    assert.match(unclosed.message, /unreadable CSV/);
+    const spaced = await failure(
+      GOOD.replace('settlementBatchId,customerId', '"settlementBatchId" ,customerId'),
+    );
+    assert.match(spaced.message, /line 1: unreadable CSV/);
+  });
+
   it('fails when the <END> trailer is missing (truncated file)', async () => {
     const error = await failure(GOOD.replace('<END>\n', ''));
     assert.match(error.message, /without the <END> trailer/);

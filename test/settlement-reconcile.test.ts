@@ -351,3 +351,32 @@ test('a reconcile job run twice at once applies the file once and keeps its line
     p.map((x) => [x.id, 'matched']),
   );
 });
+
+test('a cancel of a paid order gives its fee back: the pair nets to zero in the batch and its lines', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 6400);
+  const cancel = lineFor(p, {
+    type: 'cancel',
+    transaction_id: `${p.provider_reference}C`,
+    original_transaction_id: p.provider_reference,
+  });
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p), cancel], 'FEE-BACK'));
+  const [batch] = await settlements(tg, m.secretKey);
+  assert.deepEqual([batch.gross, batch.fees, batch.net], [0, 0, 0]);
+  const lines = await tg.http
+    .get(`/v1/settlements/${batch.id}/lines`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  const fee = Math.floor((6400 * 18 + 500) / 1000);
+  assert.deepEqual(
+    lines.body.data.map((l: { type: string; fee: { value: number }; net: { value: number } }) => [
+      l.type,
+      l.fee.value,
+      l.net.value,
+    ]),
+    [
+      ['payment', fee, 6400 - fee],
+      ['cancel', -fee, -6400 + fee],
+    ],
+  );
+});

@@ -62,6 +62,17 @@ export interface ParseOptions {
   onUnknownColumns?(names: string[]): void;
 }
 
+/** csv-parse's own errors (an unclosed quote, text after a closing quote) as format errors. */
+async function* readable(records: AsyncIterable<string[]>, nextLine: () => number): AsyncIterable<string[]> {
+  try {
+    yield* records;
+  } catch (error) {
+    if (error instanceof SettlementFormatError) throw error;
+    const line = nextLine();
+    throw new SettlementFormatError(`line ${line}: unreadable CSV: ${(error as Error).message}`, line);
+  }
+}
+
 export async function* parseSettlementFile(
   file: Readable,
   options: ParseOptions = {},
@@ -73,13 +84,15 @@ export async function* parseSettlementFile(
   let columns: Map<Column, number> | undefined;
   let ended = false;
   let lineNo = 0;
-  for await (const record of parser as AsyncIterable<string[]>) {
+  const records = readable(parser as AsyncIterable<string[]>, () => lineNo + 1);
+  for await (const record of records) {
     lineNo++;
-    if (record.length === 1 && record[0].trim() === '') continue;
+    if (record.every((cell) => cell.trim() === '')) continue;
     if (ended) {
       throw new SettlementFormatError(`line ${lineNo}: data after the ${END_MARKER} trailer`, lineNo);
     }
-    if (record.length === 1 && record[0].trim() === END_MARKER) {
+    // A spreadsheet saving the file pads the trailer with commas: `<END>,,,,`.
+    if (record[0].trim() === END_MARKER && record.slice(1).every((cell) => cell.trim() === '')) {
       if (!columns)
         throw new SettlementFormatError(`line ${lineNo}: ${END_MARKER} before any header row`, lineNo);
       ended = true;

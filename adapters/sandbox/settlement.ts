@@ -237,7 +237,10 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
             value: Math.abs(integerField(record[at.settlement_amount], 'settlement_amount', lineNo)),
             currency: lastSettlementCurrency,
           },
-          fee: { value: integerField(record[at.fee], 'fee', lineNo), currency: lastSettlementCurrency },
+          fee: {
+            value: Math.abs(integerField(record[at.fee], 'fee', lineNo)),
+            currency: lastSettlementCurrency,
+          },
           exchange_rate: optional(record, at.exchange_rate),
           settled_at: lastSettledAt,
           store_id: optional(record, at.store_id),

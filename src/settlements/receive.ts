@@ -200,7 +200,8 @@ export async function copyLines(
           batch.lines++;
           const value = line.settlement_amount.value;
           batch.gross += line.type === 'payment' ? value : -value;
-          batch.fees += line.fee.value;
+          // A cancel of a paid order gives the fee back (alipay.md §7): it counts against the fees.
+          batch.fees += line.type === 'cancel' ? -line.fee.value : line.fee.value;
           // Each amount is a safe integer; a batch total beyond 2^53 minor units is no real file.
           if (!Number.isSafeInteger(batch.gross) || !Number.isSafeInteger(batch.fees))
             throw new SettlementFormatError(

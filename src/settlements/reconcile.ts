@@ -261,7 +261,13 @@ found AS (
 disc AS (
   INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, import_id, kind, payment_id,
          provider_reference, expected_value, expected_currency, detail)
-  SELECT tb_random_id('dsc'), $2, $3, f.latest, $1, 'missing_in_settlement', f.id,
+  -- Reported against the latest batch in the payment's own currency where there is one (the
+  -- batch it should have been in), else the latest batch.
+  SELECT tb_random_id('dsc'), $2, $3,
+         COALESCE((SELECT s.id FROM settlements s
+                    WHERE s.merchant_id = $2 AND s.provider = $3 AND s.currency = f.currency
+                    ORDER BY s.settlement_date DESC, s.created_at DESC, s.id DESC LIMIT 1), f.latest),
+         $1, 'missing_in_settlement', f.id,
          COALESCE(f.provider_reference, ''), f.amount_value, f.currency,
          format('payment %s succeeded on %s and is in no settlement (expected within %s day(s))',
                 f.id, to_char(f.paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), $4::int)

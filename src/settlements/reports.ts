@@ -34,13 +34,16 @@ const KEYS: Record<GroupBy, string> = {
   wallet: "COALESCE(p.wallet, pr.wallet, '(unmatched)')",
 };
 
+/** A line's fee as it counts: a cancel gives the payment's fee back (alipay.md §7). */
+const SIGNED_FEE = "CASE WHEN l.type = 'cancel' THEN -l.fee_value ELSE l.fee_value END";
+
 function reportSql(groupBy: GroupBy, withProvider: boolean): string {
   return `
     SELECT GROUPING(${KEYS[groupBy]})::int AS grouped, ${KEYS[groupBy]} AS key, l.settlement_currency AS currency,
            count(*)::int AS count,
            sum(CASE WHEN l.type = 'payment' THEN l.settlement_value ELSE -l.settlement_value END)::bigint AS gross,
-           sum(l.fee_value)::bigint AS fees,
-           sum(CASE WHEN l.type = 'payment' THEN l.settlement_value ELSE -l.settlement_value END - l.fee_value)::bigint AS net,
+           sum(${SIGNED_FEE})::bigint AS fees,
+           sum(CASE WHEN l.type = 'payment' THEN l.settlement_value ELSE -l.settlement_value END - ${SIGNED_FEE})::bigint AS net,
            count(*) FILTER (WHERE x.result NOT IN ('matched', 'pending'))::int AS discrepancies
       FROM settlements s
       -- The batches' current lines, and their results where a line has one (migration 104).

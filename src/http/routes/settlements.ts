@@ -126,9 +126,12 @@ const lineJson = (l: LineRow) => ({
   ...(l.provider_request_id ? { provider_request_id: l.provider_request_id } : {}),
   amount: { value: l.transaction_value, currency: l.transaction_currency },
   settlement_amount: { value: l.settlement_value, currency: l.settlement_currency },
-  fee: { value: l.fee_value, currency: l.settlement_currency },
+  // Signed as it counts: a cancel's fee is given back.
+  fee: { value: l.type === 'cancel' ? -l.fee_value : l.fee_value, currency: l.settlement_currency },
   net: {
-    value: (l.type === 'payment' ? l.settlement_value : -l.settlement_value) - l.fee_value,
+    value:
+      (l.type === 'payment' ? l.settlement_value : -l.settlement_value) -
+      (l.type === 'cancel' ? -l.fee_value : l.fee_value),
     currency: l.settlement_currency,
   },
   ...(l.exchange_rate ? { exchange_rate: l.exchange_rate } : {}),
