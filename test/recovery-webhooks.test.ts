@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import { maskPaymentCode, seal } from '../src/secrets.ts';
+import { requeuePendingDeliveries } from '../webhooks/outbound.ts';
 import {
   ALIPAY_CODE,
   createPayment,
@@ -253,6 +254,65 @@ describe('merchant webhooks', () => {
         return res.body.data.find((d: { status: string }) => d.status === 'succeeded');
       });
       assert.equal(deliveries.attempts, 2, 'the first attempt got a 500 and was retried');
+    } finally {
+      server.close();
+    }
+  });
+
+  test('a delivery whose job was lost is queued again by the sweeper; a deleted endpoint gets no more', async () => {
+    const bodies: string[] = [];
+    const server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c) => chunks.push(c));
+      req.on('end', () => {
+        bodies.push(Buffer.concat(chunks).toString());
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const ctx = tg.gateway.ctx;
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/lost`;
+      const endpoint = await tg.http
+        .post('/v1/webhook-endpoints')
+        .set('Authorization', `Bearer ${merchant.secretKey}`)
+        .send({ url, events: ['payment.succeeded'] })
+        .expect(201);
+      await createPayment(tg, merchant.secretKey, scanPayment(4600)).expect(201);
+      await eventually(async () => bodies.length === 1 || undefined, 20_000, 'first delivery');
+      const { rows } = await ctx.db.query<{ id: string }>(
+        'SELECT id FROM webhook_deliveries WHERE endpoint_id = $1',
+        [endpoint.body.id],
+      );
+      const deliveryId = rows[0].id;
+      // As if Redis never took the job: the delivery is pending, and no job exists for it.
+      const forget = async () => {
+        await (await ctx.queues.deliver.getJob(`deliver:${deliveryId}`))?.remove();
+        await ctx.db.query(
+          "UPDATE webhook_deliveries SET status = 'pending', updated_at = now() - interval '1 minute' WHERE id = $1",
+          [deliveryId],
+        );
+      };
+      await forget();
+      assert.equal(await requeuePendingDeliveries(ctx), 1);
+      await eventually(async () => bodies.length === 2 || undefined, 20_000, 'the lost delivery, sent again');
+      assert.equal(bodies[1], bodies[0]);
+
+      await tg.http
+        .delete(`/v1/webhook-endpoints/${endpoint.body.id}`)
+        .set('Authorization', `Bearer ${merchant.secretKey}`)
+        .expect(200);
+      await forget();
+      await requeuePendingDeliveries(ctx);
+      const stopped = await eventually(async () => {
+        const r = await ctx.db.query<{ status: string; last_error: string }>(
+          'SELECT status, last_error FROM webhook_deliveries WHERE id = $1',
+          [deliveryId],
+        );
+        return r.rows[0].status === 'failed' ? r.rows[0] : undefined;
+      });
+      assert.equal(stopped.last_error, 'the endpoint was deleted');
+      assert.equal(bodies.length, 2, 'nothing more reached the deleted endpoint');
     } finally {
       server.close();
     }

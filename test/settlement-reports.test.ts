@@ -200,6 +200,12 @@ test('the dashboard page needs no key to load, and holds no data', async () => {
   const js = await tg.http.get('/dashboard/app.js');
   assert.equal(js.status, 200);
   assert.match(js.text, /\/v1\/reports\/settlements/);
+  // Amounts are shown in every currency's own minor units (XPF has none, CLF four).
+  const exponents = JSON.parse(/var EXP = (\{[^}]*\});/.exec(js.text)?.[1] ?? '{}');
+  assert.deepEqual(
+    [exponents.XPF, exponents.CLF, exponents.JPY, exponents.KWD, exponents.EUR],
+    [0, 4, 0, 3, undefined],
+  );
   const spec = await tg.http.get('/openapi.json');
   assert.ok(spec.body.paths['/v1/reports/settlements']);
   assert.ok(spec.body.paths['/v1/settlements/imports'].post);

@@ -68,15 +68,34 @@ export async function dispatchOutbox(ctx: Context, batch = 500): Promise<number>
     return { count: rows.length, deliveryIds: inserted.rows.map((r) => r.id) };
   });
   if (!deliveries) return 0;
-  for (const id of deliveries.deliveryIds) {
-    await enqueue(
-      ctx.queues,
-      'deliver',
-      { delivery_id: id },
-      { jobId: `deliver:${id}`, attempts: DELIVERY_ATTEMPTS, backoffMs: FIRST_BACKOFF_MS },
-    );
-  }
+  for (const id of deliveries.deliveryIds) await queueDelivery(ctx, id);
   return deliveries.count;
+}
+
+/** Queues a delivery's job; its id is the delivery's, so queueing one that exists changes nothing. */
+function queueDelivery(ctx: Context, deliveryId: string): Promise<void> {
+  return enqueue(
+    ctx.queues,
+    'deliver',
+    { delivery_id: deliveryId },
+    { jobId: `deliver:${deliveryId}`, attempts: DELIVERY_ATTEMPTS, backoffMs: FIRST_BACKOFF_MS },
+  );
+}
+
+/**
+ * Deliveries stored while Redis could not take their job (or whose job a Redis flush lost) would
+ * wait for ever: the sweeper queues every pending one again. A job still queued or retrying keeps
+ * its place (same job id), so this only revives the lost. Returns how many were looked at.
+ */
+export async function requeuePendingDeliveries(ctx: Context, graceMs = 30_000): Promise<number> {
+  const { rows } = await ctx.db.query<{ id: string }>(
+    `SELECT id FROM webhook_deliveries
+      WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+      ORDER BY updated_at LIMIT 500`,
+    [graceMs / 1000],
+  );
+  for (const { id } of rows) await queueDelivery(ctx, id);
+  return rows.length;
 }
 
 /** One delivery attempt; throws on failure so the queue retries with back-off. */
@@ -87,14 +106,24 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
     endpoint_id: string;
     payload: unknown;
     status: string;
+    deleted: boolean;
   }>(
-    `SELECT e.url, e.secret_sealed, d.endpoint_id, o.payload, d.status
+    `SELECT e.url, e.secret_sealed, d.endpoint_id, o.payload, d.status, e.deleted_at IS NOT NULL AS deleted
        FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN outbox o ON o.event_id = d.event_id
       WHERE d.id = $1`,
     [deliveryId],
   );
   const row = rows[0];
-  if (!row || row.status === 'succeeded') return;
+  if (!row || row.status !== 'pending') return;
+  if (row.deleted) {
+    // The merchant deleted the endpoint: its retries stop here.
+    await ctx.db.query(
+      `UPDATE webhook_deliveries SET status = 'failed', last_error = 'the endpoint was deleted', updated_at = now()
+        WHERE id = $1`,
+      [deliveryId],
+    );
+    return;
+  }
   const secret = open(ctx.config.masterKey, row.secret_sealed, `webhook-endpoint:${row.endpoint_id}`);
   const body = JSON.stringify(row.payload);
   let statusCode: number | null = null;

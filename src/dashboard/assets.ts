@@ -1,4 +1,5 @@
 /** The dashboard's page and script, served as-is (no build step, no third-party code). */
+import { unusualExponents } from '../payments/money.ts';
 
 export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
@@ -43,7 +44,8 @@ as a bearer header to the API; close the tab to forget it.</p>
 
 export const DASHBOARD_JS = `'use strict';
 (function () {
-  var EXP = { JPY: 0, KRW: 0, CLP: 0, ISK: 0, VND: 0, BHD: 3, KWD: 3, OMR: 3, JOD: 3, TND: 3, IQD: 3, LYD: 3 };
+  // Minor units other than hundredths, from the gateway's own ISO 4217 table.
+  var EXP = ${JSON.stringify(unusualExponents())};
   var $ = function (id) { return document.getElementById(id); };
   function key() { return sessionStorage.getItem('tb_key'); }
   function fmt(m) {

@@ -24,7 +24,7 @@ function isInfrastructureError(error: unknown): boolean {
   const e = error as { code?: string; message?: string };
   return (
     (e.code !== undefined && UNAVAILABLE_CODES.has(e.code)) ||
-    /Connection is closed|connect ECONNREFUSED|Connection terminated|timeout exceeded when trying to connect/.test(
+    /Connection is closed|connect ECONNREFUSED|Connection terminated|timeout exceeded when trying to connect|max retries per request/.test(
       e.message ?? '',
     )
   );

@@ -1,5 +1,5 @@
 /** Job processors (worker role): resolution, merchant webhook delivery, the outbox relay and the sweeper. */
-import { deliver, dispatchOutbox } from '../../webhooks/outbound.ts';
+import { deliver, dispatchOutbox, requeuePendingDeliveries } from '../../webhooks/outbound.ts';
 import type { Context } from '../context.ts';
 import { resolveRefund } from '../payments/refunds.ts';
 import { resolvePayment, sweepStragglers } from '../payments/service.ts';
@@ -31,7 +31,8 @@ export async function startWorker(ctx: Context): Promise<Worker> {
   queues.maintenance.process('sweep', 1, async () => {
     const resumed = await sweepStragglers(ctx);
     if (resumed) ctx.log.warn({ resumed }, 'sweeper resumed payments whose jobs were lost');
-    return { resumed };
+    const deliveries = await requeuePendingDeliveries(ctx);
+    return { resumed, deliveries };
   });
   queues.maintenance.process('cleanup', 1, async () => {
     await ctx.db.query('DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)', [

@@ -191,6 +191,15 @@ export function isCurrency(code: string): boolean {
   return Object.hasOwn(ISO_4217, code);
 }
 
+/** Every currency whose minor unit is not a hundredth, with its exponent (for the dashboard's script). */
+export function unusualExponents(): Record<string, number> {
+  return Object.fromEntries(
+    Object.entries(ISO_4217)
+      .filter(([, [, exponent]]) => exponent !== 2)
+      .map(([code, [, exponent]]) => [code, exponent]),
+  );
+}
+
 export function currencyExponent(code: string): number {
   const entry = ISO_4217[code];
   if (!entry) throw new RangeError(`unknown ISO 4217 currency ${code}`);
