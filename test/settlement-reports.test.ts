@@ -208,5 +208,11 @@ test('the dashboard page needs no key to load, and holds no data', async () => {
   );
   const spec = await tg.http.get('/openapi.json');
   assert.ok(spec.body.paths['/v1/reports/settlements']);
-  assert.ok(spec.body.paths['/v1/settlements/imports'].post);
+  const importOp = spec.body.paths['/v1/settlements/imports'].post;
+  assert.ok(importOp.requestBody.content['text/csv'], 'the file is the raw body');
+  const required = (op: { parameters: { name: string; in: string; required: boolean }[] }) =>
+    op.parameters.filter((p) => p.in === 'query' && p.required).map((p) => p.name);
+  assert.deepEqual(required(importOp), ['provider']);
+  assert.deepEqual(required(spec.body.paths['/v1/reports/settlements'].get), ['from', 'to']);
+  assert.ok(spec.body.paths['/openapi.json'].get && spec.body.paths['/dashboard/app.js'].get);
 });

@@ -18,6 +18,8 @@ type Op = {
   summary: string;
   body?: z.ZodType;
   query?: z.ZodObject;
+  /** A body taken as raw bytes (not JSON): the content types it may come in. */
+  rawBody?: string[];
   idempotent?: 'required' | 'optional';
   auth?: 'admin' | 'merchant' | 'merchant_or_terminal' | 'none';
   responses: Record<string, string>;
@@ -38,6 +40,13 @@ const OPERATIONS: Op[] = [
     summary: 'Prometheus metrics',
     auth: 'none',
     responses: { 200: 'metrics text' },
+  },
+  {
+    method: 'get',
+    path: '/openapi.json',
+    summary: 'This document (OpenAPI 3.1), generated from the schemas that validate requests',
+    auth: 'none',
+    responses: { 200: 'OpenAPI document' },
   },
   {
     method: 'post',
@@ -248,9 +257,11 @@ export function openApiDocument(): Record<string, unknown> {
       schema: { type: 'string' },
     }));
     if (op.query) {
-      const properties = (jsonSchema(op.query).properties ?? {}) as Record<string, unknown>;
+      const query = jsonSchema(op.query);
+      const properties = (query.properties ?? {}) as Record<string, unknown>;
+      const required = new Set((query.required ?? []) as string[]);
       for (const [name, schema] of Object.entries(properties))
-        parameters.push({ name, in: 'query', required: false, schema });
+        parameters.push({ name, in: 'query', required: required.has(name), schema });
     }
     if (op.idempotent) {
       parameters.push({
@@ -273,6 +284,16 @@ export function openApiDocument(): Record<string, unknown> {
       ...(op.body
         ? {
             requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(op.body) } } },
+          }
+        : {}),
+      ...(op.rawBody
+        ? {
+            requestBody: {
+              required: true,
+              content: Object.fromEntries(
+                op.rawBody.map((type) => [type, { schema: { type: 'string', contentMediaType: type } }]),
+              ),
+            },
           }
         : {}),
       ...(op.auth === 'none' ? { security: [] } : {}),

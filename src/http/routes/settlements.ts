@@ -372,6 +372,7 @@ registerOperations([
     summary:
       "Import a provider's settlement file (raw body, streamed and parsed as it arrives: a malformed file is refused with 400 settlement_file_invalid, nothing stored); reconciles in a job",
     query: importQuerySchema,
+    rawBody: ['text/csv', 'application/octet-stream'],
     auth: 'merchant',
     responses: { 202: 'job queued' },
   },
@@ -443,5 +444,12 @@ registerOperations([
     summary: 'Settlement report page for a browser (asks for the secret key, then calls this API)',
     auth: 'none',
     responses: { 200: 'HTML page' },
+  },
+  {
+    method: 'get',
+    path: '/dashboard/app.js',
+    summary: "The dashboard page's script",
+    auth: 'none',
+    responses: { 200: 'JavaScript' },
   },
 ]);
