@@ -1,4 +1,5 @@
 /** npm run cli -- migrate | create-merchant <name> <currency> <country> | create-terminal <merchant_id> <store_id> <terminal_id> [--can-refund] */
+import type { z } from 'zod';
 import { loadConfig } from './config.ts';
 import type { Context } from './context.ts';
 import { createMerchant, createTerminal } from './http/routes/setup.ts';
@@ -10,8 +11,39 @@ const USAGE = `usage:
   npm run cli -- create-merchant <name> <settlement_currency> <country>
   npm run cli -- create-terminal <merchant_id> <store_id> <terminal_id> [--can-refund]`;
 
+/** The positional arguments and flags each command takes. */
+const COMMANDS: Record<string, { positional: number; flags: string[] }> = {
+  migrate: { positional: 0, flags: [] },
+  'create-merchant': { positional: 3, flags: [] },
+  'create-terminal': { positional: 3, flags: ['--can-refund'] },
+};
+
+/** Arguments that do not fit the command: a usage error (exit 2), before any database work. */
+function checkArguments(command: string | undefined, args: string[]): string | undefined {
+  const spec = command === undefined ? undefined : COMMANDS[command];
+  if (!spec)
+    return command === undefined || command === '--help' || command === 'help'
+      ? ''
+      : `unknown command ${command}`;
+  const flags = args.filter((a) => a.startsWith('--'));
+  const unknown = flags.find((f) => !spec.flags.includes(f));
+  if (unknown) return `${command} takes no option ${unknown}`;
+  const positional = args.length - flags.length;
+  if (positional !== spec.positional)
+    return `${command} takes ${spec.positional} argument(s), got ${positional}`;
+  return undefined;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
+  const misuse = checkArguments(command, args);
+  if (misuse !== undefined) {
+    if (misuse) console.error(`error: ${misuse}`);
+    console.error(USAGE);
+    return misuse ? 2 : 0;
+  }
+  // Flags may stand anywhere; the positional arguments keep their order.
+  const positional = args.filter((a) => !a.startsWith('--'));
   const config = loadConfig();
   await ensureDatabase(config.databaseUrl);
   const db = createPool(config.databaseUrl, 2);
@@ -23,17 +55,17 @@ async function main(argv: string[]): Promise<number> {
         console.log(applied.length ? `applied: ${applied.join(', ')}` : 'database is up to date');
         return 0;
       case 'create-merchant': {
-        const input = createMerchantSchema.parse({
-          name: args[0],
-          settlement_currency: args[1],
-          country: args[2],
+        const input = valid(createMerchantSchema, {
+          name: positional[0],
+          settlement_currency: positional[1],
+          country: positional[2],
         });
         console.log(JSON.stringify(await createMerchant(ctx, input), null, 2));
         return 0;
       }
-      case 'create-terminal': {
-        const [merchantId, storeId, terminalId] = args;
-        const input = createTerminalSchema.parse({
+      default: {
+        const [merchantId, storeId, terminalId] = positional;
+        const input = valid(createTerminalSchema, {
           store_id: storeId,
           terminal_id: terminalId,
           can_refund: args.includes('--can-refund'),
@@ -43,13 +75,18 @@ async function main(argv: string[]): Promise<number> {
         console.log(JSON.stringify(await createTerminal(ctx, merchantId, input), null, 2));
         return 0;
       }
-      default:
-        console.error(USAGE);
-        return 2;
     }
   } finally {
     await db.end();
   }
+}
+
+/** The schema's output, or an error naming the first bad argument (not zod's JSON). */
+function valid<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  throw new Error(`${issue.path.join('.') || 'arguments'}: ${issue.message}`);
 }
 
 main(process.argv.slice(2)).then(

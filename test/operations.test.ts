@@ -178,5 +178,12 @@ describe('start-up', () => {
     assert.equal(terminal.can_refund, true);
     const bad = cli('create-terminal', 'mer_nope', 's', 't');
     assert.notEqual(bad.status, 0);
+    // A forgotten argument is a usage error, never a terminal named after the flag.
+    const forgotten = cli('create-terminal', created.id, 'lyon-1', '--can-refund');
+    assert.equal(forgotten.status, 2);
+    assert.match(forgotten.stderr, /takes 3 argument\(s\), got 2[\s\S]*usage:/);
+    const badCurrency = cli('create-merchant', 'Shop', 'EURO', 'FR');
+    assert.equal(badCurrency.status, 1);
+    assert.match(badCurrency.stderr, /^error: settlement_currency: /m);
   });
 });
