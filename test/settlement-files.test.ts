@@ -12,6 +12,7 @@ import {
   waitForStatus,
 } from './helpers.ts';
 import {
+  batchLines,
   discrepancies,
   importAndWait,
   lineFor,
@@ -318,12 +319,8 @@ test('lines are stored once: a re-imported file adds none, a corrected one keeps
   assert.equal(corrected.counts.batches_superseded, 1);
   assert.equal(await storedLines(m.id), 3, 'the superseded version keeps its lines for the audit trail');
   const [batch] = await settlements(tg, m.secretKey);
-  const lines = await tg.http
-    .get(`/v1/settlements/${batch.id}/lines`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .expect(200);
   assert.deepEqual(
-    lines.body.data.map((l: { payment_id: string; result: string }) => [l.payment_id, l.result]),
+    (await batchLines(tg, m.secretKey, batch.id)).map((l) => [l.payment_id, l.result]),
     [[p[0].id, 'matched']],
   );
 });

@@ -141,3 +141,20 @@ export async function settlements(tg: TestGateway, key: string) {
   assert.equal(res.status, 200, JSON.stringify(res.body));
   return res.body.data as Settlement[];
 }
+
+export interface SettlementLineView {
+  type: string;
+  payment_id: string | null;
+  result: string;
+  fee: { value: number };
+  net: { value: number };
+}
+
+/** The current lines of a batch, as the API lists them (first 100). */
+export async function batchLines(tg: TestGateway, key: string, settlementId: string) {
+  const res = await tg.http
+    .get(`/v1/settlements/${settlementId}/lines?limit=100`)
+    .set('Authorization', `Bearer ${key}`);
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  return res.body.data as SettlementLineView[];
+}

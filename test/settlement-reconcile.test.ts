@@ -10,6 +10,7 @@ import {
   waitForStatus,
 } from './helpers.ts';
 import {
+  batchLines,
   discrepancies,
   importAndWait,
   importFile,
@@ -342,12 +343,8 @@ test('a reconcile job run twice at once applies the file once and keeps its line
   assert.equal(job.status, 'completed');
   const [batch] = await settlements(tg, m.secretKey);
   assert.equal(batch.version, 1);
-  const lines = await tg.http
-    .get(`/v1/settlements/${batch.id}/lines`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .expect(200);
   assert.deepEqual(
-    lines.body.data.map((l: { payment_id: string; result: string }) => [l.payment_id, l.result]),
+    (await batchLines(tg, m.secretKey, batch.id)).map((l) => [l.payment_id, l.result]),
     p.map((x) => [x.id, 'matched']),
   );
 });
@@ -363,17 +360,9 @@ test('a cancel of a paid order gives its fee back: the pair nets to zero in the 
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p), cancel], 'FEE-BACK'));
   const [batch] = await settlements(tg, m.secretKey);
   assert.deepEqual([batch.gross, batch.fees, batch.net], [0, 0, 0]);
-  const lines = await tg.http
-    .get(`/v1/settlements/${batch.id}/lines`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .expect(200);
   const fee = Math.floor((6400 * 18 + 500) / 1000);
   assert.deepEqual(
-    lines.body.data.map((l: { type: string; fee: { value: number }; net: { value: number } }) => [
-      l.type,
-      l.fee.value,
-      l.net.value,
-    ]),
+    (await batchLines(tg, m.secretKey, batch.id)).map((l) => [l.type, l.fee.value, l.net.value]),
     [
       ['payment', fee, 6400 - fee],
       ['cancel', -fee, -6400 + fee],
