@@ -29,36 +29,29 @@ interface ReportRow {
 }
 
 const KEYS: Record<GroupBy, string> = {
-  day: 's.settlement_date::text',
+  day: 'l.settlement_date::text',
   store: "COALESCE(p.store_id, pr.store_id, l.store_id, '(no store)')",
   wallet: "COALESCE(p.wallet, pr.wallet, '(unmatched)')",
 };
-
-/** A line's fee as it counts: a cancel gives the payment's fee back (alipay.md §7). */
-const SIGNED_FEE = "CASE WHEN l.type = 'cancel' THEN -l.fee_value ELSE l.fee_value END";
 
 function reportSql(groupBy: GroupBy, withProvider: boolean): string {
   return `
     SELECT GROUPING(${KEYS[groupBy]})::int AS grouped, ${KEYS[groupBy]} AS key, l.settlement_currency AS currency,
            count(*)::int AS count,
-           sum(CASE WHEN l.type = 'payment' THEN l.settlement_value ELSE -l.settlement_value END)::bigint AS gross,
-           sum(${SIGNED_FEE})::bigint AS fees,
-           sum(CASE WHEN l.type = 'payment' THEN l.settlement_value ELSE -l.settlement_value END - ${SIGNED_FEE})::bigint AS net,
-           count(*) FILTER (WHERE x.result NOT IN ('matched', 'pending'))::int AS discrepancies
-      FROM settlements s
-      -- The batches' current lines, and their results where a line has one (migration 104).
-      JOIN settlement_imports i ON i.id = s.import_id
-      JOIN settlement_lines l ON l.id BETWEEN i.first_line_id AND i.last_line_id AND l.import_id = s.import_id
-                             AND l.batch_ref = s.provider_batch_id AND l.settlement_currency = s.currency
-      LEFT JOIN settlement_line_results x ON x.line_id = l.id
-      LEFT JOIN refunds r ON r.id = x.refund_id
-      LEFT JOIN payments p ON p.id = COALESCE(x.payment_id, r.payment_id)
+           sum(l.signed_value)::bigint AS gross,
+           sum(l.signed_fee)::bigint AS fees,
+           sum(l.signed_value - l.signed_fee)::bigint AS net,
+           count(*) FILTER (WHERE l.result NOT IN ('matched', 'pending'))::int AS discrepancies
+      -- The batches' current lines, signed as they count (migration 105).
+      FROM settlement_current_lines l
+      LEFT JOIN refunds r ON r.id = l.refund_id
+      LEFT JOIN payments p ON p.id = COALESCE(l.result_payment_id, r.payment_id)
       -- A line without a result is a payment matched by its provider reference.
-      LEFT JOIN payments pr ON x.line_id IS NULL AND pr.merchant_id = s.merchant_id AND pr.provider = s.provider
+      LEFT JOIN payments pr ON NOT l.has_result AND pr.merchant_id = l.merchant_id AND pr.provider = l.provider
                            AND pr.provider_reference = l.provider_reference
-     WHERE s.merchant_id = $1
-       AND s.settlement_date BETWEEN $2::date AND $3::date
-       ${withProvider ? 'AND s.provider = $4' : ''}
+     WHERE l.merchant_id = $1
+       AND l.settlement_date BETWEEN $2::date AND $3::date
+       ${withProvider ? 'AND l.provider = $4' : ''}
      GROUP BY GROUPING SETS ((${KEYS[groupBy]}, l.settlement_currency), (l.settlement_currency))
      ORDER BY l.settlement_currency, GROUPING(${KEYS[groupBy]}), 2`;
 }

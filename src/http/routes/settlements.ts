@@ -82,15 +82,11 @@ const DISCREPANCY_VIEW =
  * payment matched by its provider reference.
  */
 const LINES_SQL = `
-  SELECT l.*, s.id AS settlement_id, COALESCE(x.result, 'matched') AS result, x.refund_id,
-         COALESCE(x.payment_id, (SELECT p.id FROM payments p
-                                  WHERE x.line_id IS NULL AND p.merchant_id = s.merchant_id AND p.provider = s.provider
-                                    AND p.provider_reference = l.provider_reference LIMIT 1)) AS payment_id
-    FROM settlements s
-    JOIN settlement_imports i ON i.id = s.import_id
-    JOIN settlement_lines l ON l.id BETWEEN i.first_line_id AND i.last_line_id AND l.import_id = s.import_id
-                           AND l.batch_ref = s.provider_batch_id AND l.settlement_currency = s.currency
-    LEFT JOIN settlement_line_results x ON x.line_id = l.id`;
+  SELECT l.*,
+         COALESCE(l.result_payment_id, (SELECT p.id FROM payments p
+                                         WHERE NOT l.has_result AND p.merchant_id = l.merchant_id AND p.provider = l.provider
+                                           AND p.provider_reference = l.provider_reference LIMIT 1)) AS payment_id
+    FROM settlement_current_lines l`;
 
 interface LineRow {
   id: number;
@@ -104,7 +100,8 @@ interface LineRow {
   transaction_currency: string;
   settlement_value: number;
   settlement_currency: string;
-  fee_value: number;
+  signed_value: number;
+  signed_fee: number;
   exchange_rate: string | null;
   settled_at: Date;
   transacted_at: Date | null;
@@ -126,14 +123,9 @@ const lineJson = (l: LineRow) => ({
   ...(l.provider_request_id ? { provider_request_id: l.provider_request_id } : {}),
   amount: { value: l.transaction_value, currency: l.transaction_currency },
   settlement_amount: { value: l.settlement_value, currency: l.settlement_currency },
-  // Signed as it counts: a cancel's fee is given back.
-  fee: { value: l.type === 'cancel' ? -l.fee_value : l.fee_value, currency: l.settlement_currency },
-  net: {
-    value:
-      (l.type === 'payment' ? l.settlement_value : -l.settlement_value) -
-      (l.type === 'cancel' ? -l.fee_value : l.fee_value),
-    currency: l.settlement_currency,
-  },
+  // Signed as it counts (migration 105): a cancel's fee is given back.
+  fee: { value: l.signed_fee, currency: l.settlement_currency },
+  net: { value: l.signed_value - l.signed_fee, currency: l.settlement_currency },
   ...(l.exchange_rate ? { exchange_rate: l.exchange_rate } : {}),
   settled_at: l.settled_at.toISOString(),
   ...(l.transacted_at ? { transacted_at: l.transacted_at.toISOString() } : {}),
@@ -293,10 +285,10 @@ export function settlementsRouter(ctx: Context): Router {
     const query = parse(listLinesQuerySchema, req.query, 'query');
     const limit = query.limit ?? 20;
     const values: unknown[] = [json.id];
-    const where = ['s.id = $1'];
+    const where = ['l.settlement_id = $1'];
     if (query.result) {
       values.push(query.result);
-      where.push(`COALESCE(x.result, 'matched') = $${values.length}`);
+      where.push(`l.result = $${values.length}`);
     }
     if (query.starting_after) {
       const cursor = /^ln_(\d{1,18})$/.exec(query.starting_after);
