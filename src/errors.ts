@@ -54,5 +54,25 @@ export class ApiError extends Error {
   }
 }
 
+/** The same Idempotency-Key with another request: 422 (API.md). */
+export const idempotencyKeyReused = () =>
+  new ApiError(
+    'idempotency',
+    'idempotency_key_reused',
+    'this Idempotency-Key was used with a different request',
+    'Idempotency-Key',
+    422,
+  );
+
+/** The first request with this Idempotency-Key is still running: 409 (API.md). */
+export const idempotencyInProgress = () =>
+  new ApiError(
+    'idempotency',
+    'idempotency_request_in_progress',
+    'a request with this Idempotency-Key is still in progress',
+    'Idempotency-Key',
+    409,
+  );
+
 export const notFound = (what: string, id?: string) =>
   new ApiError('not_found', 'resource_missing', id ? `No ${what} ${id}` : `No such ${what}`);

@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import type { Request, Response } from 'express';
 import type { Context } from '../context.ts';
-import { ApiError } from '../errors.ts';
+import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { prepared } from '../ledger/db.ts';
 import { idempotencyKeySchema } from './schemas.ts';
 
@@ -52,15 +52,6 @@ export function idempotencyKeyOf(req: Request, required: boolean): string | unde
   }
   return key;
 }
-
-const inProgress = () =>
-  new ApiError(
-    'idempotency',
-    'idempotency_request_in_progress',
-    'a request with this Idempotency-Key is still in progress',
-    'Idempotency-Key',
-    409,
-  );
 
 function send(res: Response, result: HandlerResult, replayed: boolean): void {
   if (replayed) res.set('Idempotent-Replayed', 'true');
@@ -132,13 +123,7 @@ export async function idempotent(
         409,
       );
     if (row.request_hash !== hash) {
-      throw new ApiError(
-        'idempotency',
-        'idempotency_key_reused',
-        'this Idempotency-Key was used with a different request',
-        'Idempotency-Key',
-        422,
-      );
+      throw idempotencyKeyReused();
     }
     if (row.response_status !== null) {
       // API.md: a replay of a creation answers 200, not 201 — nothing new was created.
@@ -146,7 +131,7 @@ export async function idempotent(
       return send(res, { status, body: row.response_body }, true);
     }
     if (row.locked) {
-      throw inProgress();
+      throw idempotencyInProgress();
     }
     // The first request's process died: take the lease over.
     const taken = await ctx.db.query(
@@ -155,7 +140,7 @@ export async function idempotent(
       [scope, key, LOCK_LEASE_S],
     );
     if (taken.rowCount === 0) {
-      throw inProgress();
+      throw idempotencyInProgress();
     }
   }
   let result: HandlerResult;

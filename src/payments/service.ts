@@ -11,7 +11,7 @@ import type {
   Wallet,
 } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
-import { ApiError } from '../errors.ts';
+import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue } from '../jobs/queues.ts';
 import { prepared } from '../ledger/db.ts';
@@ -145,24 +145,8 @@ async function replayOf(ctx: Ctx, input: NewPayment): Promise<PaymentRow> {
     ),
   );
   const { lease_over: leaseOver, ...existing } = rows[0];
-  if (existing.request_hash !== input.request_hash) {
-    throw new ApiError(
-      'idempotency',
-      'idempotency_key_reused',
-      'this Idempotency-Key was used with a different request',
-      'Idempotency-Key',
-      422,
-    );
-  }
-  if (!existing.request_done && !leaseOver) {
-    throw new ApiError(
-      'idempotency',
-      'idempotency_request_in_progress',
-      'a request with this Idempotency-Key is still in progress',
-      'Idempotency-Key',
-      409,
-    );
-  }
+  if (existing.request_hash !== input.request_hash) throw idempotencyKeyReused();
+  if (!existing.request_done && !leaseOver) throw idempotencyInProgress();
   return existing;
 }
 
