@@ -13,6 +13,7 @@ import {
   eventually,
   idempotencyKey,
   type Merchant,
+  paymentHistory,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -33,13 +34,7 @@ before(async () => {
 });
 after(() => tg.stop());
 
-async function causes(id: string): Promise<string[]> {
-  const { rows } = await tg.gateway.ctx.db.query<{ to_status: string; cause: string }>(
-    'SELECT to_status, cause FROM payment_events WHERE payment_id = $1 ORDER BY id',
-    [id],
-  );
-  return rows.map((r) => `${r.to_status} (${r.cause})`);
-}
+const causes = (id: string) => paymentHistory(tg, id);
 
 describe('alipay provider account', () => {
   test('sandbox account: webhook URL, no secrets shown', () => {

@@ -214,3 +214,12 @@ export async function waitForStatus(
     `payment ${id} to reach ${statuses.join('|')}`,
   );
 }
+
+/** A payment's history as "to_status (cause)", oldest first. */
+export async function paymentHistory(tg: TestGateway, id: string): Promise<string[]> {
+  const { rows } = await tg.gateway.ctx.db.query<{ to_status: string; cause: string }>(
+    'SELECT to_status, cause FROM payment_events WHERE payment_id = $1 ORDER BY id',
+    [id],
+  );
+  return rows.map((r) => `${r.to_status} (${r.cause})`);
+}

@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   createPayment,
   type Merchant,
+  paymentHistory,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -20,13 +21,7 @@ before(async () => {
 });
 after(() => tg.stop());
 
-async function history(id: string): Promise<string[]> {
-  const { rows } = await tg.gateway.ctx.db.query<{ to_status: string; cause: string }>(
-    'SELECT to_status, cause FROM payment_events WHERE payment_id = $1 ORDER BY id',
-    [id],
-  );
-  return rows.map((r) => `${r.to_status} (${r.cause})`);
-}
+const history = (id: string) => paymentHistory(tg, id);
 
 describe('sandbox magic outcomes, mode scan', () => {
   test('00–50: succeeds at once, with the wallet’s amount and rate', async () => {
