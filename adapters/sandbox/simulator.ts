@@ -76,6 +76,7 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
     settle(order);
     const paid = order.status === 'succeeded';
     const isQr = order.request.mode === 'qr';
+    const rate = rateFor(order.request.currency, 'CNY');
     return {
       request_id: order.request.request_id,
       status: order.status,
@@ -91,10 +92,10 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
             customer_amount: convert(
               { value: order.request.amount, currency: order.request.currency },
               'CNY',
-              rateFor(order.request.currency, 'CNY'),
+              rate,
             ).value,
             customer_currency: 'CNY',
-            exchange_rate: rateFor(order.request.currency, 'CNY'),
+            exchange_rate: rate,
             wallet_psp: 'SANDBOXWALLET',
             paid_at: order.paid_at?.toISOString(),
           }
