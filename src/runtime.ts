@@ -4,22 +4,55 @@ import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import type { Config } from './config.ts';
 import type { Context } from './context.ts';
+import { withDeadline } from './deadline.ts';
 import { createApp } from './http/app.ts';
 import { startWorker, type Worker } from './jobs/processors.ts';
 import { createQueues } from './jobs/queues.ts';
-import { createPool, ensureDatabase, migrate } from './ledger/db.ts';
+import { createPool, type Db, ensureDatabase, migrate } from './ledger/db.ts';
 import { createLogger } from './logger.ts';
 import { createMetrics } from './metrics.ts';
 import { ProviderAccounts } from './payments/accounts.ts';
 import { SandboxRuntime } from './payments/sandbox.ts';
 import { PaymentUpdates } from './realtime/payment-updates.ts';
 
-export async function createContext(config: Config): Promise<Context> {
-  await ensureDatabase(config.databaseUrl);
-  const db = createPool(config.databaseUrl);
-  await migrate(db);
-  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
+/** How long start-up waits for Redis (one starting alongside us) before it gives up and says so. */
+const REDIS_STARTUP_WAIT_MS = 5_000;
+
+/** The URL with any password masked, for messages. */
+const printable = (url: string) => url.replace(/\/\/([^@/]*):[^@/]*@/, '//$1:***@');
+
+async function connectRedis(url: string): Promise<Redis> {
+  const redis = new Redis(url, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
   redis.on('error', () => {});
+  const deadline = Date.now() + REDIS_STARTUP_WAIT_MS;
+  for (;;) {
+    try {
+      await withDeadline(redis.ping(), 'a ping', Math.max(deadline - Date.now(), 1));
+      return redis;
+    } catch (error) {
+      if (Date.now() >= deadline) {
+        redis.disconnect();
+        throw new Error(
+          `Redis is not reachable at ${printable(url)} (REDIS_URL): ${(error as Error).message}`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+}
+
+export async function createContext(config: Config): Promise<Context> {
+  // Redis first: a gateway that cannot reach it would start but never finish a payment.
+  const redis = await connectRedis(config.redisUrl);
+  let db: Db;
+  try {
+    await ensureDatabase(config.databaseUrl);
+    db = createPool(config.databaseUrl);
+    await migrate(db);
+  } catch (error) {
+    redis.disconnect();
+    throw error;
+  }
   const sandbox = new SandboxRuntime(config);
   return {
     config,

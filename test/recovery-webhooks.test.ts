@@ -77,6 +77,31 @@ describe('crash recovery', () => {
       causes.join(', '),
     );
   });
+
+  test('a refund stored by a process that died before sending it is found and sent once', async () => {
+    const paid = await createPayment(tg, merchant.terminalKey, scanPayment(4200)).expect(201);
+    assert.equal(paid.body.status, 'succeeded');
+    const id = 're_crashedBeforeSend00001';
+    await db().query(
+      `INSERT INTO refunds (id, payment_id, merchant_id, amount_value, currency, status, provider_request_id, created_at)
+       VALUES ($1, $2, $3, 1000, 'EUR', 'pending', $1, now() - interval '40 seconds')`,
+      [id, paid.body.id, merchant.id],
+    );
+    const refund = await eventually(
+      async () => {
+        const res = await tg.http.get(`/v1/refunds/${id}`).set('Authorization', `Bearer ${merchant.secretKey}`);
+        return res.body.status === 'pending' ? undefined : res.body;
+      },
+      30_000,
+      'the stranded refund to be resolved',
+    );
+    assert.equal(refund.status, 'succeeded');
+    const payment = await tg.http
+      .get(`/v1/payments/${paid.body.id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`);
+    assert.equal(payment.body.status, 'partially_refunded');
+    assert.deepEqual(payment.body.amount_refunded, { value: 1000, currency: 'EUR' });
+  });
 });
 
 describe('restart', () => {

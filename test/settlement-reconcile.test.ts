@@ -369,3 +369,25 @@ test('a cancel of a paid order gives its fee back: the pair nets to zero in the 
     ],
   );
 });
+
+test('an uploaded file whose reconcile job was lost (Redis flushed) is queued again by the sweeper', async () => {
+  const m = await setupMerchant(tg);
+  const a = await pay(tg, m, 1900);
+  const queue = tg.gateway.ctx.queues.settlement;
+  // This process takes no settlement job until the job is gone, as if Redis had lost it.
+  await queue.pause(true);
+  try {
+    const id = await importFile(tg, m.secretKey, sandboxCsv([lineFor(a)], 'LOST-JOB-1'));
+    await (await queue.getJob(id))?.remove();
+    await tg.gateway.ctx.db.query(
+      "UPDATE settlement_imports SET created_at = created_at - interval '1 minute' WHERE id = $1",
+      [id],
+    );
+    await queue.resume(true);
+    const job = await waitJob(tg, m.secretKey, id);
+    assert.equal(job.status, 'completed');
+    assert.equal(job.counts.matched, 1);
+  } finally {
+    await queue.resume(true);
+  }
+});

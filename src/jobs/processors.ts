@@ -1,9 +1,9 @@
 /** Job processors (worker role): resolution, merchant webhook delivery, the outbox relay and the sweeper. */
 import { deliver, dispatchOutbox, requeuePendingDeliveries } from '../../webhooks/outbound.ts';
 import type { Context } from '../context.ts';
-import { resolveRefund } from '../payments/refunds.ts';
+import { resolveRefund, sweepPendingRefunds } from '../payments/refunds.ts';
 import { resolvePayment, sweepStragglers } from '../payments/service.ts';
-import { startSettlementWorker } from '../settlements/worker.ts';
+import { requeueStrandedImports, startSettlementWorker } from '../settlements/worker.ts';
 import { QUEUE_NAMES } from './queues.ts';
 
 const CONCURRENCY = { resolve: 20, deliver: 10 };
@@ -31,8 +31,10 @@ export async function startWorker(ctx: Context): Promise<Worker> {
   queues.maintenance.process('sweep', 1, async () => {
     const resumed = await sweepStragglers(ctx);
     if (resumed) ctx.log.warn({ resumed }, 'sweeper resumed payments whose jobs were lost');
+    const refunds = await sweepPendingRefunds(ctx);
     const deliveries = await requeuePendingDeliveries(ctx);
-    return { resumed, deliveries };
+    const imports = await requeueStrandedImports(ctx);
+    return { resumed, refunds, deliveries, imports };
   });
   queues.maintenance.process('cleanup', 1, async () => {
     await ctx.db.query('DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)', [

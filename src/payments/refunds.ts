@@ -6,7 +6,7 @@ import type { RefundOutcome, RefundRequest } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { newId } from '../ids.ts';
-import { enqueue } from '../jobs/queues.ts';
+import { enqueue, enqueueDue } from '../jobs/queues.ts';
 import { inTransaction } from '../ledger/db.ts';
 import {
   CAPTURED,
@@ -17,7 +17,7 @@ import {
 } from '../ledger/payments.ts';
 import type { LoadedAccount } from './accounts.ts';
 import type { Money } from './money.ts';
-import { raiseAlert } from './service.ts';
+import { IN_FLIGHT_GRACE_S, raiseAlert } from './service.ts';
 import { announce, recordEvent, transitionIn, writeOutbox } from './state-machine.ts';
 
 const REFUND_POLL_S = [1, 2, 3, 5, 10, 30, 60];
@@ -227,11 +227,36 @@ export async function applyRefundOutcome(
       refund_id: refund.id,
     });
   }
-  await enqueue(
-    ctx.queues,
+  await enqueueDue(
+    ctx,
     'resolve',
     { refund_id: refund.id },
     { delayMs: delayS * 1000, jobId: `refund:${refund.id}:${refund.poll_step}` },
   );
   return refund;
+}
+
+/**
+ * The sweeper's share of refunds: a pending refund whose next check is long overdue lost its job
+ * (crash, Redis outage or flush), and one never checked at all lost the request that created it.
+ * Either is inquired again; a refund the provider never saw is then sent, under the same id.
+ */
+export async function sweepPendingRefunds(ctx: Context, graceMs = 5000): Promise<number> {
+  const { rows } = await ctx.db.query<{ id: string; poll_step: number }>(
+    `SELECT id, poll_step FROM refunds
+      WHERE status = 'pending'
+        AND COALESCE(next_check_at, created_at + make_interval(secs => $2)) < now() - make_interval(secs => $1)
+      ORDER BY created_at LIMIT 500`,
+    [graceMs / 1000, IN_FLIGHT_GRACE_S],
+  );
+  for (const row of rows) {
+    await ctx.db.query('UPDATE refunds SET next_check_at = now() WHERE id = $1', [row.id]);
+    await enqueue(
+      ctx.queues,
+      'resolve',
+      { refund_id: row.id },
+      { jobId: `refund:${row.id}:sweep:${Date.now()}` },
+    );
+  }
+  return rows.length;
 }

@@ -13,7 +13,7 @@ import type {
 import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
-import { enqueue } from '../jobs/queues.ts';
+import { enqueue, enqueueDue, requireQueues } from '../jobs/queues.ts';
 import { prepared } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
@@ -42,8 +42,8 @@ export interface NewPayment {
 type Ctx = Context;
 type Source = 'pay' | 'inquiry' | 'notification' | 'resend' | 'cancel';
 
-/** Longer than any adapter's request timeout: until then a new payment may still be in its first `pay`. */
-const IN_FLIGHT_GRACE_S = 30;
+/** Longer than any adapter's request timeout: until then a new payment or refund may still be in its first send. */
+export const IN_FLIGHT_GRACE_S = 30;
 
 const paymentCodeContext = (paymentId: string) => `payment-code:${paymentId}`;
 
@@ -169,6 +169,7 @@ export async function createPayment(
       'wallet',
     );
   }
+  requireQueues(ctx.queues);
   const first = candidates[0];
   const id = newId('pay');
   const windowS = resolutionWindowS(
@@ -410,8 +411,8 @@ export async function scheduleCheck(
     poll_step: step,
     next_check_at: new Date(Date.now() + delay * 1000),
   });
-  await enqueue(
-    ctx.queues,
+  await enqueueDue(
+    ctx,
     'resolve',
     { payment_id: row.id },
     { delayMs: delay * 1000, jobId: `resolve:${row.id}:${step}` },

@@ -3,10 +3,14 @@
  * every committed status change is published on Redis, and each process holds one subscriber.
  */
 import { Redis } from 'ioredis';
+import { withDeadline } from '../deadline.ts';
+
+const SUBSCRIBE_DEADLINE_MS = 1_000;
 
 export class PaymentUpdates {
   private readonly publisher: Redis;
   private subscriber?: Redis;
+  private subscribed?: Promise<unknown>;
   private readonly waiters = new Map<string, Set<(message?: string) => void>>();
 
   constructor(
@@ -28,17 +32,23 @@ export class PaymentUpdates {
     });
   }
 
-  private async ensureSubscriber(): Promise<Redis> {
-    if (this.subscriber) return this.subscriber;
-    const subscriber = new Redis(this.redisUrl);
+  /**
+   * The one pattern subscription of this process, made on first use. Its command waits in the
+   * offline queue through an outage (and ioredis renews it on every reconnect), so a process that
+   * first subscribes while Redis is down is woken again once Redis is back.
+   */
+  private ensureSubscribed(): Promise<unknown> {
+    if (this.subscribed) return this.subscribed;
+    const subscriber = new Redis(this.redisUrl, { maxRetriesPerRequest: null });
     subscriber.on('error', () => {});
     subscriber.on('pmessage', (_pattern: string, channel: string, message: string) => {
       const id = channel.slice(channel.lastIndexOf(':') + 1);
       for (const wake of this.waiters.get(id) ?? []) wake(message);
     });
     this.subscriber = subscriber;
-    await subscriber.psubscribe(`${this.prefix}:payment-updates:*`);
-    return subscriber;
+    this.subscribed = subscriber.psubscribe(`${this.prefix}:payment-updates:*`);
+    this.subscribed.catch(() => {});
+    return this.subscribed;
   }
 
   /**
@@ -50,7 +60,12 @@ export class PaymentUpdates {
     paymentId: string,
     timeoutMs: number,
   ): Promise<{ changed: Promise<string | undefined>; cancel(): void }> {
-    await this.ensureSubscriber();
+    // While Redis is down a wait cannot be woken early, but it still ends at its timeout.
+    await withDeadline(
+      this.ensureSubscribed(),
+      'subscribing to payment updates',
+      SUBSCRIBE_DEADLINE_MS,
+    ).catch(() => {});
     let wake!: (message?: string) => void;
     let timer!: NodeJS.Timeout;
     const changed = new Promise<string | undefined>((resolve) => {

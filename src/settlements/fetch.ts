@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
+import { queueDeadline } from '../jobs/queues.ts';
 import { createImport, type ImportRow } from './imports.ts';
 import { discardLines, EmptyFileError, ImportFinishedError, receiveFile } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
@@ -43,15 +44,27 @@ export async function queueFetch(
     fetch_date: date,
     status: 'queued',
   });
-  const data: FetchJob = { import_id: importId, account_id: account.id, date };
-  await ctx.queues.settlement.add('fetch', data, {
-    jobId: importId,
+  // Stored is safe: if Redis cannot take the job now, the sweeper queues it when it is back.
+  await addFetchJob(ctx, { import_id: importId, account_id: account.id, date }, options).catch((error) =>
+    ctx.log.warn({ err: error, import_id: importId }, 'fetch job not queued; the sweeper will queue it'),
+  );
+  return importId;
+}
+
+/** The fetch job of an import; its id is the import's, so adding one that exists changes nothing. */
+export async function addFetchJob(
+  ctx: Context,
+  data: FetchJob,
+  options: { attempts?: number; backoffMs?: number } = {},
+): Promise<void> {
+  const added = ctx.queues.settlement.add('fetch', data, {
+    jobId: data.import_id,
     attempts: options.attempts ?? FETCH_ATTEMPTS,
     backoff: { type: 'exponential', delay: options.backoffMs ?? FETCH_BACKOFF_MS },
     removeOnComplete: 1000,
     removeOnFail: 5000,
   });
-  return importId;
+  await queueDeadline(added, 'a settlement fetch job');
 }
 
 /** One fetch attempt: download, parse and store, reconcile. Throws for bull to retry. */

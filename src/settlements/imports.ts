@@ -1,6 +1,7 @@
 /** Settlement imports (the `job_` objects of GET /v1/jobs/{id}): creating, queueing and showing them. */
 import type { Context } from '../context.ts';
 import { newId } from '../ids.ts';
+import { queueDeadline } from '../jobs/queues.ts';
 import type { Queryable } from '../ledger/db.ts';
 import type { ImportCounts } from './reconcile.ts';
 
@@ -57,8 +58,9 @@ export async function createImport(
   return id;
 }
 
+/** The reconcile job of an uploaded file; its id is the import's, so adding one that exists changes nothing. */
 export async function queueReconcile(ctx: Context, importId: string): Promise<void> {
-  await ctx.queues.settlement.add(
+  const added = ctx.queues.settlement.add(
     'reconcile',
     { import_id: importId },
     {
@@ -69,6 +71,7 @@ export async function queueReconcile(ctx: Context, importId: string): Promise<vo
       removeOnFail: 5000,
     },
   );
+  await queueDeadline(added, 'a reconcile job');
 }
 
 const localDate = (d: Date) =>

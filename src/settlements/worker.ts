@@ -1,6 +1,7 @@
 /** Settlement job processors (worker role): reconcile uploaded files, fetch and reconcile on a schedule. */
 import type { Context } from '../context.ts';
-import { FETCH_INTERVAL_MS, type FetchJob, runFetch, scheduleFetches } from './fetch.ts';
+import { addFetchJob, FETCH_INTERVAL_MS, type FetchJob, runFetch, scheduleFetches } from './fetch.ts';
+import { queueReconcile } from './imports.ts';
 import { discardFailedLines } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
 
@@ -28,4 +29,34 @@ export async function startSettlementWorker(ctx: Context): Promise<{ stop(): Pro
     { repeat: { every: FETCH_INTERVAL_MS }, removeOnComplete: 10, removeOnFail: 50 },
   );
   return { async stop() {} };
+}
+
+/**
+ * Imports stored while Redis could not take their job (or whose job a Redis flush lost) would stay
+ * queued for ever: the sweeper queues each again. A job that still exists keeps its place (same
+ * job id), so this only revives the lost. Returns how many were looked at.
+ */
+export async function requeueStrandedImports(ctx: Context, graceMs = 30_000): Promise<number> {
+  const { rows } = await ctx.db.query<{
+    id: string;
+    source: 'upload' | 'fetch';
+    provider_account_id: string | null;
+    fetch_date: string | null;
+  }>(
+    `SELECT id, source, provider_account_id, to_char(fetch_date, 'YYYY-MM-DD') AS fetch_date
+       FROM settlement_imports
+      WHERE status = 'queued' AND created_at < now() - make_interval(secs => $1)
+      ORDER BY created_at LIMIT 100`,
+    [graceMs / 1000],
+  );
+  for (const row of rows) {
+    if (row.source === 'upload') await queueReconcile(ctx, row.id);
+    else if (row.provider_account_id && row.fetch_date)
+      await addFetchJob(ctx, {
+        import_id: row.id,
+        account_id: row.provider_account_id,
+        date: row.fetch_date,
+      });
+  }
+  return rows.length;
 }

@@ -2,6 +2,7 @@ import { type Request, Router } from 'express';
 import type { Context } from '../../context.ts';
 import { ApiError, notFound } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
+import { requireQueues } from '../../jobs/queues.ts';
 import { prepared } from '../../ledger/db.ts';
 import {
   type PaymentRow,
@@ -153,6 +154,8 @@ export function paymentsRouter(ctx: Context): Router {
     }
     const key = idempotencyKeyOf(req, true);
     const body = parse(createRefundSchema, req.body ?? {});
+    // Checked before the key is claimed: a refused refund leaves the key free for the retry.
+    requireQueues(ctx.queues);
     await idempotent(ctx, req, res, `${payment.merchant_id}:refunds:${payment.id}`, key, async () => {
       const refund = await createRefund(ctx, payment.id, body.amount, body.reason);
       return { status: 201, body: refundJson(refund) };

@@ -10,6 +10,7 @@ import type { Context } from '../../context.ts';
 import { dashboardRouter } from '../../dashboard/page.ts';
 import { ApiError, notFound } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
+import { requireQueues } from '../../jobs/queues.ts';
 import { queueFetch } from '../../settlements/fetch.ts';
 import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
 import { EmptyFileError, receiveFile } from '../../settlements/receive.ts';
@@ -171,6 +172,7 @@ export function settlementsRouter(ctx: Context): Router {
     const { provider } = parse(importQuerySchema, req.query, 'query');
     knownProvider(provider, 'provider');
     const account = await accountOf(ctx, merchant.merchant_id, provider);
+    requireQueues(ctx.queues);
     // The file is parsed while it arrives: a malformed one is refused here, with nothing stored.
     let id: string;
     try {
@@ -198,7 +200,10 @@ export function settlementsRouter(ctx: Context): Router {
         throw new ApiError('invalid_request', 'settlement_file_invalid', error.message);
       throw error;
     }
-    await queueReconcile(ctx, id);
+    // Stored is safe: if Redis went away meanwhile, the sweeper queues the job when it is back.
+    await queueReconcile(ctx, id).catch((error) =>
+      ctx.log.warn({ err: error, import_id: id }, 'reconcile job not queued; the sweeper will queue it'),
+    );
     res.status(202).json({ id, object: 'job', status: 'queued' });
   });
 
@@ -221,6 +226,7 @@ export function settlementsRouter(ctx: Context): Router {
         `no ${body.provider} account is configured`,
         'provider',
       );
+    requireQueues(ctx.queues);
     const id = await queueFetch(ctx, account, body.date);
     res.status(202).json({ id, object: 'job', status: 'queued' });
   });

@@ -1,0 +1,203 @@
+/**
+ * Redis outages. PostgreSQL is the system of record, so losing Redis must never leave a till
+ * without an answer: a new sale is refused at once (nothing stored, nothing sent to a provider),
+ * a sale already under way still gets its answer, the gateway shuts down, and everything works
+ * again when Redis is back. Redis sits behind a TCP relay the test can cut, stall and restore.
+ */
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { loadConfig } from '../src/config.ts';
+import { startGateway } from '../src/runtime.ts';
+import {
+  createPayment,
+  dropDatabase,
+  freePort,
+  type Merchant,
+  REDIS_URL,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+  type TestGateway,
+  testEnvironment,
+  waitForStatus,
+} from './helpers.ts';
+import { lineFor, pay, sandboxCsv } from './settlement-helpers.ts';
+
+/** A TCP relay in front of the real Redis: `cut` refuses and drops connections, `stall` stops forwarding. */
+class RedisLink {
+  private server?: net.Server;
+  private readonly pairs = new Set<[net.Socket, net.Socket]>();
+  private stalled = false;
+
+  constructor(readonly port: number) {}
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  async open(): Promise<void> {
+    const target = new URL(REDIS_URL);
+    this.stalled = false;
+    this.server = net.createServer((client) => {
+      const upstream = net.connect(Number(target.port || 6379), target.hostname);
+      const pair: [net.Socket, net.Socket] = [client, upstream];
+      this.pairs.add(pair);
+      const forward = (from: net.Socket, to: net.Socket) =>
+        from.on('data', (chunk) => {
+          if (!this.stalled) to.write(chunk);
+        });
+      forward(client, upstream);
+      forward(upstream, client);
+      const close = () => {
+        this.pairs.delete(pair);
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on('close', close).on('error', close);
+      upstream.on('close', close).on('error', close);
+    });
+    await new Promise<void>((resolve) => this.server?.listen(this.port, '127.0.0.1', resolve));
+  }
+
+  /** Redis goes away: open connections drop and new ones are refused. */
+  async cut(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server?.close(() => resolve()));
+    for (const [client, upstream] of this.pairs) {
+      client.destroy();
+      upstream.destroy();
+    }
+    this.pairs.clear();
+    await closed;
+  }
+
+  /** Redis stops answering but keeps its connections open (a hung server, a black-holed network). */
+  stall(): void {
+    this.stalled = true;
+  }
+}
+
+const elapsedOf = async <T>(work: () => Promise<T>): Promise<{ result: T; ms: number }> => {
+  const started = Date.now();
+  const result = await work();
+  return { result, ms: Date.now() - started };
+};
+
+describe('Redis outages', () => {
+  let link: RedisLink;
+  let tg: TestGateway;
+  let m: Merchant;
+
+  before(async () => {
+    link = new RedisLink(await freePort());
+    await link.open();
+    tg = await startTestGateway({ REDIS_URL: link.url });
+    m = await setupMerchant(tg);
+  });
+
+  after(async () => {
+    await link.cut().catch(() => {});
+    await tg?.stop().catch(() => {});
+  });
+
+  const ready = async () => {
+    for (let i = 0; i < 100; i += 1) {
+      const res = await tg.http.get('/readyz');
+      if (res.status === 200) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error('gateway did not become ready again');
+  };
+
+  test('a sale while Redis is down is refused at once with 503, and nothing is stored', async () => {
+    await link.cut();
+    const { result: res, ms } = await elapsedOf(() => createPayment(tg, m.terminalKey, scanPayment(1200)));
+    assert.equal(res.status, 503);
+    assert.equal(res.body.error.type, 'unavailable');
+    assert.ok(ms < 5_000, `answered after ${ms} ms`);
+    const { rows } = await tg.gateway.ctx.db.query(
+      'SELECT count(*)::int AS n FROM payments WHERE amount_value = 1200',
+    );
+    assert.equal(rows[0].n, 0);
+    await link.open();
+    await ready();
+  });
+
+  test('a settlement file sent while Redis is down is refused with 503, and nothing is stored', async () => {
+    const paid = await pay(tg, m, 1400);
+    await link.cut();
+    const res = await tg.http
+      .post('/v1/settlements/imports?provider=sandbox')
+      .set('Authorization', `Bearer ${m.secretKey}`)
+      .set('Content-Type', 'text/csv')
+      .send(sandboxCsv([lineFor(paid)]));
+    assert.equal(res.status, 503);
+    assert.equal(res.body.error.type, 'unavailable');
+    const { rows } = await tg.gateway.ctx.db.query('SELECT count(*)::int AS n FROM settlement_imports');
+    assert.equal(rows[0].n, 0);
+    await link.open();
+    await ready();
+  });
+
+  test('a till long-polling while Redis is down gets the payment as it stands when its wait ends', async () => {
+    const paid = await createPayment(tg, m.terminalKey, scanPayment(1100));
+    await link.cut();
+    // The process's first long-poll, so it has to subscribe while Redis is away.
+    const { result: res, ms } = await elapsedOf(() =>
+      tg.http.get(`/v1/payments/${paid.body.id}?wait=2`).set('Authorization', `Bearer ${m.terminalKey}`),
+    );
+    assert.equal(res.status, 200);
+    assert.equal(res.body.status, 'succeeded');
+    assert.ok(ms < 5_000, `answered after ${ms} ms`);
+    await link.open();
+    await ready();
+  });
+
+  test('after an outage a long-polling till is woken again as soon as its payment resolves', async () => {
+    // Customer confirms on the phone: processing, then succeeded after about a second here.
+    const created = await createPayment(tg, m.terminalKey, scanPayment(1252));
+    assert.equal(created.body.status, 'processing');
+    const { result: waited, ms } = await elapsedOf(() =>
+      tg.http.get(`/v1/payments/${created.body.id}?wait=20`).set('Authorization', `Bearer ${m.terminalKey}`),
+    );
+    assert.equal(waited.body.status, 'succeeded');
+    assert.ok(ms < 15_000, `woken after ${ms} ms`);
+  });
+
+  test('a sale under way when Redis stops answering still gets its answer, and resolves once Redis is back', async () => {
+    link.stall();
+    const { result: res, ms } = await elapsedOf(() => createPayment(tg, m.terminalKey, scanPayment(1352)));
+    assert.ok(ms < 10_000, `answered after ${ms} ms`);
+    assert.equal(res.body.status, 'processing');
+    await link.cut();
+    await link.open();
+    await ready();
+    await waitForStatus(tg, m.terminalKey, res.body.id, ['succeeded'], 30_000);
+  });
+
+  test('the gateway shuts down while Redis is down', async () => {
+    await link.cut();
+    const { ms } = await elapsedOf(() => tg.gateway.stop());
+    assert.ok(ms < 20_000, `stopped after ${ms} ms`);
+    await link.open();
+    tg = await startTestGateway({}, tg);
+  });
+});
+
+test('a gateway pointed at a Redis that is not there says so and does not start', async () => {
+  const { env, dbName } = testEnvironment({
+    PORT: String(await freePort()),
+    REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
+  });
+  const { result, ms } = await elapsedOf(() =>
+    startGateway(loadConfig(env)).then(
+      (gateway) => ({ gateway, error: undefined }),
+      (error: Error) => ({ gateway: undefined, error }),
+    ),
+  );
+  await result.gateway?.stop();
+  await dropDatabase(dbName);
+  assert.ok(result.error, 'the gateway started without Redis');
+  assert.match(result.error.message, /Redis/);
+  assert.ok(ms < 20_000, `gave up after ${ms} ms`);
+});
