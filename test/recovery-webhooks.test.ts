@@ -89,7 +89,9 @@ describe('crash recovery', () => {
     );
     const refund = await eventually(
       async () => {
-        const res = await tg.http.get(`/v1/refunds/${id}`).set('Authorization', `Bearer ${merchant.secretKey}`);
+        const res = await tg.http
+          .get(`/v1/refunds/${id}`)
+          .set('Authorization', `Bearer ${merchant.secretKey}`);
         return res.body.status === 'pending' ? undefined : res.body;
       },
       30_000,

@@ -391,4 +391,36 @@ describe('listing', () => {
       .expect(200);
     assert.equal(future.body.data.length, 0);
   });
+
+  test('a filtered page goes on after its last payment even when that payment no longer matches', async () => {
+    const shop = await setupMerchant(tg, 'Pager 2');
+    const older = await createPayment(tg, shop.secretKey, scanPayment(1057)).expect(201);
+    const newer = await createPayment(tg, shop.secretKey, scanPayment(1057)).expect(201);
+    const page = (after?: string) =>
+      tg.http
+        .get(`/v1/payments?status=processing&limit=1${after ? `&starting_after=${after}` : ''}`)
+        .set('Authorization', `Bearer ${shop.secretKey}`)
+        .expect(200);
+    const first = await page();
+    assert.deepEqual(
+      first.body.data.map((p: { id: string }) => p.id),
+      [newer.body.id],
+    );
+    assert.equal(first.body.has_more, true);
+    await tg.http
+      .post(`/v1/payments/${newer.body.id}/cancel`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .expect(200);
+    const second = await page(newer.body.id);
+    assert.deepEqual(
+      second.body.data.map((p: { id: string }) => p.id),
+      [older.body.id],
+    );
+    assert.equal(second.body.has_more, false);
+    // Another merchant's payment is still no cursor.
+    await tg.http
+      .get(`/v1/payments?limit=1&starting_after=${newer.body.id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(400);
+  });
 });

@@ -3,7 +3,10 @@ import { ApiError } from '../../errors.ts';
 
 /**
  * Cursor pagination shared by every list: newest first, `starting_after=<id>` continues after
- * that object, `has_more` says whether another page exists. `table` and `filters` are ours, never input.
+ * that object, `has_more` says whether another page exists. `table` and `filters` are ours, never
+ * input; `filters[0]` says whose the rows are (it uses only the first parameters), the rest narrow
+ * the list. The cursor only has to be one of the caller's objects: it may no longer match the other
+ * filters (a payment that left `processing` while a till paged through `status=processing`).
  */
 export async function listPage<R extends { id: string }>(
   ctx: Context,
@@ -17,10 +20,14 @@ export async function listPage<R extends { id: string }>(
   const where = [...filters];
   const params = [...values];
   if (query.starting_after) {
-    params.push(query.starting_after);
+    const owner = filters[0];
+    const ownerParams = values.slice(
+      0,
+      Math.max(0, ...[...owner.matchAll(/\$(\d+)/g)].map((m) => Number(m[1]))),
+    );
     const cursor = await ctx.db.query(
-      `SELECT 1 FROM ${table} WHERE ${filters.join(' AND ')} AND id = $${params.length}`,
-      params,
+      `SELECT 1 FROM ${table} WHERE ${owner} AND id = $${ownerParams.length + 1}`,
+      [...ownerParams, query.starting_after],
     );
     if (cursor.rowCount === 0) {
       throw new ApiError(
@@ -30,6 +37,7 @@ export async function listPage<R extends { id: string }>(
         'starting_after',
       );
     }
+    params.push(query.starting_after);
     where.push(`(created_at, id) < (SELECT created_at, id FROM ${table} WHERE id = $${params.length})`);
   }
   params.push(limit + 1);
