@@ -111,6 +111,8 @@ describe('restart', () => {
     const shop = await setupMerchant(tg, 'Restarting shop');
     const res = await createPayment(tg, shop.terminalKey, scanPayment(4652)).expect(201); // 52: succeeds after ~1 s
     assert.equal(res.body.status, 'processing');
+    const paidBefore = await createPayment(tg, shop.terminalKey, scanPayment(4600)).expect(201);
+    assert.equal(paidBefore.body.status, 'succeeded');
     await tg.stop({ keepDatabase: true });
     await new Promise((r) => setTimeout(r, 1500));
     tg = await startTestGateway({}, tg);
@@ -125,6 +127,14 @@ describe('restart', () => {
     // The sandbox account configured before the restart keeps working.
     const next = await createPayment(tg, shop.terminalKey, scanPayment(1000)).expect(201);
     assert.equal(next.body.status, 'succeeded');
+    // And a payment taken before the restart can still be refunded.
+    const refund = await tg.http
+      .post(`/v1/payments/${paidBefore.body.id}/refunds`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .set('Idempotency-Key', `refund-after-restart-${paidBefore.body.id}`)
+      .send({ amount: { value: 600, currency: 'EUR' } })
+      .expect(201);
+    assert.equal(refund.body.status, 'succeeded', JSON.stringify(refund.body));
   });
 });
 

@@ -21,6 +21,7 @@ import {
   type SandboxNotification,
   type SandboxPaymentView,
   type SandboxPayRequest,
+  type SandboxRefundRequest,
   type SandboxRefundView,
   SIGNATURE_HEADER,
   sandboxSecret,
@@ -218,7 +219,8 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
       request_id: refund.payment.provider_request_id,
       amount: refund.amount.value,
       currency: refund.amount.currency,
-    });
+      original: payRequestOf(account, refund.payment),
+    } satisfies SandboxRefundRequest);
     if (!answer.ok) return { kind: 'unknown', reason: answer.reason };
     return refundOutcomeOf(answer.body);
   },

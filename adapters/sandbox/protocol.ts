@@ -79,6 +79,8 @@ export interface SandboxRefundRequest {
   request_id: string;
   amount: number;
   currency: string;
+  /** The payment's original request, as inquiries carry it: a restarted simulator rebuilds the order. */
+  original?: SandboxPayRequest;
 }
 
 export interface SandboxRefundView {

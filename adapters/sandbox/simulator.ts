@@ -244,7 +244,7 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
     },
     '/v1/refund': (body, res) => {
       const request = body as unknown as SandboxRefundRequest;
-      const order = orders.get(request.request_id);
+      const order = recall(request.request_id, request.original);
       if (!order || view(order).status !== 'succeeded') {
         return reply(res, 200, {
           refund_request_id: request.refund_request_id,
