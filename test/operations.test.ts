@@ -6,6 +6,7 @@ import { loadConfig } from '../src/config.ts';
 import { createLogger } from '../src/logger.ts';
 import {
   createPayment,
+  freePort,
   type Merchant,
   scanPayment,
   setupMerchant,
@@ -144,6 +145,39 @@ describe('start-up', () => {
     });
     assert.equal(result.status, 2, result.stderr);
     assert.match(result.stderr, /configuration error: .*required when NODE_ENV=production/);
+  });
+
+  test('in production no provider account can be pointed at a simulator', async () => {
+    const port = await freePort();
+    const live = await startTestGateway({
+      NODE_ENV: 'production',
+      PORT: String(port),
+      PUBLIC_BASE_URL: `http://127.0.0.1:${port}`,
+    });
+    try {
+      const shop = await live.http
+        .post('/v1/admin/merchants')
+        .set('Authorization', `Bearer ${live.adminKey}`)
+        .send({ name: 'Live shop', settlement_currency: 'EUR', country: 'DE' })
+        .expect(201);
+      const put = (provider: string, body: object) =>
+        live.http
+          .put(`/v1/providers/${provider}`)
+          .set('Authorization', `Bearer ${shop.body.secret_key}`)
+          .send(body);
+      for (const [provider, body] of [
+        ['sandbox', { wallets: ['alipay'] }],
+        ['alipay', { sandbox: true }],
+      ] as const) {
+        const res = await put(provider, body);
+        assert.equal(res.status, 400, `${provider}: ${JSON.stringify(res.body)}`);
+        assert.equal(res.body.error.code, 'sandbox_unavailable');
+      }
+      const { rows } = await live.gateway.ctx.db.query('SELECT count(*)::int AS n FROM provider_accounts');
+      assert.equal(rows[0].n, 0);
+    } finally {
+      await live.stop();
+    }
   });
 
   test('config rejects a master key that is not 32 bytes', () => {

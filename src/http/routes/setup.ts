@@ -194,6 +194,14 @@ export function setupRouter(ctx: Context): Router {
         'wallets',
       );
     const isSandbox = provider === 'sandbox' || common.sandbox === true;
+    // A simulator answers "paid" without taking any money: a live till must never be pointed at one.
+    if (isSandbox && ctx.config.production)
+      throw new ApiError(
+        'invalid_request',
+        'sandbox_unavailable',
+        'simulated providers are not available when NODE_ENV=production; configure real credentials',
+        provider === 'sandbox' ? undefined : 'sandbox',
+      );
     // The account keeps its id when it is configured again (and so does a sandbox identity made from it).
     const current = await ctx.db.query<{ id: string }>(
       'SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL',
