@@ -208,6 +208,25 @@ describe('inbound provider notifications', () => {
       ['late_success'],
       'a success after a final failure is raised for a human',
     );
+    // Once dealt with, the operator resolves it and it leaves the list.
+    const resolved = await tg.http
+      .post(`/v1/admin/alerts/${mine[0].id}/resolve`)
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .expect(200);
+    assert.ok(resolved.body.resolved_at);
+    const after = await tg.http
+      .get('/v1/admin/alerts?limit=100')
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .expect(200);
+    assert.ok(!after.body.data.some((a: { id: string }) => a.id === mine[0].id));
+    await tg.http
+      .post(`/v1/admin/alerts/${mine[0].id}/resolve`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(403);
+    await tg.http
+      .post('/v1/admin/alerts/999999999/resolve')
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .expect(404);
   });
 
   test('forged, stale and malformed notifications are rejected and change nothing', async () => {

@@ -292,6 +292,63 @@ describe('authentication and tenancy', () => {
     }
   });
 
+  test('a revoked terminal key stops working at once; the terminal gets a new one', async () => {
+    const shop = await setupMerchant(tg, 'Lost till');
+    const as = (key: string) => tg.http.get('/v1/payments').set('Authorization', `Bearer ${key}`);
+    await as(shop.terminalKey).expect(200);
+    const terminals = await tg.http
+      .get('/v1/terminals')
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .expect(200);
+    const till = terminals.body.data.find((t: { terminal_id: string }) => t.terminal_id === 'till-1');
+    // Not another merchant's, nor a terminal's own business.
+    await tg.http
+      .delete(`/v1/terminals/${till.id}/key`)
+      .set('Authorization', `Bearer ${other.secretKey}`)
+      .expect(404);
+    await tg.http
+      .delete(`/v1/terminals/${till.id}/key`)
+      .set('Authorization', `Bearer ${shop.terminalKey}`)
+      .expect(403);
+    const revoked = await tg.http
+      .delete(`/v1/terminals/${till.id}/key`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .expect(200);
+    assert.equal(revoked.body.keys_revoked, 1);
+    await as(shop.terminalKey).expect(401);
+    await as(shop.refundTerminalKey).expect(200);
+    const renewed = await tg.http
+      .post(`/v1/terminals/${till.id}/key`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .expect(201);
+    assert.match(renewed.body.terminal_key, /^tk_/);
+    await as(shop.terminalKey).expect(401);
+    const paid = await createPayment(tg, renewed.body.terminal_key, scanPayment(1000)).expect(201);
+    assert.equal(paid.body.store_id, 'berlin-01');
+    assert.equal(paid.body.terminal_id, 'till-1');
+  });
+
+  test('the admin replaces a leaked secret key; the old one stops working at once', async () => {
+    const shop = await setupMerchant(tg, 'Leaky');
+    await tg.http
+      .post(`/v1/admin/merchants/${shop.id}/secret-key`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .expect(403);
+    const renewed = await tg.http
+      .post(`/v1/admin/merchants/${shop.id}/secret-key`)
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .expect(201);
+    assert.match(renewed.body.secret_key, /^sk_/);
+    await tg.http.get('/v1/payments').set('Authorization', `Bearer ${shop.secretKey}`).expect(401);
+    await tg.http.get('/v1/payments').set('Authorization', `Bearer ${renewed.body.secret_key}`).expect(200);
+    // Terminal keys are the terminals' own and keep working.
+    await tg.http.get('/v1/payments').set('Authorization', `Bearer ${shop.terminalKey}`).expect(200);
+    await tg.http
+      .post('/v1/admin/merchants/mer_nobody/secret-key')
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .expect(404);
+  });
+
   test('the admin key only reaches /v1/admin, merchant keys never do', async () => {
     await tg.http.get('/v1/payments').set('Authorization', `Bearer ${tg.adminKey}`).expect(403);
     await tg.http.get('/v1/admin/merchants').set('Authorization', `Bearer ${merchant.secretKey}`).expect(403);

@@ -34,16 +34,22 @@ interface KeyRow {
   can_refund: boolean | null;
 }
 
-/** Hash lookups are cached briefly: a revoked key stops working within this time. */
+/** Hash lookups are cached briefly: a key revoked by another process stops working within this time. */
 const CACHE_MS = 10_000;
+/** Bumped by every revocation, which this process's caches then forget at once. */
+let revocations = 0;
+
+export function forgetCachedKeys(): void {
+  revocations += 1;
+}
 
 export function authenticator(ctx: Context) {
-  const cache = new Map<string, { principal: Principal | null; until: number }>();
+  const cache = new Map<string, { principal: Principal | null; until: number; revocations: number }>();
 
   async function lookup(token: string): Promise<Principal | null> {
     const hash = hashKey(token).toString('base64');
     const hit = cache.get(hash);
-    if (hit && hit.until > Date.now()) return hit.principal;
+    if (hit && hit.until > Date.now() && hit.revocations === revocations) return hit.principal;
     const { rows } = await ctx.db.query<KeyRow>(
       `SELECT k.id, k.merchant_id, k.kind, k.terminal_ref, t.store_id, t.terminal_id, t.can_refund
          FROM api_keys k LEFT JOIN terminals t ON t.id = k.terminal_ref
@@ -66,7 +72,7 @@ export function authenticator(ctx: Context) {
       };
     }
     if (cache.size > 10_000) cache.clear();
-    cache.set(hash, { principal, until: Date.now() + CACHE_MS });
+    cache.set(hash, { principal, until: Date.now() + CACHE_MS, revocations });
     return principal;
   }
 

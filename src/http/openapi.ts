@@ -73,6 +73,20 @@ const OPERATIONS: Op[] = [
     responses: { 200: 'list' },
   },
   {
+    method: 'post',
+    path: '/v1/admin/alerts/{id}/resolve',
+    summary: 'Mark an alert dealt with',
+    auth: 'admin',
+    responses: { 200: 'alert', 404: 'no such alert' },
+  },
+  {
+    method: 'post',
+    path: '/v1/admin/merchants/{id}/secret-key',
+    summary: "Replace a merchant's secret key (the old one stops working)",
+    auth: 'admin',
+    responses: { 201: 'merchant with secret_key', 404: 'no such merchant' },
+  },
+  {
     method: 'put',
     path: '/v1/providers/{provider}',
     summary: 'Configure the provider account',
@@ -109,6 +123,20 @@ const OPERATIONS: Op[] = [
     query: listQuerySchema,
     auth: 'merchant',
     responses: { 200: 'list' },
+  },
+  {
+    method: 'post',
+    path: '/v1/terminals/{id}/key',
+    summary: "Replace a terminal's key (the old one stops working)",
+    auth: 'merchant',
+    responses: { 201: 'terminal with terminal_key', 404: 'no such terminal' },
+  },
+  {
+    method: 'delete',
+    path: '/v1/terminals/{id}/key',
+    summary: "Revoke a terminal's key (a lost or stolen till)",
+    auth: 'merchant',
+    responses: { 200: 'terminal with keys_revoked', 404: 'no such terminal' },
   },
   {
     method: 'post',

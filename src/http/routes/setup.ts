@@ -8,7 +8,7 @@ import { newId, randomToken } from '../../ids.ts';
 import { inTransaction, type Queryable } from '../../ledger/db.ts';
 import { credentialsContext, type ProviderAccountRow, webhookPath } from '../../payments/accounts.ts';
 import { hashKey, seal } from '../../secrets.ts';
-import { requireAdmin, requireMerchant } from '../auth.ts';
+import { forgetCachedKeys, requireAdmin, requireMerchant } from '../auth.ts';
 import {
   createMerchantSchema,
   createTerminalSchema,
@@ -106,6 +106,21 @@ export async function issueKey(
   return key;
 }
 
+/** Revokes the merchant's secret key or a terminal's key, so that a new one can take its place. */
+async function revokeKeys(
+  db: Queryable,
+  merchantId: string,
+  which: { kind: 'secret' } | { kind: 'terminal'; terminalRef: string },
+): Promise<number> {
+  const { rowCount } = await db.query(
+    `UPDATE api_keys SET revoked_at = now()
+      WHERE merchant_id = $1 AND kind = $2 AND terminal_ref IS NOT DISTINCT FROM $3 AND revoked_at IS NULL`,
+    [merchantId, which.kind, which.kind === 'terminal' ? which.terminalRef : null],
+  );
+  forgetCachedKeys();
+  return rowCount ?? 0;
+}
+
 export async function createMerchant(
   ctx: Context,
   input: { name: string; settlement_currency: string; country: string },
@@ -165,12 +180,39 @@ export function setupRouter(ctx: Context): Router {
     );
   });
 
+  // A leaked secret key: the merchant gets a new one and the old one stops working.
+  router.post('/v1/admin/merchants/:id/secret-key', async (req, res) => {
+    requireAdmin(req);
+    const result = await inTransaction(ctx.db, async (client) => {
+      const { rows } = await client.query<MerchantRow>('SELECT * FROM merchants WHERE id = $1 FOR UPDATE', [
+        req.params.id,
+      ]);
+      if (!rows[0]) throw notFound('merchant', req.params.id);
+      await revokeKeys(client, rows[0].id, { kind: 'secret' });
+      return { ...merchantJson(rows[0]), secret_key: await issueKey(client, rows[0].id, 'secret') };
+    });
+    res.status(201).json(result);
+  });
+
   // What the gateway could not settle by itself (a cancel whose result stays unknown, a success
   // reported after a final failure, a refund that never resolves): for an operator to act on.
   router.get('/v1/admin/alerts', async (req, res) => {
     requireAdmin(req);
     const query = parse(listQuerySchema, req.query, 'query');
     res.json(await listPage<AlertRow>(ctx, 'alerts', ['resolved_at IS NULL'], [], query, alertJson));
+  });
+
+  // An operator has dealt with it: it leaves the list (resolving twice changes nothing).
+  router.post('/v1/admin/alerts/:id/resolve', async (req, res) => {
+    requireAdmin(req);
+    const id = req.params.id;
+    if (!/^\d{1,18}$/.test(id)) throw notFound('alert', id);
+    const { rows } = await ctx.db.query<AlertRow>(
+      `UPDATE alerts SET resolved_at = COALESCE(resolved_at, now()) WHERE id = $1 RETURNING *`,
+      [id],
+    );
+    if (!rows[0]) throw notFound('alert', id);
+    res.json(alertJson(rows[0]));
   });
 
   router.put('/v1/providers/:provider', async (req, res) => {
@@ -288,6 +330,41 @@ export function setupRouter(ctx: Context): Router {
       .json(await createTerminal(ctx, merchant.merchant_id, parse(createTerminalSchema, req.body)));
   });
 
+  // A till lost or stolen: its key stops working (in other API processes within 10 s, the auth
+  // cache); a new key for a replacement till is issued by the POST, which revokes the old one too.
+  const ownedTerminal = async (db: Queryable, merchantId: string, id: string) => {
+    const { rows } = await db.query<TerminalRow>(
+      'SELECT * FROM terminals WHERE id = $1 AND merchant_id = $2 FOR UPDATE',
+      [id, merchantId],
+    );
+    if (!rows[0]) throw notFound('terminal', id);
+    return rows[0];
+  };
+
+  router.post('/v1/terminals/:id/key', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const result = await inTransaction(ctx.db, async (client) => {
+      const terminal = await ownedTerminal(client, merchant.merchant_id, req.params.id);
+      await revokeKeys(client, merchant.merchant_id, { kind: 'terminal', terminalRef: terminal.id });
+      const terminalKey = await issueKey(client, merchant.merchant_id, 'terminal', terminal.id);
+      return { ...terminalJson(terminal), terminal_key: terminalKey };
+    });
+    res.status(201).json(result);
+  });
+
+  router.delete('/v1/terminals/:id/key', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const result = await inTransaction(ctx.db, async (client) => {
+      const terminal = await ownedTerminal(client, merchant.merchant_id, req.params.id);
+      const revoked = await revokeKeys(client, merchant.merchant_id, {
+        kind: 'terminal',
+        terminalRef: terminal.id,
+      });
+      return { ...terminalJson(terminal), keys_revoked: revoked };
+    });
+    res.json(result);
+  });
+
   router.get('/v1/terminals', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listQuerySchema, req.query, 'query');
@@ -376,6 +453,7 @@ interface AlertRow {
   refund_id: string | null;
   detail: string;
   created_at: Date;
+  resolved_at: Date | null;
 }
 
 const alertJson = (a: AlertRow) => ({
@@ -386,6 +464,7 @@ const alertJson = (a: AlertRow) => ({
   refund_id: a.refund_id,
   detail: a.detail,
   created_at: a.created_at.toISOString(),
+  resolved_at: a.resolved_at?.toISOString() ?? null,
 });
 
 interface DeliveryRow {
