@@ -164,6 +164,10 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       ['limit 101', () => tg.http.get('/v1/payments?limit=101').set(auth)],
       ['unknown status filter', () => tg.http.get('/v1/payments?status=lost').set(auth)],
       ['bad created_gte', () => tg.http.get('/v1/payments?created_gte=yesterday').set(auth)],
+      [
+        'created_gte without a time zone',
+        () => tg.http.get('/v1/payments?created_gte=2026-11-26T10:00:00').set(auth),
+      ],
       ['unknown query parameter', () => tg.http.get('/v1/payments?colour=red').set(auth)],
       ['wait above 60', () => tg.http.get('/v1/payments/pay_x?wait=61').set(auth)],
       // Inputs that once reached PostgreSQL or the URL decoder and came back as 500s.
@@ -186,6 +190,14 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
             .post('/v1/admin/merchants')
             .set('Authorization', `Bearer ${tg.adminKey}`)
             .send({ name: 'x', settlement_currency: 'EUR', country: 'Germany' }),
+      ],
+      [
+        'merchant with a country code no country has',
+        () =>
+          tg.http
+            .post('/v1/admin/merchants')
+            .set('Authorization', `Bearer ${tg.adminKey}`)
+            .send({ name: 'x', settlement_currency: 'EUR', country: 'ZZ' }),
       ],
       [
         'merchant with an unknown currency',

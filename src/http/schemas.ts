@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { WALLETS } from '../../adapters/contract.ts';
+import { isCountry } from '../countries.ts';
 import { isCurrency } from '../payments/money.ts';
 
 const printable = (max: number) =>
@@ -68,7 +69,7 @@ export const createRefundSchema = z.strictObject({
 export const createMerchantSchema = z.strictObject({
   name: printable(128),
   settlement_currency: currency,
-  country: z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166-1 alpha-2 code'),
+  country: z.string().refine(isCountry, 'must be an ISO 3166-1 alpha-2 code, such as DE'),
 });
 
 export const createTerminalSchema = z.strictObject({
@@ -108,12 +109,13 @@ export const createWebhookEndpointSchema = z.strictObject({
   events: z.array(z.enum(WEBHOOK_EVENTS)).min(1),
 });
 
-const rfc3339 = z
-  .string()
-  .refine(
-    (s) => /^\d{4}-\d{2}-\d{2}T/.test(s) && !Number.isNaN(Date.parse(s)),
-    'must be an RFC 3339 timestamp',
-  );
+const rfc3339 = z.string().refine(
+  // The zone is required: without one the moment would depend on the server's time zone.
+  (s) =>
+    /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/.test(s) &&
+    !Number.isNaN(Date.parse(s)),
+  'must be an RFC 3339 timestamp with a time zone (e.g. 2026-11-26T10:00:00Z)',
+);
 
 export const listQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(100).optional(),
