@@ -114,6 +114,7 @@ describe('Redis outages', () => {
     const { result: res, ms } = await elapsedOf(() => createPayment(tg, m.terminalKey, scanPayment(1200)));
     assert.equal(res.status, 503);
     assert.equal(res.body.error.type, 'unavailable');
+    assert.equal(res.headers['retry-after'], '5');
     assert.ok(ms < 5_000, `answered after ${ms} ms`);
     const { rows } = await tg.gateway.ctx.db.query(
       'SELECT count(*)::int AS n FROM payments WHERE amount_value = 1200',

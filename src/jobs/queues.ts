@@ -43,6 +43,9 @@ export function requireQueues(queues: Queues): void {
     'unavailable',
     'queue_unavailable',
     'the job queues (Redis) are unreachable; nothing was stored or sent to a provider, retry shortly',
+    undefined,
+    503,
+    { 'Retry-After': '5' },
   );
 }
 
