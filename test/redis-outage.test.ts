@@ -110,7 +110,14 @@ describe('Redis outages', () => {
   };
 
   test('a sale while Redis is down is refused at once with 503, and nothing is stored', async () => {
+    const taken = await createPayment(tg, m.terminalKey, scanPayment(1150), 'taken-before-the-outage');
+    assert.equal(taken.body.status, 'succeeded');
     await link.cut();
+    // A till retrying a sale taken before the outage still learns its outcome.
+    const retried = await createPayment(tg, m.terminalKey, scanPayment(1150), 'taken-before-the-outage');
+    assert.equal(retried.status, 200);
+    assert.equal(retried.headers['idempotent-replayed'], 'true');
+    assert.equal(retried.body.id, taken.body.id);
     const { result: res, ms } = await elapsedOf(() => createPayment(tg, m.terminalKey, scanPayment(1200)));
     assert.equal(res.status, 503);
     assert.equal(res.body.error.type, 'unavailable');

@@ -136,7 +136,7 @@ export async function raiseAlert(
  * with another request is 422; while the first request is still running, 409; afterwards (or
  * once a dead request's lease has passed) the payment as it is now.
  */
-async function replayOf(ctx: Ctx, input: NewPayment): Promise<PaymentRow> {
+async function replayOf(ctx: Ctx, input: NewPayment): Promise<PaymentRow | undefined> {
   const { rows } = await ctx.db.query<PaymentRow & { lease_over: boolean }>(
     prepared(
       `SELECT *, created_at < now() - make_interval(secs => $3) AS lease_over
@@ -144,6 +144,7 @@ async function replayOf(ctx: Ctx, input: NewPayment): Promise<PaymentRow> {
       [input.merchant_id, input.idempotency_key, IN_FLIGHT_GRACE_S],
     ),
   );
+  if (!rows[0]) return undefined;
   const { lease_over: leaseOver, ...existing } = rows[0];
   if (existing.request_hash !== input.request_hash) throw idempotencyKeyReused();
   if (!existing.request_done && !leaseOver) throw idempotencyInProgress();
@@ -169,7 +170,12 @@ export async function createPayment(
       'wallet',
     );
   }
-  requireQueues(ctx.queues);
+  if (!ctx.queues.reachable()) {
+    // A till retrying a sale already taken still learns its outcome; only a new sale is refused.
+    const replay = await replayOf(ctx, input);
+    if (replay) return { payment: replay, replayed: true };
+    requireQueues(ctx.queues);
+  }
   const first = candidates[0];
   const id = newId('pay');
   const windowS = resolutionWindowS(
@@ -220,7 +226,11 @@ export async function createPayment(
     ),
   );
   const row = rows[0];
-  if (!row) return { payment: await replayOf(ctx, input), replayed: true };
+  if (!row) {
+    const replay = await replayOf(ctx, input);
+    if (!replay) throw new Error(`payment with Idempotency-Key ${input.idempotency_key} vanished`);
+    return { payment: replay, replayed: true };
+  }
   return { payment: await sendToProvider(ctx, row, candidates, input.payment_code), replayed: false };
 }
 
