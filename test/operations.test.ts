@@ -2,10 +2,13 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import supertest from 'supertest';
 import { loadConfig } from '../src/config.ts';
 import { createLogger } from '../src/logger.ts';
+import { startGateway } from '../src/runtime.ts';
 import {
   createPayment,
+  dropDatabase,
   freePort,
   type Merchant,
   scanPayment,
@@ -147,36 +150,36 @@ describe('start-up', () => {
     assert.match(result.stderr, /configuration error: .*required when NODE_ENV=production/);
   });
 
-  test('in production no provider account can be pointed at a simulator', async () => {
+  test('in production no provider account can be pointed at a simulator, nor take a sale on one', async () => {
     const port = await freePort();
-    const live = await startTestGateway({
-      NODE_ENV: 'production',
-      PORT: String(port),
-      PUBLIC_BASE_URL: `http://127.0.0.1:${port}`,
-    });
+    const trial = await startTestGateway({ PORT: String(port), PUBLIC_BASE_URL: `http://127.0.0.1:${port}` });
+    const shop = await setupMerchant(trial, 'Went live');
+    await trial.stop({ keepDatabase: true });
+    const live = await startGateway(loadConfig({ ...trial.env, NODE_ENV: 'production' }));
     try {
-      const shop = await live.http
-        .post('/v1/admin/merchants')
-        .set('Authorization', `Bearer ${live.adminKey}`)
-        .send({ name: 'Live shop', settlement_currency: 'EUR', country: 'DE' })
-        .expect(201);
-      const put = (provider: string, body: object) =>
-        live.http
-          .put(`/v1/providers/${provider}`)
-          .set('Authorization', `Bearer ${shop.body.secret_key}`)
-          .send(body);
+      const http = supertest(live.url ?? '');
       for (const [provider, body] of [
         ['sandbox', { wallets: ['alipay'] }],
         ['alipay', { sandbox: true }],
       ] as const) {
-        const res = await put(provider, body);
+        const res = await http
+          .put(`/v1/providers/${provider}`)
+          .set('Authorization', `Bearer ${shop.secretKey}`)
+          .send(body);
         assert.equal(res.status, 400, `${provider}: ${JSON.stringify(res.body)}`);
         assert.equal(res.body.error.code, 'sandbox_unavailable');
       }
-      const { rows } = await live.gateway.ctx.db.query('SELECT count(*)::int AS n FROM provider_accounts');
-      assert.equal(rows[0].n, 0);
+      // The sandbox account configured during the trial takes no live sale.
+      const sale = await http
+        .post('/v1/payments')
+        .set('Authorization', `Bearer ${shop.terminalKey}`)
+        .set('Idempotency-Key', 'first-live-sale')
+        .send(scanPayment(1000));
+      assert.equal(sale.status, 422, JSON.stringify(sale.body));
+      assert.equal(sale.body.error.code, 'no_provider_account');
     } finally {
       await live.stop();
+      await dropDatabase(trial.dbName);
     }
   });
 

@@ -4,6 +4,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
+import { sweepStragglers } from '../src/payments/service.ts';
 import { maskPaymentCode, seal } from '../src/secrets.ts';
 import { requeuePendingDeliveries } from '../webhooks/outbound.ts';
 import {
@@ -44,6 +45,28 @@ describe('crash recovery', () => {
       30_000,
     );
     assert.equal(done.status, 'succeeded');
+  });
+
+  test('the sweeper gives an overdue payment no second job while its job is still queued', async () => {
+    const queue = tg.gateway.ctx.queues.resolve;
+    // This process takes no resolution job meanwhile: the payment's job stays queued.
+    await queue.pause(true);
+    try {
+      const res = await createPayment(tg, merchant.terminalKey, scanPayment(4157)).expect(201); // 57: stays processing
+      const jobsOf = async () =>
+        (await queue.getJobs(['waiting', 'delayed', 'active'])).filter(
+          (job) => job?.data.payment_id === res.body.id,
+        ).length;
+      assert.equal(await jobsOf(), 1);
+      // Overdue, as after a Redis outage or a backed-up queue.
+      await db().query("UPDATE payments SET next_check_at = now() - interval '1 minute' WHERE id = $1", [
+        res.body.id,
+      ]);
+      assert.equal(await sweepStragglers(tg.gateway.ctx), 1);
+      assert.equal(await jobsOf(), 1);
+    } finally {
+      await queue.resume(true);
+    }
   });
 
   test('a payment stored by a process that died before calling the provider is found and sent once', async () => {
@@ -113,6 +136,9 @@ describe('restart', () => {
     assert.equal(res.body.status, 'processing');
     const paidBefore = await createPayment(tg, shop.terminalKey, scanPayment(4600)).expect(201);
     assert.equal(paidBefore.body.status, 'succeeded');
+    // 55: the provider's first answer was a 5xx; a restarted simulator must still know it was paid.
+    const flaky = await createPayment(tg, shop.terminalKey, scanPayment(4655)).expect(201);
+    await waitForStatus(tg, shop.terminalKey, flaky.body.id, ['succeeded'], 20_000);
     await tg.stop({ keepDatabase: true });
     await new Promise((r) => setTimeout(r, 1500));
     tg = await startTestGateway({}, tg);
@@ -135,6 +161,13 @@ describe('restart', () => {
       .send({ amount: { value: 600, currency: 'EUR' } })
       .expect(201);
     assert.equal(refund.body.status, 'succeeded', JSON.stringify(refund.body));
+    const flakyRefund = await tg.http
+      .post(`/v1/payments/${flaky.body.id}/refunds`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .set('Idempotency-Key', `refund-after-restart-${flaky.body.id}`)
+      .send({})
+      .expect(201);
+    assert.equal(flakyRefund.body.status, 'succeeded', JSON.stringify(flakyRefund.body));
   });
 });
 

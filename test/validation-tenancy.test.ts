@@ -486,10 +486,14 @@ describe('listing', () => {
       [older.body.id],
     );
     assert.equal(second.body.has_more, false);
-    // Another merchant's payment is still no cursor.
+    // Another merchant's payment is still no cursor, nor is a payment another till cannot see.
     await tg.http
       .get(`/v1/payments?limit=1&starting_after=${newer.body.id}`)
       .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(400);
+    await tg.http
+      .get(`/v1/payments?limit=1&starting_after=${newer.body.id}`)
+      .set('Authorization', `Bearer ${shop.terminalKey}`)
       .expect(400);
   });
 });

@@ -165,6 +165,18 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
     return createOrder(original, Date.parse(original.created_at));
   }
 
+  /**
+   * A refund names a payment the gateway holds as paid (it refunds nothing else): a restarted
+   * simulator rebuilds that order as paid, whatever its scenario or mode.
+   */
+  function recallPaid(requestId: string, original: SandboxPayRequest | undefined): Order | undefined {
+    const known = orders.get(requestId);
+    if (known || !original || original.request_id !== requestId) return known;
+    const order = createOrder(original, Date.parse(original.created_at));
+    if (view(order).status !== 'succeeded') finish(order, 'succeeded');
+    return order;
+  }
+
   function notify(order: Order, refund?: SandboxRefundView): void {
     const message: SandboxNotification = refund
       ? { notification_id: `ntf_${refund.refund_request_id}_${refund.status}`, type: 'refund', refund }
@@ -244,7 +256,7 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
     },
     '/v1/refund': (body, res) => {
       const request = body as unknown as SandboxRefundRequest;
-      const order = recall(request.request_id, request.original);
+      const order = recallPaid(request.request_id, request.original);
       if (!order || view(order).status !== 'succeeded') {
         return reply(res, 200, {
           refund_request_id: request.refund_request_id,

@@ -1,6 +1,7 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { inboundWebhooksRouter } from '../../webhooks/inbound.ts';
 import type { Context } from '../context.ts';
+import { withDeadline } from '../deadline.ts';
 import { ApiError } from '../errors.ts';
 import { randomToken } from '../ids.ts';
 import { authenticator, rateLimiter } from './auth.ts';
@@ -8,6 +9,8 @@ import { openApiDocument } from './openapi.ts';
 import { paymentsRouter } from './routes/payments.ts';
 import { extraRouters } from './routes/registry.ts';
 import { setupRouter } from './routes/setup.ts';
+
+const READY_PING_DEADLINE_MS = 2_000;
 
 const UNAVAILABLE_CODES = new Set([
   'ECONNREFUSED',
@@ -72,8 +75,9 @@ export function createApp(ctx: Context): express.Express {
         () => true,
         () => false,
       ),
-      ctx.redis.ping().then(
-        () => true,
+      // A hung Redis keeps its connection and never answers: not ready either.
+      withDeadline(ctx.redis.ping(), 'a Redis ping', READY_PING_DEADLINE_MS).then(
+        () => ctx.queues.reachable(),
         () => false,
       ),
     ]);

@@ -36,9 +36,10 @@ interface KeyRow {
 
 /** Hash lookups are cached briefly: a key revoked by another process stops working within this time. */
 const CACHE_MS = 10_000;
-/** Bumped by every revocation, which this process's caches then forget at once. */
+/** Bumped by every committed revocation: this process's caches then forget what they hold. */
 let revocations = 0;
 
+/** Call after the revocation commits (before, a lookup in between would cache the key again). */
 export function forgetCachedKeys(): void {
   revocations += 1;
 }
@@ -50,6 +51,8 @@ export function authenticator(ctx: Context) {
     const hash = hashKey(token).toString('base64');
     const hit = cache.get(hash);
     if (hit && hit.until > Date.now() && hit.revocations === revocations) return hit.principal;
+    // Read before the query: a revocation committed while it runs must not be cached over.
+    const generation = revocations;
     const { rows } = await ctx.db.query<KeyRow>(
       `SELECT k.id, k.merchant_id, k.kind, k.terminal_ref, t.store_id, t.terminal_id, t.can_refund
          FROM api_keys k LEFT JOIN terminals t ON t.id = k.terminal_ref
@@ -72,7 +75,7 @@ export function authenticator(ctx: Context) {
       };
     }
     if (cache.size > 10_000) cache.clear();
-    cache.set(hash, { principal, until: Date.now() + CACHE_MS, revocations });
+    cache.set(hash, { principal, until: Date.now() + CACHE_MS, revocations: generation });
     return principal;
   }
 

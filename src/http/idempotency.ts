@@ -147,8 +147,9 @@ export async function idempotent(
   try {
     result = await handler();
   } catch (error) {
-    // A refused request moved nothing: free the key so a corrected retry can use it.
-    if (error instanceof ApiError && error.status < 500) {
+    // A refused request (a 4xx, or 503 before anything was done) moved nothing: free the key so
+    // a corrected retry can use it.
+    if (error instanceof ApiError && (error.status < 500 || error.type === 'unavailable')) {
       await ctx.db.query(
         'DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND response_status IS NULL',
         [scope, key],

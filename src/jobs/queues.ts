@@ -12,8 +12,13 @@ export const QUEUE_NAMES = ['resolve', 'deliver', 'outbox', 'settlement', 'maint
 export type QueueName = (typeof QUEUE_NAMES)[number];
 
 export type Queues = Record<QueueName, Queue.Queue> & {
-  /** Whether the queues' Redis connection is up right now (a cheap look, no round trip). */
+  /**
+   * Whether Redis is taking jobs: its connection is up and, since the last queue command that went
+   * unanswered, it has answered a ping (a hung Redis keeps its connection open). No round trip.
+   */
   reachable(): boolean;
+  /** A queue command went unanswered: not reachable until Redis answers a ping again. */
+  suspect(): void;
   close(): Promise<void>;
 };
 
@@ -21,15 +26,61 @@ export type Queues = Record<QueueName, Queue.Queue> & {
  * How long a caller waits for Redis to take a job. bull's connections retry every command until
  * Redis answers, so without a deadline a Redis outage would hold a till's request for ever. A job
  * that misses it is not lost: PostgreSQL still says the work is unfinished, and the sweeper
- * queues it again (the command itself may also still go through when Redis is back; job ids
- * make that harmless).
+ * queues it again (see ensureJob).
  */
 const QUEUE_DEADLINE_MS = 3_000;
-const CLOSE_DEADLINE_MS = 5_000;
+const PROBE_INTERVAL_MS = 1_000;
+/** Running jobs get this long to finish at shutdown; with Redis unreachable they are not waited for. */
+const CLOSE_DEADLINE_MS = 25_000;
+const CLOSE_UNREACHABLE_DEADLINE_MS = 5_000;
 
-/** Waits for Redis to take a job (`added`), at most QUEUE_DEADLINE_MS. */
-export function queueDeadline<T>(added: Promise<T>, what: string): Promise<T> {
-  return withDeadline(added, `queueing ${what}`, QUEUE_DEADLINE_MS);
+/** Waits for Redis to answer a queue command (`work`), at most QUEUE_DEADLINE_MS. */
+export async function queueDeadline<T>(queues: Queues, work: Promise<T>, what: string): Promise<T> {
+  try {
+    return await withDeadline(work, what, QUEUE_DEADLINE_MS);
+  } catch (error) {
+    if (error instanceof DeadlineError) queues.suspect();
+    throw error;
+  }
+}
+
+/**
+ * Makes sure a job with this id is waiting or running: how the sweepers revive work whose job was
+ * lost. A job that still exists under the id keeps its place, so the work never runs twice at
+ * once (a job add that missed its deadline may still reach Redis later, under the same id); one
+ * that finished or failed without its row moving on is replaced.
+ */
+export async function ensureJob(
+  queues: Queues,
+  name: QueueName,
+  jobId: string,
+  add: () => Promise<void>,
+): Promise<void> {
+  const existing = await queueDeadline(queues, queues[name].getJob(jobId), `looking up job ${jobId}`);
+  if (existing) {
+    const state = await queueDeadline(queues, existing.getState(), `reading job ${jobId}`);
+    if (state !== 'completed' && state !== 'failed') return;
+    await queueDeadline(queues, existing.remove(), `removing job ${jobId}`);
+  }
+  await add();
+}
+
+/**
+ * For work PostgreSQL already records as due (a payment's or refund's next check, a stored file):
+ * a job Redis cannot take now is left to the sweeper, which finds the row and queues its job,
+ * instead of failing the request that got this far.
+ */
+export async function leaveToSweeper(
+  ctx: Pick<Context, 'log'>,
+  adding: Promise<void>,
+  what: Record<string, unknown>,
+): Promise<void> {
+  try {
+    await adding;
+  } catch (error) {
+    if (!(error instanceof DeadlineError)) throw error;
+    ctx.log.warn({ err: error, ...what }, 'job not queued; the sweeper will queue it when Redis is back');
+  }
 }
 
 /**
@@ -86,15 +137,32 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
       }),
     ]),
   ) as Record<QueueName, Queue.Queue>;
+  let probe: NodeJS.Timeout | undefined;
+  const reachable = () => client.status === 'ready' && probe === undefined;
+  const suspect = () => {
+    if (probe) return;
+    probe = setInterval(() => {
+      withDeadline(client.ping(), 'a ping', PROBE_INTERVAL_MS).then(
+        () => {
+          clearInterval(probe);
+          probe = undefined;
+        },
+        () => {},
+      );
+    }, PROBE_INTERVAL_MS);
+  };
   return {
     ...queues,
-    reachable: () => client.status === 'ready',
+    reachable,
+    suspect,
     async close() {
-      // Running jobs are waited for, unless Redis is down: then they could not finish anyway (every
-      // job is safe to run again), and bull's close, which waits for Redis, is cut short.
-      const abandonJobs = client.status !== 'ready';
+      clearInterval(probe);
+      // Running jobs are waited for, unless Redis is unreachable: then they could not finish anyway
+      // (every job is safe to run again), and bull's close, which waits for Redis, is cut short.
+      const abandonJobs = !reachable();
       const closed = Promise.all(QUEUE_NAMES.map((name) => queues[name].close(abandonJobs).catch(() => {})));
-      const finished = await withDeadline(closed, 'closing the queues', CLOSE_DEADLINE_MS).then(
+      const deadline = abandonJobs ? CLOSE_UNREACHABLE_DEADLINE_MS : CLOSE_DEADLINE_MS;
+      const finished = await withDeadline(closed, 'closing the queues', deadline).then(
         () => true,
         () => false,
       );
@@ -127,24 +195,15 @@ export async function enqueue<T extends object>(
     attempts: options.attempts ?? 3,
     backoff: { type: 'exponential', delay: options.backoffMs ?? 1000 },
   });
-  await queueDeadline(added, `a ${name} job`);
+  await queueDeadline(queues, added, `queueing a ${name} job`);
 }
 
-/**
- * For work PostgreSQL already records as due (a payment's or refund's next check): a job Redis
- * cannot take now is left to the sweeper, which finds the overdue row and queues it, instead of
- * failing the request that got this far.
- */
-export async function enqueueDue<T extends object>(
+/** enqueue, left to the sweeper when Redis cannot take the job now (see leaveToSweeper). */
+export function enqueueDue<T extends object>(
   ctx: Pick<Context, 'queues' | 'log'>,
   name: QueueName,
   data: T,
   options: EnqueueOptions = {},
 ): Promise<void> {
-  try {
-    await enqueue(ctx.queues, name, data, options);
-  } catch (error) {
-    if (!(error instanceof DeadlineError)) throw error;
-    ctx.log.warn({ err: error, job: data }, 'job not queued; the sweeper will queue it when Redis is back');
-  }
+  return leaveToSweeper(ctx, enqueue(ctx.queues, name, data, options), { queue: name, job: data });
 }

@@ -6,7 +6,7 @@ import type { RefundOutcome, RefundRequest } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { newId } from '../ids.ts';
-import { enqueue, enqueueDue } from '../jobs/queues.ts';
+import { enqueue, enqueueDue, ensureJob } from '../jobs/queues.ts';
 import { inTransaction } from '../ledger/db.ts';
 import {
   CAPTURED,
@@ -251,11 +251,11 @@ export async function sweepPendingRefunds(ctx: Context, graceMs = 5000): Promise
   );
   for (const row of rows) {
     await ctx.db.query('UPDATE refunds SET next_check_at = now() WHERE id = $1', [row.id]);
-    await enqueue(
-      ctx.queues,
-      'resolve',
-      { refund_id: row.id },
-      { jobId: `refund:${row.id}:sweep:${Date.now()}` },
+    // The job of the refund's current step (as scheduled above): revived if lost, left alone if
+    // still queued or running, so the refund is never inquired or sent twice at once.
+    const jobId = `refund:${row.id}:${row.poll_step}`;
+    await ensureJob(ctx.queues, 'resolve', jobId, () =>
+      enqueue(ctx.queues, 'resolve', { refund_id: row.id }, { jobId }),
     );
   }
   return rows.length;

@@ -13,7 +13,7 @@ import type {
 import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
-import { enqueue, enqueueDue, requireQueues } from '../jobs/queues.ts';
+import { enqueue, enqueueDue, ensureJob, requireQueues } from '../jobs/queues.ts';
 import { prepared } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
@@ -591,13 +591,12 @@ export async function sweepStragglers(ctx: Ctx, graceMs = 5000): Promise<number>
     [graceMs / 1000],
   );
   for (const row of rows) {
-    // poll_step counts every resolution job ever scheduled for the payment, these included.
-    await updatePayment(ctx.db, row.id, { next_check_at: new Date(), poll_step: row.poll_step + 1 });
-    await enqueue(
-      ctx.queues,
-      'resolve',
-      { payment_id: row.id },
-      { jobId: `resolve:${row.id}:sweep:${Date.now()}` },
+    await updatePayment(ctx.db, row.id, { next_check_at: new Date() });
+    // The job of the payment's current step (scheduleCheck's id): revived if lost, left alone if
+    // still queued or running, so two checks of one payment never run at once.
+    const jobId = `resolve:${row.id}:${row.poll_step}`;
+    await ensureJob(ctx.queues, 'resolve', jobId, () =>
+      enqueue(ctx.queues, 'resolve', { payment_id: row.id }, { jobId }),
     );
   }
   return rows.length;

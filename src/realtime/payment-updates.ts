@@ -60,17 +60,19 @@ export class PaymentUpdates {
     paymentId: string,
     timeoutMs: number,
   ): Promise<{ changed: Promise<string | undefined>; cancel(): void }> {
-    // While Redis is down a wait cannot be woken early, but it still ends at its timeout.
+    // While Redis is down a wait cannot be woken early, but it still ends at its timeout, which
+    // counts the time spent trying to subscribe.
+    const endsAt = Date.now() + timeoutMs;
     await withDeadline(
       this.ensureSubscribed(),
       'subscribing to payment updates',
-      SUBSCRIBE_DEADLINE_MS,
+      Math.min(SUBSCRIBE_DEADLINE_MS, timeoutMs),
     ).catch(() => {});
     let wake!: (message?: string) => void;
     let timer!: NodeJS.Timeout;
     const changed = new Promise<string | undefined>((resolve) => {
       wake = (message?: string) => finish(message);
-      timer = setTimeout(() => finish(undefined), timeoutMs);
+      timer = setTimeout(() => finish(undefined), Math.max(0, endsAt - Date.now()));
       const finish = (value: string | undefined) => {
         clearTimeout(timer);
         const set = this.waiters.get(paymentId);

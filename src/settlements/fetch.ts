@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
-import { queueDeadline } from '../jobs/queues.ts';
+import { leaveToSweeper, queueDeadline } from '../jobs/queues.ts';
 import { createImport, type ImportRow } from './imports.ts';
 import { discardLines, EmptyFileError, ImportFinishedError, receiveFile } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
@@ -44,9 +44,12 @@ export async function queueFetch(
     fetch_date: date,
     status: 'queued',
   });
-  // Stored is safe: if Redis cannot take the job now, the sweeper queues it when it is back.
-  await addFetchJob(ctx, { import_id: importId, account_id: account.id, date }, options).catch((error) =>
-    ctx.log.warn({ err: error, import_id: importId }, 'fetch job not queued; the sweeper will queue it'),
+  await leaveToSweeper(
+    ctx,
+    addFetchJob(ctx, { import_id: importId, account_id: account.id, date }, options),
+    {
+      import_id: importId,
+    },
   );
   return importId;
 }
@@ -64,7 +67,7 @@ export async function addFetchJob(
     removeOnComplete: 1000,
     removeOnFail: 5000,
   });
-  await queueDeadline(added, 'a settlement fetch job');
+  await queueDeadline(ctx.queues, added, 'queueing a settlement fetch job');
 }
 
 /** One fetch attempt: download, parse and store, reconcile. Throws for bull to retry. */

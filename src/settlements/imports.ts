@@ -71,7 +71,7 @@ export async function queueReconcile(ctx: Context, importId: string): Promise<vo
       removeOnFail: 5000,
     },
   );
-  await queueDeadline(added, 'a reconcile job');
+  await queueDeadline(ctx.queues, added, 'queueing a reconcile job');
 }
 
 const localDate = (d: Date) =>

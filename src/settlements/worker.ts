@@ -1,5 +1,6 @@
 /** Settlement job processors (worker role): reconcile uploaded files, fetch and reconcile on a schedule. */
 import type { Context } from '../context.ts';
+import { ensureJob } from '../jobs/queues.ts';
 import { addFetchJob, FETCH_INTERVAL_MS, type FetchJob, runFetch, scheduleFetches } from './fetch.ts';
 import { queueReconcile } from './imports.ts';
 import { discardFailedLines } from './receive.ts';
@@ -32,9 +33,9 @@ export async function startSettlementWorker(ctx: Context): Promise<{ stop(): Pro
 }
 
 /**
- * Imports stored while Redis could not take their job (or whose job a Redis flush lost) would stay
- * queued for ever: the sweeper queues each again. A job that still exists keeps its place (same
- * job id), so this only revives the lost. Returns how many were looked at.
+ * Imports stored while Redis could not take their job (or whose job a Redis flush or a cut-short
+ * shutdown lost) would stay unfinished for ever: the sweeper makes sure each has its job.
+ * Returns how many were looked at.
  */
 export async function requeueStrandedImports(ctx: Context, graceMs = 30_000): Promise<number> {
   const { rows } = await ctx.db.query<{
@@ -45,18 +46,16 @@ export async function requeueStrandedImports(ctx: Context, graceMs = 30_000): Pr
   }>(
     `SELECT id, source, provider_account_id, to_char(fetch_date, 'YYYY-MM-DD') AS fetch_date
        FROM settlement_imports
-      WHERE status = 'queued' AND created_at < now() - make_interval(secs => $1)
+      WHERE status IN ('queued', 'running') AND created_at < now() - make_interval(secs => $1)
       ORDER BY created_at LIMIT 100`,
     [graceMs / 1000],
   );
-  for (const row of rows) {
-    if (row.source === 'upload') await queueReconcile(ctx, row.id);
-    else if (row.provider_account_id && row.fetch_date)
-      await addFetchJob(ctx, {
-        import_id: row.id,
-        account_id: row.provider_account_id,
-        date: row.fetch_date,
-      });
+  for (const { id, source, provider_account_id: accountId, fetch_date: date } of rows) {
+    if (source === 'upload') await ensureJob(ctx.queues, 'settlement', id, () => queueReconcile(ctx, id));
+    else if (accountId && date)
+      await ensureJob(ctx.queues, 'settlement', id, () =>
+        addFetchJob(ctx, { import_id: id, account_id: accountId, date }),
+      );
   }
   return rows.length;
 }

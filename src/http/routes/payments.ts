@@ -22,7 +22,7 @@ import {
   listPaymentsQuerySchema,
 } from '../schemas.ts';
 import { parse } from '../validate.ts';
-import { listPage } from './lists.ts';
+import { type Condition, listPage } from './lists.ts';
 
 /** Loads a payment the caller may see; anything else is 404, never 403 (no existence leaks). */
 async function visiblePayment(ctx: Context, req: Request, id: string): Promise<PaymentRow> {
@@ -110,19 +110,15 @@ export function paymentsRouter(ctx: Context): Router {
   router.get('/v1/payments', async (req, res) => {
     const principal = requireMerchantOrTerminal(req);
     const query = parse(listPaymentsQuerySchema, req.query, 'query');
-    const filters: string[] = ['merchant_id = $1'];
-    const values: unknown[] = [principal.merchant_id];
-    const add = (sql: string, value: unknown) => {
-      values.push(value);
-      filters.push(sql.replace('?', `$${values.length}`));
-    };
-    if (principal.kind === 'terminal') add('terminal_ref = ?', principal.terminal_ref);
-    if (query.status) add('status = ?', query.status);
-    if (query.store_id) add('store_id = ?', query.store_id);
-    if (query.terminal_id) add('terminal_id = ?', query.terminal_id);
-    if (query.created_gte) add('created_at >= ?', new Date(query.created_gte));
-    if (query.created_lt) add('created_at < ?', new Date(query.created_lt));
-    res.json(await listPage<PaymentRow>(ctx, 'payments', filters, values, query, paymentJson));
+    const owner: Condition[] = [['merchant_id = ?', principal.merchant_id]];
+    if (principal.kind === 'terminal') owner.push(['terminal_ref = ?', principal.terminal_ref]);
+    const filters: Condition[] = [];
+    if (query.status) filters.push(['status = ?', query.status]);
+    if (query.store_id) filters.push(['store_id = ?', query.store_id]);
+    if (query.terminal_id) filters.push(['terminal_id = ?', query.terminal_id]);
+    if (query.created_gte) filters.push(['created_at >= ?', new Date(query.created_gte)]);
+    if (query.created_lt) filters.push(['created_at < ?', new Date(query.created_lt)]);
+    res.json(await listPage<PaymentRow>(ctx, 'payments', { owner, filters }, query, paymentJson));
   });
 
   router.post('/v1/payments/:id/cancel', async (req, res) => {
@@ -154,9 +150,9 @@ export function paymentsRouter(ctx: Context): Router {
     }
     const key = idempotencyKeyOf(req, true);
     const body = parse(createRefundSchema, req.body ?? {});
-    // Checked before the key is claimed: a refused refund leaves the key free for the retry.
-    requireQueues(ctx.queues);
     await idempotent(ctx, req, res, `${payment.merchant_id}:refunds:${payment.id}`, key, async () => {
+      // Inside, so a retry of a refund already made gets its stored answer, not this refusal.
+      requireQueues(ctx.queues);
       const refund = await createRefund(ctx, payment.id, body.amount, body.reason);
       return { status: 201, body: refundJson(refund) };
     });

@@ -10,7 +10,7 @@ import type { Context } from '../../context.ts';
 import { dashboardRouter } from '../../dashboard/page.ts';
 import { ApiError, notFound } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
-import { requireQueues } from '../../jobs/queues.ts';
+import { leaveToSweeper, requireQueues } from '../../jobs/queues.ts';
 import { queueFetch } from '../../settlements/fetch.ts';
 import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
 import { EmptyFileError, receiveFile } from '../../settlements/receive.ts';
@@ -20,7 +20,7 @@ import { requireMerchant } from '../auth.ts';
 import { registerOperations } from '../openapi.ts';
 import { listQuerySchema } from '../schemas.ts';
 import { parse } from '../validate.ts';
-import { listPage } from './lists.ts';
+import { type ListScope, listPage } from './lists.ts';
 
 const providerName = z.string().regex(/^[a-z0-9_]{1,32}$/, 'must be a provider name such as alipay');
 const isoDate = z
@@ -75,8 +75,7 @@ async function accountOf(ctx: Context, merchantId: string, provider: string) {
 }
 
 const SETTLEMENT_VIEW = '(SELECT s.*, tb_settlement_json(s) AS json FROM settlements s) v';
-const DISCREPANCY_VIEW =
-  '(SELECT d.*, tb_discrepancy_json(d) AS json FROM reconciliation_discrepancies d WHERE d.closed_at IS NULL) v';
+const DISCREPANCY_VIEW = '(SELECT d.*, tb_discrepancy_json(d) AS json FROM reconciliation_discrepancies d) v';
 
 /**
  * A batch's current lines with their results (migration 104): a line without a result row is a
@@ -149,19 +148,18 @@ async function visibleSettlement(ctx: Context, req: Request, id: string) {
 }
 
 /** `merchant_id = $1` plus `field = $n` for each of `fields` the query gives; the fields are ours, never input. */
-function merchantFilters<F extends string>(
+/** The merchant's rows, narrowed by equality on each of `fields` the query gives. */
+function merchantScope<F extends string>(
   merchantId: string,
   query: Partial<Record<F, unknown>>,
   fields: readonly F[],
-): { filters: string[]; values: unknown[] } {
-  const filters = ['merchant_id = $1'];
-  const values: unknown[] = [merchantId];
-  for (const field of fields) {
-    if (query[field] === undefined) continue;
-    values.push(query[field]);
-    filters.push(`${field} = $${values.length}`);
-  }
-  return { filters, values };
+): ListScope {
+  return {
+    owner: [['merchant_id = ?', merchantId]],
+    filters: fields
+      .filter((field) => query[field] !== undefined)
+      .map((field) => [`${field} = ?`, query[field]]),
+  };
 }
 
 export function settlementsRouter(ctx: Context): Router {
@@ -200,10 +198,7 @@ export function settlementsRouter(ctx: Context): Router {
         throw new ApiError('invalid_request', 'settlement_file_invalid', error.message);
       throw error;
     }
-    // Stored is safe: if Redis went away meanwhile, the sweeper queues the job when it is back.
-    await queueReconcile(ctx, id).catch((error) =>
-      ctx.log.warn({ err: error, import_id: id }, 'reconcile job not queued; the sweeper will queue it'),
-    );
+    await leaveToSweeper(ctx, queueReconcile(ctx, id), { import_id: id });
     res.status(202).json({ id, object: 'job', status: 'queued' });
   });
 
@@ -238,8 +233,7 @@ export function settlementsRouter(ctx: Context): Router {
       await listPage<ImportRow>(
         ctx,
         'settlement_imports',
-        ['merchant_id = $1'],
-        [merchant.merchant_id],
+        { owner: [['merchant_id = ?', merchant.merchant_id]] },
         query,
         jobJson,
       ),
@@ -261,16 +255,9 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/settlements', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listSettlementsQuerySchema, req.query, 'query');
-    const { filters, values } = merchantFilters(merchant.merchant_id, query, ['provider', 'status'] as const);
+    const scope = merchantScope(merchant.merchant_id, query, ['provider', 'status'] as const);
     res.json(
-      await listPage<{ id: string; json: unknown }>(
-        ctx,
-        SETTLEMENT_VIEW,
-        filters,
-        values,
-        query,
-        (r) => r.json,
-      ),
+      await listPage<{ id: string; json: unknown }>(ctx, SETTLEMENT_VIEW, scope, query, (r) => r.json),
     );
   });
 
@@ -319,17 +306,13 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/reconciliation/discrepancies', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listDiscrepanciesQuerySchema, req.query, 'query');
-    const { filters, values } = merchantFilters(merchant.merchant_id, query, [
-      'kind',
-      'provider',
-      'settlement_id',
-    ] as const);
+    const scope = merchantScope(merchant.merchant_id, query, ['kind', 'provider', 'settlement_id'] as const);
     res.json(
       await listPage<{ id: string; json: unknown }>(
         ctx,
         DISCREPANCY_VIEW,
-        filters,
-        values,
+        // Open ones only; one closed since (a corrected file) still serves as a cursor.
+        { ...scope, filters: [...(scope.filters ?? []), ['closed_at IS NULL']] },
         query,
         (r) => r.json,
       ),

@@ -106,7 +106,10 @@ export async function issueKey(
   return key;
 }
 
-/** Revokes the merchant's secret key or a terminal's key, so that a new one can take its place. */
+/**
+ * Revokes the merchant's secret key or a terminal's key, so that a new one can take its place.
+ * The caller calls forgetCachedKeys once its transaction has committed.
+ */
 async function revokeKeys(
   db: Queryable,
   merchantId: string,
@@ -117,7 +120,6 @@ async function revokeKeys(
       WHERE merchant_id = $1 AND kind = $2 AND terminal_ref IS NOT DISTINCT FROM $3 AND revoked_at IS NULL`,
     [merchantId, which.kind, which.kind === 'terminal' ? which.terminalRef : null],
   );
-  forgetCachedKeys();
   return rowCount ?? 0;
 }
 
@@ -172,8 +174,7 @@ export function setupRouter(ctx: Context): Router {
       await listPage<MerchantRow>(
         ctx,
         'merchants',
-        ['true'],
-        [],
+        { owner: [] },
         parse(listQuerySchema, req.query, 'query'),
         merchantJson,
       ),
@@ -191,6 +192,7 @@ export function setupRouter(ctx: Context): Router {
       await revokeKeys(client, rows[0].id, { kind: 'secret' });
       return { ...merchantJson(rows[0]), secret_key: await issueKey(client, rows[0].id, 'secret') };
     });
+    forgetCachedKeys();
     res.status(201).json(result);
   });
 
@@ -199,7 +201,15 @@ export function setupRouter(ctx: Context): Router {
   router.get('/v1/admin/alerts', async (req, res) => {
     requireAdmin(req);
     const query = parse(listQuerySchema, req.query, 'query');
-    res.json(await listPage<AlertRow>(ctx, 'alerts', ['resolved_at IS NULL'], [], query, alertJson));
+    res.json(
+      await listPage<AlertRow>(
+        ctx,
+        'alerts',
+        { owner: [], filters: [['resolved_at IS NULL']] },
+        query,
+        alertJson,
+      ),
+    );
   });
 
   // An operator has dealt with it: it leaves the list (resolving twice changes nothing).
@@ -349,6 +359,7 @@ export function setupRouter(ctx: Context): Router {
       const terminalKey = await issueKey(client, merchant.merchant_id, 'terminal', terminal.id);
       return { ...terminalJson(terminal), terminal_key: terminalKey };
     });
+    forgetCachedKeys();
     res.status(201).json(result);
   });
 
@@ -362,6 +373,7 @@ export function setupRouter(ctx: Context): Router {
       });
       return { ...terminalJson(terminal), keys_revoked: revoked };
     });
+    forgetCachedKeys();
     res.json(result);
   });
 
@@ -372,8 +384,7 @@ export function setupRouter(ctx: Context): Router {
       await listPage<TerminalRow>(
         ctx,
         'terminals',
-        ['merchant_id = $1'],
-        [merchant.merchant_id],
+        { owner: [['merchant_id = ?', merchant.merchant_id]] },
         query,
         terminalJson,
       ),
@@ -405,8 +416,7 @@ export function setupRouter(ctx: Context): Router {
       await listPage<EndpointRow>(
         ctx,
         'webhook_endpoints',
-        ['merchant_id = $1', 'deleted_at IS NULL'],
-        [merchant.merchant_id],
+        { owner: [['merchant_id = ?', merchant.merchant_id]], filters: [['deleted_at IS NULL']] },
         query,
         endpointJson,
       ),
@@ -435,8 +445,7 @@ export function setupRouter(ctx: Context): Router {
       await listPage<DeliveryRow>(
         ctx,
         'webhook_deliveries',
-        ['endpoint_id = $1'],
-        [req.params.id],
+        { owner: [['endpoint_id = ?', req.params.id]] },
         query,
         deliveryJson,
       ),
