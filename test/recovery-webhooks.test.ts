@@ -126,6 +126,12 @@ describe('crash recovery', () => {
       .set('Authorization', `Bearer ${merchant.secretKey}`);
     assert.equal(payment.body.status, 'partially_refunded');
     assert.deepEqual(payment.body.amount_refunded, { value: 1000, currency: 'EUR' });
+    const simulator = await tg.gateway.ctx.sandbox.simulatorUrl('sandbox');
+    const calls = (await (await fetch(`${simulator}/_sim/calls/${paid.body.id}`)).json()) as Record<
+      string,
+      number
+    >;
+    assert.equal(calls['/v1/refund'], 1, 'the refund was sent once');
   });
 });
 
