@@ -168,6 +168,11 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
         'created_gte without a time zone',
         () => tg.http.get('/v1/payments?created_gte=2026-11-26T10:00:00').set(auth),
       ],
+      [
+        'created_lt on a day that does not exist',
+        () => tg.http.get('/v1/payments?created_lt=2026-02-30T10:00:00Z').set(auth),
+      ],
+      ['created_lt at hour 24', () => tg.http.get('/v1/payments?created_lt=2026-11-26T24:00:00Z').set(auth)],
       ['unknown query parameter', () => tg.http.get('/v1/payments?colour=red').set(auth)],
       ['wait above 60', () => tg.http.get('/v1/payments/pay_x?wait=61').set(auth)],
       // Inputs that once reached PostgreSQL or the URL decoder and came back as 500s.

@@ -109,10 +109,17 @@ export const createWebhookEndpointSchema = z.strictObject({
   events: z.array(z.enum(WEBHOOK_EVENTS)).min(1),
 });
 
+/** `YYYY-MM-DD` names a day that exists (JavaScript would roll 2026-02-30 over to 2 March). */
+export function isCalendarDate(d: string): boolean {
+  const time = Date.parse(`${d}T00:00:00Z`);
+  return !Number.isNaN(time) && new Date(time).toISOString().startsWith(d);
+}
+
 const rfc3339 = z.string().refine(
   // The zone is required: without one the moment would depend on the server's time zone.
   (s) =>
-    /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/.test(s) &&
+    /^\d{4}-\d{2}-\d{2}[Tt]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/.test(s) &&
+    isCalendarDate(s.slice(0, 10)) &&
     !Number.isNaN(Date.parse(s)),
   'must be an RFC 3339 timestamp with a time zone (e.g. 2026-11-26T10:00:00Z)',
 );

@@ -18,7 +18,7 @@ import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
 import { settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
 import { requireMerchant } from '../auth.ts';
 import { registerOperations } from '../openapi.ts';
-import { listQuerySchema } from '../schemas.ts';
+import { isCalendarDate, listQuerySchema } from '../schemas.ts';
 import { parse } from '../validate.ts';
 import { type ListScope, listPage } from './lists.ts';
 
@@ -26,11 +26,7 @@ const providerName = z.string().regex(/^[a-z0-9_]{1,32}$/, 'must be a provider n
 const isoDate = z
   .string()
   .regex(/^\d{4}-\d{2}-\d{2}$/, 'must be a date YYYY-MM-DD')
-  .refine(
-    (d) =>
-      !Number.isNaN(Date.parse(`${d}T00:00:00Z`)) && new Date(`${d}T00:00:00Z`).toISOString().startsWith(d),
-    'is not a calendar date',
-  );
+  .refine(isCalendarDate, 'is not a calendar date');
 
 export const importQuerySchema = z.strictObject({ provider: providerName });
 export const fetchBodySchema = z.strictObject({ provider: providerName, date: isoDate });
