@@ -177,6 +177,15 @@ describe('Redis outages', () => {
     const { result: res, ms } = await elapsedOf(() => createPayment(tg, m.terminalKey, scanPayment(1352)));
     assert.ok(ms < 10_000, `answered after ${ms} ms`);
     assert.equal(res.body.status, 'processing');
+    // From then on the hung Redis is known: a new sale is refused at once, and the gateway is not ready.
+    const { result: next, ms: nextMs } = await elapsedOf(() =>
+      createPayment(tg, m.terminalKey, scanPayment(1353)),
+    );
+    assert.equal(next.status, 503);
+    assert.ok(nextMs < 1_000, `refused after ${nextMs} ms`);
+    const { result: readiness, ms: readyMs } = await elapsedOf(() => tg.http.get('/readyz'));
+    assert.equal(readiness.status, 503);
+    assert.ok(readyMs < 5_000, `/readyz answered after ${readyMs} ms`);
     await link.cut();
     await link.open();
     await ready();

@@ -30,7 +30,7 @@ export type Queues = Record<QueueName, Queue.Queue> & {
  */
 const QUEUE_DEADLINE_MS = 3_000;
 const PROBE_INTERVAL_MS = 1_000;
-/** Running jobs get this long to finish at shutdown; with Redis unreachable they are not waited for. */
+/** Running jobs get this long to finish at shutdown; with Redis unreachable, this long at most. */
 const CLOSE_DEADLINE_MS = 25_000;
 const CLOSE_UNREACHABLE_DEADLINE_MS = 5_000;
 
@@ -141,31 +141,50 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
   const reachable = () => client.status === 'ready' && probe === undefined;
   const suspect = () => {
     if (probe) return;
+    // One ping at a time: on a hung connection each would wait in its queue until Redis is back.
+    let pinging = false;
     probe = setInterval(() => {
-      withDeadline(client.ping(), 'a ping', PROBE_INTERVAL_MS).then(
-        () => {
-          clearInterval(probe);
-          probe = undefined;
-        },
-        () => {},
-      );
+      if (pinging) return;
+      pinging = true;
+      client
+        .ping()
+        .then(
+          () => {
+            clearInterval(probe);
+            probe = undefined;
+          },
+          () => {},
+        )
+        .finally(() => {
+          pinging = false;
+        });
     }, PROBE_INTERVAL_MS);
+    probe.unref();
   };
   return {
     ...queues,
     reachable,
     suspect,
     async close() {
-      clearInterval(probe);
-      // Running jobs are waited for, unless Redis is unreachable: then they could not finish anyway
-      // (every job is safe to run again), and bull's close, which waits for Redis, is cut short.
+      // Running jobs are waited for, unless Redis is (or becomes) unreachable: then they could not
+      // finish anyway (every job is safe to run again), and bull's close, which waits for Redis,
+      // is cut short.
       const abandonJobs = !reachable();
       const closed = Promise.all(QUEUE_NAMES.map((name) => queues[name].close(abandonJobs).catch(() => {})));
-      const deadline = abandonJobs ? CLOSE_UNREACHABLE_DEADLINE_MS : CLOSE_DEADLINE_MS;
-      const finished = await withDeadline(closed, 'closing the queues', deadline).then(
-        () => true,
-        () => false,
-      );
+      const started = Date.now();
+      const finished = await new Promise<boolean>((resolve) => {
+        const watch = setInterval(() => {
+          const waited = Date.now() - started;
+          if (waited < CLOSE_DEADLINE_MS && (reachable() || waited < CLOSE_UNREACHABLE_DEADLINE_MS)) return;
+          clearInterval(watch);
+          resolve(false);
+        }, 250);
+        void closed.then(() => {
+          clearInterval(watch);
+          resolve(true);
+        });
+      });
+      clearInterval(probe);
       for (const connection of [client, subscriber, ...blocking]) connection.disconnect();
       // A close that never got that far leaves bull's interval timers running, and the process alive.
       if (!finished)
