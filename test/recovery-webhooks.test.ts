@@ -145,6 +145,15 @@ describe('restart', () => {
     // 55: the provider's first answer was a 5xx; a restarted simulator must still know it was paid.
     const flaky = await createPayment(tg, shop.terminalKey, scanPayment(4655)).expect(201);
     await waitForStatus(tg, shop.terminalKey, flaky.body.id, ['succeeded'], 20_000);
+    // And a QR payment the customer paid on the wallet page.
+    const qr = await createPayment(tg, shop.terminalKey, {
+      amount: { value: 4700, currency: 'EUR' },
+      reference: 'R-QR-RESTART',
+      mode: 'qr',
+      wallet: 'alipay',
+    }).expect(201);
+    assert.equal((await fetch(qr.body.qr_code.data, { method: 'POST' })).status, 200);
+    await waitForStatus(tg, shop.terminalKey, qr.body.id, ['succeeded'], 20_000);
     await tg.stop({ keepDatabase: true });
     await new Promise((r) => setTimeout(r, 1500));
     tg = await startTestGateway({}, tg);
@@ -174,6 +183,13 @@ describe('restart', () => {
       .send({})
       .expect(201);
     assert.equal(flakyRefund.body.status, 'succeeded', JSON.stringify(flakyRefund.body));
+    const qrRefund = await tg.http
+      .post(`/v1/payments/${qr.body.id}/refunds`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .set('Idempotency-Key', `refund-after-restart-${qr.body.id}`)
+      .send({})
+      .expect(201);
+    assert.equal(qrRefund.body.status, 'succeeded', JSON.stringify(qrRefund.body));
   });
 });
 
