@@ -4,7 +4,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
-import { sweepStragglers } from '../src/payments/service.ts';
+import { resolvePayment, sweepStragglers } from '../src/payments/service.ts';
 import { maskPaymentCode, seal } from '../src/secrets.ts';
 import { requeuePendingDeliveries } from '../webhooks/outbound.ts';
 import {
@@ -64,6 +64,30 @@ describe('crash recovery', () => {
       ]);
       assert.equal(await sweepStragglers(tg.gateway.ctx), 1);
       assert.equal(await jobsOf(), 1);
+    } finally {
+      await queue.resume(true);
+    }
+  });
+
+  test('a check queued for an earlier step does nothing: only the current step asks the provider', async () => {
+    const queue = tg.gateway.ctx.queues.resolve;
+    await queue.pause(true);
+    try {
+      const res = await createPayment(tg, merchant.terminalKey, scanPayment(4257)).expect(201); // 57: stays processing
+      const { rows } = await db().query<{ poll_step: number }>(
+        'SELECT poll_step FROM payments WHERE id = $1',
+        [res.body.id],
+      );
+      const step = rows[0].poll_step;
+      const simulator = await tg.gateway.ctx.sandbox.simulatorUrl('sandbox');
+      const inquiries = async () =>
+        ((await (await fetch(`${simulator}/_sim/calls/${res.body.id}`)).json()) as Record<string, number>)[
+          '/v1/inquire'
+        ] ?? 0;
+      await resolvePayment(tg.gateway.ctx, res.body.id, step - 1);
+      assert.equal(await inquiries(), 0);
+      await resolvePayment(tg.gateway.ctx, res.body.id, step);
+      assert.equal(await inquiries(), 1);
     } finally {
       await queue.resume(true);
     }

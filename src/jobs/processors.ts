@@ -18,9 +18,9 @@ export async function startWorker(ctx: Context): Promise<Worker> {
   const { queues } = ctx;
 
   queues.resolve.process(CONCURRENCY.resolve, async (job) => {
-    const data = job.data as { payment_id?: string; refund_id?: string };
-    if (data.payment_id) await resolvePayment(ctx, data.payment_id);
-    if (data.refund_id) await resolveRefund(ctx, data.refund_id);
+    const data = job.data as { payment_id?: string; refund_id?: string; step?: number };
+    if (data.payment_id) await resolvePayment(ctx, data.payment_id, data.step);
+    if (data.refund_id) await resolveRefund(ctx, data.refund_id, data.step);
   });
 
   queues.deliver.process(CONCURRENCY.deliver, async (job) => {

@@ -139,9 +139,12 @@ export async function sendRefund(ctx: Context, refundId: string): Promise<Refund
   return applyRefundOutcome(ctx, refund.id, outcome, 'refund');
 }
 
-export async function resolveRefund(ctx: Context, refundId: string): Promise<void> {
+/** One check of a pending refund; `step` is the poll step its job was queued for. */
+export async function resolveRefund(ctx: Context, refundId: string, step?: number): Promise<void> {
   const { refund, payment, account } = await loadRefundWithPayment(ctx, refundId);
   if (refund.status !== 'pending') return;
+  // Only the job of the current step acts (see resolvePayment).
+  if (step !== undefined && step !== refund.poll_step) return;
   const outcome = await askProvider(ctx, account, 'inquireRefund', refundRequestOf(refund, payment));
   // The provider never saw it: sending the identical request (same refund id) again is safe.
   if (outcome.kind === 'not_found') {
@@ -230,7 +233,7 @@ export async function applyRefundOutcome(
   await enqueueDue(
     ctx,
     'resolve',
-    { refund_id: refund.id },
+    { refund_id: refund.id, step: refund.poll_step },
     { delayMs: delayS * 1000, jobId: `refund:${refund.id}:${refund.poll_step}` },
   );
   return refund;
@@ -255,7 +258,7 @@ export async function sweepPendingRefunds(ctx: Context, graceMs = 5000): Promise
     // still queued or running, so the refund is never inquired or sent twice at once.
     const jobId = `refund:${row.id}:${row.poll_step}`;
     await ensureJob(ctx.queues, 'resolve', jobId, () =>
-      enqueue(ctx.queues, 'resolve', { refund_id: row.id }, { jobId }),
+      enqueue(ctx.queues, 'resolve', { refund_id: row.id, step: row.poll_step }, { jobId }),
     );
   }
   return rows.length;

@@ -424,16 +424,20 @@ export async function scheduleCheck(
   await enqueueDue(
     ctx,
     'resolve',
-    { payment_id: row.id },
+    { payment_id: row.id, step },
     { delayMs: delay * 1000, jobId: `resolve:${row.id}:${step}` },
   );
   return updated ?? row;
 }
 
 /** One step of resolution for an unresolved payment: inquire, resend once, or cancel at the window's end. */
-export async function resolvePayment(ctx: Ctx, paymentId: string): Promise<void> {
+/** One check of a payment; `step` is the poll step its job was queued for. */
+export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number): Promise<void> {
   const row = await loadPayment(ctx, paymentId);
   if (!UNRESOLVED.includes(row.status)) return;
+  // Only the job of the current step acts: an older one (overtaken by a notification's check, or
+  // revived by the sweeper while the late original ran) would start a second chain of checks.
+  if (step !== undefined && step !== row.poll_step) return;
   const account = await ctx.accounts.get(row.provider_account_id);
   if (!account) throw new Error(`payment ${row.id} has no provider account`);
   if (row.cancel_requested_at || Date.now() >= row.resolve_by.getTime()) {
@@ -596,7 +600,7 @@ export async function sweepStragglers(ctx: Ctx, graceMs = 5000): Promise<number>
     // still queued or running, so two checks of one payment never run at once.
     const jobId = `resolve:${row.id}:${row.poll_step}`;
     await ensureJob(ctx.queues, 'resolve', jobId, () =>
-      enqueue(ctx.queues, 'resolve', { payment_id: row.id }, { jobId }),
+      enqueue(ctx.queues, 'resolve', { payment_id: row.id, step: row.poll_step }, { jobId }),
     );
   }
   return rows.length;
