@@ -47,6 +47,35 @@ describe('crash recovery', () => {
     assert.equal(done.status, 'succeeded');
   });
 
+  test('a payment whose queued job a flush left without a list ("stuck") is checked again', async () => {
+    const queue = tg.gateway.ctx.queues.resolve;
+    await queue.pause(true);
+    let id: string;
+    try {
+      const res = await createPayment(tg, merchant.terminalKey, scanPayment(4357)).expect(201); // 57: stays processing
+      id = res.body.id;
+      // bull's empty() drops the delayed list but leaves the delayed jobs' records behind.
+      await queue.empty();
+      const { rows } = await db().query<{ poll_step: number }>(
+        'SELECT poll_step FROM payments WHERE id = $1',
+        [id],
+      );
+      const orphan = await queue.getJob(`resolve:${id}:${rows[0].poll_step}`);
+      assert.equal(await orphan?.getState(), 'stuck');
+    } finally {
+      await queue.resume(true);
+    }
+    const simulator = await tg.gateway.ctx.sandbox.simulatorUrl('sandbox');
+    await eventually(
+      async () =>
+        ((await (await fetch(`${simulator}/_sim/calls/${id}`)).json()) as Record<string, number>)[
+          '/v1/inquire'
+        ] > 0,
+      20_000,
+      'the sweeper to revive the stuck job',
+    );
+  });
+
   test('the sweeper gives an overdue payment no second job while its job is still queued', async () => {
     const queue = tg.gateway.ctx.queues.resolve;
     // This process takes no resolution job meanwhile: the payment's job stays queued.

@@ -5,7 +5,7 @@
  */
 import { send } from '../adapters/transport.ts';
 import type { Context } from '../src/context.ts';
-import { enqueue, ensureJob } from '../src/jobs/queues.ts';
+import { enqueue, ensureJob, sweepEach } from '../src/jobs/queues.ts';
 import { inTransaction } from '../src/ledger/db.ts';
 import { paymentJson } from '../src/ledger/payments.ts';
 import { paymentRowFromSnapshot } from '../src/payments/state-machine.ts';
@@ -94,9 +94,9 @@ export async function requeuePendingDeliveries(ctx: Context, graceMs = 30_000): 
       ORDER BY updated_at LIMIT 500`,
     [graceMs / 1000],
   );
-  for (const { id } of rows)
-    await ensureJob(ctx.queues, 'deliver', `deliver:${id}`, () => queueDelivery(ctx, id));
-  return rows.length;
+  return sweepEach(ctx, rows, 'a delivery', ({ id }) =>
+    ensureJob(ctx.queues, 'deliver', `deliver:${id}`, () => queueDelivery(ctx, id)),
+  );
 }
 
 /** One delivery attempt; throws on failure so the queue retries with back-off. */

@@ -3,7 +3,7 @@
  * src/jobs/processors.ts; domain code only ever enqueues through here.
  */
 import Queue from 'bull';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Redis, type RedisOptions, ReplyError } from 'ioredis';
 import type { Context } from '../context.ts';
 import { DeadlineError, withDeadline } from '../deadline.ts';
 import { ApiError } from '../errors.ts';
@@ -33,6 +33,7 @@ const PROBE_INTERVAL_MS = 1_000;
 /** Running jobs get this long to finish at shutdown; with Redis unreachable, this long at most. */
 const CLOSE_DEADLINE_MS = 25_000;
 const CLOSE_UNREACHABLE_DEADLINE_MS = 5_000;
+const CLOSE_PING_DEADLINE_MS = 1_500;
 
 /** Waits for Redis to answer a queue command (`work`), at most QUEUE_DEADLINE_MS. */
 export async function queueDeadline<T>(queues: Queues, work: Promise<T>, what: string): Promise<T> {
@@ -44,25 +45,61 @@ export async function queueDeadline<T>(queues: Queues, work: Promise<T>, what: s
   }
 }
 
+/** bull states of a job that will still run. */
+const LIVE_STATES = new Set(['waiting', 'delayed', 'active', 'paused']);
+
 /**
  * Makes sure a job with this id is waiting or running: how the sweepers revive work whose job was
  * lost. A job that still exists under the id keeps its place, so the work never runs twice at
- * once (a job add that missed its deadline may still reach Redis later, under the same id); one
- * that finished or failed without its row moving on is replaced.
+ * once (a job add that missed its deadline may still reach Redis later, under the same id). One
+ * that finished, or whose record a flush left in no list ("stuck"), is replaced; so is a failed
+ * one, unless `replaceFailed` is false: then 'failed' is returned for the caller to settle.
  */
 export async function ensureJob(
   queues: Queues,
   name: QueueName,
   jobId: string,
   add: () => Promise<void>,
-): Promise<void> {
-  const existing = await queueDeadline(queues, queues[name].getJob(jobId), `looking up job ${jobId}`);
-  if (existing) {
-    const state = await queueDeadline(queues, existing.getState(), `reading job ${jobId}`);
-    if (state !== 'completed' && state !== 'failed') return;
-    await queueDeadline(queues, existing.remove(), `removing job ${jobId}`);
+  replaceFailed = true,
+): Promise<'alive' | 'added' | 'failed'> {
+  const job = await queueDeadline(queues, queues[name].getJob(jobId), `looking up job ${jobId}`);
+  if (job) {
+    let state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
+    // A job moving between lists can read "stuck" for a moment: look twice before calling it dead.
+    if (state === 'stuck') state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
+    if (LIVE_STATES.has(state)) return 'alive';
+    if (state === 'failed' && !replaceFailed) return 'failed';
+    try {
+      await queueDeadline(queues, job.remove(), `removing job ${jobId}`);
+    } catch (error) {
+      // bull refuses to remove a job that is locked, that is running: alive after all.
+      if (error instanceof DeadlineError) throw error;
+      return 'alive';
+    }
   }
   await add();
+  return 'added';
+}
+
+/**
+ * Runs a sweeper's `revive` for each row: a row that fails is logged and the others go on, but
+ * when Redis stops answering the sweep ends (the next one starts over).
+ */
+export async function sweepEach<T>(
+  ctx: Pick<Context, 'log'>,
+  rows: T[],
+  what: string,
+  revive: (row: T) => Promise<unknown>,
+): Promise<number> {
+  for (const row of rows) {
+    try {
+      await revive(row);
+    } catch (error) {
+      if (error instanceof DeadlineError) throw error;
+      ctx.log.error({ err: error, row }, `sweeper could not revive ${what}`);
+    }
+  }
+  return rows.length;
 }
 
 /**
@@ -71,14 +108,17 @@ export async function ensureJob(
  * instead of failing the request that got this far.
  */
 export async function leaveToSweeper(
-  ctx: Pick<Context, 'log'>,
+  ctx: Pick<Context, 'log' | 'queues'>,
   adding: Promise<void>,
   what: Record<string, unknown>,
 ): Promise<void> {
   try {
     await adding;
   } catch (error) {
-    if (!(error instanceof DeadlineError)) throw error;
+    // A timeout, or Redis refusing the command (out of memory, read-only after a fail-over): the
+    // work is safe in PostgreSQL either way.
+    if (!(error instanceof DeadlineError || error instanceof ReplyError)) throw error;
+    if (error instanceof ReplyError) ctx.queues.suspect();
     ctx.log.warn({ err: error, ...what }, 'job not queued; the sweeper will queue it when Redis is back');
   }
 }
@@ -138,9 +178,10 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
     ]),
   ) as Record<QueueName, Queue.Queue>;
   let probe: NodeJS.Timeout | undefined;
+  let closing = false;
   const reachable = () => client.status === 'ready' && probe === undefined;
   const suspect = () => {
-    if (probe) return;
+    if (probe || closing) return;
     // One ping at a time: on a hung connection each would wait in its queue until Redis is back.
     let pinging = false;
     probe = setInterval(() => {
@@ -169,6 +210,9 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
       // Running jobs are waited for, unless Redis is (or becomes) unreachable: then they could not
       // finish anyway (every job is safe to run again), and bull's close, which waits for Redis,
       // is cut short.
+      // A hung Redis that no command of ours has met yet would hold the close for its whole deadline.
+      await withDeadline(client.ping(), 'a ping', CLOSE_PING_DEADLINE_MS).catch(() => suspect());
+      closing = true;
       const abandonJobs = !reachable();
       const closed = Promise.all(QUEUE_NAMES.map((name) => queues[name].close(abandonJobs).catch(() => {})));
       const started = Date.now();

@@ -6,7 +6,7 @@ import type { RefundOutcome, RefundRequest } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { newId } from '../ids.ts';
-import { enqueue, enqueueDue, ensureJob } from '../jobs/queues.ts';
+import { enqueue, enqueueDue, ensureJob, sweepEach } from '../jobs/queues.ts';
 import { inTransaction } from '../ledger/db.ts';
 import {
   CAPTURED,
@@ -252,7 +252,7 @@ export async function sweepPendingRefunds(ctx: Context, graceMs = 5000): Promise
       ORDER BY created_at LIMIT 500`,
     [graceMs / 1000, IN_FLIGHT_GRACE_S],
   );
-  for (const row of rows) {
+  return sweepEach(ctx, rows, 'a refund', async (row) => {
     await ctx.db.query('UPDATE refunds SET next_check_at = now() WHERE id = $1', [row.id]);
     // The job of the refund's current step (as scheduled above): revived if lost, left alone if
     // still queued or running, so the refund is never inquired or sent twice at once.
@@ -260,6 +260,5 @@ export async function sweepPendingRefunds(ctx: Context, graceMs = 5000): Promise
     await ensureJob(ctx.queues, 'resolve', jobId, () =>
       enqueue(ctx.queues, 'resolve', { refund_id: row.id, step: row.poll_step }, { jobId }),
     );
-  }
-  return rows.length;
+  });
 }

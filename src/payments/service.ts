@@ -13,7 +13,7 @@ import type {
 import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
-import { enqueue, enqueueDue, ensureJob, requireQueues } from '../jobs/queues.ts';
+import { enqueue, enqueueDue, ensureJob, requireQueues, sweepEach } from '../jobs/queues.ts';
 import { prepared } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
@@ -415,19 +415,21 @@ export async function scheduleCheck(
     0,
     Math.min(planned, row.cancel_requested_at ? planned : Math.max(untilWindowEnd, 0)),
   );
-  const step = row.poll_step + 1;
-  const updated = await updatePayment(ctx.db, row.id, {
-    ...patch,
-    poll_step: step,
-    next_check_at: new Date(Date.now() + delay * 1000),
-  });
+  const updated = await updatePayment(
+    ctx.db,
+    row.id,
+    { ...patch, next_check_at: new Date(Date.now() + delay * 1000) },
+    { nextPollStep: true },
+  );
+  if (!updated) return row;
+  const step = updated.poll_step;
   await enqueueDue(
     ctx,
     'resolve',
     { payment_id: row.id, step },
     { delayMs: delay * 1000, jobId: `resolve:${row.id}:${step}` },
   );
-  return updated ?? row;
+  return updated;
 }
 
 /** One step of resolution for an unresolved payment: inquire, resend once, or cancel at the window's end. */
@@ -594,7 +596,7 @@ export async function sweepStragglers(ctx: Ctx, graceMs = 5000): Promise<number>
       ORDER BY created_at LIMIT 500`,
     [graceMs / 1000],
   );
-  for (const row of rows) {
+  return sweepEach(ctx, rows, 'a payment', async (row) => {
     await updatePayment(ctx.db, row.id, { next_check_at: new Date() });
     // The job of the payment's current step (scheduleCheck's id): revived if lost, left alone if
     // still queued or running, so two checks of one payment never run at once.
@@ -602,6 +604,5 @@ export async function sweepStragglers(ctx: Ctx, graceMs = 5000): Promise<number>
     await ensureJob(ctx.queues, 'resolve', jobId, () =>
       enqueue(ctx.queues, 'resolve', { payment_id: row.id, step: row.poll_step }, { jobId }),
     );
-  }
-  return rows.length;
+  });
 }

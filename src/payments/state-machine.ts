@@ -169,16 +169,22 @@ export function announce(ctx: Pick<Context, 'updates' | 'metrics'>, row: Payment
   void ctx.updates.publish(row.id, JSON.stringify(paymentJson(row)));
 }
 
-/** Facts that do not change the status (provider reference, QR, polling bookkeeping). */
+/**
+ * Facts that do not change the status (provider reference, QR, polling bookkeeping). With
+ * `nextPollStep`, the poll step is also counted up in the row itself, never from a copy that a
+ * concurrent check may have overtaken.
+ */
 export async function updatePayment(
   db: Db | Queryable,
   paymentId: string,
   patch: PaymentPatch,
+  options: { nextPollStep?: boolean } = {},
 ): Promise<PaymentRow | undefined> {
   const set = setClause(patch, 2);
-  if (!set.sql) return undefined;
+  const step = options.nextPollStep ? ', poll_step = poll_step + 1' : '';
+  if (!set.sql && !step) return undefined;
   const { rows } = await db.query<PaymentRow>(
-    prepared(`UPDATE payments SET updated_at = now()${set.sql} WHERE id = $1 RETURNING *`, [
+    prepared(`UPDATE payments SET updated_at = now()${step}${set.sql} WHERE id = $1 RETURNING *`, [
       paymentId,
       ...set.values,
     ]),

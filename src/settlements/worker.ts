@@ -1,6 +1,6 @@
 /** Settlement job processors (worker role): reconcile uploaded files, fetch and reconcile on a schedule. */
 import type { Context } from '../context.ts';
-import { ensureJob } from '../jobs/queues.ts';
+import { ensureJob, sweepEach } from '../jobs/queues.ts';
 import { addFetchJob, FETCH_INTERVAL_MS, type FetchJob, runFetch, scheduleFetches } from './fetch.ts';
 import { queueReconcile } from './imports.ts';
 import { discardFailedLines } from './receive.ts';
@@ -50,12 +50,22 @@ export async function requeueStrandedImports(ctx: Context, graceMs = 30_000): Pr
       ORDER BY created_at LIMIT 100`,
     [graceMs / 1000],
   );
-  for (const { id, source, provider_account_id: accountId, fetch_date: date } of rows) {
-    if (source === 'upload') await ensureJob(ctx.queues, 'settlement', id, () => queueReconcile(ctx, id));
-    else if (accountId && date)
-      await ensureJob(ctx.queues, 'settlement', id, () =>
-        addFetchJob(ctx, { import_id: id, account_id: accountId, date }),
+  return sweepEach(ctx, rows, 'a settlement import', async (row) => {
+    const { id, provider_account_id: accountId, fetch_date: date } = row;
+    const fetch =
+      row.source === 'fetch' && accountId && date
+        ? { import_id: id, account_id: accountId, date }
+        : undefined;
+    if (row.source === 'fetch' && !fetch) return;
+    const add = fetch ? () => addFetchJob(ctx, fetch) : () => queueReconcile(ctx, id);
+    // A job bull gave up on (its attempts spent, or its worker lost twice) is not run again for
+    // ever: the import is failed, visibly, and the merchant imports the file again.
+    if ((await ensureJob(ctx.queues, 'settlement', id, add, false)) === 'failed')
+      await ctx.db.query(
+        `UPDATE settlement_imports SET status = 'failed', finished_at = now(), error_code = 'reconciliation_failed',
+                error_message = 'the import job failed repeatedly; import (or fetch) the file again'
+          WHERE id = $1 AND status IN ('queued', 'running')`,
+        [id],
       );
-  }
-  return rows.length;
+  });
 }
