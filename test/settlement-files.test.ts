@@ -267,6 +267,42 @@ test('the scheduled fetch queues recent dates per account, and a failing fetch i
   assert.ok(list.body.data.some((j: { id: string; status: string }) => j.id === id && j.status === 'failed'));
 });
 
+test('a scheduled fetch that failed is tried again on the next tick', async () => {
+  const m = await setupMerchant(tg);
+  const { scheduleFetches, queueFetch } = await import('../src/settlements/fetch.ts');
+  const { providerModule } = await import('../adapters/index.ts');
+  const adapter = providerModule('sandbox')?.adapter;
+  assert.ok(adapter?.fetchSettlement);
+  const ctx = tg.gateway.ctx;
+  await scheduleFetches(ctx);
+  const { rows } = await ctx.db.query<{ id: string; account: string; date: string }>(
+    `SELECT id, provider_account_id AS account, to_char(fetch_date, 'YYYY-MM-DD') AS date
+       FROM settlement_imports WHERE merchant_id = $1 AND source = 'fetch' ORDER BY fetch_date LIMIT 1`,
+    [m.id],
+  );
+  const [scheduled] = rows;
+  await waitJob(tg, m.secretKey, scheduled.id);
+  // Replay that date's fetch as one the provider failed, leaving bull's failed job behind.
+  await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [scheduled.id]);
+  await (await ctx.queues.settlement.getJob(scheduled.id))?.remove();
+  const original = adapter.fetchSettlement;
+  adapter.fetchSettlement = async () => {
+    throw new Error('provider down');
+  };
+  try {
+    await queueFetch(ctx, { id: scheduled.account, merchant_id: m.id, provider: 'sandbox' }, scheduled.date, {
+      importId: scheduled.id,
+      attempts: 1,
+    });
+    assert.equal((await waitJob(tg, m.secretKey, scheduled.id)).status, 'failed');
+  } finally {
+    adapter.fetchSettlement = original;
+  }
+  assert.ok((await scheduleFetches(ctx)) >= 1);
+  const retried = await waitJob(tg, m.secretKey, scheduled.id);
+  assert.equal(retried.status, 'completed', JSON.stringify(retried));
+});
+
 test('a malformed fetched file fails its import at once (no retry), and nothing is stored', async () => {
   const m = await setupMerchant(tg);
   const { queueFetch } = await import('../src/settlements/fetch.ts');

@@ -47,6 +47,12 @@ export async function queueDeadline<T>(queues: Queues, work: Promise<T>, what: s
 
 /** bull states of a job that will still run. */
 const LIVE_STATES = new Set(['waiting', 'delayed', 'active', 'paused']);
+/**
+ * Jobs that read "stuck" (in no list) at the last sweep. bull reads a state list by list, so a job
+ * moving between lists can look stuck for a moment: it is replaced only when a later sweep sees
+ * it stuck again.
+ */
+const seenStuck = new Set<string>();
 
 /**
  * Makes sure a job with this id is waiting or running: how the sweepers revive work whose job was
@@ -64,9 +70,14 @@ export async function ensureJob(
 ): Promise<'alive' | 'added' | 'failed'> {
   const job = await queueDeadline(queues, queues[name].getJob(jobId), `looking up job ${jobId}`);
   if (job) {
-    let state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
-    // A job moving between lists can read "stuck" for a moment: look twice before calling it dead.
-    if (state === 'stuck') state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
+    const state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
+    const key = `${name}:${jobId}`;
+    if (state === 'stuck' && !seenStuck.delete(key)) {
+      if (seenStuck.size > 10_000) seenStuck.clear();
+      seenStuck.add(key);
+      return 'alive';
+    }
+    seenStuck.delete(key);
     if (LIVE_STATES.has(state)) return 'alive';
     if (state === 'failed' && !replaceFailed) return 'failed';
     try {
@@ -85,7 +96,7 @@ export async function ensureJob(
  * Runs a sweeper's `revive` for each row: a row that fails is logged and the others go on, but
  * when Redis stops answering the sweep ends (the next one starts over).
  */
-export async function sweepEach<T>(
+export async function sweepEach<T extends { id: string }>(
   ctx: Pick<Context, 'log'>,
   rows: T[],
   what: string,
@@ -96,7 +107,7 @@ export async function sweepEach<T>(
       await revive(row);
     } catch (error) {
       if (error instanceof DeadlineError) throw error;
-      ctx.log.error({ err: error, row }, `sweeper could not revive ${what}`);
+      ctx.log.error({ err: error, id: row.id }, `sweeper could not revive ${what}`);
     }
   }
   return rows.length;
@@ -212,7 +223,6 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
       // is cut short.
       // A hung Redis that no command of ours has met yet would hold the close for its whole deadline.
       await withDeadline(client.ping(), 'a ping', CLOSE_PING_DEADLINE_MS).catch(() => suspect());
-      closing = true;
       const abandonJobs = !reachable();
       const closed = Promise.all(QUEUE_NAMES.map((name) => queues[name].close(abandonJobs).catch(() => {})));
       const started = Date.now();
@@ -228,6 +238,7 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
           resolve(true);
         });
       });
+      closing = true;
       clearInterval(probe);
       for (const connection of [client, subscriber, ...blocking]) connection.disconnect();
       // A close that never got that far leaves bull's interval timers running, and the process alive.

@@ -41,8 +41,9 @@ const EVENT_FOR: Partial<Record<PaymentStatus, string>> = {
   canceled: 'payment.canceled',
 };
 
+/** poll_step only ever counts up, in SQL (updatePayment's `nextPollStep`). */
 export type PaymentPatch = Partial<
-  Omit<PaymentRow, 'id' | 'merchant_id' | 'status' | 'created_at' | 'updated_at'>
+  Omit<PaymentRow, 'id' | 'merchant_id' | 'status' | 'created_at' | 'updated_at' | 'poll_step'>
 >;
 
 function setClause(patch: Record<string, unknown>, firstParam: number): { sql: string; values: unknown[] } {

@@ -161,6 +161,13 @@ export async function scheduleFetches(ctx: Context, now = new Date()): Promise<n
       if (status === 'failed') {
         await discardLines(ctx.db, importId);
         await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [importId]);
+        // bull keeps the failed job under this id, and would take no new one while it is there.
+        const failed = await queueDeadline(
+          ctx.queues,
+          ctx.queues.settlement.getJob(importId),
+          'a job lookup',
+        );
+        if (failed) await queueDeadline(ctx.queues, failed.remove(), 'removing a failed job');
       }
       await queueFetch(ctx, account, date, { importId });
       queued++;
