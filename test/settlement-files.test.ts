@@ -5,6 +5,7 @@ import { after, before, test } from 'node:test';
 import {
   ALIPAY_CODE,
   createPayment,
+  eventually,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -301,6 +302,60 @@ test('a scheduled fetch that failed is tried again on the next tick', async () =
   assert.ok((await scheduleFetches(ctx)) >= 1);
   const retried = await waitJob(tg, m.secretKey, scheduled.id);
   assert.equal(retried.status, 'completed', JSON.stringify(retried));
+});
+
+test('a tick that meets a fetch still running leaves it for the next tick, which then retries it', async () => {
+  const m = await setupMerchant(tg);
+  const { scheduleFetches } = await import('../src/settlements/fetch.ts');
+  const { providerModule } = await import('../adapters/index.ts');
+  const adapter = providerModule('sandbox')?.adapter;
+  assert.ok(adapter?.fetchSettlement);
+  const ctx = tg.gateway.ctx;
+  const imports = async () =>
+    (
+      await ctx.db.query<{ id: string; status: string }>(
+        "SELECT id, status FROM settlement_imports WHERE merchant_id = $1 AND source = 'fetch' ORDER BY id",
+        [m.id],
+      )
+    ).rows;
+  const original = adapter.fetchSettlement;
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let started = 0;
+  adapter.fetchSettlement = async () => {
+    started += 1;
+    await gate;
+    throw new Error('provider down');
+  };
+  try {
+    assert.equal(await scheduleFetches(ctx), 2);
+    await eventually(async () => started === 2, 10_000, 'both fetches to start');
+    // Failed from inside their still-running jobs, as a last attempt does.
+    await ctx.db.query("UPDATE settlement_imports SET status = 'failed' WHERE merchant_id = $1", [m.id]);
+    assert.equal(await scheduleFetches(ctx), 0);
+    assert.deepEqual(
+      (await imports()).map((i) => i.status),
+      ['failed', 'failed'],
+    );
+  } finally {
+    release();
+    adapter.fetchSettlement = original;
+  }
+  await eventually(
+    async () => {
+      const states = await Promise.all(
+        (await imports()).map(async (i) => (await ctx.queues.settlement.getJob(i.id))?.getState()),
+      );
+      return states.every((state) => state !== 'active' && state !== 'waiting');
+    },
+    10_000,
+    'the blocked fetches to end',
+  );
+  assert.equal(await scheduleFetches(ctx), 2);
+  for (const { id } of await imports())
+    assert.equal((await waitJob(tg, m.secretKey, id)).status, 'completed');
 });
 
 test('a malformed fetched file fails its import at once (no retry), and nothing is stored', async () => {

@@ -48,11 +48,12 @@ export async function queueDeadline<T>(queues: Queues, work: Promise<T>, what: s
 /** bull states of a job that will still run. */
 const LIVE_STATES = new Set(['waiting', 'delayed', 'active', 'paused']);
 /**
- * Jobs that read "stuck" (in no list) at the last sweep. bull reads a state list by list, so a job
- * moving between lists can look stuck for a moment: it is replaced only when a later sweep sees
- * it stuck again.
+ * When this process last read each job as "stuck" (in no list). bull reads a state list by list,
+ * so a job moving between lists can look stuck for a moment: it is replaced only when a later
+ * sweep sees it stuck again, soon after (a sighting older than this window counts for nothing).
  */
-const seenStuck = new Set<string>();
+const seenStuck = new Map<string, number>();
+const STUCK_AGAIN_WITHIN_MS = 120_000;
 
 /**
  * Makes sure a job with this id is waiting or running: how the sweepers revive work whose job was
@@ -72,12 +73,15 @@ export async function ensureJob(
   if (job) {
     const state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
     const key = `${name}:${jobId}`;
-    if (state === 'stuck' && !seenStuck.delete(key)) {
-      if (seenStuck.size > 10_000) seenStuck.clear();
-      seenStuck.add(key);
+    const now = Date.now();
+    const seenAt = seenStuck.get(key);
+    seenStuck.delete(key);
+    if (state === 'stuck' && (seenAt === undefined || now - seenAt > STUCK_AGAIN_WITHIN_MS)) {
+      if (seenStuck.size >= 10_000)
+        for (const [old, at] of seenStuck) if (now - at > STUCK_AGAIN_WITHIN_MS) seenStuck.delete(old);
+      seenStuck.set(key, now);
       return 'alive';
     }
-    seenStuck.delete(key);
     if (LIVE_STATES.has(state)) return 'alive';
     if (state === 'failed' && !replaceFailed) return 'failed';
     try {

@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
+import { DeadlineError } from '../deadline.ts';
 import { leaveToSweeper, queueDeadline } from '../jobs/queues.ts';
 import { createImport, type ImportRow } from './imports.ts';
 import { discardLines, EmptyFileError, ImportFinishedError, receiveFile } from './receive.ts';
@@ -138,6 +139,41 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
   await reconcileImport(ctx, job.import_id, lastAttempt);
 }
 
+/**
+ * One import per account and date: queued unless it exists; a failed one is tried again. Returns
+ * whether a fetch was queued.
+ */
+async function queueDateFetch(
+  ctx: Context,
+  account: { id: string; merchant_id: string; provider: string },
+  date: string,
+): Promise<boolean> {
+  const importId = `job_f${createHash('sha256').update(`${account.id}:${date}`).digest('hex').slice(0, 21)}`;
+  const existing = await ctx.db.query<{ status: string }>(
+    'SELECT status FROM settlement_imports WHERE id = $1',
+    [importId],
+  );
+  const status = existing.rows[0]?.status;
+  if (status && status !== 'failed') return false;
+  if (status === 'failed') {
+    // bull keeps the old job under this id and would take no new one while it is there. A job it
+    // will not remove is still running (its import was failed from inside it): next tick, then.
+    const old = await queueDeadline(ctx.queues, ctx.queues.settlement.getJob(importId), 'a job lookup');
+    if (old) {
+      try {
+        await queueDeadline(ctx.queues, old.remove(), 'removing a finished job');
+      } catch (error) {
+        if (error instanceof DeadlineError) throw error;
+        return false;
+      }
+    }
+    await discardLines(ctx.db, importId);
+    await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [importId]);
+  }
+  await queueFetch(ctx, account, date, { importId });
+  return true;
+}
+
 /** The repeatable tick: queue the dates each fetchable account should have settled by now. */
 export async function scheduleFetches(ctx: Context, now = new Date()): Promise<number> {
   const { rows } = await ctx.db.query<{ id: string; merchant_id: string; provider: string }>(
@@ -150,27 +186,13 @@ export async function scheduleFetches(ctx: Context, now = new Date()): Promise<n
     if (!adapter?.fetchSettlement) continue;
     for (let back = 1; back <= adapter.resolution.settlement_delay_days + 1; back++) {
       const date = utcDate(back, now);
-      // One import per account and date; a failed one is tried again on the next tick.
-      const importId = `job_f${createHash('sha256').update(`${account.id}:${date}`).digest('hex').slice(0, 21)}`;
-      const existing = await ctx.db.query<{ status: string }>(
-        'SELECT status FROM settlement_imports WHERE id = $1',
-        [importId],
-      );
-      const status = existing.rows[0]?.status;
-      if (status && status !== 'failed') continue;
-      if (status === 'failed') {
-        await discardLines(ctx.db, importId);
-        await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [importId]);
-        // bull keeps the failed job under this id, and would take no new one while it is there.
-        const failed = await queueDeadline(
-          ctx.queues,
-          ctx.queues.settlement.getJob(importId),
-          'a job lookup',
-        );
-        if (failed) await queueDeadline(ctx.queues, failed.remove(), 'removing a failed job');
+      try {
+        if (await queueDateFetch(ctx, account, date)) queued++;
+      } catch (error) {
+        // Redis not answering ends the tick (the next one starts over); anything else skips a date.
+        if (error instanceof DeadlineError) throw error;
+        ctx.log.error({ err: error, account_id: account.id, date }, 'settlement fetch not queued');
       }
-      await queueFetch(ctx, account, date, { importId });
-      queued++;
     }
   }
   return queued;
