@@ -48,12 +48,14 @@ export async function queueDeadline<T>(queues: Queues, work: Promise<T>, what: s
 /** bull states of a job that will still run. */
 const LIVE_STATES = new Set(['waiting', 'delayed', 'active', 'paused']);
 /**
- * When this process last read each job as "stuck" (in no list). bull reads a state list by list,
- * so a job moving between lists can look stuck for a moment: it is replaced only when a later
- * sweep sees it stuck again, soon after (a sighting older than this window counts for nothing).
+ * bull reads a job's state list by list, so a job moving between lists can look "stuck" (in no
+ * list) for a moment: it counts as stuck only when it still reads so after this pause.
  */
-const seenStuck = new Map<string, number>();
-const STUCK_AGAIN_WITHIN_MS = 120_000;
+const STUCK_RECHECK_MS = 300;
+
+/** bull's answer to removing a job that is locked, that is running. */
+export const isLockedJobError = (error: unknown) =>
+  error instanceof Error && error.message.startsWith('Could not remove job');
 
 /**
  * Makes sure a job with this id is waiting or running: how the sweepers revive work whose job was
@@ -71,25 +73,19 @@ export async function ensureJob(
 ): Promise<'alive' | 'added' | 'failed'> {
   const job = await queueDeadline(queues, queues[name].getJob(jobId), `looking up job ${jobId}`);
   if (job) {
-    const state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
-    const key = `${name}:${jobId}`;
-    const now = Date.now();
-    const seenAt = seenStuck.get(key);
-    seenStuck.delete(key);
-    if (state === 'stuck' && (seenAt === undefined || now - seenAt > STUCK_AGAIN_WITHIN_MS)) {
-      if (seenStuck.size >= 10_000)
-        for (const [old, at] of seenStuck) if (now - at > STUCK_AGAIN_WITHIN_MS) seenStuck.delete(old);
-      seenStuck.set(key, now);
-      return 'alive';
+    let state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
+    if (state === 'stuck') {
+      await new Promise((resolve) => setTimeout(resolve, STUCK_RECHECK_MS));
+      state = await queueDeadline(queues, job.getState(), `reading job ${jobId}`);
     }
     if (LIVE_STATES.has(state)) return 'alive';
     if (state === 'failed' && !replaceFailed) return 'failed';
     try {
       await queueDeadline(queues, job.remove(), `removing job ${jobId}`);
     } catch (error) {
-      // bull refuses to remove a job that is locked, that is running: alive after all.
-      if (error instanceof DeadlineError) throw error;
-      return 'alive';
+      // A job bull will not remove is running: alive after all.
+      if (isLockedJobError(error)) return 'alive';
+      throw error;
     }
   }
   await add();

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
 import { DeadlineError } from '../deadline.ts';
-import { leaveToSweeper, queueDeadline } from '../jobs/queues.ts';
+import { isLockedJobError, leaveToSweeper, queueDeadline } from '../jobs/queues.ts';
 import { createImport, type ImportRow } from './imports.ts';
 import { discardLines, EmptyFileError, ImportFinishedError, receiveFile } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
@@ -163,7 +163,8 @@ async function queueDateFetch(
       try {
         await queueDeadline(ctx.queues, old.remove(), 'removing a finished job');
       } catch (error) {
-        if (error instanceof DeadlineError) throw error;
+        if (!isLockedJobError(error)) throw error;
+        ctx.log.info({ import_id: importId }, 'settlement fetch still running; tried again next tick');
         return false;
       }
     }
