@@ -14,6 +14,7 @@ import {
   idempotencyKey,
   type Merchant,
   paymentHistory,
+  qrPayment,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -168,12 +169,7 @@ describe('alipay sandbox outcomes through the API, mode scan', () => {
 
 describe('alipay sandbox, mode qr, refunds and notifications', () => {
   test('QR with 55: the first request never arrives; its resend brings the code, and the waiting till wakes', async () => {
-    const res = await createPayment(tg, merchant.terminalKey, {
-      amount: { value: 1355, currency: 'EUR' },
-      reference: 'R-QR-55',
-      mode: 'qr',
-      wallet: 'alipay',
-    }).expect(201);
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(1355)).expect(201);
     assert.equal(res.body.status, 'processing');
     assert.equal(res.body.qr_code, null);
     const waited = await tg.http
@@ -185,12 +181,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   });
 
   test('QR: the code is the simulator’s wallet page; paying it succeeds through the notification', async () => {
-    const res = await createPayment(tg, merchant.terminalKey, {
-      amount: { value: 1250, currency: 'EUR' },
-      reference: 'R-QR-1',
-      mode: 'qr',
-      wallet: 'alipay',
-    }).expect(201);
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(1250)).expect(201);
     assert.equal(res.body.status, 'requires_customer');
     assert.match(res.body.qr_code.data, /^http:\/\/127\.0\.0\.1:\d+\/wallet\//);
     const page = await fetch(res.body.qr_code.data);

@@ -175,6 +175,22 @@ export function scanPayment(value: number, extra: Record<string, unknown> = {}) 
   };
 }
 
+export function qrPayment(value: number, wallet = 'alipay', extra: Record<string, unknown> = {}) {
+  return {
+    amount: { value, currency: 'EUR' },
+    reference: `R-QR-${value}-${counter}`,
+    mode: 'qr',
+    wallet,
+    ...extra,
+  };
+}
+
+/** How often the gateway called each endpoint of the sandbox simulator for one request id. */
+export async function simulatorCalls(tg: TestGateway, requestId: string): Promise<Record<string, number>> {
+  const simulator = await tg.gateway.ctx.sandbox.simulatorUrl('sandbox');
+  return (await (await fetch(`${simulator}/_sim/calls/${requestId}`)).json()) as Record<string, number>;
+}
+
 export function createPayment(tg: TestGateway, key: string, body: unknown, idem = idempotencyKey()) {
   return tg.http
     .post('/v1/payments')

@@ -4,6 +4,7 @@ import {
   createPayment,
   type Merchant,
   paymentHistory,
+  qrPayment,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -136,12 +137,7 @@ describe('sandbox magic outcomes, mode scan', () => {
 
 describe('mode qr', () => {
   test('shows a QR code; paying on the simulated wallet page succeeds and wakes a long-polling till', async () => {
-    const res = await createPayment(tg, merchant.terminalKey, {
-      amount: { value: 1500, currency: 'EUR' },
-      reference: 'R-QR-1',
-      mode: 'qr',
-      wallet: 'wechatpay',
-    }).expect(201);
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(1500, 'wechatpay')).expect(201);
     assert.equal(res.body.status, 'requires_customer');
     assert.match(res.body.qr_code.data, /^http:\/\/127\.0\.0\.1:\d+\/wallet\//);
     assert.ok(Date.parse(res.body.qr_code.expires_at) > Date.now());
@@ -165,12 +161,7 @@ describe('mode qr', () => {
   });
 
   test('the till cancels a QR nobody scanned: 200 canceled, then 409 for a second cancel', async () => {
-    const res = await createPayment(tg, merchant.terminalKey, {
-      amount: { value: 1600, currency: 'EUR' },
-      reference: 'R-QR-2',
-      mode: 'qr',
-      wallet: 'alipay',
-    }).expect(201);
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(1600)).expect(201);
     assert.equal(res.body.status, 'requires_customer');
     const cancel = await tg.http
       .post(`/v1/payments/${res.body.id}/cancel`)
@@ -194,12 +185,7 @@ describe('long-poll', () => {
       .expect(200);
     assert.ok(Date.now() - t0 < 2000);
 
-    const qr = await createPayment(tg, merchant.terminalKey, {
-      amount: { value: 1700, currency: 'EUR' },
-      reference: 'R-W',
-      mode: 'qr',
-      wallet: 'alipay',
-    });
+    const qr = await createPayment(tg, merchant.terminalKey, qrPayment(1700));
     const t1 = Date.now();
     const res = await tg.http
       .get(`/v1/payments/${qr.body.id}?wait=1`)

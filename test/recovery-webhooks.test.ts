@@ -12,8 +12,10 @@ import {
   createPayment,
   eventually,
   type Merchant,
+  qrPayment,
   scanPayment,
   setupMerchant,
+  simulatorCalls,
   startTestGateway,
   type TestGateway,
   waitForStatus,
@@ -29,6 +31,14 @@ before(async () => {
 after(() => tg.stop());
 
 const db = () => tg.gateway.ctx.db;
+
+/** The poll step a payment's current resolution job was queued for. */
+async function pollStep(paymentId: string): Promise<number> {
+  const { rows } = await db().query<{ poll_step: number }>('SELECT poll_step FROM payments WHERE id = $1', [
+    paymentId,
+  ]);
+  return rows[0].poll_step;
+}
 
 describe('crash recovery', () => {
   test('a processing payment whose jobs were lost (Redis flushed) is resumed by the sweeper', async () => {
@@ -56,21 +66,13 @@ describe('crash recovery', () => {
       id = res.body.id;
       // bull's empty() drops the delayed list but leaves the delayed jobs' records behind.
       await queue.empty();
-      const { rows } = await db().query<{ poll_step: number }>(
-        'SELECT poll_step FROM payments WHERE id = $1',
-        [id],
-      );
-      const orphan = await queue.getJob(`resolve:${id}:${rows[0].poll_step}`);
+      const orphan = await queue.getJob(`resolve:${id}:${await pollStep(id)}`);
       assert.equal(await orphan?.getState(), 'stuck');
     } finally {
       await queue.resume(true);
     }
-    const simulator = await tg.gateway.ctx.sandbox.simulatorUrl('sandbox');
     await eventually(
-      async () =>
-        ((await (await fetch(`${simulator}/_sim/calls/${id}`)).json()) as Record<string, number>)[
-          '/v1/inquire'
-        ] > 0,
+      async () => (await simulatorCalls(tg, id))['/v1/inquire'] > 0,
       20_000,
       'the sweeper to revive the stuck job',
     );
@@ -103,16 +105,8 @@ describe('crash recovery', () => {
     await queue.pause(true);
     try {
       const res = await createPayment(tg, merchant.terminalKey, scanPayment(4257)).expect(201); // 57: stays processing
-      const { rows } = await db().query<{ poll_step: number }>(
-        'SELECT poll_step FROM payments WHERE id = $1',
-        [res.body.id],
-      );
-      const step = rows[0].poll_step;
-      const simulator = await tg.gateway.ctx.sandbox.simulatorUrl('sandbox');
-      const inquiries = async () =>
-        ((await (await fetch(`${simulator}/_sim/calls/${res.body.id}`)).json()) as Record<string, number>)[
-          '/v1/inquire'
-        ] ?? 0;
+      const step = await pollStep(res.body.id);
+      const inquiries = async () => (await simulatorCalls(tg, res.body.id))['/v1/inquire'] ?? 0;
       await resolvePayment(tg.gateway.ctx, res.body.id, step - 1);
       assert.equal(await inquiries(), 0);
       await resolvePayment(tg.gateway.ctx, res.body.id, step);
@@ -179,12 +173,7 @@ describe('crash recovery', () => {
       .set('Authorization', `Bearer ${merchant.secretKey}`);
     assert.equal(payment.body.status, 'partially_refunded');
     assert.deepEqual(payment.body.amount_refunded, { value: 1000, currency: 'EUR' });
-    const simulator = await tg.gateway.ctx.sandbox.simulatorUrl('sandbox');
-    const calls = (await (await fetch(`${simulator}/_sim/calls/${paid.body.id}`)).json()) as Record<
-      string,
-      number
-    >;
-    assert.equal(calls['/v1/refund'], 1, 'the refund was sent once');
+    assert.equal((await simulatorCalls(tg, paid.body.id))['/v1/refund'], 1, 'the refund was sent once');
   });
 });
 
@@ -199,12 +188,7 @@ describe('restart', () => {
     const flaky = await createPayment(tg, shop.terminalKey, scanPayment(4655)).expect(201);
     await waitForStatus(tg, shop.terminalKey, flaky.body.id, ['succeeded'], 20_000);
     // And a QR payment the customer paid on the wallet page.
-    const qr = await createPayment(tg, shop.terminalKey, {
-      amount: { value: 4700, currency: 'EUR' },
-      reference: 'R-QR-RESTART',
-      mode: 'qr',
-      wallet: 'alipay',
-    }).expect(201);
+    const qr = await createPayment(tg, shop.terminalKey, qrPayment(4700)).expect(201);
     assert.equal((await fetch(qr.body.qr_code.data, { method: 'POST' })).status, 200);
     await waitForStatus(tg, shop.terminalKey, qr.body.id, ['succeeded'], 20_000);
     await tg.stop({ keepDatabase: true });
@@ -222,27 +206,19 @@ describe('restart', () => {
     const next = await createPayment(tg, shop.terminalKey, scanPayment(1000)).expect(201);
     assert.equal(next.body.status, 'succeeded');
     // And a payment taken before the restart can still be refunded.
-    const refund = await tg.http
-      .post(`/v1/payments/${paidBefore.body.id}/refunds`)
-      .set('Authorization', `Bearer ${shop.secretKey}`)
-      .set('Idempotency-Key', `refund-after-restart-${paidBefore.body.id}`)
-      .send({ amount: { value: 600, currency: 'EUR' } })
-      .expect(201);
-    assert.equal(refund.body.status, 'succeeded', JSON.stringify(refund.body));
-    const flakyRefund = await tg.http
-      .post(`/v1/payments/${flaky.body.id}/refunds`)
-      .set('Authorization', `Bearer ${shop.secretKey}`)
-      .set('Idempotency-Key', `refund-after-restart-${flaky.body.id}`)
-      .send({})
-      .expect(201);
-    assert.equal(flakyRefund.body.status, 'succeeded', JSON.stringify(flakyRefund.body));
-    const qrRefund = await tg.http
-      .post(`/v1/payments/${qr.body.id}/refunds`)
-      .set('Authorization', `Bearer ${shop.secretKey}`)
-      .set('Idempotency-Key', `refund-after-restart-${qr.body.id}`)
-      .send({})
-      .expect(201);
-    assert.equal(qrRefund.body.status, 'succeeded', JSON.stringify(qrRefund.body));
+    for (const [payment, body] of [
+      [paidBefore, { amount: { value: 600, currency: 'EUR' } }],
+      [flaky, {}],
+      [qr, {}],
+    ] as const) {
+      const refund = await tg.http
+        .post(`/v1/payments/${payment.body.id}/refunds`)
+        .set('Authorization', `Bearer ${shop.secretKey}`)
+        .set('Idempotency-Key', `refund-after-restart-${payment.body.id}`)
+        .send(body)
+        .expect(201);
+      assert.equal(refund.body.status, 'succeeded', JSON.stringify(refund.body));
+    }
   });
 });
 

@@ -19,6 +19,7 @@ import {
   eventually,
   freePort,
   idempotencyKey,
+  qrPayment,
   scanPayment,
   testEnvironment,
 } from './helpers.ts';
@@ -105,12 +106,7 @@ describe('two API processes and a worker', () => {
       .post('/v1/payments')
       .set('Authorization', `Bearer ${sk}`)
       .set('Idempotency-Key', idempotencyKey())
-      .send({
-        amount: { value: 2500, currency: 'EUR' },
-        reference: 'R-SCALE-1',
-        mode: 'qr',
-        wallet: 'alipay',
-      })
+      .send(qrPayment(2500))
       .expect(201);
     assert.equal(created.body.status, 'requires_customer');
     const started = Date.now();
@@ -242,7 +238,7 @@ describe('graceful shutdown', () => {
         .post('/v1/payments')
         .set('Authorization', sk)
         .set('Idempotency-Key', idempotencyKey())
-        .send({ amount: { value: 2600, currency: 'EUR' }, reference: 'R-STOP', mode: 'qr', wallet: 'alipay' })
+        .send(qrPayment(2600))
         .expect(201);
       assert.equal(created.body.status, 'requires_customer');
       const polled = api
