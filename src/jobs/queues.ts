@@ -140,8 +140,11 @@ export async function leaveToSweeper(
  * is back, so the caller is told at once, before anything is stored or sent to a provider.
  */
 export function requireQueues(queues: Queues): void {
-  if (queues.reachable()) return;
-  throw new ApiError(
+  if (!queues.reachable()) throw queuesUnavailable();
+}
+
+export const queuesUnavailable = () =>
+  new ApiError(
     'unavailable',
     'queue_unavailable',
     'the job queues (Redis) are unreachable; nothing was stored or sent to a provider, retry shortly',
@@ -149,7 +152,6 @@ export function requireQueues(queues: Queues): void {
     503,
     { 'Retry-After': '5' },
   );
-}
 
 /** bull's own timer clean-up, which its close runs only once Redis answers. */
 interface BullInternals {

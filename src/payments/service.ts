@@ -13,7 +13,7 @@ import type {
 import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
-import { enqueue, enqueueDue, ensureJob, requireQueues, sweepEach } from '../jobs/queues.ts';
+import { enqueue, enqueueDue, ensureJob, queuesUnavailable, sweepEach } from '../jobs/queues.ts';
 import { prepared } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
@@ -174,7 +174,7 @@ export async function createPayment(
     // A till retrying a sale already taken still learns its outcome; only a new sale is refused.
     const replay = await replayOf(ctx, input);
     if (replay) return { payment: replay, replayed: true };
-    requireQueues(ctx.queues);
+    throw queuesUnavailable();
   }
   const first = candidates[0];
   const id = newId('pay');
@@ -432,8 +432,10 @@ export async function scheduleCheck(
   return updated;
 }
 
-/** One step of resolution for an unresolved payment: inquire, resend once, or cancel at the window's end. */
-/** One check of a payment; `step` is the poll step its job was queued for. */
+/**
+ * One step of resolution for an unresolved payment: inquire, resend once, or cancel at the window's
+ * end. `step` is the poll step its job was queued for.
+ */
 export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number): Promise<void> {
   const row = await loadPayment(ctx, paymentId);
   if (!UNRESOLVED.includes(row.status)) return;
