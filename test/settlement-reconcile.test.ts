@@ -1,6 +1,9 @@
 /** Reconciliation through the API: every discrepancy kind planted, clean files, re-imports, corrections, tenancy. */
 import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
+import { receiveFile } from '../src/settlements/receive.ts';
+import { reconcileImport } from '../src/settlements/reconcile.ts';
 import {
   createPayment,
   scanPayment,
@@ -389,5 +392,58 @@ test('an uploaded file whose reconcile job was lost (Redis flushed) is queued ag
     assert.equal(job.counts.matched, 1);
   } finally {
     await queue.resume(true);
+  }
+});
+
+test('repeated lines are found as duplicates whether the receiving parser listed the repeats or not', async () => {
+  const { ctx } = tg.gateway;
+  for (const listed of [true, false]) {
+    const m = await setupMerchant(tg);
+    const a = await pay(tg, m, 6200);
+    const b = await pay(tg, m, 6300);
+    const account = await ctx.db.query<{ id: string }>(
+      "SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = 'sandbox'",
+      [m.id],
+    );
+    // Received without queueing the job, so that the list can be taken away before it runs.
+    const received = await receiveFile(
+      ctx,
+      { merchant_id: m.id, provider: 'sandbox', provider_account_id: account.rows[0].id, source: 'upload' },
+      Readable.from([sandboxCsv([lineFor(a), lineFor(b), lineFor(a), lineFor(b)], 'REP-1')]),
+    );
+    assert.equal(received.repeats_listed, true);
+    const candidates = await ctx.db.query<{ provider_reference: string; type: string }>(
+      'SELECT type, provider_reference FROM settlement_import_repeats WHERE import_id = $1 ORDER BY 2',
+      [received.id],
+    );
+    assert.deepEqual(
+      candidates.rows.map((r) => [r.type, r.provider_reference]).sort(),
+      [
+        ['payment', a.provider_reference],
+        ['payment', b.provider_reference],
+      ].sort(),
+    );
+    if (!listed)
+      await ctx.db.query('UPDATE settlement_imports SET repeats_listed = false WHERE id = $1', [received.id]);
+    await reconcileImport(ctx, received.id);
+    const job = await waitJob(tg, m.secretKey, received.id);
+    assert.equal(job.status, 'completed', JSON.stringify(job));
+    const found = await discrepancies(tg, m.secretKey);
+    assert.deepEqual(
+      found.map((d) => [d.kind, d.payment_id, d.detail]).sort(),
+      [
+        [
+          'duplicate_in_settlement',
+          a.id,
+          `line 4: payment ${a.provider_reference} is settled more than once (first on line 2)`,
+        ],
+        [
+          'duplicate_in_settlement',
+          b.id,
+          `line 5: payment ${b.provider_reference} is settled more than once (first on line 3)`,
+        ],
+      ].sort(),
+      listed ? 'with the list' : 'without it',
+    );
   }
 });

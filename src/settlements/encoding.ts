@@ -3,11 +3,26 @@
  * Latin-1 or UTF-16 export would be imported with mangled store names and references; this guard
  * checks the bytes on their way to the adapter's parser and stops the file at the first bad one.
  */
+import { isUtf8 } from 'node:buffer';
 import { Transform, type TransformCallback } from 'node:stream';
 import { SettlementFormatError } from '../../adapters/contract.ts';
 
+/**
+ * Where a UTF-8 character cut off by the end of `bytes` begins (bytes.length when none is): that
+ * tail waits for the next chunk, everything before it is checked now.
+ */
+function completeLength(bytes: Buffer): number {
+  let lead = bytes.length - 1;
+  // Back over at most three continuation bytes (10xxxxxx) to the character's first byte.
+  while (lead >= 0 && bytes.length - lead <= 3 && (bytes[lead] & 0xc0) === 0x80) lead--;
+  if (lead < 0 || bytes[lead] < 0xc0) return bytes.length;
+  const needed = bytes[lead] >= 0xf0 ? 4 : bytes[lead] >= 0xe0 ? 3 : 2;
+  return bytes.length - lead < needed ? lead : bytes.length;
+}
+
 export class Utf8Guard extends Transform {
-  private readonly decoder = new TextDecoder('utf-8', { fatal: true });
+  /** The start of a character whose remaining bytes are in the next chunk. */
+  private carry: Buffer = Buffer.alloc(0);
   private offset = 0;
   private first = true;
   /** Set when the file was stopped; the importer reports it in preference to what the parser says next. */
@@ -26,23 +41,21 @@ export class Utf8Guard extends Transform {
     const nul = chunk.indexOf(0);
     if (nul >= 0)
       return this.stop(`the file contains a NUL byte at offset ${this.offset + nul}; it is not UTF-8 text`);
-    try {
-      this.decoder.decode(chunk, { stream: true });
-    } catch {
-      return this.stop(`the file is not valid UTF-8 (near byte offset ${this.offset}); export it as UTF-8`);
-    }
+    // Checked without decoding: the parser decodes the text itself.
+    const bytes = this.carry.length ? Buffer.concat([this.carry, chunk]) : chunk;
+    const complete = completeLength(bytes);
+    if (!isUtf8(bytes.subarray(0, complete)))
+      return this.stop(
+        `the file is not valid UTF-8 (near byte offset ${this.offset - this.carry.length}); export it as UTF-8`,
+      );
+    this.carry = Buffer.from(bytes.subarray(complete));
     this.offset += chunk.length;
     done(null, chunk);
   }
 
   override _flush(done: TransformCallback): void {
-    if (!this.error) {
-      try {
-        this.decoder.decode();
-      } catch {
-        this.error = new SettlementFormatError('the file ends inside a UTF-8 character (truncated?)');
-      }
-    }
+    if (!this.error && this.carry.length)
+      this.error = new SettlementFormatError('the file ends inside a UTF-8 character (truncated?)');
     done();
   }
 

@@ -21,6 +21,7 @@ import type { Queryable } from '../ledger/db.ts';
 import { copyField } from './copy-text.ts';
 import { Utf8Guard } from './encoding.ts';
 import { createImport } from './imports.ts';
+import { RepeatFilter } from './repeats.ts';
 
 const LINE_COLUMNS = [
   'import_id',
@@ -42,8 +43,9 @@ const LINE_COLUMNS = [
   'wallet_psp',
 ];
 
-const ROWS_PER_WRITE = 2000;
-/** A batch's content hash is fed in pieces of about this size rather than line by line. */
+/** The COPY is sent in pieces of this many bytes at most. */
+const COPY_CHUNK = 1 << 18;
+/** A batch's content hash is fed in pieces of this many bytes rather than line by line. */
 const HASH_PIECE = 1 << 16;
 
 /** What makes a line the parser gave us impossible to store (a format error too), if anything. */
@@ -104,11 +106,26 @@ interface BatchDigest {
   batch_ref: string;
   currency: string;
   hash: Hash;
-  pending: string;
+  /** Content bytes not hashed yet: pending[0, pendingBytes). */
+  pending: Buffer;
+  pendingBytes: number;
   lines: number;
   gross: number;
   fees: number;
   first_settled: number;
+}
+
+/** Adds bytes[start, end) to the batch's content hash, through its pending piece. */
+function hashContent(batch: BatchDigest, bytes: Buffer, start: number, end: number): void {
+  if (batch.pendingBytes + end - start > batch.pending.length) {
+    batch.hash.update(batch.pending.subarray(0, batch.pendingBytes));
+    batch.pendingBytes = 0;
+    if (end - start > batch.pending.length) {
+      batch.hash.update(bytes.subarray(start, end));
+      return;
+    }
+  }
+  batch.pendingBytes += bytes.copy(batch.pending, batch.pendingBytes, start, end);
 }
 
 /** Counts and hashes the raw bytes on their way to the parser. */
@@ -123,6 +140,8 @@ class Tap extends Transform {
 }
 
 export interface ReceivedFile {
+  /** settlement_import_repeats lists every transaction the file may name twice. */
+  repeats_listed: boolean;
   bytes: number;
   sha256: string;
   lines: number;
@@ -145,6 +164,7 @@ export async function copyLines(
   // A retried fetch receives its file again from scratch.
   await discardLines(client, importId);
   await client.query('DELETE FROM settlement_import_batches WHERE import_id = $1', [importId]);
+  await client.query('DELETE FROM settlement_import_repeats WHERE import_id = $1', [importId]);
   const prefix = `${copyField(importId)}\t`;
   // Every id the COPY is given comes after the last one handed out before it.
   const before = await client.query<{ first: string }>(
@@ -156,6 +176,7 @@ export async function copyLines(
   tap.on('error', (error) => guard.destroy(error));
   source.pipe(tap).pipe(guard);
   const batches = new Map<string, Map<string, BatchDigest>>();
+  const repeats = new RepeatFilter();
   let lines = 0;
   /** The batch a line belongs to, by batch id then settlement currency (no key string per line). */
   const batchOf = (line: SettlementLine): BatchDigest => {
@@ -171,7 +192,8 @@ export async function copyLines(
         batch_ref: line.batch_id,
         currency,
         hash: createHash('sha256'),
-        pending: '',
+        pending: Buffer.allocUnsafe(HASH_PIECE),
+        pendingBytes: 0,
         lines: 0,
         gross: 0,
         fees: 0,
@@ -182,21 +204,28 @@ export async function copyLines(
     return batch;
   };
   async function* rows() {
-    let buffer = '';
-    let buffered = 0;
+    let out = Buffer.allocUnsafe(COPY_CHUNK);
+    let used = 0;
     try {
       for await (const chunk of adapter.parseSettlement(guard)) {
         for (const line of chunk) {
           const fault = lineFault(line);
           if (fault) throw new SettlementFormatError(`line ${line.line_no}: ${fault}`, line.line_no);
-          // The content hash leaves out the line number: only what was settled counts.
           const content = lineContent(line);
-          const batch = batchOf(line);
-          batch.pending += content;
-          if (batch.pending.length >= HASH_PIECE) {
-            batch.hash.update(batch.pending);
-            batch.pending = '';
+          // Room for the row at three bytes a character, the most UTF-8 takes for one UTF-16 unit.
+          const room = 3 * (prefix.length + 12 + content.length);
+          if (used + room > out.length) {
+            if (used) yield out.subarray(0, used);
+            out = Buffer.allocUnsafe(Math.max(COPY_CHUNK, room));
+            used = 0;
           }
+          used += out.write(prefix, used);
+          used += out.write(`${line.line_no}\t`, used);
+          const contentStart = used;
+          used += out.write(content, used);
+          const batch = batchOf(line);
+          // The content hash leaves out the import and line number: only what was settled counts.
+          hashContent(batch, out, contentStart, used);
           batch.lines++;
           const value = line.settlement_amount.value;
           batch.gross += line.type === 'payment' ? value : -value;
@@ -208,22 +237,17 @@ export async function copyLines(
               `line ${line.line_no}: the batch total is out of range`,
               line.line_no,
             );
+          repeats.add(line.type, line.provider_reference);
           const settled = line.settled_at.getTime();
           if (settled < batch.first_settled) batch.first_settled = settled;
-          buffer += `${prefix}${line.line_no}\t${content}`;
           lines++;
-          if (++buffered >= ROWS_PER_WRITE) {
-            yield buffer;
-            buffer = '';
-            buffered = 0;
-          }
         }
       }
     } catch (error) {
       throw guard.error ?? error;
     }
     if (guard.error) throw guard.error;
-    if (buffer) yield buffer;
+    if (used) yield out.subarray(0, used);
   }
   const copy = client.query(copyFrom(`COPY settlement_lines (${LINE_COLUMNS.join(', ')}) FROM STDIN`));
   try {
@@ -246,7 +270,7 @@ export async function copyLines(
     : null;
   const digests = [...batches.values()].flatMap((byCurrency) => [...byCurrency.values()]);
   for (const batch of digests) {
-    batch.hash.update(batch.pending);
+    batch.hash.update(batch.pending.subarray(0, batch.pendingBytes));
     await client.query(
       `INSERT INTO settlement_import_batches (import_id, batch_ref, currency, content_hash, lines, gross, fees,
                                              settlement_date)
@@ -263,7 +287,14 @@ export async function copyLines(
       ],
     );
   }
+  if (!repeats.overflowed && repeats.types.length)
+    await client.query(
+      `INSERT INTO settlement_import_repeats (import_id, type, provider_reference)
+       SELECT $1, * FROM unnest($2::text[], $3::text[])`,
+      [importId, repeats.types, repeats.references],
+    );
   return {
+    repeats_listed: !repeats.overflowed,
     bytes: tap.bytes,
     sha256: tap.hash.digest('hex'),
     lines,
@@ -367,7 +398,7 @@ export async function receiveFile(
     await client.query(
       `UPDATE settlement_imports SET status = 'queued', bytes = $2, sha256 = $3,
               counts = jsonb_build_object('lines_parsed', $4::int, 'batches', $5::int),
-              first_line_id = $6, last_line_id = $7
+              first_line_id = $6, last_line_id = $7, repeats_listed = $8
         WHERE id = $1`,
       [
         id,
@@ -377,6 +408,7 @@ export async function receiveFile(
         received.batches,
         received.first_line_id,
         received.last_line_id,
+        received.repeats_listed,
       ],
     );
     await client.query('COMMIT');

@@ -70,6 +70,7 @@ interface ImportRow {
   /** The ids of the import's lines lie between these (bigint, as text). */
   first_line_id: string | null;
   last_line_id: string | null;
+  repeats_listed: boolean;
 }
 
 /** The CTE that announces every row of a statement's `disc` CTE (new discrepancies) through the outbox; $2 is the merchant. */
@@ -101,10 +102,6 @@ lines AS NOT MATERIALIZED (
       ON c.batch_ref = s.batch_ref AND c.currency = s.settlement_currency
    WHERE s.id BETWEEN $4 AND $5 AND s.import_id = $1
 ),
--- The same transaction twice in one file, in one batch or in two, is settled more than once.
-dup AS (
-  SELECT type, provider_reference, min(line_no) AS first_line FROM lines GROUP BY 1, 2 HAVING count(*) > 1
-),
 cancels AS (
   SELECT DISTINCT COALESCE(original_provider_reference, provider_reference) AS ref, provider_request_id AS req
     FROM settlement_lines WHERE id BETWEEN $4 AND $5 AND import_id = $1 AND type = 'cancel'
@@ -117,7 +114,7 @@ keyed AS (
          COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
          COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
     FROM lines s
-    LEFT JOIN dup d ON d.type = s.type AND d.provider_reference = s.provider_reference
+    LEFT JOIN duplicates d ON d.type = s.type AND d.provider_reference = s.provider_reference
     LEFT JOIN payments p1 ON s.type <> 'refund' AND p1.merchant_id = $2 AND p1.provider = $3
                          AND p1.provider_reference = CASE WHEN s.type = 'cancel'
                                THEN COALESCE(s.original_provider_reference, s.provider_reference)
@@ -160,6 +157,23 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
       ELSE 'status_mismatch' END AS result
   FROM keyed k
   LEFT JOIN payment_settlements ps ON ps.payment_id = k.pay_id
+`;
+
+/**
+ * The same transaction twice in one file, in one batch or in two, is settled more than once: the
+ * lines the receiving parser flagged as possible repeats (settlement_import_repeats) are counted,
+ * or every line where it made no list ($6). A temporary table, read by CLASSIFY_SQL's leader.
+ */
+const DUPLICATES_SQL = `
+CREATE TEMP TABLE duplicates ON COMMIT DROP AS
+SELECT l.type, l.provider_reference, min(l.line_no) AS first_line
+  FROM settlement_lines l
+  JOIN unnest($4::text[], $5::text[]) AS c (batch_ref, currency)
+    ON c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency
+ WHERE l.id BETWEEN $2 AND $3 AND l.import_id = $1
+   AND (NOT $6 OR (l.type, l.provider_reference) IN (SELECT r.type, r.provider_reference
+                                                        FROM settlement_import_repeats r WHERE r.import_id = $1))
+ GROUP BY 1, 2 HAVING count(*) > 1
 `;
 
 /**
@@ -380,6 +394,16 @@ async function applyLines(
     `unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::text[]) AS c (batch_ref, currency, settlement_id)`;
   if (superseded.length) await supersede(client, superseded, importId);
   if (changed.length) {
+    await timed(counts, 'duplicates', () =>
+      client.query(DUPLICATES_SQL, [
+        importId,
+        ...lineIds,
+        changedRefs,
+        changedCurrencies,
+        job.repeats_listed,
+      ]),
+    );
+    await client.query('ANALYZE duplicates');
     await timed(counts, 'classify', () =>
       client.query(CLASSIFY_SQL, [importId, merchantId, provider, ...lineIds, ...changedBatches]),
     );
@@ -550,7 +574,7 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     `UPDATE settlement_imports SET status = 'running', started_at = COALESCE(started_at, now()),
             attempts = attempts + 1
       WHERE id = $1 AND status IN ('queued', 'running')
-      RETURNING id, merchant_id, provider, first_line_id, last_line_id`,
+      RETURNING id, merchant_id, provider, first_line_id, last_line_id, repeats_listed`,
     [importId],
   );
   const job = started.rows[0];
