@@ -217,7 +217,9 @@ async function main(): Promise<void> {
       `planted discrepancies       ${Object.values(PLANT).reduce((a, b) => a + b, 0)} — found exactly: ${exact}`,
     );
     console.log(`floor (bare COPY + 1 join)  ${s(floorMs)}`);
-    console.log(`import + match              ${s(totalMs)} (received: parsed + stored in ${s(receivedMs)}, ${s((receiveCpu.user + receiveCpu.system) / 1000)} of it node CPU)`);
+    console.log(
+      `import + match              ${s(totalMs)} (received: parsed + stored in ${s(receivedMs)}, ${s((receiveCpu.user + receiveCpu.system) / 1000)} of it node CPU)`,
+    );
     console.log(`ratio to floor              ${(totalMs / floorMs).toFixed(2)}×  (target ≤ 3×)`);
     console.log(`peak RSS during import      ${mb(peak)} (baseline ${mb(baseline)}; target < 300 MB)`);
     console.log(`target < 60 s               ${totalMs < 60_000 ? 'met' : 'MISSED'}`);

@@ -100,6 +100,27 @@ async function merchantKeys(api: ReturnType<typeof supertest>) {
 }
 
 describe('two API processes and a worker', () => {
+  test('a terminal key revoked on API 1 stops working on API 2 at once, though API 2 had it cached', async () => {
+    const { sk } = await merchantKeys(api1);
+    const terminal = await api1
+      .post('/v1/terminals')
+      .set('Authorization', `Bearer ${sk}`)
+      .send({ store_id: 'berlin-01', terminal_id: 'till-9' })
+      .expect(201);
+    const key = terminal.body.terminal_key as string;
+    // API 2 looks the key up and keeps it for up to 10 s.
+    await api2.get('/v1/payments').set('Authorization', `Bearer ${key}`).expect(200);
+    await api1
+      .delete(`/v1/terminals/${terminal.body.id}/key`)
+      .set('Authorization', `Bearer ${sk}`)
+      .expect(200);
+    await eventually(
+      async () => (await api2.get('/v1/payments').set('Authorization', `Bearer ${key}`)).status === 401,
+      2_000,
+      'the revoked key refused on API 2',
+    );
+  });
+
   test('a QR payment created on API 1 is long-polled on API 2 and woken by the callback that reaches API 1', async () => {
     const { sk } = await merchantKeys(api1);
     const created = await api1

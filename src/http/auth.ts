@@ -34,18 +34,25 @@ interface KeyRow {
   can_refund: boolean | null;
 }
 
-/** Hash lookups are cached briefly: a key revoked by another process stops working within this time. */
+/**
+ * Hash lookups are cached briefly. A revocation is announced to every process through Redis; while
+ * Redis cannot carry it, a key revoked on another process stops working within this time.
+ */
 const CACHE_MS = 10_000;
-/** Bumped by every committed revocation: this process's caches then forget what they hold. */
+/** Bumped by every committed revocation, here or announced: the caches then forget what they hold. */
 let revocations = 0;
 
 /** Call after the revocation commits (before, a lookup in between would cache the key again). */
-export function forgetCachedKeys(): void {
+export async function forgetCachedKeys(ctx: Context): Promise<void> {
   revocations += 1;
+  await ctx.updates.announceRevocation();
 }
 
 export function authenticator(ctx: Context) {
   const cache = new Map<string, { principal: Principal | null; until: number; revocations: number }>();
+  ctx.updates.onRevocation(() => {
+    revocations += 1;
+  });
 
   async function lookup(token: string): Promise<Principal | null> {
     const hash = hashKey(token).toString('base64');

@@ -1,17 +1,21 @@
 /**
  * Wakes long-polling tills (`GET /v1/payments/{id}?wait=N`) on whichever API process they hit:
  * every committed status change is published on Redis, and each process holds one subscriber.
+ * The same subscriber carries the announcements that API keys were revoked, so that every
+ * process's key cache forgets them at once.
  */
 import { Redis } from 'ioredis';
 import { withDeadline } from '../deadline.ts';
 
 const SUBSCRIBE_DEADLINE_MS = 1_000;
+const ANNOUNCE_DEADLINE_MS = 1_000;
 
 export class PaymentUpdates {
   private readonly publisher: Redis;
   private subscriber?: Redis;
   private subscribed?: Promise<unknown>;
   private readonly waiters = new Map<string, Set<(message?: string) => void>>();
+  private readonly revocationListeners: (() => void)[] = [];
 
   constructor(
     private readonly redisUrl: string,
@@ -23,6 +27,25 @@ export class PaymentUpdates {
 
   private channel(paymentId: string): string {
     return `${this.prefix}:payment-updates:${paymentId}`;
+  }
+
+  private get revocationChannel(): string {
+    return `${this.prefix}:key-revocations`;
+  }
+
+  /** Tells every process that API keys were revoked (best effort: their caches expire anyway). */
+  async announceRevocation(): Promise<void> {
+    await withDeadline(
+      this.publisher.publish(this.revocationChannel, '1'),
+      'announcing a key revocation',
+      ANNOUNCE_DEADLINE_MS,
+    ).catch(() => {});
+  }
+
+  /** Calls `listener` whenever any process announces a revocation. */
+  onRevocation(listener: () => void): void {
+    this.revocationListeners.push(listener);
+    void this.ensureSubscribed();
   }
 
   /** `payment` is the payment as the API shows it, so a woken till is answered without a read. */
@@ -45,8 +68,14 @@ export class PaymentUpdates {
       const id = channel.slice(channel.lastIndexOf(':') + 1);
       for (const wake of this.waiters.get(id) ?? []) wake(message);
     });
+    subscriber.on('message', (channel: string) => {
+      if (channel === this.revocationChannel) for (const listener of this.revocationListeners) listener();
+    });
     this.subscriber = subscriber;
-    this.subscribed = subscriber.psubscribe(`${this.prefix}:payment-updates:*`);
+    this.subscribed = Promise.all([
+      subscriber.psubscribe(`${this.prefix}:payment-updates:*`),
+      subscriber.subscribe(this.revocationChannel),
+    ]);
     this.subscribed.catch(() => {});
     return this.subscribed;
   }

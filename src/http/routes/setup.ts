@@ -192,7 +192,7 @@ export function setupRouter(ctx: Context): Router {
       await revokeKeys(client, rows[0].id, { kind: 'secret' });
       return { ...merchantJson(rows[0]), secret_key: await issueKey(client, rows[0].id, 'secret') };
     });
-    forgetCachedKeys();
+    await forgetCachedKeys(ctx);
     res.status(201).json(result);
   });
 
@@ -359,7 +359,7 @@ export function setupRouter(ctx: Context): Router {
       const terminalKey = await issueKey(client, merchant.merchant_id, 'terminal', terminal.id);
       return { ...terminalJson(terminal), terminal_key: terminalKey };
     });
-    forgetCachedKeys();
+    await forgetCachedKeys(ctx);
     res.status(201).json(result);
   });
 
@@ -373,7 +373,7 @@ export function setupRouter(ctx: Context): Router {
       });
       return { ...terminalJson(terminal), keys_revoked: revoked };
     });
-    forgetCachedKeys();
+    await forgetCachedKeys(ctx);
     res.json(result);
   });
 
