@@ -19,6 +19,7 @@ import {
   importFile,
   lineFor,
   pay,
+  SANDBOX_HEADER,
   sandboxCsv,
   settlements,
   waitJob,
@@ -200,6 +201,26 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
   assert.equal(old.counts.batches_unchanged, 1);
   assert.deepEqual(await discrepancies(tg, m.secretKey), []);
   assert.deepEqual(await settlements(tg, m.secretKey), [v2]);
+});
+
+test('a file imported again, or one with no lines, changes nothing, though payments were made since', async () => {
+  const m = await setupMerchant(tg);
+  const a = await pay(tg, m, 1700);
+  const file = sandboxCsv([lineFor(a)], 'AGAIN-1');
+  const first = await importAndWait(tg, m.secretKey, file);
+  assert.equal(first.counts.discrepancies, 0, JSON.stringify(first));
+  const [batch] = await settlements(tg, m.secretKey);
+  // Paid today and in no file yet: not for these imports to report.
+  await pay(tg, m, 1800);
+  const again = await importAndWait(tg, m.secretKey, file);
+  assert.equal(again.status, 'completed');
+  assert.equal(again.counts.batches_unchanged, 1);
+  assert.equal(again.counts.discrepancies, 0, JSON.stringify(again));
+  const empty = await importAndWait(tg, m.secretKey, `${SANDBOX_HEADER}\n`);
+  assert.equal(empty.status, 'completed');
+  assert.equal(empty.counts.discrepancies, 0, JSON.stringify(empty));
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  assert.deepEqual(await settlements(tg, m.secretKey), [batch]);
 });
 
 test('a late settlement resolves missing_in_settlement; refunds are matched by their own ids', async () => {

@@ -442,24 +442,25 @@ async function applyLines(
           AND NOT EXISTS (SELECT 1 FROM ${changedAt(4)} WHERE c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency)`,
       [importId, ...lineIds, ...changedBatches],
     );
+  // A file that changed no batch (the same file again, or no lines) changes nothing: payments made
+  // since are for the next file that settles something to report.
+  if (!changed.length) return changed;
   await timed(counts, 'ledger', () => reconcileLedger(client, job, adapter, changed, counts));
-  if (changed.length) {
-    await client.query(
-      `INSERT INTO settlement_versions (settlement_id, version, import_id, content_hash, gross, fees, net, count,
-                                        discrepancies)
-       SELECT s.id, s.version, $2, s.content_hash, s.gross, s.fees, s.net, s.count,
-              (SELECT count(*) FROM reconciliation_discrepancies d WHERE d.settlement_id = s.id AND d.closed_at IS NULL)
-         FROM settlements s WHERE s.id = ANY($1)`,
-      [changed, importId],
-    );
-    await client.query(
-      `INSERT INTO outbox (event_id, merchant_id, type, payload)
-       SELECT e.payload->>'id', $2, 'settlement.reconciled', e.payload
-         FROM (SELECT tb_event('settlement.reconciled', tb_settlement_json(s)) AS payload
-                 FROM settlements s WHERE s.id = ANY($1) ORDER BY s.provider_batch_id) e`,
-      [changed, merchantId],
-    );
-  }
+  await client.query(
+    `INSERT INTO settlement_versions (settlement_id, version, import_id, content_hash, gross, fees, net, count,
+                                      discrepancies)
+     SELECT s.id, s.version, $2, s.content_hash, s.gross, s.fees, s.net, s.count,
+            (SELECT count(*) FROM reconciliation_discrepancies d WHERE d.settlement_id = s.id AND d.closed_at IS NULL)
+       FROM settlements s WHERE s.id = ANY($1)`,
+    [changed, importId],
+  );
+  await client.query(
+    `INSERT INTO outbox (event_id, merchant_id, type, payload)
+     SELECT e.payload->>'id', $2, 'settlement.reconciled', e.payload
+       FROM (SELECT tb_event('settlement.reconciled', tb_settlement_json(s)) AS payload
+               FROM settlements s WHERE s.id = ANY($1) ORDER BY s.provider_batch_id) e`,
+    [changed, merchantId],
+  );
   return changed;
 }
 
