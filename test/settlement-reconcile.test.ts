@@ -223,6 +223,36 @@ test('a file imported again, or one with no lines, changes nothing, though payme
   assert.deepEqual(await settlements(tg, m.secretKey), [batch]);
 });
 
+test('a correction that takes a payment out of its batch leaves it settled by the batch that repeated it', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 1900);
+  const q = await pay(tg, m, 2000);
+  const tomorrow = new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p), lineFor(q)], 'MOVE-A'));
+  const b = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p)], 'MOVE-B', tomorrow));
+  assert.deepEqual(b.counts.by_kind, { duplicate_in_settlement: 1 });
+  // The provider corrects batch A: p was never in it, it belongs to B alone.
+  const fixed = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(q)], 'MOVE-A'));
+  assert.equal(fixed.status, 'completed', JSON.stringify(fixed));
+  assert.equal(fixed.counts.batches_superseded, 1);
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const batches = Object.fromEntries(
+    (await settlements(tg, m.secretKey)).map((s) => [s.provider_batch_id, s]),
+  );
+  assert.equal(batches['MOVE-B'].status, 'reconciled');
+  assert.equal(batches['MOVE-A'].status, 'reconciled');
+  const lines = await batchLines(tg, m.secretKey, batches['MOVE-B'].id);
+  assert.deepEqual(
+    lines.map((l) => [l.payment_id, l.result]),
+    [[p.id, 'matched']],
+  );
+  const marked = await tg.gateway.ctx.db.query(
+    'SELECT settlement_id FROM payment_settlements WHERE payment_id = $1',
+    [p.id],
+  );
+  assert.deepEqual(marked.rows, [{ settlement_id: batches['MOVE-B'].id }]);
+});
+
 test('a late settlement resolves missing_in_settlement; refunds are matched by their own ids', async () => {
   const m = await setupMerchant(tg);
   const a = await pay(tg, m, 3000);

@@ -193,6 +193,45 @@ UPDATE classified c SET result = 'duplicate_in_settlement', first_line = o.line_
    AND (o.by_reference IS NOT NULL OR o.line_no < c.line_no)
 `;
 
+/**
+ * A payment that a superseded version settled (`unsettled`, kept by supersede) and that a line of
+ * another current batch repeated (its duplicate_in_settlement): unless this file settles it again,
+ * that line settles it now. The line is classified again beside this file's lines (so it is marked,
+ * and any difference reported, like theirs), its old result goes and its duplicate is closed.
+ */
+const ORPHANED_DUPLICATES_SQL = `
+WITH orphan AS (
+  SELECT DISTINCT ON (x.payment_id) x.line_id, x.settlement_id, x.payment_id
+    FROM unsettled u
+    JOIN settlement_line_results x ON x.payment_id = u.payment_id AND x.result = 'duplicate_in_settlement'
+    JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
+    JOIN settlement_lines l ON l.id = x.line_id AND l.type = 'payment'
+   WHERE NOT EXISTS (SELECT 1 FROM classified c WHERE c.pay_id = u.payment_id AND c.type = 'payment'
+                        AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch'))
+   ORDER BY x.payment_id, s.settlement_date, x.line_id
+),
+closed AS (
+  UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
+    FROM orphan o
+   WHERE d.line_id = o.line_id AND d.kind = 'duplicate_in_settlement' AND d.closed_at IS NULL
+),
+cleared AS (
+  DELETE FROM settlement_line_results x USING orphan o WHERE x.line_id = o.line_id
+)
+INSERT INTO classified (id, line_no, settlement_id, type, provider_reference, provider_request_id, transaction_value,
+       transaction_currency, settlement_value, settlement_currency, exchange_rate, fee_value, settled_at, by_reference,
+       pay_id, pay_amount, pay_currency, pay_status, pay_paid_at, result)
+SELECT l.id, l.line_no, o.settlement_id, l.type, l.provider_reference, l.provider_request_id, l.transaction_value,
+       l.transaction_currency, l.settlement_value, l.settlement_currency, l.exchange_rate, l.fee_value, l.settled_at,
+       CASE WHEN p.provider_reference = l.provider_reference THEN p.id END,
+       p.id, p.amount_value, p.currency, p.status, p.paid_at,
+       CASE WHEN p.currency <> l.transaction_currency THEN 'currency_mismatch'
+            WHEN p.amount_value <> l.transaction_value THEN 'amount_mismatch'
+            WHEN p.status IN ('succeeded', 'partially_refunded', 'refunded') THEN 'matched'
+            ELSE 'status_mismatch' END
+  FROM orphan o JOIN settlement_lines l ON l.id = o.line_id JOIN payments p ON p.id = o.payment_id
+`;
+
 /** Matched payments (and those matched with another amount or currency) are marked settled. */
 const MARK_SQL = `
 INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
@@ -409,11 +448,14 @@ async function applyLines(
     );
     const byRequestId = await client.query<{ found: boolean }>(FOUND_BY_REQUEST_ID_SQL);
     if (byRequestId.rows[0].found) await client.query(DUPLICATE_BY_REQUEST_ID_SQL);
+    if (superseded.length) await client.query(ORPHANED_DUPLICATES_SQL);
     await timed(counts, 'mark', () => client.query(MARK_SQL, [merchantId, provider]));
     await client.query(RESULTS_SQL, [importId]);
     await client.query(DISCREPANCIES_SQL, [importId, merchantId, provider]);
     const { rows } = await client.query<{ result: string; n: number }>(
-      'SELECT result, count(*)::int AS n FROM classified GROUP BY result',
+      // This file's lines: not those of other batches that ORPHANED_DUPLICATES_SQL added.
+      'SELECT result, count(*)::int AS n FROM classified WHERE settlement_id = ANY($1) GROUP BY result',
+      [changed],
     );
     for (const { result, n } of rows) {
       if (result === 'matched') counts.matched += n;
@@ -466,7 +508,8 @@ async function applyLines(
 
 /**
  * The current version of each batch becomes history: its discrepancies closed, its payments no
- * longer settled by it (its lines stop being current with settlements.import_id).
+ * longer settled by it (its lines stop being current with settlements.import_id). Those of its
+ * payments that another batch repeated are kept in `unsettled` for ORPHANED_DUPLICATES_SQL.
  */
 async function supersede(client: pg.PoolClient, ids: string[], importId: string): Promise<void> {
   await client.query(
@@ -474,7 +517,15 @@ async function supersede(client: pg.PoolClient, ids: string[], importId: string)
       WHERE settlement_id = ANY($1) AND closed_at IS NULL`,
     [ids],
   );
-  await client.query('DELETE FROM payment_settlements WHERE settlement_id = ANY($1)', [ids]);
+  await client.query('CREATE TEMP TABLE unsettled (payment_id text NOT NULL) ON COMMIT DROP');
+  await client.query(
+    `WITH gone AS (DELETE FROM payment_settlements WHERE settlement_id = ANY($1) RETURNING payment_id)
+     INSERT INTO unsettled (payment_id)
+     SELECT g.payment_id FROM gone g
+      WHERE EXISTS (SELECT 1 FROM settlement_line_results x
+                     WHERE x.payment_id = g.payment_id AND x.result = 'duplicate_in_settlement')`,
+    [ids],
+  );
   await client.query(
     `UPDATE settlement_versions SET superseded_at = now(), superseded_by = $2
       WHERE settlement_id = ANY($1) AND superseded_at IS NULL`,
