@@ -45,6 +45,9 @@ test('bytes that are not UTF-8 stop the file, wherever the chunks are cut', asyn
       Buffer.from([0x61, 0x2c, 0xe2, 0x82]),
       /ends inside a UTF-8 character/,
     ],
+    // Latin-1 "ÿ" and "À" last in the file: bytes that start no UTF-8 character, not a cut-off one.
+    ['a Latin-1 byte last', Buffer.from('a,\xff', 'latin1'), /not valid UTF-8/],
+    ['an overlong lead byte last', Buffer.from('a,\xc0', 'latin1'), /not valid UTF-8/],
     ['a NUL byte', Buffer.from('a,\u0000,b\n'), /NUL byte at offset 2/],
   ];
   for (const [name, bytes, message] of cases)

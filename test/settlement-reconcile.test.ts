@@ -496,5 +496,9 @@ test('repeated lines are found as duplicates whether the receiving parser listed
       ].sort(),
       listed ? 'with the list' : 'without it',
     );
+    const left = await ctx.db.query('SELECT 1 FROM settlement_import_repeats WHERE import_id = $1', [
+      received.id,
+    ]);
+    assert.equal(left.rowCount, 0, 'the job deletes the list it used');
   }
 });

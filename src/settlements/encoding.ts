@@ -15,7 +15,8 @@ function completeLength(bytes: Buffer): number {
   let lead = bytes.length - 1;
   // Back over at most three continuation bytes (10xxxxxx) to the character's first byte.
   while (lead >= 0 && bytes.length - lead <= 3 && (bytes[lead] & 0xc0) === 0x80) lead--;
-  if (lead < 0 || bytes[lead] < 0xc0) return bytes.length;
+  // Only C2..F4 start a character; any other byte is refused by isUtf8 at once, not held back.
+  if (lead < 0 || bytes[lead] < 0xc2 || bytes[lead] > 0xf4) return bytes.length;
   const needed = bytes[lead] >= 0xf0 ? 4 : bytes[lead] >= 0xe0 ? 3 : 2;
   return bytes.length - lead < needed ? lead : bytes.length;
 }

@@ -115,14 +115,24 @@ interface BatchDigest {
   first_settled: number;
 }
 
-/** Adds bytes[start, end) to the batch's content hash, through its pending piece. */
+/**
+ * Adds bytes[start, end) to the batch's content hash, through its pending piece. The piece grows to
+ * HASH_PIECE as the batch does: a file of many small batches must not reserve a piece for each.
+ */
 function hashContent(batch: BatchDigest, bytes: Buffer, start: number, end: number): void {
-  if (batch.pendingBytes + end - start > batch.pending.length) {
-    batch.hash.update(batch.pending.subarray(0, batch.pendingBytes));
-    batch.pendingBytes = 0;
-    if (end - start > batch.pending.length) {
-      batch.hash.update(bytes.subarray(start, end));
-      return;
+  const wanted = batch.pendingBytes + end - start;
+  if (wanted > batch.pending.length) {
+    if (wanted <= HASH_PIECE) {
+      const grown = Buffer.allocUnsafe(Math.min(HASH_PIECE, Math.max(wanted, 2 * batch.pending.length)));
+      batch.pending.copy(grown, 0, 0, batch.pendingBytes);
+      batch.pending = grown;
+    } else {
+      batch.hash.update(batch.pending.subarray(0, batch.pendingBytes));
+      batch.pendingBytes = 0;
+      if (end - start > batch.pending.length) {
+        batch.hash.update(bytes.subarray(start, end));
+        return;
+      }
     }
   }
   batch.pendingBytes += bytes.copy(batch.pending, batch.pendingBytes, start, end);
@@ -192,7 +202,7 @@ export async function copyLines(
         batch_ref: line.batch_id,
         currency,
         hash: createHash('sha256'),
-        pending: Buffer.allocUnsafe(HASH_PIECE),
+        pending: Buffer.alloc(0),
         pendingBytes: 0,
         lines: 0,
         gross: 0,
@@ -320,6 +330,9 @@ export async function discardLines(db: Queryable, importId: string): Promise<voi
      gone AS (
        DELETE FROM settlement_lines l USING i
         WHERE l.id BETWEEN i.first_line_id AND i.last_line_id AND l.import_id = $1
+     ),
+     repeats AS (
+       DELETE FROM settlement_import_repeats r USING i WHERE r.import_id = $1
      )
      UPDATE settlement_imports SET first_line_id = NULL, last_line_id = NULL
       WHERE id = $1 AND EXISTS (SELECT 1 FROM i)`,

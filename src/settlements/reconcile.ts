@@ -484,6 +484,8 @@ async function applyLines(
           AND NOT EXISTS (SELECT 1 FROM ${changedAt(4)} WHERE c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency)`,
       [importId, ...lineIds, ...changedBatches],
     );
+  // The list of possible repeats has served (DUPLICATES_SQL).
+  await client.query('DELETE FROM settlement_import_repeats WHERE import_id = $1', [importId]);
   // A file that changed no batch (the same file again, or no lines) changes nothing: payments made
   // since are for the next file that settles something to report.
   if (!changed.length) return changed;
