@@ -120,6 +120,23 @@ describe('Idempotency-Key', () => {
     }
   });
 
+  test("a retry after the merchant's provider accounts changed still gets its payment", async () => {
+    const m = await setupMerchant(tg);
+    const key = idempotencyKey();
+    const body = scanPayment(1400, { reference: 'R-IDEM-ACCOUNTS' });
+    const first = await createPayment(tg, m.terminalKey, body, key).expect(201);
+    await tg.http
+      .put('/v1/providers/sandbox')
+      .set('Authorization', `Bearer ${m.secretKey}`)
+      .send({ wallets: ['alipay'], currencies: ['USD'] })
+      .expect(200);
+    const retry = await createPayment(tg, m.terminalKey, body, key).expect(200);
+    assert.equal(retry.headers['idempotent-replayed'], 'true');
+    assert.equal(retry.body.id, first.body.id);
+    // A new sale in EUR has no account now.
+    await createPayment(tg, m.terminalKey, body).expect(422);
+  });
+
   test('the same body with its keys in another order is the same request; a key may hold spaces', async () => {
     const key = `till 1 receipt ${idempotencyKey()}`;
     const body = scanPayment(1700);
@@ -204,6 +221,34 @@ describe('refunds', () => {
       .set('Authorization', `Bearer ${merchant.secretKey}`)
       .expect(200);
     assert.deepEqual(payment.body.amount_refunded, { value: 900, currency: 'EUR' });
+  });
+
+  test('a key names one request: reused on another payment, another action or a sale it is 422', async () => {
+    const [p1, p2] = [await paid(3000), await paid(3100)];
+    const key = idempotencyKey();
+    await refund(p1, { amount: { value: 100, currency: 'EUR' } }, merchant.secretKey, key).expect(201);
+    const other = await refund(
+      p2,
+      { amount: { value: 100, currency: 'EUR' } },
+      merchant.secretKey,
+      key,
+    ).expect(422);
+    assert.equal(other.body.error.code, 'idempotency_key_reused');
+    const cancel = await tg.http
+      .post(`/v1/payments/${p2}/cancel`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .set('Idempotency-Key', key);
+    assert.equal(cancel.status, 422);
+    const sale = await createPayment(tg, merchant.secretKey, scanPayment(3200), key).expect(422);
+    assert.equal(sale.body.error.code, 'idempotency_key_reused');
+    // And the other way round: the key of a sale is not a refund's.
+    const saleKey = idempotencyKey();
+    const p3 = await createPayment(tg, merchant.secretKey, scanPayment(3300), saleKey).expect(201);
+    await refund(p3.body.id, {}, merchant.secretKey, saleKey).expect(422);
+    const refunds = await tg.gateway.ctx.db.query('SELECT 1 FROM refunds WHERE payment_id = ANY($1)', [
+      [p2, p3.body.id],
+    ]);
+    assert.equal(refunds.rowCount, 0);
   });
 
   test('a refund replayed with its Idempotency-Key refunds once', async () => {

@@ -187,6 +187,19 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
         'an unpaired surrogate in a metadata key',
         () => createPayment(tg, merchant.terminalKey, scanPayment(100, { metadata: { 'k\ud800': 'a' } })),
       ],
+      [
+        'an unpaired surrogate in the reference (would be stored as U+FFFD)',
+        () => createPayment(tg, merchant.terminalKey, scanPayment(100, { reference: 'R-\ud800' })),
+      ],
+      [
+        'a WeChat Pay wallet for a code that is neither Alipay nor WeChat Pay',
+        () =>
+          createPayment(
+            tg,
+            merchant.terminalKey,
+            scanPayment(100, { payment_code: '5012345678901234', wallet: 'wechatpay' }),
+          ),
+      ],
       ['terminal without store_id', () => tg.http.post('/v1/terminals').set(auth).send({ terminal_id: 't' })],
       [
         'merchant with a bad country',

@@ -103,7 +103,20 @@ export function createApp(ctx: Context): express.Express {
     // A body on GET/DELETE is ignored; on POST/PUT it must be JSON.
     // Settlement files are streamed raw into PostgreSQL by their route, never parsed here.
     if (req.method === 'POST' && req.path === '/settlements/imports') return next();
-    if (req.method === 'POST' || req.method === 'PUT') return jsonParser(req, res, next);
+    if (req.method === 'POST' || req.method === 'PUT')
+      return jsonParser(req, res, (error?: unknown) => {
+        if (error) return next(error);
+        // node-postgres would store an unpaired surrogate as U+FFFD: the value would change unseen.
+        if (holdsLoneSurrogate(req.body))
+          return next(
+            new ApiError(
+              'invalid_request',
+              'invalid_value',
+              'the request holds a value that cannot be stored (NUL bytes and unpaired surrogates are refused)',
+            ),
+          );
+        next();
+      });
     next();
   });
   app.use('/v1', authenticate, limit);
@@ -168,4 +181,15 @@ export function createApp(ctx: Context): express.Express {
   });
 
   return app;
+}
+
+/** In unicode mode a class of surrogates matches only those not in a pair. */
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+
+function holdsLoneSurrogate(value: unknown): boolean {
+  if (typeof value === 'string') return LONE_SURROGATE.test(value);
+  if (Array.isArray(value)) return value.some(holdsLoneSurrogate);
+  if (value !== null && typeof value === 'object')
+    return Object.entries(value).some(([key, item]) => LONE_SURROGATE.test(key) || holdsLoneSurrogate(item));
+  return false;
 }

@@ -53,6 +53,14 @@ export function idempotencyKeyOf(req: Request, required: boolean): string | unde
   return key;
 }
 
+async function keyCreatedPayment(ctx: Context, merchantId: string, key: string): Promise<boolean> {
+  const { rowCount } = await ctx.db.query(
+    'SELECT 1 FROM payments WHERE merchant_id = $1 AND idempotency_key = $2',
+    [merchantId, key],
+  );
+  return (rowCount ?? 0) > 0;
+}
+
 function send(res: Response, result: HandlerResult, replayed: boolean): void {
   if (replayed) res.set('Idempotent-Replayed', 'true');
   if (result.headers) res.set(result.headers);
@@ -88,7 +96,12 @@ function canonicalJson(value: unknown): string {
   return JSON.stringify(value) ?? 'null';
 }
 
-/** Runs `handler` at most once per (scope, key); validation must happen before, so a 400 is never stored. */
+/**
+ * Runs `handler` at most once per key of the merchant (`scope`): a key names one request, so the
+ * same key on another path (a refund of another payment, a cancel) is 422, as is a key that
+ * created a payment (kept on the payment itself). Validation must happen before, so a 400 is never
+ * stored.
+ */
 export async function idempotent(
   ctx: Context,
   req: Request,
@@ -102,7 +115,8 @@ export async function idempotent(
   const claimed = await ctx.db.query(
     prepared(
       `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)
-       VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+       SELECT $1, $2, $3, now() + make_interval(secs => $4)
+        WHERE NOT EXISTS (SELECT 1 FROM payments WHERE merchant_id = $1 AND idempotency_key = $2)
        ON CONFLICT DO NOTHING`,
       [scope, key, hash, LOCK_LEASE_S],
     ),
@@ -114,6 +128,7 @@ export async function idempotent(
       [scope, key],
     );
     const row = rows[0];
+    if (!row && (await keyCreatedPayment(ctx, scope, key))) throw idempotencyKeyReused();
     if (!row)
       throw new ApiError(
         'idempotency',
