@@ -65,7 +65,7 @@ export async function run(): Promise<void> {
     LOG_LEVEL: 'silent',
   });
   const gateway = await startGateway(config, 0);
-  const base = gateway.url as string;
+  const base = gateway.url;
   config.publicBaseUrl = base;
   try {
     const json = { 'content-type': 'application/json' };

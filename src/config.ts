@@ -83,6 +83,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError('DATABASE_URL is required when NODE_ENV=production');
   if (production && !env.PUBLIC_BASE_URL)
     throw new ConfigError('PUBLIC_BASE_URL is required when NODE_ENV=production');
+  // Providers are handed `${PUBLIC_BASE_URL}/webhooks/...` as their notify URL.
+  if (env.PUBLIC_BASE_URL && !/^https?:\/\/[^/?#\s]+(\/[^?#\s]*)?$/.test(env.PUBLIC_BASE_URL))
+    throw new ConfigError('PUBLIC_BASE_URL must be an http(s) URL such as https://pay.example.com');
   const window = env.PAYMENT_RESOLUTION_WINDOW_S;
   const simulatorUrls: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) {

@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   const gateway = await startGateway(config);
   const { log } = gateway.ctx;
   log.info({ role: config.role, url: gateway.url, production: config.production }, 'tillbridge started');
-  if (!config.production && gateway.url) {
+  if (!config.production && config.role !== 'worker') {
     process.stdout.write(walkthrough(config.publicBaseUrl, config.adminApiKey));
   } else if (config.adminKeyGenerated) {
     log.info('ADMIN_API_KEY not set: a key was generated for this run');

@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import type { Config } from './config.ts';
 import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
-import { createApp } from './http/app.ts';
+import { createApp, createOperationsApp } from './http/app.ts';
 import { startWorker, type Worker } from './jobs/processors.ts';
 import { createQueues } from './jobs/queues.ts';
 import { createPool, type Db, ensureDatabase, migrate } from './ledger/db.ts';
@@ -69,41 +69,37 @@ export async function createContext(config: Config): Promise<Context> {
 
 export interface Gateway {
   ctx: Context;
-  url?: string;
-  server?: Server;
+  url: string;
+  server: Server;
   worker?: Worker;
   stop(): Promise<void>;
 }
 
 export async function startGateway(config: Config, port = config.port): Promise<Gateway> {
   const ctx = await createContext(config);
-  let server: Server | undefined;
   let worker: Worker | undefined;
-  if (config.role !== 'worker') {
-    const app = createApp(ctx);
-    server = await new Promise<Server>((resolve, reject) => {
-      const s = app.listen(port, config.host, () => resolve(s));
-      s.on('error', reject);
-    });
-    server.keepAliveTimeout = 65_000;
-  }
+  // A worker alone serves its health and metrics (its own jobs, provider calls, reconciliations).
+  const app = config.role === 'worker' ? createOperationsApp(ctx) : createApp(ctx);
+  const server = await new Promise<Server>((resolve, reject) => {
+    const s = app.listen(port, config.host, () => resolve(s));
+    s.on('error', reject);
+  });
+  server.keepAliveTimeout = 65_000;
   if (config.role !== 'api') worker = await startWorker(ctx);
-  const address = server?.address() as AddressInfo | undefined;
+  const address = server.address() as AddressInfo;
   return {
     ctx,
     server,
     worker,
-    url: address ? `http://${config.host}:${address.port}` : undefined,
+    url: `http://${config.host}:${address.port}`,
     async stop() {
       // Stop accepting, let in-flight requests finish, then close queues and connections.
-      if (server) {
-        const closed = new Promise<void>((resolve) => server?.close(() => resolve()));
-        server.closeIdleConnections();
-        // Long-polling tills would otherwise hold the shutdown for up to their wait: answer them now.
-        ctx.updates.wakeAll();
-        await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
-        server.closeAllConnections();
-      }
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      // Long-polling tills would otherwise hold the shutdown for up to their wait: answer them now.
+      ctx.updates.wakeAll();
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
+      server.closeAllConnections();
       await worker?.stop();
       await ctx.queues.close();
       await ctx.updates.close();

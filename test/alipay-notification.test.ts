@@ -157,6 +157,15 @@ describe('alipay notifications', () => {
       /lacks/,
     ],
     ['a GET', () => inbound(NOTIFY_S, signed(NOTIFY_S), { method: 'GET' }), /POST/],
+    [
+      // Stored, it would not fit the ledger's index on provider references (a 500 once).
+      'a paymentId of 8,000 characters',
+      () => {
+        const body = NOTIFY_S.replace('202003021940108001001885I0204368838', 'a'.repeat(8000));
+        return inbound(body, signed(body));
+      },
+      /too long/,
+    ],
   ];
   for (const [name, request, reason] of rejections) {
     it(`rejects ${name}, with no event and a non-success answer`, async () => {

@@ -87,10 +87,9 @@ export async function startTestGateway(
   const { env, dbName } = previous
     ? { env: previous.env, dbName: previous.dbName }
     : testEnvironment({ PORT: String(await freePort()), ...overrides });
-  const port = Number(env.PORT);
   const config = loadConfig(env);
   const gateway = await startGateway(config);
-  const url = gateway.url ?? `http://127.0.0.1:${port}`;
+  const url = gateway.url;
   return {
     gateway,
     config,

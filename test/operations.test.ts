@@ -150,6 +150,20 @@ describe('start-up', () => {
     assert.match(result.stderr, /configuration error: .*required when NODE_ENV=production/);
   });
 
+  test('a PUBLIC_BASE_URL that is no URL is refused: providers would be given it as their notify URL', () => {
+    const { env } = testEnvironment();
+    for (const bad of ['notaurl', 'pay.example.com', 'ftp://pay.example.com', 'https://pay.example.com/?x=1'])
+      assert.throws(
+        () => loadConfig({ ...env, PUBLIC_BASE_URL: bad }),
+        /PUBLIC_BASE_URL must be an http\(s\) URL/,
+        bad,
+      );
+    assert.equal(
+      loadConfig({ ...env, PUBLIC_BASE_URL: 'https://pay.example.com/tb/' }).publicBaseUrl,
+      'https://pay.example.com/tb',
+    );
+  });
+
   test('in production no provider account can be pointed at a simulator, nor take a sale on one', async () => {
     const port = await freePort();
     const trial = await startTestGateway({ PORT: String(port), PUBLIC_BASE_URL: `http://127.0.0.1:${port}` });

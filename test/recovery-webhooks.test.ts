@@ -333,6 +333,17 @@ describe('inbound provider notifications', () => {
       .set('Sandbox-Signature', signSandbox(secret, '{not json'))
       .send('{not json')
       .expect(400);
+    // Signed, yet not what the protocol says: refused in the provider's way (once, 500s).
+    for (const malformed of [
+      { type: 'payment', payment: { request_id: id, status: 'succeeded' } },
+      { ...body, payment: { ...body.payment, status: 'bogus' } },
+      { ...body, payment: { ...body.payment, transaction_id: 'x'.repeat(8000) } },
+      null,
+    ]) {
+      const answer = await notify(malformed as object);
+      assert.equal(answer.status, 400, JSON.stringify(malformed));
+      assert.deepEqual(answer.body, { error: 'bad_notification' });
+    }
     await tg.http.post('/webhooks/sandbox/pva_doesNotExist').send(raw).expect(404);
     const { rows } = await db().query<{ status: string }>('SELECT status FROM payments WHERE id = $1', [id]);
     assert.equal(rows[0].status, 'processing');

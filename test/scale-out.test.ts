@@ -29,6 +29,7 @@ let simulator: SimulatorHandle;
 let dbName: string;
 let api1: ReturnType<typeof supertest>;
 let api2: ReturnType<typeof supertest>;
+let worker: ReturnType<typeof supertest>;
 let adminKey: string;
 let seed: Buffer;
 
@@ -61,6 +62,7 @@ before(async () => {
   );
   startProcess(env, 'api', port2);
   startProcess(env, 'worker', workerPort);
+  worker = supertest(`http://127.0.0.1:${workerPort}`);
   api2 = supertest(`http://127.0.0.1:${port2}`);
   await eventually(
     async () => (await api2.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
@@ -100,6 +102,22 @@ async function merchantKeys(api: ReturnType<typeof supertest>) {
 }
 
 describe('two API processes and a worker', () => {
+  test('the worker serves its health and metrics, and every process shows the queues', async () => {
+    await eventually(
+      async () => (await worker.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
+      30_000,
+      'the worker ready',
+    );
+    const own = await worker.get('/metrics').expect(200);
+    assert.match(own.text, /^tillbridge_queue_jobs\{queue="maintenance",state="\w+"\} \d+/m);
+    assert.match(own.text, /^# TYPE tillbridge_reconciliation_lines_total counter/m);
+    // An API process counts the queues when scraped, though it runs none of their jobs.
+    const api = await api2.get('/metrics').expect(200);
+    assert.match(api.text, /^tillbridge_queue_jobs\{queue="resolve",state="waiting"\} \d+/m);
+    // The worker serves nothing of the API.
+    await worker.get('/v1/payments').expect(404);
+  });
+
   test('a terminal key revoked on API 1 stops working on API 2 at once, though API 2 had it cached', async () => {
     const { sk } = await merchantKeys(api1);
     const terminal = await api1

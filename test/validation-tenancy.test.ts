@@ -202,6 +202,22 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       ],
       ['terminal without store_id', () => tg.http.post('/v1/terminals').set(auth).send({ terminal_id: 't' })],
       [
+        'a provider account naming a wallet twice',
+        () =>
+          tg.http
+            .put('/v1/providers/sandbox')
+            .set(auth)
+            .send({ wallets: ['alipay', 'alipay'] }),
+      ],
+      [
+        'providers listed with a limit that is no number',
+        () => tg.http.get('/v1/providers?limit=abc').set(auth),
+      ],
+      [
+        'providers listed after an account that does not exist',
+        () => tg.http.get('/v1/providers?starting_after=pva_nope').set(auth),
+      ],
+      [
         'merchant with a bad country',
         () =>
           tg.http

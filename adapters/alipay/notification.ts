@@ -77,14 +77,24 @@ export function handleAlipayNotification(
   }
   if (!isRecord(body)) return reject(400, 'PARAM_ILLEGAL', 'notification body is not a JSON object');
   const event = toEvent(body);
-  if (!event) return reject(400, 'PARAM_ILLEGAL', 'notification lacks notifyType, result or request id');
+  if (!event)
+    return reject(
+      400,
+      'PARAM_ILLEGAL',
+      'notification lacks notifyType, result or request id, or an id is too long',
+    );
   return { ok: true, event, ack: acknowledgement(credentials, account.notify_path) };
 }
+
+/** Antom's API reference caps these ids at 64 characters: a longer one is no Antom message. */
+const MAX_ID = 64;
+const ID_FIELDS = ['paymentRequestId', 'paymentId', 'refundRequestId', 'refundId'] as const;
 
 function toEvent(body: Json): NotificationEvent | undefined {
   const notifyType = text(body.notifyType);
   const result = resultOf(body);
   if (!notifyType || !result) return undefined;
+  if (ID_FIELDS.some((field) => (text(body[field])?.length ?? 0) > MAX_ID)) return undefined;
   if (notifyType === 'PAYMENT_RESULT' || notifyType === 'PAYMENT_PENDING') {
     const requestId = text(body.paymentRequestId);
     if (!requestId) return undefined;

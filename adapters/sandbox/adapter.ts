@@ -4,6 +4,7 @@
  * from the provider's statuses to our outcomes.
  */
 import { Readable } from 'node:stream';
+import { z } from 'zod';
 import {
   type AccountContext,
   type CancelOutcome,
@@ -29,6 +30,43 @@ import {
   verifySandbox,
 } from './protocol.ts';
 import { parseSandboxSettlement } from './settlement.ts';
+
+/**
+ * A notification's content, checked after its signature: a signed message that is not what the
+ * protocol says (an id missing or absurdly long, an unknown status) is refused, never applied.
+ */
+const id = z.string().min(1).max(128);
+const notificationSchema = z.discriminatedUnion('type', [
+  z.object({
+    notification_id: id,
+    type: z.literal('payment'),
+    payment: z.looseObject({
+      request_id: id,
+      status: z.enum(['succeeded', 'failed', 'processing', 'requires_customer', 'canceled', 'not_found']),
+      transaction_id: id.optional(),
+      failure_code: z.string().max(128).optional(),
+      failure_message: z.string().max(1000).optional(),
+      customer_amount: z.number().int().optional(),
+      customer_currency: z
+        .string()
+        .regex(/^[A-Z]{3}$/)
+        .optional(),
+      exchange_rate: z.string().max(64).optional(),
+      wallet_psp: z.string().max(128).optional(),
+      paid_at: z.iso.datetime({ offset: true }).optional(),
+    }),
+  }),
+  z.object({
+    notification_id: id,
+    type: z.literal('refund'),
+    refund: z.looseObject({
+      refund_request_id: id,
+      status: z.enum(['succeeded', 'failed', 'processing', 'not_found']),
+      refund_id: id.optional(),
+      failure_code: z.string().max(128).optional(),
+    }),
+  }),
+]);
 
 export interface SandboxCredentials {
   /** Resolved at call time: the simulator's port changes on every start. */
@@ -248,9 +286,9 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
         ack: { status: 401, body: JSON.stringify({ error: verified.reason }) },
       };
     }
-    let message: SandboxNotification;
+    let parsed: unknown;
     try {
-      message = JSON.parse(request.raw_body.toString('utf8'));
+      parsed = JSON.parse(request.raw_body.toString('utf8'));
     } catch {
       return {
         ok: false,
@@ -259,6 +297,24 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
       };
     }
     const ack = { status: 200, body: JSON.stringify({ received: true }) };
+    const kind = (parsed as { type?: unknown } | null)?.type;
+    if (kind !== 'payment' && kind !== 'refund') {
+      // A message of a kind this gateway does not know is acknowledged, or it would come back forever.
+      const notificationId = (parsed as { notification_id?: unknown } | null)?.notification_id;
+      if (typeof notificationId === 'string' && id.safeParse(notificationId).success)
+        return {
+          ok: true,
+          ack,
+          event: { kind: 'ignored', dedupe_key: notificationId, reason: 'unknown type' },
+        };
+    }
+    const checked = notificationSchema.safeParse(parsed);
+    if (!checked.success) {
+      const issue = checked.error.issues[0];
+      const reason = `malformed notification: ${issue.path.join('.') || 'body'}: ${issue.message}`;
+      return { ok: false, reason, ack: { status: 400, body: JSON.stringify({ error: 'bad_notification' }) } };
+    }
+    const message = checked.data as SandboxNotification;
     if (message.type === 'payment' && message.payment) {
       return {
         ok: true,
@@ -284,9 +340,9 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
       };
     }
     return {
-      ok: true,
-      ack,
-      event: { kind: 'ignored', dedupe_key: String(message.notification_id), reason: 'unknown type' },
+      ok: false,
+      reason: 'malformed notification',
+      ack: { status: 400, body: '{"error":"bad_notification"}' },
     };
   },
 

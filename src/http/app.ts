@@ -4,6 +4,7 @@ import type { Context } from '../context.ts';
 import { withDeadline } from '../deadline.ts';
 import { ApiError } from '../errors.ts';
 import { randomToken } from '../ids.ts';
+import { countQueues } from '../jobs/queues.ts';
 import { authenticator, rateLimiter } from './auth.ts';
 import { openApiDocument } from './openapi.ts';
 import { paymentsRouter } from './routes/payments.ts';
@@ -39,6 +40,50 @@ function isDataException(error: unknown): boolean {
   return typeof code === 'string' && code.startsWith('22') && code.length === 5;
 }
 
+/** How long a scrape waits for the queues' counts before it shows the last ones. */
+const QUEUE_COUNT_DEADLINE_MS = 1_000;
+
+/**
+ * /healthz, /readyz and /metrics: served by every process, a worker's own included (its queues,
+ * reconciliation counts and provider calls are its own). Queue depth is counted at each scrape.
+ */
+export function operationsRouter(ctx: Context): express.Router {
+  const router = express.Router();
+  router.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  router.get('/readyz', async (_req, res) => {
+    const checks = await Promise.all([
+      ctx.db.query('SELECT 1').then(
+        () => true,
+        () => false,
+      ),
+      // A hung Redis keeps its connection and never answers: not ready either.
+      withDeadline(ctx.redis.ping(), 'a Redis ping', READY_PING_DEADLINE_MS).then(
+        () => ctx.queues.reachable(),
+        () => false,
+      ),
+    ]);
+    const [postgres, redis] = checks;
+    res
+      .status(postgres && redis ? 200 : 503)
+      .json({ status: postgres && redis ? 'ready' : 'unavailable', postgres, redis });
+  });
+  router.get('/metrics', async (_req, res) => {
+    await withDeadline(countQueues(ctx), 'counting queued jobs', QUEUE_COUNT_DEADLINE_MS).catch(() => {});
+    res.type(ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics());
+  });
+  return router;
+}
+
+/** What a worker-only process serves on its port: operations, nothing of the API. */
+export function createOperationsApp(ctx: Context): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.use(operationsRouter(ctx));
+  return app;
+}
+
 export function createApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -66,29 +111,7 @@ export function createApp(ctx: Context): express.Express {
     next();
   });
 
-  app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
-  });
-  app.get('/readyz', async (_req, res) => {
-    const checks = await Promise.all([
-      ctx.db.query('SELECT 1').then(
-        () => true,
-        () => false,
-      ),
-      // A hung Redis keeps its connection and never answers: not ready either.
-      withDeadline(ctx.redis.ping(), 'a Redis ping', READY_PING_DEADLINE_MS).then(
-        () => ctx.queues.reachable(),
-        () => false,
-      ),
-    ]);
-    const [postgres, redis] = checks;
-    res
-      .status(postgres && redis ? 200 : 503)
-      .json({ status: postgres && redis ? 'ready' : 'unavailable', postgres, redis });
-  });
-  app.get('/metrics', async (_req, res) => {
-    res.type(ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics());
-  });
+  app.use(operationsRouter(ctx));
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument());
   });

@@ -80,7 +80,12 @@ export const createTerminalSchema = z.strictObject({
 
 export const providerAccountCommon = z.object({
   sandbox: z.boolean().optional(),
-  wallets: z.array(walletSchema).min(1).max(3).optional(),
+  wallets: z
+    .array(walletSchema)
+    .min(1)
+    .max(3)
+    .refine((list) => new Set(list).size === list.length, 'each wallet once')
+    .optional(),
   priority: z.number().int().min(-1000).max(1000).optional(),
   currencies: z.array(currency).min(1).max(50).optional(),
 });

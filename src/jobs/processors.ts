@@ -4,7 +4,7 @@ import type { Context } from '../context.ts';
 import { resolveRefund, sweepPendingRefunds } from '../payments/refunds.ts';
 import { resolvePayment, sweepStragglers } from '../payments/service.ts';
 import { requeueStrandedImports, startSettlementWorker } from '../settlements/worker.ts';
-import { QUEUE_NAMES } from './queues.ts';
+import { countQueues } from './queues.ts';
 
 const CONCURRENCY = { resolve: 20, deliver: 10 };
 const OUTBOX_INTERVAL_MS = 250;
@@ -41,13 +41,7 @@ export async function startWorker(ctx: Context): Promise<Worker> {
       IDEMPOTENCY_RETENTION_H,
     ]);
   });
-  queues.maintenance.process('queue-depth', 1, async () => {
-    for (const name of QUEUE_NAMES) {
-      const counts = await queues[name].getJobCounts();
-      for (const [state, value] of Object.entries(counts))
-        ctx.metrics.queueDepth.set({ queue: name, state }, value);
-    }
-  });
+  queues.maintenance.process('queue-depth', 1, () => countQueues(ctx));
   await startSettlementWorker(ctx);
   // Repeatable jobs are keyed by name and schedule, so every worker adding them yields one schedule.
   await queues.maintenance.add(

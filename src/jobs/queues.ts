@@ -283,3 +283,12 @@ export function enqueueDue<T extends object>(
 ): Promise<void> {
   return leaveToSweeper(ctx, enqueue(ctx.queues, name, data, options), { queue: name, job: data });
 }
+
+/** Sets the queue-depth gauge from every queue's job counts. */
+export async function countQueues(ctx: Pick<Context, 'queues' | 'metrics'>): Promise<void> {
+  for (const name of QUEUE_NAMES) {
+    const counts = await ctx.queues[name].getJobCounts();
+    for (const [state, value] of Object.entries(counts))
+      ctx.metrics.queueDepth.set({ queue: name, state }, value);
+  }
+}

@@ -314,11 +314,16 @@ export function setupRouter(ctx: Context): Router {
 
   router.get('/v1/providers', async (req, res) => {
     const merchant = requireMerchant(req);
-    const { rows } = await ctx.db.query<ProviderAccountRow>(
-      'SELECT * FROM provider_accounts WHERE merchant_id = $1 AND deleted_at IS NULL ORDER BY priority DESC, created_at',
-      [merchant.merchant_id],
+    const query = parse(listQuerySchema, req.query, 'query');
+    res.json(
+      await listPage<ProviderAccountRow>(
+        ctx,
+        'provider_accounts',
+        { owner: [['merchant_id = ?', merchant.merchant_id]], filters: [['deleted_at IS NULL']] },
+        query,
+        accountJson,
+      ),
     );
-    res.json({ object: 'list', data: rows.map(accountJson), has_more: false });
   });
 
   router.delete('/v1/providers/:provider', async (req, res) => {
