@@ -223,7 +223,7 @@ describe('refunds', () => {
     assert.deepEqual(payment.body.amount_refunded, { value: 900, currency: 'EUR' });
   });
 
-  test('a key names one request: reused on another payment, another action or a sale it is 422', async () => {
+  test("a key names one request: reused for another payment's refund, a cancel, or a sale's key for a refund, it is 422", async () => {
     const [p1, p2] = [await paid(3000), await paid(3100)];
     const key = idempotencyKey();
     await refund(p1, { amount: { value: 100, currency: 'EUR' } }, merchant.secretKey, key).expect(201);
@@ -239,9 +239,7 @@ describe('refunds', () => {
       .set('Authorization', `Bearer ${merchant.secretKey}`)
       .set('Idempotency-Key', key);
     assert.equal(cancel.status, 422);
-    const sale = await createPayment(tg, merchant.secretKey, scanPayment(3200), key).expect(422);
-    assert.equal(sale.body.error.code, 'idempotency_key_reused');
-    // And the other way round: the key of a sale is not a refund's.
+    // The key of a sale is not a refund's either.
     const saleKey = idempotencyKey();
     const p3 = await createPayment(tg, merchant.secretKey, scanPayment(3300), saleKey).expect(201);
     await refund(p3.body.id, {}, merchant.secretKey, saleKey).expect(422);

@@ -195,10 +195,8 @@ export async function createPayment(
          mode, status, amount_value, currency, reference, description, metadata, payment_code_masked,
          payment_code_sealed, provider_request_id, resolve_by, pay_answered, next_check_at, idempotency_key,
          request_hash, request_done)
-       SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'processing', $10, $11, $12, $13, $14, $15, $16, $1,
-              now() + make_interval(secs => $17), false, now() + make_interval(secs => $18), $19, $20, false
-        -- A key that a refund or cancel of this merchant holds (idempotency.ts) names that request.
-        WHERE NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE scope = $2 AND key = $19)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'processing', $10, $11, $12, $13, $14, $15, $16, $1,
+               now() + make_interval(secs => $17), false, now() + make_interval(secs => $18), $19, $20, false)
        ON CONFLICT (merchant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
        RETURNING *),
      e AS (
@@ -233,7 +231,7 @@ export async function createPayment(
   const row = rows[0];
   if (!row) {
     const replay = await replayOf(ctx, input);
-    if (!replay) throw idempotencyKeyReused();
+    if (!replay) throw new Error(`payment with Idempotency-Key ${input.idempotency_key} vanished`);
     return { payment: replay, replayed: true };
   }
   return { payment: await sendToProvider(ctx, row, candidates, input.payment_code), replayed: false };

@@ -1,8 +1,9 @@
 /**
  * Wakes long-polling tills (`GET /v1/payments/{id}?wait=N`) on whichever API process they hit:
  * every committed status change is published on Redis, and each process holds one subscriber.
- * The same subscriber carries the announcements that API keys were revoked, so that every
- * process's key cache forgets them at once.
+ * Announcements that API keys were revoked go out on Redis too, so that every process's key cache
+ * forgets them at once; they have a subscriber of their own, held from the start, while the one
+ * for payment updates (a message for every payment) waits for the first long-poll.
  */
 import { Redis } from 'ioredis';
 import { withDeadline } from '../deadline.ts';
@@ -16,6 +17,7 @@ export class PaymentUpdates {
   private subscribed?: Promise<unknown>;
   private readonly waiters = new Map<string, Set<(message?: string) => void>>();
   private readonly revocationListeners: (() => void)[] = [];
+  private revocationSubscriber?: Redis;
 
   constructor(
     private readonly redisUrl: string,
@@ -45,7 +47,14 @@ export class PaymentUpdates {
   /** Calls `listener` whenever any process announces a revocation. */
   onRevocation(listener: () => void): void {
     this.revocationListeners.push(listener);
-    void this.ensureSubscribed();
+    if (this.revocationSubscriber) return;
+    const subscriber = new Redis(this.redisUrl, { maxRetriesPerRequest: null });
+    subscriber.on('error', () => {});
+    subscriber.on('message', () => {
+      for (const notify of this.revocationListeners) notify();
+    });
+    subscriber.subscribe(this.revocationChannel).catch(() => {});
+    this.revocationSubscriber = subscriber;
   }
 
   /** `payment` is the payment as the API shows it, so a woken till is answered without a read. */
@@ -68,14 +77,8 @@ export class PaymentUpdates {
       const id = channel.slice(channel.lastIndexOf(':') + 1);
       for (const wake of this.waiters.get(id) ?? []) wake(message);
     });
-    subscriber.on('message', (channel: string) => {
-      if (channel === this.revocationChannel) for (const listener of this.revocationListeners) listener();
-    });
     this.subscriber = subscriber;
-    this.subscribed = Promise.all([
-      subscriber.psubscribe(`${this.prefix}:payment-updates:*`),
-      subscriber.subscribe(this.revocationChannel),
-    ]);
+    this.subscribed = subscriber.psubscribe(`${this.prefix}:payment-updates:*`);
     this.subscribed.catch(() => {});
     return this.subscribed;
   }
@@ -125,5 +128,6 @@ export class PaymentUpdates {
     this.wakeAll();
     this.publisher.disconnect();
     this.subscriber?.disconnect();
+    this.revocationSubscriber?.disconnect();
   }
 }
