@@ -200,6 +200,23 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
             scanPayment(100, { payment_code: '5012345678901234', wallet: 'wechatpay' }),
           ),
       ],
+      [
+        // Once exhausted the call stack where nothing caught it, and ended the process.
+        'a body nested 40,000 levels deep, without a key',
+        () =>
+          tg.http
+            .post('/v1/payments')
+            .set('Content-Type', 'application/json')
+            .send(`${'['.repeat(40_000)}${']'.repeat(40_000)}`),
+      ],
+      [
+        'an object nested 33 levels deep',
+        () =>
+          createPayment(tg, merchant.terminalKey, {
+            ...scanPayment(100),
+            metadata: JSON.parse(`${'{"a":'.repeat(33)}1${'}'.repeat(33)}`),
+          }),
+      ],
       ['terminal without store_id', () => tg.http.post('/v1/terminals').set(auth).send({ terminal_id: 't' })],
       [
         'a provider account naming a wallet twice',

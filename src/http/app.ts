@@ -128,17 +128,12 @@ export function createApp(ctx: Context): express.Express {
     if (req.method === 'POST' && req.path === '/settlements/imports') return next();
     if (req.method === 'POST' || req.method === 'PUT')
       return jsonParser(req, res, (error?: unknown) => {
-        if (error) return next(error);
-        // node-postgres would store an unpaired surrogate as U+FFFD: the value would change unseen.
-        if (holdsLoneSurrogate(req.body))
-          return next(
-            new ApiError(
-              'invalid_request',
-              'invalid_value',
-              'the request holds a value that cannot be stored (NUL bytes and unpaired surrogates are refused)',
-            ),
-          );
-        next();
+        // Called from the body stream's end: nothing here may throw past next().
+        try {
+          next(error ?? bodyFault(req.body));
+        } catch (fault) {
+          next(fault);
+        }
       });
     next();
   });
@@ -208,11 +203,39 @@ export function createApp(ctx: Context): express.Express {
 
 /** In unicode mode a class of surrogates matches only those not in a pair. */
 const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+/** No request of the API nests deeper; a deeper body would only exhaust recursive code after us. */
+const MAX_BODY_DEPTH = 32;
 
-function holdsLoneSurrogate(value: unknown): boolean {
-  if (typeof value === 'string') return LONE_SURROGATE.test(value);
-  if (Array.isArray(value)) return value.some(holdsLoneSurrogate);
-  if (value !== null && typeof value === 'object')
-    return Object.entries(value).some(([key, item]) => LONE_SURROGATE.test(key) || holdsLoneSurrogate(item));
-  return false;
+/**
+ * What is wrong with a parsed JSON body that no schema sees, if anything: nesting beyond
+ * MAX_BODY_DEPTH, or an unpaired surrogate (node-postgres would store it as U+FFFD, changing the
+ * value unseen). Walked with a stack of its own, so no body can exhaust the call stack.
+ */
+function bodyFault(body: unknown): ApiError | undefined {
+  const pending: [unknown, number][] = [[body, 0]];
+  for (let next = pending.pop(); next; next = pending.pop()) {
+    const [value, depth] = next;
+    if (typeof value === 'string') {
+      if (LONE_SURROGATE.test(value)) return unstorable();
+    } else if (value !== null && typeof value === 'object') {
+      if (depth >= MAX_BODY_DEPTH)
+        return new ApiError(
+          'invalid_request',
+          'body_too_deep',
+          `the body nests deeper than ${MAX_BODY_DEPTH} levels`,
+        );
+      for (const [key, item] of Object.entries(value)) {
+        if (LONE_SURROGATE.test(key)) return unstorable();
+        pending.push([item, depth + 1]);
+      }
+    }
+  }
+  return undefined;
 }
+
+const unstorable = () =>
+  new ApiError(
+    'invalid_request',
+    'invalid_value',
+    'the request holds a value that cannot be stored (NUL bytes and unpaired surrogates are refused)',
+  );
