@@ -115,7 +115,8 @@ describe('two API processes and a worker', () => {
     const api = await api2.get('/metrics').expect(200);
     assert.match(api.text, /^tillbridge_queue_jobs\{queue="resolve",state="waiting"\} \d+/m);
     // The worker serves nothing of the API.
-    await worker.get('/v1/payments').expect(404);
+    const elsewhere = await worker.get('/v1/payments').expect(404);
+    assert.equal(elsewhere.body.error.code, 'route_missing');
   });
 
   test('a terminal key revoked on API 1 stops working on API 2 at once, though API 2 had it cached', async () => {

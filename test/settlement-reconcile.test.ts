@@ -229,7 +229,12 @@ test('a correction that takes a payment out of its batch leaves it settled by th
   const q = await pay(tg, m, 2000);
   const tomorrow = new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p), lineFor(q)], 'MOVE-A'));
-  const b = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p)], 'MOVE-B', tomorrow));
+  // B names p by our request id only: what the job decides of that line is recorded.
+  const b = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv([lineFor(p, { transaction_id: 'sbx_moved' })], 'MOVE-B', tomorrow),
+  );
   assert.deepEqual(b.counts.by_kind, { duplicate_in_settlement: 1 });
   // The provider corrects batch A: p was never in it, it belongs to B alone.
   const fixed = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(q)], 'MOVE-A'));
@@ -251,6 +256,13 @@ test('a correction that takes a payment out of its batch leaves it settled by th
     [p.id],
   );
   assert.deepEqual(marked.rows, [{ settlement_id: batches['MOVE-B'].id }]);
+  // What is recorded of B's line stays B's: with the import its lines came with.
+  const results = await tg.gateway.ctx.db.query(
+    `SELECT x.result, x.import_id = l.import_id AS own_import
+       FROM settlement_line_results x JOIN settlement_lines l ON l.id = x.line_id WHERE x.settlement_id = $1`,
+    [batches['MOVE-B'].id],
+  );
+  assert.deepEqual(results.rows, [{ result: 'matched', own_import: true }]);
 });
 
 test('a late settlement resolves missing_in_settlement; refunds are matched by their own ids', async () => {

@@ -81,6 +81,15 @@ export function createOperationsApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.use(operationsRouter(ctx));
+  app.use((req: Request, res: Response) => {
+    res.status(404).json({
+      error: {
+        type: 'not_found',
+        code: 'route_missing',
+        message: `no route for ${req.method} ${req.path}: this process is a worker (health and metrics only)`,
+      },
+    });
+  });
   return app;
 }
 

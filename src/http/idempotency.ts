@@ -53,10 +53,18 @@ export function idempotencyKeyOf(req: Request, required: boolean): string | unde
   return key;
 }
 
-async function keyCreatedPayment(ctx: Context, merchantId: string, key: string): Promise<boolean> {
+/** The merchant used this key for a payment, or for a request under another scope. */
+async function keyUsedElsewhere(
+  ctx: Context,
+  merchantId: string,
+  scope: string,
+  key: string,
+): Promise<boolean> {
   const { rowCount } = await ctx.db.query(
-    'SELECT 1 FROM payments WHERE merchant_id = $1 AND idempotency_key = $2',
-    [merchantId, key],
+    `SELECT 1 FROM payments WHERE merchant_id = $1 AND idempotency_key = $2
+     UNION ALL
+     SELECT 1 FROM idempotency_keys WHERE key = $2 AND scope <> $3 AND split_part(scope, ':', 1) = $1`,
+    [merchantId, key, scope],
   );
   return (rowCount ?? 0) > 0;
 }
@@ -97,28 +105,32 @@ function canonicalJson(value: unknown): string {
 }
 
 /**
- * Runs `handler` at most once per key of the merchant (`scope`): a key names one request, so the
- * same key on another path (a refund of another payment, a cancel) is 422, as is a key that
- * created a payment (kept on the payment itself). Validation must happen before, so a 400 is never
- * stored.
+ * Runs `handler` at most once per (merchant, action, key): the row is kept under the scope
+ * `<merchant>:<action>`. A key names one request of the merchant, so the same key already used
+ * under another action (a refund of another payment, a cancel) or to create a payment (kept on the
+ * payment itself) is 422. Validation must happen before, so a 400 is never stored.
  */
 export async function idempotent(
   ctx: Context,
   req: Request,
   res: Response,
-  scope: string,
+  merchantId: string,
+  action: string,
   key: string | undefined,
   handler: () => Promise<HandlerResult>,
 ): Promise<void> {
   if (key === undefined) return send(res, await handler(), false);
+  const scope = `${merchantId}:${action}`;
   const hash = requestHash(req);
   const claimed = await ctx.db.query(
     prepared(
       `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)
        SELECT $1, $2, $3, now() + make_interval(secs => $4)
-        WHERE NOT EXISTS (SELECT 1 FROM payments WHERE merchant_id = $1 AND idempotency_key = $2)
+        WHERE NOT EXISTS (SELECT 1 FROM payments WHERE merchant_id = $5 AND idempotency_key = $2)
+          AND NOT EXISTS (SELECT 1 FROM idempotency_keys o
+                           WHERE o.key = $2 AND o.scope <> $1 AND split_part(o.scope, ':', 1) = $5)
        ON CONFLICT DO NOTHING`,
-      [scope, key, hash, LOCK_LEASE_S],
+      [scope, key, hash, LOCK_LEASE_S, merchantId],
     ),
   );
   if (claimed.rowCount === 0) {
@@ -128,7 +140,7 @@ export async function idempotent(
       [scope, key],
     );
     const row = rows[0];
-    if (!row && (await keyCreatedPayment(ctx, scope, key))) throw idempotencyKeyReused();
+    if (!row && (await keyUsedElsewhere(ctx, merchantId, scope, key))) throw idempotencyKeyReused();
     if (!row)
       throw new ApiError(
         'idempotency',

@@ -131,6 +131,8 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
        k.transaction_currency, k.settlement_value, k.settlement_currency, k.exchange_rate, k.fee_value, k.settled_at,
        k.first_line, k.by_reference, k.pay_id, k.pay_amount, k.pay_currency, k.pay_status, k.pay_paid_at,
        k.ref_id, k.ref_amount, k.ref_currency, k.ref_status,
+       -- Set only for another batch's line that ORPHANED_DUPLICATES_SQL adds: the import it came with.
+       NULL::text AS line_import_id,
     CASE
       WHEN k.line_no > k.first_line THEN 'duplicate_in_settlement'
       WHEN k.type = 'refund' THEN CASE
@@ -201,7 +203,7 @@ UPDATE classified c SET result = 'duplicate_in_settlement', first_line = o.line_
  */
 const ORPHANED_DUPLICATES_SQL = `
 WITH orphan AS (
-  SELECT DISTINCT ON (x.payment_id) x.line_id, x.settlement_id, x.payment_id
+  SELECT DISTINCT ON (x.payment_id) x.line_id, x.settlement_id, x.payment_id, x.import_id
     FROM unsettled u
     JOIN settlement_line_results x ON x.payment_id = u.payment_id AND x.result = 'duplicate_in_settlement'
     JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
@@ -220,11 +222,11 @@ cleared AS (
 )
 INSERT INTO classified (id, line_no, settlement_id, type, provider_reference, provider_request_id, transaction_value,
        transaction_currency, settlement_value, settlement_currency, exchange_rate, fee_value, settled_at, by_reference,
-       pay_id, pay_amount, pay_currency, pay_status, pay_paid_at, result)
+       pay_id, pay_amount, pay_currency, pay_status, pay_paid_at, line_import_id, result)
 SELECT l.id, l.line_no, o.settlement_id, l.type, l.provider_reference, l.provider_request_id, l.transaction_value,
        l.transaction_currency, l.settlement_value, l.settlement_currency, l.exchange_rate, l.fee_value, l.settled_at,
        CASE WHEN p.provider_reference = l.provider_reference THEN p.id END,
-       p.id, p.amount_value, p.currency, p.status, p.paid_at,
+       p.id, p.amount_value, p.currency, p.status, p.paid_at, o.import_id,
        CASE WHEN p.currency <> l.transaction_currency THEN 'currency_mismatch'
             WHEN p.amount_value <> l.transaction_value THEN 'amount_mismatch'
             WHEN p.status IN ('succeeded', 'partially_refunded', 'refunded') THEN 'matched'
@@ -245,7 +247,7 @@ SELECT c.pay_id, $1, $2, c.settlement_id, c.id, c.settlement_value,
 /** A payment line matched by the provider's id needs no row: that is what a line without one means. */
 const RESULTS_SQL = `
 INSERT INTO settlement_line_results (line_id, import_id, settlement_id, result, payment_id, refund_id)
-SELECT c.id, $1, c.settlement_id, c.result, c.pay_id, c.ref_id
+SELECT c.id, COALESCE(c.line_import_id, $1), c.settlement_id, c.result, c.pay_id, c.ref_id
   FROM classified c
  WHERE NOT (c.type = 'payment' AND c.result = 'matched' AND c.by_reference IS NOT NULL)
 `;

@@ -132,7 +132,7 @@ export function paymentsRouter(ctx: Context): Router {
         Object.keys(req.body)[0],
       );
     }
-    await idempotent(ctx, req, res, payment.merchant_id, key, async () => {
+    await idempotent(ctx, req, res, payment.merchant_id, `cancel:${payment.id}`, key, async () => {
       const { payment: after, confirmed } = await requestCancel(ctx, payment);
       return { status: confirmed ? 200 : 202, body: paymentJson(after) };
     });
@@ -150,7 +150,7 @@ export function paymentsRouter(ctx: Context): Router {
     }
     const key = idempotencyKeyOf(req, true);
     const body = parse(createRefundSchema, req.body ?? {});
-    await idempotent(ctx, req, res, payment.merchant_id, key, async () => {
+    await idempotent(ctx, req, res, payment.merchant_id, `refunds:${payment.id}`, key, async () => {
       // Inside, so a retry of a refund already made gets its stored answer, not this refusal.
       requireQueues(ctx.queues);
       const refund = await createRefund(ctx, payment.id, body.amount, body.reason);
