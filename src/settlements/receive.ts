@@ -6,7 +6,7 @@
  * `reconcile` job, which matches its lines and records only what is not a plain match.
  *
  * Memory stays bounded: the file is never buffered (back-pressure runs from the COPY back to the
- * socket), at most ROWS_PER_WRITE rows wait for the COPY at a time. The raw bytes are not kept:
+ * socket), at most COPY_CHUNK bytes of rows wait for the COPY at a time. The raw bytes are not kept:
  * the import records their size and SHA-256 (the audit of what was received) beside its lines.
  */
 import { createHash, type Hash } from 'node:crypto';
