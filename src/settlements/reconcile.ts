@@ -291,29 +291,37 @@ ${DISCREPANCY_EVENTS}
 SELECT count(*) FROM disc
 `;
 
-const MISSING_IN_SETTLEMENT_SQL = `
+/**
+ * Payments due in a settlement and in none, not yet reported: read-only, into a temporary table,
+ * so that its anti-join of every payment against every mark may run in parallel (a statement that
+ * writes may not). $1 merchant, $2 provider, $3 the provider's settlement delay in days.
+ */
+const DUE_UNSETTLED_SQL = `
+CREATE TEMP TABLE due_unsettled ON COMMIT DROP AS
 WITH horizon AS (
   SELECT max(settlement_date) AS last_date,
          (array_agg(id ORDER BY settlement_date DESC, created_at DESC, id DESC))[1] AS latest
-    FROM settlements WHERE merchant_id = $2 AND provider = $3
+    FROM settlements WHERE merchant_id = $1 AND provider = $2
 ),
 settled AS (
-  SELECT max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $2 AND provider = $3
-),
-found AS (
-  SELECT p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at, h.latest
-    FROM payments p, horizon h, settled s
-   WHERE p.merchant_id = $2 AND p.provider = $3 AND p.paid_at IS NOT NULL
-     AND NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
-     AND p.status IN ('succeeded', 'partially_refunded', 'refunded') AND h.latest IS NOT NULL
-     -- Due: the provider's settlement delay has passed by the dates it has settled, or it has
-     -- already settled payments made on the same day or later.
-     AND ((p.paid_at AT TIME ZONE 'UTC')::date + $4::int <= h.last_date
-          OR (p.paid_at AT TIME ZONE 'UTC')::date <= s.last_paid)
-     AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
-                      WHERE d.payment_id = p.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
-),
-disc AS (
+  SELECT max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $1 AND provider = $2
+)
+SELECT p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at, h.latest
+  FROM payments p, horizon h, settled s
+ WHERE p.merchant_id = $1 AND p.provider = $2 AND p.paid_at IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
+   AND p.status IN ('succeeded', 'partially_refunded', 'refunded') AND h.latest IS NOT NULL
+   -- Due: the provider's settlement delay has passed by the dates it has settled, or it has
+   -- already settled payments made on the same day or later.
+   AND ((p.paid_at AT TIME ZONE 'UTC')::date + $3::int <= h.last_date
+        OR (p.paid_at AT TIME ZONE 'UTC')::date <= s.last_paid)
+   AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
+                    WHERE d.payment_id = p.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
+`;
+
+/** Each payment of DUE_UNSETTLED_SQL becomes missing_in_settlement. */
+const MISSING_IN_SETTLEMENT_SQL = `
+WITH disc AS (
   INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, import_id, kind, payment_id,
          provider_reference, expected_value, expected_currency, detail)
   -- Reported against the latest batch in the payment's own currency where there is one (the
@@ -326,7 +334,7 @@ disc AS (
          COALESCE(f.provider_reference, ''), f.amount_value, f.currency,
          format('payment %s succeeded on %s and is in no settlement (expected within %s day(s))',
                 f.id, to_char(f.paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), $4::int)
-    FROM found f
+    FROM due_unsettled f
   RETURNING *
 ),
 ${DISCREPANCY_EVENTS}
@@ -566,12 +574,11 @@ async function reconcileLedger(
   }
   // The planner walks payments in key order and sorts every mark to merge them (1.5 s at 1M);
   // hashing the marks is a third cheaper, and a merge join is never the better plan here.
+  const delay = adapter.resolution.settlement_delay_days;
   await client.query('SET LOCAL enable_mergejoin = off');
-  const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [
-    ...params,
-    adapter.resolution.settlement_delay_days,
-  ]);
+  await client.query(DUE_UNSETTLED_SQL, [job.merchant_id, job.provider, delay]);
   await client.query('SET LOCAL enable_mergejoin = on');
+  const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [...params, delay]);
   const n = missing.rows[0]?.n ?? 0;
   if (n) {
     counts.discrepancies += n;
