@@ -137,6 +137,25 @@ describe('Idempotency-Key', () => {
     await createPayment(tg, m.terminalKey, body).expect(422);
   });
 
+  test('a retry of a sale taken under wallet rules that have since tightened still gets its payment', async () => {
+    const key = idempotencyKey();
+    const first = await createPayment(tg, merchant.terminalKey, scanPayment(1450), key).expect(201);
+    // The sale as an older version took it: the till named a wallet its code does not show.
+    const body = scanPayment(1450, { payment_code: '5012345678901234', wallet: 'wechatpay' });
+    const till = await tg.gateway.ctx.db.query<{ terminal_ref: string }>(
+      'SELECT terminal_ref FROM payments WHERE id = $1',
+      [first.body.id],
+    );
+    await tg.gateway.ctx.db.query('UPDATE payments SET request_hash = $2 WHERE id = $1', [
+      first.body.id,
+      requestHashOf('POST', '/v1/payments', `terminal ${till.rows[0].terminal_ref}`, body),
+    ]);
+    const retry = await createPayment(tg, merchant.terminalKey, body, key).expect(200);
+    assert.equal(retry.body.id, first.body.id);
+    // The same body as a new sale is refused.
+    await createPayment(tg, merchant.terminalKey, body).expect(400);
+  });
+
   test('the same body with its keys in another order is the same request; a key may hold spaces', async () => {
     const key = `till 1 receipt ${idempotencyKey()}`;
     const body = scanPayment(1700);
