@@ -151,6 +151,20 @@ async function replayOf(ctx: Ctx, input: NewPayment): Promise<PaymentRow | undef
   return existing;
 }
 
+/**
+ * A sale about to be refused: the retry of one already taken (before the wallet rules tightened,
+ * the merchant's accounts changed or Redis went away) still gets that sale; a new one gets `refusal`.
+ */
+async function replayOrRefuse(
+  ctx: Ctx,
+  input: NewPayment,
+  refusal: unknown,
+): Promise<{ payment: PaymentRow; replayed: boolean }> {
+  const replay = await replayOf(ctx, input);
+  if (!replay) throw refusal;
+  return { payment: replay, replayed: true };
+}
+
 export async function createPayment(
   ctx: Ctx,
   input: NewPayment,
@@ -159,10 +173,7 @@ export async function createPayment(
   try {
     wallet = chooseWallet(input);
   } catch (error) {
-    // A sale taken before the wallet rules tightened is still found by its retry.
-    const replay = await replayOf(ctx, input);
-    if (replay) return { payment: replay, replayed: true };
-    throw error;
+    return replayOrRefuse(ctx, input, error);
   }
   const candidates = await ctx.accounts.candidates(
     input.merchant_id,
@@ -170,23 +181,18 @@ export async function createPayment(
     input.amount.currency,
     input.mode,
   );
-  if (candidates.length === 0) {
-    // A retry of a sale taken before the merchant's accounts changed still learns its outcome.
-    const replay = await replayOf(ctx, input);
-    if (replay) return { payment: replay, replayed: true };
-    throw new ApiError(
-      'unprocessable',
-      'no_provider_account',
-      `no provider account serves ${wallet} in ${input.amount.currency} for mode "${input.mode}"`,
-      'wallet',
+  if (candidates.length === 0)
+    return replayOrRefuse(
+      ctx,
+      input,
+      new ApiError(
+        'unprocessable',
+        'no_provider_account',
+        `no provider account serves ${wallet} in ${input.amount.currency} for mode "${input.mode}"`,
+        'wallet',
+      ),
     );
-  }
-  if (!ctx.queues.reachable()) {
-    // A till retrying a sale already taken still learns its outcome; only a new sale is refused.
-    const replay = await replayOf(ctx, input);
-    if (replay) return { payment: replay, replayed: true };
-    throw queuesUnavailable();
-  }
+  if (!ctx.queues.reachable()) return replayOrRefuse(ctx, input, queuesUnavailable());
   const first = candidates[0];
   const id = newId('pay');
   const windowS = resolutionWindowS(
