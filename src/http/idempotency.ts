@@ -53,20 +53,26 @@ export function idempotencyKeyOf(req: Request, required: boolean): string | unde
   return key;
 }
 
-/** The merchant used this key for a payment, or for a request under another scope. */
+/**
+ * The merchant ($3) used the key ($2) for a payment, or for a request under another scope than
+ * $1: written once, for the claim and for telling a refused claim's reason.
+ */
+const KEY_USED_ELSEWHERE = `(EXISTS (SELECT 1 FROM payments WHERE merchant_id = $3 AND idempotency_key = $2)
+  OR EXISTS (SELECT 1 FROM idempotency_keys o
+              WHERE o.key = $2 AND o.scope <> $1 AND split_part(o.scope, ':', 1) = $3))`;
+
 async function keyUsedElsewhere(
   ctx: Context,
   merchantId: string,
   scope: string,
   key: string,
 ): Promise<boolean> {
-  const { rowCount } = await ctx.db.query(
-    `SELECT 1 FROM payments WHERE merchant_id = $1 AND idempotency_key = $2
-     UNION ALL
-     SELECT 1 FROM idempotency_keys WHERE key = $2 AND scope <> $3 AND split_part(scope, ':', 1) = $1`,
-    [merchantId, key, scope],
-  );
-  return (rowCount ?? 0) > 0;
+  const { rows } = await ctx.db.query<{ used: boolean }>(`SELECT ${KEY_USED_ELSEWHERE} AS used`, [
+    scope,
+    key,
+    merchantId,
+  ]);
+  return rows[0].used;
 }
 
 function send(res: Response, result: HandlerResult, replayed: boolean): void {
@@ -125,12 +131,9 @@ export async function idempotent(
   const claimed = await ctx.db.query(
     prepared(
       `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)
-       SELECT $1, $2, $3, now() + make_interval(secs => $4)
-        WHERE NOT EXISTS (SELECT 1 FROM payments WHERE merchant_id = $5 AND idempotency_key = $2)
-          AND NOT EXISTS (SELECT 1 FROM idempotency_keys o
-                           WHERE o.key = $2 AND o.scope <> $1 AND split_part(o.scope, ':', 1) = $5)
+       SELECT $1, $2, $4, now() + make_interval(secs => $5) WHERE NOT ${KEY_USED_ELSEWHERE}
        ON CONFLICT DO NOTHING`,
-      [scope, key, hash, LOCK_LEASE_S, merchantId],
+      [scope, key, merchantId, hash, LOCK_LEASE_S],
     ),
   );
   if (claimed.rowCount === 0) {
