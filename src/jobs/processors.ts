@@ -4,7 +4,6 @@ import type { Context } from '../context.ts';
 import { resolveRefund, sweepPendingRefunds } from '../payments/refunds.ts';
 import { resolvePayment, sweepStragglers } from '../payments/service.ts';
 import { requeueStrandedImports, startSettlementWorker } from '../settlements/worker.ts';
-import { countQueues } from './queues.ts';
 
 const CONCURRENCY = { resolve: 20, deliver: 10 };
 const OUTBOX_INTERVAL_MS = 250;
@@ -41,7 +40,6 @@ export async function startWorker(ctx: Context): Promise<Worker> {
       IDEMPOTENCY_RETENTION_H,
     ]);
   });
-  queues.maintenance.process('queue-depth', 1, () => countQueues(ctx));
   await startSettlementWorker(ctx);
   // Repeatable jobs are keyed by name and schedule, so every worker adding them yields one schedule.
   await queues.maintenance.add(
@@ -54,11 +52,8 @@ export async function startWorker(ctx: Context): Promise<Worker> {
     {},
     { repeat: { every: 3_600_000 }, removeOnComplete: 10, removeOnFail: 50 },
   );
-  await queues.maintenance.add(
-    'queue-depth',
-    {},
-    { repeat: { every: 15_000 }, removeOnComplete: 10, removeOnFail: 50 },
-  );
+  // Queue depth is counted when /metrics is scraped; the schedule that counted it every 15 s goes.
+  await queues.maintenance.removeRepeatable('queue-depth', { every: 15_000 });
 
   let stopping = false;
   let relay: Promise<void> = Promise.resolve();
