@@ -143,8 +143,7 @@ async function visibleSettlement(ctx: Context, req: Request, id: string) {
   return rows[0].json;
 }
 
-/** `merchant_id = $1` plus `field = $n` for each of `fields` the query gives; the fields are ours, never input. */
-/** The merchant's rows, narrowed by equality on each of `fields` the query gives. */
+/** The merchant's rows, narrowed by equality on each of `fields` the query gives (ours, never input). */
 function merchantScope<F extends string>(
   merchantId: string,
   query: Partial<Record<F, unknown>>,

@@ -345,8 +345,8 @@ export function setupRouter(ctx: Context): Router {
       .json(await createTerminal(ctx, merchant.merchant_id, parse(createTerminalSchema, req.body)));
   });
 
-  // A till lost or stolen: its key stops working (in other API processes within 10 s, the auth
-  // cache); a new key for a replacement till is issued by the POST, which revokes the old one too.
+  // A till lost or stolen: its key stops working (on every API process: forgetCachedKeys); a new
+  // key for a replacement till is issued by the POST, which revokes the old one too.
   const ownedTerminal = async (db: Queryable, merchantId: string, id: string) => {
     const { rows } = await db.query<TerminalRow>(
       'SELECT * FROM terminals WHERE id = $1 AND merchant_id = $2 FOR UPDATE',
