@@ -48,6 +48,10 @@ export interface Measurement {
   loaderCores: number;
   /** CPU used by all PostgreSQL processes during the run, in cores. */
   postgresCores: number;
+  /** CPU used by the provider simulator's own process during the run, in cores (0 when inside the gateway). */
+  simulatorCores: number;
+  /** CPU used by Redis during the run, in cores. */
+  redisCores: number;
   /** Whole machine busy during the run, in cores (of os.cpus().length). */
   machineCores: number;
   loadavg1: number;
@@ -298,6 +302,8 @@ async function dropRedisKeys(prefix: string): Promise<void> {
 }
 
 const TICK = 100; // USER_HZ: /proc times are in 1/100 s
+/** The simulator's own process, when it has one: its CPU is a provider's, yet it runs on these cores. */
+let simulatorPid = 0;
 
 /** CPU seconds (user + system) a process has used so far. */
 function processCpuS(pid: number): number {
@@ -310,15 +316,15 @@ function processCpuS(pid: number): number {
   }
 }
 
-/** CPU seconds used so far by each PostgreSQL process (shared with whatever else uses the server). */
-function postgresCpuS(): Map<number, number> {
+/** CPU seconds used so far by each process of a server (PostgreSQL, Redis: shared with whatever else uses it). */
+function serverCpuS(command: string): Map<number, number> {
   const used = new Map<number, number>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      if (comm.startsWith('postgres')) used.set(Number(entry), processCpuS(Number(entry)));
+      if (comm.startsWith(command)) used.set(Number(entry), processCpuS(Number(entry)));
     } catch {
       // gone meanwhile
     }
@@ -330,7 +336,7 @@ function postgresCpuS(): Map<number, number> {
  * CPU seconds PostgreSQL used between two readings, process by process: a sum over all processes
  * would lose the whole past of a backend that exits meanwhile (the previous run's connections).
  */
-function postgresCpuSince(before: Map<number, number>, after: Map<number, number>): number {
+function cpuSince(before: Map<number, number>, after: Map<number, number>): number {
   let sum = 0;
   for (const [pid, cpu] of after) sum += cpu - (before.get(pid) ?? 0);
   return sum;
@@ -401,15 +407,19 @@ async function measure(target: Target, connections: number, durationS: number, w
   await new Promise((r) => setTimeout(r, 500));
   const loadavg1 = os.loadavg()[0];
   const server0 = processCpuS(target.child.proc.pid ?? 0);
+  const simulator0 = simulatorPid ? processCpuS(simulatorPid) : 0;
   const loader0 = process.cpuUsage();
   const machine0 = machineCpuS();
-  const postgres0 = postgresCpuS();
+  const postgres0 = serverCpuS('postgres');
+  const redis0 = serverCpuS('redis-server');
   const started = process.hrtime.bigint();
   const result = await load(target, connections, durationS);
   const elapsedS = Number(process.hrtime.bigint() - started) / 1e9;
   const loader = process.cpuUsage(loader0);
   const machine1 = machineCpuS();
-  const postgres1 = postgresCpuS();
+  const postgres1 = serverCpuS('postgres');
+  const redis1 = serverCpuS('redis-server');
+  const simulatorCores = simulatorPid ? (processCpuS(simulatorPid) - simulator0) / elapsedS : 0;
   const m: Measurement = {
     kind: target.kind,
     connections,
@@ -422,7 +432,9 @@ async function measure(target: Target, connections: number, durationS: number, w
     timeouts: result.timeouts,
     serverCores: (processCpuS(target.child.proc.pid ?? 0) - server0) / elapsedS,
     loaderCores: (loader.user + loader.system) / 1e6 / elapsedS,
-    postgresCores: postgresCpuSince(postgres0, postgres1) / elapsedS, // backends that exit meanwhile are lost
+    postgresCores: cpuSince(postgres0, postgres1) / elapsedS, // backends that exit meanwhile are lost
+    simulatorCores,
+    redisCores: cpuSince(redis0, redis1) / elapsedS,
     machineCores: (machine1.busy - machine0.busy) / elapsedS,
     loadavg1,
   };
@@ -508,7 +520,7 @@ export function formatCheckout(result: CheckoutResult): string {
     for (const m of [bare, gateway, candidate]) {
       if (!m) continue;
       lines.push(
-        `  ${m.kind.padEnd(9)} @${String(connections).padEnd(3)} server ${f2(m.serverCores)} (${f2((m.serverCores / m.rps) * 1000)} ms/req), postgres ${f2(m.postgresCores)}, autocannon ${f2(m.loaderCores)}, whole machine ${f2(m.machineCores)}, loadavg ${f2(m.loadavg1)}; ${m.total} requests, ${m.non2xx} non-2xx, ${m.errors} errors`,
+        `  ${m.kind.padEnd(9)} @${String(connections).padEnd(3)} server ${f2(m.serverCores)} (${f2((m.serverCores / m.rps) * 1000)} ms/req), postgres ${f2(m.postgresCores)} (${f2((m.postgresCores / m.rps) * 1000)} ms/req), ${m.simulatorCores ? `simulator ${f2(m.simulatorCores)} (${f2((m.simulatorCores / m.rps) * 1000)} ms/req), ` : ''}redis ${f2(m.redisCores)}, autocannon ${f2(m.loaderCores)}, whole machine ${f2(m.machineCores)}, loadavg ${f2(m.loadavg1)}; ${m.total} requests, ${m.non2xx} non-2xx, ${m.errors} errors`,
       );
     }
   }
@@ -555,6 +567,7 @@ export async function runCheckout(): Promise<CheckoutResult> {
     if (separateSimulator) {
       const simulator = await startChild('simulator', env);
       children.push(simulator);
+      simulatorPid = simulator.proc.pid ?? 0;
       env.SANDBOX_SIMULATOR_URL_SANDBOX = simulator.url;
     }
     // The gateway creates and migrates the database; the bare server then adds its own table.

@@ -114,7 +114,8 @@ keyed AS (
          COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
          COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
     FROM lines s
-    LEFT JOIN duplicates d ON d.type = s.type AND d.provider_reference = s.provider_reference
+    LEFT JOIN unnest($9::text[], $10::text[], $11::int[]) AS d (type, provider_reference, first_line)
+           ON d.type = s.type AND d.provider_reference = s.provider_reference
     LEFT JOIN payments p1 ON s.type <> 'refund' AND p1.merchant_id = $2 AND p1.provider = $3
                          AND p1.provider_reference = CASE WHEN s.type = 'cancel'
                                THEN COALESCE(s.original_provider_reference, s.provider_reference)
@@ -164,10 +165,11 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
 /**
  * The same transaction twice in one file, in one batch or in two, is settled more than once: the
  * lines the receiving parser flagged as possible repeats (settlement_import_repeats) are counted,
- * or every line where it made no list ($6). A temporary table, read by CLASSIFY_SQL's leader.
+ * or every line where it made no list ($6). Handed to CLASSIFY_SQL as parameters: a temporary
+ * table would keep its joins out of the parallel workers (they cannot read one), and a million
+ * lines would pass through a join in the leader alone.
  */
 const DUPLICATES_SQL = `
-CREATE TEMP TABLE duplicates ON COMMIT DROP AS
 SELECT l.type, l.provider_reference, min(l.line_no) AS first_line
   FROM settlement_lines l
   JOIN unnest($4::text[], $5::text[]) AS c (batch_ref, currency)
@@ -443,8 +445,8 @@ async function applyLines(
     `unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::text[]) AS c (batch_ref, currency, settlement_id)`;
   if (superseded.length) await supersede(client, superseded, importId);
   if (changed.length) {
-    await timed(counts, 'duplicates', () =>
-      client.query(DUPLICATES_SQL, [
+    const duplicates = await timed(counts, 'duplicates', () =>
+      client.query<{ type: string; provider_reference: string; first_line: number }>(DUPLICATES_SQL, [
         importId,
         ...lineIds,
         changedRefs,
@@ -452,9 +454,17 @@ async function applyLines(
         job.repeats_listed,
       ]),
     );
-    await client.query('ANALYZE duplicates');
     await timed(counts, 'classify', () =>
-      client.query(CLASSIFY_SQL, [importId, merchantId, provider, ...lineIds, ...changedBatches]),
+      client.query(CLASSIFY_SQL, [
+        importId,
+        merchantId,
+        provider,
+        ...lineIds,
+        ...changedBatches,
+        duplicates.rows.map((d) => d.type),
+        duplicates.rows.map((d) => d.provider_reference),
+        duplicates.rows.map((d) => d.first_line),
+      ]),
     );
     const byRequestId = await client.query<{ found: boolean }>(FOUND_BY_REQUEST_ID_SQL);
     if (byRequestId.rows[0].found) await client.query(DUPLICATE_BY_REQUEST_ID_SQL);
