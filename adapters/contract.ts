@@ -204,6 +204,17 @@ export class SettlementFormatError extends Error {
   }
 }
 
+/**
+ * Whether text starts with a date `YYYY-MM-DD` that is on the calendar: Date would take
+ * 2026-02-30 as 2 March, and a settlement file saying so is wrong, not early.
+ */
+export function isCalendarDate(text: string): boolean {
+  const match = /^(\d{4})-(\d{2})-(\d{2})/.exec(text);
+  if (!match) return false;
+  const [year, month, day] = [Number(match[1]), Number(match[2]), Number(match[3])];
+  return month >= 1 && month <= 12 && day >= 1 && day <= new Date(Date.UTC(year, month, 0)).getUTCDate();
+}
+
 export interface ResolutionPolicy {
   /** Delays between inquiries, in seconds; the last one repeats until the window ends. */
   poll_schedule_s: readonly number[];

@@ -108,6 +108,35 @@ describe('Antom settlement details parser', () => {
     assert.match(error.message, /lacks required column transactionAmountValue/);
   });
 
+  it('refuses a row with fewer or more cells than the header names, but not empty padding', async () => {
+    const [header, row] = GOOD.split('\n');
+    const cells = row.split(',');
+    const short = await failure(`${header}\n${cells.slice(0, -3).join(',')}\n<END>\n`);
+    assert.equal(short.line_no, 2);
+    assert.match(short.message, /line 2: the row has 19 cells, the header names 22/);
+    assert.match(
+      (await failure(`${header}\n${row},EXTRA\n<END>\n`)).message,
+      /line 2: the row has 23 cells, the header names 22/,
+    );
+    // A spreadsheet pads the header and the rows alike.
+    const padded = await collect(`${header},,\n${row},,\n${cells.join(',')}\n<END>\n`);
+    assert.equal(padded.length, 2);
+    assert.deepEqual(padded[0].fee, { value: 36, currency: 'EUR' });
+  });
+
+  it('refuses a header naming a column twice, and a date that is not on the calendar', async () => {
+    assert.match(
+      (await failure(GOOD.replace(',pspName', ',feeAmountValue'))).message,
+      /names column feeAmountValue more than once/,
+    );
+    const february = await failure(GOOD.replace('2024-05-03T00:00:00+00:00', '2026-02-30T00:00:00+00:00'));
+    assert.match(february.message, /line 2: settlementTime "2026-02-30T00:00:00\+00:00" is not a date-time/);
+    assert.match(
+      (await failure(GOOD.replace('2024-05-03 00:00:00', '2024-04-31 00:00:00'))).message,
+      /line 3: settlementTime "2024-04-31 00:00:00"/,
+    );
+  });
+
   it('takes a trailer padded with commas, as a spreadsheet saves it', async () => {
     assert.equal((await collect(GOOD.replace('<END>\n', '<END>,,,,,,\n'))).length, 3);
   });

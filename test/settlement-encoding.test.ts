@@ -36,18 +36,19 @@ test('characters of two, three and four bytes pass whole when any chunk boundary
 
 test('bytes that are not UTF-8 stop the file, wherever the chunks are cut', async () => {
   const cases: [string, Buffer, RegExp][] = [
-    ['Latin-1', Buffer.from('store,M\xfcnchen\n', 'latin1'), /not valid UTF-8 \(near byte offset \d+\)/],
-    ['a lone continuation byte', Buffer.from([0x61, 0x80, 0x62, 0x0a]), /not valid UTF-8/],
-    ['an overlong encoding', Buffer.from([0x61, 0xc0, 0xaf, 0x0a]), /not valid UTF-8/],
-    ['a surrogate', Buffer.from([0x61, 0xed, 0xa0, 0x80, 0x0a]), /not valid UTF-8/],
+    // The offset is the bad byte's, wherever the chunk it came in began.
+    ['Latin-1', Buffer.from('store,M\xfcnchen\n', 'latin1'), /not valid UTF-8 \(byte offset 7\)/],
+    ['a lone continuation byte', Buffer.from([0x61, 0x80, 0x62, 0x0a]), /not valid UTF-8 \(byte offset 1\)/],
+    ['an overlong encoding', Buffer.from([0x61, 0xc0, 0xaf, 0x0a]), /not valid UTF-8 \(byte offset 1\)/],
+    ['a surrogate', Buffer.from([0x61, 0xed, 0xa0, 0x80, 0x0a]), /not valid UTF-8 \(byte offset 1\)/],
     [
       'a character cut off at the end',
       Buffer.from([0x61, 0x2c, 0xe2, 0x82]),
       /ends inside a UTF-8 character/,
     ],
     // Latin-1 "ÿ" and "À" last in the file: bytes that start no UTF-8 character, not a cut-off one.
-    ['a Latin-1 byte last', Buffer.from('a,\xff', 'latin1'), /not valid UTF-8/],
-    ['an overlong lead byte last', Buffer.from('a,\xc0', 'latin1'), /not valid UTF-8/],
+    ['a Latin-1 byte last', Buffer.from('a,\xff', 'latin1'), /not valid UTF-8 \(byte offset 2\)/],
+    ['an overlong lead byte last', Buffer.from('a,\xc0', 'latin1'), /not valid UTF-8 \(byte offset 2\)/],
     ['a NUL byte', Buffer.from('a,\u0000,b\n'), /NUL byte at offset 2/],
   ];
   for (const [name, bytes, message] of cases)

@@ -125,6 +125,22 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
     // Not a type, though every JavaScript object has a property of that name.
     ['unknown type', Buffer.from(good.replace(',payment,', ',toString,')), /line 2: unknown type "toString"/],
     ['nothing at all', Buffer.from('\n'), /empty settlement file/],
+    [
+      'a date not on the calendar',
+      Buffer.from(good.replace(/\d{4}-\d{2}-\d{2}T12:00:00Z/, '2026-02-30T12:00:00Z')),
+      /line 2: settled_at "2026-02-30T12:00:00Z"/,
+    ],
+    [
+      'a column named twice',
+      Buffer.from(good.replace('wallet_psp', 'amount')),
+      /line 1: column\(s\) named more than once in the header: amount/,
+    ],
+    // Lines are numbered as the file has them: blank lines count.
+    [
+      'a bad line after blank lines',
+      Buffer.from(good.replace('\n', '\n\n\n').replace(',1200,EUR,', ',1200,EUX,')),
+      /line 5: currency "EUX"/,
+    ],
   ];
   for (const [name, body, message] of cases) {
     assertRefused(await upload(m.secretKey, body), message, name);

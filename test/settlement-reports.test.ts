@@ -189,6 +189,16 @@ test('CSV: streamed, UTF-8 with BOM, CRLF, major units, quoted cells, a TOTAL ro
   assert.equal(bad.body.error.type, 'invalid_request');
   const noDates = await tg.http.get('/v1/reports/settlements').set('Authorization', `Bearer ${m.secretKey}`);
   assert.equal(noDates.status, 400);
+  // A provider filter naming no provider is a mistake, not an empty report.
+  for (const path of [
+    '/v1/reports/settlements?from=2030-01-01&to=2030-02-01&provider=nosuch',
+    '/v1/settlements?provider=nosuch',
+    '/v1/reconciliation/discrepancies?provider=nosuch',
+  ]) {
+    const unknown = await tg.http.get(path).set('Authorization', `Bearer ${m.secretKey}`);
+    assert.equal(unknown.status, 400, path);
+    assert.equal(unknown.body.error.code, 'provider_unknown', path);
+  }
 });
 
 test('the dashboard page needs no key to load, and holds no data', async () => {

@@ -11,7 +11,7 @@
 import type { Readable } from 'node:stream';
 import { parse } from 'csv-parse';
 import { currencyFromCode, type Money } from '../../src/payments/money.ts';
-import { SettlementFormatError, type SettlementLine } from '../contract.ts';
+import { isCalendarDate, SettlementFormatError, type SettlementLine } from '../contract.ts';
 import { decimal } from './mapping.ts';
 
 export const REQUIRED_COLUMNS = [
@@ -82,6 +82,7 @@ export async function* parseSettlementFile(
   const parser = file.pipe(parse({ bom: true, relax_column_count: true }));
   file.on('error', (error) => parser.destroy(error));
   let columns: Map<Column, number> | undefined;
+  let width = 0;
   let ended = false;
   let lineNo = 0;
   const records = readable(parser as AsyncIterable<string[]>, () => lineNo + 1);
@@ -103,8 +104,18 @@ export async function* parseSettlementFile(
         record.map((name) => name.trim()),
         options,
       );
+      // Up to the last named column: a spreadsheet pads header and rows with empty cells.
+      width = record.length;
+      while (width > 0 && record[width - 1].trim() === '') width--;
       continue;
     }
+    // A short row would leave its last columns empty (a fee of 0); a long one has cells no column
+    // names.
+    if (record.length < width || record.slice(width).some((cell) => cell.trim() !== ''))
+      throw new SettlementFormatError(
+        `line ${lineNo}: the row has ${record.length} cells, the header names ${width} (truncated?)`,
+        lineNo,
+      );
     yield toLine(record, columns, lineNo);
   }
   if (!columns) throw new SettlementFormatError('settlement file is empty: no header row');
@@ -116,13 +127,20 @@ export async function* parseSettlementFile(
 function headerColumns(header: string[], options: ParseOptions): Map<Column, number> {
   const columns = new Map<Column, number>();
   const unknown: string[] = [];
+  const twice: string[] = [];
   header.forEach((name, index) => {
     if (KNOWN.has(name)) {
-      if (!columns.has(name as Column)) columns.set(name as Column, index);
+      if (columns.has(name as Column)) twice.push(name);
+      else columns.set(name as Column, index);
     } else if (name.length > 0) {
       unknown.push(name);
     }
   });
+  if (twice.length > 0)
+    throw new SettlementFormatError(
+      `settlement file header names column${twice.length > 1 ? 's' : ''} ${twice.join(', ')} more than once`,
+      1,
+    );
   const missing = REQUIRED_COLUMNS.filter((name) => !columns.has(name));
   if (missing.length > 0) {
     throw new SettlementFormatError(
@@ -213,7 +231,7 @@ function time(value: string, column: string, lineNo: number): Date {
   const iso = /^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$/.test(value)
     ? `${value.replace(' ', 'T')}Z`
     : value;
-  const date = /^\d{4}-\d{2}-\d{2}/.test(iso) ? new Date(iso) : new Date(Number.NaN);
+  const date = isCalendarDate(iso) ? new Date(iso) : new Date(Number.NaN);
   if (Number.isNaN(date.getTime())) {
     throw new SettlementFormatError(`line ${lineNo}: ${column} "${value}" is not a date-time`, lineNo);
   }

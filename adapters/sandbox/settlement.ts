@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { parse as parseSync } from 'csv-parse/sync';
 import { isCurrency } from '../../src/payments/money.ts';
-import { SettlementFormatError, type SettlementLine } from '../contract.ts';
+import { isCalendarDate, SettlementFormatError, type SettlementLine } from '../contract.ts';
 import type { SandboxPaymentView } from './protocol.ts';
 
 export const SANDBOX_SETTLEMENT_COLUMNS = [
@@ -99,6 +99,12 @@ function currencyField(value: string, column: string, lineNo: number): string {
   return raw;
 }
 
+/** CSV records, each as its trimmed fields, and the line of the file each begins on. */
+interface Records {
+  records: string[][];
+  lines: number[];
+}
+
 /**
  * CSV records, each as its trimmed fields. Settlement files are plain unquoted CSV nearly always,
  * and csv-parse costs ~30 µs a record on this 2-core box (its per-character state machine, the
@@ -108,15 +114,19 @@ function currencyField(value: string, column: string, lineNo: number): string {
  * lines are skipped, `\r\n` is accepted, a leading BOM dropped, like csv-parse's `bom`,
  * `skip_empty_lines` and `trim` options did.
  */
-async function* csvRecords(file: Readable): AsyncGenerator<string[][]> {
+async function* csvRecords(file: Readable): AsyncGenerator<Records> {
   const decoder = new StringDecoder('utf8');
   let rest = '';
   let quoted = '';
+  let quotedFrom = 0;
   let first = true;
-  const records: string[][] = [];
+  let physical = 0;
+  let records: Records = { records: [], lines: [] };
   const take = (raw: string) => {
+    physical++;
     const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
     if (quoted || line.includes('"')) {
+      if (!quoted) quotedFrom = physical;
       quoted = quoted ? `${quoted}\n${line}` : line;
       // An odd number of quotes so far: a quoted cell goes on on the next line.
       if ((quoted.match(/"/g)?.length ?? 0) % 2 === 1) return;
@@ -126,9 +136,15 @@ async function* csvRecords(file: Readable): AsyncGenerator<string[][]> {
       try {
         parsed = parseSync(text, { relax_column_count: true, trim: true, relax_quotes: false });
       } catch (error) {
-        throw new SettlementFormatError(`unreadable settlement file: ${(error as Error).message}`);
+        throw new SettlementFormatError(
+          `line ${quotedFrom}: unreadable CSV: ${(error as Error).message}`,
+          quotedFrom,
+        );
       }
-      records.push(...parsed);
+      for (const record of parsed) {
+        records.records.push(record);
+        records.lines.push(quotedFrom);
+      }
       return;
     }
     if (line.trim() === '') return;
@@ -139,7 +155,8 @@ async function* csvRecords(file: Readable): AsyncGenerator<string[][]> {
       const cn = f.charCodeAt(f.length - 1);
       if (c0 <= 32 || cn <= 32) fields[i] = f.trim();
     }
-    records.push(fields);
+    records.records.push(fields);
+    records.lines.push(physical);
   };
   for await (const chunk of file) {
     let text = rest + (typeof chunk === 'string' ? chunk : decoder.write(chunk));
@@ -153,14 +170,19 @@ async function* csvRecords(file: Readable): AsyncGenerator<string[][]> {
       start = nl + 1;
     }
     rest = text.slice(start);
-    if (records.length) {
-      yield records.splice(0);
+    if (records.records.length) {
+      yield records;
+      records = { records: [], lines: [] };
     }
   }
   rest += decoder.end();
   if (rest) take(rest);
-  if (quoted) throw new SettlementFormatError('the file ends inside a quoted cell (truncated?)');
-  if (records.length) yield records.splice(0);
+  if (quoted)
+    throw new SettlementFormatError(
+      `line ${quotedFrom}: the file ends inside a quoted cell (truncated?)`,
+      quotedFrom,
+    );
+  if (records.records.length) yield records;
 }
 
 /** Where each known column is in the file (-1: absent), from its header row. */
@@ -169,7 +191,6 @@ type ColumnIndex = Record<(typeof SANDBOX_SETTLEMENT_COLUMNS)[number], number>;
 export async function* parseSandboxSettlement(file: Readable): AsyncIterable<SettlementLine[]> {
   let header: string[] | undefined;
   let at = {} as ColumnIndex;
-  let lineNo = 1;
   // Lines of a batch mostly share their settlement time and currencies: each distinct text is
   // parsed or checked once (the Date is shared between those lines, and nobody changes it).
   let lastSettledText: string | undefined;
@@ -179,22 +200,31 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
   let lastSettlementText: string | undefined;
   let lastSettlementCurrency = '';
   // pipe()d sources do not forward their errors; iterating the source itself does.
-  for await (const records of csvRecords(file)) {
+  for await (const { records, lines: lineNos } of csvRecords(file)) {
     const lines: SettlementLine[] = [];
     try {
-      for (const record of records) {
+      for (let index = 0; index < records.length; index++) {
+        const record = records[index];
+        // Numbered as the file's lines are (blank lines and quoted line breaks count), as a text
+        // editor shows them.
+        const lineNo = lineNos[index];
         if (!header) {
           // The header is checked as soon as it is read, so a header-only file (no payments that day) is valid.
           const missing = REQUIRED.filter((c) => !record.includes(c));
           if (missing.length)
-            throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, 1);
+            throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, lineNo);
+          const twice = SANDBOX_SETTLEMENT_COLUMNS.filter((c) => record.indexOf(c) !== record.lastIndexOf(c));
+          if (twice.length)
+            throw new SettlementFormatError(
+              `line ${lineNo}: column(s) named more than once in the header: ${twice.join(', ')}`,
+              lineNo,
+            );
           header = record;
           at = Object.fromEntries(
             SANDBOX_SETTLEMENT_COLUMNS.map((c) => [c, record.indexOf(c)]),
           ) as ColumnIndex;
           continue;
         }
-        lineNo++;
         if (record.length !== header.length)
           throw new SettlementFormatError(
             `line ${lineNo}: the record has ${record.length} columns, the header ${header.length} (truncated?)`,
@@ -207,7 +237,10 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
         if (settledText !== lastSettledText) {
           lastSettledText = settledText;
           // RFC 3339 only: Date alone would also take "1" or "Nov 29 2026".
-          lastSettledAt = RFC3339.test(settledText) ? new Date(settledText) : new Date(Number.NaN);
+          lastSettledAt =
+            RFC3339.test(settledText) && isCalendarDate(settledText)
+              ? new Date(settledText)
+              : new Date(Number.NaN);
         }
         if (Number.isNaN(lastSettledAt.getTime()))
           throw new SettlementFormatError(

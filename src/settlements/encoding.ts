@@ -21,6 +21,34 @@ function completeLength(bytes: Buffer): number {
   return bytes.length - lead < needed ? lead : bytes.length;
 }
 
+/** The offset of the first byte that is not part of valid UTF-8 (only looked for once isUtf8 said no). */
+function firstInvalid(bytes: Buffer): number {
+  let i = 0;
+  while (i < bytes.length) {
+    const lead = bytes[i];
+    if (lead < 0x80) {
+      i++;
+      continue;
+    }
+    const more =
+      lead >= 0xc2 && lead <= 0xdf
+        ? 1
+        : lead >= 0xe0 && lead <= 0xef
+          ? 2
+          : lead >= 0xf0 && lead <= 0xf4
+            ? 3
+            : 0;
+    if (!more || i + more >= bytes.length) return i;
+    const second = bytes[i + 1];
+    // Overlong forms, surrogates and code points past U+10FFFF, as isUtf8 refuses them.
+    if ((lead === 0xe0 && second < 0xa0) || (lead === 0xed && second > 0x9f)) return i;
+    if ((lead === 0xf0 && second < 0x90) || (lead === 0xf4 && second > 0x8f)) return i;
+    for (let k = 1; k <= more; k++) if ((bytes[i + k] & 0xc0) !== 0x80) return i;
+    i += more + 1;
+  }
+  return bytes.length;
+}
+
 export class Utf8Guard extends Transform {
   /** The start of a character whose remaining bytes are in the next chunk. */
   private carry: Buffer = Buffer.alloc(0);
@@ -47,7 +75,7 @@ export class Utf8Guard extends Transform {
     const complete = completeLength(bytes);
     if (!isUtf8(bytes.subarray(0, complete)))
       return this.stop(
-        `the file is not valid UTF-8 (near byte offset ${this.offset - this.carry.length}); export it as UTF-8`,
+        `the file is not valid UTF-8 (byte offset ${this.offset - this.carry.length + firstInvalid(bytes.subarray(0, complete))}); export it as UTF-8`,
       );
     this.carry = Buffer.from(bytes.subarray(complete));
     this.offset += chunk.length;

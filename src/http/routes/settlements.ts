@@ -250,6 +250,7 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/settlements', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listSettlementsQuerySchema, req.query, 'query');
+    if (query.provider) knownProvider(query.provider, 'provider');
     const scope = merchantScope(merchant.merchant_id, query, ['provider', 'status'] as const);
     res.json(
       await listPage<{ id: string; json: unknown }>(ctx, SETTLEMENT_VIEW, scope, query, (r) => r.json),
@@ -301,6 +302,7 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/reconciliation/discrepancies', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listDiscrepanciesQuerySchema, req.query, 'query');
+    if (query.provider) knownProvider(query.provider, 'provider');
     const scope = merchantScope(merchant.merchant_id, query, ['kind', 'provider', 'settlement_id'] as const);
     res.json(
       await listPage<{ id: string; json: unknown }>(
@@ -317,6 +319,7 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/reports/settlements', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(reportQuerySchema, req.query, 'query');
+    if (query.provider) knownProvider(query.provider, 'provider');
     const q = {
       merchant_id: merchant.merchant_id,
       from: query.from,
