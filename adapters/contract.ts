@@ -206,13 +206,13 @@ export class SettlementFormatError extends Error {
 
 /**
  * Whether text starts with a date `YYYY-MM-DD` that is on the calendar: Date would take
- * 2026-02-30 as 2 March, and a settlement file saying so is wrong, not early.
+ * 2026-02-30 as 2 March, and a file or a query saying so is wrong, not early.
  */
 export function isCalendarDate(text: string): boolean {
-  const match = /^(\d{4})-(\d{2})-(\d{2})/.exec(text);
-  if (!match) return false;
-  const [year, month, day] = [Number(match[1]), Number(match[2]), Number(match[3])];
-  return month >= 1 && month <= 12 && day >= 1 && day <= new Date(Date.UTC(year, month, 0)).getUTCDate();
+  const day = text.slice(0, 10);
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(day)) return false;
+  const time = Date.parse(`${day}T00:00:00Z`);
+  return !Number.isNaN(time) && new Date(time).toISOString().startsWith(day);
 }
 
 export interface ResolutionPolicy {

@@ -175,6 +175,12 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       ['created_lt at hour 24', () => tg.http.get('/v1/payments?created_lt=2026-11-26T24:00:00Z').set(auth)],
       ['unknown query parameter', () => tg.http.get('/v1/payments?colour=red').set(auth)],
       ['wait above 60', () => tg.http.get('/v1/payments/pay_x?wait=61').set(auth)],
+      // Number() would read these as 0, 2, 1 and 2 seconds.
+      ['wait empty', () => tg.http.get('/v1/payments/pay_x?wait=').set(auth)],
+      ['wait in hexadecimal', () => tg.http.get('/v1/payments/pay_x?wait=0x2').set(auth)],
+      ['wait in exponent notation', () => tg.http.get('/v1/payments/pay_x?wait=1e0').set(auth)],
+      ['wait with a leading space', () => tg.http.get('/v1/payments/pay_x?wait=%202').set(auth)],
+      ['limit in exponent notation', () => tg.http.get('/v1/payments?limit=1e1').set(auth)],
       // Inputs that once reached PostgreSQL or the URL decoder and came back as 500s.
       ['a path that is not UTF-8', () => tg.http.get('/v1/payments/%ff').set(auth)],
       ['a NUL byte in a path', () => tg.http.get('/v1/payments/pay_%00').set(auth)],

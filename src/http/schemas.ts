@@ -3,7 +3,7 @@
  * Objects are strict: unknown fields are rejected (DESIGN.md principle 4).
  */
 import { z } from 'zod';
-import { WALLETS } from '../../adapters/contract.ts';
+import { isCalendarDate, WALLETS } from '../../adapters/contract.ts';
 import { isCountry } from '../countries.ts';
 import { isCurrency } from '../payments/money.ts';
 
@@ -115,22 +115,26 @@ export const createWebhookEndpointSchema = z.strictObject({
 });
 
 /** `YYYY-MM-DD` names a day that exists (JavaScript would roll 2026-02-30 over to 2 March). */
-export function isCalendarDate(d: string): boolean {
-  const time = Date.parse(`${d}T00:00:00Z`);
-  return !Number.isNaN(time) && new Date(time).toISOString().startsWith(d);
-}
-
 const rfc3339 = z.string().refine(
   // The zone is required: without one the moment would depend on the server's time zone.
   (s) =>
     /^\d{4}-\d{2}-\d{2}[Tt]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/.test(s) &&
-    isCalendarDate(s.slice(0, 10)) &&
+    isCalendarDate(s) &&
     !Number.isNaN(Date.parse(s)),
   'must be an RFC 3339 timestamp with a time zone (e.g. 2026-11-26T10:00:00Z)',
 );
 
+/** A count written as plain decimal digits: Number() alone would also take '', ' 2', '0x2' and '1e0'. */
+const wholeNumber = (min: number, max: number, message: string) =>
+  z
+    .string()
+    .regex(/^\d{1,9}$/, message)
+    .describe(`a whole number from ${min} to ${max}`)
+    .transform(Number)
+    .pipe(z.number().min(min).max(max));
+
 export const listQuerySchema = z.strictObject({
-  limit: z.coerce.number().int().min(1).max(100).optional(),
+  limit: wholeNumber(1, 100, 'must be a whole number').optional(),
   starting_after: z.string().min(1).max(64).optional(),
 });
 
@@ -153,7 +157,7 @@ export const listPaymentsQuerySchema = listQuerySchema.extend({
 });
 
 export const getPaymentQuerySchema = z.strictObject({
-  wait: z.coerce.number().int('must be whole seconds').min(0).max(60).optional(),
+  wait: wholeNumber(0, 60, 'must be whole seconds').optional(),
 });
 
 export const idempotencyKeySchema = z

@@ -4,7 +4,7 @@
  */
 import { type Request, Router } from 'express';
 import { z } from 'zod';
-import { SettlementFormatError } from '../../../adapters/contract.ts';
+import { isCalendarDate, SettlementFormatError } from '../../../adapters/contract.ts';
 import { providerModule } from '../../../adapters/index.ts';
 import type { Context } from '../../context.ts';
 import { dashboardRouter } from '../../dashboard/page.ts';
@@ -18,7 +18,7 @@ import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
 import { settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
 import { requireMerchant } from '../auth.ts';
 import { registerOperations } from '../openapi.ts';
-import { isCalendarDate, listQuerySchema } from '../schemas.ts';
+import { listQuerySchema } from '../schemas.ts';
 import { parse } from '../validate.ts';
 import { type ListScope, listPage } from './lists.ts';
 
