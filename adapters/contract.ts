@@ -52,8 +52,12 @@ export type PaymentOutcome =
   | ({ kind: 'succeeded' } & PaymentFacts)
   | ({ kind: 'failed'; failure: Failure } & PaymentFacts)
   | ({ kind: 'canceled' } & PaymentFacts)
-  /** The provider has the order and has not decided (customer confirming, QR waiting). */
-  | ({ kind: 'pending'; qr_code?: QrCode; reason?: string } & PaymentFacts)
+  /**
+   * The provider has the order and has not decided (customer confirming, QR waiting).
+   * `customer_acted`: the customer has scanned the QR code and is confirming on the phone, so the
+   * sale no longer waits for a scan.
+   */
+  | ({ kind: 'pending'; qr_code?: QrCode; reason?: string; customer_acted?: boolean } & PaymentFacts)
   /**
    * We cannot tell what happened. `reached: false` only when the request provably never left
    * (connection refused before any byte was sent): then, and only then, may the core fail over.

@@ -201,6 +201,26 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     }
   });
 
+  test('QR with 52: the scan is heard at once (PAYMENT_PENDING), then the result', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(1252)).expect(201);
+    assert.equal(res.body.status, 'requires_customer');
+    const waiting = tg.http
+      .get(`/v1/payments/${res.body.id}?wait=30`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .then((r) => r);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal((await fetch(res.body.qr_code.data, { method: 'POST' })).status, 200);
+    const woken = await waiting;
+    assert.equal(woken.body.status, 'processing');
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
+    assert.equal(done.status, 'succeeded');
+    const history = await causes(res.body.id);
+    assert.ok(
+      history.some((c) => c.startsWith('processing (notification')),
+      `the scan came by notification: ${history.join(', ')}`,
+    );
+  });
+
   test('refunds: partial then the rest', async () => {
     const paid = await createPayment(tg, merchant.refundTerminalKey, scanPayment(3000)).expect(201);
     assert.equal(paid.body.status, 'succeeded');

@@ -160,6 +160,35 @@ describe('mode qr', () => {
     assert.ok(Date.now() - started < 10_000, 'woken by the notification, not by the wait timeout');
   });
 
+  test('a scanned QR code shows processing at once; from the scan the sale has the window of a sale being confirmed', async () => {
+    // 52: the customer confirms on the phone, then it succeeds.
+    const confirming = await createPayment(tg, merchant.terminalKey, qrPayment(1552)).expect(201);
+    assert.equal(confirming.body.status, 'requires_customer');
+    const waiting = tg.http
+      .get(`/v1/payments/${confirming.body.id}?wait=30`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .then((r) => r);
+    await new Promise((r) => setTimeout(r, 200));
+    await fetch(confirming.body.qr_code.data, { method: 'POST' });
+    const woken = await waiting;
+    assert.equal(woken.body.status, 'processing', 'the scan wakes the till, which now shows "confirming"');
+    await waitForStatus(tg, merchant.terminalKey, confirming.body.id, ['succeeded']);
+    assert.deepEqual(
+      (await history(confirming.body.id)).map((e) => e.split(' ')[0]),
+      ['processing', 'requires_customer', 'processing', 'succeeded'],
+    );
+
+    // 57: scanned, then never decided. The QR code was good for 120 s; once scanned, the sale is
+    // cancelled at the end of the configured window (3 s here), counted from the scan.
+    const stuck = await createPayment(tg, merchant.terminalKey, qrPayment(1557)).expect(201);
+    await new Promise((r) => setTimeout(r, 1500));
+    const scannedAt = Date.now();
+    await fetch(stuck.body.qr_code.data, { method: 'POST' });
+    await waitForStatus(tg, merchant.terminalKey, stuck.body.id, ['processing'], 5_000);
+    await waitForStatus(tg, merchant.terminalKey, stuck.body.id, ['canceled'], 20_000);
+    assert.ok(Date.now() - scannedAt >= 2_500, 'not before the window counted from the scan');
+  });
+
   test('the till cancels a QR nobody scanned: 200 canceled, then 409 for a second cancel', async () => {
     const res = await createPayment(tg, merchant.terminalKey, qrPayment(1600)).expect(201);
     assert.equal(res.body.status, 'requires_customer');

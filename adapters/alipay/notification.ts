@@ -147,7 +147,8 @@ function paymentOutcome(
 ): PaymentOutcome {
   const facts = paymentFacts(body);
   if (notifyType === 'PAYMENT_PENDING')
-    return { kind: 'pending', reason: 'PAYMENT_PENDING notification', ...facts };
+    // "The user has finished; wait for the final result" (alipay.md §10).
+    return { kind: 'pending', reason: 'PAYMENT_PENDING notification', customer_acted: true, ...facts };
   if (status === 'S') return { kind: 'succeeded', ...facts };
   if (status === 'F') return { kind: 'failed', failure: failureFor(code, message), ...facts };
   return { kind: 'pending', reason: `PAYMENT_RESULT with status ${status}`, ...facts };

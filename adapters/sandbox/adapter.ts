@@ -160,7 +160,7 @@ export function outcomeOf(view: SandboxPaymentView): PaymentOutcome {
     case 'canceled':
       return { kind: 'canceled', ...facts };
     case 'processing':
-      return { kind: 'pending', reason: 'customer is confirming', ...facts };
+      return { kind: 'pending', reason: 'customer is confirming', customer_acted: true, ...facts };
     case 'requires_customer':
       return {
         kind: 'pending',

@@ -389,6 +389,18 @@ export async function applyOutcome(
       // A QR code from the creating request, or from its resend when the first never arrived.
       if (outcome.qr_code && row.status === 'processing' && (source === 'pay' || source === 'resend')) {
         next = await transition(ctx, row.id, 'requires_customer', cause, patch);
+      } else if (outcome.customer_acted && row.status === 'requires_customer') {
+        // Scanned: the till shows the sale as being confirmed, and from now on it gets the window
+        // of a sale being confirmed, not what was left of the QR code's.
+        const windowS = resolutionWindowS(
+          account.module.adapter.resolution,
+          'scan',
+          ctx.config.resolutionWindowS,
+        );
+        next = await transition(ctx, row.id, 'processing', cause, {
+          ...patch,
+          resolve_by: new Date(Date.now() + windowS * 1000),
+        });
       } else {
         next = await updatePayment(ctx.db, row.id, patch);
       }

@@ -40,6 +40,8 @@ export interface PaymentRecord {
   dueStatus?: 'SUCCESS' | 'FAIL';
   /** notifyPayment has been queued for the final state. */
   notified?: boolean;
+  /** notifyPayment PAYMENT_PENDING has been queued for the customer's scan. */
+  pendingNotified?: boolean;
   /** A cancel that arrived before any pay: later pays with this id are refused (tombstone). */
   tombstone?: boolean;
   refunds: RefundRecord[];

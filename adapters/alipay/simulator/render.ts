@@ -160,6 +160,15 @@ export class Renderer {
     };
   }
 
+  /** notifyPayment body (§10) `PAYMENT_PENDING`: the customer has scanned and is confirming. */
+  pendingNotification(record: PaymentRecord): Json {
+    return {
+      notifyType: 'PAYMENT_PENDING',
+      result: this.result('U', 'PAYMENT_IN_PROCESS', 'payment in process'),
+      ...this.base(record),
+    };
+  }
+
   /** notifyPayment body (§10): `PAYMENT_RESULT` with result S (paid) or F (failed). */
   notification(record: PaymentRecord): Json {
     const paid = record.status === 'SUCCESS';

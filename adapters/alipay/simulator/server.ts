@@ -246,6 +246,11 @@ export function followUp(ctx: ServerContext, record: PaymentRecord) {
     ctx.notifier.deliver(record.notifyUrl, record.clientId, ctx.render.notification(record));
   };
   if (record.status !== 'PROCESSING') return notify();
+  // A scanned Order Code whose customer is still confirming: the till hears of the scan at once.
+  if (record.scanned && !record.pendingNotified && ctx.switches.notifications && record.notifyUrl) {
+    record.pendingNotified = true;
+    ctx.notifier.deliver(record.notifyUrl, record.clientId, ctx.render.pendingNotification(record));
+  }
   if (record.dueAt !== undefined) {
     const timer = setTimeout(
       () => {
