@@ -431,3 +431,40 @@ test('lines are stored once: a re-imported file adds none, a corrected one keeps
     [[p[0].id, 'matched']],
   );
 });
+
+test('the same lines in another order change nothing; a correction with the same totals still supersedes', async () => {
+  const m = await setupMerchant(tg);
+  const p = await Promise.all([7200, 7300, 7400].map((v) => pay(tg, m, v)));
+  // An amount mismatch on the last line, so a new version would close and open its discrepancy.
+  const lines = [lineFor(p[0]), lineFor(p[1]), lineFor(p[2], { amount: 7401, settlement_amount: 7401 })];
+  const first = await importAndWait(tg, m.secretKey, sandboxCsv(lines, 'ORDER-1'));
+  assert.equal(first.counts.batches_created, 1);
+  const [before] = await discrepancies(tg, m.secretKey);
+  const reordered = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv([lines[2], lines[0], lines[1]], 'ORDER-1'),
+  );
+  assert.equal(reordered.counts.batches_unchanged, 1, JSON.stringify(reordered.counts));
+  assert.equal(reordered.counts.batches_superseded, 0);
+  const [batch] = await settlements(tg, m.secretKey);
+  assert.equal(batch.version, 1);
+  assert.deepEqual(
+    (await discrepancies(tg, m.secretKey)).map((d) => d.id),
+    [before.id],
+    'the discrepancy stays as it was',
+  );
+  // The same count, gross and fees, but 100 moved from one payment to another: a correction.
+  const moved = [
+    lineFor(p[0], { amount: 7300, settlement_amount: 7300 }),
+    lineFor(p[1], { amount: 7200, settlement_amount: 7200 }),
+    lines[2],
+  ];
+  const corrected = await importAndWait(tg, m.secretKey, sandboxCsv(moved, 'ORDER-1'));
+  assert.equal(corrected.counts.batches_superseded, 1, JSON.stringify(corrected.counts));
+  assert.deepEqual((await discrepancies(tg, m.secretKey)).map((d) => d.kind).sort(), [
+    'amount_mismatch',
+    'amount_mismatch',
+    'amount_mismatch',
+  ]);
+});

@@ -411,7 +411,7 @@ async function applyLines(
     );
     const existing = rows[0];
     let settlementId: string;
-    if (existing?.seen) {
+    if (existing?.seen || (existing && (await sameLinesAsAVersion(client, existing.id, job, batch)))) {
       counts.batches_unchanged++;
       continue;
     }
@@ -528,6 +528,49 @@ async function applyLines(
   return changed;
 }
 
+/** What a settlement line settles: every column a batch's content hash covers. */
+const LINE_CONTENT = `batch_ref, type, provider_reference, original_provider_reference, provider_request_id,
+  transaction_value, transaction_currency, settlement_value, settlement_currency, fee_value, exchange_rate,
+  settled_at, transacted_at, store_id, wallet_psp`;
+
+/**
+ * Whether the batch's lines in this import are those of one of its versions, in another order (a
+ * provider's re-export, an API that lists in no fixed order): the content hash follows the order
+ * of the lines, so it says "changed". Compared line by line only for a version with the same count
+ * and totals; a real correction mostly differs there already.
+ */
+async function sameLinesAsAVersion(
+  client: pg.PoolClient,
+  settlementId: string,
+  job: ImportRow,
+  batch: ReceivedBatch,
+): Promise<boolean> {
+  const { rows } = await client.query<{ same: boolean }>(
+    `SELECT EXISTS (
+       SELECT 1 FROM settlement_versions v JOIN settlement_imports i ON i.id = v.import_id
+        WHERE v.settlement_id = $1 AND v.count = $6 AND v.gross = $7 AND v.fees = $8
+          AND NOT EXISTS (
+            SELECT ${LINE_CONTENT} FROM settlement_lines
+             WHERE id BETWEEN $3 AND $4 AND import_id = $2 AND batch_ref = $5 AND settlement_currency = $9
+            EXCEPT ALL
+            SELECT ${LINE_CONTENT} FROM settlement_lines
+             WHERE id BETWEEN i.first_line_id AND i.last_line_id AND import_id = i.id
+               AND batch_ref = $5 AND settlement_currency = $9)) AS same`,
+    [
+      settlementId,
+      job.id,
+      job.first_line_id,
+      job.last_line_id,
+      batch.batch_ref,
+      batch.lines,
+      batch.gross,
+      batch.fees,
+      batch.currency,
+    ],
+  );
+  return rows[0].same;
+}
+
 /**
  * The current version of each batch becomes history: its discrepancies closed, its payments no
  * longer settled by it (its lines stop being current with settlements.import_id). Those of its
@@ -618,6 +661,9 @@ interface ReceivedBatch {
   currency: string;
   content_hash: string;
   lines: number;
+  /** Minor units, as text (bigint). */
+  gross: string;
+  fees: string;
   /** YYYY-MM-DD (as text: node-postgres would read a `date` as local midnight). */
   settlement_date: string;
 }
@@ -660,7 +706,7 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     if (!module) throw new ReconcileError('provider_unknown', `no adapter for provider ${job.provider}`);
     const adapter = module.adapter;
     const { rows: batches } = await client.query<ReceivedBatch>(
-      `SELECT batch_ref, currency, content_hash, lines, settlement_date::text AS settlement_date
+      `SELECT batch_ref, currency, content_hash, lines, gross, fees, settlement_date::text AS settlement_date
          FROM settlement_import_batches WHERE import_id = $1`,
       [importId],
     );
