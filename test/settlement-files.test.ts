@@ -206,6 +206,29 @@ async function alipayPayments(key: string, amounts: number[]) {
   return ids;
 }
 
+test('the sandbox simulator settles the payments and refunds of the day: fetched, all matched', async () => {
+  const m = await setupMerchant(tg);
+  const [a, b] = await Promise.all([5000, 5100].map((v) => pay(tg, m, v)));
+  const refund = await tg.http
+    .post(`/v1/payments/${b.id}/refunds`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .set('Idempotency-Key', `rf-fetch-${b.id}`)
+    .send({ amount: { value: 600, currency: 'EUR' } });
+  assert.equal(refund.status, 201, JSON.stringify(refund.body));
+  await waitForStatus(tg, m.secretKey, b.id, ['partially_refunded']);
+  const fetched = await tg.http
+    .post('/v1/settlements/fetches')
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .send({ provider: 'sandbox', date: today() });
+  assert.equal(fetched.status, 202, JSON.stringify(fetched.body));
+  const job = await waitJob(tg, m.secretKey, fetched.body.id);
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+  assert.equal(job.counts.matched, 3, JSON.stringify(job.counts));
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const [batch] = await settlements(tg, m.secretKey);
+  assert.equal(batch.gross, a.amount + b.amount - 600);
+});
+
 test('Alipay (Antom) settlement files: fetched on demand, and uploaded with planted faults', async () => {
   const shop = await alipayMerchant();
   await alipayPayments(shop.key, [2000, 2100, 2200]);

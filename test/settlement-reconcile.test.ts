@@ -281,6 +281,17 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
   const stored = await tg.gateway.ctx.db.query('SELECT provider_reference FROM refunds WHERE id = $1', [
     refund.body.id,
   ]);
+  // A file settling a payment of the day and not the refund made that day: the refund is missing.
+  const c = await pay(tg, m, 3200);
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(c)], 'DAY-0'));
+  const missingRefund = (await discrepancies(tg, m.secretKey, '&kind=missing_in_settlement')).find(
+    (d) => d.refund_id,
+  );
+  assert.ok(missingRefund, 'the refund is reported missing');
+  assert.equal(missingRefund.refund_id, refund.body.id);
+  assert.equal(missingRefund.payment_id, undefined);
+  assert.equal(missingRefund.provider_reference, stored.rows[0].provider_reference);
+  assert.deepEqual(missingRefund.expected, { value: 500, currency: 'EUR' });
   const job = await importAndWait(
     tg,
     m.secretKey,
@@ -301,6 +312,7 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
   );
   assert.equal(job.status, 'completed');
   assert.equal(job.counts.matched, 2, JSON.stringify(job.counts));
+  // Its line closes the refund's missing_in_settlement, as a's closes a's.
   assert.deepEqual(await discrepancies(tg, m.secretKey), []);
   const day2 = (await settlements(tg, m.secretKey)).find((s) => s.provider_batch_id === 'DAY-2');
   assert.equal(day2?.gross, 3000 - 500);

@@ -343,7 +343,7 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
 
   /** The simulator serves each UTC day's settlement file; a real sandbox provider would be asked the same way. */
   async fetchSettlement(account, date) {
-    const url = `${await account.credentials.simulatorUrl()}/v1/settlements/${encodeURIComponent(date)}`;
+    const url = `${await account.credentials.simulatorUrl()}/v1/settlements/${encodeURIComponent(date)}?notify_url=${encodeURIComponent(account.notify_url)}`;
     try {
       const res = await send({ method: 'GET', url, timeoutMs: 30_000 });
       if (res.status === 404) return null;

@@ -50,11 +50,26 @@ export function sandboxFee(amount: number): number {
   return Math.floor((amount * FEE_PER_MILLE + 500) / 1000);
 }
 
-/** The file the simulator serves for a date: every order paid that UTC day, settled in its own currency. */
+/** A refund as the simulator settles it: on the UTC day it succeeded, in the payment's currency, without a fee. */
+export interface SettledRefund {
+  refund_id: string;
+  refund_request_id: string;
+  /** The paid order's transaction id. */
+  transaction_id: string;
+  amount: number;
+  currency: string;
+  refunded_at: string;
+}
+
+/**
+ * The file the simulator serves for a date: every order paid and every refund made that UTC day,
+ * settled in its own currency.
+ */
 export function settlementCsv(
   orders: SandboxPaymentView[],
   date: string,
   currencies: Map<string, [number, string]> = new Map(),
+  refunds: SettledRefund[] = [],
 ): string {
   const rows = [SANDBOX_SETTLEMENT_COLUMNS.join(',')];
   for (const order of orders) {
@@ -77,6 +92,27 @@ export function settlementCsv(
         `${date}T12:00:00Z`,
         '',
         order.wallet_psp ?? '',
+      ].join(','),
+    );
+  }
+  for (const refund of refunds) {
+    if (!refund.refunded_at.startsWith(date)) continue;
+    rows.push(
+      [
+        `SBX-${date}-${refund.currency}`,
+        'refund',
+        refund.refund_id,
+        refund.transaction_id,
+        refund.refund_request_id,
+        refund.amount,
+        refund.currency,
+        refund.amount,
+        refund.currency,
+        0,
+        '1',
+        `${date}T12:00:00Z`,
+        '',
+        '',
       ].join(','),
     );
   }

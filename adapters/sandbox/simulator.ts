@@ -42,7 +42,7 @@ interface Order {
   paid_at?: Date;
   failure_code?: string;
   failure_message?: string;
-  refunds: Map<string, SandboxRefundView & { amount: number }>;
+  refunds: Map<string, SandboxRefundView & { amount: number; refunded_at?: Date }>;
 }
 
 const FAILURES: Partial<Record<Scenario, [string, string]>> = {
@@ -276,6 +276,7 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
         status: ok ? ('succeeded' as const) : ('failed' as const),
         failure_code: ok ? undefined : 'refund_exceeds_payment',
         amount: request.amount,
+        refunded_at: ok ? new Date() : undefined,
       };
       order.refunds.set(refund.refund_request_id, refund);
       refundsById.set(refund.refund_request_id, order);
@@ -330,11 +331,30 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
     const settlement = /^\/v1\/settlements\/(\d{4}-\d{2}-\d{2})$/.exec(path);
     if (settlement && req.method === 'GET') {
       res.writeHead(200, { 'content-type': 'text/csv' });
-      const all = [...orders.values()];
+      // One merchant's account, known here by the URL its notifications go to (as Antom scopes its
+      // files by client id): another merchant's sales are not in its file.
+      const account = new URL(req.url ?? '/', 'http://sim').searchParams.get('notify_url');
+      const all = [...orders.values()].filter((o) => account === null || o.request.notify_url === account);
       const amounts = new Map(
         all.map((o) => [o.request.request_id, [o.request.amount, o.request.currency] as [number, string]]),
       );
-      res.end(settlementCsv(all.map(view), settlement[1], amounts));
+      const refunds = all.flatMap((o) =>
+        [...o.refunds.values()].flatMap((r) =>
+          r.status === 'succeeded' && r.refund_id && r.refunded_at
+            ? [
+                {
+                  refund_id: r.refund_id,
+                  refund_request_id: r.refund_request_id,
+                  transaction_id: o.transaction_id,
+                  amount: r.amount,
+                  currency: o.request.currency,
+                  refunded_at: r.refunded_at.toISOString(),
+                },
+              ]
+            : [],
+        ),
+      );
+      res.end(settlementCsv(all.map(view), settlement[1], amounts, refunds));
       return;
     }
     const calls = /^\/_sim\/calls\/([^/]+)$/.exec(path);

@@ -343,6 +343,50 @@ ${DISCREPANCY_EVENTS}
 SELECT count(*)::int AS n FROM disc
 `;
 
+/**
+ * Succeeded refunds due in a settlement and on no line of a current batch version, not yet
+ * reported: due by the same rules as payments (the provider's delay after the refund's day, or a
+ * day the provider has already settled payments of). Refunds are few: found and reported in one
+ * statement. $1 import, $2 merchant, $3 provider, $4 the provider's settlement delay in days.
+ */
+const MISSING_REFUNDS_SQL = `
+WITH horizon AS (
+  SELECT max(settlement_date) AS last_date,
+         (array_agg(id ORDER BY settlement_date DESC, created_at DESC, id DESC))[1] AS latest
+    FROM settlements WHERE merchant_id = $2 AND provider = $3
+),
+settled AS (
+  SELECT max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $2 AND provider = $3
+),
+due AS (
+  -- A succeeded refund is final: its row last changed when it succeeded.
+  SELECT r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at AS refunded_at, h.latest
+    FROM refunds r JOIN payments p ON p.id = r.payment_id, horizon h, settled s
+   WHERE r.merchant_id = $2 AND p.provider = $3 AND r.status = 'succeeded' AND h.latest IS NOT NULL
+     AND ((r.updated_at AT TIME ZONE 'UTC')::date + $4::int <= h.last_date
+          OR (r.updated_at AT TIME ZONE 'UTC')::date <= s.last_paid)
+     AND NOT EXISTS (SELECT 1 FROM settlement_line_results x JOIN settlements so ON so.id = x.settlement_id
+                      WHERE x.refund_id = r.id AND so.import_id = x.import_id)
+     AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
+                      WHERE d.refund_id = r.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
+),
+disc AS (
+  INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, import_id, kind, refund_id,
+         provider_reference, expected_value, expected_currency, detail)
+  SELECT tb_random_id('dsc'), $2, $3,
+         COALESCE((SELECT s.id FROM settlements s
+                    WHERE s.merchant_id = $2 AND s.provider = $3 AND s.currency = f.currency
+                    ORDER BY s.settlement_date DESC, s.created_at DESC, s.id DESC LIMIT 1), f.latest),
+         $1, 'missing_in_settlement', f.id, COALESCE(f.provider_reference, ''), f.amount_value, f.currency,
+         format('refund %s succeeded on %s and is in no settlement (expected within %s day(s))',
+                f.id, to_char(f.refunded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), $4::int)
+    FROM due f
+  RETURNING *
+),
+${DISCREPANCY_EVENTS}
+SELECT count(*)::int AS n FROM disc
+`;
+
 /** A refund that was pending when its line was matched is matched again once it is final. */
 const REMATCH_PENDING_SQL = `
 WITH upd AS (
@@ -619,6 +663,14 @@ async function reconcileLedger(
         AND p.settlement_id = ANY($3) AND p.payment_id = d.payment_id`,
     [job.merchant_id, job.provider, changed],
   );
+  // Likewise refunds, which a line of these batches names (their results are this import's).
+  await client.query(
+    `UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
+       FROM settlement_line_results x
+      WHERE d.merchant_id = $1 AND d.provider = $2 AND d.kind = 'missing_in_settlement' AND d.closed_at IS NULL
+        AND x.settlement_id = ANY($3) AND x.import_id = $4 AND x.refund_id = d.refund_id`,
+    [job.merchant_id, job.provider, changed, job.id],
+  );
   const rematch = await client.query<{ rematched: number; failed: number }>(REMATCH_PENDING_SQL, params);
   const failedRefunds = rematch.rows[0]?.failed ?? 0;
   if (failedRefunds) {
@@ -632,7 +684,8 @@ async function reconcileLedger(
   await client.query(DUE_UNSETTLED_SQL, [job.merchant_id, job.provider, delay]);
   await client.query('SET LOCAL enable_mergejoin = on');
   const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [...params, delay]);
-  const n = missing.rows[0]?.n ?? 0;
+  const missingRefunds = await client.query<{ n: number }>(MISSING_REFUNDS_SQL, [...params, delay]);
+  const n = (missing.rows[0]?.n ?? 0) + (missingRefunds.rows[0]?.n ?? 0);
   if (n) {
     counts.discrepancies += n;
     counts.by_kind.missing_in_settlement = (counts.by_kind.missing_in_settlement ?? 0) + n;
