@@ -293,10 +293,16 @@ ${DISCREPANCY_EVENTS}
 SELECT count(*) FROM disc
 `;
 
+/** Due (t: its time): the provider's settlement delay has passed by the dates it has settled, or it has already settled payments made on the same day or later. */
+const due = (t: string) =>
+  `((${t} AT TIME ZONE 'UTC')::date + $3::int <= h.last_date OR (${t} AT TIME ZONE 'UTC')::date <= s.last_paid)`;
+
 /**
- * Payments due in a settlement and in none, not yet reported: read-only, into a temporary table,
- * so that its anti-join of every payment against every mark may run in parallel (a statement that
- * writes may not). $1 merchant, $2 provider, $3 the provider's settlement delay in days.
+ * Payments and succeeded refunds due in a settlement and in none, not yet reported: read-only,
+ * into a temporary table, so that its anti-join of every payment against every mark may run in
+ * parallel (a statement that writes may not). A refund is in a settlement when a line of a current
+ * batch version names it; a succeeded refund is final, so its row last changed when it succeeded.
+ * $1 merchant, $2 provider, $3 the provider's settlement delay in days.
  */
 const DUE_UNSETTLED_SQL = `
 CREATE TEMP TABLE due_unsettled ON COMMIT DROP AS
@@ -308,79 +314,42 @@ WITH horizon AS (
 settled AS (
   SELECT max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $1 AND provider = $2
 )
-SELECT p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at, h.latest
+SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at AS done_at, h.latest
   FROM payments p, horizon h, settled s
  WHERE p.merchant_id = $1 AND p.provider = $2 AND p.paid_at IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
    AND p.status IN ('succeeded', 'partially_refunded', 'refunded') AND h.latest IS NOT NULL
-   -- Due: the provider's settlement delay has passed by the dates it has settled, or it has
-   -- already settled payments made on the same day or later.
-   AND ((p.paid_at AT TIME ZONE 'UTC')::date + $3::int <= h.last_date
-        OR (p.paid_at AT TIME ZONE 'UTC')::date <= s.last_paid)
+   AND ${due('p.paid_at')}
    AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
                     WHERE d.payment_id = p.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
+UNION ALL
+SELECT 'refund', r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at, h.latest
+  FROM refunds r JOIN payments p ON p.id = r.payment_id, horizon h, settled s
+ WHERE r.merchant_id = $1 AND p.provider = $2 AND r.status = 'succeeded' AND h.latest IS NOT NULL
+   AND ${due('r.updated_at')}
+   AND NOT EXISTS (SELECT 1 FROM settlement_line_results x JOIN settlements so ON so.id = x.settlement_id
+                    WHERE x.refund_id = r.id AND so.import_id = x.import_id)
+   AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
+                    WHERE d.refund_id = r.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
 `;
 
-/** Each payment of DUE_UNSETTLED_SQL becomes missing_in_settlement. */
+/** Each payment or refund of DUE_UNSETTLED_SQL becomes missing_in_settlement. */
 const MISSING_IN_SETTLEMENT_SQL = `
 WITH disc AS (
   INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, import_id, kind, payment_id,
-         provider_reference, expected_value, expected_currency, detail)
-  -- Reported against the latest batch in the payment's own currency where there is one (the
-  -- batch it should have been in), else the latest batch.
+         refund_id, provider_reference, expected_value, expected_currency, detail)
+  -- Reported against the latest batch in its own currency where there is one (the batch it should
+  -- have been in), else the latest batch.
   SELECT tb_random_id('dsc'), $2, $3,
          COALESCE((SELECT s.id FROM settlements s
                     WHERE s.merchant_id = $2 AND s.provider = $3 AND s.currency = f.currency
                     ORDER BY s.settlement_date DESC, s.created_at DESC, s.id DESC LIMIT 1), f.latest),
-         $1, 'missing_in_settlement', f.id,
+         $1, 'missing_in_settlement', CASE WHEN f.object = 'payment' THEN f.id END,
+         CASE WHEN f.object = 'refund' THEN f.id END,
          COALESCE(f.provider_reference, ''), f.amount_value, f.currency,
-         format('payment %s succeeded on %s and is in no settlement (expected within %s day(s))',
-                f.id, to_char(f.paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), $4::int)
+         format('%s %s succeeded on %s and is in no settlement (expected within %s day(s))',
+                f.object, f.id, to_char(f.done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), $4::int)
     FROM due_unsettled f
-  RETURNING *
-),
-${DISCREPANCY_EVENTS}
-SELECT count(*)::int AS n FROM disc
-`;
-
-/**
- * Succeeded refunds due in a settlement and on no line of a current batch version, not yet
- * reported: due by the same rules as payments (the provider's delay after the refund's day, or a
- * day the provider has already settled payments of). Refunds are few: found and reported in one
- * statement. $1 import, $2 merchant, $3 provider, $4 the provider's settlement delay in days.
- */
-const MISSING_REFUNDS_SQL = `
-WITH horizon AS (
-  SELECT max(settlement_date) AS last_date,
-         (array_agg(id ORDER BY settlement_date DESC, created_at DESC, id DESC))[1] AS latest
-    FROM settlements WHERE merchant_id = $2 AND provider = $3
-),
-settled AS (
-  SELECT max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $2 AND provider = $3
-),
-due AS (
-  -- A succeeded refund is final: its row last changed when it succeeded.
-  SELECT r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at AS refunded_at, h.latest
-    FROM refunds r JOIN payments p ON p.id = r.payment_id, horizon h, settled s
-   WHERE r.merchant_id = $2 AND p.provider = $3 AND r.status = 'succeeded' AND h.latest IS NOT NULL
-     AND ((r.updated_at AT TIME ZONE 'UTC')::date + $4::int <= h.last_date
-          OR (r.updated_at AT TIME ZONE 'UTC')::date <= s.last_paid)
-     AND NOT EXISTS (SELECT 1 FROM settlement_line_results x JOIN settlements so ON so.id = x.settlement_id
-                      WHERE x.refund_id = r.id AND so.import_id = x.import_id)
-     AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
-                      WHERE d.refund_id = r.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
-),
-disc AS (
-  INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, import_id, kind, refund_id,
-         provider_reference, expected_value, expected_currency, detail)
-  SELECT tb_random_id('dsc'), $2, $3,
-         COALESCE((SELECT s.id FROM settlements s
-                    WHERE s.merchant_id = $2 AND s.provider = $3 AND s.currency = f.currency
-                    ORDER BY s.settlement_date DESC, s.created_at DESC, s.id DESC LIMIT 1), f.latest),
-         $1, 'missing_in_settlement', f.id, COALESCE(f.provider_reference, ''), f.amount_value, f.currency,
-         format('refund %s succeeded on %s and is in no settlement (expected within %s day(s))',
-                f.id, to_char(f.refunded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), $4::int)
-    FROM due f
   RETURNING *
 ),
 ${DISCREPANCY_EVENTS}
@@ -684,8 +653,7 @@ async function reconcileLedger(
   await client.query(DUE_UNSETTLED_SQL, [job.merchant_id, job.provider, delay]);
   await client.query('SET LOCAL enable_mergejoin = on');
   const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [...params, delay]);
-  const missingRefunds = await client.query<{ n: number }>(MISSING_REFUNDS_SQL, [...params, delay]);
-  const n = (missing.rows[0]?.n ?? 0) + (missingRefunds.rows[0]?.n ?? 0);
+  const n = missing.rows[0]?.n ?? 0;
   if (n) {
     counts.discrepancies += n;
     counts.by_kind.missing_in_settlement = (counts.by_kind.missing_in_settlement ?? 0) + n;
