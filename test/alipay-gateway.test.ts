@@ -16,6 +16,7 @@ import {
   paymentHistory,
   qrPayment,
   scanPayment,
+  scanWhileTillWaits,
   setupMerchant,
   startTestGateway,
   type TestGateway,
@@ -204,13 +205,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   test('QR with 52: the scan is heard at once (PAYMENT_PENDING), then the result', async () => {
     const res = await createPayment(tg, merchant.terminalKey, qrPayment(1252)).expect(201);
     assert.equal(res.body.status, 'requires_customer');
-    const waiting = tg.http
-      .get(`/v1/payments/${res.body.id}?wait=30`)
-      .set('Authorization', `Bearer ${merchant.terminalKey}`)
-      .then((r) => r);
-    await new Promise((r) => setTimeout(r, 200));
-    assert.equal((await fetch(res.body.qr_code.data, { method: 'POST' })).status, 200);
-    const woken = await waiting;
+    const woken = await scanWhileTillWaits(tg, merchant.terminalKey, res.body);
     assert.equal(woken.body.status, 'processing');
     const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
     assert.equal(done.status, 'succeeded');

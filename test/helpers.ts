@@ -2,6 +2,7 @@
  * Test harness: every test file gets its own PostgreSQL database and its own Redis key prefix,
  * against the real services; only wallet providers are simulated (over real HTTP).
  */
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import net from 'node:net';
@@ -237,4 +238,22 @@ export async function paymentHistory(tg: TestGateway, id: string): Promise<strin
     [id],
   );
   return rows.map((r) => `${r.to_status} (${r.cause})`);
+}
+
+/**
+ * The customer scans a QR payment's code (a POST to the simulator's wallet page) while the till
+ * long-polls it: the till's answer, woken by whatever the scan changed.
+ */
+export async function scanWhileTillWaits(
+  tg: TestGateway,
+  key: string,
+  payment: { id: string; qr_code: { data: string } },
+) {
+  const waiting = tg.http
+    .get(`/v1/payments/${payment.id}?wait=30`)
+    .set('Authorization', `Bearer ${key}`)
+    .then((r) => r);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal((await fetch(payment.qr_code.data, { method: 'POST' })).status, 200);
+  return waiting;
 }

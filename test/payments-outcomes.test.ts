@@ -6,6 +6,7 @@ import {
   paymentHistory,
   qrPayment,
   scanPayment,
+  scanWhileTillWaits,
   setupMerchant,
   startTestGateway,
   type TestGateway,
@@ -147,14 +148,7 @@ describe('mode qr', () => {
     assert.match(await page.text(), /Sandbox wallet/);
 
     const started = Date.now();
-    const waiting = tg.http
-      .get(`/v1/payments/${res.body.id}?wait=30`)
-      .set('Authorization', `Bearer ${merchant.terminalKey}`);
-    const pending = waiting.then((r) => r);
-    await new Promise((r) => setTimeout(r, 300));
-    const paid = await fetch(res.body.qr_code.data, { method: 'POST' });
-    assert.equal(paid.status, 200);
-    const woken = await pending;
+    const woken = await scanWhileTillWaits(tg, merchant.terminalKey, res.body);
     assert.equal(woken.status, 200);
     assert.equal(woken.body.status, 'succeeded');
     assert.ok(Date.now() - started < 10_000, 'woken by the notification, not by the wait timeout');
@@ -164,13 +158,7 @@ describe('mode qr', () => {
     // 52: the customer confirms on the phone, then it succeeds.
     const confirming = await createPayment(tg, merchant.terminalKey, qrPayment(1552)).expect(201);
     assert.equal(confirming.body.status, 'requires_customer');
-    const waiting = tg.http
-      .get(`/v1/payments/${confirming.body.id}?wait=30`)
-      .set('Authorization', `Bearer ${merchant.terminalKey}`)
-      .then((r) => r);
-    await new Promise((r) => setTimeout(r, 200));
-    await fetch(confirming.body.qr_code.data, { method: 'POST' });
-    const woken = await waiting;
+    const woken = await scanWhileTillWaits(tg, merchant.terminalKey, confirming.body);
     assert.equal(woken.body.status, 'processing', 'the scan wakes the till, which now shows "confirming"');
     await waitForStatus(tg, merchant.terminalKey, confirming.body.id, ['succeeded']);
     assert.deepEqual(

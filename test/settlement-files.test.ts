@@ -206,6 +206,18 @@ async function alipayPayments(key: string, amounts: number[]) {
   return ids;
 }
 
+/** The provider's settlement data of today, fetched now (POST /v1/settlements/fetches): the completed job. */
+async function fetchToday(key: string, provider: string) {
+  const fetched = await tg.http
+    .post('/v1/settlements/fetches')
+    .set('Authorization', `Bearer ${key}`)
+    .send({ provider, date: today() });
+  assert.equal(fetched.status, 202, JSON.stringify(fetched.body));
+  const job = await waitJob(tg, key, fetched.body.id);
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+  return job;
+}
+
 test('the sandbox simulator settles the payments and refunds of the day: fetched, all matched', async () => {
   const m = await setupMerchant(tg);
   const [a, b] = await Promise.all([5000, 5100].map((v) => pay(tg, m, v)));
@@ -216,13 +228,7 @@ test('the sandbox simulator settles the payments and refunds of the day: fetched
     .send({ amount: { value: 600, currency: 'EUR' } });
   assert.equal(refund.status, 201, JSON.stringify(refund.body));
   await waitForStatus(tg, m.secretKey, b.id, ['partially_refunded']);
-  const fetched = await tg.http
-    .post('/v1/settlements/fetches')
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .send({ provider: 'sandbox', date: today() });
-  assert.equal(fetched.status, 202, JSON.stringify(fetched.body));
-  const job = await waitJob(tg, m.secretKey, fetched.body.id);
-  assert.equal(job.status, 'completed', JSON.stringify(job));
+  const job = await fetchToday(m.secretKey, 'sandbox');
   assert.equal(job.counts.matched, 3, JSON.stringify(job.counts));
   assert.deepEqual(await discrepancies(tg, m.secretKey), []);
   const [batch] = await settlements(tg, m.secretKey);
@@ -232,13 +238,7 @@ test('the sandbox simulator settles the payments and refunds of the day: fetched
 test('Alipay (Antom) settlement files: fetched on demand, and uploaded with planted faults', async () => {
   const shop = await alipayMerchant();
   await alipayPayments(shop.key, [2000, 2100, 2200]);
-  const fetched = await tg.http
-    .post('/v1/settlements/fetches')
-    .set('Authorization', `Bearer ${shop.key}`)
-    .send({ provider: 'alipay', date: today() });
-  assert.equal(fetched.status, 202, JSON.stringify(fetched.body));
-  const job = await waitJob(tg, shop.key, fetched.body.id);
-  assert.equal(job.status, 'completed', JSON.stringify(job));
+  const job = await fetchToday(shop.key, 'alipay');
   assert.equal(job.source, 'fetch');
   assert.equal(job.counts.matched, 3, JSON.stringify(job.counts));
   assert.deepEqual(await discrepancies(tg, shop.key), []);
