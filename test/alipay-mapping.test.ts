@@ -123,8 +123,16 @@ describe('Antom sample payloads', () => {
       'succeeded',
     );
     const processing = { ...ok, paymentStatus: 'PROCESSING', paymentResultCode: 'UNKNOWN_EXCEPTION' };
-    assert.equal(inquiryOutcome(result(ok), processing).kind, 'pending');
-    assert.equal(inquiryOutcome(result(ok), { ...ok, paymentStatus: 'PENDING' }).kind, 'pending');
+    assert.deepEqual(
+      [inquiryOutcome(result(ok), processing)].map((o) => [o.kind, 'customer_acted' in o]),
+      [['pending', false]],
+    );
+    // PENDING: the user has finished (scanned and confirmed); the result is still to come.
+    const pending = inquiryOutcome(result(ok), { ...ok, paymentStatus: 'PENDING' });
+    assert.deepEqual(
+      [pending.kind, 'customer_acted' in pending && pending.customer_acted],
+      ['pending', true],
+    );
     const fail = {
       ...ok,
       paymentStatus: 'FAIL',

@@ -281,12 +281,25 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
   const stored = await tg.gateway.ctx.db.query('SELECT provider_reference FROM refunds WHERE id = $1', [
     refund.body.id,
   ]);
+  // A refund made before refunds were looked for in settlement files (migration 109) is not reported.
+  const before = await tg.http
+    .post(`/v1/payments/${a.id}/refunds`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .set('Idempotency-Key', `rf-old-${a.id}`)
+    .send({ amount: { value: 300, currency: 'EUR' } });
+  assert.equal(before.status, 201, JSON.stringify(before.body));
+  await waitForStatus(tg, m.secretKey, a.id, ['partially_refunded']);
+  await tg.gateway.ctx.db.query('UPDATE refunds SET settlement_expected = false WHERE id = $1', [
+    before.body.id,
+  ]);
   // A file settling a payment of the day and not the refund made that day: the refund is missing.
   const c = await pay(tg, m, 3200);
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(c)], 'DAY-0'));
-  const missingRefund = (await discrepancies(tg, m.secretKey, '&kind=missing_in_settlement')).find(
+  const missingRefunds = (await discrepancies(tg, m.secretKey, '&kind=missing_in_settlement')).filter(
     (d) => d.refund_id,
   );
+  assert.equal(missingRefunds.length, 1, JSON.stringify(missingRefunds));
+  const [missingRefund] = missingRefunds;
   assert.ok(missingRefund, 'the refund is reported missing');
   assert.equal(missingRefund.refund_id, refund.body.id);
   assert.equal(missingRefund.payment_id, undefined);

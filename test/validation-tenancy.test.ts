@@ -159,6 +159,8 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
 
   test('other bad inputs: list filters, wait, set-up bodies', async () => {
     const auth = { Authorization: `Bearer ${merchant.secretKey}` };
+    // A payment that exists: a wait read as a number would be answered 200, not 404.
+    const { id } = (await createPayment(tg, merchant.terminalKey, scanPayment(100)).expect(201)).body;
     const cases: [string, () => Promise<{ status: number; body: { error: { type: string } } }>][] = [
       ['limit 0', () => tg.http.get('/v1/payments?limit=0').set(auth)],
       ['limit 101', () => tg.http.get('/v1/payments?limit=101').set(auth)],
@@ -176,10 +178,10 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       ['unknown query parameter', () => tg.http.get('/v1/payments?colour=red').set(auth)],
       ['wait above 60', () => tg.http.get('/v1/payments/pay_x?wait=61').set(auth)],
       // Number() would read these as 0, 2, 1 and 2 seconds.
-      ['wait empty', () => tg.http.get('/v1/payments/pay_x?wait=').set(auth)],
-      ['wait in hexadecimal', () => tg.http.get('/v1/payments/pay_x?wait=0x2').set(auth)],
-      ['wait in exponent notation', () => tg.http.get('/v1/payments/pay_x?wait=1e0').set(auth)],
-      ['wait with a leading space', () => tg.http.get('/v1/payments/pay_x?wait=%202').set(auth)],
+      ['wait empty', () => tg.http.get(`/v1/payments/${id}?wait=`).set(auth)],
+      ['wait in hexadecimal', () => tg.http.get(`/v1/payments/${id}?wait=0x2`).set(auth)],
+      ['wait in exponent notation', () => tg.http.get(`/v1/payments/${id}?wait=1e0`).set(auth)],
+      ['wait with a leading space', () => tg.http.get(`/v1/payments/${id}?wait=%202`).set(auth)],
       ['limit in exponent notation', () => tg.http.get('/v1/payments?limit=1e1').set(auth)],
       // Inputs that once reached PostgreSQL or the URL decoder and came back as 500s.
       ['a path that is not UTF-8', () => tg.http.get('/v1/payments/%ff').set(auth)],

@@ -126,13 +126,16 @@ const RESULT_CODES: Record<string, { failure?: FailureCode; undecided?: true; no
   REFUND_NOT_EXIST: { not_found: true },
 };
 
-/** inquiryPayment `paymentStatus` (§6); PENDING (online docs) is treated like PROCESSING. */
-const PAYMENT_STATUS: Record<string, 'succeeded' | 'failed' | 'canceled' | 'pending'> = {
+/**
+ * inquiryPayment `paymentStatus` (§6). PENDING (online docs): the user has finished and the final
+ * result is to come, as the PAYMENT_PENDING notification says; otherwise like PROCESSING.
+ */
+const PAYMENT_STATUS: Record<string, 'succeeded' | 'failed' | 'canceled' | 'pending' | 'acted'> = {
   SUCCESS: 'succeeded',
   FAIL: 'failed',
   CANCELLED: 'canceled',
   PROCESSING: 'pending',
-  PENDING: 'pending',
+  PENDING: 'acted',
 };
 
 /** inquiryRefund `refundStatus` (§8). */
@@ -213,7 +216,13 @@ export function inquiryOutcome(result: AntomResult, body: Json): PaymentOutcome 
     case 'canceled':
       return { kind: 'canceled', ...facts };
     case 'pending':
-      return { kind: 'pending', reason: `paymentStatus ${text(body.paymentStatus)}`, ...facts };
+    case 'acted':
+      return {
+        kind: 'pending',
+        reason: `paymentStatus ${text(body.paymentStatus)}`,
+        ...(status === 'acted' ? { customer_acted: true } : {}),
+        ...facts,
+      };
     case 'failed': {
       const code = text(body.paymentResultCode) ?? 'PROCESS_FAIL';
       return { kind: 'failed', failure: failureFor(code, text(body.paymentResultMessage) ?? ''), ...facts };

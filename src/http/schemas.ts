@@ -124,17 +124,22 @@ const rfc3339 = z.string().refine(
   'must be an RFC 3339 timestamp with a time zone (e.g. 2026-11-26T10:00:00Z)',
 );
 
-/** A count written as plain decimal digits: Number() alone would also take '', ' 2', '0x2' and '1e0'. */
-const wholeNumber = (min: number, max: number, message: string) =>
-  z
+/**
+ * A count written as plain decimal digits (Number() alone would also take '', ' 2', '0x2' and
+ * '1e0'); documented as the integer it is.
+ */
+const wholeNumber = (min: number, max: number, what: string) => {
+  const message = `must be ${what} from ${min} to ${max}`;
+  return z
     .string()
     .regex(/^\d{1,9}$/, message)
-    .describe(`a whole number from ${min} to ${max}`)
     .transform(Number)
-    .pipe(z.number().min(min).max(max));
+    .pipe(z.number().min(min, message).max(max, message))
+    .meta({ type: 'integer', minimum: min, maximum: max });
+};
 
 export const listQuerySchema = z.strictObject({
-  limit: wholeNumber(1, 100, 'must be a whole number').optional(),
+  limit: wholeNumber(1, 100, 'a whole number').optional(),
   starting_after: z.string().min(1).max(64).optional(),
 });
 
@@ -157,7 +162,7 @@ export const listPaymentsQuerySchema = listQuerySchema.extend({
 });
 
 export const getPaymentQuerySchema = z.strictObject({
-  wait: wholeNumber(0, 60, 'must be whole seconds').optional(),
+  wait: wholeNumber(0, 60, 'whole seconds').optional(),
 });
 
 export const idempotencyKeySchema = z

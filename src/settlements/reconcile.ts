@@ -302,6 +302,7 @@ const due = (t: string) =>
  * into a temporary table, so that its anti-join of every payment against every mark may run in
  * parallel (a statement that writes may not). A refund is in a settlement when a line of a current
  * batch version names it; a succeeded refund is final, so its row last changed when it succeeded.
+ * Refunds made before they were checked at all are not (migration 109).
  * $1 merchant, $2 provider, $3 the provider's settlement delay in days.
  */
 const DUE_UNSETTLED_SQL = `
@@ -325,7 +326,8 @@ SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.curren
 UNION ALL
 SELECT 'refund', r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at, h.latest
   FROM refunds r JOIN payments p ON p.id = r.payment_id, horizon h, settled s
- WHERE r.merchant_id = $1 AND p.provider = $2 AND r.status = 'succeeded' AND h.latest IS NOT NULL
+ WHERE r.merchant_id = $1 AND p.provider = $2 AND r.status = 'succeeded' AND r.settlement_expected
+   AND h.latest IS NOT NULL
    AND ${due('r.updated_at')}
    AND NOT EXISTS (SELECT 1 FROM settlement_line_results x JOIN settlements so ON so.id = x.settlement_id
                     WHERE x.refund_id = r.id AND so.import_id = x.import_id)
@@ -632,13 +634,15 @@ async function reconcileLedger(
         AND p.settlement_id = ANY($3) AND p.payment_id = d.payment_id`,
     [job.merchant_id, job.provider, changed],
   );
-  // Likewise refunds, which a line of these batches names (their results are this import's).
+  // Refunds that a line of a current batch version now names, whichever import brought it (a
+  // worker of the previous version, which does not close these, may have): open ones are few.
   await client.query(
     `UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
-       FROM settlement_line_results x
       WHERE d.merchant_id = $1 AND d.provider = $2 AND d.kind = 'missing_in_settlement' AND d.closed_at IS NULL
-        AND x.settlement_id = ANY($3) AND x.import_id = $4 AND x.refund_id = d.refund_id`,
-    [job.merchant_id, job.provider, changed, job.id],
+        AND d.refund_id IS NOT NULL
+        AND EXISTS (SELECT 1 FROM settlement_line_results x JOIN settlements s ON s.id = x.settlement_id
+                     WHERE x.refund_id = d.refund_id AND s.import_id = x.import_id)`,
+    [job.merchant_id, job.provider],
   );
   const rematch = await client.query<{ rematched: number; failed: number }>(REMATCH_PENDING_SQL, params);
   const failedRefunds = rematch.rows[0]?.failed ?? 0;
