@@ -520,7 +520,7 @@ export function formatCheckout(result: CheckoutResult): string {
     for (const m of [bare, gateway, candidate]) {
       if (!m) continue;
       lines.push(
-        `  ${m.kind.padEnd(9)} @${String(connections).padEnd(3)} server ${f2(m.serverCores)} (${f2((m.serverCores / m.rps) * 1000)} ms/req), postgres ${f2(m.postgresCores)} (${f2((m.postgresCores / m.rps) * 1000)} ms/req), ${m.simulatorCores ? `simulator ${f2(m.simulatorCores)} (${f2((m.simulatorCores / m.rps) * 1000)} ms/req), ` : ''}redis ${f2(m.redisCores)}, autocannon ${f2(m.loaderCores)}, whole machine ${f2(m.machineCores)}, loadavg ${f2(m.loadavg1)}; ${m.total} requests, ${m.non2xx} non-2xx, ${m.errors} errors`,
+        `  ${m.kind.padEnd(9)} @${String(connections).padEnd(3)} server ${f2(m.serverCores)} (${f2((m.serverCores / m.rps) * 1000)} ms/req), postgres ${f2(m.postgresCores)} (${f2((m.postgresCores / m.rps) * 1000)} ms/req), ${m.kind !== 'bare' && simulatorPid ? `simulator ${f2(m.simulatorCores)} (${f2((m.simulatorCores / m.rps) * 1000)} ms/req), ` : ''}redis ${f2(m.redisCores)}, autocannon ${f2(m.loaderCores)}, whole machine ${f2(m.machineCores)}, loadavg ${f2(m.loadavg1)}; ${m.total} requests, ${m.non2xx} non-2xx, ${m.errors} errors`,
       );
     }
   }
