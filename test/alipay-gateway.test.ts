@@ -202,6 +202,27 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     }
   });
 
+  test('QR whose creating answer does not verify: an inquiry has no code, so the sale is cancelled at once', async () => {
+    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+    const switches = (body: string) => fetch(`${simUrl}/_sim/switches`, { method: 'POST', body });
+    await switches('{"bad_signatures":true}');
+    let res: Awaited<ReturnType<typeof createPayment>>;
+    try {
+      res = await createPayment(tg, merchant.terminalKey, qrPayment(1250)).expect(201);
+    } finally {
+      await switches('{"bad_signatures":false}');
+    }
+    assert.equal(res.body.status, 'processing');
+    assert.equal(res.body.qr_code, null);
+    // Without its code nobody can pay: cancelled now, not when the code's 3 minutes are up.
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL, 20_000);
+    assert.equal(done.status, 'canceled');
+    assert.ok(
+      (await causes(res.body.id)).some((c) => c.startsWith('canceled (cancel')),
+      (await causes(res.body.id)).join(', '),
+    );
+  });
+
   test('QR with 52: the scan is heard at once (PAYMENT_PENDING), then the result', async () => {
     const res = await createPayment(tg, merchant.terminalKey, qrPayment(1252)).expect(201);
     assert.equal(res.body.status, 'requires_customer');

@@ -177,6 +177,16 @@ describe('mode qr', () => {
     assert.ok(Date.now() - scannedAt >= 2_500, 'not before the window counted from the scan');
   });
 
+  test('a QR sale whose creating answer was lost gets its code from the inquiry (54), and can be paid', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(1654)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    assert.equal(res.body.qr_code, null);
+    const shown = await waitForStatus(tg, merchant.terminalKey, res.body.id, ['requires_customer'], 10_000);
+    assert.match(shown.qr_code.data, /^http:\/\/127\.0\.0\.1:\d+\/wallet\//);
+    await fetch(shown.qr_code.data, { method: 'POST' });
+    await waitForStatus(tg, merchant.terminalKey, res.body.id, ['succeeded']);
+  });
+
   test('the till cancels a QR nobody scanned: 200 canceled, then 409 for a second cancel', async () => {
     const res = await createPayment(tg, merchant.terminalKey, qrPayment(1600)).expect(201);
     assert.equal(res.body.status, 'requires_customer');

@@ -234,7 +234,8 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
         return reply(res, 500, { error: 'internal', message: 'simulated provider failure' });
       }
       const order = createOrder(request, Date.now());
-      if (scenario === 'no_answer' && request.mode === 'scan') {
+      // 54: the answer is lost; a QR order exists all the same, and an inquiry shows its code.
+      if (scenario === 'no_answer') {
         res.socket?.destroy();
         return;
       }

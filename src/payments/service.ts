@@ -386,9 +386,20 @@ export async function applyOutcome(
           : {}),
       };
       let next: PaymentRow | undefined;
-      // A QR code from the creating request, or from its resend when the first never arrived.
-      if (outcome.qr_code && row.status === 'processing' && (source === 'pay' || source === 'resend')) {
+      // A QR sale whose creating answer was lost or could not be verified: the till never had a code.
+      const codeNeverShown = row.mode === 'qr' && row.status === 'processing' && !row.qr_data;
+      // A QR code from the creating request, from its resend when the first never arrived, or from
+      // an inquiry when the creating answer was lost.
+      if (
+        outcome.qr_code &&
+        row.status === 'processing' &&
+        (source === 'pay' || source === 'resend' || codeNeverShown)
+      ) {
         next = await transition(ctx, row.id, 'requires_customer', cause, patch);
+      } else if (codeNeverShown && source === 'inquiry' && !outcome.customer_acted) {
+        // The order exists, but its code is only in the answer we lost, so nobody can pay it: the
+        // sale ends now (cancelled at the provider), not when the code would have expired.
+        next = await updatePayment(ctx.db, row.id, { ...patch, resolve_by: new Date() });
       } else if (outcome.customer_acted && row.status === 'requires_customer') {
         // Scanned: the till shows the sale as being confirmed, and from now on it gets the window
         // of a sale being confirmed, not what was left of the QR code's.
