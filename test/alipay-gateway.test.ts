@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { startGateway } from '../src/runtime.ts';
 import {
   createPayment,
-  dropDatabase,
+  discardEnvironment,
   eventually,
   idempotencyKey,
   type Merchant,
@@ -325,7 +325,7 @@ describe('alipay sandbox across a gateway restart', () => {
       assert.equal(after.body.status, 'succeeded', 'the account configured before the restart still works');
     } finally {
       await second?.stop();
-      await dropDatabase(first.dbName);
+      await discardEnvironment(first.dbName);
     }
   });
 });

@@ -8,6 +8,7 @@ import { mkdtempSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import supertest from 'supertest';
 import { type Config, loadConfig } from '../src/config.ts';
@@ -33,14 +34,19 @@ export function databaseUrl(name: string): string {
   return url.toString();
 }
 
-export async function dropDatabase(name: string): Promise<void> {
+const TEST_DB = 'tb_test_';
+const redisPrefixOf = (dbName: string) => `tbtest:${dbName.slice(TEST_DB.length)}`;
+
+/** Drops a test environment's database and its Redis keys (testEnvironment names both by one id). */
+export async function discardEnvironment(dbName: string): Promise<void> {
   const client = new pg.Client({ connectionString: PG_BASE });
   await client.connect();
   try {
-    await client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+    await client.query(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
   } finally {
     await client.end();
   }
+  await dropRedisKeys(redisPrefixOf(dbName));
 }
 
 /** One isolated environment: a database, a Redis prefix, a master key. */
@@ -48,15 +54,14 @@ export function testEnvironment(overrides: Record<string, string> = {}): {
   env: NodeJS.ProcessEnv;
   dbName: string;
 } {
-  const id = randomBytes(5).toString('hex');
-  const dbName = `tb_test_${id}`;
+  const dbName = `${TEST_DB}${randomBytes(5).toString('hex')}`;
   return {
     dbName,
     env: {
       NODE_ENV: 'test',
       DATABASE_URL: databaseUrl(dbName),
       REDIS_URL,
-      REDIS_PREFIX: `tbtest:${id}`,
+      REDIS_PREFIX: redisPrefixOf(dbName),
       ADMIN_API_KEY: `adm_test_${randomBytes(12).toString('hex')}`,
       TILLBRIDGE_MASTER_KEY: randomBytes(32).toString('base64'),
       TILLBRIDGE_MASTER_KEY_FILE: join(mkdtempSync(join(tmpdir(), 'tb-')), 'master.key'),
@@ -80,6 +85,21 @@ export interface TestGateway {
   stop(options?: { keepDatabase?: boolean }): Promise<void>;
 }
 
+/** Deletes a run's Redis keys (queues, locks, caches): Redis here keeps them until it restarts. */
+async function dropRedisKeys(prefix: string): Promise<void> {
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `*${prefix}*`, 'COUNT', 1000);
+      if (keys.length > 0) await redis.unlink(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  } finally {
+    redis.disconnect();
+  }
+}
+
 /** Starts a gateway; given `previous`, a new process on the same database, Redis prefix and keys (a restart). */
 export async function startTestGateway(
   overrides: Record<string, string> = {},
@@ -101,7 +121,7 @@ export async function startTestGateway(
     env,
     async stop({ keepDatabase = false } = {}) {
       await gateway.stop();
-      if (!keepDatabase) await dropDatabase(dbName);
+      if (!keepDatabase) await discardEnvironment(dbName);
     },
   };
 }

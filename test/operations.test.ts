@@ -8,7 +8,7 @@ import { createLogger } from '../src/logger.ts';
 import { startGateway } from '../src/runtime.ts';
 import {
   createPayment,
-  dropDatabase,
+  discardEnvironment,
   freePort,
   type Merchant,
   scanPayment,
@@ -193,7 +193,7 @@ describe('start-up', () => {
       assert.equal(sale.body.error.code, 'no_provider_account');
     } finally {
       await live.stop();
-      await dropDatabase(trial.dbName);
+      await discardEnvironment(trial.dbName);
     }
   });
 

@@ -11,7 +11,7 @@ import { loadConfig } from '../src/config.ts';
 import { startGateway } from '../src/runtime.ts';
 import {
   createPayment,
-  dropDatabase,
+  discardEnvironment,
   freePort,
   type Merchant,
   REDIS_URL,
@@ -213,7 +213,7 @@ test('a gateway pointed at a Redis that is not there says so and does not start'
     ),
   );
   await result.gateway?.stop();
-  await dropDatabase(dbName);
+  await discardEnvironment(dbName);
   assert.ok(result.error, 'the gateway started without Redis');
   assert.match(result.error.message, /Redis/);
   assert.ok(ms < 20_000, `gave up after ${ms} ms`);

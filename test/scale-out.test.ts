@@ -15,7 +15,7 @@ import { loadConfig } from '../src/config.ts';
 import { deriveSecret } from '../src/secrets.ts';
 import {
   databaseUrl,
-  dropDatabase,
+  discardEnvironment,
   eventually,
   freePort,
   idempotencyKey,
@@ -83,7 +83,7 @@ after(async () => {
     ),
   );
   await simulator?.close();
-  await dropDatabase(dbName);
+  await discardEnvironment(dbName);
 });
 
 async function merchantKeys(api: ReturnType<typeof supertest>) {
@@ -296,7 +296,7 @@ describe('graceful shutdown', () => {
       assert.equal(await exited, 0);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
-      await dropDatabase(environment.dbName);
+      await discardEnvironment(environment.dbName);
     }
   });
 });
