@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
+import { alipayAdapter } from '../adapters/alipay/adapter.ts';
+import { loadPayment, resolvePayment } from '../src/payments/service.ts';
 import { startGateway } from '../src/runtime.ts';
 import {
   createPayment,
@@ -221,6 +223,51 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
       (await causes(res.body.id)).some((c) => c.startsWith('canceled (cancel')),
       (await causes(res.body.id)).join(', '),
     );
+  });
+
+  test('a check that read the payment before its code was stored does not end the QR the till was given', async () => {
+    const ctx = tg.gateway.ctx;
+    const { pay, inquire } = alipayAdapter;
+    let answered = () => {};
+    const payAnswered = new Promise<void>((resolve) => {
+      answered = resolve;
+    });
+    let storeIt = () => {};
+    const answerStored = new Promise<void>((resolve) => {
+      storeIt = resolve;
+    });
+    // The creating request has its answer (with the code), and its write waits (a busy pool) ...
+    alipayAdapter.pay = async (account, payment) => {
+      const outcome = await pay.call(alipayAdapter, account, payment);
+      answered();
+      await answerStored;
+      return outcome;
+    };
+    try {
+      const creating = createPayment(tg, merchant.terminalKey, qrPayment(1210)).then((r) => r);
+      await payAnswered;
+      const { rows } = await ctx.db.query<{ id: string }>(
+        'SELECT id FROM payments WHERE merchant_id = $1 ORDER BY created_at DESC LIMIT 1',
+        [merchant.id],
+      );
+      const id = rows[0].id;
+      // ... while a check (a job the sweeper revived) read the payment without it, and hears from
+      // Antom (whose inquiry carries no code) only after the code is stored.
+      alipayAdapter.inquire = async (account, payment) => {
+        const outcome = await inquire.call(alipayAdapter, account, payment);
+        storeIt();
+        await eventually(async () => (await loadPayment(ctx, id)).qr_data !== null, 5_000, 'the code stored');
+        return outcome;
+      };
+      await resolvePayment(ctx, id);
+      const created = await creating;
+      assert.equal(created.body.status, 'requires_customer');
+      await new Promise((r) => setTimeout(r, 1_500));
+      assert.equal((await loadPayment(ctx, id)).status, 'requires_customer', (await causes(id)).join(', '));
+    } finally {
+      alipayAdapter.pay = pay;
+      alipayAdapter.inquire = inquire;
+    }
   });
 
   test('QR with 52: the scan is heard at once (PAYMENT_PENDING), then the result', async () => {

@@ -386,20 +386,30 @@ export async function applyOutcome(
           : {}),
       };
       let next: PaymentRow | undefined;
-      // A QR sale whose creating answer was lost or could not be verified: the till never had a code.
-      const codeNeverShown = row.mode === 'qr' && row.status === 'processing' && !row.qr_data;
-      // A QR code from the creating request, from its resend when the first never arrived, or from
-      // an inquiry when the creating answer was lost.
-      if (
-        outcome.qr_code &&
-        row.status === 'processing' &&
-        (source === 'pay' || source === 'resend' || codeNeverShown)
-      ) {
+      // A QR sale whose creating answer was lost or did not verify: the till never had a code. From
+      // `row`, which may be older than the answer being stored right now: the writes that act on
+      // it check the payment as it is.
+      const codeNeverShown =
+        row.mode === 'qr' && row.status === 'processing' && !row.qr_data && !row.pay_answered;
+      if (outcome.qr_code && row.status === 'processing' && (source === 'pay' || source === 'resend')) {
+        // The QR code from the creating request, or from its resend when the first never arrived.
         next = await transition(ctx, row.id, 'requires_customer', cause, patch);
+      } else if (outcome.qr_code && codeNeverShown) {
+        // The code the creating answer would have brought, from an inquiry.
+        next = await transition(
+          ctx,
+          row.id,
+          'requires_customer',
+          cause,
+          patch,
+          {},
+          { onlyWithoutCode: true },
+        );
       } else if (codeNeverShown && source === 'inquiry' && !outcome.customer_acted) {
-        // The order exists, but its code is only in the answer we lost, so nobody can pay it: the
+        // The order exists, but its code was only in the answer we lost, so nobody can pay it: the
         // sale ends now (cancelled at the provider), not when the code would have expired.
-        next = await updatePayment(ctx.db, row.id, { ...patch, resolve_by: new Date() });
+        await updatePayment(ctx.db, row.id, patch);
+        next = await endUnshownQrSale(ctx, row.id);
       } else if (outcome.customer_acted && row.status === 'requires_customer') {
         // Scanned: the till shows the sale as being confirmed, and from now on it gets the window
         // of a sale being confirmed, not what was left of the QR code's.
@@ -438,6 +448,22 @@ export async function applyOutcome(
       return current;
     }
   }
+}
+
+/**
+ * Ends at once (its window closed now, so the next check cancels it) a QR sale whose creating
+ * answer was lost: only while, as the payment is now, no code was stored and no answer came.
+ */
+async function endUnshownQrSale(ctx: Ctx, paymentId: string): Promise<PaymentRow | undefined> {
+  const { rows } = await ctx.db.query<PaymentRow>(
+    prepared(
+      `UPDATE payments SET resolve_by = now(), updated_at = now()
+        WHERE id = $1 AND mode = 'qr' AND status = 'processing' AND qr_data IS NULL AND NOT pay_answered
+        RETURNING *`,
+      [paymentId],
+    ),
+  );
+  return rows[0];
 }
 
 /** Plans the next inquiry on the provider's schedule, never past the end of the window. */

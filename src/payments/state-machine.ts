@@ -86,6 +86,11 @@ export async function recordEvent(
   );
 }
 
+export interface TransitionOptions {
+  /** Only while the payment has no QR code stored: a copy read earlier may be out of date. */
+  onlyWithoutCode?: boolean;
+}
+
 /**
  * Moves the payment to `to` if its current status allows it, and records the event and (for
  * changes merchants hear about) the outbox row, all in ONE statement: atomic on its own, inside
@@ -100,8 +105,10 @@ export async function transitionIn(
   cause: string,
   patch: PaymentPatch = {},
   detail: Record<string, unknown> = {},
+  options: TransitionOptions = {},
 ): Promise<PaymentRow | undefined> {
   const set = setClause(patch, 8);
+  const guard = options.onlyWithoutCode ? ' AND p.qr_data IS NULL' : '';
   const finalizing = FINAL.has(to)
     ? ', finalized_at = COALESCE(finalized_at, now()), next_check_at = NULL'
     : '';
@@ -110,7 +117,7 @@ export async function transitionIn(
       `WITH prev AS (SELECT status FROM payments WHERE id = $1 FOR UPDATE),
      upd AS (
        UPDATE payments p SET status = $2, updated_at = now()${finalizing}${set.sql}
-         FROM prev WHERE p.id = $1 AND prev.status = ANY($3)
+         FROM prev WHERE p.id = $1 AND prev.status = ANY($3)${guard}
        RETURNING p.*, prev.status AS from_status),
      ev AS (
        INSERT INTO payment_events (payment_id, from_status, to_status, cause, detail)
@@ -158,8 +165,9 @@ export async function transition(
   cause: string,
   patch: PaymentPatch = {},
   detail: Record<string, unknown> = {},
+  options: TransitionOptions = {},
 ): Promise<PaymentRow | undefined> {
-  const row = await transitionIn(ctx.db, paymentId, to, cause, patch, detail);
+  const row = await transitionIn(ctx.db, paymentId, to, cause, patch, detail, options);
   if (row) announce(ctx, row);
   return row;
 }
