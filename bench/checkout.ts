@@ -22,9 +22,8 @@ import { fileURLToPath } from 'node:url';
 import type autocannon from 'autocannon';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { adminQuery, databaseUrl } from './db.ts';
+import { adminQuery, databaseUrl, dropRedisKeys, REDIS_URL } from './db.ts';
 
-const REDIS_URL = process.env.BENCH_REDIS_URL ?? process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const ALIPAY_CODE = '286714335246118790';
 const CHILD_ENV = 'TB_BENCH_CHILD';
 const POOL_MAX = 20; // the gateway's createPool default; the bare server gets the same
@@ -285,20 +284,6 @@ function freePort(): Promise<number> {
     });
     server.on('error', reject);
   });
-}
-
-async function dropRedisKeys(prefix: string): Promise<void> {
-  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
-  try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `*${prefix}*`, 'COUNT', 1000);
-      if (keys.length > 0) await redis.unlink(...keys);
-      cursor = next;
-    } while (cursor !== '0');
-  } finally {
-    redis.disconnect();
-  }
 }
 
 const TICK = 100; // USER_HZ: /proc times are in 1/100 s

@@ -1,5 +1,12 @@
-/** The benchmarks' own databases: each run makes one from BENCH_DATABASE_URL's server and drops it. */
+/**
+ * The benchmarks' own databases and Redis prefixes: each run makes a database on BENCH_DATABASE_URL's
+ * server and uses a prefix of its own on BENCH_REDIS_URL, and drops both.
+ */
+import { Redis } from 'ioredis';
 import pg from 'pg';
+
+export const REDIS_URL =
+  process.env.BENCH_REDIS_URL ?? process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
 export const PG_BASE =
   process.env.BENCH_DATABASE_URL ??
@@ -20,5 +27,20 @@ export async function adminQuery(sql: string): Promise<void> {
     await client.query(sql);
   } finally {
     await client.end();
+  }
+}
+
+/** Deletes a run's Redis keys (queues, caches): Redis here keeps them until it restarts. */
+export async function dropRedisKeys(prefix: string): Promise<void> {
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `*${prefix}*`, 'COUNT', 1000);
+      if (keys.length > 0) await redis.unlink(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  } finally {
+    redis.disconnect();
   }
 }

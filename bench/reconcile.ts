@@ -10,7 +10,7 @@
  *   the payments, measured before the import and again after it (the ratio uses their mean).
  *
  * It checks that the discrepancies found are exactly the planted ones.
- * Usage: npx tsx bench/reconcile.ts [lines]   (env BENCH_DATABASE_URL, REDIS_URL; BENCH_EXPLAIN=<ms>
+ * Usage: npx tsx bench/reconcile.ts [lines]   (env BENCH_DATABASE_URL, BENCH_REDIS_URL; BENCH_EXPLAIN=<ms>
  * prints the plan, with actual times, of every statement slower than that)
  */
 import { randomBytes } from 'node:crypto';
@@ -24,7 +24,7 @@ import type { Context } from '../src/context.ts';
 import { createContext } from '../src/runtime.ts';
 import { receiveFile } from '../src/settlements/receive.ts';
 import { reconcileImport } from '../src/settlements/reconcile.ts';
-import { adminQuery, databaseUrl } from './db.ts';
+import { adminQuery, databaseUrl, dropRedisKeys, REDIS_URL } from './db.ts';
 
 const LINES = Number(process.argv[2] ?? 1_000_000);
 const PLANT = {
@@ -134,7 +134,7 @@ async function main(): Promise<void> {
   const config = loadConfig({
     NODE_ENV: 'test',
     DATABASE_URL: databaseUrl(dbName),
-    REDIS_URL: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    REDIS_URL,
     REDIS_PREFIX: `tbbench:${dbName}`,
     ADMIN_API_KEY: `adm_bench_${randomBytes(12).toString('hex')}`,
     TILLBRIDGE_MASTER_KEY: randomBytes(32).toString('base64'),
@@ -247,7 +247,10 @@ async function main(): Promise<void> {
     else rmSync(dir, { recursive: true, force: true });
     // BENCH_KEEP_DB=1 leaves the database for a look at its plans in psql.
     if (process.env.BENCH_KEEP_DB) console.log(`database kept: ${dbName}`);
-    else await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
+    else {
+      await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
+      await dropRedisKeys(`tbbench:${dbName}`);
+    }
   }
 }
 

@@ -10,10 +10,9 @@ import { Redis } from 'ioredis';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import { loadConfig } from '../src/config.ts';
 import { startGateway } from '../src/runtime.ts';
-import { adminQuery, databaseUrl } from './db.ts';
+import { adminQuery, databaseUrl, dropRedisKeys, REDIS_URL } from './db.ts';
 
 const ROUNDS = Number(process.env.BENCH_WAKEUP_ROUNDS ?? 200);
-const REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const agent = new http.Agent({ keepAlive: true });
 
 function request(url: string, method: string, headers: Record<string, string>, body?: string) {
@@ -140,6 +139,7 @@ export async function run(): Promise<void> {
   } finally {
     await gateway.stop();
     await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
+    await dropRedisKeys(`tbbench:${id}`);
     agent.destroy();
   }
 }
