@@ -293,7 +293,10 @@ ${DISCREPANCY_EVENTS}
 SELECT count(*) FROM disc
 `;
 
-/** Due (t: its time): the provider's settlement delay has passed by the dates it has settled, or it has already settled payments made on the same day or later. */
+/**
+ * Due, by its time `t`: the provider's settlement delay has passed by the dates it has settled, or
+ * it has already settled payments made on the same day or later.
+ */
 const due = (t: string) =>
   `((${t} AT TIME ZONE 'UTC')::date + $3::int <= h.last_date OR (${t} AT TIME ZONE 'UTC')::date <= s.last_paid)`;
 
