@@ -15,13 +15,14 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type autocannon from 'autocannon';
 import { Redis } from 'ioredis';
 import pg from 'pg';
+import { freePort } from '../test/services.ts';
 import { adminQuery, databaseUrl, dropRedisKeys, REDIS_URL } from './db.ts';
 
 const ALIPAY_CODE = '286714335246118790';
@@ -274,17 +275,6 @@ async function startChild(kind: ChildKind, env: NodeJS.ProcessEnv): Promise<Chil
 // ---------------------------------------------------------------------------------------------
 // Measuring
 // ---------------------------------------------------------------------------------------------
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
 
 const TICK = 100; // USER_HZ: /proc times are in 1/100 s
 /** The simulator's own process, when it has one: its CPU is a provider's, yet it runs on these cores. */

@@ -5,34 +5,20 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
 import pg from 'pg';
 import supertest from 'supertest';
 import { type Config, loadConfig } from '../src/config.ts';
 import { type Gateway, startGateway } from '../src/runtime.ts';
+import { databaseOn, dropRedisKeys, freePort } from './services.ts';
 
 export const PG_BASE = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
+export { freePort };
 
-export function databaseUrl(name: string): string {
-  const url = new URL(PG_BASE);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
+export const databaseUrl = (name: string): string => databaseOn(PG_BASE, name);
 
 const TEST_DB = 'tb_test_';
 const redisPrefixOf = (dbName: string) => `tbtest:${dbName.slice(TEST_DB.length)}`;
@@ -46,7 +32,7 @@ export async function discardEnvironment(dbName: string): Promise<void> {
   } finally {
     await client.end();
   }
-  await dropRedisKeys(redisPrefixOf(dbName));
+  await dropRedisKeys(REDIS_URL, redisPrefixOf(dbName));
 }
 
 /** One isolated environment: a database, a Redis prefix, a master key. */
@@ -83,21 +69,6 @@ export interface TestGateway {
   dbName: string;
   env: NodeJS.ProcessEnv;
   stop(options?: { keepDatabase?: boolean }): Promise<void>;
-}
-
-/** Deletes a run's Redis keys (queues, locks, caches): Redis here keeps them until it restarts. */
-async function dropRedisKeys(prefix: string): Promise<void> {
-  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
-  try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `*${prefix}*`, 'COUNT', 1000);
-      if (keys.length > 0) await redis.unlink(...keys);
-      cursor = next;
-    } while (cursor !== '0');
-  } finally {
-    redis.disconnect();
-  }
 }
 
 /** Starts a gateway; given `previous`, a new process on the same database, Redis prefix and keys (a restart). */
