@@ -18,6 +18,7 @@ import {
   importAndWait,
   lineFor,
   pay,
+  refundPart,
   SANDBOX_HEADER,
   sandboxCsv,
   settlements,
@@ -221,13 +222,7 @@ async function fetchToday(key: string, provider: string) {
 test('the sandbox simulator settles the payments and refunds of the day: fetched, all matched', async () => {
   const m = await setupMerchant(tg);
   const [a, b] = await Promise.all([5000, 5100].map((v) => pay(tg, m, v)));
-  const refund = await tg.http
-    .post(`/v1/payments/${b.id}/refunds`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .set('Idempotency-Key', `rf-fetch-${b.id}`)
-    .send({ amount: { value: 600, currency: 'EUR' } });
-  assert.equal(refund.status, 201, JSON.stringify(refund.body));
-  await waitForStatus(tg, m.secretKey, b.id, ['partially_refunded']);
+  await refundPart(tg, m, b, 600);
   const job = await fetchToday(m.secretKey, 'sandbox');
   assert.equal(job.counts.matched, 3, JSON.stringify(job.counts));
   assert.deepEqual(await discrepancies(tg, m.secretKey), []);

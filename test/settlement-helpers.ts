@@ -1,6 +1,13 @@
 /** Shared by the settlement tests: sandbox settlement files, imports through the API, waiting for jobs. */
 import assert from 'node:assert/strict';
-import { createPayment, eventually, type Merchant, scanPayment, type TestGateway } from './helpers.ts';
+import {
+  createPayment,
+  eventually,
+  type Merchant,
+  scanPayment,
+  type TestGateway,
+  waitForStatus,
+} from './helpers.ts';
 
 export const SANDBOX_HEADER =
   'batch_id,type,transaction_id,original_transaction_id,request_id,amount,currency,settlement_amount,settlement_currency,fee,exchange_rate,settled_at,store_id,wallet_psp';
@@ -64,6 +71,18 @@ export async function pay(tg: TestGateway, m: Merchant, amount: number, extra: R
     provider_reference: res.body.provider_reference,
     status: res.body.status,
   } as PaidPayment;
+}
+
+/** A refund of part of a paid payment, through the API: the refund as created, once the payment shows it. */
+export async function refundPart(tg: TestGateway, m: Merchant, p: PaidPayment, value: number) {
+  const res = await tg.http
+    .post(`/v1/payments/${p.id}/refunds`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .set('Idempotency-Key', `rf-${p.id}-${value}`)
+    .send({ amount: { value, currency: 'EUR' } });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  await waitForStatus(tg, m.secretKey, p.id, ['partially_refunded']);
+  return res.body as { id: string };
 }
 
 export function lineFor(p: PaidPayment, extra: Partial<SandboxLine> = {}): SandboxLine {

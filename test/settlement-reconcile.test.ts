@@ -10,7 +10,6 @@ import {
   setupMerchant,
   startTestGateway,
   type TestGateway,
-  waitForStatus,
 } from './helpers.ts';
 import {
   batchLines,
@@ -19,6 +18,7 @@ import {
   importFile,
   lineFor,
   pay,
+  refundPart,
   SANDBOX_HEADER,
   sandboxCsv,
   settlements,
@@ -271,27 +271,13 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
   const b = await pay(tg, m, 3100);
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(b)], 'DAY-1'));
   assert.deepEqual(kinds(await discrepancies(tg, m.secretKey)), ['missing_in_settlement']);
-  const refund = await tg.http
-    .post(`/v1/payments/${b.id}/refunds`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .set('Idempotency-Key', `rf-${b.id}`)
-    .send({ amount: { value: 500, currency: 'EUR' } });
-  assert.equal(refund.status, 201, JSON.stringify(refund.body));
-  await waitForStatus(tg, m.secretKey, b.id, ['partially_refunded']);
+  const refund = await refundPart(tg, m, b, 500);
   const stored = await tg.gateway.ctx.db.query('SELECT provider_reference FROM refunds WHERE id = $1', [
-    refund.body.id,
+    refund.id,
   ]);
   // A refund made before refunds were looked for in settlement files (migration 109) is not reported.
-  const before = await tg.http
-    .post(`/v1/payments/${a.id}/refunds`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .set('Idempotency-Key', `rf-old-${a.id}`)
-    .send({ amount: { value: 300, currency: 'EUR' } });
-  assert.equal(before.status, 201, JSON.stringify(before.body));
-  await waitForStatus(tg, m.secretKey, a.id, ['partially_refunded']);
-  await tg.gateway.ctx.db.query('UPDATE refunds SET settlement_expected = false WHERE id = $1', [
-    before.body.id,
-  ]);
+  const before = await refundPart(tg, m, a, 300);
+  await tg.gateway.ctx.db.query('UPDATE refunds SET settlement_expected = false WHERE id = $1', [before.id]);
   // A file settling a payment of the day and not the refund made that day: the refund is missing.
   const c = await pay(tg, m, 3200);
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(c)], 'DAY-0'));
@@ -301,7 +287,7 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
   assert.equal(missingRefunds.length, 1, JSON.stringify(missingRefunds));
   const [missingRefund] = missingRefunds;
   assert.ok(missingRefund, 'the refund is reported missing');
-  assert.equal(missingRefund.refund_id, refund.body.id);
+  assert.equal(missingRefund.refund_id, refund.id);
   assert.equal(missingRefund.payment_id, undefined);
   assert.equal(missingRefund.provider_reference, stored.rows[0].provider_reference);
   assert.deepEqual(missingRefund.expected, { value: 500, currency: 'EUR' });
@@ -315,7 +301,7 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
           type: 'refund',
           transaction_id: stored.rows[0].provider_reference ?? 'sbx_refund',
           original_transaction_id: b.provider_reference,
-          request_id: refund.body.id,
+          request_id: refund.id,
           amount: 500,
           fee: 0,
         },
