@@ -4,13 +4,7 @@ import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { receiveFile } from '../src/settlements/receive.ts';
 import { reconcileImport } from '../src/settlements/reconcile.ts';
-import {
-  createPayment,
-  scanPayment,
-  setupMerchant,
-  startTestGateway,
-  type TestGateway,
-} from './helpers.ts';
+import { createPayment, scanPayment, setupMerchant, startTestGateway, type TestGateway } from './helpers.ts';
 import {
   batchLines,
   discrepancies,
