@@ -114,7 +114,6 @@ export const createWebhookEndpointSchema = z.strictObject({
   events: z.array(z.enum(WEBHOOK_EVENTS)).min(1),
 });
 
-/** `YYYY-MM-DD` names a day that exists (JavaScript would roll 2026-02-30 over to 2 March). */
 const rfc3339 = z.string().refine(
   // The zone is required: without one the moment would depend on the server's time zone.
   (s) =>

@@ -391,11 +391,10 @@ export async function applyOutcome(
       // it check the payment as it is.
       const codeNeverShown =
         row.mode === 'qr' && row.status === 'processing' && !row.qr_data && !row.pay_answered;
-      if (outcome.qr_code && row.status === 'processing' && (source === 'pay' || source === 'resend')) {
-        // The QR code from the creating request, or from its resend when the first never arrived.
-        next = await transition(ctx, row.id, 'requires_customer', cause, patch);
-      } else if (outcome.qr_code && codeNeverShown) {
-        // The code the creating answer would have brought, from an inquiry.
+      const fromCreation = source === 'pay' || source === 'resend';
+      if (outcome.qr_code && row.status === 'processing' && (fromCreation || codeNeverShown)) {
+        // The QR code from the creating request, from its resend when the first never arrived, or
+        // from an inquiry when the creating answer was lost (then only while no code is stored).
         next = await transition(
           ctx,
           row.id,
@@ -403,7 +402,9 @@ export async function applyOutcome(
           cause,
           patch,
           {},
-          { onlyWithoutCode: true },
+          {
+            onlyWithoutCode: !fromCreation,
+          },
         );
       } else if (codeNeverShown && source === 'inquiry' && !outcome.customer_acted) {
         // The order exists, but its code was only in the answer we lost, so nobody can pay it: the
