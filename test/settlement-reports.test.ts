@@ -149,12 +149,14 @@ test('property: for any lines and any grouping, the groups sum exactly to the to
   );
 });
 
-test('CSV: streamed, UTF-8 with BOM, CRLF, major units, quoted cells, a TOTAL row per currency', async () => {
+test('CSV: streamed, UTF-8 with BOM, CRLF, major units, quoted cells, a TOTAL row per currency marked as one', async () => {
   const m = await setupMerchant(tg);
   await plant(m.id, [
     { day: 1, type: 'payment', value: 123456, fee: 2222, currency: 'EUR', store: 'wien,03' },
     { day: 2, type: 'refund', value: 1000, fee: 0, currency: 'EUR', store: '=cmd()' },
     { day: 2, type: 'payment', value: 500, fee: 9, currency: 'JPY', store: null },
+    // A store may be named TOTAL: the `row` column tells it from the totals.
+    { day: 3, type: 'payment', value: 1200, fee: 0, currency: 'EUR', store: 'TOTAL' },
   ]);
   const res = await tg.http
     .get('/v1/reports/settlements?from=2030-01-01&to=2030-01-31&format=csv&group_by=store')
@@ -174,12 +176,13 @@ test('CSV: streamed, UTF-8 with BOM, CRLF, major units, quoted cells, a TOTAL ro
   const text = res.body as string;
   assert.ok(text.startsWith('\ufeff'));
   assert.deepEqual(text.slice(1).split('\r\n'), [
-    'group,currency,count,gross,fees,net,discrepancies',
-    "'=cmd(),EUR,1,-10.00,0.00,-10.00,0",
-    '"wien,03",EUR,1,1234.56,22.22,1212.34,1',
-    'TOTAL,EUR,2,1224.56,22.22,1202.34,1',
-    '(no store),JPY,1,500,9,491,0',
-    'TOTAL,JPY,1,500,9,491,0',
+    'group,currency,count,gross,fees,net,discrepancies,row',
+    "'=cmd(),EUR,1,-10.00,0.00,-10.00,0,group",
+    'TOTAL,EUR,1,12.00,0.00,12.00,0,group',
+    '"wien,03",EUR,1,1234.56,22.22,1212.34,1,group',
+    'TOTAL,EUR,3,1236.56,22.22,1214.34,1,total',
+    '(no store),JPY,1,500,9,491,0,group',
+    'TOTAL,JPY,1,500,9,491,0,total',
     '',
   ]);
   const bad = await tg.http

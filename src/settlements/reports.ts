@@ -94,7 +94,8 @@ function cell(value: string | number): string {
   return /[",\r\n;]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
-const CSV_HEADER = ['group', 'currency', 'count', 'gross', 'fees', 'net', 'discrepancies'];
+// `row` tells a totals row from a group whose key happens to read TOTAL (a store may be named so).
+const CSV_HEADER = ['group', 'currency', 'count', 'gross', 'fees', 'net', 'discrepancies', 'row'];
 
 function csvLine(fields: (string | number)[]): string {
   return `${fields.map(cell).join(',')}\r\n`;
@@ -106,7 +107,7 @@ async function write(out: Writable, text: string): Promise<void> {
 
 /**
  * CSV for spreadsheets: UTF-8 with BOM, CRLF, amounts in major units with a decimal point, and a
- * TOTAL row per currency after its groups. Rows come from a cursor, a page at a time.
+ * TOTAL row per currency after its groups (`row` says which rows are totals). Rows come from a cursor, a page at a time.
  */
 export async function streamSettlementReportCsv(ctx: Context, q: ReportQuery, out: Writable): Promise<void> {
   const client = await ctx.db.connect();
@@ -130,6 +131,7 @@ export async function streamSettlementReportCsv(ctx: Context, q: ReportQuery, ou
             minorToMajor(r.fees, r.currency),
             minorToMajor(r.net, r.currency),
             r.discrepancies,
+            r.grouped ? 'total' : 'group',
           ]),
         );
       }
