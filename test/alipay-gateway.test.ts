@@ -225,6 +225,26 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     );
   });
 
+  test('QR whose creation is answered U without a code: the sale is cancelled at once, not left to its window', async () => {
+    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+    const switches = (body: string) => fetch(`${simUrl}/_sim/switches`, { method: 'POST', body });
+    await switches('{"order_code_unknown":true}');
+    let res: Awaited<ReturnType<typeof createPayment>>;
+    try {
+      res = await createPayment(tg, merchant.terminalKey, qrPayment(1250)).expect(201);
+    } finally {
+      await switches('{"order_code_unknown":false}');
+    }
+    assert.equal(res.body.status, 'processing');
+    assert.equal(res.body.qr_code, null);
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL, 20_000);
+    assert.equal(done.status, 'canceled');
+    assert.ok(
+      (await causes(res.body.id)).some((c) => c.startsWith('canceled (cancel')),
+      (await causes(res.body.id)).join(', '),
+    );
+  });
+
   test('a check that read the payment before its code was stored does not end the QR the till was given', async () => {
     const ctx = tg.gateway.ctx;
     const { pay, inquire } = alipayAdapter;

@@ -406,11 +406,15 @@ export async function applyOutcome(
             onlyWithoutCode: !fromCreation,
           },
         );
-      } else if (codeNeverShown && source === 'inquiry' && !outcome.customer_acted) {
-        // The order exists, but its code was only in the answer we lost, so nobody can pay it: the
-        // sale ends now (cancelled at the provider), not when the code would have expired.
+      } else if (
+        (codeNeverShown && source === 'inquiry' && !outcome.customer_acted) ||
+        (fromCreation && row.mode === 'qr' && row.status === 'processing' && !outcome.qr_code)
+      ) {
+        // The order exists, but its code was only in the answer we lost (or the creating answer
+        // had none), so nobody can pay it: the sale ends now (cancelled at the provider), not when
+        // the code would have expired.
         await updatePayment(ctx.db, row.id, patch);
-        next = await endUnshownQrSale(ctx, row.id);
+        next = await endUnshownQrSale(ctx, row.id, fromCreation);
       } else if (outcome.customer_acted && row.status === 'requires_customer') {
         // Scanned: the till shows the sale as being confirmed, and from now on it gets the window
         // of a sale being confirmed, not what was left of the QR code's.
@@ -452,16 +456,22 @@ export async function applyOutcome(
 }
 
 /**
- * Ends at once (its window closed now, so the next check cancels it) a QR sale whose creating
- * answer was lost: only while, as the payment is now, no code was stored and no answer came.
+ * Ends at once (its window closed now, so the next check cancels it) a QR sale whose code the till
+ * never had: only while, as the payment is now, no code was stored and — unless `creating`, the
+ * creating request itself, whose answer had no code — no answer came.
  */
-async function endUnshownQrSale(ctx: Ctx, paymentId: string): Promise<PaymentRow | undefined> {
+async function endUnshownQrSale(
+  ctx: Ctx,
+  paymentId: string,
+  creating: boolean,
+): Promise<PaymentRow | undefined> {
   const { rows } = await ctx.db.query<PaymentRow>(
     prepared(
       `UPDATE payments SET resolve_by = now(), updated_at = now()
-        WHERE id = $1 AND mode = 'qr' AND status = 'processing' AND qr_data IS NULL AND NOT pay_answered
+        WHERE id = $1 AND mode = 'qr' AND status = 'processing' AND qr_data IS NULL
+          AND (NOT pay_answered OR $2)
         RETURNING *`,
-      [paymentId],
+      [paymentId, creating],
     ),
   );
   return rows[0];

@@ -78,6 +78,11 @@ export class Renderer {
   /** The `pay` answer for the record's current state. */
   pay(record: PaymentRecord, walletUrl: string): Json {
     if (record.scenario === 'OrderCode' && record.status !== 'CANCELLED') {
+      if (this.switches.order_code_unknown)
+        return {
+          result: this.result('U', 'PAYMENT_IN_PROCESS', 'The payment is being processed.'),
+          ...this.base(record),
+        };
       return {
         result: this.result('S', 'SUCCESS', 'success.'),
         ...this.base(record),

@@ -25,6 +25,8 @@ export interface SimulatorSwitches {
   async_refunds: boolean;
   /** Send notifyPayment at all. */
   notifications: boolean;
+  /** Fault: answer an Order Code creation U PAYMENT_IN_PROCESS, without the code. */
+  order_code_unknown: boolean;
 }
 
 export const DEFAULT_SWITCHES: SimulatorSwitches = {
@@ -39,6 +41,7 @@ export const DEFAULT_SWITCHES: SimulatorSwitches = {
   bad_signatures: false,
   async_refunds: false,
   notifications: true,
+  order_code_unknown: false,
 };
 
 export function applySwitches(target: SimulatorSwitches, patch: unknown): string[] {
