@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
+import { createServer, request as httpRequest } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { alipayAdapter } from '../adapters/alipay/adapter.ts';
 import { loadPayment, resolvePayment } from '../src/payments/service.ts';
@@ -13,6 +14,7 @@ import {
   createPayment,
   discardEnvironment,
   eventually,
+  freePort,
   idempotencyKey,
   type Merchant,
   paymentHistory,
@@ -393,6 +395,58 @@ describe('alipay sandbox across a gateway restart', () => {
     } finally {
       await second?.stop();
       await discardEnvironment(first.dbName);
+    }
+  });
+});
+
+describe('alipay behind a proxy that strips a path prefix', () => {
+  test('a notification signed over PUBLIC_BASE_URL’s whole path verifies', async () => {
+    // PUBLIC_BASE_URL ends in /tb; the proxy in front of the gateway takes /tb off again.
+    let target = 0;
+    const proxy = createServer((req, res) => {
+      const upstream = httpRequest(
+        {
+          host: '127.0.0.1',
+          port: target,
+          method: req.method,
+          path: (req.url ?? '/').replace(/^\/tb/, ''),
+          headers: req.headers,
+        },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      req.pipe(upstream);
+    });
+    const proxyPort = await freePort();
+    await new Promise<void>((resolve) => proxy.listen(proxyPort, '127.0.0.1', resolve));
+    const behind = await startTestGateway({
+      PAYMENT_RESOLUTION_WINDOW_S: '30',
+      PUBLIC_BASE_URL: `http://127.0.0.1:${proxyPort}/tb`,
+    });
+    try {
+      target = behind.config.port;
+      const m = await setupMerchant(behind, 'Proxied Drugstore', {
+        name: 'alipay',
+        body: { sandbox: true, wallets: ['alipay'] },
+      });
+      const res = await createPayment(behind, m.terminalKey, qrPayment(1250)).expect(201);
+      assert.equal(res.body.status, 'requires_customer');
+      assert.equal((await fetch(res.body.qr_code.data, { method: 'POST' })).status, 200);
+      // Heard from Antom's notification (not only found by polling): it verified.
+      await eventually(async () => {
+        const { rows } = await behind.gateway.ctx.db.query(
+          'SELECT 1 FROM inbound_notifications WHERE account_id = $1',
+          [m.accountId],
+        );
+        return rows.length > 0 || undefined;
+      }, 10_000);
+      const done = await waitForStatus(behind, m.terminalKey, res.body.id, FINAL);
+      assert.equal(done.status, 'succeeded');
+    } finally {
+      await behind.stop();
+      proxy.close();
     }
   });
 });

@@ -75,7 +75,7 @@ export class ProviderAccounts {
     const module = providerModule(row.provider);
     if (!module) throw new Error(`account ${row.id} names unknown provider ${row.provider}`);
     const stored = JSON.parse(open(this.config.masterKey, row.credentials, credentialsContext(row.id)));
-    const notifyPath = webhookPath(row.provider, row.id);
+    const notifyUrl = `${this.config.publicBaseUrl}${webhookPath(row.provider, row.id)}`;
     const loaded: LoadedAccount = {
       row,
       module,
@@ -84,8 +84,10 @@ export class ProviderAccounts {
         merchant_id: row.merchant_id,
         credentials: module.adapter.load(stored, this.sandbox.env(row.provider)),
         sandbox: row.sandbox,
-        notify_url: `${this.config.publicBaseUrl}${notifyPath}`,
-        notify_path: notifyPath,
+        notify_url: notifyUrl,
+        // What the provider signs: the whole path it calls, with PUBLIC_BASE_URL's own path in
+        // front of ours when a proxy strips it before us (alipay.md §3.8).
+        notify_path: new URL(notifyUrl).pathname,
       },
     };
     this.cache.set(row.id, { updatedAt: row.updated_at.getTime(), loaded });
