@@ -78,6 +78,11 @@ export type CancelOutcome =
   /** The payment had already succeeded and cannot be cancelled this way (the core refunds or reports). */
   | { kind: 'already_succeeded'; facts: PaymentFacts }
   | { kind: 'unknown'; reason: string }
+  /**
+   * The provider has no such payment. Not a cancellation by itself: the pay may still be on its
+   * way. The core ends the sale only once inquiries have shown the pay never arrived.
+   */
+  | { kind: 'not_found'; reason: string }
   | { kind: 'failed'; reason: string };
 
 export type RefundOutcome =

@@ -8,6 +8,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { createServer, request as httpRequest } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { alipayAdapter } from '../adapters/alipay/adapter.ts';
+import { cancelOutcome } from '../adapters/alipay/mapping.ts';
 import { loadPayment, resolvePayment } from '../src/payments/service.ts';
 import { startGateway } from '../src/runtime.ts';
 import {
@@ -289,6 +290,47 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     } finally {
       alipayAdapter.pay = pay;
       alipayAdapter.inquire = inquire;
+    }
+  });
+
+  test('a cancel Antom answers ORDER_NOT_EXIST while the pay is still on its way does not end the sale', async () => {
+    const ctx = tg.gateway.ctx;
+    const { pay, cancel } = alipayAdapter;
+    let release = () => {};
+    const payMayGo = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // The pay is slow to reach Antom; a cancel overtakes it and Antom knows no such order yet. (The
+    // simulator keeps a cancelled id from being paid later; Antom is not known to: §16.)
+    alipayAdapter.pay = async (account, payment) => {
+      await payMayGo;
+      return pay.call(alipayAdapter, account, payment);
+    };
+    alipayAdapter.cancel = async () =>
+      cancelOutcome({ resultStatus: 'F', resultCode: 'ORDER_NOT_EXIST', resultMessage: 'order not exist' });
+    try {
+      const creating = createPayment(tg, merchant.terminalKey, scanPayment(1230)).then((r) => r);
+      const id = await eventually(async () => {
+        const { rows } = await ctx.db.query<{ id: string }>(
+          "SELECT id FROM payments WHERE merchant_id = $1 AND reference LIKE 'R-1230-%'",
+          [merchant.id],
+        );
+        return rows[0]?.id;
+      }, 5_000);
+      const canceling = await tg.http
+        .post(`/v1/payments/${id}/cancel`)
+        .set('Authorization', `Bearer ${merchant.terminalKey}`);
+      assert.equal(canceling.status, 202, JSON.stringify(canceling.body));
+      assert.equal(canceling.body.status, 'processing');
+      release();
+      // The pay arrives and the customer is charged: the till learns the sale succeeded.
+      assert.equal((await creating).body.status, 'succeeded');
+      const done = await waitForStatus(tg, merchant.terminalKey, id, FINAL);
+      assert.equal(done.status, 'succeeded', (await causes(id)).join(', '));
+    } finally {
+      release();
+      alipayAdapter.pay = pay;
+      alipayAdapter.cancel = cancel;
     }
   });
 

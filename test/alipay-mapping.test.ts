@@ -212,10 +212,10 @@ describe('the classification table', () => {
     });
   }
 
-  it('cancel: S cancels; ORDER_NOT_EXIST cancels (nothing can be charged); other F fails; U unknown', () => {
+  it('cancel: S cancels; ORDER_NOT_EXIST is not found (the pay may be on its way); other F fails; U unknown', () => {
     const r = (resultStatus: string, resultCode: string) => ({ resultStatus, resultCode, resultMessage: '' });
     assert.equal(cancelOutcome(r('S', 'SUCCESS')).kind, 'canceled');
-    assert.equal(cancelOutcome(r('F', 'ORDER_NOT_EXIST')).kind, 'canceled');
+    assert.equal(cancelOutcome(r('F', 'ORDER_NOT_EXIST')).kind, 'not_found');
     assert.equal(cancelOutcome(r('F', 'ORDER_STATUS_INVALID')).kind, 'failed');
     assert.equal(cancelOutcome(r('U', 'UNKNOWN_EXCEPTION')).kind, 'unknown');
     assert.equal(cancelOutcome(r('F', 'SYSTEM_ERROR')).kind, 'unknown');

@@ -237,13 +237,14 @@ export function inquiryOutcome(result: AntomResult, body: Json): PaymentOutcome 
 }
 
 /**
- * `cancel` (§7). S closes an unpaid order or reverses a paid one. F ORDER_NOT_EXIST at the end of
- * the window means the pay request never arrived (two inquiries said so before), so nothing can
- * be charged under this paymentRequestId any more: treated as cancelled.
+ * `cancel` (§7). S closes an unpaid order or reverses a paid one; only S is a cancellation (§9:
+ * "cancel | anything else | retry"). F ORDER_NOT_EXIST may mean the pay is still on its way: the
+ * core decides by what its inquiries have seen.
  */
 export function cancelOutcome(result: AntomResult): CancelOutcome {
   if (result.resultStatus === 'S') return { kind: 'canceled' };
-  if (result.resultStatus === 'F' && isNotFound(result)) return { kind: 'canceled' };
+  if (result.resultStatus === 'F' && isNotFound(result))
+    return { kind: 'not_found', reason: describe(result) };
   if (result.resultStatus === 'F' && !isUndecided(result))
     return { kind: 'failed', reason: describe(result) };
   return { kind: 'unknown', reason: describe(result) };

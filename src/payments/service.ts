@@ -604,37 +604,75 @@ async function cancelAtProvider(
     case 'deferred':
       await scheduleCheck(ctx, row, adapter.resolution, outcome.retry_after_s);
       return row;
-    case 'unknown':
-    case 'failed': {
-      // The customer's payment may have won the race: ask before trying again.
-      const inquiry = await call(
-        ctx,
-        row.provider,
-        'inquire',
-        () => adapter.inquire(account.context, requestFor(ctx, row)),
-        (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
-      );
-      if (inquiry.kind === 'succeeded' || inquiry.kind === 'failed' || inquiry.kind === 'canceled') {
-        return applyOutcome(ctx, row, account, inquiry, 'inquiry');
-      }
-      const attempts = row.cancel_attempts + 1;
-      const schedule = adapter.resolution.cancel_schedule_s;
-      const updated = (await updatePayment(ctx.db, row.id, { cancel_attempts: attempts })) ?? row;
-      if (attempts === schedule.length) {
-        await raiseAlert(
+    case 'not_found':
+      if (!row.pay_answered) {
+        // Not found, like the inquiries after a pay that got no answer: counted with them. Once two
+        // far enough apart say so, the pay never arrived and nothing can be charged.
+        const since = row.not_found_since ?? new Date();
+        const count = row.not_found_count + 1;
+        const apartMs = (adapter.resolution.resend_after_not_found_s ?? 0) * 1000;
+        if (count >= 2 && Date.now() - since.getTime() >= apartMs)
+          return (
+            (await transition(
+              ctx,
+              row.id,
+              'canceled',
+              `cancel: ${reason}; the pay never reached the provider`,
+              {
+                payment_code_sealed: null,
+              },
+            )) ?? loadPayment(ctx, row.id)
+          );
+        const updated =
+          (await updatePayment(ctx.db, row.id, { not_found_count: count, not_found_since: since })) ?? row;
+        await scheduleCheck(
           ctx,
-          'cancel_unknown',
-          `cancel result unknown after ${attempts} attempts: ${outcome.reason}`,
-          {
-            payment_id: row.id,
-          },
+          updated,
+          adapter.resolution,
+          adapter.resolution.resend_after_not_found_s ?? 2,
         );
+        return updated;
       }
-      // Never dropped: after the schedule runs out, keep trying once a minute.
-      await scheduleCheck(ctx, updated, adapter.resolution, schedule[attempts - 1] ?? 60);
-      return updated;
-    }
+      // An answered pay the provider cannot find: as unknown as any other answer.
+      return cancelUnconfirmed(ctx, row, account, outcome.reason);
+    case 'unknown':
+    case 'failed':
+      return cancelUnconfirmed(ctx, row, account, outcome.reason);
   }
+}
+
+/**
+ * A cancel the provider did not confirm: the customer's payment may have won the race, so ask
+ * before trying again; retried on the provider's schedule, then raised to a human, never dropped.
+ */
+async function cancelUnconfirmed(
+  ctx: Ctx,
+  row: PaymentRow,
+  account: LoadedAccount,
+  reason: string,
+): Promise<PaymentRow> {
+  const { adapter } = account.module;
+  const inquiry = await call(
+    ctx,
+    row.provider,
+    'inquire',
+    () => adapter.inquire(account.context, requestFor(ctx, row)),
+    (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
+  );
+  if (inquiry.kind === 'succeeded' || inquiry.kind === 'failed' || inquiry.kind === 'canceled') {
+    return applyOutcome(ctx, row, account, inquiry, 'inquiry');
+  }
+  const attempts = row.cancel_attempts + 1;
+  const schedule = adapter.resolution.cancel_schedule_s;
+  const updated = (await updatePayment(ctx.db, row.id, { cancel_attempts: attempts })) ?? row;
+  if (attempts === schedule.length) {
+    await raiseAlert(ctx, 'cancel_unknown', `cancel result unknown after ${attempts} attempts: ${reason}`, {
+      payment_id: row.id,
+    });
+  }
+  // Never dropped: after the schedule runs out, keep trying once a minute.
+  await scheduleCheck(ctx, updated, adapter.resolution, schedule[attempts - 1] ?? 60);
+  return updated;
 }
 
 /** POST /v1/payments/{id}/cancel: 200 when the provider confirmed at once, else 202 and the job goes on. */
