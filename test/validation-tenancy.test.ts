@@ -225,6 +225,27 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
             metadata: JSON.parse(`${'{"a":'.repeat(33)}1${'}'.repeat(33)}`),
           }),
       ],
+      // A compressed body that does not decompress: the parsers' own 400, not a 500.
+      ...(['gzip', 'deflate', 'br'] as const).map(
+        (encoding): [string, () => ReturnType<typeof tg.http.post>] => [
+          `a ${encoding} body that does not decompress`,
+          () =>
+            tg.http
+              .post('/v1/terminals')
+              .set(auth)
+              .set('Content-Type', 'application/json')
+              .set('Content-Encoding', encoding)
+              .send('{"store_id":"s","terminal_id":"t"}'),
+        ],
+      ),
+      [
+        'a gzip webhook body that does not decompress',
+        () =>
+          tg.http
+            .post(`/webhooks/sandbox/${merchant.accountId}`)
+            .set('Content-Encoding', 'gzip')
+            .send('{"event":"x"}'),
+      ],
       ['terminal without store_id', () => tg.http.post('/v1/terminals').set(auth).send({ terminal_id: 't' })],
       [
         'a provider account naming a wallet twice',

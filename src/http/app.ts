@@ -172,6 +172,13 @@ export function createApp(ctx: Context): express.Express {
         'unsupported_encoding',
         'the request body must be UTF-8 JSON',
       );
+    } else if (isUnreadableBody(error)) {
+      // A body that does not decompress (Content-Encoding gzip, deflate, br) or was cut off.
+      apiError = new ApiError(
+        'invalid_request',
+        'unreadable_body',
+        `the request body could not be read: ${(error as Error).message}`,
+      );
     } else if (error instanceof URIError) {
       apiError = new ApiError(
         'invalid_request',
@@ -208,6 +215,12 @@ export function createApp(ctx: Context): express.Express {
   });
 
   return app;
+}
+
+/** An error of the body parsers (http-errors) that blames the request, with a 4xx status. */
+function isUnreadableBody(error: unknown): boolean {
+  const status = (error as { status?: unknown } | null)?.status;
+  return error instanceof Error && typeof status === 'number' && status >= 400 && status < 500;
 }
 
 /** In unicode mode a class of surrogates matches only those not in a pair. */
