@@ -336,6 +336,26 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     }
   });
 
+  test('concurrent first PUTs of a provider account: one is created (201), the others update it (200)', async () => {
+    const created = await tg.http
+      .post('/v1/admin/merchants')
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .send({ name: 'Racing Drugstore', settlement_currency: 'EUR', country: 'DE' })
+      .expect(201);
+    const auth = { Authorization: `Bearer ${created.body.secret_key}` };
+    for (const [provider, body] of [
+      ['sandbox', { wallets: ['alipay'] }],
+      ['alipay', { sandbox: true, wallets: ['alipay'] }],
+    ] as const) {
+      const answers = await Promise.all(
+        Array.from({ length: 8 }, () => tg.http.put(`/v1/providers/${provider}`).set(auth).send(body)),
+      );
+      const statuses = answers.map((a) => a.status).sort();
+      assert.deepEqual(statuses, [200, 200, 200, 200, 200, 200, 200, 201], JSON.stringify(answers[0].body));
+      assert.equal(new Set(answers.map((a) => a.body.id)).size, 1, 'one account');
+    }
+  });
+
   test('an oversized body and a body in another charset are 400 invalid_request, as API.md types them', async () => {
     const huge = await tg.http
       .post('/v1/payments')

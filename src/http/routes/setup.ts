@@ -254,30 +254,30 @@ export function setupRouter(ctx: Context): Router {
         'simulated providers are not available when NODE_ENV=production; configure real credentials',
         provider === 'sandbox' ? undefined : 'sandbox',
       );
-    // The account keeps its id when it is configured again (and so does a sandbox identity made from it).
-    const current = await ctx.db.query<{ id: string }>(
-      'SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL',
-      [merchant.merchant_id, provider],
-    );
-    const accountId = current.rows[0]?.id ?? newId('pva');
-    let configured: Awaited<ReturnType<typeof adapter.configure>>;
-    try {
-      configured = await adapter.configure(
-        common.sandbox === undefined ? credentials : { ...credentials, sandbox: common.sandbox },
-        ctx.sandbox.env(provider),
-        accountId,
-      );
-    } catch (error) {
-      if (error instanceof CredentialError)
-        throw new ApiError('invalid_request', 'invalid_credentials', error.message, error.param);
-      throw error;
-    }
     const result = await inTransaction(ctx.db, async (client) => {
+      // One configuration of a merchant's provider at a time: two first PUTs at once would both
+      // insert (and each build its credentials for an id of its own).
+      await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
+        `provider-account:${merchant.merchant_id}:${provider}`,
+      ]);
+      // The account keeps its id when it is configured again (and so does a sandbox identity made from it).
       const existing = await client.query<{ id: string }>(
         'SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL FOR UPDATE',
         [merchant.merchant_id, provider],
       );
-      const id = existing.rows[0]?.id ?? accountId;
+      const id = existing.rows[0]?.id ?? newId('pva');
+      let configured: Awaited<ReturnType<typeof adapter.configure>>;
+      try {
+        configured = await adapter.configure(
+          common.sandbox === undefined ? credentials : { ...credentials, sandbox: common.sandbox },
+          ctx.sandbox.env(provider),
+          id,
+        );
+      } catch (error) {
+        if (error instanceof CredentialError)
+          throw new ApiError('invalid_request', 'invalid_credentials', error.message, error.param);
+        throw error;
+      }
       const sealed = seal(
         ctx.config.masterKey,
         JSON.stringify(configured.credentials),
