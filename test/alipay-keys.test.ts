@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import forge from 'node-forge';
 import { alipayAdapter } from '../adapters/alipay/adapter.ts';
 import { paymentRequest, TEST_SEED } from '../adapters/alipay/simulator/harness.ts';
 import { type AlipaySimulatorHandle, startAlipaySimulator } from '../adapters/alipay/simulator/index.ts';
@@ -162,6 +163,37 @@ describe('alipay keys', () => {
         { client_id: 'C1', private_key: pkcs8, alipay_public_key: antomPem, key_version: 'v1' },
         'key_version',
       ],
+    ];
+    for (const [input, param] of cases) {
+      await assert.rejects(
+        alipayAdapter.configure(input, unusedSandbox, 'pva_test'),
+        (error: unknown) => error instanceof CredentialError && error.param === param,
+        `expected CredentialError on ${param}`,
+      );
+    }
+  });
+
+  it('refuses keys that parse but cannot work, and a client_id that cannot travel as a header', async () => {
+    const pkcs8 = formats(merchant.privateKey)['PKCS#8 PEM'];
+    const parts = forge.pki.privateKeyFromPem(
+      merchant.privateKey.export({ type: 'pkcs1', format: 'pem' }).toString(),
+    );
+    const other = forge.pki.privateKeyFromPem(
+      pair().privateKey.export({ type: 'pkcs1', format: 'pem' }).toString(),
+    );
+    // Another key's modulus with this key's primes: n ≠ p·q.
+    const mismatched = forge.pki.privateKeyToPem(
+      forge.pki.setRsaPrivateKey(other.n, parts.e, parts.d, parts.p, parts.q, parts.dP, parts.dQ, parts.qInv),
+    );
+    const antomKey = forge.pki.publicKeyFromPem(antomPem);
+    const exponentOne = forge.pki.publicKeyToPem(
+      forge.pki.setRsaPublicKey(antomKey.n, new forge.jsbn.BigInteger('1', 10)),
+    );
+    const cases: [Record<string, unknown>, string][] = [
+      [{ client_id: 'C1', private_key: mismatched, alipay_public_key: antomPem }, 'private_key'],
+      [{ client_id: 'C1', private_key: pkcs8, alipay_public_key: exponentOne }, 'alipay_public_key'],
+      [{ client_id: 'C\n1', private_key: pkcs8, alipay_public_key: antomPem }, 'client_id'],
+      [{ client_id: 'ID\u00e9', private_key: pkcs8, alipay_public_key: antomPem }, 'client_id'],
     ];
     for (const [input, param] of cases) {
       await assert.rejects(

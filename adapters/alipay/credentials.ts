@@ -140,6 +140,12 @@ function publicPemOf(credentials: AlipayCredentials): string {
 
 function realCredentials(input: Record<string, unknown>): AlipayCredentials {
   const clientId = requiredText(input, 'client_id', 64);
+  // It travels as an HTTP header and in the signed content: visible ASCII only.
+  if (!/^[\x21-\x7e]+$/.test(clientId))
+    throw new CredentialError(
+      'client_id',
+      'client_id must be visible ASCII characters, as the Antom Dashboard shows it',
+    );
   const privateKey = parseKey('private_key', () =>
     normalisePrivateKey(requiredText(input, 'private_key', 20_000)),
   );

@@ -5,7 +5,7 @@
  * label, and normalises it once, at configure time, to PKCS#8 / SubjectPublicKeyInfo PEM. Signing
  * then runs on node:crypto KeyObjects (about 100× faster than forge).
  */
-import { createHash, createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, type KeyObject, sign, verify } from 'node:crypto';
 import forge from 'node-forge';
 
 export type KeyFormat =
@@ -60,11 +60,14 @@ export function normalisePrivateKey(input: string): NormalisedPrivateKey {
   const bits = key.n.bitLength();
   if (bits < MIN_BITS)
     throw new KeyFormatError(`RSA key has ${bits} bits; at least ${MIN_BITS} are required`);
+  checkExponent(key.e);
   const publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+  const normalised = unixLines(
+    forge.pki.privateKeyInfoToPem(forge.pki.wrapRsaPrivateKey(forge.pki.privateKeyToAsn1(key))),
+  );
+  checkSigns(normalised);
   return {
-    pem: unixLines(
-      forge.pki.privateKeyInfoToPem(forge.pki.wrapRsaPrivateKey(forge.pki.privateKeyToAsn1(key))),
-    ),
+    pem: normalised,
     format: `${pkcs8 ? 'pkcs8' : 'pkcs1'}-${pem ? 'pem' : 'base64'}`,
     modulus: key.n.toString(16),
     bits,
@@ -87,6 +90,7 @@ export function normalisePublicKey(input: string): NormalisedPublicKey {
   const bits = key.n.bitLength();
   if (bits < MIN_BITS)
     throw new KeyFormatError(`RSA key has ${bits} bits; at least ${MIN_BITS} are required`);
+  checkExponent(key.e);
   return {
     pem: unixLines(forge.pki.publicKeyToPem(key)),
     // A PKCS#1 RSAPublicKey is normalised to SPKI like the rest; report it under the SPKI name.
@@ -95,6 +99,31 @@ export function normalisePublicKey(input: string): NormalisedPublicKey {
     bits,
     fingerprint: fingerprintOf(key),
   };
+}
+
+/** An RSA public exponent is odd and at least 3; 0 or 1 parse, but nothing verifies with them. */
+function checkExponent(e: forge.jsbn.BigInteger): void {
+  if (e.bitLength() < 2 || !e.testBit(0))
+    throw new KeyFormatError(`the RSA public exponent ${e.toString(10)} is not usable (odd, at least 3)`);
+}
+
+/**
+ * A private key whose numbers do not fit together (n ≠ p·q, a wrong d) parses, then signs what
+ * nothing verifies: found now, with one signature checked against its own public half.
+ */
+function checkSigns(pkcs8Pem: string): void {
+  const probe = Buffer.from('tillbridge key check');
+  let verified = false;
+  try {
+    const key = createPrivateKey({ key: pkcs8Pem, format: 'pem' });
+    verified = verify('sha256', probe, createPublicKey(key), sign('sha256', probe, key));
+  } catch {
+    verified = false;
+  }
+  if (!verified)
+    throw new KeyFormatError(
+      'the RSA private key is damaged: what it signs does not verify with its public half',
+    );
 }
 
 /** `sha256:<hex>` of the SubjectPublicKeyInfo DER: safe to show, identifies the key. */
