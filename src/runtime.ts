@@ -80,10 +80,17 @@ export async function startGateway(config: Config, port = config.port): Promise<
   let worker: Worker | undefined;
   // A worker alone serves its health and metrics (its own jobs, provider calls, reconciliations).
   const app = config.role === 'worker' ? createOperationsApp(ctx) : createApp(ctx);
-  const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(port, config.host, () => resolve(s));
-    s.on('error', reject);
-  });
+  let server: Server;
+  try {
+    server = await new Promise<Server>((resolve, reject) => {
+      // Express 5 hands a listen error (a port in use) to this callback as well.
+      const s = app.listen(port, config.host, (error?: Error) => (error ? reject(error) : resolve(s)));
+      s.on('error', reject);
+    });
+  } catch (error) {
+    await closeContext(ctx);
+    throw error;
+  }
   server.keepAliveTimeout = 65_000;
   if (config.role !== 'api') worker = await startWorker(ctx);
   const address = server.address() as AddressInfo;
@@ -101,11 +108,15 @@ export async function startGateway(config: Config, port = config.port): Promise<
       await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
       server.closeAllConnections();
       await worker?.stop();
-      await ctx.queues.close();
-      await ctx.updates.close();
-      await ctx.sandbox.close();
-      ctx.redis.disconnect();
-      await ctx.db.end();
+      await closeContext(ctx);
     },
   };
+}
+
+async function closeContext(ctx: Context): Promise<void> {
+  await ctx.queues.close();
+  await ctx.updates.close();
+  await ctx.sandbox.close();
+  ctx.redis.disconnect();
+  await ctx.db.end();
 }

@@ -150,6 +150,13 @@ describe('start-up', () => {
     assert.match(result.stderr, /configuration error: .*required when NODE_ENV=production/);
   });
 
+  test('a port already in use stops the start with that reason', async () => {
+    await assert.rejects(
+      startGateway(tg.config),
+      (error: NodeJS.ErrnoException) => error.code === 'EADDRINUSE',
+    );
+  });
+
   test('a PUBLIC_BASE_URL that is no URL is refused: providers would be given it as their notify URL', () => {
     const { env } = testEnvironment();
     for (const bad of ['notaurl', 'pay.example.com', 'ftp://pay.example.com', 'https://pay.example.com/?x=1'])
