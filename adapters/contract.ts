@@ -219,7 +219,8 @@ export class SettlementFormatError extends Error {
  */
 export function isCalendarDate(text: string): boolean {
   const day = text.slice(0, 10);
-  if (!/^\d{4}-\d{2}-\d{2}$/.test(day)) return false;
+  // There is no year 0 (PostgreSQL refuses it too).
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(day) || day.startsWith('0000')) return false;
   const time = Date.parse(`${day}T00:00:00Z`);
   return !Number.isNaN(time) && new Date(time).toISOString().startsWith(day);
 }

@@ -161,6 +161,11 @@ describe('Antom settlement details parser', () => {
     const error = await failure(decimalAmount);
     assert.equal(error.line_no, 2);
     assert.match(error.message, /line 2: transactionAmountValue "19.99" is not an integer amount/);
+    // Past 2^53 a Number is not the amount written (9999999999999999 would read 10000000000000000).
+    assert.match(
+      (await failure(GOOD.replace(',1999,EUR,1999,', ',9999999999999999,EUR,1999,'))).message,
+      /line 2: transactionAmountValue "9999999999999999" is out of range/,
+    );
     assert.match(
       (await failure(GOOD.replace(',PAYMENT,', ',CHARGEBACK,'))).message,
       /unknown transactionType CHARGEBACK/,

@@ -192,6 +192,13 @@ test('CSV: streamed, UTF-8 with BOM, CRLF, major units, quoted cells, a TOTAL ro
   assert.equal(bad.body.error.type, 'invalid_request');
   const noDates = await tg.http.get('/v1/reports/settlements').set('Authorization', `Bearer ${m.secretKey}`);
   assert.equal(noDates.status, 400);
+  // There is no year 0: refused as a date, before any CSV header is sent.
+  const yearZero = await tg.http
+    .get('/v1/reports/settlements?from=0000-01-01&to=2030-01-01&format=csv')
+    .set('Authorization', `Bearer ${m.secretKey}`);
+  assert.equal(yearZero.status, 400);
+  assert.equal(yearZero.body.error.param, 'from');
+  assert.match(yearZero.headers['content-type'], /application\/json/);
   // A provider filter naming no provider is a mistake, not an empty report.
   for (const path of [
     '/v1/reports/settlements?from=2030-01-01&to=2030-02-01&provider=nosuch',

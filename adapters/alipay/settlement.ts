@@ -222,8 +222,12 @@ function amount(value: string, currencyCode: string, column: string, lineNo: num
       lineNo,
     );
   }
+  const minor = Math.abs(Number(value));
+  // Sixteen digits reach past 2^53, where a Number is no longer the amount written.
+  if (!Number.isSafeInteger(minor))
+    throw new SettlementFormatError(`line ${lineNo}: ${column} "${value}" is out of range`, lineNo);
   // Refunds may be written signed or unsigned; the direction comes from transactionType.
-  return { value: Math.abs(Number(value)), currency };
+  return { value: minor, currency };
 }
 
 /** ISO-8601, or `yyyy-MM-dd HH:mm:ss` without a zone, read as UTC (not confirmed by a real file). */

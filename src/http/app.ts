@@ -192,7 +192,7 @@ export function createApp(ctx: Context): express.Express {
       apiError = new ApiError(
         'invalid_request',
         'invalid_value',
-        'the request holds a value that cannot be stored (NUL bytes and unpaired surrogates are refused)',
+        'the request holds a value the ledger cannot store or compare (out of range, a NUL byte or an unpaired surrogate)',
       );
     } else if (isInfrastructureError(error)) {
       ctx.log.error({ err: error, request_id: req.requestId }, 'storage unavailable');
