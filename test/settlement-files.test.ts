@@ -171,6 +171,13 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
     .send('x');
   assert.equal(unknown.status, 400);
   assert.equal(unknown.body.error.param, 'provider');
+  // The route answers with a trailing slash too, and then still takes the file raw (not as JSON).
+  const slashed = await tg.http
+    .post('/v1/settlements/imports/?provider=sandbox')
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .set('Content-Type', 'text/csv')
+    .send(`${SANDBOX_HEADER}\n`);
+  assert.equal(slashed.status, 202, JSON.stringify(slashed.body));
   // After all that, the good file imports cleanly.
   const ok = await importAndWait(tg, m.secretKey, good);
   assert.equal(ok.status, 'completed');

@@ -137,6 +137,20 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     assert.equal(res.body.error.code, 'invalid_json');
   });
 
+  test('a body that is not UTF-8 is a 400 unsupported_encoding, not text stored with U+FFFD', async () => {
+    // Sent as bytes (supertest would write a Buffer as JSON).
+    const res = await fetch(`${tg.url}/v1/terminals`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${merchant.secretKey}`, 'Content-Type': 'application/json' },
+      body: Buffer.from('{"store_id":"lat\xe9","terminal_id":"t-latin1"}', 'latin1'),
+    });
+    const body = await res.json();
+    assert.equal(res.status, 400, JSON.stringify(body));
+    assert.equal(body.error.code, 'unsupported_encoding');
+    const { rows } = await tg.gateway.ctx.db.query("SELECT 1 FROM terminals WHERE terminal_id = 't-latin1'");
+    assert.equal(rows.length, 0);
+  });
+
   test('a currency no provider account serves is 422 and stores nothing', async () => {
     const outside = await setupMerchant(tg, 'EUR only');
     await tg.http
@@ -402,6 +416,12 @@ describe('authentication and tenancy', () => {
       const res = await req.expect(401);
       assert.equal(res.body.error.type, 'authentication');
     }
+    // Who is asking is settled before what the body holds.
+    const unreadable = await tg.http
+      .post('/v1/payments')
+      .set('Content-Type', 'application/json')
+      .send('{"amount": {"value": 10,');
+    assert.equal(unreadable.status, 401);
   });
 
   test('a revoked terminal key stops working at once; the terminal gets a new one', async () => {

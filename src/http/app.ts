@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { inboundWebhooksRouter } from '../../webhooks/inbound.ts';
 import type { Context } from '../context.ts';
@@ -128,13 +129,26 @@ export function createApp(ctx: Context): express.Express {
   // Provider callbacks first, with their raw-body parser, before any JSON parsing.
   app.use(inboundWebhooksRouter(ctx));
 
-  const jsonParser = express.json({ type: () => true, limit: '100kb', strict: true });
-  const authenticate = authenticator(ctx);
-  const limit = rateLimiter(ctx);
+  const jsonParser = express.json({
+    type: () => true,
+    limit: '100kb',
+    strict: true,
+    // Bytes that are not UTF-8 would be read as U+FFFD and stored so.
+    verify: (_req, _res, body) => {
+      if (!isUtf8(body))
+        throw Object.assign(new Error('the request body is not valid UTF-8'), {
+          status: 400,
+          type: 'encoding.unsupported',
+        });
+    },
+  });
+  // Who is asking comes first: a request without a valid key is 401 whatever its body holds.
+  app.use('/v1', authenticator(ctx), rateLimiter(ctx));
   app.use('/v1', (req, res, next) => {
     // A body on GET/DELETE is ignored; on POST/PUT it must be JSON.
-    // Settlement files are streamed raw into PostgreSQL by their route, never parsed here.
-    if (req.method === 'POST' && req.path === '/settlements/imports') return next();
+    // Settlement files are streamed raw into PostgreSQL by their route, never parsed here (the
+    // router matches paths case-insensitively and with a trailing slash, and so does this).
+    if (req.method === 'POST' && /^\/settlements\/imports\/?$/i.test(req.path)) return next();
     if (req.method === 'POST' || req.method === 'PUT')
       return jsonParser(req, res, (error?: unknown) => {
         // Called from the body stream's end: nothing here may throw past next().
@@ -146,7 +160,6 @@ export function createApp(ctx: Context): express.Express {
       });
     next();
   });
-  app.use('/v1', authenticate, limit);
   app.use(setupRouter(ctx));
   app.use(paymentsRouter(ctx));
   for (const router of extraRouters(ctx)) app.use(router);
