@@ -226,6 +226,21 @@ test('the dashboard page needs no key to load, and holds no data', async () => {
     [exponents.XPF, exponents.CLF, exponents.JPY, exponents.KWD, exponents.EUR],
     [0, 4, 0, 3, undefined],
   );
+  // Lists are read page by page (the newest 100 batches once hid older ones of the period), up to a cap.
+  const pagesSource = /async function pages[\s\S]*?\n {2}\}\n/.exec(js.text)?.[0] ?? '';
+  const served: string[] = [];
+  const fakeApi = async (path: string) => {
+    served.push(path);
+    const after = Number(/starting_after=b(\d+)/.exec(path)?.[1] ?? 0);
+    const data = Array.from({ length: 100 }, (_, i) => ({ id: `b${after + i + 1}` }));
+    return { json: async () => ({ data, has_more: after + 100 < 250 }) };
+  };
+  const pages = new Function('api', `${pagesSource}; return pages;`)(fakeApi);
+  const all = await pages('/v1/settlements', 5000);
+  assert.deepEqual([all.data.length, all.more, served.length], [300, false, 3]);
+  assert.equal(served[1], '/v1/settlements?limit=100&starting_after=b100');
+  const capped = await pages('/v1/settlements', 150);
+  assert.deepEqual([capped.data.length, capped.more], [200, true]);
   const spec = await tg.http.get('/openapi.json');
   assert.ok(spec.body.paths['/v1/reports/settlements']);
   const importOp = spec.body.paths['/v1/settlements/imports'].post;

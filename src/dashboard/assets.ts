@@ -73,6 +73,20 @@ export const DASHBOARD_JS = `'use strict';
     if (!res.ok) { var body = await res.json().catch(function () { return {}; }); throw new Error((body.error && body.error.message) || ('HTTP ' + res.status)); }
     return res;
   }
+  // Every page of a list, up to max items: { data, more } (more: some were left out).
+  async function pages(path, max) {
+    var data = [], after = '', more = true;
+    while (more && data.length < max) {
+      var page = await (await api(path + (path.indexOf('?') < 0 ? '?' : '&') + 'limit=100' + (after ? '&starting_after=' + encodeURIComponent(after) : ''))).json();
+      data = data.concat(page.data); more = page.has_more && page.data.length > 0;
+      if (page.data.length) after = page.data[page.data.length - 1].id;
+    }
+    return { data: data, more: more };
+  }
+  function leftOut(rows, list, columns) {
+    if (list.more) rows.push([['only the first ' + list.data.length + ' are shown', 'muted']].concat(Array(columns - 1).fill([''])));
+    return rows;
+  }
   function query() { return 'from=' + $('from').value + '&to=' + $('to').value + '&group_by=' + $('group').value; }
   function chart(groups) {
     var el = $('chart'); el.replaceChildren();
@@ -103,15 +117,16 @@ export const DASHBOARD_JS = `'use strict';
       var rows = report.groups.map(function (g) { return [[g.key], [g.currency], [String(g.count), 'n'], [fmt(g.gross), 'n'], [fmt(g.fees), 'n'], [fmt(g.net), 'n'], [String(g.discrepancies), g.discrepancies ? 'n bad' : 'n']]; });
       report.totals.forEach(function (t) { rows.push([['Total'], [t.currency], [String(t.count), 'n'], [fmt(t.gross), 'n'], [fmt(t.fees), 'n'], [fmt(t.net), 'n'], [String(t.discrepancies), 'n']]); });
       table($('groups'), [[report.group_by], ['currency'], ['lines', 'n'], ['gross', 'n'], ['fees', 'n'], ['net', 'n'], ['discrepancies', 'n']], rows);
-      var batches = await (await api('/v1/settlements?limit=100')).json();
+      // The batches list is newest first and has no date filter: read it all, then keep the period's.
+      var batches = await pages('/v1/settlements', 5000);
       table($('batches'), [['date'], ['provider'], ['batch'], ['lines', 'n'], ['gross', 'n'], ['fees', 'n'], ['net', 'n'], ['status']],
-        batches.data.filter(function (b) { return b.settlement_date >= $('from').value && b.settlement_date <= $('to').value; }).map(function (b) {
+        leftOut(batches.data.filter(function (b) { return b.settlement_date >= $('from').value && b.settlement_date <= $('to').value; }).map(function (b) {
           return [[b.settlement_date], [b.provider], [b.provider_batch_id], [String(b.count), 'n'], [fmt({ value: b.gross, currency: b.currency }), 'n'], [fmt({ value: b.fees, currency: b.currency }), 'n'], [fmt({ value: b.net, currency: b.currency }), 'n'], [b.status, b.status === 'reconciled' ? 'ok' : 'bad']];
-        }));
-      var disc = await (await api('/v1/reconciliation/discrepancies?limit=100')).json();
-      table($('discrepancies'), [['kind'], ['provider'], ['reference'], ['expected', 'n'], ['actual', 'n'], ['detail']], disc.data.map(function (d) {
+        }), batches, 8));
+      var disc = await pages('/v1/reconciliation/discrepancies', 1000);
+      table($('discrepancies'), [['kind'], ['provider'], ['reference'], ['expected', 'n'], ['actual', 'n'], ['detail']], leftOut(disc.data.map(function (d) {
         return [[d.kind, 'bad'], [d.provider], [d.provider_reference || ''], [d.expected ? fmt(d.expected) : '', 'n'], [d.actual ? fmt(d.actual) : '', 'n'], [d.detail]];
-      }));
+      }), disc, 6));
     } catch (e) { $('error').textContent = e.message; }
   }
   async function csv() {
