@@ -546,15 +546,27 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
 }
 
 /**
+ * One more "no such order" after a `pay` that got no answer: the count, since when, and whether two
+ * far enough apart now prove the request never arrived.
+ */
+function notFoundAgain(
+  row: PaymentRow,
+  policy: ResolutionPolicy,
+): { count: number; since: Date; proven: boolean } {
+  const since = row.not_found_since ?? new Date();
+  const count = row.not_found_count + 1;
+  const apartMs = (policy.resend_after_not_found_s ?? Number.POSITIVE_INFINITY) * 1000;
+  return { count, since, proven: count >= 2 && Date.now() - since.getTime() >= apartMs };
+}
+
+/**
  * After a `pay` that got no answer, two "no such order" inquiries far enough apart prove the
  * request never arrived: then, and only once, the identical request is sent again (PROVIDERS.md rule 1).
  */
 async function handleNotFound(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<void> {
   const policy = account.module.adapter.resolution;
-  const since = row.not_found_since ?? new Date();
-  const count = row.not_found_count + 1;
-  const apartMs = (policy.resend_after_not_found_s ?? Number.POSITIVE_INFINITY) * 1000;
-  if (count >= 2 && Date.now() - since.getTime() >= apartMs) {
+  const { count, since, proven } = notFoundAgain(row, policy);
+  if (proven) {
     const updated = (await updatePayment(ctx.db, row.id, { resent: true, not_found_count: count })) ?? row;
     await recordEvent(
       ctx.db,
@@ -604,14 +616,13 @@ async function cancelAtProvider(
     case 'deferred':
       await scheduleCheck(ctx, row, adapter.resolution, outcome.retry_after_s);
       return row;
-    case 'not_found':
-      if (!row.pay_answered) {
-        // Not found, like the inquiries after a pay that got no answer: counted with them. Once two
-        // far enough apart say so, the pay never arrived and nothing can be charged.
-        const since = row.not_found_since ?? new Date();
-        const count = row.not_found_count + 1;
-        const apartMs = (adapter.resolution.resend_after_not_found_s ?? 0) * 1000;
-        if (count >= 2 && Date.now() - since.getTime() >= apartMs)
+    case 'not_found': {
+      const policy = adapter.resolution;
+      if (!row.pay_answered && policy.resend_after_not_found_s !== undefined) {
+        // Counted with the inquiries' "not found": once two far enough apart say so, the pay never
+        // arrived and nothing can be charged.
+        const { count, since, proven } = notFoundAgain(row, policy);
+        if (proven)
           return (
             (await transition(
               ctx,
@@ -625,16 +636,12 @@ async function cancelAtProvider(
           );
         const updated =
           (await updatePayment(ctx.db, row.id, { not_found_count: count, not_found_since: since })) ?? row;
-        await scheduleCheck(
-          ctx,
-          updated,
-          adapter.resolution,
-          adapter.resolution.resend_after_not_found_s ?? 2,
-        );
+        await scheduleCheck(ctx, updated, policy, policy.resend_after_not_found_s);
         return updated;
       }
       // An answered pay the provider cannot find: as unknown as any other answer.
       return cancelUnconfirmed(ctx, row, account, outcome.reason);
+    }
     case 'unknown':
     case 'failed':
       return cancelUnconfirmed(ctx, row, account, outcome.reason);
