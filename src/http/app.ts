@@ -202,11 +202,7 @@ export function createApp(ctx: Context): express.Express {
       // PostgreSQL refused a value it was given (a NUL byte, a lone surrogate in JSON, a number out
       // of range): whatever validation let through, it is the request's fault.
       ctx.log.warn({ err: error, request_id: req.requestId }, 'value refused by the ledger');
-      apiError = new ApiError(
-        'invalid_request',
-        'invalid_value',
-        'the request holds a value the ledger cannot store or compare (out of range, a NUL byte or an unpaired surrogate)',
-      );
+      apiError = unstorable();
     } else if (isInfrastructureError(error)) {
       ctx.log.error({ err: error, request_id: req.requestId }, 'storage unavailable');
       apiError = new ApiError(
@@ -268,9 +264,10 @@ function bodyFault(body: unknown): ApiError | undefined {
   return undefined;
 }
 
+/** A value the ledger cannot store or compare: found by bodyFault, or refused by PostgreSQL. */
 const unstorable = () =>
   new ApiError(
     'invalid_request',
     'invalid_value',
-    'the request holds a value that cannot be stored (NUL bytes and unpaired surrogates are refused)',
+    'the request holds a value the ledger cannot store or compare (out of range, a NUL byte or an unpaired surrogate)',
   );
