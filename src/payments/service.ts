@@ -530,19 +530,23 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
     );
     return;
   }
-  const { adapter } = account.module;
-  const outcome = await call(
-    ctx,
-    row.provider,
-    'inquire',
-    () => adapter.inquire(account.context, requestFor(ctx, row)),
-    (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
-  );
+  const outcome = await inquire(ctx, row, account);
   if (outcome.kind === 'not_found' && !row.pay_answered && !row.resent) {
     await handleNotFound(ctx, row, account);
     return;
   }
   await applyOutcome(ctx, row, account, outcome, 'inquiry');
+}
+
+/** Asks the provider how the payment stands; a call that throws is an unknown outcome. */
+function inquire(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<PaymentOutcome> {
+  return call(
+    ctx,
+    row.provider,
+    'inquire',
+    () => account.module.adapter.inquire(account.context, requestFor(ctx, row)),
+    (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
+  );
 }
 
 /**
@@ -659,13 +663,7 @@ async function cancelUnconfirmed(
   reason: string,
 ): Promise<PaymentRow> {
   const { adapter } = account.module;
-  const inquiry = await call(
-    ctx,
-    row.provider,
-    'inquire',
-    () => adapter.inquire(account.context, requestFor(ctx, row)),
-    (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
-  );
+  const inquiry = await inquire(ctx, row, account);
   if (inquiry.kind === 'succeeded' || inquiry.kind === 'failed' || inquiry.kind === 'canceled') {
     return applyOutcome(ctx, row, account, inquiry, 'inquiry');
   }
