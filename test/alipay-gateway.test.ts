@@ -23,6 +23,7 @@ import {
   scanPayment,
   scanWhileTillWaits,
   setupMerchant,
+  signal,
   startTestGateway,
   type TestGateway,
   waitForStatus,
@@ -238,24 +239,18 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   test('a check that read the payment before its code was stored does not end the QR the till was given', async () => {
     const ctx = tg.gateway.ctx;
     const { pay, inquire } = alipayAdapter;
-    let answered = () => {};
-    const payAnswered = new Promise<void>((resolve) => {
-      answered = resolve;
-    });
-    let storeIt = () => {};
-    const answerStored = new Promise<void>((resolve) => {
-      storeIt = resolve;
-    });
+    const payAnswered = signal();
+    const answerStored = signal();
     // The creating request has its answer (with the code), and its write waits (a busy pool) ...
     alipayAdapter.pay = async (account, payment) => {
       const outcome = await pay.call(alipayAdapter, account, payment);
-      answered();
-      await answerStored;
+      payAnswered.settle();
+      await answerStored.settled;
       return outcome;
     };
     try {
       const creating = createPayment(tg, merchant.terminalKey, qrPayment(1210)).then((r) => r);
-      await payAnswered;
+      await payAnswered.settled;
       const { rows } = await ctx.db.query<{ id: string }>(
         'SELECT id FROM payments WHERE merchant_id = $1 ORDER BY created_at DESC LIMIT 1',
         [merchant.id],
@@ -265,7 +260,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
       // Antom (whose inquiry carries no code) only after the code is stored.
       alipayAdapter.inquire = async (account, payment) => {
         const outcome = await inquire.call(alipayAdapter, account, payment);
-        storeIt();
+        answerStored.settle();
         await eventually(async () => (await loadPayment(ctx, id)).qr_data !== null, 5_000, 'the code stored');
         return outcome;
       };
@@ -283,14 +278,11 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   test('a cancel Antom answers ORDER_NOT_EXIST while the pay is still on its way does not end the sale', async () => {
     const ctx = tg.gateway.ctx;
     const { pay, cancel } = alipayAdapter;
-    let release = () => {};
-    const payMayGo = new Promise<void>((resolve) => {
-      release = resolve;
-    });
+    const payMayGo = signal();
     // The pay is slow to reach Antom; a cancel overtakes it and Antom knows no such order yet. (The
     // simulator keeps a cancelled id from being paid later; Antom is not known to: §16.)
     alipayAdapter.pay = async (account, payment) => {
-      await payMayGo;
+      await payMayGo.settled;
       return pay.call(alipayAdapter, account, payment);
     };
     alipayAdapter.cancel = async () =>
@@ -309,13 +301,13 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
         .set('Authorization', `Bearer ${merchant.terminalKey}`);
       assert.equal(canceling.status, 202, JSON.stringify(canceling.body));
       assert.equal(canceling.body.status, 'processing');
-      release();
+      payMayGo.settle();
       // The pay arrives and the customer is charged: the till learns the sale succeeded.
       assert.equal((await creating).body.status, 'succeeded');
       const done = await waitForStatus(tg, merchant.terminalKey, id, FINAL);
       assert.equal(done.status, 'succeeded', (await causes(id)).join(', '));
     } finally {
-      release();
+      payMayGo.settle();
       alipayAdapter.pay = pay;
       alipayAdapter.cancel = cancel;
     }

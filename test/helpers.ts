@@ -190,6 +190,15 @@ export function createPayment(tg: TestGateway, key: string, body: unknown, idem 
     .send(body as object);
 }
 
+/** A promise a test settles by hand: `await x.settled` waits until `x.settle()` is called. */
+export function signal(): { settled: Promise<void>; settle: () => void } {
+  let settle = () => {};
+  const settled = new Promise<void>((resolve) => {
+    settle = resolve;
+  });
+  return { settled, settle };
+}
+
 /** Polls until `check` returns a value, or fails after `timeoutMs`. */
 export async function eventually<T>(
   check: () => Promise<T | undefined | false>,

@@ -8,6 +8,7 @@ import {
   eventually,
   scanPayment,
   setupMerchant,
+  signal,
   startTestGateway,
   type TestGateway,
   waitForStatus,
@@ -360,14 +361,11 @@ test('a tick that meets a fetch still running leaves it for the next tick, which
       )
     ).rows;
   const original = adapter.fetchSettlement;
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => {
-    release = resolve;
-  });
+  const gate = signal();
   let started = 0;
   adapter.fetchSettlement = async () => {
     started += 1;
-    await gate;
+    await gate.settled;
     throw new Error('provider down');
   };
   try {
@@ -381,7 +379,7 @@ test('a tick that meets a fetch still running leaves it for the next tick, which
       ['failed', 'failed'],
     );
   } finally {
-    release();
+    gate.settle();
     adapter.fetchSettlement = original;
   }
   await eventually(
