@@ -62,7 +62,16 @@ export type PaymentOutcome =
    * We cannot tell what happened. `reached: false` only when the request provably never left
    * (connection refused before any byte was sent): then, and only then, may the core fail over.
    */
-  | { kind: 'unknown'; reason: string; reached: boolean }
+  | {
+      kind: 'unknown';
+      reason: string;
+      reached: boolean;
+      /**
+       * Inquiry only: the provider refused the query itself with a final failure, so asking again
+       * will not tell us more; the core cancels now instead of polling to the end of the window.
+       */
+      stop_inquiring?: boolean;
+    }
   /** Inquiry only: the provider says it has no such order (may mean "not visible yet"). */
   | { kind: 'not_found'; reason?: string };
 

@@ -236,6 +236,27 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     });
   }
 
+  test('an inquiry Antom refuses with F (not "not found") is cancelled at once, not polled for the QR’s 3 minutes', async () => {
+    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+    const flip = (on: boolean) =>
+      fetch(`${simUrl}/_sim/switches`, { method: 'POST', body: JSON.stringify({ inquiry_refused: on }) });
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(1250)).expect(201);
+    assert.equal(res.body.status, 'requires_customer');
+    await flip(true);
+    try {
+      const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL, 20_000);
+      assert.equal(done.status, 'canceled');
+    } finally {
+      await flip(false);
+    }
+    // Closed at Antom too: scanning the code now pays nothing.
+    const paid = await fetch(res.body.qr_code.data, {
+      method: 'POST',
+      headers: { accept: 'application/json' },
+    });
+    assert.equal(((await paid.json()) as { paymentStatus: string }).paymentStatus, 'CANCELLED');
+  });
+
   test('a check that read the payment before its code was stored does not end the QR the till was given', async () => {
     const ctx = tg.gateway.ctx;
     const { pay, inquire } = alipayAdapter;

@@ -207,6 +207,9 @@ export function payOutcome(payment: PaymentRequest, result: AntomResult, body: J
 export function inquiryOutcome(result: AntomResult, body: Json): PaymentOutcome {
   if (result.resultStatus === 'F' && isNotFound(result))
     return { kind: 'not_found', reason: describe(result) };
+  // Any other F ends the inquiries: the reference client cancels at once (§9).
+  if (result.resultStatus === 'F' && !isUndecided(result))
+    return { kind: 'unknown', reason: describe(result), reached: true, stop_inquiring: true };
   if (result.resultStatus !== 'S') return unknown(result);
   const status = PAYMENT_STATUS[text(body.paymentStatus) ?? ''];
   const facts = paymentFacts(body);

@@ -436,11 +436,15 @@ export async function applyOutcome(
       return current;
     }
     case 'unknown': {
-      const current = await loadPayment(ctx, row.id);
+      let current = await loadPayment(ctx, row.id);
       ctx.log.warn(
         { payment_id: row.id, source, reason: outcome.reason },
         'payment outcome unknown; will inquire',
       );
+      if (outcome.stop_inquiring && source === 'inquiry' && UNRESOLVED.includes(current.status)) {
+        // Its window closes now, so the check planned below cancels it at once.
+        current = (await updatePayment(ctx.db, row.id, { resolve_by: new Date() })) ?? current;
+      }
       if (UNRESOLVED.includes(current.status)) {
         return scheduleCheck(ctx, current, account.module.adapter.resolution, undefined, answered);
       }

@@ -124,6 +124,8 @@ function handleApi(
     case 'pay':
       return pay(ctx, res, path, clientId, body, now);
     case 'inquiryPayment': {
+      if (ctx.switches.inquiry_refused)
+        return respond(ctx, res, path, clientId, fail('ACCESS_DENIED', 'access denied'));
       const record = ctx.ledger.findPayment(clientId, body);
       if (!record || record.tombstone)
         return respond(ctx, res, path, clientId, fail('ORDER_NOT_EXIST', 'order not exist'));

@@ -27,6 +27,8 @@ export interface SimulatorSwitches {
   notifications: boolean;
   /** Fault: answer an Order Code creation U PAYMENT_IN_PROCESS, without the code. */
   order_code_unknown: boolean;
+  /** Fault: answer every inquiryPayment F ACCESS_DENIED (a final refusal of the query itself). */
+  inquiry_refused: boolean;
 }
 
 export const DEFAULT_SWITCHES: SimulatorSwitches = {
@@ -42,6 +44,7 @@ export const DEFAULT_SWITCHES: SimulatorSwitches = {
   async_refunds: false,
   notifications: true,
   order_code_unknown: false,
+  inquiry_refused: false,
 };
 
 export function applySwitches(target: SimulatorSwitches, patch: unknown): string[] {
