@@ -100,6 +100,66 @@ describe('alipay keys', () => {
     });
   }
 
+  // PROVIDERS.md rule 8: during a rotation Antom's responses may come signed with either key.
+  for (const [name, keys] of [
+    [
+      'the new key kept by version, the old one current',
+      (simKey: string) => ({ alipay_public_key: antomPem, alipay_public_keys: { '2': simKey } }),
+    ],
+    [
+      'the old key kept by version, the new one current',
+      (simKey: string) => ({ alipay_public_key: simKey, alipay_public_keys: { '1': antomPem } }),
+    ],
+  ] as const) {
+    it(`verifies Antom's answers with any of several Alipay public keys (${name})`, async () => {
+      const clientId = `TEST_ROTATION_${name.length}`;
+      const { credentials, public_view } = await alipayAdapter.configure(
+        {
+          client_id: clientId,
+          private_key: formats(merchant.privateKey)['PKCS#8 PEM'],
+          endpoint: sim.url,
+          ...keys(sim.antomPublicKeyPem),
+        },
+        unusedSandbox,
+        'pva_test',
+      );
+      const fingerprints = public_view.alipay_public_key_fingerprints as Record<string, string>;
+      assert.equal(Object.keys(fingerprints).length, 1);
+      assert.match(Object.values(fingerprints)[0], /^sha256:[0-9a-f]{64}$/);
+      sim.registerClient(clientId, merchant.publicKey.export({ type: 'spki', format: 'pem' }).toString());
+      const account: AccountContext<ReturnType<typeof alipayAdapter.load>> = {
+        account_id: 'pva_keys',
+        merchant_id: 'mer_keys',
+        credentials: alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), unusedSandbox),
+        sandbox: false,
+        notify_url: 'http://127.0.0.1:9/webhooks/alipay/pva_keys',
+        notify_path: '/webhooks/alipay/pva_keys',
+      };
+      const outcome = await alipayAdapter.pay(account, paymentRequest({ merchant_id: 'mer_keys' }));
+      assert.equal(outcome.kind, 'succeeded');
+    });
+  }
+
+  it('refuses bad entries of alipay_public_keys, naming the entry', async () => {
+    const pkcs8 = formats(merchant.privateKey)['PKCS#8 PEM'];
+    const own = merchant.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+    const base = { client_id: 'C1', private_key: pkcs8, alipay_public_key: antomPem };
+    const cases: [unknown, string][] = [
+      [[antomPem], 'alipay_public_keys'],
+      [{ '2': own }, 'alipay_public_keys.2'],
+      [{ '2': 'not a key' }, 'alipay_public_keys.2'],
+      [{ v2: antomPem }, 'alipay_public_keys.v2'],
+      [Object.fromEntries(['2', '3', '4', '5', '6', '7'].map((v) => [v, antomPem])), 'alipay_public_keys'],
+    ];
+    for (const [keys, param] of cases) {
+      await assert.rejects(
+        alipayAdapter.configure({ ...base, alipay_public_keys: keys }, unusedSandbox, 'pva_test'),
+        (error: unknown) => error instanceof CredentialError && error.param === param,
+        `expected CredentialError on ${param}`,
+      );
+    }
+  });
+
   it('refuses swapped keys: an "Alipay public key" that pairs with our private key', async () => {
     const own = merchant.publicKey.export({ type: 'spki', format: 'pem' }).toString();
     await assert.rejects(

@@ -111,7 +111,7 @@ function judge(
   const verified = verifySignatureHeader(
     { path, clientId, time: responseTime, body: raw },
     signature,
-    account.alipayPublicKey,
+    account.alipayPublicKeys,
   );
   if (!verified) return { answered: false, reason: 'response signature does not verify', reached: true };
   return { answered: true, result, body, signed: true };

@@ -14,6 +14,7 @@ import {
   publicKeyObject,
 } from './keys.ts';
 import { sandboxKeys } from './sandbox-keys.ts';
+import type { KeyRing } from './signature.ts';
 
 /** What is stored (encrypted at rest). Plain JSON: keys as normalised PEM. */
 export interface AlipayCredentials {
@@ -23,6 +24,8 @@ export interface AlipayCredentials {
   private_key: string;
   /** SubjectPublicKeyInfo PEM. */
   alipay_public_key: string;
+  /** More Alipay public keys (SPKI PEM) by the keyVersion Antom signs with, kept for a rotation. */
+  alipay_public_keys?: Record<string, string>;
   key_version: string;
   /** Base URL; absent for sandbox accounts, whose simulator URL is looked up at call time. */
   endpoint?: string;
@@ -42,7 +45,7 @@ export const PATH_PREFIXES = ['/ams/api', '/ams/sandbox/api'] as const;
 export interface AlipayAccount {
   stored: AlipayCredentials;
   privateKey: KeyObject;
-  alipayPublicKey: KeyObject;
+  alipayPublicKeys: KeyRing;
   /** Real accounts: the endpoint. Sandbox accounts: the simulator's URL, looked up at call time. */
   baseUrl(): Promise<string>;
 }
@@ -53,7 +56,15 @@ export function loadAccount(stored: unknown, sandbox: SandboxEnvironment): Alipa
   return {
     stored: credentials,
     privateKey: privateKeyObject(credentials.private_key),
-    alipayPublicKey: publicKeyObject(credentials.alipay_public_key),
+    alipayPublicKeys: {
+      current: publicKeyObject(credentials.alipay_public_key),
+      byVersion: new Map(
+        Object.entries(credentials.alipay_public_keys ?? {}).map(([version, pem]) => [
+          version,
+          publicKeyObject(pem),
+        ]),
+      ),
+    },
     baseUrl: credentials.sandbox ? () => sandbox.simulatorUrl() : async () => endpoint,
   };
 }
@@ -65,6 +76,7 @@ const REAL_FIELDS = new Set([
   'client_id',
   'private_key',
   'alipay_public_key',
+  'alipay_public_keys',
   'key_version',
   'endpoint',
   'path_prefix',
@@ -105,6 +117,7 @@ function parseStored(stored: unknown): AlipayCredentials {
     client_id: text('client_id'),
     private_key: text('private_key'),
     alipay_public_key: text('alipay_public_key'),
+    alipay_public_keys: storedKeys(stored.alipay_public_keys),
     key_version: optional('key_version') ?? '1',
     endpoint: optional('endpoint'),
     path_prefix: optional('path_prefix') ?? '/ams/api',
@@ -129,6 +142,16 @@ export function publicView(credentials: AlipayCredentials): Record<string, unkno
     settlement_currency: credentials.settlement_currency ?? null,
     private_key_fingerprint: fingerprintOfPem(publicPemOf(credentials)),
     alipay_public_key_fingerprint: fingerprintOfPem(credentials.alipay_public_key),
+    ...(credentials.alipay_public_keys
+      ? {
+          alipay_public_key_fingerprints: Object.fromEntries(
+            Object.entries(credentials.alipay_public_keys).map(([version, pem]) => [
+              version,
+              fingerprintOfPem(pem),
+            ]),
+          ),
+        }
+      : {}),
   };
 }
 
@@ -152,19 +175,14 @@ function realCredentials(input: Record<string, unknown>): AlipayCredentials {
   const publicKey = parseKey('alipay_public_key', () =>
     normalisePublicKey(requiredText(input, 'alipay_public_key', 20_000)),
   );
-  // alipay.md §14: the merchant's own public key pasted as "Alipay public key" makes every
-  // response fail verification. Caught here, where the merchant can still fix it.
-  if (privateKey.modulus === publicKey.modulus) {
-    throw new CredentialError(
-      'alipay_public_key',
-      'alipay_public_key is the public half of your own private_key (keys swapped?): paste the Alipay public key shown in the Antom Dashboard',
-    );
-  }
+  notSwapped('alipay_public_key', privateKey.modulus, publicKey.modulus);
+  const more = morePublicKeys(input, privateKey.modulus);
   return {
     sandbox: false,
     client_id: clientId,
     private_key: privateKey.pem,
     alipay_public_key: publicKey.pem,
+    ...(more ? { alipay_public_keys: more } : {}),
     key_version: keyVersion(input),
     endpoint: endpoint(input),
     path_prefix: pathPrefix(input),
@@ -209,6 +227,64 @@ function commonOptions(
     mcc,
     settlement_currency: currency,
   };
+}
+
+/**
+ * alipay.md §14: the merchant's own public key pasted as an Alipay public key makes every response
+ * fail verification. Caught here, where the merchant can still fix it.
+ */
+function notSwapped(param: string, privateModulus: string, publicModulus: string): void {
+  if (privateModulus === publicModulus)
+    throw new CredentialError(
+      param,
+      `${param} is the public half of your own private_key (keys swapped?): paste the Alipay public key shown in the Antom Dashboard`,
+    );
+}
+
+/** At most this many more Alipay public keys: a rotation needs two at a time. */
+const MAX_MORE_KEYS = 5;
+
+/** `alipay_public_keys`: `{ "<keyVersion>": "<key>" }`, each normalised and checked like the current one. */
+function morePublicKeys(
+  input: Record<string, unknown>,
+  privateModulus: string,
+): Record<string, string> | undefined {
+  const value = input.alipay_public_keys;
+  if (value === undefined || value === null) return undefined;
+  if (!isRecord(value))
+    throw new CredentialError(
+      'alipay_public_keys',
+      'alipay_public_keys must be an object of key versions to Alipay public keys, such as {"2": "MIIB..."}',
+    );
+  const entries = Object.entries(value);
+  if (entries.length > MAX_MORE_KEYS)
+    throw new CredentialError('alipay_public_keys', `alipay_public_keys holds at most ${MAX_MORE_KEYS} keys`);
+  const keys: Record<string, string> = {};
+  for (const [version, text] of entries) {
+    const param = `alipay_public_keys.${version}`;
+    if (!/^\d{1,4}$/.test(version))
+      throw new CredentialError(
+        param,
+        'each key of alipay_public_keys is a key version, a small integer such as "2"',
+      );
+    if (typeof text !== 'string' || text.trim().length === 0 || text.length > 20_000)
+      throw new CredentialError(param, `${param} must be an Alipay public key (PEM or base64)`);
+    const key = parseKey(param, () => normalisePublicKey(text.trim()));
+    notSwapped(param, privateModulus, key.modulus);
+    keys[version] = key.pem;
+  }
+  return entries.length ? keys : undefined;
+}
+
+/** Stored `alipay_public_keys`, as configure wrote them (or absent). */
+function storedKeys(value: unknown): Record<string, string> | undefined {
+  if (value === undefined) return undefined;
+  if (!isRecord(value) || !Object.values(value).every((pem) => typeof pem === 'string'))
+    throw new CredentialError(
+      'alipay_public_keys',
+      'stored alipay_public_keys are not an object of PEM keys',
+    );
+  return value as Record<string, string>;
 }
 
 function keyVersion(input: Record<string, unknown>): string {

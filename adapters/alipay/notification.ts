@@ -58,7 +58,7 @@ export function handleAlipayNotification(
   const verified = verifySignatureHeader(
     { path: account.notify_path, clientId, time: requestTime, body: request.raw_body },
     signature,
-    credentials.alipayPublicKey,
+    credentials.alipayPublicKeys,
   );
   if (!verified) return reject(401, 'SIGNATURE_INVALID', 'notification signature does not verify');
   const sentAt = parseAntomTime(requestTime);

@@ -79,15 +79,36 @@ export function parseSignatureHeader(value: string | undefined): SignatureHeader
   };
 }
 
+/**
+ * Alipay's public keys (PROVIDERS.md rule 8: several, for rotation): `current`, and others by the
+ * `keyVersion` Antom names in its signature header.
+ */
+export interface KeyRing {
+  current: KeyObject;
+  byVersion: ReadonlyMap<string, KeyObject>;
+}
+
+/**
+ * The keys to try for a header's keyVersion: the one kept for that version first, then the current
+ * one, then the rest. Every key of the ring is Alipay's, so any that verifies is proof; trying them
+ * all keeps a rotation working even where Antom's keyVersion does not change with its key.
+ */
+function keysToTry(keys: KeyObject | KeyRing, keyVersion: string): KeyObject[] {
+  if (!('byVersion' in keys)) return [keys];
+  const named = keys.byVersion.get(keyVersion);
+  const all = [named, keys.current, ...keys.byVersion.values()].filter((key) => key !== undefined);
+  return [...new Set(all)];
+}
+
 /** Verify a complete header value over the given parts. Unknown algorithms never verify. */
 export function verifySignatureHeader(
   parts: SignedParts,
   header: string | undefined,
-  publicKey: KeyObject,
+  keys: KeyObject | KeyRing,
 ): boolean {
   const parsed = parseSignatureHeader(header);
   if (parsed?.algorithm !== 'RSA256') return false;
-  return verifyBase64(parts, parsed.signature, publicKey);
+  return keysToTry(keys, parsed.keyVersion).some((key) => verifyBase64(parts, parsed.signature, key));
 }
 
 /** ISO-8601 with offset, to the second, as the Java and Python SDKs send it. */
