@@ -137,6 +137,34 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     assert.equal(res.body.error.code, 'invalid_json');
   });
 
+  test('a number written with a fraction or an exponent is refused even where its value is whole', async () => {
+    const send = (text: string) =>
+      tg.http
+        .post('/v1/payments')
+        .set('Authorization', `Bearer ${merchant.terminalKey}`)
+        .set('Idempotency-Key', idempotencyKey())
+        .set('Content-Type', 'application/json')
+        .send(text);
+    const body = (value: string, extra = '') =>
+      `{"amount": {"currency": "EUR", "value": ${value}}, "reference": "R-FRAC", "mode": "scan", "payment_code": "${ALIPAY_CODE}"${extra}}`;
+    const before = await tg.gateway.ctx.db.query('SELECT count(*)::int AS n FROM payments');
+    for (const [value, extra, param] of [
+      ['1999.0', '', 'amount.value'],
+      ['1e3', '', 'amount.value'],
+      ['2E+3', '', 'amount.value'],
+      ['1999', ', "metadata": {"till": 3.0}', 'metadata.till'],
+    ]) {
+      const res = await send(body(value, extra));
+      assert.equal(res.status, 400, `${value}${extra}: ${JSON.stringify(res.body)}`);
+      assert.equal(res.body.error.type, 'invalid_request');
+      assert.equal(res.body.error.param, param);
+    }
+    const afterCount = await tg.gateway.ctx.db.query('SELECT count(*)::int AS n FROM payments');
+    assert.equal(afterCount.rows[0].n, before.rows[0].n);
+    // Text that only looks like such a number is not one.
+    await send(body('1900', ', "description": "1999.0 \\" 1e3", "metadata": {"v1.5": "2.5e3"}')).expect(201);
+  });
+
   test('a body that is not UTF-8 is a 400 unsupported_encoding, not text stored with U+FFFD', async () => {
     // Sent as bytes (supertest would write a Buffer as JSON).
     const res = await fetch(`${tg.url}/v1/terminals`, {

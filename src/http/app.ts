@@ -134,12 +134,15 @@ export function createApp(ctx: Context): express.Express {
     limit: '100kb',
     strict: true,
     // Bytes that are not UTF-8 would be read as U+FFFD and stored so.
-    verify: (_req, _res, body) => {
+    verify: (req, _res, body) => {
       if (!isUtf8(body))
         throw Object.assign(new Error('the request body is not valid UTF-8'), {
           status: 400,
           type: 'encoding.unsupported',
         });
+      // JSON.parse makes 1999 of `1999.0` and 1000 of `1e3`: such bodies are read once more below.
+      const text = body.toString('utf8');
+      if (MAYBE_FRACTION.test(text)) (req as BodyText).jsonText = text;
     },
   });
   // Who is asking comes first: a request without a valid key is 401 whatever its body holds.
@@ -153,7 +156,8 @@ export function createApp(ctx: Context): express.Express {
       return jsonParser(req, res, (error?: unknown) => {
         // Called from the body stream's end: nothing here may throw past next().
         try {
-          next(error ?? bodyFault(req.body));
+          const text = (req as BodyText).jsonText;
+          next(error ?? bodyFault(req.body) ?? (text === undefined ? undefined : fractionFault(text)));
         } catch (fault) {
           next(fault);
         }
@@ -260,6 +264,47 @@ function bodyFault(body: unknown): ApiError | undefined {
         pending.push([item, depth + 1]);
       }
     }
+  }
+  return undefined;
+}
+
+interface BodyText {
+  /** The body's text, kept only when it may write a number with a fraction or an exponent. */
+  jsonText?: string;
+}
+
+/** A digit before `.`, `e` or `E`: perhaps a number such as `1999.0` or `1e3`, perhaps only text. */
+const MAYBE_FRACTION = /\d[.eE]/;
+/** JSON's strings and numbers, left to right, so that a number is never looked for inside a string. */
+const JSON_TOKENS = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+const FRACTION_MARK = '\u0000fraction\u0000';
+
+/**
+ * A number written with a fraction or an exponent anywhere in the body: every number the API takes
+ * (amounts in minor units, priorities) is an integer and must be written as one (API.md: floats
+ * are rejected), which JSON.parse cannot tell. Found by reading the text again with each such
+ * number turned into a marked string, so that the error names the field as a schema error would.
+ */
+function fractionFault(text: string): ApiError | undefined {
+  let marked = false;
+  const tokens = text.replace(JSON_TOKENS, (token) => {
+    if (token.startsWith('"') || !/[.eE]/.test(token)) return token;
+    marked = true;
+    return JSON.stringify(FRACTION_MARK + token);
+  });
+  if (!marked) return undefined;
+  const pending: [unknown, string][] = [[JSON.parse(tokens), '']];
+  for (let next = pending.shift(); next; next = pending.shift()) {
+    const [value, path] = next;
+    if (typeof value === 'string' && value.startsWith(FRACTION_MARK))
+      return new ApiError(
+        'invalid_request',
+        'parameter_invalid',
+        `${path} must be an integer written without a fraction or exponent (got ${value.slice(FRACTION_MARK.length)})`,
+        path,
+      );
+    if (value !== null && typeof value === 'object')
+      for (const [key, item] of Object.entries(value)) pending.push([item, path ? `${path}.${key}` : key]);
   }
   return undefined;
 }
