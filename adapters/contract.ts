@@ -142,6 +142,8 @@ export interface AccountContext<C> {
   notify_url: string;
   /** Path part of notify_url; Antom signs over it. */
   notify_path: string;
+  /** The currency the merchant is paid in (its `settlement_currency`), for providers that ask. */
+  merchant_settlement_currency?: string;
 }
 
 /** What the core lets an adapter know about the running sandbox, for `{"sandbox": true}` accounts. */

@@ -104,6 +104,27 @@ describe('alipay sandbox outcomes through the API, mode scan', () => {
     assert.match(res.body.provider_reference, /^\d{22}I\d{10}$/);
   });
 
+  test('a sale in another currency is settled in the merchant’s settlement currency', async () => {
+    const res = await createPayment(
+      tg,
+      merchant.terminalKey,
+      scanPayment(1210, { amount: { value: 1210, currency: 'GBP' } }),
+    ).expect(201);
+    assert.equal(res.body.status, 'succeeded');
+    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+    const csv = await (
+      await fetch(`${simUrl}/_sim/settlements/${new Date().toISOString().slice(0, 10)}`)
+    ).text();
+    const [header, ...rows] = csv.trim().split('\n');
+    const columns = header.split(',');
+    const line = rows
+      .map((row) => row.split(','))
+      .find((cells) => cells[columns.indexOf('transactionId')] === res.body.provider_reference);
+    assert.ok(line, csv);
+    assert.equal(line[columns.indexOf('transactionCurrency')], 'GBP');
+    assert.equal(line[columns.indexOf('settlementCurrency')], 'EUR');
+  });
+
   test('51: declined for insufficient funds', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(2051)).expect(201);
     assert.equal(res.body.status, 'failed');

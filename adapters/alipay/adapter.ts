@@ -62,7 +62,7 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
     const sent = await send(
       account.credentials,
       'pay',
-      payBody(account.credentials.stored, payment, account.notify_url),
+      payBody(account.credentials.stored, payment, account.notify_url, account.merchant_settlement_currency),
     );
     if (!sent.answered) return { kind: 'unknown', reason: sent.reason, reached: sent.reached };
     return payOutcome(payment, sent.result, sent.body);

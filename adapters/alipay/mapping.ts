@@ -35,7 +35,12 @@ export interface AntomResult {
  * The pay body. Every field derives from the PaymentRequest alone, so that the one permitted resend
  * (same paymentRequestId) is byte-for-byte the identical request.
  */
-export function payBody(credentials: AlipayCredentials, payment: PaymentRequest, notifyUrl: string): Json {
+export function payBody(
+  credentials: AlipayCredentials,
+  payment: PaymentRequest,
+  notifyUrl: string,
+  merchantSettlementCurrency?: string,
+): Json {
   const amount = antomAmount(payment.amount);
   const merchantId = credentials.reference_merchant_id ?? payment.merchant_id;
   const storeId = payment.store_id ?? 'default';
@@ -51,7 +56,12 @@ export function payBody(credentials: AlipayCredentials, payment: PaymentRequest,
     paymentFactor: { inStorePaymentScenario: payment.mode === 'scan' ? 'PaymentCode' : 'OrderCode' },
     paymentExpiryTime: isoTime(payment.expires_at),
     paymentNotifyUrl: notifyUrl,
-    settlementStrategy: { settlementCurrency: credentials.settlement_currency ?? payment.amount.currency },
+    // The account's own choice, else the currency the merchant is paid in (a merchant's is fixed,
+    // so the one permitted resend stays identical), else the sale's.
+    settlementStrategy: {
+      settlementCurrency:
+        credentials.settlement_currency ?? merchantSettlementCurrency ?? payment.amount.currency,
+    },
     order: {
       referenceOrderId: payment.reference,
       orderDescription: payment.description ?? payment.reference,

@@ -21,6 +21,12 @@ export interface ProviderAccountRow {
   deleted_at: Date | null;
 }
 
+/** An account row as ACCOUNT_ROWS reads it, with its merchant's settlement currency. */
+type AccountWithMerchant = ProviderAccountRow & { merchant_settlement_currency: string };
+
+const ACCOUNT_ROWS = `SELECT a.*, m.settlement_currency AS merchant_settlement_currency
+  FROM provider_accounts a JOIN merchants m ON m.id = a.merchant_id`;
+
 export interface LoadedAccount {
   row: ProviderAccountRow;
   module: ProviderModule;
@@ -56,17 +62,14 @@ export class ProviderAccounts {
   async get(accountId: string): Promise<LoadedAccount | undefined> {
     const hit = this.byId.get(accountId);
     if (hit && hit.until > Date.now()) return hit.account;
-    const { rows } = await this.db.query<ProviderAccountRow>(
-      'SELECT * FROM provider_accounts WHERE id = $1',
-      [accountId],
-    );
+    const { rows } = await this.db.query<AccountWithMerchant>(`${ACCOUNT_ROWS} WHERE a.id = $1`, [accountId]);
     const account = rows[0] ? this.load(rows[0]) : undefined;
     if (this.byId.size > 10_000) this.byId.clear();
     if (account) this.byId.set(accountId, { until: Date.now() + ROUTE_CACHE_MS, account });
     return account;
   }
 
-  load(row: ProviderAccountRow): LoadedAccount {
+  load(row: AccountWithMerchant): LoadedAccount {
     const cached = this.cache.get(row.id);
     if (cached && cached.updatedAt === row.updated_at.getTime()) {
       cached.loaded.row = row;
@@ -88,6 +91,7 @@ export class ProviderAccounts {
         // What the provider signs: the whole path it calls, with PUBLIC_BASE_URL's own path in
         // front of ours when a proxy strips it before us (alipay.md §3.8).
         notify_path: new URL(notifyUrl).pathname,
+        merchant_settlement_currency: row.merchant_settlement_currency,
       },
     };
     this.cache.set(row.id, { updatedAt: row.updated_at.getTime(), loaded });
@@ -107,11 +111,11 @@ export class ProviderAccounts {
     const key = `${merchantId}|${wallet}|${currency}|${mode}`;
     const hit = this.routes.get(key);
     if (hit && hit.until > Date.now()) return hit.accounts;
-    const { rows } = await this.db.query<ProviderAccountRow>(
-      `SELECT * FROM provider_accounts
-        WHERE merchant_id = $1 AND deleted_at IS NULL AND $2 = ANY(wallets)
-          AND (currencies IS NULL OR $3 = ANY(currencies))
-        ORDER BY priority DESC, created_at`,
+    const { rows } = await this.db.query<AccountWithMerchant>(
+      `${ACCOUNT_ROWS}
+        WHERE a.merchant_id = $1 AND a.deleted_at IS NULL AND $2 = ANY(a.wallets)
+          AND (a.currencies IS NULL OR $3 = ANY(a.currencies))
+        ORDER BY a.priority DESC, a.created_at`,
       [merchantId, wallet, currency],
     );
     const accounts = rows
