@@ -519,3 +519,44 @@ test('repeated lines are found as duplicates whether the receiving parser listed
     assert.equal(left.rowCount, 0, 'the job deletes the list it used');
   }
 });
+
+test('a cancel settled in a second batch is a duplicate; discrepancies name the payment’s own provider reference', async () => {
+  const m = await setupMerchant(tg);
+  const created = await createPayment(tg, m.secretKey, scanPayment(6557)).expect(201);
+  const canceled = await tg.http
+    .post(`/v1/payments/${created.body.id}/cancel`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  assert.equal(canceled.body.status, 'canceled');
+  const p = {
+    id: created.body.id,
+    amount: 6557,
+    provider_reference: canceled.body.provider_reference,
+    status: 'canceled',
+  };
+  assert.ok(p.provider_reference, JSON.stringify(canceled.body));
+  const cancel = lineFor(p, {
+    type: 'cancel',
+    transaction_id: `${p.provider_reference}C`,
+    original_transaction_id: p.provider_reference,
+  });
+  const first = await importAndWait(tg, m.secretKey, sandboxCsv([cancel], 'CANCEL-A'));
+  assert.deepEqual(first.counts.by_kind, {}, JSON.stringify(first.counts));
+  const second = await importAndWait(tg, m.secretKey, sandboxCsv([cancel], 'CANCEL-B'));
+  assert.deepEqual(second.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(second.counts));
+  // A line found by our request id only, under a reference the ledger does not know.
+  const q = await pay(tg, m, 6600);
+  await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv([lineFor(q, { transaction_id: 'sbx_unknown_id', amount: 6601 })], 'BY-REQ'),
+  );
+  const found = await discrepancies(tg, m.secretKey);
+  assert.deepEqual(
+    found.map((d) => [d.kind, d.payment_id, d.provider_reference]).sort(),
+    [
+      ['amount_mismatch', q.id, q.provider_reference],
+      ['duplicate_in_settlement', p.id, p.provider_reference],
+    ].sort(),
+  );
+});

@@ -149,6 +149,14 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
       WHEN k.pay_id IS NULL THEN 'missing_in_ledger'
       WHEN k.type = 'payment' AND ps.settlement_id IS NOT NULL AND ps.settlement_id <> k.settlement_id
         THEN 'duplicate_in_settlement'
+      -- A cancel that a line of another current batch already settled (its result row says so).
+      WHEN k.type = 'cancel' AND EXISTS (
+          SELECT 1 FROM settlement_line_results o
+            JOIN settlements so ON so.id = o.settlement_id AND so.import_id = o.import_id
+            JOIN settlement_lines ol ON ol.id = o.line_id AND ol.import_id = o.import_id AND ol.type = 'cancel'
+           WHERE o.payment_id = k.pay_id AND o.settlement_id <> k.settlement_id
+             AND o.result <> 'duplicate_in_settlement')
+        THEN 'duplicate_in_settlement'
       WHEN k.pay_currency <> k.transaction_currency THEN 'currency_mismatch'
       WHEN k.pay_amount <> k.transaction_value THEN 'amount_mismatch'
       WHEN k.type = 'cancel' THEN CASE WHEN k.pay_status = 'canceled' THEN 'matched' ELSE 'status_mismatch' END
@@ -260,7 +268,11 @@ WITH disc AS (
          payment_id, refund_id, provider_reference, expected_value, expected_currency, actual_value,
          actual_currency, detail)
   SELECT tb_random_id('dsc'), $2, $3, c.settlement_id, c.id, $1, c.result, c.pay_id, c.ref_id,
-         c.provider_reference,
+         -- The ledger's own reference where the line has one (API.md: the payment's
+         -- provider_reference), not a cancel's id or an id the ledger never saw.
+         COALESCE(CASE WHEN c.type = 'refund' THEN (SELECT r.provider_reference FROM refunds r WHERE r.id = c.ref_id)
+                       ELSE (SELECT p.provider_reference FROM payments p WHERE p.id = c.pay_id) END,
+                  c.provider_reference),
          CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
          CASE WHEN c.type = 'refund' THEN c.ref_currency ELSE c.pay_currency END,
          c.transaction_value, c.transaction_currency,
