@@ -307,6 +307,17 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
   assert.equal(job.counts.matched, 2, JSON.stringify(job.counts));
   // Its line closes the refund's missing_in_settlement, as a's closes a's.
   assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  // Closed ones stay listable, with when and why.
+  const closed = await discrepancies(tg, m.secretKey, '&status=closed');
+  assert.deepEqual(
+    closed.map((d) => [d.payment_id ?? d.refund_id, d.closed_reason]).sort(),
+    [
+      [a.id, 'resolved'],
+      [refund.id, 'resolved'],
+    ].sort(),
+  );
+  assert.ok(closed.every((d) => typeof d.closed_at === 'string'));
+  assert.equal((await discrepancies(tg, m.secretKey, '&status=all')).length, closed.length);
   const day2 = (await settlements(tg, m.secretKey)).find((s) => s.provider_batch_id === 'DAY-2');
   assert.equal(day2?.gross, 3000 - 500);
 });

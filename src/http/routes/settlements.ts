@@ -43,6 +43,8 @@ export const listDiscrepanciesQuerySchema = listQuerySchema.extend({
   kind: z.enum(DISCREPANCY_KINDS as unknown as ['missing_in_ledger']).optional(),
   provider: providerName.optional(),
   settlement_id: z.string().min(1).max(64).optional(),
+  /** An addition: `open` (the default), `closed` (superseded or resolved, with closed_at) or `all`. */
+  status: z.enum(['open', 'closed', 'all']).optional(),
 });
 export const reportQuerySchema = z
   .strictObject({
@@ -71,6 +73,11 @@ async function accountOf(ctx: Context, merchantId: string, provider: string) {
 }
 
 const SETTLEMENT_VIEW = '(SELECT s.*, tb_settlement_json(s) AS json FROM settlements s) v';
+const CLOSED_FILTER: Record<'open' | 'closed' | 'all', [string][]> = {
+  open: [['closed_at IS NULL']],
+  closed: [['closed_at IS NOT NULL']],
+  all: [],
+};
 const DISCREPANCY_VIEW = '(SELECT d.*, tb_discrepancy_json(d) AS json FROM reconciliation_discrepancies d) v';
 
 /**
@@ -308,8 +315,8 @@ export function settlementsRouter(ctx: Context): Router {
       await listPage<{ id: string; json: unknown }>(
         ctx,
         DISCREPANCY_VIEW,
-        // Open ones only; one closed since (a corrected file) still serves as a cursor.
-        { ...scope, filters: [...(scope.filters ?? []), ['closed_at IS NULL']] },
+        // Open ones unless asked; one closed since (a corrected file) still serves as a cursor.
+        { ...scope, filters: [...(scope.filters ?? []), ...CLOSED_FILTER[query.status ?? 'open']] },
         query,
         (r) => r.json,
       ),
@@ -404,7 +411,7 @@ registerOperations([
   {
     method: 'get',
     path: '/v1/reconciliation/discrepancies',
-    summary: 'Open reconciliation discrepancies',
+    summary: 'Reconciliation discrepancies (open ones unless status=closed or all)',
     query: listDiscrepanciesQuerySchema,
     auth: 'merchant',
     responses: { 200: 'list' },
