@@ -12,7 +12,7 @@ import {
   UNRESOLVED,
 } from '../../ledger/payments.ts';
 import { createRefund } from '../../payments/refunds.ts';
-import { createPayment, requestCancel } from '../../payments/service.ts';
+import { createPayment, loadPayment, requestCancel } from '../../payments/service.ts';
 import { requireMerchantOrTerminal } from '../auth.ts';
 import { idempotencyKeyOf, idempotent, requestHash } from '../idempotency.ts';
 import {
@@ -34,6 +34,36 @@ async function visiblePayment(ctx: Context, req: Request, id: string): Promise<P
   const row = rows[0];
   if (!row || (principal.kind === 'terminal' && row.terminal_ref !== principal.terminal_ref))
     throw notFound('payment', id);
+  return row;
+}
+
+/**
+ * How long a QR sale's answer may wait for its code. API.md lets the create hold "a few seconds";
+ * a till has nothing to show without a code, and one comes by inquiry, or by the one permitted
+ * resend (Antom: two "not found" at least 2 s apart first), when the creating answer was lost.
+ */
+const QR_CODE_HOLD_MS = 10_000;
+
+/**
+ * A QR sale still `processing` without a code: held until it has one (`requires_customer`) or ends,
+ * at most QR_CODE_HOLD_MS, so the till gets a code to show or an outcome, not a sale it cannot use.
+ */
+async function codeOrOutcome(ctx: Context, payment: PaymentRow): Promise<PaymentRow> {
+  const waitsForCode = (row: PaymentRow) => row.mode === 'qr' && row.status === 'processing' && !row.qr_data;
+  const deadline = Date.now() + QR_CODE_HOLD_MS;
+  let row = payment;
+  for (let left = QR_CODE_HOLD_MS; waitsForCode(row) && left > 0; left = deadline - Date.now()) {
+    // Subscribed before the read, so a change in between is not missed.
+    const subscription = await ctx.updates.subscribe(row.id, left);
+    try {
+      row = await loadPayment(ctx, row.id);
+      if (!waitsForCode(row)) break;
+      await subscription.changed;
+      row = await loadPayment(ctx, row.id);
+    } finally {
+      subscription.cancel();
+    }
+  }
   return row;
 }
 
@@ -83,7 +113,7 @@ export function paymentsRouter(ctx: Context): Router {
       request_hash: requestHash(req),
     });
     if (replayed) res.set('Idempotent-Replayed', 'true');
-    res.status(replayed ? 200 : 201).json(paymentJson(payment));
+    res.status(replayed ? 200 : 201).json(paymentJson(await codeOrOutcome(ctx, payment)));
   });
 
   router.get('/v1/payments/:id', async (req, res) => {
