@@ -220,6 +220,10 @@ describe('refunds', () => {
     const res = await refund(id, { amount: { value: 1001, currency: 'EUR' } }).expect(422);
     assert.equal(res.body.error.type, 'unprocessable');
     assert.equal(res.body.error.param, 'amount.value');
+    // Above the configured maximum is a bad amount (400), as in a payment, whatever was captured.
+    const huge = await refund(id, { amount: { value: 100_000_001, currency: 'EUR' } }).expect(400);
+    assert.equal(huge.body.error.type, 'invalid_request');
+    assert.equal(huge.body.error.param, 'amount.value');
   });
 
   test('concurrent refunds never exceed the captured amount', async () => {

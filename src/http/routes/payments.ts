@@ -37,6 +37,17 @@ async function visiblePayment(ctx: Context, req: Request, id: string): Promise<P
   return row;
 }
 
+/** API.md: an amount above the configured maximum is a 400, in a payment as in a refund. */
+function withinMaximum(ctx: Context, amount: { value: number }): void {
+  if (amount.value > ctx.config.maxAmountMinor)
+    throw new ApiError(
+      'invalid_request',
+      'amount_too_large',
+      `amount.value must not exceed ${ctx.config.maxAmountMinor}`,
+      'amount.value',
+    );
+}
+
 /**
  * How long a QR sale's answer may wait for its code. API.md lets the create hold "a few seconds";
  * a till has nothing to show without a code, and one comes by inquiry, or by the one permitted
@@ -74,14 +85,7 @@ export function paymentsRouter(ctx: Context): Router {
     const principal = requireMerchantOrTerminal(req);
     const key = idempotencyKeyOf(req, true);
     const body = parse(createPaymentSchema, req.body);
-    if (body.amount.value > ctx.config.maxAmountMinor) {
-      throw new ApiError(
-        'invalid_request',
-        'amount_too_large',
-        `amount.value must not exceed ${ctx.config.maxAmountMinor}`,
-        'amount.value',
-      );
-    }
+    withinMaximum(ctx, body.amount);
     let scope = {
       store_id: body.store_id,
       terminal_id: body.terminal_id,
@@ -180,6 +184,7 @@ export function paymentsRouter(ctx: Context): Router {
     }
     const key = idempotencyKeyOf(req, true);
     const body = parse(createRefundSchema, req.body ?? {});
+    if (body.amount) withinMaximum(ctx, body.amount);
     await idempotent(ctx, req, res, payment.merchant_id, `refunds:${payment.id}`, key, async () => {
       // Inside, so a retry of a refund already made gets its stored answer, not this refusal.
       requireQueues(ctx.queues);
