@@ -76,3 +76,12 @@ export const idempotencyInProgress = () =>
 
 export const notFound = (what: string, id?: string) =>
   new ApiError('not_found', 'resource_missing', id ? `No ${what} ${id}` : `No such ${what}`);
+
+/** A provider API.md names whose adapter is not built yet (PLANNED_PROVIDERS). */
+export const providerNotSupported = (provider: string, param?: string) =>
+  new ApiError(
+    'unprocessable',
+    'provider_not_supported',
+    `${provider} is not supported by this gateway yet (its adapter is still to come)`,
+    param,
+  );

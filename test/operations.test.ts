@@ -69,6 +69,37 @@ describe('operations endpoints', () => {
     assert.equal(res.body.error.type, 'not_found');
   });
 
+  test('providers API.md names but this gateway has not built are refused as not supported, unknown ones as unknown', async () => {
+    const auth = { Authorization: `Bearer ${merchant.secretKey}` };
+    for (const provider of ['wechatpay', 'stripe']) {
+      const put = await tg.http
+        .put(`/v1/providers/${provider}`)
+        .set(auth)
+        .send({ sandbox: true })
+        .expect(422);
+      assert.equal(put.body.error.code, 'provider_not_supported');
+      assert.match(put.body.error.message, /not supported by this gateway yet/);
+      const upload = await tg.http
+        .post(`/v1/settlements/imports?provider=${provider}`)
+        .set(auth)
+        .set('Content-Type', 'text/csv')
+        .send('a,b\n')
+        .expect(422);
+      assert.equal(upload.body.error.code, 'provider_not_supported');
+      const listed = await tg.http
+        .get(`/v1/reconciliation/discrepancies?provider=${provider}`)
+        .set(auth)
+        .expect(200);
+      assert.deepEqual(listed.body.data, []);
+    }
+    await tg.http.put('/v1/providers/paypal').set(auth).send({ sandbox: true }).expect(404);
+    const unknown = await tg.http
+      .get('/v1/reconciliation/discrepancies?provider=paypal')
+      .set(auth)
+      .expect(400);
+    assert.equal(unknown.body.error.code, 'provider_unknown');
+  });
+
   test('the rate limit per key answers 429 with Retry-After', async () => {
     const limited = await startTestGateway({ RATE_LIMIT_PER_KEY_RPS: '5' });
     try {

@@ -5,10 +5,10 @@
 import { type Request, Router } from 'express';
 import { z } from 'zod';
 import { isCalendarDate, SettlementFormatError } from '../../../adapters/contract.ts';
-import { providerModule } from '../../../adapters/index.ts';
+import { PLANNED_PROVIDERS, providerModule } from '../../../adapters/index.ts';
 import type { Context } from '../../context.ts';
 import { dashboardRouter } from '../../dashboard/page.ts';
-import { ApiError, notFound } from '../../errors.ts';
+import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
 import { leaveToSweeper, requireQueues } from '../../jobs/queues.ts';
 import { queueFetch } from '../../settlements/fetch.ts';
@@ -56,11 +56,18 @@ export const reportQuerySchema = z
   })
   .refine((q) => q.from <= q.to, { message: 'must not be after to', path: ['from'] });
 
+/** The adapter of a provider a file is imported or fetched for. */
 function knownProvider(name: string, param: string) {
   const module = providerModule(name);
-  if (!module)
+  if (module) return module;
+  if (PLANNED_PROVIDERS.includes(name)) throw providerNotSupported(name, param);
+  throw new ApiError('invalid_request', 'provider_unknown', `${param}: unknown provider ${name}`, param);
+}
+
+/** A list filter may name any provider of API.md: one not built yet has nothing to list. */
+function providerFilter(name: string | undefined, param = 'provider'): void {
+  if (name !== undefined && !providerModule(name) && !PLANNED_PROVIDERS.includes(name))
     throw new ApiError('invalid_request', 'provider_unknown', `${param}: unknown provider ${name}`, param);
-  return module;
 }
 
 async function accountOf(ctx: Context, merchantId: string, provider: string) {
@@ -257,7 +264,7 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/settlements', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listSettlementsQuerySchema, req.query, 'query');
-    if (query.provider) knownProvider(query.provider, 'provider');
+    providerFilter(query.provider);
     const scope = merchantScope(merchant.merchant_id, query, ['provider', 'status'] as const);
     res.json(
       await listPage<{ id: string; json: unknown }>(ctx, SETTLEMENT_VIEW, scope, query, (r) => r.json),
@@ -309,7 +316,7 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/reconciliation/discrepancies', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(listDiscrepanciesQuerySchema, req.query, 'query');
-    if (query.provider) knownProvider(query.provider, 'provider');
+    providerFilter(query.provider);
     const scope = merchantScope(merchant.merchant_id, query, ['kind', 'provider', 'settlement_id'] as const);
     res.json(
       await listPage<{ id: string; json: unknown }>(
@@ -326,7 +333,7 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/reports/settlements', async (req, res) => {
     const merchant = requireMerchant(req);
     const query = parse(reportQuerySchema, req.query, 'query');
-    if (query.provider) knownProvider(query.provider, 'provider');
+    providerFilter(query.provider);
     const q = {
       merchant_id: merchant.merchant_id,
       from: query.from,

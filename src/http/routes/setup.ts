@@ -1,9 +1,9 @@
 /** Admin and merchant set-up: merchants, provider accounts, terminals, webhook endpoints. */
 import { Router } from 'express';
 import { CredentialError, type Wallet } from '../../../adapters/contract.ts';
-import { providerModule } from '../../../adapters/index.ts';
+import { PLANNED_PROVIDERS, providerModule } from '../../../adapters/index.ts';
 import type { Context } from '../../context.ts';
-import { ApiError, notFound } from '../../errors.ts';
+import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { newId, randomToken } from '../../ids.ts';
 import { inTransaction, type Queryable } from '../../ledger/db.ts';
 import { credentialsContext, type ProviderAccountRow, webhookPath } from '../../payments/accounts.ts';
@@ -229,6 +229,7 @@ export function setupRouter(ctx: Context): Router {
     const merchant = requireMerchant(req);
     const provider = req.params.provider;
     const module = providerModule(provider);
+    if (!module && PLANNED_PROVIDERS.includes(provider)) throw providerNotSupported(provider);
     if (!module) throw notFound('provider', provider);
     if (req.body === undefined || typeof req.body !== 'object' || Array.isArray(req.body)) {
       throw new ApiError('invalid_request', 'invalid_body', 'the request body must be a JSON object');
