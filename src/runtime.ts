@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import type { Config } from './config.ts';
 import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
-import { createApp, createOperationsApp } from './http/app.ts';
+import { answerClientError, createApp, createOperationsApp } from './http/app.ts';
 import { startWorker, type Worker } from './jobs/processors.ts';
 import { createQueues } from './jobs/queues.ts';
 import { createPool, type Db, ensureDatabase, migrate } from './ledger/db.ts';
@@ -92,6 +92,7 @@ export async function startGateway(config: Config, port = config.port): Promise<
     throw error;
   }
   server.keepAliveTimeout = 65_000;
+  server.on('clientError', answerClientError);
   if (config.role !== 'api') worker = await startWorker(ctx);
   const address = server.address() as AddressInfo;
   return {

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { connect } from 'node:net';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import supertest from 'supertest';
@@ -67,6 +68,11 @@ describe('operations endpoints', () => {
       .set('Authorization', `Bearer ${merchant.secretKey}`)
       .expect(404);
     assert.equal(res.body.error.type, 'not_found');
+    const undecodable = await tg.http
+      .get('/v1/payments/%ff')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(400);
+    assert.equal(undecodable.body.error.code, 'invalid_path');
   });
 
   test('providers API.md names but this gateway has not built are refused as not supported, unknown ones as unknown', async () => {
@@ -98,6 +104,33 @@ describe('operations endpoints', () => {
       .set(auth)
       .expect(400);
     assert.equal(unknown.body.error.code, 'provider_unknown');
+  });
+
+  test('a request Node’s HTTP parser refuses is still answered in the error shape, with a Request-Id', async () => {
+    const { hostname, port } = new URL(tg.url);
+    const raw = (request: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = connect(Number(port), hostname, () => socket.end(request));
+        let answer = '';
+        socket.on('data', (chunk) => {
+          answer += chunk;
+        });
+        socket.on('end', () => resolve(answer));
+        socket.on('error', reject);
+      });
+    for (const request of [
+      `POST /v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\u0001b\r\nContent-Length: 0\r\n\r\n`,
+      `GET /v1/payments HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(100_000)}\r\n\r\n`,
+    ]) {
+      const answer = await raw(request);
+      const [head, body] = answer.split('\r\n\r\n');
+      assert.match(head, /^HTTP\/1\.1 400 /);
+      const requestId = /\r\nRequest-Id: (req_\S+)/i.exec(head)?.[1];
+      assert.ok(requestId, head);
+      const error = JSON.parse(body).error;
+      assert.equal(error.type, 'invalid_request');
+      assert.equal(error.request_id, requestId);
+    }
   });
 
   test('the rate limit per key answers 429 with Retry-After', async () => {

@@ -1,4 +1,5 @@
 import { isUtf8 } from 'node:buffer';
+import type { Duplex } from 'node:stream';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { inboundWebhooksRouter } from '../../webhooks/inbound.ts';
 import type { Context } from '../context.ts';
@@ -39,6 +40,32 @@ function isInfrastructureError(error: unknown): boolean {
 function isDataException(error: unknown): boolean {
   const code = (error as { code?: unknown }).code;
   return typeof code === 'string' && code.startsWith('22') && code.length === 5;
+}
+
+/**
+ * A request Node's HTTP parser refuses before the app sees it (a control character in a header, a
+ * header section too large): answered in the API's error shape with a Request-Id, like any other
+ * bad input, instead of Node's bare 400/431. Sockets that are gone or timed out are just closed.
+ */
+export function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
+  if (!socket.writable || error.code === 'ECONNRESET' || error.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    socket.destroy();
+    return;
+  }
+  const requestId = `req_${randomToken(16)}`;
+  const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+  const body = JSON.stringify(
+    new ApiError(
+      'invalid_request',
+      tooLarge ? 'headers_too_large' : 'malformed_request',
+      tooLarge
+        ? 'the request line or headers are too large'
+        : 'the request is not valid HTTP (a control character in a header, or a malformed request line)',
+    ).body(requestId),
+  );
+  socket.end(
+    `HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nRequest-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
 
 /** How long a scrape waits for the queues' counts before it shows the last ones. */
@@ -189,18 +216,19 @@ export function createApp(ctx: Context): express.Express {
         'unsupported_encoding',
         'the request body must be UTF-8 JSON',
       );
+    } else if (error instanceof URIError) {
+      // Before the body check: the router marks its undecodable path parameters 400 as well.
+      apiError = new ApiError(
+        'invalid_request',
+        'invalid_path',
+        'the URL path is not valid percent-encoded UTF-8',
+      );
     } else if (isUnreadableBody(error)) {
       // A body that does not decompress (Content-Encoding gzip, deflate, br) or was cut off.
       apiError = new ApiError(
         'invalid_request',
         'unreadable_body',
         `the request body could not be read: ${(error as Error).message}`,
-      );
-    } else if (error instanceof URIError) {
-      apiError = new ApiError(
-        'invalid_request',
-        'invalid_path',
-        'the URL path is not valid percent-encoded UTF-8',
       );
     } else if (isDataException(error)) {
       // PostgreSQL refused a value it was given (a NUL byte, a lone surrogate in JSON, a number out
