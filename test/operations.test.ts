@@ -60,6 +60,31 @@ describe('operations endpoints', () => {
       ),
     );
     assert.ok(res.body.paths['/v1/payments/{id}/refunds'].post);
+    assert.ok(
+      res.body.webhooks.event.post.parameters.some(
+        (p: { name: string }) => p.name === 'Tillbridge-Signature',
+      ),
+    );
+    // The objects answered are the ones documented: every field declared, every required one there.
+    const schemas = res.body.components.schemas;
+    const conforms = (object: Record<string, unknown>, name: string) => {
+      const schema = schemas[name];
+      for (const field of schema.required) assert.ok(field in object, `${name} lacks ${field}`);
+      for (const field of Object.keys(object))
+        assert.ok(field in schema.properties, `${name}.${field} is undocumented`);
+    };
+    const paid = await createPayment(tg, merchant.secretKey, scanPayment(2100)).expect(201);
+    const documented = create.responses['201'].content['application/json'].schema.$ref;
+    assert.equal(documented, '#/components/schemas/Payment');
+    conforms(paid.body, 'Payment');
+    conforms(paid.body.amount, 'Money');
+    const refund = await tg.http
+      .post(`/v1/payments/${paid.body.id}/refunds`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .set('Idempotency-Key', `openapi-${paid.body.id}`)
+      .send({ amount: { value: 100, currency: 'EUR' }, reason: 'returned' })
+      .expect(201);
+    conforms(refund.body, 'Refund');
   });
 
   test('unknown routes answer 404 in the error shape', async () => {

@@ -571,3 +571,19 @@ test('a cancel settled in a second batch is a duplicate; discrepancies name the 
     ].sort(),
   );
 });
+
+test('settlements and discrepancies are the objects /openapi.json documents', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 6700);
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p, { amount: 6701 })], 'DOC-1'));
+  const { schemas } = (await tg.http.get('/openapi.json').expect(200)).body.components;
+  const conforms = (object: Record<string, unknown>, name: string) => {
+    for (const field of schemas[name].required) assert.ok(field in object, `${name} lacks ${field}`);
+    for (const field of Object.keys(object))
+      assert.ok(field in schemas[name].properties, `${name}.${field} is undocumented`);
+  };
+  const [batch] = await settlements(tg, m.secretKey);
+  conforms(batch as unknown as Record<string, unknown>, 'Settlement');
+  const [found] = await discrepancies(tg, m.secretKey);
+  conforms(found, 'Discrepancy');
+});

@@ -267,6 +267,199 @@ const errorSchema = {
   },
 };
 
+// The objects the API answers with (API.md), for the responses that carry them.
+const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
+const text = { type: 'string' };
+const time = { type: 'string', format: 'date-time' };
+const nullableText = { type: ['string', 'null'] };
+
+const objectSchemas: Record<string, Record<string, unknown>> = {
+  Money: {
+    type: 'object',
+    description: 'An amount in integer minor units of an ISO 4217 currency',
+    required: ['value', 'currency'],
+    properties: { value: { type: 'integer' }, currency: { type: 'string', pattern: '^[A-Z]{3}$' } },
+  },
+  Payment: {
+    type: 'object',
+    required: ['id', 'status', 'amount', 'mode', 'reference', 'amount_refunded', 'created_at', 'updated_at'],
+    properties: {
+      id: { type: 'string', pattern: '^pay_' },
+      object: text,
+      status: {
+        type: 'string',
+        enum: [
+          'requires_customer',
+          'processing',
+          'succeeded',
+          'failed',
+          'canceled',
+          'partially_refunded',
+          'refunded',
+        ],
+      },
+      amount: ref('Money'),
+      customer_amount: ref('Money'),
+      exchange_rate: text,
+      wallet: { type: 'string', enum: ['alipay', 'wechatpay', 'alipayplus'] },
+      wallet_psp: text,
+      provider: text,
+      mode: { type: 'string', enum: ['scan', 'qr'] },
+      reference: text,
+      store_id: nullableText,
+      terminal_id: nullableText,
+      payment_code: { type: 'string', description: 'masked' },
+      description: text,
+      metadata: { type: ['object', 'null'], additionalProperties: text },
+      qr_code: {
+        type: ['object', 'null'],
+        properties: { data: text, expires_at: { type: ['string', 'null'], format: 'date-time' } },
+      },
+      failure: { type: 'object', properties: { code: text, message: text } },
+      amount_refunded: ref('Money'),
+      provider_reference: text,
+      cancel_requested_at: time,
+      created_at: time,
+      updated_at: time,
+    },
+  },
+  Refund: {
+    type: 'object',
+    required: ['id', 'payment_id', 'amount', 'status', 'created_at'],
+    properties: {
+      id: { type: 'string', pattern: '^re_' },
+      object: text,
+      payment_id: text,
+      amount: ref('Money'),
+      status: { type: 'string', enum: ['pending', 'succeeded', 'failed'] },
+      reason: text,
+      provider_reference: text,
+      failure: { type: 'object', properties: { code: text, message: text } },
+      created_at: time,
+      updated_at: time,
+    },
+  },
+  Settlement: {
+    type: 'object',
+    required: ['id', 'provider', 'settlement_date', 'currency', 'gross', 'fees', 'net', 'count', 'status'],
+    properties: {
+      id: { type: 'string', pattern: '^stl_' },
+      object: text,
+      provider: text,
+      provider_batch_id: text,
+      settlement_date: { type: 'string', format: 'date' },
+      currency: text,
+      gross: { type: 'integer', description: 'minor units of currency' },
+      fees: { type: 'integer', description: 'minor units of currency' },
+      net: { type: 'integer', description: 'minor units of currency' },
+      count: { type: 'integer' },
+      status: { type: 'string', enum: ['reconciled', 'discrepancies'] },
+      version: { type: 'integer' },
+      import_id: text,
+      created_at: time,
+      updated_at: time,
+    },
+  },
+  Discrepancy: {
+    type: 'object',
+    required: ['id', 'kind', 'provider', 'settlement_id', 'provider_reference', 'detail', 'created_at'],
+    properties: {
+      id: text,
+      object: text,
+      kind: {
+        type: 'string',
+        enum: [
+          'missing_in_ledger',
+          'missing_in_settlement',
+          'amount_mismatch',
+          'currency_mismatch',
+          'status_mismatch',
+          'duplicate_in_settlement',
+        ],
+      },
+      provider: text,
+      settlement_id: text,
+      payment_id: text,
+      refund_id: text,
+      provider_reference: text,
+      expected: ref('Money'),
+      actual: ref('Money'),
+      detail: text,
+      created_at: time,
+      closed_at: time,
+      closed_reason: text,
+    },
+  },
+  Job: {
+    type: 'object',
+    required: ['id', 'status'],
+    properties: {
+      id: { type: 'string', pattern: '^job_' },
+      status: { type: 'string', enum: ['queued', 'running', 'completed', 'failed'] },
+      counts: { type: 'object' },
+    },
+  },
+  List: {
+    type: 'object',
+    required: ['data', 'has_more'],
+    properties: { data: { type: 'array', items: { type: 'object' } }, has_more: { type: 'boolean' } },
+  },
+  Event: {
+    type: 'object',
+    required: ['id', 'type', 'created_at', 'data'],
+    properties: {
+      id: { type: 'string', pattern: '^evt_' },
+      type: {
+        type: 'string',
+        enum: [
+          'payment.succeeded',
+          'payment.failed',
+          'payment.canceled',
+          'refund.succeeded',
+          'refund.failed',
+          'settlement.reconciled',
+          'reconciliation.discrepancy',
+        ],
+      },
+      created_at: time,
+      data: { type: 'object', required: ['object'], properties: { object: { type: 'object' } } },
+    },
+  },
+};
+
+/** Which object a response of each description carries. */
+const RESPONSE_OBJECTS: Record<string, string> = {
+  payment: 'Payment',
+  replay: 'Payment',
+  canceled: 'Payment',
+  'cancel requested': 'Payment',
+  refund: 'Refund',
+  settlement: 'Settlement',
+  job: 'Job',
+  'job queued': 'Job',
+  list: 'List',
+};
+
+/** Outbound merchant webhooks (API.md), as OpenAPI 3.1 `webhooks`. */
+const merchantWebhooks = {
+  event: {
+    post: {
+      summary: 'An event POSTed to a merchant webhook endpoint, at least once',
+      parameters: [
+        {
+          name: 'Tillbridge-Signature',
+          in: 'header',
+          required: true,
+          description: 't=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body" with the endpoint secret>',
+          schema: text,
+        },
+      ],
+      requestBody: { required: true, content: { 'application/json': { schema: ref('Event') } } },
+      responses: { '2XX': { description: 'received; anything else is retried with back-off' } },
+    },
+  },
+};
+
 function jsonSchema(schema: z.ZodType): Record<string, unknown> {
   const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, {
     io: 'input',
@@ -300,7 +493,12 @@ export function openApiDocument(): Record<string, unknown> {
       });
     }
     const responses: Record<string, unknown> = {};
-    for (const [code, description] of Object.entries(op.responses)) responses[code] = { description };
+    for (const [code, description] of Object.entries(op.responses)) {
+      const object = RESPONSE_OBJECTS[description];
+      responses[code] = object
+        ? { description, content: { 'application/json': { schema: ref(object) } } }
+        : { description };
+    }
     responses.default = {
       description: 'error',
       content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
@@ -337,9 +535,10 @@ export function openApiDocument(): Record<string, unknown> {
     },
     components: {
       securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
-      schemas: { Error: errorSchema },
+      schemas: { Error: errorSchema, ...objectSchemas },
     },
     security: [{ bearer: [] }],
     paths,
+    webhooks: merchantWebhooks,
   };
 }
