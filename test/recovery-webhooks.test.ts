@@ -20,6 +20,7 @@ import {
   type TestGateway,
   waitForStatus,
 } from './helpers.ts';
+import { dropRedisKeys } from './services.ts';
 
 let tg: TestGateway;
 let merchant: Merchant;
@@ -47,6 +48,21 @@ describe('crash recovery', () => {
     await tg.gateway.ctx.queues.resolve.empty();
     const delayed = await tg.gateway.ctx.queues.resolve.getDelayed();
     await Promise.all(delayed.map((job) => job.remove()));
+    const done = await waitForStatus(
+      tg,
+      merchant.terminalKey,
+      res.body.id,
+      ['succeeded', 'failed', 'canceled'],
+      30_000,
+    );
+    assert.equal(done.status, 'succeeded');
+  });
+
+  test('every key of the gateway lost from Redis: the sweeper’s own schedule comes back and the sale ends', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(4154)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    // Its check, the sweeper's schedule, everything: as a Redis restarted without persistence.
+    await dropRedisKeys(tg.gateway.ctx.config.redisUrl, tg.gateway.ctx.config.redisPrefix);
     const done = await waitForStatus(
       tg,
       merchant.terminalKey,

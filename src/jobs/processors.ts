@@ -3,11 +3,36 @@ import { deliver, dispatchOutbox, requeuePendingDeliveries } from '../../webhook
 import type { Context } from '../context.ts';
 import { resolveRefund, sweepPendingRefunds } from '../payments/refunds.ts';
 import { resolvePayment, sweepStragglers } from '../payments/service.ts';
-import { requeueStrandedImports, startSettlementWorker } from '../settlements/worker.ts';
+import {
+  requeueStrandedImports,
+  scheduleSettlementJobs,
+  startSettlementWorker,
+} from '../settlements/worker.ts';
 
 const CONCURRENCY = { resolve: 20, deliver: 10 };
 const OUTBOX_INTERVAL_MS = 250;
 const IDEMPOTENCY_RETENTION_H = 48;
+
+/** A worker adds the repeatable schedules again every this many sweep intervals (see startWorker). */
+const SCHEDULE_RENEWAL_SWEEPS = 3;
+
+/**
+ * The repeatable jobs. Keyed by name and schedule, so every worker adding them, every time, yields
+ * one schedule.
+ */
+async function addSchedules(ctx: Context): Promise<void> {
+  await ctx.queues.maintenance.add(
+    'sweep',
+    {},
+    { repeat: { every: ctx.config.sweepIntervalMs }, removeOnComplete: 10, removeOnFail: 50 },
+  );
+  await ctx.queues.maintenance.add(
+    'cleanup',
+    {},
+    { repeat: { every: 3_600_000 }, removeOnComplete: 10, removeOnFail: 50 },
+  );
+  await scheduleSettlementJobs(ctx);
+}
 
 export interface Worker {
   stop(): Promise<void>;
@@ -41,19 +66,15 @@ export async function startWorker(ctx: Context): Promise<Worker> {
     ]);
   });
   await startSettlementWorker(ctx);
-  // Repeatable jobs are keyed by name and schedule, so every worker adding them yields one schedule.
-  await queues.maintenance.add(
-    'sweep',
-    {},
-    { repeat: { every: ctx.config.sweepIntervalMs }, removeOnComplete: 10, removeOnFail: 50 },
-  );
-  await queues.maintenance.add(
-    'cleanup',
-    {},
-    { repeat: { every: 3_600_000 }, removeOnComplete: 10, removeOnFail: 50 },
-  );
+  await addSchedules(ctx);
   // Queue depth is counted when /metrics is scraped; the schedule that counted it every 15 s goes.
   await queues.maintenance.removeRepeatable('queue-depth', { every: 15_000 });
+  // The schedules live in Redis: a Redis that lost its keys (a restart without persistence, a
+  // failover) would have no sweeper until a worker restarted, and sales left processing would never
+  // end. So each worker adds them again, every so often, from its own timer.
+  const keeper = setInterval(() => {
+    addSchedules(ctx).catch((error) => ctx.log.warn({ err: error }, 'could not renew the job schedules'));
+  }, SCHEDULE_RENEWAL_SWEEPS * ctx.config.sweepIntervalMs);
 
   let stopping = false;
   let relay: Promise<void> = Promise.resolve();
@@ -70,6 +91,7 @@ export async function startWorker(ctx: Context): Promise<Worker> {
     async stop() {
       stopping = true;
       clearInterval(timer);
+      clearInterval(keeper);
       await relay;
     },
   };

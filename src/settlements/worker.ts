@@ -24,12 +24,16 @@ export async function startSettlementWorker(ctx: Context): Promise<{ stop(): Pro
     queued: await scheduleFetches(ctx),
     failed_imports_cleared: await discardFailedLines(ctx),
   }));
-  await queue.add(
+  return { async stop() {} };
+}
+
+/** The repeatable fetch schedule, added with the others by the worker (processors.ts). */
+export async function scheduleSettlementJobs(ctx: Context): Promise<void> {
+  await ctx.queues.settlement.add(
     'fetch-schedule',
     {},
     { repeat: { every: FETCH_INTERVAL_MS }, removeOnComplete: 10, removeOnFail: 50 },
   );
-  return { async stop() {} };
 }
 
 /**
