@@ -30,6 +30,8 @@ import { settlementCsv } from './settlement.ts';
 
 /** "customer confirms on the phone … after about 3 s" */
 const CONFIRM_DELAY_MS = 3000;
+/** A 55 pay sent this long after its sale began is a resend: the first attempt went right away. */
+const RESEND_AGE_MS = 1500;
 /** Notification retries, in seconds: quick first, then backing off. */
 const NOTIFY_SCHEDULE_S = [0, 1, 2, 5, 10, 30, 60, 120, 300];
 
@@ -60,6 +62,8 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
   const orders = new Map<string, Order>();
   const refundsById = new Map<string, Order>();
   const failedOnce = new Set<string>();
+  /** Request ids cancelled before their pay arrived (as Antom keeps them: a later pay is refused). */
+  const canceledUnseen = new Set<string>();
   const callCounts = new Map<string, Record<string, number>>();
   const timers = new Set<NodeJS.Timeout>();
   let baseUrl = '';
@@ -152,7 +156,9 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
       transaction_id: transactionIdFor(request.request_id),
       refunds: new Map(),
     };
-    if (request.mode === 'scan') authorize(order, createdAt);
+    // Cancelled before its pay arrived: the order is born closed, and nobody is charged.
+    if (canceledUnseen.has(request.request_id)) order.status = 'canceled';
+    else if (request.mode === 'scan') authorize(order, createdAt);
     orders.set(request.request_id, order);
     return order;
   }
@@ -229,7 +235,16 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
         return reply(res, 200, view(existing));
       }
       const scenario = scenarioFor(request.amount);
-      if (scenario === 'error_then_ok' && request.mode === 'scan' && !failedOnce.has(request.request_id)) {
+      // 55 fails the first attempt only; a request long after its sale began is a resend, also
+      // after this simulator restarted and forgot the first (the outcome depends on the request).
+      const resend = Date.now() - Date.parse(request.created_at) > RESEND_AGE_MS;
+      if (
+        scenario === 'error_then_ok' &&
+        request.mode === 'scan' &&
+        !failedOnce.has(request.request_id) &&
+        !resend &&
+        !canceledUnseen.has(request.request_id)
+      ) {
         failedOnce.add(request.request_id);
         return reply(res, 500, { error: 'internal', message: 'simulated provider failure' });
       }
@@ -248,7 +263,10 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
     },
     '/v1/cancel': (body, res) => {
       const order = recall(String(body.request_id), body.original as SandboxPayRequest | undefined);
-      if (!order) return reply(res, 200, { request_id: body.request_id, status: 'canceled' });
+      if (!order) {
+        canceledUnseen.add(String(body.request_id));
+        return reply(res, 200, { request_id: body.request_id, status: 'canceled' });
+      }
       settle(order);
       // Like Antom's cancel: an unpaid order is closed, a paid one is reversed in full.
       order.status = 'canceled';

@@ -343,16 +343,8 @@ export async function applyOutcome(
       const moved = await transition(ctx, row.id, 'succeeded', cause, patch);
       if (moved) return moved;
       const now = await loadPayment(ctx, row.id);
-      if (now.status === 'canceled' || now.status === 'failed') {
-        await raiseAlert(
-          ctx,
-          'late_success',
-          `provider reports success after the payment became ${now.status}`,
-          {
-            payment_id: row.id,
-          },
-        );
-      }
+      if (now.status === 'canceled' || now.status === 'failed')
+        await reverseLateSuccess(ctx, now, account, source);
       return now;
     }
     case 'failed': {
@@ -457,6 +449,43 @@ export async function applyOutcome(
       return current;
     }
   }
+}
+
+/**
+ * The provider reports a success for a sale that ended canceled or failed (its pay overtook our
+ * cancel, or a resend arrived late): the customer was charged for a sale the till shows as unpaid.
+ * So it is cancelled (reversed) at the provider again, which for one already reversed changes
+ * nothing; only where that is not confirmed must a person refund the customer.
+ */
+async function reverseLateSuccess(
+  ctx: Ctx,
+  row: PaymentRow,
+  account: LoadedAccount,
+  source: Source,
+): Promise<void> {
+  const outcome = await call(
+    ctx,
+    row.provider,
+    'cancel',
+    () => account.module.adapter.cancel(account.context, requestFor(ctx, row)),
+    (e) => ({ kind: 'unknown' as const, reason: e.message }),
+  );
+  if (outcome.kind === 'canceled') {
+    await recordEvent(
+      ctx.db,
+      row.id,
+      row.status,
+      row.status,
+      `${source}: success reported after the payment became ${row.status}; reversed at the provider`,
+    );
+    return;
+  }
+  await raiseAlert(
+    ctx,
+    'late_success',
+    `provider reports success after the payment became ${row.status}, and reversing it was not confirmed (${outcome.kind}): refund the customer`,
+    { payment_id: row.id },
+  );
 }
 
 /**
@@ -575,7 +604,21 @@ async function handleNotFound(ctx: Ctx, row: PaymentRow, account: LoadedAccount)
   const policy = account.module.adapter.resolution;
   const { count, since, proven } = notFoundAgain(row, policy);
   if (proven) {
-    const updated = (await updatePayment(ctx.db, row.id, { resent: true, not_found_count: count })) ?? row;
+    // Only while the sale is open and nobody asked to cancel it, checked in the same statement that
+    // claims the resend: a pay sent after the till's cancel could charge a sale shown as canceled.
+    const { rows } = await ctx.db.query<PaymentRow>(
+      `UPDATE payments SET resent = true, not_found_count = $2, updated_at = now()
+        WHERE id = $1 AND status = ANY($3) AND cancel_requested_at IS NULL AND NOT resent
+        RETURNING *`,
+      [row.id, count, UNRESOLVED],
+    );
+    const updated = rows[0];
+    if (!updated) {
+      // Cancelled or ended meanwhile: its own check goes on from the row as it is now.
+      const current = await loadPayment(ctx, row.id);
+      if (UNRESOLVED.includes(current.status)) await scheduleCheck(ctx, current, policy);
+      return;
+    }
     await recordEvent(
       ctx.db,
       row.id,
@@ -616,8 +659,15 @@ async function cancelAtProvider(
   switch (outcome.kind) {
     case 'canceled':
       return (
-        (await transition(ctx, row.id, 'canceled', `cancel: ${reason}`, { payment_code_sealed: null })) ??
-        loadPayment(ctx, row.id)
+        (await transition(
+          ctx,
+          row.id,
+          'canceled',
+          `cancel: ${reason}`,
+          { payment_code_sealed: null },
+          {},
+          { reversal: true },
+        )) ?? loadPayment(ctx, row.id)
       );
     case 'already_succeeded':
       return applyOutcome(ctx, row, account, { kind: 'succeeded', ...outcome.facts }, 'cancel');

@@ -89,6 +89,12 @@ export async function recordEvent(
 export interface TransitionOptions {
   /** Only while the payment has no QR code stored: a copy read earlier may be out of date. */
   onlyWithoutCode?: boolean;
+  /**
+   * The provider confirmed it cancelled the sale, which reverses a paid one: this holds even where
+   * a success reached us first (the customer's payment and the till's cancel crossed), so the move
+   * is made from `succeeded` too.
+   */
+  reversal?: boolean;
 }
 
 /**
@@ -127,7 +133,16 @@ export async function transitionIn(
        SELECT $6, merchant_id, $7, to_jsonb(upd) - 'payment_code_sealed' - 'from_status', 'payment_row' FROM upd
         WHERE $7::text IS NOT NULL AND upd.from_status <> $2)
      SELECT * FROM upd`,
-      [paymentId, to, sourcesOf(to), cause, detail, newId('evt'), EVENT_FOR[to] ?? null, ...set.values],
+      [
+        paymentId,
+        to,
+        options.reversal ? [...sourcesOf(to), 'succeeded'] : sourcesOf(to),
+        cause,
+        detail,
+        newId('evt'),
+        EVENT_FOR[to] ?? null,
+        ...set.values,
+      ],
     ),
   );
   const row = rows[0];
