@@ -56,6 +56,20 @@ describe('alipay keys', () => {
   before(async () => {
     sim = await startAlipaySimulator({ seed: TEST_SEED, latency_ms: 0, time_scale: 0.01 });
   });
+
+  /** A payment through an account of these stored credentials, our key registered at the simulator. */
+  async function payAgainstSimulator(clientId: string, credentials: unknown): Promise<string> {
+    sim.registerClient(clientId, merchant.publicKey.export({ type: 'spki', format: 'pem' }).toString());
+    const account: AccountContext<ReturnType<typeof alipayAdapter.load>> = {
+      account_id: 'pva_keys',
+      merchant_id: 'mer_keys',
+      credentials: alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), unusedSandbox),
+      sandbox: false,
+      notify_url: 'http://127.0.0.1:9/webhooks/alipay/pva_keys',
+      notify_path: '/webhooks/alipay/pva_keys',
+    };
+    return (await alipayAdapter.pay(account, paymentRequest({ merchant_id: 'mer_keys' }))).kind;
+  }
   after(() => sim.close());
 
   for (const [name, text] of Object.entries(formats(merchant.privateKey))) {
@@ -72,17 +86,7 @@ describe('alipay keys', () => {
         'pva_test',
       );
       assert.match(String(public_view.private_key_fingerprint), /^sha256:[0-9a-f]{64}$/);
-      sim.registerClient(clientId, merchant.publicKey.export({ type: 'spki', format: 'pem' }).toString());
-      const account: AccountContext<ReturnType<typeof alipayAdapter.load>> = {
-        account_id: 'pva_keys',
-        merchant_id: 'mer_keys',
-        credentials: alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), unusedSandbox),
-        sandbox: false,
-        notify_url: 'http://127.0.0.1:9/webhooks/alipay/pva_keys',
-        notify_path: '/webhooks/alipay/pva_keys',
-      };
-      const outcome = await alipayAdapter.pay(account, paymentRequest({ merchant_id: 'mer_keys' }));
-      assert.equal(outcome.kind, 'succeeded');
+      assert.equal(await payAgainstSimulator(clientId, credentials), 'succeeded');
     });
   }
 
@@ -126,17 +130,7 @@ describe('alipay keys', () => {
       const fingerprints = public_view.alipay_public_key_fingerprints as Record<string, string>;
       assert.equal(Object.keys(fingerprints).length, 1);
       assert.match(Object.values(fingerprints)[0], /^sha256:[0-9a-f]{64}$/);
-      sim.registerClient(clientId, merchant.publicKey.export({ type: 'spki', format: 'pem' }).toString());
-      const account: AccountContext<ReturnType<typeof alipayAdapter.load>> = {
-        account_id: 'pva_keys',
-        merchant_id: 'mer_keys',
-        credentials: alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), unusedSandbox),
-        sandbox: false,
-        notify_url: 'http://127.0.0.1:9/webhooks/alipay/pva_keys',
-        notify_path: '/webhooks/alipay/pva_keys',
-      };
-      const outcome = await alipayAdapter.pay(account, paymentRequest({ merchant_id: 'mer_keys' }));
-      assert.equal(outcome.kind, 'succeeded');
+      assert.equal(await payAgainstSimulator(clientId, credentials), 'succeeded');
     });
   }
 

@@ -1,5 +1,6 @@
 /** OpenAPI 3.1, generated from the same zod schemas that validate requests. */
 import { z } from 'zod';
+import { DISCREPANCY_KINDS } from '../settlements/reconcile.ts';
 import {
   createMerchantSchema,
   createPaymentSchema,
@@ -10,6 +11,7 @@ import {
   listPaymentsQuerySchema,
   listQuerySchema,
   providerAccountCommon,
+  WEBHOOK_EVENTS,
 } from './schemas.ts';
 
 type Op = {
@@ -368,14 +370,7 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       object: text,
       kind: {
         type: 'string',
-        enum: [
-          'missing_in_ledger',
-          'missing_in_settlement',
-          'amount_mismatch',
-          'currency_mismatch',
-          'status_mismatch',
-          'duplicate_in_settlement',
-        ],
+        enum: [...DISCREPANCY_KINDS],
       },
       provider: text,
       settlement_id: text,
@@ -411,15 +406,7 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       id: { type: 'string', pattern: '^evt_' },
       type: {
         type: 'string',
-        enum: [
-          'payment.succeeded',
-          'payment.failed',
-          'payment.canceled',
-          'refund.succeeded',
-          'refund.failed',
-          'settlement.reconciled',
-          'reconciliation.discrepancy',
-        ],
+        enum: [...WEBHOOK_EVENTS],
       },
       created_at: time,
       data: { type: 'object', required: ['object'], properties: { object: { type: 'object' } } },
