@@ -33,6 +33,7 @@ before(async () => {
 after(() => tg.stop());
 
 const db = () => tg.gateway.ctx.db;
+const FINAL = ['succeeded', 'failed', 'canceled'];
 
 /** The open alerts about one payment. */
 async function alertsOf(paymentId: string): Promise<{ id: string; kind: string }[]> {
@@ -58,13 +59,7 @@ describe('crash recovery', () => {
     await tg.gateway.ctx.queues.resolve.empty();
     const delayed = await tg.gateway.ctx.queues.resolve.getDelayed();
     await Promise.all(delayed.map((job) => job.remove()));
-    const done = await waitForStatus(
-      tg,
-      merchant.terminalKey,
-      res.body.id,
-      ['succeeded', 'failed', 'canceled'],
-      30_000,
-    );
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL, 30_000);
     assert.equal(done.status, 'succeeded');
   });
 
@@ -73,13 +68,7 @@ describe('crash recovery', () => {
     assert.equal(res.body.status, 'processing');
     // Its check, the sweeper's schedule, everything: as a Redis restarted without persistence.
     await dropRedisKeys(tg.gateway.ctx.config.redisUrl, tg.gateway.ctx.config.redisPrefix);
-    const done = await waitForStatus(
-      tg,
-      merchant.terminalKey,
-      res.body.id,
-      ['succeeded', 'failed', 'canceled'],
-      30_000,
-    );
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL, 30_000);
     assert.equal(done.status, 'succeeded');
   });
 
@@ -158,7 +147,7 @@ describe('crash recovery', () => {
         seal(masterKey, ALIPAY_CODE, `payment-code:${id}`),
       ],
     );
-    const done = await waitForStatus(tg, merchant.secretKey, id, ['succeeded', 'failed', 'canceled'], 30_000);
+    const done = await waitForStatus(tg, merchant.secretKey, id, FINAL, 30_000);
     assert.equal(done.status, 'succeeded');
     const { rows } = await db().query<{ cause: string }>(
       'SELECT cause FROM payment_events WHERE payment_id = $1 ORDER BY id',
@@ -223,21 +212,9 @@ describe('restart', () => {
     await tg.stop({ keepDatabase: true });
     await new Promise((r) => setTimeout(r, 1500));
     tg = await startTestGateway({}, tg);
-    const done = await waitForStatus(
-      tg,
-      shop.terminalKey,
-      res.body.id,
-      ['succeeded', 'failed', 'canceled'],
-      30_000,
-    );
+    const done = await waitForStatus(tg, shop.terminalKey, res.body.id, FINAL, 30_000);
     assert.equal(done.status, 'succeeded');
-    const resent = await waitForStatus(
-      tg,
-      shop.terminalKey,
-      flakyInFlight.body.id,
-      ['succeeded', 'failed', 'canceled'],
-      30_000,
-    );
+    const resent = await waitForStatus(tg, shop.terminalKey, flakyInFlight.body.id, FINAL, 30_000);
     assert.equal(resent.status, 'succeeded');
     // The sandbox account configured before the restart keeps working.
     const next = await createPayment(tg, shop.terminalKey, scanPayment(1000)).expect(201);
@@ -330,7 +307,7 @@ describe('inbound provider notifications', () => {
       const res = await createPayment(tg, merchant.terminalKey, scanPayment(4555)).expect(201);
       mine = res.body.id;
       await eventually(async () => (notFound >= 2 ? true : undefined), 15_000, 'two not-found inquiries');
-      const done = await waitForStatus(tg, merchant.terminalKey, mine, ['succeeded', 'failed', 'canceled']);
+      const done = await waitForStatus(tg, merchant.terminalKey, mine, FINAL);
       assert.equal(done.status, 'canceled');
     } finally {
       sandboxAdapter.inquire = inquire;

@@ -4,6 +4,7 @@
  * cancel at the end of the window, alert a human) is taken here, from their outcomes.
  */
 import type {
+  CancelOutcome,
   PaymentFacts,
   PaymentOutcome,
   PaymentRequest,
@@ -463,13 +464,7 @@ async function reverseLateSuccess(
   account: LoadedAccount,
   source: Source,
 ): Promise<void> {
-  const outcome = await call(
-    ctx,
-    row.provider,
-    'cancel',
-    () => account.module.adapter.cancel(account.context, requestFor(ctx, row)),
-    (e) => ({ kind: 'unknown' as const, reason: e.message }),
-  );
+  const outcome = await cancelWith(ctx, row, account);
   if (outcome.kind === 'canceled') {
     await recordEvent(
       ctx.db,
@@ -582,6 +577,17 @@ function inquire(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<Pay
   );
 }
 
+/** Asks the provider to cancel (or reverse) the payment; a call that throws is an unknown outcome. */
+function cancelWith(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<CancelOutcome> {
+  return call(
+    ctx,
+    row.provider,
+    'cancel',
+    () => account.module.adapter.cancel(account.context, requestFor(ctx, row)),
+    (e): CancelOutcome => ({ kind: 'unknown', reason: e.message }),
+  );
+}
+
 /**
  * One more "no such order" after a `pay` that got no answer: the count, since when, and whether two
  * far enough apart now prove the request never arrived.
@@ -649,13 +655,7 @@ async function cancelAtProvider(
   reason: string,
 ): Promise<PaymentRow> {
   const { adapter } = account.module;
-  const outcome = await call(
-    ctx,
-    row.provider,
-    'cancel',
-    () => adapter.cancel(account.context, requestFor(ctx, row)),
-    (e) => ({ kind: 'unknown' as const, reason: e.message }),
-  );
+  const outcome = await cancelWith(ctx, row, account);
   switch (outcome.kind) {
     case 'canceled':
       return (
