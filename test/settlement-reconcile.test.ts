@@ -81,6 +81,26 @@ test('a clean file reconciles: batch totals, lines matched, payments marked sett
   assert.equal(events.rows[0].payload.data.object.id, batch.id);
 });
 
+test("a batch's lines page with limit and starting_after; a line of another batch is no cursor", async () => {
+  const m = await setupMerchant(tg);
+  const [a, b, c] = await Promise.all([1100, 1200, 1300].map((v) => pay(tg, m, v)));
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(a), lineFor(b)], 'PAGE-1'));
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(c)], 'PAGE-2'));
+  const batches = await settlements(tg, m.secretKey);
+  const batchOf = (ref: string) => batches.find((s) => s.provider_batch_id === ref) as { id: string };
+  const page = (batch: string, query: string) =>
+    tg.http.get(`/v1/settlements/${batch}/lines?${query}`).set('Authorization', `Bearer ${m.secretKey}`);
+  const first = await page(batchOf('PAGE-1').id, 'limit=1');
+  assert.equal(first.body.has_more, true);
+  const second = await page(batchOf('PAGE-1').id, `limit=1&starting_after=${first.body.data[0].id}`);
+  assert.equal(second.body.has_more, false);
+  assert.deepEqual([first.body.data[0].payment_id, second.body.data[0].payment_id], [a.id, b.id]);
+  const other = await page(batchOf('PAGE-2').id, 'limit=1');
+  const foreign = await page(batchOf('PAGE-1').id, `starting_after=${other.body.data[0].id}`);
+  assert.equal(foreign.status, 400);
+  assert.equal(foreign.body.error.param, 'starting_after');
+});
+
 test('each discrepancy kind, planted, is reported exactly once, and nothing else', async () => {
   const m = await setupMerchant(tg);
   const ok = await pay(tg, m, 1000);

@@ -295,7 +295,16 @@ export function settlementsRouter(ctx: Context): Router {
     }
     if (query.starting_after) {
       const cursor = /^ln_(\d{1,18})$/.exec(query.starting_after);
-      if (!cursor)
+      // The cursor must be a line of this batch's current version, as every list's cursor is one of its own.
+      const own =
+        cursor &&
+        (
+          await ctx.db.query('SELECT 1 FROM settlement_current_lines WHERE settlement_id = $1 AND id = $2', [
+            json.id,
+            cursor[1],
+          ])
+        ).rowCount;
+      if (!cursor || !own)
         throw new ApiError(
           'invalid_request',
           'parameter_invalid',
