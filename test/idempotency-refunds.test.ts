@@ -289,6 +289,44 @@ describe('refunds', () => {
     assert.deepEqual(payment.body.amount_refunded, { value: 500, currency: 'EUR' });
   });
 
+  test('a refund made by a request whose process died: its retry gets that refund, never a second', async () => {
+    const id = await paid(2100);
+    const idem = idempotencyKey();
+    const body = { amount: { value: 2100, currency: 'EUR' } };
+    // What the dead request left: its refund, committed and still pending, and its lapsed lock.
+    const refundId = 're_diedMidRequest00000001';
+    await tg.gateway.ctx.db.query(
+      `INSERT INTO refunds (id, payment_id, merchant_id, amount_value, currency, status, provider_request_id,
+                            idempotency_key, created_at)
+       VALUES ($1, $2, $3, 2100, 'EUR', 'pending', $1, $4, now() - interval '40 seconds')`,
+      [refundId, id, merchant.id, idem],
+    );
+    await tg.gateway.ctx.db.query(
+      `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until) VALUES ($1, $2, $3, now() - interval '1 second')`,
+      [
+        `${merchant.id}:refunds:${id}`,
+        idem,
+        requestHashOf('POST', `/v1/payments/${id}/refunds`, 'merchant', body),
+      ],
+    );
+    const retry = await refund(id, body, merchant.secretKey, idem).expect(200);
+    assert.equal(retry.headers['idempotent-replayed'], 'true');
+    assert.equal(retry.body.id, refundId);
+    const { rows } = await tg.gateway.ctx.db.query('SELECT id FROM refunds WHERE payment_id = $1', [id]);
+    assert.deepEqual(
+      rows.map((r) => r.id),
+      [refundId],
+    );
+    // The sweeper sees the left refund through; a later replay tells the till how it ended.
+    let replay = await refund(id, body, merchant.secretKey, idem).expect(200);
+    for (let i = 0; i < 100 && replay.body.status === 'pending'; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      replay = await refund(id, body, merchant.secretKey, idem).expect(200);
+    }
+    assert.equal(replay.body.id, refundId);
+    assert.equal(replay.body.status, 'succeeded');
+  });
+
   test('a failed or unfinished payment cannot be refunded', async () => {
     const failed = await createPayment(tg, merchant.secretKey, scanPayment(1051)).expect(201);
     const res = await refund(failed.body.id, {}).expect(409);

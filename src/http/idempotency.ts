@@ -124,6 +124,8 @@ export async function idempotent(
   action: string,
   key: string | undefined,
   handler: () => Promise<HandlerResult>,
+  /** What a replay answers in place of the stored body: the object as it is now. */
+  current?: (stored: unknown) => Promise<unknown>,
 ): Promise<void> {
   if (key === undefined) return send(res, await handler(), false);
   const scope = `${merchantId}:${action}`;
@@ -158,7 +160,8 @@ export async function idempotent(
     if (row.response_status !== null) {
       // API.md: a replay of a creation answers 200, not 201 — nothing new was created.
       const status = row.response_status === 201 ? 200 : row.response_status;
-      return send(res, { status, body: row.response_body }, true);
+      const body = current ? await current(row.response_body) : row.response_body;
+      return send(res, { status, body }, true);
     }
     if (row.locked) {
       throw idempotencyInProgress();

@@ -24,17 +24,29 @@ const REFUND_POLL_S = [1, 2, 3, 5, 10, 30, 60];
 /** After this many inquiries without an answer a human is told; polling goes on. */
 const REFUND_ALERT_AFTER = 20;
 
+/**
+ * Makes a refund and sends it to the provider; `created` is false when the request's
+ * Idempotency-Key already made one (its process died before answering): that refund is returned
+ * as it is now, and the sweeper sees it through as it does any pending refund.
+ */
 export async function createRefund(
   ctx: Context,
   paymentId: string,
   amount: Money | undefined,
   reason: string | undefined,
-): Promise<RefundRow> {
-  const refund = await inTransaction(ctx.db, async (client) => {
+  idempotencyKey: string,
+): Promise<{ refund: RefundRow; created: boolean }> {
+  const made = await inTransaction(ctx.db, async (client) => {
     const { rows } = await client.query<PaymentRow>('SELECT * FROM payments WHERE id = $1 FOR UPDATE', [
       paymentId,
     ]);
     const payment = rows[0];
+    // Before any check: the refund left behind may have taken all that could be refunded.
+    const left = await client.query<RefundRow>(
+      'SELECT * FROM refunds WHERE payment_id = $1 AND idempotency_key = $2',
+      [paymentId, idempotencyKey],
+    );
+    if (left.rows[0]) return { refund: left.rows[0], created: false };
     if (!CAPTURED.includes(payment.status)) {
       throw new ApiError(
         'conflict',
@@ -72,9 +84,10 @@ export async function createRefund(
     }
     const id = newId('re');
     const inserted = await client.query<RefundRow>(
-      `INSERT INTO refunds (id, payment_id, merchant_id, amount_value, currency, status, reason, provider_request_id)
-       VALUES ($1, $2, $3, $4, $5, 'pending', $6, $1) RETURNING *`,
-      [id, paymentId, payment.merchant_id, value, payment.currency, reason ?? null],
+      `INSERT INTO refunds (id, payment_id, merchant_id, amount_value, currency, status, reason, provider_request_id,
+                            idempotency_key)
+       VALUES ($1, $2, $3, $4, $5, 'pending', $6, $1, $7) RETURNING *`,
+      [id, paymentId, payment.merchant_id, value, payment.currency, reason ?? null, idempotencyKey],
     );
     await recordEvent(
       client,
@@ -85,9 +98,10 @@ export async function createRefund(
       { amount: value },
       id,
     );
-    return inserted.rows[0];
+    return { refund: inserted.rows[0], created: true };
   });
-  return sendRefund(ctx, refund.id);
+  if (!made.created) return made;
+  return { refund: await sendRefund(ctx, made.refund.id), created: true };
 }
 
 async function loadRefundWithPayment(ctx: Context, refundId: string) {

@@ -185,12 +185,29 @@ export function paymentsRouter(ctx: Context): Router {
     const key = idempotencyKeyOf(req, true);
     const body = parse(createRefundSchema, req.body ?? {});
     if (body.amount) withinMaximum(ctx, body.amount);
-    await idempotent(ctx, req, res, payment.merchant_id, `refunds:${payment.id}`, key, async () => {
-      // Inside, so a retry of a refund already made gets its stored answer, not this refusal.
-      requireQueues(ctx.queues);
-      const refund = await createRefund(ctx, payment.id, body.amount, body.reason);
-      return { status: 201, body: refundJson(refund) };
-    });
+    await idempotent(
+      ctx,
+      req,
+      res,
+      payment.merchant_id,
+      `refunds:${payment.id}`,
+      key,
+      async () => {
+        // Inside, so a retry of a refund already made gets its stored answer, not this refusal.
+        requireQueues(ctx.queues);
+        const { refund, created } = await createRefund(ctx, payment.id, body.amount, body.reason, key);
+        if (created) return { status: 201, body: refundJson(refund) };
+        // Made by this key's first request, whose process died before it answered.
+        return { status: 200, body: refundJson(refund), headers: { 'Idempotent-Replayed': 'true' } };
+      },
+      // A till retrying a refund learns how it ended, as a payment's replay does.
+      async (stored) => {
+        const { rows } = await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [
+          (stored as { id: string }).id,
+        ]);
+        return rows[0] ? refundJson(rows[0]) : stored;
+      },
+    );
   });
 
   router.get('/v1/refunds/:id', async (req, res) => {
