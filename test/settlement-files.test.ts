@@ -1,5 +1,6 @@
 /** Settlement files in each provider's format, fetched or uploaded, and malformed files rejected whole. */
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import {
@@ -186,6 +187,46 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
   assert.equal(ok.file.bytes, Buffer.byteLength(good));
   assert.match(ok.file.sha256, /^[0-9a-f]{64}$/);
   assert.equal(await storedLines(m.id), 2, 'only the good file left lines behind');
+});
+
+/** Sends `head` and then `rest` on a raw socket, half-closes it, and resolves with the status line. */
+function rawRequest(head: string, rest: string): Promise<string> {
+  const url = new URL(tg.url);
+  return new Promise((resolve) => {
+    const socket = net.connect(Number(url.port), url.hostname);
+    let answer = '';
+    socket.on('data', (data) => {
+      answer += data;
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => resolve(answer.split('\r\n')[0] ?? ''));
+    socket.write(head + rest);
+    setTimeout(() => socket.end(), 1000);
+  });
+}
+
+test('an upload that breaks off (a broken chunk, a body short of its length) holds no database connection', async () => {
+  const m = await setupMerchant(tg);
+  const header = `${SANDBOX_HEADER}\n`;
+  // The second chunk announces 2 bytes and sends more: the HTTP parser gives up mid-body.
+  const head = `POST /v1/settlements/imports?provider=sandbox HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${m.secretKey}\r\nTransfer-Encoding: chunked\r\n\r\n${Buffer.byteLength(header).toString(16)}\r\n${header}\r\n`;
+  const answers = await Promise.all(Array.from({ length: 3 }, () => rawRequest(head, '2\r\nB1,pa\r\n')));
+  for (const answer of answers) assert.match(answer, /^HTTP\/1.1 400/);
+  // A body that stops short of its Content-Length: the client is gone; so must the COPY be.
+  const short = `POST /v1/settlements/imports?provider=sandbox HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${m.secretKey}\r\nContent-Length: 100000\r\n\r\n`;
+  await Promise.all(Array.from({ length: 3 }, () => rawRequest(short, header)));
+  await eventually(
+    async () => {
+      const { rows } = await tg.gateway.ctx.db.query(
+        `SELECT 1 FROM pg_stat_activity
+          WHERE datname = current_database() AND state = 'active' AND query LIKE 'COPY settlement_lines%'`,
+      );
+      return rows.length === 0;
+    },
+    10_000,
+    "the broken uploads' COPY to end",
+  );
+  await nothingImported(m.id);
 });
 
 async function alipayMerchant() {

@@ -10,7 +10,7 @@
  * the import records their size and SHA-256 (the audit of what was received) beside its lines.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { finished, Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
@@ -182,7 +182,11 @@ export async function copyLines(
   );
   const tap = new Tap();
   const guard = new Utf8Guard();
-  source.on('error', (error) => tap.destroy(error));
+  // Also a source closed before this began (a client gone while the request was authenticated):
+  // it would never emit again, and the COPY would wait on it for ever.
+  finished(source, { writable: false }, (error) => {
+    if (error) tap.destroy(new FileBrokenOffError(error));
+  });
   tap.on('error', (error) => guard.destroy(error));
   source.pipe(tap).pipe(guard);
   const batches = new Map<string, Map<string, BatchDigest>>();
@@ -353,6 +357,13 @@ export async function discardFailedLines(ctx: Context): Promise<number> {
 export class ImportFinishedError extends Error {
   constructor(id: string) {
     super(`import ${id} is already finished`);
+  }
+}
+
+/** The file stopped arriving before its end: the upload's connection, or the fetch's, broke off. */
+export class FileBrokenOffError extends Error {
+  constructor(cause: Error) {
+    super(`the file broke off before its end: ${cause.message}`, { cause });
   }
 }
 

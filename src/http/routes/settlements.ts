@@ -13,7 +13,7 @@ import { hasPrefix } from '../../ids.ts';
 import { leaveToSweeper, requireQueues } from '../../jobs/queues.ts';
 import { queueFetch } from '../../settlements/fetch.ts';
 import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
-import { EmptyFileError, receiveFile } from '../../settlements/receive.ts';
+import { EmptyFileError, FileBrokenOffError, receiveFile } from '../../settlements/receive.ts';
 import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
 import { settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
 import { requireMerchant } from '../auth.ts';
@@ -205,6 +205,12 @@ export function settlementsRouter(ctx: Context): Router {
         );
       if (error instanceof SettlementFormatError)
         throw new ApiError('invalid_request', 'settlement_file_invalid', error.message);
+      if (error instanceof FileBrokenOffError)
+        throw new ApiError(
+          'invalid_request',
+          'upload_incomplete',
+          'the request body ended before the file did (the upload broke off); send the whole file again',
+        );
       throw error;
     }
     await leaveToSweeper(ctx, queueReconcile(ctx, id), { import_id: id });
