@@ -214,6 +214,9 @@ export interface SettlementLine {
   wallet_psp?: string;
 }
 
+/** A settlement file's record (a line, or a quoted cell's lines) longer than this is refused, not buffered. */
+export const MAX_SETTLEMENT_RECORD_CHARS = 1 << 16;
+
 export class SettlementFormatError extends Error {
   constructor(
     message: string,

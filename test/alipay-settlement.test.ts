@@ -150,6 +150,11 @@ describe('Antom settlement details parser', () => {
     assert.match(spaced.message, /line 1: unreadable CSV/);
   });
 
+  it('refuses a record of megabytes rather than buffering it', async () => {
+    const huge = GOOD.replace(',ALIPAYCN\n', `,${'A'.repeat(100_000)}\n`);
+    assert.match((await failure(huge)).message, /unreadable CSV: .*maximum.*line 2/i);
+  });
+
   it('fails when the <END> trailer is missing (truncated file)', async () => {
     const error = await failure(GOOD.replace('<END>\n', ''));
     assert.match(error.message, /without the <END> trailer/);

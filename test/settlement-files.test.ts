@@ -138,6 +138,18 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
       Buffer.from(good.replace('wallet_psp', 'amount')),
       /line 1: column\(s\) named more than once in the header: amount/,
     ],
+    ['old Mac line endings (CR only)', Buffer.from(good.replace(/\n/g, '\r')), /line 1: a carriage return/],
+    // An id past what an index holds was a 500; a line of megabytes was buffered whole.
+    [
+      'a batch id of 2,800 characters',
+      Buffer.from(good.replaceAll('BAD-1', 'B'.repeat(2800))),
+      /line 2: the settlement batch id is longer than 256 characters/,
+    ],
+    [
+      'a line of 70,000 characters',
+      Buffer.from(good.replace(',SANDBOXWALLET\n', `,${'W'.repeat(70_000)}\n`)),
+      /line 2: longer than 65,536 characters/,
+    ],
     // Lines are numbered as the file has them: blank lines count.
     [
       'a bad line after blank lines',
@@ -311,6 +323,8 @@ test('Alipay (Antom) settlement files: fetched on demand, and uploaded with plan
   assertRefused(await upload(shop.key, truncated, 'alipay'), /<END>/, 'alipay truncated');
   const noColumn = file.toString('utf8').replace('settlementCurrency', 'settleCcy');
   assertRefused(await upload(shop.key, noColumn, 'alipay'), /settlementCurrency/, 'alipay column');
+  const longBatch = file.toString('utf8').replace(/\n([^,\n]*),/, (_, id) => `\n${id}${'9'.repeat(3000)},`);
+  assertRefused(await upload(shop.key, longBatch, 'alipay'), /longer than 256/, 'alipay long batch id');
   const [still] = await settlements(tg, shop.key);
   assert.equal(still.version, 2);
 });

@@ -11,7 +11,12 @@
 import type { Readable } from 'node:stream';
 import { parse } from 'csv-parse';
 import { currencyFromCode, type Money } from '../../src/payments/money.ts';
-import { isCalendarDate, SettlementFormatError, type SettlementLine } from '../contract.ts';
+import {
+  isCalendarDate,
+  MAX_SETTLEMENT_RECORD_CHARS,
+  SettlementFormatError,
+  type SettlementLine,
+} from '../contract.ts';
 import { decimal } from './mapping.ts';
 
 export const REQUIRED_COLUMNS = [
@@ -79,7 +84,9 @@ export async function* parseSettlementFile(
 ): AsyncGenerator<SettlementLine> {
   // csv-parse's `info` and `trim` options halve its speed; records are counted here instead (a
   // quoted cell spanning lines would shift the count, which settlement files do not have).
-  const parser = file.pipe(parse({ bom: true, relax_column_count: true }));
+  const parser = file.pipe(
+    parse({ bom: true, relax_column_count: true, max_record_size: MAX_SETTLEMENT_RECORD_CHARS }),
+  );
   file.on('error', (error) => parser.destroy(error));
   let columns: Map<Column, number> | undefined;
   let width = 0;

@@ -6,7 +6,12 @@ import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { parse as parseSync } from 'csv-parse/sync';
 import { isCurrency } from '../../src/payments/money.ts';
-import { isCalendarDate, SettlementFormatError, type SettlementLine } from '../contract.ts';
+import {
+  isCalendarDate,
+  MAX_SETTLEMENT_RECORD_CHARS,
+  SettlementFormatError,
+  type SettlementLine,
+} from '../contract.ts';
 import type { SandboxPaymentView } from './protocol.ts';
 
 export const SANDBOX_SETTLEMENT_COLUMNS = [
@@ -141,6 +146,12 @@ interface Records {
   lines: number[];
 }
 
+const tooLong = (line: number) =>
+  new SettlementFormatError(
+    `line ${line}: longer than ${MAX_SETTLEMENT_RECORD_CHARS.toLocaleString('en')} characters; not a settlement line`,
+    line,
+  );
+
 /**
  * CSV records, each as its trimmed fields. Settlement files are plain unquoted CSV nearly always,
  * and csv-parse costs ~30 µs a record on this 2-core box (its per-character state machine, the
@@ -160,10 +171,12 @@ async function* csvRecords(file: Readable): AsyncGenerator<Records> {
   let records: Records = { records: [], lines: [] };
   const take = (raw: string) => {
     physical++;
+    if (raw.length > MAX_SETTLEMENT_RECORD_CHARS) throw tooLong(physical);
     const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
     if (quoted || line.includes('"')) {
       if (!quoted) quotedFrom = physical;
       quoted = quoted ? `${quoted}\n${line}` : line;
+      if (quoted.length > MAX_SETTLEMENT_RECORD_CHARS) throw tooLong(quotedFrom);
       // An odd number of quotes so far: a quoted cell goes on on the next line.
       if ((quoted.match(/"/g)?.length ?? 0) % 2 === 1) return;
       const text = quoted;
@@ -184,6 +197,12 @@ async function* csvRecords(file: Readable): AsyncGenerator<Records> {
       return;
     }
     if (line.trim() === '') return;
+    // A file of old Mac line endings would otherwise be read as its header alone, and import nothing.
+    if (line.includes('\r'))
+      throw new SettlementFormatError(
+        `line ${physical}: a carriage return inside a line; lines must end in LF or CRLF`,
+        physical,
+      );
     const fields = line.split(',');
     for (let i = 0; i < fields.length; i++) {
       const f = fields[i];
@@ -206,6 +225,7 @@ async function* csvRecords(file: Readable): AsyncGenerator<Records> {
       start = nl + 1;
     }
     rest = text.slice(start);
+    if (rest.length > MAX_SETTLEMENT_RECORD_CHARS) throw tooLong(physical + 1);
     if (records.records.length) {
       yield records;
       records = { records: [], lines: [] };

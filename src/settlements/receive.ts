@@ -48,10 +48,27 @@ const COPY_CHUNK = 1 << 18;
 /** A batch's content hash is fed in pieces of this many bytes rather than line by line. */
 const HASH_PIECE = 1 << 16;
 
+/** Ids, names and rates: none is longer in any real file, and an id must fit in an index. */
+const MAX_TEXT_CHARS = 256;
+const TEXT_FIELDS: [keyof SettlementLine, string][] = [
+  ['batch_id', 'the settlement batch id'],
+  ['provider_reference', 'the transaction id'],
+  ['original_provider_reference', 'the original transaction id'],
+  ['provider_request_id', 'the request id'],
+  ['store_id', 'the store id'],
+  ['wallet_psp', 'the wallet'],
+  ['exchange_rate', 'the exchange rate'],
+];
+
 /** What makes a line the parser gave us impossible to store (a format error too), if anything. */
 function lineFault(line: SettlementLine): string | undefined {
   if (!line.batch_id) return 'the settlement batch id is empty';
   if (!line.provider_reference) return 'the transaction id is empty';
+  for (const [field, name] of TEXT_FIELDS) {
+    const value = line[field];
+    if (typeof value === 'string' && value.length > MAX_TEXT_CHARS)
+      return `${name} is longer than ${MAX_TEXT_CHARS} characters`;
+  }
   if (!Number.isSafeInteger(line.transaction_amount.value))
     return 'the transaction amount is not an integer amount';
   if (!Number.isSafeInteger(line.settlement_amount.value))
