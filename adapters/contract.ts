@@ -289,6 +289,13 @@ export interface WalletAdapter<C = unknown> {
   handleNotification(account: AccountContext<C>, request: InboundRequest): Promise<NotificationResult>;
 
   /**
+   * A callback refused in the provider's own form where the adapter never saw it: an unknown
+   * account, a body that could not be read, or our own failure (status 5xx: the provider should
+   * send it again).
+   */
+  notificationRefusal(status: number, message: string): ProviderAck;
+
+  /**
    * Stream-parse the provider's settlement file: its lines in file order, in chunks as they are read
    * (a million lines one `await` each would cost a second). Throws SettlementFormatError with a
    * clear message.

@@ -418,6 +418,24 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
       .set('content-type', 'application/json')
       .send('{"notifyType":');
     assert.ok(malformed.status >= 400);
+    // Refused before the adapter saw it (too large, no such account): still in Antom's own form.
+    const refusals = [
+      await tg.http
+        .post(`/webhooks/alipay/${merchant.accountId}`)
+        .set('content-type', 'application/json')
+        .send(`{"notifyType":"${'x'.repeat(1_100_000)}"}`),
+      await tg.http
+        .post('/webhooks/alipay/pva_doesNotExist')
+        .set('content-type', 'application/json')
+        .send(forged),
+    ];
+    assert.deepEqual(
+      refusals.map((r) => [r.status, JSON.parse(r.text).result?.resultStatus]),
+      [
+        [400, 'F'],
+        [404, 'F'],
+      ],
+    );
     const now = await tg.http
       .get(`/v1/payments/${res.body.id}`)
       .set('Authorization', `Bearer ${merchant.terminalKey}`);

@@ -166,6 +166,21 @@ describe('alipay notifications', () => {
       },
       /too long/,
     ],
+    // Each made the dedupe key too long for its index (a 500), or a NUL the ledger refuses.
+    ...(
+      [
+        ['a notifyType of 8,000 characters', NOTIFY_S.replace('PAYMENT_RESULT', 'P'.repeat(8000))],
+        [
+          'a resultStatus of 8,000 characters',
+          NOTIFY_S.replace('"resultStatus":"S"', `"resultStatus":"${'S'.repeat(8000)}"`),
+        ],
+        ['a NUL byte in paymentRequestId', NOTIFY_S.replace('"20200303074500020000036648"', '"2020\\u0000"')],
+      ] as const
+    ).map(([name, body]): [string, () => InboundRequest, RegExp] => [
+      name,
+      () => inbound(body, signed(body)),
+      /lacks|too long|control character/,
+    ]),
   ];
   for (const [name, request, reason] of rejections) {
     it(`rejects ${name}, with no event and a non-success answer`, async () => {
@@ -178,6 +193,19 @@ describe('alipay notifications', () => {
       assert.equal('event' in result, false);
     });
   }
+
+  it('keeps no fact it cannot trust: a negative amount, a rate of a thousand digits, a PSP name with a NUL', async () => {
+    const odd = NOTIFY_S.replace('{"currency":"CNY","value":"1292"}', '{"currency":"CNY","value":"-5"}')
+      .replace('"quotePrice":0.064622', `"quotePrice":"1.${'1'.repeat(1000)}"`)
+      .replace('"pspName":"ALIPAYCN"', '"pspName":"ALIPAY\\u0000CN"');
+    const result = await handle(inbound(odd, signed(odd)));
+    assert.ok(result.ok && result.event.kind === 'payment');
+    assert.deepEqual(result.event.outcome, {
+      kind: 'succeeded',
+      provider_reference: '202003021940108001001885I0204368838',
+      paid_at: new Date('2020-03-03T03:12:11Z'),
+    });
+  });
 
   it('the simulator retries until acknowledged, on the time-scaled schedule', async () => {
     assert.deepEqual([...NOTIFY_SCHEDULE_S], [0, 120, 600, 600, 3600, 7200, 21600, 54000]);

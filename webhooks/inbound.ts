@@ -5,6 +5,7 @@
  */
 import express, { type Request, type Response, Router } from 'express';
 import type { NotificationEvent, ProviderAck } from '../adapters/contract.ts';
+import { providerModule } from '../adapters/index.ts';
 import type { Context } from '../src/context.ts';
 import { hasPrefix } from '../src/ids.ts';
 import { prepared } from '../src/ledger/db.ts';
@@ -64,14 +65,17 @@ export function inboundWebhooksRouter(ctx: Context): Router {
       const accountId = String(req.params.account);
       const account = hasPrefix(accountId, 'pva') ? await ctx.accounts.get(accountId) : undefined;
       if (!account || account.row.provider !== provider) {
-        res.status(404).json({
-          error: {
-            type: 'not_found',
-            code: 'resource_missing',
-            message: 'no such provider account',
-            request_id: req.requestId,
-          },
-        });
+        const module = providerModule(provider);
+        if (module) answer(res, module.adapter.notificationRefusal(404, 'no such provider account'));
+        else
+          res.status(404).json({
+            error: {
+              type: 'not_found',
+              code: 'resource_missing',
+              message: 'no such provider account',
+              request_id: req.requestId,
+            },
+          });
         return;
       }
       const result = await account.module.adapter.handleNotification(account.context, {
@@ -108,6 +112,30 @@ export function inboundWebhooksRouter(ctx: Context): Router {
         ),
       );
       answer(res, result.ack);
+    },
+  );
+  // Whatever failed around the adapter is answered in the provider's form too: a body too large or
+  // not decodable, a value the ledger refuses (a NUL byte) are the sender's fault; anything else is
+  // ours, and a 5xx tells the provider to send the notification again.
+  router.use(
+    '/webhooks/:provider/:account',
+    (error: unknown, req: Request, res: Response, next: (error: unknown) => void) => {
+      const module = providerModule(String(req.params.provider));
+      if (!module || res.headersSent) return next(error);
+      const e = error as { status?: unknown; code?: unknown; message?: unknown };
+      const unreadable = typeof e.status === 'number' && e.status >= 400 && e.status < 500;
+      const unstorable = typeof e.code === 'string' && e.code.startsWith('22');
+      if (unreadable || unstorable) {
+        ctx.log.warn({ err: error, provider: req.params.provider }, 'unreadable provider notification');
+        const reason = unreadable ? String(e.message) : 'it holds a value that cannot be stored';
+        answer(res, module.adapter.notificationRefusal(400, `unreadable notification: ${reason}`));
+        return;
+      }
+      ctx.log.error({ err: error, provider: req.params.provider }, 'provider notification failed');
+      answer(
+        res,
+        module.adapter.notificationRefusal(500, 'the notification could not be processed; send it again'),
+      );
     },
   );
   return router;

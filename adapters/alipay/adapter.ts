@@ -28,7 +28,7 @@ import {
   refundLookupBody,
   refundOutcome,
 } from './mapping.ts';
-import { handleAlipayNotification } from './notification.ts';
+import { handleAlipayNotification, rejection } from './notification.ts';
 import { parseSettlementFile } from './settlement.ts';
 
 /**
@@ -102,14 +102,13 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
       return {
         ok: false,
         reason: `notification could not be processed: ${(error as Error).message}`,
-        ack: {
-          status: 400,
-          headers: { 'content-type': 'application/json; charset=UTF-8' },
-          body: '{"result":{"resultCode":"PARAM_ILLEGAL","resultStatus":"F","resultMessage":"bad notification"}}',
-        },
+        ack: rejection(400, 'PARAM_ILLEGAL', 'bad notification'),
       };
     }
   },
+
+  notificationRefusal: (status, message) =>
+    rejection(status, status >= 500 ? 'SYSTEM_ERROR' : 'PARAM_ILLEGAL', message),
 
   parseSettlement: (file: Readable) => inChunks(parseSettlementFile(file)),
 

@@ -322,7 +322,7 @@ export function paymentFacts(body: Json): PaymentFacts {
   const paymentId = text(body.paymentId);
   if (paymentId) facts.provider_reference = paymentId;
   const psp = isRecord(body.pspCustomerInfo) ? text(body.pspCustomerInfo.pspName) : undefined;
-  if (psp) facts.wallet_psp = psp;
+  if (psp && plainId(psp)) facts.wallet_psp = psp;
   const paidAt = text(body.paymentTime);
   if (paidAt) {
     const date = new Date(paidAt);
@@ -346,8 +346,9 @@ export function money(value: unknown): Money | undefined {
   const raw = value.value;
   let minor: number | undefined;
   if (typeof raw === 'number' && Number.isSafeInteger(raw)) minor = raw;
-  if (typeof raw === 'string' && /^-?\d{1,16}$/.test(raw.trim())) minor = Number(raw.trim());
-  if (!currency || minor === undefined || !Number.isSafeInteger(minor)) return undefined;
+  if (typeof raw === 'string' && /^\d{1,16}$/.test(raw.trim())) minor = Number(raw.trim());
+  // Every amount Antom sends (charged, settled) is positive: a negative one is no amount of ours.
+  if (!currency || minor === undefined || !Number.isSafeInteger(minor) || minor < 0) return undefined;
   return { value: minor, currency };
 }
 
@@ -381,7 +382,8 @@ export function quote(value: unknown): Quote | undefined {
  * read it; its shortest round-trip form gives back the digits Antom wrote (trailing zeros aside).
  */
 export function decimal(value: unknown): string | undefined {
-  if (typeof value === 'string' && /^\d+(\.\d+)?$/.test(value.trim())) return value.trim();
+  // A rate, not a novel: Antom's have a few digits on either side of the point.
+  if (typeof value === 'string' && /^\d{1,12}(\.\d{1,18})?$/.test(value.trim())) return value.trim();
   if (typeof value === 'number' && Number.isFinite(value) && value > 0) {
     const shortest = String(value);
     if (!shortest.includes('e')) return shortest;
@@ -414,6 +416,12 @@ export function resultOf(body: Json): AntomResult | undefined {
     resultCode: text(result.resultCode) ?? '',
     resultMessage: text(result.resultMessage) ?? '',
   };
+}
+
+/** An id or name as Antom writes them: at most 64 characters, none of them a control character. */
+export function plainId(value: string): boolean {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is looked for
+  return value.length <= 64 && !/[\u0000-\u001f\u007f]/.test(value);
 }
 
 export function text(value: unknown): string | undefined {

@@ -12,7 +12,7 @@ import type {
   ProviderAck,
 } from '../contract.ts';
 import type { AlipayAccount } from './credentials.ts';
-import { failureFor, isRecord, type Json, money, paymentFacts, resultOf, text } from './mapping.ts';
+import { failureFor, isRecord, type Json, money, paymentFacts, plainId, resultOf, text } from './mapping.ts';
 import {
   formatSignatureHeader,
   isoTime,
@@ -81,20 +81,21 @@ export function handleAlipayNotification(
     return reject(
       400,
       'PARAM_ILLEGAL',
-      'notification lacks notifyType, result or request id, or an id is too long',
+      'notification lacks notifyType, result or request id, or an id is too long or holds a control character',
     );
   return { ok: true, event, ack: acknowledgement(credentials, account.notify_path) };
 }
 
 /** Antom's API reference caps these ids at 64 characters: a longer one is no Antom message. */
-const MAX_ID = 64;
 const ID_FIELDS = ['paymentRequestId', 'paymentId', 'refundRequestId', 'refundId'] as const;
+const RESULT_STATUSES = new Set(['S', 'F', 'U']);
 
 function toEvent(body: Json): NotificationEvent | undefined {
   const notifyType = text(body.notifyType);
   const result = resultOf(body);
-  if (!notifyType || !result) return undefined;
-  if (ID_FIELDS.some((field) => (text(body[field])?.length ?? 0) > MAX_ID)) return undefined;
+  if (!notifyType || !result || !plainId(notifyType) || !RESULT_STATUSES.has(result.resultStatus))
+    return undefined;
+  if (ID_FIELDS.some((field) => !plainId(text(body[field]) ?? ''))) return undefined;
   if (notifyType === 'PAYMENT_RESULT' || notifyType === 'PAYMENT_PENDING') {
     const requestId = text(body.paymentRequestId);
     if (!requestId) return undefined;
@@ -173,11 +174,13 @@ function acknowledgement(credentials: AlipayAccount, notifyPath: string): Provid
   };
 }
 
-function rejection(status: number, code: string, message: string): ProviderAck {
+/** Unsigned, as Antom's own error answers may be (alipay.md §3.7); a 5xx is "unknown": Antom retries. */
+export function rejection(status: number, code: string, message: string): ProviderAck {
+  const resultStatus = status >= 500 ? 'U' : 'F';
   return {
     status,
     headers: { 'content-type': 'application/json; charset=UTF-8' },
-    body: JSON.stringify({ result: { resultCode: code, resultStatus: 'F', resultMessage: message } }),
+    body: JSON.stringify({ result: { resultCode: code, resultStatus, resultMessage: message } }),
   };
 }
 

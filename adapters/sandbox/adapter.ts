@@ -270,6 +270,8 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
     return refundOutcomeOf(answer.body);
   },
 
+  notificationRefusal: (status, message) => ({ status, body: JSON.stringify({ error: message }) }),
+
   async handleNotification(account, request): Promise<NotificationResult> {
     const header = request.headers[SIGNATURE_HEADER];
     const verified = verifySandbox(
