@@ -218,6 +218,16 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       ],
       ['created_lt at hour 24', () => tg.http.get('/v1/payments?created_lt=2026-11-26T24:00:00Z').set(auth)],
       ['unknown query parameter', () => tg.http.get('/v1/payments?colour=red').set(auth)],
+      [
+        // Ignored, it made a refund of everything that was left.
+        'a query parameter on a refund',
+        () =>
+          tg.http
+            .post(`/v1/payments/${id}/refunds?amount=1`)
+            .set(auth)
+            .set('Idempotency-Key', `k-${id}-query`)
+            .send({}),
+      ],
       ['wait above 60', () => tg.http.get('/v1/payments/pay_x?wait=61').set(auth)],
       // Number() would read these as 0, 2, 1 and 2 seconds.
       ['wait empty', () => tg.http.get(`/v1/payments/${id}?wait=`).set(auth)],
@@ -228,7 +238,6 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       // Inputs that once reached PostgreSQL or the URL decoder and came back as 500s.
       ['a path that is not UTF-8', () => tg.http.get('/v1/payments/%ff').set(auth)],
       ['a NUL byte in a path', () => tg.http.get('/v1/payments/pay_%00').set(auth)],
-      ['a NUL byte in a webhook path', () => tg.http.post('/webhooks/sandbox/pva_%00').send('{}')],
       [
         'a NUL byte in metadata',
         () => createPayment(tg, merchant.terminalKey, scanPayment(100, { metadata: { k: 'a\u0000' } })),
@@ -280,14 +289,6 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
               .send('{"store_id":"s","terminal_id":"t"}'),
         ],
       ),
-      [
-        'a gzip webhook body that does not decompress',
-        () =>
-          tg.http
-            .post(`/webhooks/sandbox/${merchant.accountId}`)
-            .set('Content-Encoding', 'gzip')
-            .send('{"event":"x"}'),
-      ],
       ['terminal without store_id', () => tg.http.post('/v1/terminals').set(auth).send({ terminal_id: 't' })],
       [
         'a provider account naming a wallet twice',
@@ -375,6 +376,17 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       const res = await send();
       assert.ok(res.status >= 400 && res.status < 500, `${name}: ${res.status} ${JSON.stringify(res.body)}`);
       assert.ok(res.body.error?.type, `${name}: error shape`);
+    }
+    // A provider's callback is refused in that provider's form (the sandbox's: an `error` text).
+    for (const webhook of [
+      await tg.http.post('/webhooks/sandbox/pva_%00').send('{}'),
+      await tg.http
+        .post(`/webhooks/sandbox/${merchant.accountId}`)
+        .set('Content-Encoding', 'gzip')
+        .send('{"event":"x"}'),
+    ]) {
+      assert.ok(webhook.status >= 400 && webhook.status < 500, `webhook: ${webhook.status}`);
+      assert.equal(typeof JSON.parse(webhook.text).error, 'string');
     }
   });
 

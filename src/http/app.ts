@@ -179,6 +179,13 @@ export function createApp(ctx: Context): express.Express {
     // Settlement files are streamed raw into PostgreSQL by their route, never parsed here (the
     // router matches paths case-insensitively and with a trailing slash, and so does this).
     if (req.method === 'POST' && /^\/settlements\/imports\/?$/i.test(req.path)) return next();
+    // Only reads take query parameters: one on a write would be silently ignored (a refund of
+    // everything for `?amount=100`).
+    const unknown = req.method === 'GET' || req.method === 'HEAD' ? undefined : Object.keys(req.query)[0];
+    if (unknown !== undefined)
+      return next(
+        new ApiError('invalid_request', 'parameter_unknown', `unknown query parameter ${unknown}`, unknown),
+      );
     if (req.method === 'POST' || req.method === 'PUT')
       return jsonParser(req, res, (error?: unknown) => {
         // Called from the body stream's end: nothing here may throw past next().
