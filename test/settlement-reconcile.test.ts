@@ -146,6 +146,11 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
   assert.equal(by.missing_in_ledger.provider_reference, 'sbx_never_seen');
   assert.equal(by.missing_in_settlement.payment_id, missing.id);
   assert.equal(by.missing_in_settlement.provider_reference, missing.provider_reference);
+  // Found the same day: not by the settlement delay, which has not passed, and it says so.
+  assert.match(
+    by.missing_in_settlement.detail as string,
+    /the provider has settled other payments of that day/,
+  );
   assert.equal(by.status_mismatch.payment_id, failed.body.id);
   for (const d of found) {
     assert.match(d.id as string, /^dsc_/);

@@ -243,6 +243,16 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
         () => createPayment(tg, merchant.terminalKey, scanPayment(100, { metadata: { k: 'a\u0000' } })),
       ],
       [
+        'a metadata key __proto__ (dropped without a word once)',
+        () =>
+          tg.http
+            .post('/v1/payments')
+            .set('Authorization', `Bearer ${merchant.terminalKey}`)
+            .set('Idempotency-Key', idempotencyKey())
+            .set('Content-Type', 'application/json')
+            .send(JSON.stringify(scanPayment(100)).replace(/}$/, ',"metadata":{"__proto__":"x","a":"b"}}')),
+      ],
+      [
         'an unpaired surrogate in a metadata key',
         () => createPayment(tg, merchant.terminalKey, scanPayment(100, { metadata: { 'k\ud800': 'a' } })),
       ],
@@ -377,6 +387,11 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       assert.ok(res.status >= 400 && res.status < 500, `${name}: ${res.status} ${JSON.stringify(res.body)}`);
       assert.ok(res.body.error?.type, `${name}: error shape`);
     }
+    // A cursor that is no alert is said as every list says it (it was a ledger error, logged).
+    const alerts = await tg.http
+      .get('/v1/admin/alerts?starting_after=mer_x')
+      .set('Authorization', `Bearer ${tg.adminKey}`);
+    assert.deepEqual([alerts.status, alerts.body.error.code], [400, 'parameter_invalid']);
     // A provider's callback is refused in that provider's form (the sandbox's: an `error` text).
     for (const webhook of [
       await tg.http.post('/webhooks/sandbox/pva_%00').send('{}'),

@@ -296,6 +296,14 @@ function bodyFault(body: unknown): ApiError | undefined {
         );
       for (const [key, item] of Object.entries(value)) {
         if (LONE_SURROGATE.test(key)) return unstorable();
+        // JSON.parse keeps it as a key, but any copy of the object makes it the prototype: it
+        // would vanish from metadata without a word.
+        if (key === '__proto__')
+          return new ApiError(
+            'invalid_request',
+            'parameter_invalid',
+            'a key named __proto__ is not accepted',
+          );
         pending.push([item, depth + 1]);
       }
     }

@@ -309,8 +309,8 @@ SELECT count(*) FROM disc
  * Due, by its time `t`: the provider's settlement delay has passed by the dates it has settled, or
  * it has already settled payments made on the same day or later.
  */
-const due = (t: string) =>
-  `((${t} AT TIME ZONE 'UTC')::date + $3::int <= h.last_date OR (${t} AT TIME ZONE 'UTC')::date <= s.last_paid)`;
+const due = (t: string) => `(${delayPassed(t)} OR (${t} AT TIME ZONE 'UTC')::date <= s.last_paid)`;
+const delayPassed = (t: string) => `(${t} AT TIME ZONE 'UTC')::date + $3::int <= h.last_date`;
 
 /**
  * Payments and succeeded refunds due in a settlement and in none, not yet reported: read-only,
@@ -330,7 +330,8 @@ WITH horizon AS (
 settled AS (
   SELECT max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $1 AND provider = $2
 )
-SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at AS done_at, h.latest
+SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at AS done_at, h.latest,
+       ${delayPassed('p.paid_at')} AS delay_passed
   FROM payments p, horizon h, settled s
  WHERE p.merchant_id = $1 AND p.provider = $2 AND p.paid_at IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
@@ -339,7 +340,8 @@ SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.curren
    AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
                     WHERE d.payment_id = p.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
 UNION ALL
-SELECT 'refund', r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at, h.latest
+SELECT 'refund', r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at, h.latest,
+       ${delayPassed('r.updated_at')}
   FROM refunds r JOIN payments p ON p.id = r.payment_id, horizon h, settled s
  WHERE r.merchant_id = $1 AND p.provider = $2 AND r.status = 'succeeded' AND r.settlement_expected
    AND h.latest IS NOT NULL
@@ -364,8 +366,10 @@ WITH disc AS (
          $1, 'missing_in_settlement', CASE WHEN f.object = 'payment' THEN f.id END,
          CASE WHEN f.object = 'refund' THEN f.id END,
          COALESCE(f.provider_reference, ''), f.amount_value, f.currency,
-         format('%s %s succeeded on %s and is in no settlement (expected within %s day(s))',
-                f.object, f.id, to_char(f.done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), $4::int)
+         format('%s %s succeeded on %s and is in no settlement: %s',
+                f.object, f.id, to_char(f.done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'),
+                CASE WHEN f.delay_passed THEN format('the provider settles within %s day(s)', $4::int)
+                     ELSE 'the provider has settled other payments of that day or later' END)
     FROM due_unsettled f
   RETURNING *
 ),

@@ -201,6 +201,14 @@ export function setupRouter(ctx: Context): Router {
   router.get('/v1/admin/alerts', async (req, res) => {
     requireAdmin(req);
     const query = parse(listQuerySchema, req.query, 'query');
+    // Alert ids are numbers: anything else is no alert, said as every list says it.
+    if (query.starting_after !== undefined && !/^\d{1,18}$/.test(query.starting_after))
+      throw new ApiError(
+        'invalid_request',
+        'parameter_invalid',
+        `starting_after: no such object ${query.starting_after}`,
+        'starting_after',
+      );
     res.json(
       await listPage<AlertRow>(
         ctx,
