@@ -105,12 +105,16 @@ export const createWebhookEndpointSchema = z.strictObject({
     .string()
     .max(2048)
     .refine((u) => {
+      // Written out in full (`http:x` parses, with host x), with nothing the parser would mend
+      // quietly (spaces), and without credentials, which every listing would show.
+      if (!/^https?:\/\/[^\s/?#]+[^\s]*$/i.test(u)) return false;
       try {
-        return ['http:', 'https:'].includes(new URL(u).protocol);
+        const url = new URL(u);
+        return url.hostname !== '' && url.username === '' && url.password === '';
       } catch {
         return false;
       }
-    }, 'must be an absolute http(s) URL'),
+    }, 'must be an absolute http(s) URL, without spaces or credentials'),
   events: z.array(z.enum(WEBHOOK_EVENTS)).min(1),
 });
 
