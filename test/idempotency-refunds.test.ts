@@ -213,6 +213,28 @@ describe('refunds', () => {
     assert.equal(fetched.body.payment_id, id);
     const more = await refund(id, { amount: { value: 1, currency: 'EUR' } }).expect(409);
     assert.equal(more.body.error.type, 'conflict');
+    // The payment's refunds, newest first, a page at a time.
+    const list = (query: string) =>
+      tg.http
+        .get(`/v1/payments/${id}/refunds${query}`)
+        .set('Authorization', `Bearer ${merchant.secretKey}`)
+        .expect(200);
+    const page = await list('?limit=1');
+    assert.deepEqual(
+      [page.body.data.map((r: { id: string }) => r.id), page.body.has_more],
+      [[rest.body.id], true],
+    );
+    const next = await list(`?limit=1&starting_after=${rest.body.id}`);
+    assert.deepEqual(
+      [next.body.data.map((r: { id: string }) => r.id), next.body.has_more],
+      [[first.body.id], false],
+    );
+    // Another merchant does not see the payment, nor its refunds.
+    const other = await setupMerchant(tg, 'Refund Lister');
+    await tg.http
+      .get(`/v1/payments/${id}/refunds`)
+      .set('Authorization', `Bearer ${other.secretKey}`)
+      .expect(404);
   });
 
   test('more than the captured amount is refused with 422', async () => {

@@ -215,6 +215,14 @@ const OPERATIONS: Op[] = [
   },
   {
     method: 'get',
+    path: '/v1/payments/{id}/refunds',
+    summary: "List a payment's refunds (an addition to API.md)",
+    query: listQuerySchema,
+    auth: 'merchant_or_terminal',
+    responses: { 200: 'list' },
+  },
+  {
+    method: 'get',
     path: '/v1/refunds/{id}',
     summary: 'Get a refund',
     auth: 'merchant_or_terminal',

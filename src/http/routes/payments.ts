@@ -20,6 +20,7 @@ import {
   createRefundSchema,
   getPaymentQuerySchema,
   listPaymentsQuerySchema,
+  listQuerySchema,
 } from '../schemas.ts';
 import { parse } from '../validate.ts';
 import { type Condition, listPage } from './lists.ts';
@@ -208,6 +209,18 @@ export function paymentsRouter(ctx: Context): Router {
         return rows[0] ? refundJson(rows[0]) : stored;
       },
     );
+  });
+
+  // A payment's refunds, newest first (an addition to API.md): what a till that lost a refund's
+  // answer, or a merchant's back office, looks at.
+  router.get('/v1/payments/:id/refunds', async (req, res) => {
+    const payment = await visiblePayment(ctx, req, req.params.id);
+    const query = parse(listQuerySchema, req.query, 'query');
+    const owner: Condition[] = [
+      ['merchant_id = ?', payment.merchant_id],
+      ['payment_id = ?', payment.id],
+    ];
+    res.json(await listPage<RefundRow>(ctx, 'refunds', { owner }, query, refundJson));
   });
 
   router.get('/v1/refunds/:id', async (req, res) => {
