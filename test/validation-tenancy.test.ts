@@ -398,6 +398,19 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       assert.ok(res.status >= 400 && res.status < 500, `${name}: ${res.status} ${JSON.stringify(res.body)}`);
       assert.ok(res.body.error?.type, `${name}: error shape`);
     }
+    // JSON that is not an object is a body of the wrong kind, not JSON that does not parse.
+    for (const [body, code] of [
+      ['null', 'invalid_body'],
+      ['"x"', 'invalid_body'],
+      ['{"a":', 'invalid_json'],
+    ]) {
+      const res = await tg.http
+        .post('/v1/terminals')
+        .set(auth)
+        .set('Content-Type', 'application/json')
+        .send(body);
+      assert.deepEqual([res.status, res.body.error.code], [400, code], body);
+    }
     // A cursor that is no alert is said as every list says it (it was a ledger error, logged).
     const alerts = await tg.http
       .get('/v1/admin/alerts?starting_after=mer_x')

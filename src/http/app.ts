@@ -210,7 +210,10 @@ export function createApp(ctx: Context): express.Express {
     let apiError: ApiError;
     if (error instanceof ApiError) apiError = error;
     else if ((error as { type?: string }).type === 'entity.parse.failed') {
-      apiError = new ApiError('invalid_request', 'invalid_json', 'the request body is not valid JSON');
+      apiError = isJson((error as { body?: unknown }).body)
+        ? // `null` or `"x"`: JSON, only not an object (the strict parser refuses it as if it were not JSON).
+          new ApiError('invalid_request', 'invalid_body', 'the request body must be a JSON object')
+        : new ApiError('invalid_request', 'invalid_json', 'the request body is not valid JSON');
     } else if ((error as { type?: string }).type === 'entity.too.large') {
       // API.md gives every invalid_request the status 400 (not 413 or 415); the code says which.
       apiError = new ApiError('invalid_request', 'body_too_large', 'the request body is too large');
@@ -281,6 +284,16 @@ const MAX_BODY_DEPTH = 32;
  * MAX_BODY_DEPTH, or an unpaired surrogate (node-postgres would store it as U+FFFD, changing the
  * value unseen). Walked with a stack of its own, so no body can exhaust the call stack.
  */
+function isJson(text: unknown): boolean {
+  if (typeof text !== 'string') return false;
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function bodyFault(body: unknown): ApiError | undefined {
   const pending: [unknown, number][] = [[body, 0]];
   for (let next = pending.pop(); next; next = pending.pop()) {
