@@ -117,6 +117,9 @@ describe('two API processes and a worker', () => {
     // The worker serves nothing of the API.
     const elsewhere = await worker.get('/v1/payments').expect(404);
     assert.equal(elsewhere.body.error.code, 'route_missing');
+    // In the API's error shape, with a Request-Id on every answer (API.md), as the API's own.
+    assert.equal(elsewhere.body.error.request_id, elsewhere.headers['request-id']);
+    assert.match((await worker.get('/healthz').expect(200)).headers['request-id'], /^req_/);
   });
 
   test('a terminal key revoked on API 1 stops working on API 2 at once, though API 2 had it cached', async () => {

@@ -108,15 +108,21 @@ export function operationsRouter(ctx: Context): express.Router {
 export function createOperationsApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');
+  app.set('etag', false);
+  // Every response carries a Request-Id, and an error has the one shape (API.md), here too.
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    req.requestId = `req_${randomToken(16)}`;
+    res.set('Request-Id', req.requestId);
+    next();
+  });
   app.use(operationsRouter(ctx));
   app.use((req: Request, res: Response) => {
-    res.status(404).json({
-      error: {
-        type: 'not_found',
-        code: 'route_missing',
-        message: `no route for ${req.method} ${req.path}: this process is a worker (health and metrics only)`,
-      },
-    });
+    const error = new ApiError(
+      'not_found',
+      'route_missing',
+      `no route for ${req.method} ${req.path}: this process is a worker (health and metrics only)`,
+    );
+    res.status(error.status).json(error.body(req.requestId));
   });
   return app;
 }
