@@ -85,6 +85,30 @@ describe('operations endpoints', () => {
       .send({ amount: { value: 100, currency: 'EUR' }, reason: 'returned' })
       .expect(201);
     conforms(refund.body, 'Refund');
+    // What a generated client needs: the replay's 200 and its header, errors typed, which key.
+    const refundOp = res.body.paths['/v1/payments/{id}/refunds'].post;
+    assert.equal(
+      refundOp.responses['200'].content['application/json'].schema.$ref,
+      '#/components/schemas/Refund',
+    );
+    assert.ok(refundOp.responses['200'].headers['Idempotent-Replayed']);
+    assert.ok(refundOp.responses['201'].headers['Request-Id']);
+    for (const code of ['400', '401', '404', '409', '422', '429'])
+      assert.equal(
+        refundOp.responses[code].content['application/json'].schema.$ref,
+        '#/components/schemas/Error',
+      );
+    assert.deepEqual(refundOp.security, [{ secretKey: [] }, { terminalKey: [] }]);
+    assert.deepEqual(res.body.paths['/v1/admin/merchants'].post.security, [{ adminKey: [] }]);
+    const listed = res.body.paths['/v1/payments'].get.responses['200'].content['application/json'].schema;
+    assert.deepEqual(listed.allOf[1].properties.data.items, { $ref: '#/components/schemas/Payment' });
+    // The rules zod checks in code, and the configured maximum, are in the document too.
+    assert.equal(schema.properties.amount.properties.value.maximum, tg.config.maxAmountMinor);
+    assert.equal(schema.properties.metadata.maxProperties, 20);
+    const ids = Object.values(res.body.paths).flatMap((ops) =>
+      Object.values(ops as Record<string, { operationId: string }>).map((o) => o.operationId),
+    );
+    assert.equal(new Set(ids).size, ids.length);
   });
 
   test('unknown routes answer 404 in the error shape', async () => {

@@ -156,7 +156,9 @@ export function createApp(ctx: Context): express.Express {
 
   app.use(operationsRouter(ctx));
   app.get('/openapi.json', (_req, res) => {
-    res.json(openApiDocument());
+    res.json(
+      openApiDocument({ baseUrl: ctx.config.publicBaseUrl, maxAmountMinor: ctx.config.maxAmountMinor }),
+    );
   });
 
   // Provider callbacks first, with their raw-body parser, before any JSON parsing.

@@ -25,6 +25,10 @@ type Op = {
   idempotent?: 'required' | 'optional';
   auth?: 'admin' | 'merchant' | 'merchant_or_terminal' | 'none';
   responses: Record<string, string>;
+  /** The object a `list` response holds (its `data` items). */
+  items?: string;
+  /** Answered in a provider's own form, not the API's error shape. */
+  providerForm?: boolean;
 };
 
 const OPERATIONS: Op[] = [
@@ -187,6 +191,7 @@ const OPERATIONS: Op[] = [
     query: listPaymentsQuerySchema,
     auth: 'merchant_or_terminal',
     responses: { 200: 'list' },
+    items: 'Payment',
   },
   {
     method: 'get',
@@ -211,7 +216,7 @@ const OPERATIONS: Op[] = [
     body: createRefundSchema,
     idempotent: 'required',
     auth: 'merchant_or_terminal',
-    responses: { 201: 'refund' },
+    responses: { 200: 'refund replay', 201: 'refund' },
   },
   {
     method: 'get',
@@ -220,6 +225,7 @@ const OPERATIONS: Op[] = [
     query: listQuerySchema,
     auth: 'merchant_or_terminal',
     responses: { 200: 'list' },
+    items: 'Refund',
   },
   {
     method: 'get',
@@ -232,8 +238,15 @@ const OPERATIONS: Op[] = [
     method: 'post',
     path: '/webhooks/{provider}/{account}',
     summary: 'Provider callbacks (raw body, provider-signed)',
+    rawBody: ['application/json', 'application/octet-stream'],
     auth: 'none',
-    responses: { 200: 'acknowledged in the provider’s form' },
+    providerForm: true,
+    responses: {
+      200: 'acknowledged in the provider’s form',
+      400: 'malformed, refused in the provider’s form',
+      401: 'signature does not verify, refused in the provider’s form',
+      404: 'no such provider account, refused in the provider’s form',
+    },
   },
 ];
 
@@ -429,6 +442,7 @@ const RESPONSE_OBJECTS: Record<string, string> = {
   canceled: 'Payment',
   'cancel requested': 'Payment',
   refund: 'Refund',
+  'refund replay': 'Refund',
   settlement: 'Settlement',
   job: 'Job',
   'job queued': 'Job',
@@ -439,6 +453,7 @@ const RESPONSE_OBJECTS: Record<string, string> = {
 const merchantWebhooks = {
   event: {
     post: {
+      operationId: 'merchantWebhookEvent',
       summary: 'An event POSTed to a merchant webhook endpoint, at least once',
       parameters: [
         {
@@ -463,7 +478,92 @@ function jsonSchema(schema: z.ZodType): Record<string, unknown> {
   return rest;
 }
 
-export function openApiDocument(): Record<string, unknown> {
+/** `GET /v1/payments/{id}/refunds` → `getV1PaymentsIdRefunds`: unique, as method and path are. */
+function operationId(op: Op): string {
+  const words = op.path.split(/[^A-Za-z0-9]+/).filter(Boolean);
+  return op.method + words.map((w) => w[0].toUpperCase() + w.slice(1)).join('');
+}
+
+const SECURITY: Record<NonNullable<Op['auth']>, unknown[]> = {
+  admin: [{ adminKey: [] }],
+  merchant: [{ secretKey: [] }],
+  merchant_or_terminal: [{ secretKey: [] }, { terminalKey: [] }],
+  none: [],
+};
+
+const header = (description: string, schema: unknown = text) => ({ description, schema });
+const REQUEST_ID = { 'Request-Id': header('The id of this request, also in any error body') };
+const RETRY_AFTER = {
+  ...REQUEST_ID,
+  'Retry-After': header('Seconds to wait before retrying', { type: 'integer' }),
+};
+const REPLAYED = {
+  ...REQUEST_ID,
+  'Idempotent-Replayed': header('`true`: the answer of an earlier request with this Idempotency-Key', {
+    const: 'true',
+  }),
+};
+
+/** The errors any API operation may answer, beside its own (API.md "Conventions"). */
+const COMMON_ERRORS: Record<string, string> = {
+  400: 'invalid_request: a bad parameter, named in `param`',
+  401: 'authentication: no key, or an unknown or revoked one',
+  403: 'permission: a key of another kind',
+  404: 'not_found: no such object for this key',
+  429: 'rate_limited: too many requests for this key',
+  503: 'unavailable: storage or queues unreachable; retry',
+};
+const IDEMPOTENCY_ERRORS: Record<string, string> = {
+  409: 'idempotency: a request with this key is still running, or the object is in another state',
+  422: 'idempotency or unprocessable: the key was used for another request, or the request cannot be done',
+};
+
+function errorResponse(description: string, code: string) {
+  return {
+    description,
+    headers: code === '429' || code === '503' ? RETRY_AFTER : REQUEST_ID,
+    content: { 'application/json': { schema: ref('Error') } },
+  };
+}
+
+function successResponse(op: Op, description: string) {
+  const object = RESPONSE_OBJECTS[description];
+  const headers = description.endsWith('replay') ? REPLAYED : REQUEST_ID;
+  if (!object) return { description, headers };
+  const schema =
+    object === 'List' && op.items
+      ? { allOf: [ref('List'), { properties: { data: { items: ref(op.items) } } }] }
+      : ref(object);
+  return { description, headers, content: { 'application/json': { schema } } };
+}
+
+/** What the zod schemas check beyond what their JSON Schema can say (refinements, the config). */
+function requestRules(op: Op, schema: Record<string, unknown>, maxAmount: number): Record<string, unknown> {
+  const props = (schema.properties ?? {}) as Record<string, Record<string, unknown>>;
+  const amountValue = (props.amount?.properties as Record<string, Record<string, unknown>> | undefined)
+    ?.value;
+  if (amountValue) amountValue.maximum = maxAmount;
+  if (props.metadata) props.metadata.maxProperties = 20;
+  if (props.wallets) props.wallets.uniqueItems = true;
+  if (props.country) props.country.pattern = '^[A-Z]{2}$';
+  if (op.path === '/v1/payments' && op.method === 'post')
+    schema.allOf = [
+      {
+        if: { properties: { mode: { const: 'scan' } }, required: ['mode'] },
+        then: { required: ['payment_code'] },
+      },
+      {
+        if: { properties: { mode: { const: 'qr' } }, required: ['mode'] },
+        then: { required: ['wallet'], not: { required: ['payment_code'] } },
+      },
+    ];
+  return schema;
+}
+
+export function openApiDocument(
+  options: { baseUrl?: string; maxAmountMinor?: number } = {},
+): Record<string, unknown> {
+  const maxAmount = options.maxAmountMinor ?? Number.MAX_SAFE_INTEGER;
   const paths: Record<string, Record<string, unknown>> = {};
   for (const op of [...OPERATIONS, ...extraOperations]) {
     const parameters: unknown[] = [...op.path.matchAll(/\{(\w+)\}/g)].map((m) => ({
@@ -484,27 +584,35 @@ export function openApiDocument(): Record<string, unknown> {
         name: 'Idempotency-Key',
         in: 'header',
         required: op.idempotent === 'required',
-        schema: { type: 'string', minLength: 1, maxLength: 255 },
+        schema: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[\\x20-\\x7E]+$' },
       });
     }
     const responses: Record<string, unknown> = {};
     for (const [code, description] of Object.entries(op.responses)) {
-      const object = RESPONSE_OBJECTS[description];
-      responses[code] = object
-        ? { description, content: { 'application/json': { schema: ref(object) } } }
-        : { description };
+      if (Number(code) < 400) responses[code] = successResponse(op, description);
+      else responses[code] = op.providerForm ? { description } : errorResponse(description, code);
     }
-    responses.default = {
-      description: 'error',
-      content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
-    };
+    if (op.providerForm) responses.default = { description: 'refused in the provider’s own form' };
+    else {
+      if (op.auth !== 'none')
+        for (const [code, description] of Object.entries({
+          ...COMMON_ERRORS,
+          ...(op.idempotent || op.method !== 'get' ? IDEMPOTENCY_ERRORS : {}),
+        }))
+          responses[code] ??= errorResponse(description, code);
+      responses.default = errorResponse('error', 'default');
+    }
     paths[op.path] ??= {};
     paths[op.path][op.method] = {
+      operationId: operationId(op),
       summary: op.summary,
       ...(parameters.length ? { parameters } : {}),
       ...(op.body
         ? {
-            requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(op.body) } } },
+            requestBody: {
+              required: true,
+              content: { 'application/json': { schema: requestRules(op, jsonSchema(op.body), maxAmount) } },
+            },
           }
         : {}),
       ...(op.rawBody
@@ -517,7 +625,7 @@ export function openApiDocument(): Record<string, unknown> {
             },
           }
         : {}),
-      ...(op.auth === 'none' ? { security: [] } : {}),
+      security: SECURITY[op.auth ?? 'merchant'],
       responses,
     };
   }
@@ -527,12 +635,26 @@ export function openApiDocument(): Record<string, unknown> {
       title: 'tillbridge',
       version: '1.0.0',
       description: 'Cross-border wallet payment gateway for retail point-of-sale',
+      license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
     },
+    servers: [{ url: options.baseUrl ?? '/' }],
     components: {
-      securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      securitySchemes: {
+        adminKey: {
+          type: 'http',
+          scheme: 'bearer',
+          description: 'The admin key (ADMIN_API_KEY): /v1/admin/* only',
+        },
+        secretKey: { type: 'http', scheme: 'bearer', description: "A merchant's secret key, sk_…" },
+        terminalKey: {
+          type: 'http',
+          scheme: 'bearer',
+          description: 'A terminal key, tk_…, bound to one store and terminal',
+        },
+      },
       schemas: { Error: errorSchema, ...objectSchemas },
     },
-    security: [{ bearer: [] }],
+    security: [{ secretKey: [] }],
     paths,
     webhooks: merchantWebhooks,
   };

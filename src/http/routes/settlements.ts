@@ -399,6 +399,7 @@ registerOperations([
     query: listQuerySchema,
     auth: 'merchant',
     responses: { 200: 'list' },
+    items: 'Job',
   },
   {
     method: 'get',
@@ -414,6 +415,7 @@ registerOperations([
     query: listSettlementsQuerySchema,
     auth: 'merchant',
     responses: { 200: 'list' },
+    items: 'Settlement',
   },
   {
     method: 'get',
@@ -437,6 +439,7 @@ registerOperations([
     query: listDiscrepanciesQuerySchema,
     auth: 'merchant',
     responses: { 200: 'list' },
+    items: 'Discrepancy',
   },
   {
     method: 'get',
