@@ -85,6 +85,40 @@ describe('operations endpoints', () => {
       .send({ amount: { value: 100, currency: 'EUR' }, reason: 'returned' })
       .expect(201);
     conforms(refund.body, 'Refund');
+    // The set-up objects, their keys and secrets shown once included.
+    const admin = { Authorization: `Bearer ${tg.adminKey}` };
+    const created = await tg.http
+      .post('/v1/admin/merchants')
+      .set(admin)
+      .send({ name: 'Documented', settlement_currency: 'EUR', country: 'DE' })
+      .expect(201);
+    conforms(created.body, 'Merchant');
+    const sk = { Authorization: `Bearer ${created.body.secret_key}` };
+    conforms(
+      (
+        await tg.http
+          .put('/v1/providers/sandbox')
+          .set(sk)
+          .send({ wallets: ['alipay'] })
+          .expect(201)
+      ).body,
+      'ProviderAccount',
+    );
+    conforms(
+      (await tg.http.post('/v1/terminals').set(sk).send({ store_id: 's', terminal_id: 't' }).expect(201))
+        .body,
+      'Terminal',
+    );
+    conforms(
+      (
+        await tg.http
+          .post('/v1/webhook-endpoints')
+          .set(sk)
+          .send({ url: 'http://127.0.0.1:9/hook', events: ['payment.succeeded'] })
+          .expect(201)
+      ).body,
+      'WebhookEndpoint',
+    );
     // What a generated client needs: the replay's 200 and its header, errors typed, which key.
     const refundOp = res.body.paths['/v1/payments/{id}/refunds'].post;
     assert.equal(
