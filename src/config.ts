@@ -61,7 +61,12 @@ function masterKeyFrom(env: NodeJS.ProcessEnv, production: boolean): Buffer {
   if (production) throw new ConfigError('TILLBRIDGE_MASTER_KEY is required when NODE_ENV=production');
   // Sandbox: keep a generated key in a local file so encrypted credentials survive restarts.
   const file = resolve(env.TILLBRIDGE_MASTER_KEY_FILE ?? DEFAULT_MASTER_KEY_FILE);
-  if (existsSync(file)) return Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  if (existsSync(file)) {
+    const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+    if (key.length !== 32)
+      throw new ConfigError(`the master key file ${file} must hold 32 bytes, base64-encoded`);
+    return key;
+  }
   const key = randomBytes(32);
   mkdirSync(dirname(file), { recursive: true });
   writeFileSync(file, key.toString('base64'), { mode: 0o600 });

@@ -2,7 +2,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
-import type { Config } from './config.ts';
+import { type Config, ConfigError } from './config.ts';
 import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
 import { answerClientError, createApp, createOperationsApp } from './http/app.ts';
@@ -75,8 +75,32 @@ export interface Gateway {
   stop(): Promise<void>;
 }
 
+/**
+ * Credentials and secrets sealed under another master key than this one: refused in production
+ * (the key it was started with is wrong), said loudly in sandbox, where a re-cloned checkout has a
+ * new key beside an old database (each account works again once configured again).
+ */
+async function checkMasterKey(ctx: Context): Promise<void> {
+  const unreadable = await ctx.accounts.unreadable();
+  if (!unreadable.length) return;
+  const shown = unreadable.slice(0, 5).join(', ') + (unreadable.length > 5 ? ', …' : '');
+  const message = `the master key does not open what ${unreadable.length} provider account(s) or webhook endpoint(s) stored (${shown}): they were sealed under another key`;
+  if (ctx.config.production)
+    throw new ConfigError(`${message}; start with the TILLBRIDGE_MASTER_KEY they were stored under`);
+  ctx.log.error(
+    { unreadable },
+    `${message}. Each takes no sale and delivers nothing until it is configured again (PUT /v1/providers/{provider}, or a new webhook endpoint); restore the old key (TILLBRIDGE_MASTER_KEY or .tillbridge/master.key) to keep them`,
+  );
+}
+
 export async function startGateway(config: Config, port = config.port): Promise<Gateway> {
   const ctx = await createContext(config);
+  try {
+    await checkMasterKey(ctx);
+  } catch (error) {
+    await closeContext(ctx);
+    throw error;
+  }
   let worker: Worker | undefined;
   // A worker alone serves its health and metrics (its own jobs, provider calls, reconciliations).
   const app = config.role === 'worker' ? createOperationsApp(ctx) : createApp(ctx);

@@ -71,13 +71,16 @@ export interface TestGateway {
   stop(options?: { keepDatabase?: boolean }): Promise<void>;
 }
 
-/** Starts a gateway; given `previous`, a new process on the same database, Redis prefix and keys (a restart). */
+/**
+ * Starts a gateway; given `previous`, a new process on the same database, Redis prefix and keys (a
+ * restart), with `overrides` changed.
+ */
 export async function startTestGateway(
   overrides: Record<string, string> = {},
   previous?: TestGateway,
 ): Promise<TestGateway> {
   const { env, dbName } = previous
-    ? { env: previous.env, dbName: previous.dbName }
+    ? { env: { ...previous.env, ...overrides }, dbName: previous.dbName }
     : testEnvironment({ PORT: String(await freePort()), ...overrides });
   const config = loadConfig(env);
   const gateway = await startGateway(config);

@@ -7,6 +7,7 @@ import { withDeadline } from '../deadline.ts';
 import { ApiError } from '../errors.ts';
 import { randomToken } from '../ids.ts';
 import { countQueues } from '../jobs/queues.ts';
+import { CredentialsUnreadableError } from '../payments/accounts.ts';
 import { authenticator, rateLimiter } from './auth.ts';
 import { openApiDocument } from './openapi.ts';
 import { paymentsRouter } from './routes/payments.ts';
@@ -253,6 +254,15 @@ export function createApp(ctx: Context): express.Express {
       // of range): whatever validation let through, it is the request's fault.
       ctx.log.warn({ err: error, request_id: req.requestId }, 'value refused by the ledger');
       apiError = unstorable();
+    } else if (error instanceof CredentialsUnreadableError) {
+      ctx.log.error({ err: error, request_id: req.requestId }, 'provider credentials unreadable');
+      apiError = new ApiError(
+        'unavailable',
+        'credentials_unreadable',
+        "the provider account's credentials do not open with this gateway's master key; an operator must restore the key they were stored under",
+        undefined,
+        503,
+      );
     } else if (isInfrastructureError(error)) {
       ctx.log.error({ err: error, request_id: req.requestId }, 'storage unavailable');
       apiError = new ApiError(

@@ -44,6 +44,25 @@ export function webhookPath(provider: string, accountId: string): string {
   return `/webhooks/${provider}/${accountId}`;
 }
 
+/** The master key in use is not the one the account's credentials were sealed with. */
+export class CredentialsUnreadableError extends Error {
+  constructor(readonly accountId: string) {
+    super(
+      `the credentials of provider account ${accountId} do not open with this gateway's master key: they were stored under another`,
+    );
+  }
+}
+
+/** Whether the master key opens what was sealed under `context` (false: it was sealed under another key). */
+function opens(masterKey: Buffer, sealed: Buffer, context: string): boolean {
+  try {
+    open(masterKey, sealed, context);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export class ProviderAccounts {
   private readonly cache = new Map<string, { updatedAt: number; loaded: LoadedAccount }>();
   private readonly routes = new Map<string, { until: number; accounts: LoadedAccount[] }>();
@@ -77,7 +96,13 @@ export class ProviderAccounts {
     }
     const module = providerModule(row.provider);
     if (!module) throw new Error(`account ${row.id} names unknown provider ${row.provider}`);
-    const stored = JSON.parse(open(this.config.masterKey, row.credentials, credentialsContext(row.id)));
+    let sealedText: string;
+    try {
+      sealedText = open(this.config.masterKey, row.credentials, credentialsContext(row.id));
+    } catch {
+      throw new CredentialsUnreadableError(row.id);
+    }
+    const stored = JSON.parse(sealedText);
     const notifyUrl = `${this.config.publicBaseUrl}${webhookPath(row.provider, row.id)}`;
     const loaded: LoadedAccount = {
       row,
@@ -121,11 +146,34 @@ export class ProviderAccounts {
     const accounts = rows
       // Accounts on a simulator, left from a run before NODE_ENV=production, take no sale there.
       .filter((row) => !(this.config.production && row.sandbox))
-      .map((row) => this.load(row))
+      // One sealed under a lost master key takes no sale (start-up said so), but the others may.
+      .flatMap((row) => {
+        try {
+          return [this.load(row)];
+        } catch (error) {
+          if (error instanceof CredentialsUnreadableError) return [];
+          throw error;
+        }
+      })
       .filter((account) => account.module.adapter.modes.includes(mode));
     if (this.routes.size > 10_000) this.routes.clear();
     this.routes.set(key, { until: Date.now() + ROUTE_CACHE_MS, accounts });
     return accounts;
+  }
+
+  /**
+   * What no longer opens with this master key: provider accounts' credentials and webhook
+   * endpoints' secrets sealed under another one (a lost `.tillbridge/master.key`, a new
+   * TILLBRIDGE_MASTER_KEY on an old database).
+   */
+  async unreadable(): Promise<string[]> {
+    const { rows } = await this.db.query<{ id: string; sealed: Buffer; context: string }>(
+      `SELECT id, credentials AS sealed, 'provider-account:' || id AS context FROM provider_accounts
+        WHERE deleted_at IS NULL
+       UNION ALL
+       SELECT id, secret_sealed, 'webhook-endpoint:' || id FROM webhook_endpoints WHERE deleted_at IS NULL`,
+    );
+    return rows.filter((r) => !opens(this.config.masterKey, r.sealed, r.context)).map((r) => r.id);
   }
 
   /** After `PUT`/`DELETE /v1/providers/...` in this process; other processes see it within ROUTE_CACHE_MS. */

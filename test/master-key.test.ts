@@ -1,0 +1,72 @@
+/**
+ * A master key that is not the one the credentials were sealed with (a re-cloned checkout beside
+ * an old database, a new TILLBRIDGE_MASTER_KEY in production): refused at start in production;
+ * in sandbox the gateway says so and goes on, and no request gets a 500 for it.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ConfigError, loadConfig } from '../src/config.ts';
+import { startGateway } from '../src/runtime.ts';
+import { createPayment, freePort, scanPayment, setupMerchant, startTestGateway } from './helpers.ts';
+
+test('credentials sealed under another master key: refused in production, no 500 in sandbox', async () => {
+  const first = await startTestGateway();
+  const merchant = await setupMerchant(first);
+  // Stays processing until the gateway cancels it: a payment in flight across the key change.
+  const inFlight = await createPayment(first, merchant.terminalKey, scanPayment(1057)).expect(201);
+  await first.stop({ keepDatabase: true });
+
+  const otherKey = {
+    TILLBRIDGE_MASTER_KEY: randomBytes(32).toString('base64'),
+    PORT: String(await freePort()),
+  };
+  await assert.rejects(
+    startGateway(
+      loadConfig({
+        ...first.env,
+        ...otherKey,
+        NODE_ENV: 'production',
+        PUBLIC_BASE_URL: 'http://127.0.0.1:1',
+      }),
+    ),
+    (error: unknown) =>
+      error instanceof ConfigError && /does not open what 1 provider account/.test(error.message),
+  );
+
+  const tg = await startTestGateway(otherKey, first);
+  try {
+    const sale = await createPayment(tg, merchant.terminalKey, scanPayment(1000));
+    assert.equal(sale.status, 422, JSON.stringify(sale.body));
+    assert.equal(sale.body.error.code, 'no_provider_account');
+    const cancel = await tg.http
+      .post(`/v1/payments/${inFlight.body.id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`);
+    assert.equal(cancel.status, 503, JSON.stringify(cancel.body));
+    assert.equal(cancel.body.error.code, 'credentials_unreadable');
+    // Configured again, the account is sealed under this key and takes sales.
+    await tg.http
+      .put('/v1/providers/sandbox')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .send({ wallets: ['alipay', 'wechatpay', 'alipayplus'] })
+      .expect(200);
+    const again = await createPayment(tg, merchant.terminalKey, scanPayment(1100));
+    assert.equal(again.status, 201, JSON.stringify(again.body));
+    assert.equal(again.body.status, 'succeeded');
+  } finally {
+    await tg.stop();
+  }
+});
+
+test('a master key file that holds no 32-byte key is a configuration error at start', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tb-key-'));
+  const file = join(dir, 'master.key');
+  writeFileSync(file, 'not a key\n');
+  assert.throws(
+    () => loadConfig({ NODE_ENV: 'test', TILLBRIDGE_MASTER_KEY_FILE: file }),
+    (error: unknown) => error instanceof ConfigError && /must hold 32 bytes/.test(error.message),
+  );
+});
