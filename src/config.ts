@@ -33,14 +33,40 @@ export class ConfigError extends Error {}
 
 const DEFAULT_MASTER_KEY_FILE = '.tillbridge/master.key';
 
-function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
+function intFrom(
+  env: NodeJS.ProcessEnv,
+  name: string,
+  fallback: number,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const value = Number(raw);
-  if (!Number.isInteger(value) || value < min)
-    throw new ConfigError(`${name} must be an integer ≥ ${min}, got "${raw}"`);
+  if (!Number.isInteger(value) || value < min || value > max)
+    throw new ConfigError(
+      max === Number.MAX_SAFE_INTEGER
+        ? `${name} must be an integer ≥ ${min}, got "${raw}"`
+        : `${name} must be an integer from ${min} to ${max}, got "${raw}"`,
+    );
   return value;
 }
+
+/** A connection URL of one of `schemes`, checked at start rather than at the first connection. */
+function urlFrom(env: NodeJS.ProcessEnv, name: string, fallback: string, schemes: string[]): string {
+  const raw = env[name] ?? fallback;
+  let scheme: string | undefined;
+  try {
+    scheme = new URL(raw).protocol.replace(/:$/, '');
+  } catch {
+    // reported below
+  }
+  if (!scheme || !schemes.includes(scheme))
+    throw new ConfigError(`${name} must be a ${schemes.join(' or ')} URL, such as ${fallback}`);
+  return raw;
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 function numberFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const raw = env[name];
@@ -75,19 +101,23 @@ function masterKeyFrom(env: NodeJS.ProcessEnv, production: boolean): Buffer {
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const production = env.NODE_ENV === 'production';
-  const port = intFrom(env, 'PORT', 3000);
+  const port = intFrom(env, 'PORT', 3000, 0, 65535);
   const role = (env.TILLBRIDGE_ROLE ?? 'all') as Role;
   if (!['api', 'worker', 'all'].includes(role))
     throw new ConfigError(`TILLBRIDGE_ROLE must be api, worker or all`);
-  if (production && !env.ADMIN_API_KEY)
-    throw new ConfigError('ADMIN_API_KEY is required when NODE_ENV=production');
+  // All that production lacks, said at once rather than one per attempt.
+  const missing = ['ADMIN_API_KEY', 'TILLBRIDGE_MASTER_KEY', 'DATABASE_URL', 'PUBLIC_BASE_URL'].filter(
+    (name) => !env[name],
+  );
+  if (production && missing.length)
+    throw new ConfigError(
+      `${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} required when NODE_ENV=production`,
+    );
   if (env.ADMIN_API_KEY !== undefined && env.ADMIN_API_KEY.length < 16) {
     throw new ConfigError('ADMIN_API_KEY must be at least 16 characters');
   }
-  if (production && !env.DATABASE_URL)
-    throw new ConfigError('DATABASE_URL is required when NODE_ENV=production');
-  if (production && !env.PUBLIC_BASE_URL)
-    throw new ConfigError('PUBLIC_BASE_URL is required when NODE_ENV=production');
+  if (env.LOG_LEVEL !== undefined && !LOG_LEVELS.includes(env.LOG_LEVEL))
+    throw new ConfigError(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got "${env.LOG_LEVEL}"`);
   // Providers are handed `${PUBLIC_BASE_URL}/webhooks/...` as their notify URL.
   if (env.PUBLIC_BASE_URL && !/^https?:\/\/[^/?#\s]+(\/[^?#\s]*)?$/.test(env.PUBLIC_BASE_URL))
     throw new ConfigError('PUBLIC_BASE_URL must be an http(s) URL such as https://pay.example.com');
@@ -101,8 +131,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     production,
     port,
     host: env.HOST ?? '127.0.0.1',
-    databaseUrl: env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/tillbridge',
-    redisUrl: env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    databaseUrl: urlFrom(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/tillbridge', [
+      'postgres',
+      'postgresql',
+    ]),
+    redisUrl: urlFrom(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis', 'rediss']),
     redisPrefix: env.REDIS_PREFIX ?? 'tb',
     adminApiKey: env.ADMIN_API_KEY ?? `adm_${randomBytes(24).toString('base64url')}`,
     adminKeyGenerated: env.ADMIN_API_KEY === undefined,

@@ -4,7 +4,7 @@ import { startGateway } from './runtime.ts';
 function walkthrough(base: string, adminKey: string): string {
   return `
 tillbridge is running at ${base} (sandbox: payments go to local simulators).
-Admin key: ${adminKey}
+Admin key: ${adminKey} (a new one at each start; set ADMIN_API_KEY to keep one)
 
 Try it (copy-paste, needs curl and jq):
 
@@ -12,12 +12,12 @@ Try it (copy-paste, needs curl and jq):
   SK=$(curl -s -X POST ${base}/v1/admin/merchants -H "Authorization: Bearer $ADMIN" \\
         -H 'Content-Type: application/json' \\
         -d '{"name":"Demo Drugstore","settlement_currency":"EUR","country":"DE"}' | jq -r .secret_key)
-  curl -s -X PUT ${base}/v1/providers/sandbox -H "Authorization: Bearer $SK" \\
+  curl -s -w '\\n' -X PUT ${base}/v1/providers/sandbox -H "Authorization: Bearer $SK" \\
         -H 'Content-Type: application/json' -d '{"wallets":["alipay","wechatpay","alipayplus"]}'
   TK=$(curl -s -X POST ${base}/v1/terminals -H "Authorization: Bearer $SK" \\
         -H 'Content-Type: application/json' \\
         -d '{"store_id":"berlin-01","terminal_id":"till-3","can_refund":true}' | jq -r .terminal_key)
-  curl -s -X POST ${base}/v1/payments -H "Authorization: Bearer $TK" \\
+  curl -s -w '\\n' -X POST ${base}/v1/payments -H "Authorization: Bearer $TK" \\
         -H 'Content-Type: application/json' -H "Idempotency-Key: $(date +%s%N)" \\
         -d '{"amount":{"value":1999,"currency":"EUR"},"reference":"R-0001","mode":"scan","payment_code":"286714335246118790"}'
 
@@ -31,8 +31,10 @@ async function main(): Promise<void> {
   const { log } = gateway.ctx;
   log.info({ role: config.role, url: gateway.url, production: config.production }, 'tillbridge started');
   if (!config.production && config.role !== 'worker') {
-    process.stdout.write(walkthrough(config.publicBaseUrl, config.adminApiKey));
-  } else if (config.adminKeyGenerated) {
+    // The address really listened on (PORT=0 picks one), unless providers are told another.
+    const base = process.env.PUBLIC_BASE_URL ? config.publicBaseUrl : gateway.url;
+    process.stdout.write(walkthrough(base, config.adminApiKey));
+  } else if (config.adminKeyGenerated && config.role !== 'worker') {
     log.info('ADMIN_API_KEY not set: a key was generated for this run');
   }
   let stopping = false;

@@ -41,6 +41,12 @@ async function connectRedis(url: string): Promise<Redis> {
   }
 }
 
+function withoutPassword(url: string): string {
+  const parsed = new URL(url);
+  if (parsed.password) parsed.password = '***';
+  return parsed.toString();
+}
+
 export async function createContext(config: Config): Promise<Context> {
   // Redis first: a gateway that cannot reach it would start but never finish a payment.
   const redis = await connectRedis(config.redisUrl);
@@ -51,6 +57,12 @@ export async function createContext(config: Config): Promise<Context> {
     await migrate(db);
   } catch (error) {
     redis.disconnect();
+    const code = (error as { code?: string }).code;
+    // Said as a configuration error naming the variable, as an unreachable REDIS_URL is.
+    if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'ETIMEDOUT' || code === '28P01')
+      throw new ConfigError(
+        `PostgreSQL at DATABASE_URL (${withoutPassword(config.databaseUrl)}) cannot be used: ${(error as Error).message}`,
+      );
     throw error;
   }
   const sandbox = new SandboxRuntime(config);

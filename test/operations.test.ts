@@ -294,7 +294,22 @@ describe('start-up', () => {
       timeout: 30_000,
     });
     assert.equal(result.status, 2, result.stderr);
-    assert.match(result.stderr, /configuration error: .*required when NODE_ENV=production/);
+    // Everything missing at once, not one variable per attempt.
+    assert.match(
+      result.stderr,
+      /configuration error: ADMIN_API_KEY, TILLBRIDGE_MASTER_KEY, PUBLIC_BASE_URL are required when NODE_ENV=production/,
+    );
+  });
+
+  test('bad values are configuration errors at start, naming the variable', () => {
+    const { env } = testEnvironment();
+    for (const [name, value, message] of [
+      ['PORT', '99999', /PORT must be an integer from 0 to 65535/],
+      ['LOG_LEVEL', 'verbose', /LOG_LEVEL must be one of/],
+      ['DATABASE_URL', 'foo', /DATABASE_URL must be a postgres or postgresql URL/],
+      ['REDIS_URL', 'http://127.0.0.1:6379', /REDIS_URL must be a redis or rediss URL/],
+    ] as const)
+      assert.throws(() => loadConfig({ ...env, [name]: value }), message, name);
   });
 
   test('a port already in use stops the start with that reason', async () => {
