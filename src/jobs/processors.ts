@@ -46,6 +46,10 @@ export async function startWorker(ctx: Context): Promise<Worker> {
     if (data.payment_id) await resolvePayment(ctx, data.payment_id, data.step);
     if (data.refund_id) await resolveRefund(ctx, data.refund_id, data.step);
   });
+  // The sweeper takes a failed step up again, but only this says why it failed.
+  queues.resolve.on('failed', (job, error) =>
+    ctx.log.error({ err: error, job: job.data }, 'a payment or refund could not be followed up'),
+  );
 
   queues.deliver.process(CONCURRENCY.deliver, async (job) => {
     const { delivery_id } = job.data as { delivery_id: string };
