@@ -620,10 +620,12 @@ function requestRules(op: Op, schema: Record<string, unknown>, maxAmount: number
     schema.allOf = [
       {
         if: { properties: { mode: { const: 'scan' } }, required: ['mode'] },
+        // biome-ignore lint/suspicious/noThenProperty: JSON Schema's `then`, never awaited
         then: { required: ['payment_code'] },
       },
       {
         if: { properties: { mode: { const: 'qr' } }, required: ['mode'] },
+        // biome-ignore lint/suspicious/noThenProperty: JSON Schema's `then`, never awaited
         then: { required: ['wallet'], not: { required: ['payment_code'] } },
       },
     ];
