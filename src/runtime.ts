@@ -2,6 +2,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
+import { providerModule } from '../adapters/index.ts';
 import { type Config, ConfigError } from './config.ts';
 import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
@@ -105,10 +106,24 @@ async function checkMasterKey(ctx: Context): Promise<void> {
   );
 }
 
+/**
+ * The simulators that sandbox accounts use, started now rather than at their first call: after a
+ * restart a customer may open a QR code handed out before it (API.md: the sandbox survives a
+ * restart), before the gateway itself calls the simulator again.
+ */
+async function startSimulatorsInUse(ctx: Context): Promise<void> {
+  const { rows } = await ctx.db.query<{ provider: string }>(
+    'SELECT DISTINCT provider FROM provider_accounts WHERE sandbox AND deleted_at IS NULL',
+  );
+  for (const { provider } of rows)
+    if (providerModule(provider)?.startSimulator) await ctx.sandbox.simulatorUrl(provider);
+}
+
 export async function startGateway(config: Config, port = config.port): Promise<Gateway> {
   const ctx = await createContext(config);
   try {
     await checkMasterKey(ctx);
+    if (!config.production && config.role !== 'worker') await startSimulatorsInUse(ctx);
   } catch (error) {
     await closeContext(ctx);
     throw error;

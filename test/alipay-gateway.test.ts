@@ -464,8 +464,18 @@ describe('alipay sandbox across a gateway restart', () => {
         .expect(201);
       const res = await createPayment(first, sk, scanPayment(2052)).expect(201);
       assert.equal(res.body.status, 'processing');
+      const qr = await createPayment(first, sk, {
+        amount: { value: 3000, currency: 'EUR' },
+        reference: 'R-QR-RESTART',
+        mode: 'qr',
+        wallet: 'alipay',
+      }).expect(201);
+      assert.equal(qr.body.status, 'requires_customer');
       await first.gateway.stop();
       second = await startGateway(first.config);
+      // The code the till shows still opens after the restart, and paying it completes the sale.
+      assert.equal((await fetch(qr.body.qr_code.data, { method: 'POST' })).status, 200);
+      await waitForStatus(first, sk, qr.body.id, ['succeeded']);
       const done = await eventually(async () => {
         const r = await first.http.get(`/v1/payments/${res.body.id}`).set('Authorization', `Bearer ${sk}`);
         return FINAL.includes(r.body.status) ? r.body : undefined;

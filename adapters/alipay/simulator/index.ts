@@ -7,6 +7,7 @@
  */
 
 import type { KeyObject } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { SimulatorHandle, SimulatorOptions } from '../../contract.ts';
@@ -50,6 +51,15 @@ export interface AlipaySimulatorHandle extends SimulatorHandle {
     body: string,
     requestTime?: string,
   ): Record<string, string>;
+}
+
+function readPort(file: string): number | undefined {
+  try {
+    const port = Number(readFileSync(file, 'utf8').trim());
+    return Number.isInteger(port) && port > 0 && port < 65536 ? port : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export async function startAlipaySimulator(options: AlipaySimulatorOptions): Promise<AlipaySimulatorHandle> {
@@ -99,11 +109,27 @@ export async function startAlipaySimulator(options: AlipaySimulatorOptions): Pro
     held: new Set(),
   };
   const server = http.createServer(createHandler(ctx));
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 0, '127.0.0.1', () => resolve());
-  });
-  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const listen = (port: number) =>
+    new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  // The port the simulator of this journal had before a restart, so that the QR codes it handed
+  // out (its own URLs) still open; another if that one is taken now.
+  const portFile = stateFile ? `${stateFile}.port` : undefined;
+  const previousPort = options.port ?? (portFile ? readPort(portFile) : undefined);
+  try {
+    await listen(previousPort ?? 0);
+  } catch (error) {
+    if (options.port !== undefined || (error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+    await listen(0);
+  }
+  const port = (server.address() as AddressInfo).port;
+  if (portFile) writeFileSync(portFile, String(port));
+  baseUrl = `http://127.0.0.1:${port}`;
   // Orders that were waiting when a previous simulator stopped decide (and notify) on time.
   for (const record of ledger.waiting()) followUp(ctx, record);
 
