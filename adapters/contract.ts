@@ -42,6 +42,8 @@ export interface FxDetails {
 }
 
 export interface PaymentFacts extends FxDetails {
+  /** What the provider says the sale was for, in the sale's currency (Antom `paymentAmount`). */
+  amount?: Money;
   provider_reference?: string;
   /** The wallet that paid, as the provider names it (Antom `pspName`, e.g. ALIPAYCN). */
   wallet_psp?: string;

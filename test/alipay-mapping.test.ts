@@ -81,6 +81,7 @@ describe('Antom sample payloads', () => {
     const outcome = payOutcome(scan(), result(UPCP_S), UPCP_S);
     assert.deepEqual(outcome, {
       kind: 'succeeded',
+      amount: { value: 100, currency: 'MOP' },
       provider_reference: '202003151940108001001881I0204295953',
       wallet_psp: 'ALIPAYCN',
       paid_at: new Date('2020-03-16T03:06:02.000Z'),

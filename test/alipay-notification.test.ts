@@ -65,6 +65,7 @@ describe('alipay notifications', () => {
       provider_request_id: '20200303074500020000036648',
       outcome: {
         kind: 'succeeded',
+        amount: { value: 200, currency: 'JPY' },
         provider_reference: '202003021940108001001885I0204368838',
         wallet_psp: 'ALIPAYCN',
         paid_at: new Date('2020-03-03T03:12:11Z'),
@@ -202,6 +203,7 @@ describe('alipay notifications', () => {
     assert.ok(result.ok && result.event.kind === 'payment');
     assert.deepEqual(result.event.outcome, {
       kind: 'succeeded',
+      amount: { value: 200, currency: 'JPY' },
       provider_reference: '202003021940108001001885I0204368838',
       paid_at: new Date('2020-03-03T03:12:11Z'),
     });

@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
-import { resolvePayment, sweepStragglers } from '../src/payments/service.ts';
+import { applyOutcome, loadPayment, resolvePayment, sweepStragglers } from '../src/payments/service.ts';
 import { maskPaymentCode, seal } from '../src/secrets.ts';
 import { requeuePendingDeliveries } from '../webhooks/outbound.ts';
 import {
@@ -386,6 +386,26 @@ describe('inbound provider notifications', () => {
       .post(`/v1/admin/alerts/${mine[0].id}/resolve`)
       .set('Authorization', `Bearer ${merchant.secretKey}`)
       .expect(403);
+  });
+
+  test('a success for another amount than the sale’s is not taken as paid, and is raised once', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(4557)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    const ctx = tg.gateway.ctx;
+    const account = await ctx.accounts.get(merchant.accountId);
+    assert.ok(account);
+    const claim = { kind: 'succeeded', amount: { value: 45, currency: 'EUR' } } as const;
+    for (let i = 0; i < 2; i++)
+      await applyOutcome(ctx, await loadPayment(ctx, res.body.id), account, claim, 'notification');
+    assert.equal((await loadPayment(ctx, res.body.id)).status, 'processing');
+    assert.deepEqual(
+      (await alertsOf(res.body.id)).map((a) => a.kind),
+      ['amount_mismatch'],
+    );
+    // The sale's own amount is its success.
+    const right = { kind: 'succeeded', amount: { value: 4557, currency: 'EUR' } } as const;
+    await applyOutcome(ctx, await loadPayment(ctx, res.body.id), account, right, 'notification');
+    assert.equal((await loadPayment(ctx, res.body.id)).status, 'succeeded');
   });
 
   test('forged, stale and malformed notifications are rejected and change nothing', async () => {

@@ -319,6 +319,8 @@ export function refundInquiryOutcome(result: AntomResult, body: Json): RefundOut
 /** Never recompute a provider's conversion: store what Antom sends (§11). */
 export function paymentFacts(body: Json): PaymentFacts {
   const facts: PaymentFacts = {};
+  const amount = money(body.paymentAmount);
+  if (amount) facts.amount = amount;
   const paymentId = text(body.paymentId);
   if (paymentId) facts.provider_reference = paymentId;
   const psp = isRecord(body.pspCustomerInfo) ? text(body.pspCustomerInfo.pspName) : undefined;

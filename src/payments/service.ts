@@ -117,6 +117,18 @@ async function call<T>(
   }
 }
 
+const sameMoney = (money: Money, row: PaymentRow) =>
+  money.value === row.amount_value && money.currency === row.currency;
+
+/** An alert of this kind for the payment, unless one is still open (a notification is retried). */
+async function alertOnce(ctx: Ctx, kind: string, detail: string, paymentId: string): Promise<void> {
+  const { rowCount } = await ctx.db.query(
+    'SELECT 1 FROM alerts WHERE kind = $1 AND payment_id = $2 AND resolved_at IS NULL',
+    [kind, paymentId],
+  );
+  if (!rowCount) await raiseAlert(ctx, kind, detail, { payment_id: paymentId });
+}
+
 export async function raiseAlert(
   ctx: Ctx,
   kind: string,
@@ -324,6 +336,24 @@ export async function applyOutcome(
   outcome: PaymentOutcome,
   source: Source,
 ): Promise<PaymentRow> {
+  if (outcome.kind === 'succeeded' && outcome.amount && !sameMoney(outcome.amount, row)) {
+    // A success for another amount than the sale's is not this sale's success: it stays open (and
+    // is cancelled, reversing the charge, if nothing better comes by the end of its window), and a
+    // person is told.
+    await alertOnce(
+      ctx,
+      'amount_mismatch',
+      `the provider reports payment ${row.id} succeeded for ${outcome.amount.value} ${outcome.amount.currency}, not ${row.amount_value} ${row.currency}; it is not taken as paid`,
+      row.id,
+    );
+    return applyOutcome(
+      ctx,
+      row,
+      account,
+      { kind: 'pending', reason: 'success for another amount', customer_acted: true },
+      source,
+    );
+  }
   const cause = `${source}: ${outcome.kind}`;
   // Any answer to a send proves it arrived; only then is a later "not found" not a reason to resend.
   // The creating request ends with this outcome: from now on a retry with its key is a replay.
