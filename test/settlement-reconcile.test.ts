@@ -611,4 +611,8 @@ test('settlements and discrepancies are the objects /openapi.json documents', as
   conforms(batch as unknown as Record<string, unknown>, 'Settlement');
   const [found] = await discrepancies(tg, m.secretKey);
   conforms(found, 'Discrepancy');
+  const lines = await tg.http
+    .get(`/v1/settlements/${batch.id}/lines`)
+    .set('Authorization', `Bearer ${m.secretKey}`);
+  conforms(lines.body.data[0], 'SettlementLine');
 });

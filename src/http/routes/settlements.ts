@@ -431,6 +431,7 @@ registerOperations([
     query: listLinesQuerySchema,
     auth: 'merchant',
     responses: { 200: 'list' },
+    items: 'SettlementLine',
   },
   {
     method: 'get',
