@@ -37,7 +37,11 @@ describe('operations endpoints', () => {
 
   test('/metrics exposes request latency, payments by outcome and provider latency', async () => {
     await createPayment(tg, merchant.terminalKey, scanPayment(1000)).expect(201);
+    // Refused before routing (no key): counted under its route, not as "unmatched", and never by its id.
+    await tg.http.get('/v1/payments/pay_metricsWithoutKey').expect(401);
     const res = await tg.http.get('/metrics').expect(200);
+    assert.match(res.text, /route="\/v1\/payments\/:id",status="401"/);
+    assert.doesNotMatch(res.text, /pay_metricsWithoutKey/);
     assert.match(res.text, /tillbridge_http_request_duration_seconds_bucket\{[^}]*route="\/v1\/payments"/);
     assert.match(res.text, /tillbridge_payments_total\{provider="sandbox",status="succeeded"\} [1-9]/);
     assert.match(

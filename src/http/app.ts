@@ -9,7 +9,7 @@ import { randomToken } from '../ids.ts';
 import { countQueues } from '../jobs/queues.ts';
 import { CredentialsUnreadableError } from '../payments/accounts.ts';
 import { authenticator, rateLimiter } from './auth.ts';
-import { openApiDocument } from './openapi.ts';
+import { documentedRoute, openApiDocument } from './openapi.ts';
 import { paymentsRouter } from './routes/payments.ts';
 import { extraRouters } from './routes/registry.ts';
 import { setupRouter } from './routes/setup.ts';
@@ -139,7 +139,9 @@ export function createApp(ctx: Context): express.Express {
     res.set('Request-Id', req.requestId);
     const stop = ctx.metrics.httpDuration.startTimer({ method: req.method });
     res.on('finish', () => {
-      const route = req.route?.path ? `${req.baseUrl}${req.route.path}` : 'unmatched';
+      const route = req.route?.path
+        ? `${req.baseUrl}${req.route.path}`
+        : (documentedRoute(req.method, req.path) ?? 'unmatched');
       stop({ route, status: String(res.statusCode) });
       if (res.statusCode >= 500)
         ctx.log.error(

@@ -620,6 +620,23 @@ function jsonSchema(schema: z.ZodType): Record<string, unknown> {
   return rest;
 }
 
+let routePatterns: { method: string; pattern: RegExp; route: string }[] | undefined;
+
+/**
+ * The route a request was for, as Express writes it (`/v1/payments/:id`), when it was answered
+ * before routing (401, 403, 429): a bounded metrics label, never the raw path with its ids.
+ */
+export function documentedRoute(method: string, path: string): string | undefined {
+  routePatterns ??= [...OPERATIONS, ...extraOperations].map((op) => ({
+    method: op.method.toUpperCase(),
+    pattern: new RegExp(`^${op.path.replace(/[.]/g, '\\.').replace(/\{\w+\}/g, '[^/]+')}/?$`, 'i'),
+    route: op.path.replace(/\{(\w+)\}/g, ':$1'),
+  }));
+  return routePatterns.find(
+    (r) => (r.method === method || (method === 'HEAD' && r.method === 'GET')) && r.pattern.test(path),
+  )?.route;
+}
+
 /** `GET /v1/payments/{id}/refunds` → `getV1PaymentsIdRefunds`: unique, as method and path are. */
 function operationId(op: Op): string {
   const words = op.path.split(/[^A-Za-z0-9]+/).filter(Boolean);
