@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { requestHashOf } from '../src/http/idempotency.ts';
+import { applyOutcome, loadPayment } from '../src/payments/service.ts';
 import {
   createPayment,
   idempotencyKey,
@@ -98,6 +99,41 @@ describe('Idempotency-Key', () => {
     assert.equal(res.headers['idempotent-replayed'], 'true');
     assert.equal(res.body.id, id);
     assert.equal(await paymentsWithReference('R-IDEM-4'), 1);
+  });
+
+  test('a sale whose notification overtook the pay answer: a retry of its request is a replay at once, not 409', async () => {
+    const key = idempotencyKey();
+    const body = scanPayment(1450, { reference: 'R-IDEM-5' });
+    const id = 'pay_notifiedBeforeAnswer001';
+    const till = await tg.gateway.ctx.db.query<{ id: string }>(
+      "SELECT id FROM terminals WHERE merchant_id = $1 AND terminal_id = 'till-1'",
+      [merchant.id],
+    );
+    // The notification already moved it to succeeded; the creating request is still running.
+    await tg.gateway.ctx.db.query(
+      `INSERT INTO payments (id, merchant_id, provider_account_id, provider, wallet, mode, status, amount_value, currency,
+         reference, provider_request_id, resolve_by, pay_answered, idempotency_key, request_hash, request_done, terminal_ref,
+         store_id, terminal_id, paid_at, finalized_at)
+       SELECT $1, $2, $3, 'sandbox', 'alipay', 'scan', 'succeeded', 1450, 'EUR', 'R-IDEM-5', $1, now() + interval '60 seconds',
+              false, $4, $5, false, t.id, t.store_id, t.terminal_id, now(), now()
+         FROM terminals t WHERE t.merchant_id = $2 AND t.terminal_id = 'till-1'`,
+      [
+        id,
+        merchant.id,
+        merchant.accountId,
+        key,
+        requestHashOf('POST', '/v1/payments', `terminal ${till.rows[0].id}`, body),
+      ],
+    );
+    const ctx = tg.gateway.ctx;
+    const account = await ctx.accounts.get(merchant.accountId);
+    assert.ok(account);
+    // Then the pay's own answer arrives: nothing to move, but the request is done.
+    await applyOutcome(ctx, await loadPayment(ctx, id), account, { kind: 'succeeded' }, 'pay');
+    const retry = await createPayment(tg, merchant.terminalKey, body, key).expect(200);
+    assert.equal(retry.headers['idempotent-replayed'], 'true');
+    assert.equal(retry.body.id, id);
+    assert.equal(retry.body.status, 'succeeded');
   });
 
   test('keys are scoped per merchant', async () => {

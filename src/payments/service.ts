@@ -328,8 +328,39 @@ function factsPatch(facts: PaymentFacts): PaymentPatch {
   };
 }
 
+/**
+ * What an answer to the creating request (or its resend) settles beyond the status: any answer
+ * proves the pay arrived, so a later "not found" is no reason to resend; and the creating request
+ * is done, so from now on a retry with its key is a replay.
+ */
+function answeredPatch(outcome: PaymentOutcome, source: Source): PaymentPatch {
+  return {
+    ...((source === 'pay' || source === 'resend') && outcome.kind !== 'unknown'
+      ? { pay_answered: true }
+      : {}),
+    ...(source === 'pay' ? { request_done: true } : {}),
+  };
+}
+
 /** Applies what a provider said; a no-op when the payment has already moved on. */
 export async function applyOutcome(
+  ctx: Ctx,
+  row: PaymentRow,
+  account: LoadedAccount,
+  outcome: PaymentOutcome,
+  source: Source,
+): Promise<PaymentRow> {
+  const current = await applyStatus(ctx, row, account, outcome, source);
+  // A notification may have moved the sale before the creating request's own answer was applied:
+  // its transition was then a no-op, and the request must still be marked answered and done, or a
+  // till retrying it would wait out the lock (409) for a sale that has long succeeded.
+  const answered = answeredPatch(outcome, source);
+  const pending =
+    (answered.request_done && !current.request_done) || (answered.pay_answered && !current.pay_answered);
+  return pending ? ((await updatePayment(ctx.db, row.id, answered)) ?? current) : current;
+}
+
+async function applyStatus(
   ctx: Ctx,
   row: PaymentRow,
   account: LoadedAccount,
@@ -355,14 +386,7 @@ export async function applyOutcome(
     );
   }
   const cause = `${source}: ${outcome.kind}`;
-  // Any answer to a send proves it arrived; only then is a later "not found" not a reason to resend.
-  // The creating request ends with this outcome: from now on a retry with its key is a replay.
-  const answered: PaymentPatch = {
-    ...((source === 'pay' || source === 'resend') && outcome.kind !== 'unknown'
-      ? { pay_answered: true }
-      : {}),
-    ...(source === 'pay' ? { request_done: true } : {}),
-  };
+  const answered = answeredPatch(outcome, source);
   switch (outcome.kind) {
     case 'succeeded': {
       const patch = {
