@@ -11,11 +11,23 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ConfigError, loadConfig } from '../src/config.ts';
 import { startGateway } from '../src/runtime.ts';
-import { createPayment, freePort, scanPayment, setupMerchant, startTestGateway } from './helpers.ts';
+import {
+  createPayment,
+  eventually,
+  freePort,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+} from './helpers.ts';
 
 test('credentials sealed under another master key: refused in production, no 500 in sandbox', async () => {
   const first = await startTestGateway();
   const merchant = await setupMerchant(first);
+  const endpoint = await first.http
+    .post('/v1/webhook-endpoints')
+    .set('Authorization', `Bearer ${merchant.secretKey}`)
+    .send({ url: 'http://127.0.0.1:9/hook', events: ['payment.succeeded'] })
+    .expect(201);
   // Stays processing until the gateway cancels it: a payment in flight across the key change.
   const inFlight = await createPayment(first, merchant.terminalKey, scanPayment(1057)).expect(201);
   await first.stop({ keepDatabase: true });
@@ -34,7 +46,8 @@ test('credentials sealed under another master key: refused in production, no 500
       }),
     ),
     (error: unknown) =>
-      error instanceof ConfigError && /does not open what 1 provider account/.test(error.message),
+      error instanceof ConfigError &&
+      /does not open what 2 provider account\(s\) or webhook endpoint\(s\)/.test(error.message),
   );
 
   const tg = await startTestGateway(otherKey, first);
@@ -56,6 +69,14 @@ test('credentials sealed under another master key: refused in production, no 500
     const again = await createPayment(tg, merchant.terminalKey, scanPayment(1100));
     assert.equal(again.status, 201, JSON.stringify(again.body));
     assert.equal(again.body.status, 'succeeded');
+    // Its event cannot be signed with the endpoint's old secret: the delivery fails, saying why.
+    const delivery = await eventually(async () => {
+      const list = await tg.http
+        .get(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries`)
+        .set('Authorization', `Bearer ${merchant.secretKey}`);
+      return list.body.data.find((d: { status: string }) => d.status === 'failed');
+    });
+    assert.match(delivery.last_error, /master key/);
   } finally {
     await tg.stop();
   }

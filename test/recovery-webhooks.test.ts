@@ -406,6 +406,12 @@ describe('inbound provider notifications', () => {
     const right = { kind: 'succeeded', amount: { value: 4557, currency: 'EUR' } } as const;
     await applyOutcome(ctx, await loadPayment(ctx, res.body.id), account, right, 'notification');
     assert.equal((await loadPayment(ctx, res.body.id)).status, 'succeeded');
+    // On a sale already failed, such a charge is reversed at the provider, as any late success is.
+    const failed = await createPayment(tg, merchant.terminalKey, scanPayment(4551)).expect(201);
+    assert.equal(failed.body.status, 'failed');
+    await applyOutcome(ctx, await loadPayment(ctx, failed.body.id), account, claim, 'notification');
+    assert.equal((await loadPayment(ctx, failed.body.id)).status, 'failed');
+    assert.deepEqual((await simulatorCalls(tg, failed.body.id))['/v1/cancel'], 1);
   });
 
   test('forged, stale and malformed notifications are rejected and change nothing', async () => {

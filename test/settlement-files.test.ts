@@ -241,6 +241,53 @@ test('an upload that breaks off (a broken chunk, a body short of its length) hol
   await nothingImported(m.id);
 });
 
+test('the 256-character limit counts characters: 200 emoji are a store id, not too long', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 1300);
+  const file = sandboxCsv([lineFor(p)], 'EMOJI-1');
+  const withStore = file.replace(/,([^,\n]*),SANDBOXWALLET\n/, `,${'🛒'.repeat(200)},SANDBOXWALLET\n`);
+  assert.notEqual(withStore, file);
+  const job = await importAndWait(tg, m.secretKey, withStore);
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+});
+
+test('slow uploads take at most four database connections: a fifth is 429, and sales go on', async () => {
+  const m = await setupMerchant(tg);
+  const url = new URL(tg.url);
+  const header = `${SANDBOX_HEADER}\n`;
+  // Four uploads that send their first chunk and then nothing more, for now.
+  const slow = Array.from({ length: 4 }, () => {
+    const socket = net.connect(Number(url.port), url.hostname);
+    socket.on('error', () => {});
+    socket.write(
+      `POST /v1/settlements/imports?provider=sandbox HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${m.secretKey}\r\nTransfer-Encoding: chunked\r\n\r\n${Buffer.byteLength(header).toString(16)}\r\n${header}\r\n`,
+    );
+    return socket;
+  });
+  try {
+    await eventually(
+      async () => {
+        const { rows } = await tg.gateway.ctx.db.query(
+          "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY settlement_lines%'",
+        );
+        return rows.length === 4;
+      },
+      10_000,
+      'four uploads being received',
+    );
+    const fifth = await upload(m.secretKey, header);
+    assert.equal(fifth.status, 429, JSON.stringify(fifth.body));
+    assert.equal(fifth.body.error.code, 'imports_busy');
+    assert.equal(fifth.headers['retry-after'], '5');
+    const sale = await createPayment(tg, m.terminalKey, scanPayment(1000));
+    assert.equal(sale.status, 201);
+  } finally {
+    for (const socket of slow) socket.destroy();
+  }
+  // Gone, they free their places.
+  await eventually(async () => (await upload(m.secretKey, header)).status === 202, 10_000, 'a free place');
+});
+
 async function alipayMerchant() {
   const merchant = await tg.http
     .post('/v1/admin/merchants')

@@ -116,16 +116,23 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
   );
   const row = rows[0];
   if (!row || row.status !== 'pending') return;
-  if (row.deleted) {
-    // The merchant deleted the endpoint: its retries stop here.
-    await ctx.db.query(
-      `UPDATE webhook_deliveries SET status = 'failed', last_error = 'the endpoint was deleted', updated_at = now()
-        WHERE id = $1`,
-      [deliveryId],
+  const fail = (reason: string) =>
+    ctx.db.query(
+      `UPDATE webhook_deliveries SET status = 'failed', last_error = $2, updated_at = now() WHERE id = $1`,
+      [deliveryId, reason],
     );
-    return;
+  // The merchant deleted the endpoint: its retries stop here.
+  if (row.deleted) return void (await fail('the endpoint was deleted'));
+  let secret: string;
+  try {
+    secret = open(ctx.config.masterKey, row.secret_sealed, `webhook-endpoint:${row.endpoint_id}`);
+  } catch {
+    // Sealed under another master key: no retry can sign it. The merchant sees why, and makes a new endpoint.
+    ctx.log.error({ delivery_id: deliveryId, endpoint_id: row.endpoint_id }, 'webhook secret unreadable');
+    return void (await fail(
+      "the endpoint's secret does not open with this gateway's master key; create the endpoint again",
+    ));
   }
-  const secret = open(ctx.config.masterKey, row.secret_sealed, `webhook-endpoint:${row.endpoint_id}`);
   const body = JSON.stringify(row.payload);
   let statusCode: number | null = null;
   let error: string | null = null;

@@ -370,13 +370,18 @@ async function applyStatus(
   if (outcome.kind === 'succeeded' && outcome.amount && !sameMoney(outcome.amount, row)) {
     // A success for another amount than the sale's is not this sale's success: it stays open (and
     // is cancelled, reversing the charge, if nothing better comes by the end of its window), and a
-    // person is told.
+    // person is told. A sale already canceled or failed has that charge reversed now.
     await alertOnce(
       ctx,
       'amount_mismatch',
       `the provider reports payment ${row.id} succeeded for ${outcome.amount.value} ${outcome.amount.currency}, not ${row.amount_value} ${row.currency}; it is not taken as paid`,
       row.id,
     );
+    const now = await loadPayment(ctx, row.id);
+    if (now.status === 'canceled' || now.status === 'failed') {
+      await reverseLateSuccess(ctx, now, account, source);
+      return now;
+    }
     return applyOutcome(
       ctx,
       row,

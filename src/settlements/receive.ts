@@ -66,7 +66,8 @@ function lineFault(line: SettlementLine): string | undefined {
   if (!line.provider_reference) return 'the transaction id is empty';
   for (const [field, name] of TEXT_FIELDS) {
     const value = line[field];
-    if (typeof value === 'string' && value.length > MAX_TEXT_CHARS)
+    // Characters, not UTF-16 units (an emoji is two), counted only past the cheap bound.
+    if (typeof value === 'string' && value.length > MAX_TEXT_CHARS && [...value].length > MAX_TEXT_CHARS)
       return `${name} is longer than ${MAX_TEXT_CHARS} characters`;
   }
   if (!Number.isSafeInteger(line.transaction_amount.value))

@@ -128,7 +128,10 @@ export async function startAlipaySimulator(options: AlipaySimulatorOptions): Pro
     await listen(0);
   }
   const port = (server.address() as AddressInfo).port;
-  if (portFile) writeFileSync(portFile, String(port));
+  // Not over a port another live simulator of this journal holds (an api and a worker process):
+  // that one's codes are the ones handed out.
+  if (portFile && (previousPort === undefined || port === previousPort))
+    writeFileSync(portFile, String(port));
   baseUrl = `http://127.0.0.1:${port}`;
   // Orders that were waiting when a previous simulator stopped decide (and notify) on time.
   for (const record of ledger.waiting()) followUp(ctx, record);

@@ -171,8 +171,16 @@ function merchantScope<F extends string>(
   };
 }
 
+/**
+ * Uploads received at once by this process. Each holds a database connection for as long as its
+ * client takes to send the file; the rest of the pool (20) stays for payments, however many slow
+ * uploads arrive.
+ */
+const MAX_RECEIVING = 4;
+
 export function settlementsRouter(ctx: Context): Router {
   const router = Router();
+  let receiving = 0;
 
   router.post('/v1/settlements/imports', async (req, res) => {
     const merchant = requireMerchant(req);
@@ -180,8 +188,18 @@ export function settlementsRouter(ctx: Context): Router {
     knownProvider(provider, 'provider');
     const account = await accountOf(ctx, merchant.merchant_id, provider);
     requireQueues(ctx.queues);
+    if (receiving >= MAX_RECEIVING)
+      throw new ApiError(
+        'rate_limited',
+        'imports_busy',
+        `${MAX_RECEIVING} settlement files are being received already; send this one again shortly`,
+        undefined,
+        429,
+        { 'Retry-After': '5' },
+      );
     // The file is parsed while it arrives: a malformed one is refused here, with nothing stored.
     let id: string;
+    receiving++;
     try {
       ({ id } = await receiveFile(
         ctx,
@@ -212,6 +230,8 @@ export function settlementsRouter(ctx: Context): Router {
           'the request body ended before the file did (the upload broke off); send the whole file again',
         );
       throw error;
+    } finally {
+      receiving--;
     }
     await leaveToSweeper(ctx, queueReconcile(ctx, id), { import_id: id });
     res.status(202).json({ id, object: 'job', status: 'queued' });
