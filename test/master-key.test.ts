@@ -8,11 +8,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { ConfigError, loadConfig } from '../src/config.ts';
 import { startGateway } from '../src/runtime.ts';
 import {
   createPayment,
+  discardEnvironment,
   eventually,
   freePort,
   scanPayment,
@@ -20,8 +21,15 @@ import {
   startTestGateway,
 } from './helpers.ts';
 
+let dbName: string | undefined;
+// Whatever the test's outcome: a failed assertion must not leave its database behind.
+after(async () => {
+  if (dbName) await discardEnvironment(dbName);
+});
+
 test('credentials sealed under another master key: refused in production, no 500 in sandbox', async () => {
   const first = await startTestGateway();
+  dbName = first.dbName;
   const merchant = await setupMerchant(first);
   const endpoint = await first.http
     .post('/v1/webhook-endpoints')
