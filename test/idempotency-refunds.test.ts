@@ -26,6 +26,44 @@ async function paymentsWithReference(reference: string): Promise<number> {
   return rows.length;
 }
 
+/**
+ * A sale as a creating request leaves it before that request is done: stored with its key and
+ * request hash, by till-1, in `status` (`processing`, or `succeeded` if a notification came first).
+ */
+async function insertUnfinishedSale(
+  id: string,
+  status: 'processing' | 'succeeded',
+  key: string,
+  body: ReturnType<typeof scanPayment>,
+): Promise<void> {
+  const till = await tg.gateway.ctx.db.query<{ id: string }>(
+    "SELECT id FROM terminals WHERE merchant_id = $1 AND terminal_id = 'till-1'",
+    [merchant.id],
+  );
+  const paid = status === 'succeeded';
+  await tg.gateway.ctx.db.query(
+    `INSERT INTO payments (id, merchant_id, provider_account_id, provider, wallet, mode, status, amount_value, currency,
+       reference, provider_request_id, resolve_by, pay_answered, idempotency_key, request_hash, request_done, terminal_ref,
+       store_id, terminal_id, next_check_at, paid_at, finalized_at)
+     SELECT $1, $2, $3, 'sandbox', 'alipay', 'scan', $6, $7, 'EUR', $8, $1, now() + interval '60 seconds',
+            false, $4, $5, false, t.id, t.store_id, t.terminal_id,
+            CASE WHEN $9 THEN NULL ELSE now() + interval '60 seconds' END,
+            CASE WHEN $9 THEN now() END, CASE WHEN $9 THEN now() END
+       FROM terminals t WHERE t.merchant_id = $2 AND t.terminal_id = 'till-1'`,
+    [
+      id,
+      merchant.id,
+      merchant.accountId,
+      key,
+      requestHashOf('POST', '/v1/payments', `terminal ${till.rows[0].id}`, body),
+      status,
+      body.amount.value,
+      body.reference,
+      paid,
+    ],
+  );
+}
+
 describe('Idempotency-Key', () => {
   test('a replay returns the stored response with Idempotent-Replayed, and creates nothing', async () => {
     const key = idempotencyKey();
@@ -70,25 +108,7 @@ describe('Idempotency-Key', () => {
     const key = idempotencyKey();
     const body = scanPayment(1400, { reference: 'R-IDEM-4' });
     const id = 'pay_diedMidRequest000000001';
-    const till = await tg.gateway.ctx.db.query<{ id: string }>(
-      "SELECT id FROM terminals WHERE merchant_id = $1 AND terminal_id = 'till-1'",
-      [merchant.id],
-    );
-    await tg.gateway.ctx.db.query(
-      `INSERT INTO payments (id, merchant_id, provider_account_id, provider, wallet, mode, status, amount_value, currency,
-         reference, provider_request_id, resolve_by, pay_answered, idempotency_key, request_hash, request_done, terminal_ref,
-         store_id, terminal_id, next_check_at)
-       SELECT $1, $2, $3, 'sandbox', 'alipay', 'scan', 'processing', 1400, 'EUR', 'R-IDEM-4', $1, now() + interval '60 seconds',
-              false, $4, $5, false, t.id, t.store_id, t.terminal_id, now() + interval '60 seconds'
-         FROM terminals t WHERE t.merchant_id = $2 AND t.terminal_id = 'till-1'`,
-      [
-        id,
-        merchant.id,
-        merchant.accountId,
-        key,
-        requestHashOf('POST', '/v1/payments', `terminal ${till.rows[0].id}`, body),
-      ],
-    );
+    await insertUnfinishedSale(id, 'processing', key, body);
     const blocked = await createPayment(tg, merchant.terminalKey, body, key).expect(409);
     assert.equal(blocked.body.error.type, 'idempotency');
     await tg.gateway.ctx.db.query(
@@ -105,26 +125,8 @@ describe('Idempotency-Key', () => {
     const key = idempotencyKey();
     const body = scanPayment(1450, { reference: 'R-IDEM-5' });
     const id = 'pay_notifiedBeforeAnswer001';
-    const till = await tg.gateway.ctx.db.query<{ id: string }>(
-      "SELECT id FROM terminals WHERE merchant_id = $1 AND terminal_id = 'till-1'",
-      [merchant.id],
-    );
     // The notification already moved it to succeeded; the creating request is still running.
-    await tg.gateway.ctx.db.query(
-      `INSERT INTO payments (id, merchant_id, provider_account_id, provider, wallet, mode, status, amount_value, currency,
-         reference, provider_request_id, resolve_by, pay_answered, idempotency_key, request_hash, request_done, terminal_ref,
-         store_id, terminal_id, paid_at, finalized_at)
-       SELECT $1, $2, $3, 'sandbox', 'alipay', 'scan', 'succeeded', 1450, 'EUR', 'R-IDEM-5', $1, now() + interval '60 seconds',
-              false, $4, $5, false, t.id, t.store_id, t.terminal_id, now(), now()
-         FROM terminals t WHERE t.merchant_id = $2 AND t.terminal_id = 'till-1'`,
-      [
-        id,
-        merchant.id,
-        merchant.accountId,
-        key,
-        requestHashOf('POST', '/v1/payments', `terminal ${till.rows[0].id}`, body),
-      ],
-    );
+    await insertUnfinishedSale(id, 'succeeded', key, body);
     const ctx = tg.gateway.ctx;
     const account = await ctx.accounts.get(merchant.accountId);
     assert.ok(account);
