@@ -26,6 +26,15 @@ export function open(masterKey: Buffer, sealed: Buffer, context: string): string
   return Buffer.concat([decipher.update(sealed.subarray(29)), decipher.final()]).toString('utf8');
 }
 
+/** What `open` gives, or undefined when the master key is not the one it was sealed with. */
+export function tryOpen(masterKey: Buffer, sealed: Buffer, context: string): string | undefined {
+  try {
+    return open(masterKey, sealed, context);
+  } catch {
+    return undefined;
+  }
+}
+
 export function hashKey(key: string): Buffer {
   return createHash('sha256').update(key).digest();
 }

@@ -8,8 +8,9 @@ import type { Context } from '../src/context.ts';
 import { enqueue, ensureJob, sweepEach } from '../src/jobs/queues.ts';
 import { inTransaction } from '../src/ledger/db.ts';
 import { paymentJson } from '../src/ledger/payments.ts';
+import { webhookSecretContext } from '../src/payments/accounts.ts';
 import { paymentRowFromSnapshot } from '../src/payments/state-machine.ts';
-import { hmacSha256Hex, open } from '../src/secrets.ts';
+import { hmacSha256Hex, tryOpen } from '../src/secrets.ts';
 
 export const DELIVERY_ATTEMPTS = 12;
 const FIRST_BACKOFF_MS = 2000;
@@ -123,10 +124,8 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
     );
   // The merchant deleted the endpoint: its retries stop here.
   if (row.deleted) return void (await fail('the endpoint was deleted'));
-  let secret: string;
-  try {
-    secret = open(ctx.config.masterKey, row.secret_sealed, `webhook-endpoint:${row.endpoint_id}`);
-  } catch {
+  const secret = tryOpen(ctx.config.masterKey, row.secret_sealed, webhookSecretContext(row.endpoint_id));
+  if (secret === undefined) {
     // Sealed under another master key: no retry can sign it. The merchant sees why, and makes a new endpoint.
     ctx.log.error({ delivery_id: deliveryId, endpoint_id: row.endpoint_id }, 'webhook secret unreadable');
     return void (await fail(

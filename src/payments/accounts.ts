@@ -3,7 +3,7 @@ import type { AccountContext, ProviderModule, Wallet } from '../../adapters/cont
 import { providerModule } from '../../adapters/index.ts';
 import type { Config } from '../config.ts';
 import type { Db } from '../ledger/db.ts';
-import { open } from '../secrets.ts';
+import { tryOpen } from '../secrets.ts';
 import type { SandboxRuntime } from './sandbox.ts';
 
 export interface ProviderAccountRow {
@@ -40,6 +40,11 @@ export function credentialsContext(accountId: string): string {
   return `provider-account:${accountId}`;
 }
 
+/** What a webhook endpoint's signing secret is sealed under, beside its id. */
+export function webhookSecretContext(endpointId: string): string {
+  return `webhook-endpoint:${endpointId}`;
+}
+
 export function webhookPath(provider: string, accountId: string): string {
   return `/webhooks/${provider}/${accountId}`;
 }
@@ -50,16 +55,6 @@ export class CredentialsUnreadableError extends Error {
     super(
       `the credentials of provider account ${accountId} do not open with this gateway's master key: they were stored under another`,
     );
-  }
-}
-
-/** Whether the master key opens what was sealed under `context` (false: it was sealed under another key). */
-function opens(masterKey: Buffer, sealed: Buffer, context: string): boolean {
-  try {
-    open(masterKey, sealed, context);
-    return true;
-  } catch {
-    return false;
   }
 }
 
@@ -96,12 +91,8 @@ export class ProviderAccounts {
     }
     const module = providerModule(row.provider);
     if (!module) throw new Error(`account ${row.id} names unknown provider ${row.provider}`);
-    let sealedText: string;
-    try {
-      sealedText = open(this.config.masterKey, row.credentials, credentialsContext(row.id));
-    } catch {
-      throw new CredentialsUnreadableError(row.id);
-    }
+    const sealedText = tryOpen(this.config.masterKey, row.credentials, credentialsContext(row.id));
+    if (sealedText === undefined) throw new CredentialsUnreadableError(row.id);
     const stored = JSON.parse(sealedText);
     const notifyUrl = `${this.config.publicBaseUrl}${webhookPath(row.provider, row.id)}`;
     const loaded: LoadedAccount = {
@@ -167,13 +158,16 @@ export class ProviderAccounts {
    * TILLBRIDGE_MASTER_KEY on an old database).
    */
   async unreadable(): Promise<string[]> {
-    const { rows } = await this.db.query<{ id: string; sealed: Buffer; context: string }>(
-      `SELECT id, credentials AS sealed, 'provider-account:' || id AS context FROM provider_accounts
-        WHERE deleted_at IS NULL
+    const { rows } = await this.db.query<{ id: string; sealed: Buffer; endpoint: boolean }>(
+      `SELECT id, credentials AS sealed, false AS endpoint FROM provider_accounts WHERE deleted_at IS NULL
        UNION ALL
-       SELECT id, secret_sealed, 'webhook-endpoint:' || id FROM webhook_endpoints WHERE deleted_at IS NULL`,
+       SELECT id, secret_sealed, true FROM webhook_endpoints WHERE deleted_at IS NULL`,
     );
-    return rows.filter((r) => !opens(this.config.masterKey, r.sealed, r.context)).map((r) => r.id);
+    const contextOf = (r: { id: string; endpoint: boolean }) =>
+      r.endpoint ? webhookSecretContext(r.id) : credentialsContext(r.id);
+    return rows
+      .filter((r) => tryOpen(this.config.masterKey, r.sealed, contextOf(r)) === undefined)
+      .map((r) => r.id);
   }
 
   /** After `PUT`/`DELETE /v1/providers/...` in this process; other processes see it within ROUTE_CACHE_MS. */

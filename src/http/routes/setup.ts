@@ -6,7 +6,12 @@ import type { Context } from '../../context.ts';
 import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { newId, randomToken } from '../../ids.ts';
 import { inTransaction, type Queryable } from '../../ledger/db.ts';
-import { credentialsContext, type ProviderAccountRow, webhookPath } from '../../payments/accounts.ts';
+import {
+  credentialsContext,
+  type ProviderAccountRow,
+  webhookPath,
+  webhookSecretContext,
+} from '../../payments/accounts.ts';
 import { hashKey, seal } from '../../secrets.ts';
 import { forgetCachedKeys, requireAdmin, requireMerchant } from '../auth.ts';
 import {
@@ -417,7 +422,7 @@ export function setupRouter(ctx: Context): Router {
         merchant.merchant_id,
         body.url,
         [...new Set(body.events)],
-        seal(ctx.config.masterKey, secret, `webhook-endpoint:${id}`),
+        seal(ctx.config.masterKey, secret, webhookSecretContext(id)),
       ],
     );
     res.status(201).json({ ...endpointJson(rows[0]), secret });
