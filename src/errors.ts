@@ -55,6 +55,18 @@ export class ApiError extends Error {
 }
 
 /** The same Idempotency-Key with another request: 422 (API.md). */
+/** SQLSTATE class 22, data exception: PostgreSQL refused a value it was given. */
+export function isDataException(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' && code.startsWith('22') && code.length === 5;
+}
+
+/** An error of the body parsers (http-errors) that blames the request, with a 4xx status. */
+export function isUnreadableBody(error: unknown): boolean {
+  const status = (error as { status?: unknown } | null)?.status;
+  return error instanceof Error && typeof status === 'number' && status >= 400 && status < 500;
+}
+
 export const idempotencyKeyReused = () =>
   new ApiError(
     'idempotency',

@@ -7,6 +7,7 @@ import express, { type Request, type Response, Router } from 'express';
 import type { NotificationEvent, ProviderAck } from '../adapters/contract.ts';
 import { providerModule } from '../adapters/index.ts';
 import type { Context } from '../src/context.ts';
+import { isDataException, isUnreadableBody } from '../src/errors.ts';
 import { hasPrefix } from '../src/ids.ts';
 import { prepared } from '../src/ledger/db.ts';
 import type { PaymentRow } from '../src/ledger/payments.ts';
@@ -122,12 +123,10 @@ export function inboundWebhooksRouter(ctx: Context): Router {
     (error: unknown, req: Request, res: Response, next: (error: unknown) => void) => {
       const module = providerModule(String(req.params.provider));
       if (!module || res.headersSent) return next(error);
-      const e = error as { status?: unknown; code?: unknown; message?: unknown };
-      const unreadable = typeof e.status === 'number' && e.status >= 400 && e.status < 500;
-      const unstorable = typeof e.code === 'string' && e.code.startsWith('22');
-      if (unreadable || unstorable) {
+      const unreadable = isUnreadableBody(error);
+      if (unreadable || isDataException(error)) {
         ctx.log.warn({ err: error, provider: req.params.provider }, 'unreadable provider notification');
-        const reason = unreadable ? String(e.message) : 'it holds a value that cannot be stored';
+        const reason = unreadable ? (error as Error).message : 'it holds a value that cannot be stored';
         answer(res, module.adapter.notificationRefusal(400, `unreadable notification: ${reason}`));
         return;
       }

@@ -4,7 +4,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { inboundWebhooksRouter } from '../../webhooks/inbound.ts';
 import type { Context } from '../context.ts';
 import { withDeadline } from '../deadline.ts';
-import { ApiError } from '../errors.ts';
+import { ApiError, isDataException, isUnreadableBody } from '../errors.ts';
 import { randomToken } from '../ids.ts';
 import { countQueues } from '../jobs/queues.ts';
 import { CredentialsUnreadableError } from '../payments/accounts.ts';
@@ -35,12 +35,6 @@ function isInfrastructureError(error: unknown): boolean {
       e.message ?? '',
     )
   );
-}
-
-/** SQLSTATE class 22, data exception. */
-function isDataException(error: unknown): boolean {
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' && code.startsWith('22') && code.length === 5;
 }
 
 /**
@@ -106,14 +100,19 @@ export function operationsRouter(ctx: Context): express.Router {
 }
 
 /** What a worker-only process serves on its port: operations, nothing of the API. */
+/** Every response carries a Request-Id (API.md), which logs and error bodies repeat. */
+function withRequestId(req: Request, res: Response): void {
+  req.requestId = `req_${randomToken(16)}`;
+  res.set('Request-Id', req.requestId);
+}
+
 export function createOperationsApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
   // Every response carries a Request-Id, and an error has the one shape (API.md), here too.
   app.use((req: Request, res: Response, next: NextFunction) => {
-    req.requestId = `req_${randomToken(16)}`;
-    res.set('Request-Id', req.requestId);
+    withRequestId(req, res);
     next();
   });
   app.use(operationsRouter(ctx));
@@ -135,8 +134,7 @@ export function createApp(ctx: Context): express.Express {
   app.set('query parser', 'simple');
 
   app.use((req: Request, res: Response, next: NextFunction) => {
-    req.requestId = `req_${randomToken(16)}`;
-    res.set('Request-Id', req.requestId);
+    withRequestId(req, res);
     const stop = ctx.metrics.httpDuration.startTimer({ method: req.method });
     res.on('finish', () => {
       const route = req.route?.path
@@ -288,22 +286,11 @@ export function createApp(ctx: Context): express.Express {
   return app;
 }
 
-/** An error of the body parsers (http-errors) that blames the request, with a 4xx status. */
-function isUnreadableBody(error: unknown): boolean {
-  const status = (error as { status?: unknown } | null)?.status;
-  return error instanceof Error && typeof status === 'number' && status >= 400 && status < 500;
-}
-
 /** In unicode mode a class of surrogates matches only those not in a pair. */
 const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 /** No request of the API nests deeper; a deeper body would only exhaust recursive code after us. */
 const MAX_BODY_DEPTH = 32;
 
-/**
- * What is wrong with a parsed JSON body that no schema sees, if anything: nesting beyond
- * MAX_BODY_DEPTH, or an unpaired surrogate (node-postgres would store it as U+FFFD, changing the
- * value unseen). Walked with a stack of its own, so no body can exhaust the call stack.
- */
 function isJson(text: unknown): boolean {
   if (typeof text !== 'string') return false;
   try {
@@ -314,6 +301,11 @@ function isJson(text: unknown): boolean {
   }
 }
 
+/**
+ * What is wrong with a parsed JSON body that no schema sees, if anything: nesting beyond
+ * MAX_BODY_DEPTH, or an unpaired surrogate (node-postgres would store it as U+FFFD, changing the
+ * value unseen). Walked with a stack of its own, so no body can exhaust the call stack.
+ */
 function bodyFault(body: unknown): ApiError | undefined {
   const pending: [unknown, number][] = [[body, 0]];
   for (let next = pending.pop(); next; next = pending.pop()) {
