@@ -121,18 +121,13 @@ async function startSimulatorsInUse(ctx: Context): Promise<void> {
 
 export async function startGateway(config: Config, port = config.port): Promise<Gateway> {
   const ctx = await createContext(config);
-  try {
-    await checkMasterKey(ctx);
-    if (!config.production && config.role !== 'worker') await startSimulatorsInUse(ctx);
-  } catch (error) {
-    await closeContext(ctx);
-    throw error;
-  }
   let worker: Worker | undefined;
   // A worker alone serves its health and metrics (its own jobs, provider calls, reconciliations).
   const app = config.role === 'worker' ? createOperationsApp(ctx) : createApp(ctx);
   let server: Server;
   try {
+    await checkMasterKey(ctx);
+    if (!config.production && config.role !== 'worker') await startSimulatorsInUse(ctx);
     server = await new Promise<Server>((resolve, reject) => {
       // Express 5 hands a listen error (a port in use) to this callback as well.
       const s = app.listen(port, config.host, (error?: Error) => (error ? reject(error) : resolve(s)));

@@ -350,22 +350,24 @@ export async function applyOutcome(
   outcome: PaymentOutcome,
   source: Source,
 ): Promise<PaymentRow> {
-  const current = await applyStatus(ctx, row, account, outcome, source);
+  const answered = answeredPatch(outcome, source);
+  const current = await applyStatus(ctx, row, account, outcome, source, answered);
   // A notification may have moved the sale before the creating request's own answer was applied:
   // its transition was then a no-op, and the request must still be marked answered and done, or a
   // till retrying it would wait out the lock (409) for a sale that has long succeeded.
-  const answered = answeredPatch(outcome, source);
   const pending =
     (answered.request_done && !current.request_done) || (answered.pay_answered && !current.pay_answered);
   return pending ? ((await updatePayment(ctx.db, row.id, answered)) ?? current) : current;
 }
 
+/** The status change an outcome makes, with `answered` written in the same statement where one is. */
 async function applyStatus(
   ctx: Ctx,
   row: PaymentRow,
   account: LoadedAccount,
   outcome: PaymentOutcome,
   source: Source,
+  answered: PaymentPatch,
 ): Promise<PaymentRow> {
   if (outcome.kind === 'succeeded' && outcome.amount && !sameMoney(outcome.amount, row)) {
     // A success for another amount than the sale's is not this sale's success: it stays open (and
@@ -382,16 +384,16 @@ async function applyStatus(
       await reverseLateSuccess(ctx, now, account, source);
       return now;
     }
-    return applyOutcome(
+    return applyStatus(
       ctx,
       row,
       account,
       { kind: 'pending', reason: 'success for another amount', customer_acted: true },
       source,
+      answered,
     );
   }
   const cause = `${source}: ${outcome.kind}`;
-  const answered = answeredPatch(outcome, source);
   switch (outcome.kind) {
     case 'succeeded': {
       const patch = {
