@@ -343,8 +343,31 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
   );
   assert.ok(closed.every((d) => typeof d.closed_at === 'string'));
   assert.equal((await discrepancies(tg, m.secretKey, '&status=all')).length, closed.length);
-  const day2 = (await settlements(tg, m.secretKey)).find((s) => s.provider_batch_id === 'DAY-2');
+  const batches = await settlements(tg, m.secretKey);
+  const day2 = batches.find((s) => s.provider_batch_id === 'DAY-2');
   assert.equal(day2?.gross, 3000 - 500);
+  // The earlier batches' discrepancies are all closed: they are reconciled now, and the merchant
+  // is told so, though DAY-2's file did not change them.
+  assert.deepEqual(batches.map((s) => [s.provider_batch_id, s.status]).sort(), [
+    ['DAY-0', 'reconciled'],
+    ['DAY-1', 'reconciled'],
+    ['DAY-2', 'reconciled'],
+  ]);
+  const events = await tg.gateway.ctx.db.query<{ batch: string; status: string }>(
+    `SELECT payload->'data'->'object'->>'provider_batch_id' AS batch, payload->'data'->'object'->>'status' AS status
+       FROM outbox WHERE merchant_id = $1 AND type = 'settlement.reconciled' ORDER BY id`,
+    [m.id],
+  );
+  assert.deepEqual(
+    events.rows.map((e) => [e.batch, e.status]),
+    [
+      ['DAY-1', 'discrepancies'],
+      ['DAY-0', 'discrepancies'],
+      ['DAY-0', 'reconciled'],
+      ['DAY-1', 'reconciled'],
+      ['DAY-2', 'reconciled'],
+    ],
+  );
 });
 
 test('tenancy: another merchant sees none of it (404, empty lists)', async () => {

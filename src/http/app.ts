@@ -99,13 +99,13 @@ export function operationsRouter(ctx: Context): express.Router {
   return router;
 }
 
-/** What a worker-only process serves on its port: operations, nothing of the API. */
 /** Every response carries a Request-Id (API.md), which logs and error bodies repeat. */
 function withRequestId(req: Request, res: Response): void {
   req.requestId = `req_${randomToken(16)}`;
   res.set('Request-Id', req.requestId);
 }
 
+/** What a worker-only process serves on its port: operations, nothing of the API. */
 export function createOperationsApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');

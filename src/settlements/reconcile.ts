@@ -681,12 +681,26 @@ async function reconcileLedger(
     counts.discrepancies += n;
     counts.by_kind.missing_in_settlement = (counts.by_kind.missing_in_settlement ?? 0) + n;
   }
+  // A batch this file did not change may change status all the same (a payment it missed is
+  // settled by this file): the merchant hears of it as of the batches this file changed, whose
+  // events follow (applyLines).
   await client.query(
-    `UPDATE settlements s SET status = CASE WHEN EXISTS (SELECT 1 FROM reconciliation_discrepancies d
-                                                          WHERE d.settlement_id = s.id AND d.closed_at IS NULL)
-                                            THEN 'discrepancies' ELSE 'reconciled' END
-      WHERE s.merchant_id = $1 AND s.provider = $2`,
-    [job.merchant_id, job.provider],
+    `WITH now_status AS (
+       SELECT s.id, CASE WHEN EXISTS (SELECT 1 FROM reconciliation_discrepancies d
+                                       WHERE d.settlement_id = s.id AND d.closed_at IS NULL)
+                         THEN 'discrepancies' ELSE 'reconciled' END AS status
+         FROM settlements s WHERE s.merchant_id = $1 AND s.provider = $2
+     ),
+     upd AS (
+       UPDATE settlements s SET status = n.status, updated_at = now()
+         FROM now_status n WHERE s.id = n.id AND s.status <> n.status
+       RETURNING s AS batch
+     )
+     INSERT INTO outbox (event_id, merchant_id, type, payload)
+     SELECT e.payload->>'id', $1, 'settlement.reconciled', e.payload
+       FROM (SELECT tb_event('settlement.reconciled', tb_settlement_json(u.batch)) AS payload
+               FROM upd u WHERE (u.batch).id <> ALL($3) ORDER BY (u.batch).provider_batch_id) e`,
+    [job.merchant_id, job.provider, changed],
   );
 }
 
