@@ -149,7 +149,7 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
   // Found the same day: not by the settlement delay, which has not passed, and it says so.
   assert.match(
     by.missing_in_settlement.detail as string,
-    /the provider has settled other payments of that day/,
+    /the provider has settled other payments in EUR of that day/,
   );
   assert.equal(by.status_mismatch.payment_id, failed.body.id);
   for (const d of found) {
@@ -368,6 +368,29 @@ test('a late settlement resolves missing_in_settlement; refunds are matched by t
       ['DAY-2', 'reconciled'],
     ],
   );
+});
+
+test("one currency's batch of a day says nothing of another's, which may come in a file of its own", async () => {
+  const m = await setupMerchant(tg);
+  const usd = { amount: { value: 0, currency: 'USD' } };
+  const euro = await pay(tg, m, 1500);
+  const dollars = await Promise.all(
+    [1600, 1700, 1800].map((v) => pay(tg, m, v, { amount: { ...usd.amount, value: v } })),
+  );
+  const euroJob = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(euro)], 'DAY-EUR'));
+  assert.equal(euroJob.counts.discrepancies, 0, JSON.stringify(euroJob.counts));
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  // The dollars' own file, one of them left out: that one is missing, found by the other two.
+  const asUsd = (p: (typeof dollars)[number]) => lineFor(p, { currency: 'USD', settlement_currency: 'USD' });
+  await importAndWait(tg, m.secretKey, sandboxCsv([asUsd(dollars[0]), asUsd(dollars[1])], 'DAY-USD'));
+  const found = await discrepancies(tg, m.secretKey);
+  assert.deepEqual(
+    found.map((d) => [d.kind, d.payment_id]),
+    [['missing_in_settlement', dollars[2].id]],
+  );
+  assert.match(found[0].detail as string, /other payments in USD of that day/);
+  const usdBatch = (await settlements(tg, m.secretKey)).find((b) => b.provider_batch_id === 'DAY-USD');
+  assert.equal(found[0].settlement_id, usdBatch?.id);
 });
 
 test('tenancy: another merchant sees none of it (404, empty lists)', async () => {

@@ -307,7 +307,8 @@ SELECT count(*) FROM disc
 
 /**
  * Due, by its time `t`: the provider's settlement delay has passed by the dates it has settled, or
- * it has already settled payments made on the same day or later.
+ * it has already settled payments in the same currency made on the same day or later (`s`, the
+ * marks of that currency: another currency's batch of the day may come in a file of its own).
  */
 const due = (t: string) => `(${delayPassed(t)} OR (${t} AT TIME ZONE 'UTC')::date <= s.last_paid)`;
 const delayPassed = (t: string) => `(${t} AT TIME ZONE 'UTC')::date + $3::int <= h.last_date`;
@@ -328,11 +329,12 @@ WITH horizon AS (
     FROM settlements WHERE merchant_id = $1 AND provider = $2
 ),
 settled AS (
-  SELECT max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $1 AND provider = $2
+  SELECT currency, max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $1 AND provider = $2
+   GROUP BY currency
 )
 SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at AS done_at, h.latest,
        ${delayPassed('p.paid_at')} AS delay_passed
-  FROM payments p, horizon h, settled s
+  FROM payments p CROSS JOIN horizon h LEFT JOIN settled s ON s.currency = p.currency
  WHERE p.merchant_id = $1 AND p.provider = $2 AND p.paid_at IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
    AND p.status IN ('succeeded', 'partially_refunded', 'refunded') AND h.latest IS NOT NULL
@@ -342,7 +344,7 @@ SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.curren
 UNION ALL
 SELECT 'refund', r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at, h.latest,
        ${delayPassed('r.updated_at')}
-  FROM refunds r JOIN payments p ON p.id = r.payment_id, horizon h, settled s
+  FROM refunds r JOIN payments p ON p.id = r.payment_id CROSS JOIN horizon h LEFT JOIN settled s ON s.currency = r.currency
  WHERE r.merchant_id = $1 AND p.provider = $2 AND r.status = 'succeeded' AND r.settlement_expected
    AND h.latest IS NOT NULL
    AND ${due('r.updated_at')}
@@ -369,7 +371,7 @@ WITH disc AS (
          format('%s %s succeeded on %s and is in no settlement: %s',
                 f.object, f.id, to_char(f.done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'),
                 CASE WHEN f.delay_passed THEN format('the provider settles within %s day(s)', $4::int)
-                     ELSE 'the provider has settled other payments of that day or later' END)
+                     ELSE format('the provider has settled other payments in %s of that day or later', f.currency) END)
     FROM due_unsettled f
   RETURNING *
 ),
