@@ -5,6 +5,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
+import type { LookupFunction } from 'node:net';
 
 export interface TransportResponse {
   status: number;
@@ -25,10 +26,13 @@ export class TransportError extends Error {
 
 const NEVER_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
-const agents = {
+const agents = () => ({
   'http:': new http.Agent({ keepAlive: true, maxSockets: 256 }),
   'https:': new https.Agent({ keepAlive: true, maxSockets: 256 }),
-};
+});
+const plainAgents = agents();
+/** Sockets opened through a `lookup` of the caller's are kept apart: none is reused without it. */
+const lookupAgents = agents();
 
 export interface TransportRequest {
   method: 'GET' | 'POST' | 'PUT' | 'DELETE';
@@ -36,12 +40,14 @@ export interface TransportRequest {
   headers?: Record<string, string>;
   body?: string | Buffer;
   timeoutMs: number;
+  /** Resolves the host instead of the system's lookup (and may refuse it: nothing is sent then). */
+  lookup?: LookupFunction;
 }
 
 export function send(request: TransportRequest): Promise<TransportResponse> {
   const url = new URL(request.url);
   const lib = url.protocol === 'https:' ? https : http;
-  const agent = agents[url.protocol as 'http:' | 'https:'];
+  const agent = (request.lookup ? lookupAgents : plainAgents)[url.protocol as 'http:' | 'https:'];
   const body = request.body === undefined ? undefined : Buffer.from(request.body);
   return new Promise((resolve, reject) => {
     let sent = false;
@@ -50,6 +56,7 @@ export function send(request: TransportRequest): Promise<TransportResponse> {
       {
         method: request.method,
         agent,
+        ...(request.lookup ? { lookup: request.lookup } : {}),
         headers: { ...request.headers, ...(body ? { 'content-length': String(body.length) } : {}) },
       },
       (res) => {

@@ -1,15 +1,21 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { connect } from 'node:net';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import supertest from 'supertest';
+import { send } from '../adapters/transport.ts';
 import { loadConfig } from '../src/config.ts';
 import { createLogger } from '../src/logger.ts';
 import { startGateway } from '../src/runtime.ts';
+import { publicOnlyLookup } from '../webhooks/addresses.ts';
+import { deliver } from '../webhooks/outbound.ts';
 import {
   createPayment,
   discardEnvironment,
+  eventually,
   freePort,
   type Merchant,
   scanPayment,
@@ -341,6 +347,28 @@ describe('start-up', () => {
     const port = await freePort();
     const trial = await startTestGateway({ PORT: String(port), PUBLIC_BASE_URL: `http://127.0.0.1:${port}` });
     const shop = await setupMerchant(trial, 'Went live');
+    // A webhook receiver on this machine, reached by name during the trial.
+    const received: string[] = [];
+    const receiver = http.createServer((req, res) => {
+      received.push(req.url ?? '');
+      res.end();
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const hook = `http://localhost:${(receiver.address() as AddressInfo).port}/hook`;
+    const endpoint = await trial.http
+      .post('/v1/webhook-endpoints')
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .send({ url: hook, events: ['payment.succeeded'] })
+      .expect(201);
+    await createPayment(trial, shop.terminalKey, scanPayment(1000)).expect(201);
+    const delivered = await eventually(async () => {
+      const { rows } = await trial.gateway.ctx.db.query<{ id: string }>(
+        "SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 'succeeded'",
+        [endpoint.body.id],
+      );
+      return rows[0];
+    });
+    assert.deepEqual(received, ['/hook']);
     await trial.stop({ keepDatabase: true });
     const live = await startGateway(loadConfig({ ...trial.env, NODE_ENV: 'production' }));
     try {
@@ -364,8 +392,45 @@ describe('start-up', () => {
         .send(scanPayment(1000));
       assert.equal(sale.status, 422, JSON.stringify(sale.body));
       assert.equal(sale.body.error.code, 'no_provider_account');
+      // Webhooks go to the public internet only: no endpoint on loopback or a private network...
+      for (const url of [
+        'http://127.0.0.1:6379/',
+        'http://localhost/hook',
+        'http://[::1]/hook',
+        'http://[::ffff:127.0.0.1]/hook',
+        'https://10.1.2.3/hook',
+        'http://169.254.169.254/latest/meta-data',
+        'http://192.168.0.10/hook',
+      ]) {
+        const refused = await http
+          .post('/v1/webhook-endpoints')
+          .set('Authorization', `Bearer ${shop.secretKey}`)
+          .send({ url, events: ['payment.succeeded'] });
+        assert.equal(refused.status, 400, `${url}: ${JSON.stringify(refused.body)}`);
+        assert.equal(refused.body.error.code, 'url_not_public');
+        assert.equal(refused.body.error.param, 'url');
+      }
+      // ...and none made before, whose name resolves to one: the delivery fails without a request.
+      await live.ctx.db.query(
+        "UPDATE webhook_deliveries SET status = 'pending', attempts = 0 WHERE id = $1",
+        [delivered.id],
+      );
+      await deliver(live.ctx, delivered.id, true).catch(() => {});
+      const { rows } = await live.ctx.db.query<{ status: string; last_error: string }>(
+        'SELECT status, last_error FROM webhook_deliveries WHERE id = $1',
+        [delivered.id],
+      );
+      assert.equal(rows[0].status, 'failed');
+      assert.match(rows[0].last_error, /localhost is not a public address/);
+      // A name is checked as it resolves, whatever it is called (its DNS may change after the check).
+      await assert.rejects(
+        send({ method: 'POST', url: hook, timeoutMs: 5000, lookup: publicOnlyLookup }),
+        /localhost resolves to (127\.0\.0\.1|::1), which is not a public address/,
+      );
+      assert.deepEqual(received, ['/hook']);
     } finally {
       await live.stop();
+      receiver.close();
       await discardEnvironment(trial.dbName);
     }
   });

@@ -11,6 +11,7 @@ import { paymentJson } from '../src/ledger/payments.ts';
 import { webhookSecretContext } from '../src/payments/accounts.ts';
 import { paymentRowFromSnapshot } from '../src/payments/state-machine.ts';
 import { hmacSha256Hex, tryOpen } from '../src/secrets.ts';
+import { NonPublicAddressError, nonPublicHost, publicOnlyLookup } from './addresses.ts';
 
 export const DELIVERY_ATTEMPTS = 12;
 const FIRST_BACKOFF_MS = 2000;
@@ -135,8 +136,13 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
   const body = JSON.stringify(row.payload);
   let statusCode: number | null = null;
   let error: string | null = null;
+  const publicOnly = ctx.config.production;
   try {
+    // A literal address is connected to without a lookup: checked here.
+    if (publicOnly && nonPublicHost(new URL(row.url)))
+      throw new NonPublicAddressError(`${new URL(row.url).hostname} is not a public address`);
     const res = await send({
+      ...(publicOnly ? { lookup: publicOnlyLookup } : {}),
       method: 'POST',
       url: row.url,
       headers: {

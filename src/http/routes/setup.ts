@@ -2,6 +2,7 @@
 import { Router } from 'express';
 import { CredentialError, type Wallet } from '../../../adapters/contract.ts';
 import { PLANNED_PROVIDERS, providerModule } from '../../../adapters/index.ts';
+import { nonPublicHost } from '../../../webhooks/addresses.ts';
 import type { Context } from '../../context.ts';
 import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { newId, randomToken } from '../../ids.ts';
@@ -413,6 +414,13 @@ export function setupRouter(ctx: Context): Router {
   router.post('/v1/webhook-endpoints', async (req, res) => {
     const merchant = requireMerchant(req);
     const body = parse(createWebhookEndpointSchema, req.body);
+    if (ctx.config.production && nonPublicHost(new URL(body.url)))
+      throw new ApiError(
+        'invalid_request',
+        'url_not_public',
+        'url must reach the public internet: loopback and private addresses take no webhooks in production',
+        'url',
+      );
     const id = newId('whe');
     const secret = `whsec_${randomToken(32)}`;
     const { rows } = await ctx.db.query<EndpointRow>(
