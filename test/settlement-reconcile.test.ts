@@ -393,6 +393,53 @@ test("one currency's batch of a day says nothing of another's, which may come in
   assert.equal(found[0].settlement_id, usdBatch?.id);
 });
 
+test('a sale paid and then reversed, its payment and cancel lines in two files in either order, is matched', async () => {
+  const m = await setupMerchant(tg);
+  const reversed = async (value: number) => {
+    const created = await createPayment(tg, m.secretKey, scanPayment(value)).expect(201);
+    const canceled = await tg.http
+      .post(`/v1/payments/${created.body.id}/cancel`)
+      .set('Authorization', `Bearer ${m.secretKey}`)
+      .expect(200);
+    const p = {
+      id: created.body.id,
+      amount: value,
+      provider_reference: canceled.body.provider_reference,
+      status: 'canceled',
+    };
+    const cancel = lineFor(p, {
+      type: 'cancel',
+      transaction_id: `${p.provider_reference}C`,
+      original_transaction_id: p.provider_reference,
+    });
+    return { p, payment: lineFor(p), cancel };
+  };
+  const first = await reversed(7057);
+  const second = await reversed(7157);
+  // The payment's line first: the ledger's canceled sale was settled, until its cancel comes.
+  const day1 = await importAndWait(tg, m.secretKey, sandboxCsv([first.payment, second.cancel], 'REV-1'));
+  assert.deepEqual(day1.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(day1.counts));
+  const day2 = await importAndWait(tg, m.secretKey, sandboxCsv([first.cancel, second.payment], 'REV-2'));
+  assert.deepEqual(day2.counts.by_kind, {}, JSON.stringify(day2.counts));
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const batches = await settlements(tg, m.secretKey);
+  assert.deepEqual(
+    batches.map((b) => b.status),
+    ['reconciled', 'reconciled'],
+  );
+  for (const batch of batches)
+    for (const line of await batchLines(tg, m.secretKey, batch.id))
+      assert.equal(line.result, 'matched', JSON.stringify(line));
+  const marked = await tg.gateway.ctx.db.query(
+    'SELECT payment_id FROM payment_settlements WHERE payment_id = ANY($1) ORDER BY payment_id',
+    [[first.p.id, second.p.id]],
+  );
+  assert.deepEqual(
+    marked.rows.map((r) => r.payment_id),
+    [first.p.id, second.p.id].sort(),
+  );
+});
+
 test('tenancy: another merchant sees none of it (404, empty lists)', async () => {
   const m = await setupMerchant(tg, 'Owner');
   const other = await setupMerchant(tg, 'Other');

@@ -82,6 +82,13 @@ const DISCREPANCY_EVENTS = `events AS (
   RETURNING 1
 )`;
 
+/** A cancel line of a current batch version that settled the payment `payment` (its result row). */
+const CURRENT_CANCEL_LINE = (payment: string) => `
+  SELECT 1 FROM settlement_line_results o
+    JOIN settlements so ON so.id = o.settlement_id AND so.import_id = o.import_id
+    JOIN settlement_lines ol ON ol.id = o.line_id AND ol.import_id = o.import_id AND ol.type = 'cancel'
+   WHERE o.payment_id = ${payment} AND o.result = 'matched'`;
+
 /**
  * The import's lines, each classified, into a temporary table (one row a line). A read-only query
  * feeding CREATE TABLE AS may run in parallel, which the statements that write the ledger may not,
@@ -165,6 +172,8 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
       WHEN k.pay_status = 'canceled' AND EXISTS (SELECT 1 FROM cancels x
                                                   WHERE x.ref = k.provider_reference OR x.req = k.provider_request_id)
         THEN 'matched'
+      -- ...or the cancel came first, in a file of its own (paid before midnight, reversed after).
+      WHEN k.pay_status = 'canceled' AND EXISTS (${CURRENT_CANCEL_LINE('k.pay_id')}) THEN 'matched'
       ELSE 'status_mismatch' END AS result
   FROM keyed k
   LEFT JOIN payment_settlements ps ON ps.payment_id = k.pay_id
@@ -252,6 +261,39 @@ SELECT c.pay_id, $1, $2, c.settlement_id, c.id, c.settlement_value,
        c.settlement_currency, c.exchange_rate, c.fee_value, c.settled_at, (c.pay_paid_at AT TIME ZONE 'UTC')::date
   FROM classified c
  WHERE c.type = 'payment' AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
+`;
+
+/**
+ * A payment line of a current batch that was a status_mismatch (the ledger says canceled) is
+ * matched once this file's cancel line for it comes (paid before midnight, reversed after: two
+ * days, two files): its discrepancy closes and the payment is marked settled by its line, as when
+ * both lines come in one file. $1 merchant, $2 provider.
+ */
+const REVERSED_LATER_SQL = `
+WITH fixed AS (
+  SELECT DISTINCT x.line_id, x.import_id, x.settlement_id, x.payment_id
+    FROM classified c
+    JOIN settlement_line_results x ON x.payment_id = c.pay_id AND x.result = 'status_mismatch'
+    JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
+    JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id AND l.type = 'payment'
+   WHERE c.type = 'cancel' AND c.result = 'matched' AND c.pay_status = 'canceled'
+),
+results AS (
+  UPDATE settlement_line_results x SET result = 'matched' FROM fixed f WHERE x.line_id = f.line_id
+),
+closed AS (
+  UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
+    FROM fixed f
+   WHERE d.line_id = f.line_id AND d.kind = 'status_mismatch' AND d.closed_at IS NULL
+)
+INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
+       rate, fee_value, settled_at, paid_on)
+SELECT f.payment_id, $1, $2, f.settlement_id, l.id, l.settlement_value, l.settlement_currency, l.exchange_rate,
+       l.fee_value, l.settled_at, (p.paid_at AT TIME ZONE 'UTC')::date
+  FROM fixed f
+  JOIN settlement_lines l ON l.id = f.line_id AND l.import_id = f.import_id
+  JOIN payments p ON p.id = f.payment_id
+ WHERE NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = f.payment_id)
 `;
 
 /** A payment line matched by the provider's id needs no row: that is what a line without one means. */
@@ -508,6 +550,7 @@ async function applyLines(
     await timed(counts, 'mark', () => client.query(MARK_SQL, [merchantId, provider]));
     await client.query(RESULTS_SQL, [importId]);
     await client.query(DISCREPANCIES_SQL, [importId, merchantId, provider]);
+    await client.query(REVERSED_LATER_SQL, [merchantId, provider]);
     const { rows } = await client.query<{ result: string; n: number }>(
       // This file's lines: not those of other batches that ORPHANED_DUPLICATES_SQL added.
       'SELECT result, count(*)::int AS n FROM classified WHERE settlement_id = ANY($1) GROUP BY result',
