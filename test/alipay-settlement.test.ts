@@ -144,10 +144,17 @@ describe('Antom settlement details parser', () => {
   it('refuses CSV it cannot read (an unclosed quote, text after a closing quote) as a format error', async () => {
     const unclosed = await failure(GOOD.replace(',shop-1,berlin-01,2024', ',"shop-1,berlin-01,2024'));
     assert.match(unclosed.message, /unreadable CSV/);
+    const truncated = await failure(GOOD.replace('<END>\n', '"B20240501,cust1\n'));
+    assert.match(truncated.message, /^line 5: the file ends inside a quoted cell/);
     const spaced = await failure(
       GOOD.replace('settlementBatchId,customerId', '"settlementBatchId" ,customerId'),
     );
     assert.match(spaced.message, /line 1: unreadable CSV/);
+    // Named by the line it is on, though the parser reads ahead of the records taken.
+    const rows = GOOD.split('\n');
+    rows[3] = rows[3].replace('"T3"', '"T"3');
+    const later = await failure(rows.join('\n'));
+    assert.match(later.message, /^line 4: unreadable CSV: Invalid Closing Quote/);
   });
 
   it('refuses a record of megabytes rather than buffering it', async () => {

@@ -73,7 +73,11 @@ async function* readable(records: AsyncIterable<string[]>, nextLine: () => numbe
     yield* records;
   } catch (error) {
     if (error instanceof SettlementFormatError) throw error;
-    const line = nextLine();
+    // csv-parse reads ahead of the records taken so far: its own count says where it stopped.
+    const { code, lines } = error as { code?: unknown; lines?: unknown };
+    const line = typeof lines === 'number' && lines > 0 ? lines : nextLine();
+    if (code === 'CSV_QUOTE_NOT_CLOSED')
+      throw new SettlementFormatError(`line ${line}: the file ends inside a quoted cell (truncated?)`, line);
     throw new SettlementFormatError(`line ${line}: unreadable CSV: ${(error as Error).message}`, line);
   }
 }
