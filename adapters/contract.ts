@@ -31,6 +31,11 @@ export interface Failure {
   message: string;
   /** The provider's own code, kept for support and logs. */
   provider_code?: string;
+  /**
+   * The provider refused our account's set-up (keys, contract, registration), not this sale: every
+   * sale on the account will fail the same way until a person fixes it, so one is told.
+   */
+  configuration?: true;
 }
 
 /** What a provider tells us about currency conversion; rates are decimal strings, never floats. */

@@ -92,6 +92,41 @@ describe('alipay provider account', () => {
   });
 });
 
+describe('an alipay account that Antom refuses', () => {
+  test('its sales fail as provider_error, and a person is told once, not once a sale', async () => {
+    const keyPair = () => generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const ours = keyPair();
+    // A key the simulator does not know signs our requests: it answers F SIGNATURE_INVALID, unsigned.
+    const refused = await setupMerchant(tg, 'Misconfigured Drugstore', {
+      name: 'alipay',
+      body: {
+        wallets: ['alipay'],
+        client_id: 'SANDBOX_UNKNOWN_CLIENT',
+        private_key: ours.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+        alipay_public_key: keyPair().publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+        endpoint: await tg.gateway.ctx.sandbox.simulatorUrl('alipay'),
+      },
+    });
+    const sales: string[] = [];
+    for (const value of [1000, 1100]) {
+      const res = await createPayment(tg, refused.terminalKey, scanPayment(value)).expect(201);
+      assert.equal(res.body.status, 'failed', JSON.stringify(res.body));
+      assert.equal(res.body.failure.code, 'provider_error');
+      sales.push(res.body.id);
+    }
+    const alerts = await tg.http
+      .get('/v1/admin/alerts')
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .expect(200);
+    const mine = alerts.body.data.filter((a: { payment_id?: string }) => sales.includes(a.payment_id ?? ''));
+    assert.deepEqual(
+      mine.map((a: { kind: string; payment_id: string }) => [a.kind, a.payment_id]),
+      [['provider_configuration', sales[0]]],
+    );
+    assert.match(mine[0].detail, new RegExp(`${refused.accountId}.*SIGNATURE_INVALID`));
+  });
+});
+
 describe('alipay sandbox outcomes through the API, mode scan', () => {
   test('00–50: succeeds at once with Antom’s FX and the paying wallet', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(1999)).expect(201);

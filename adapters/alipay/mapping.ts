@@ -155,11 +155,26 @@ const REFUND_STATUS: Record<string, 'succeeded' | 'failed' | 'pending'> = {
   PROCESSING: 'pending',
 };
 
+/** Codes that refuse our account's set-up rather than the sale (§5.3 rule 4: an alert). */
+const CONFIGURATION_CODES = new Set([
+  'KEY_NOT_FOUND',
+  'MERCHANT_NOT_REGISTERED',
+  'INVALID_CONTRACT',
+  'INVALID_MERCHANT_STATUS',
+  'SIGNATURE_INVALID',
+  'INVALID_SIGNATURE',
+  'ACCESS_DENIED',
+  'PARAM_ILLEGAL',
+  'MEDIA_TYPE_NOT_ACCEPTABLE',
+  'NO_INTERFACE_DEF',
+]);
+
 export function failureFor(code: string, message: string): Failure {
   return {
     code: RESULT_CODES[code]?.failure ?? 'provider_error',
     message: message || code,
     provider_code: code,
+    ...(CONFIGURATION_CODES.has(code) ? { configuration: true as const } : {}),
   };
 }
 

@@ -5,6 +5,7 @@
  */
 import type {
   CancelOutcome,
+  Failure,
   PaymentFacts,
   PaymentOutcome,
   PaymentRequest,
@@ -127,6 +128,25 @@ async function alertOnce(ctx: Ctx, kind: string, detail: string, paymentId: stri
     [kind, paymentId],
   );
   if (!rowCount) await raiseAlert(ctx, kind, detail, { payment_id: paymentId });
+}
+
+/**
+ * The provider refused the account's set-up: one alert an account (naming the first sale it
+ * failed) until a person resolves it, not one a sale.
+ */
+async function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
+  const { rowCount } = await ctx.db.query(
+    `SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
+      WHERE a.kind = 'provider_configuration' AND a.resolved_at IS NULL AND p.provider_account_id = $1`,
+    [payment.provider_account_id],
+  );
+  if (rowCount) return;
+  await raiseAlert(
+    ctx,
+    'provider_configuration',
+    `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`,
+    { payment_id: payment.id },
+  );
 }
 
 export async function raiseAlert(
@@ -417,11 +437,11 @@ async function applyStatus(
         failure_message: outcome.failure.message,
         payment_code_sealed: null,
       };
-      return (
-        (await transition(ctx, row.id, 'failed', cause, patch, {
-          provider_code: outcome.failure.provider_code,
-        })) ?? loadPayment(ctx, row.id)
-      );
+      const failed = await transition(ctx, row.id, 'failed', cause, patch, {
+        provider_code: outcome.failure.provider_code,
+      });
+      if (failed && outcome.failure.configuration) await alertAccountRefused(ctx, failed, outcome.failure);
+      return failed ?? loadPayment(ctx, row.id);
     }
     case 'canceled':
       return (
