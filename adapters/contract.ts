@@ -74,6 +74,11 @@ export type PaymentOutcome =
       reason: string;
       reached: boolean;
       /**
+       * The provider answered, without deciding (a "try later", an answer that did not verify):
+       * the request arrived, so a later "not found" is no reason to send it again.
+       */
+      answered?: true;
+      /**
        * Inquiry only: the provider refused the query itself with a final failure, so asking again
        * will not tell us more; the core cancels now instead of polling to the end of the window.
        */

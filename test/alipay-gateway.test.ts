@@ -216,6 +216,29 @@ describe('alipay sandbox outcomes through the API, mode scan', () => {
     );
   });
 
+  test('a pay Antom answered U is never sent again, though inquiries cannot find it (§9: only after no answer)', async () => {
+    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+    const flip = (on: boolean) =>
+      fetch(`${simUrl}/_sim/switches`, {
+        method: 'POST',
+        body: JSON.stringify({ pay_unknown_unrecorded: on }),
+      });
+    await flip(true);
+    try {
+      const res = await createPayment(tg, merchant.terminalKey, scanPayment(2011)).expect(201);
+      assert.equal(res.body.status, 'processing');
+      // Two "not found" inquiries 3 s apart (at 2 s and 5 s) would have proven a pay that got no answer lost.
+      await new Promise((resolve) => setTimeout(resolve, 7000));
+      const history = await causes(res.body.id);
+      assert.ok(!history.some((c) => /resend/.test(c)), history.join(', '));
+      const row = await loadPayment(tg.gateway.ctx, res.body.id);
+      assert.equal(row.resent, false);
+      assert.ok(row.not_found_count === 0 && row.pay_reached, JSON.stringify(row));
+    } finally {
+      await flip(false);
+    }
+  });
+
   test('56: invalid payment code fails at once', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(2056)).expect(201);
     assert.equal(res.body.status, 'failed');

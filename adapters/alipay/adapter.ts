@@ -64,7 +64,13 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
       'pay',
       payBody(account.credentials.stored, payment, account.notify_url, account.merchant_settlement_currency),
     );
-    if (!sent.answered) return { kind: 'unknown', reason: sent.reason, reached: sent.reached };
+    if (!sent.answered)
+      return {
+        kind: 'unknown',
+        reason: sent.reason,
+        reached: sent.reached,
+        ...(sent.responded ? { answered: true as const } : {}),
+      };
     return payOutcome(payment, sent.result, sent.body);
   },
 

@@ -17,7 +17,8 @@ export type AntomOperation = 'pay' | 'inquiryPayment' | 'cancel' | 'refund' | 'i
 
 export type SendResult =
   | { answered: true; result: AntomResult; body: Json; signed: boolean }
-  | { answered: false; reason: string; reached: boolean };
+  /** `responded`: Antom answered HTTP 200, with something we cannot trust or read. */
+  | { answered: false; reason: string; reached: boolean; responded?: true };
 
 /**
  * Antom's reference client reads for 5 s (alipay.md, "Timeouts"); a till waits for our answer, and
@@ -75,11 +76,21 @@ export async function send(
   try {
     parsed = JSON.parse(response.body.toString('utf8'));
   } catch {
-    return { answered: false, reason: `unparseable ${operation} response body`, reached: true };
+    return {
+      answered: false,
+      reason: `unparseable ${operation} response body`,
+      reached: true,
+      responded: true,
+    };
   }
   const result = isRecord(parsed) ? resultOf(parsed) : undefined;
   if (!isRecord(parsed) || !result) {
-    return { answered: false, reason: `${operation} response has no result object`, reached: true };
+    return {
+      answered: false,
+      reason: `${operation} response has no result object`,
+      reached: true,
+      responded: true,
+    };
   }
   return judge(account, path, response.headers, response.body, parsed, result);
 }
@@ -103,17 +114,24 @@ function judge(
       answered: false,
       reason: `unsigned ${result.resultStatus} response is not trusted`,
       reached: true,
+      responded: true,
     };
   }
   if (signature === undefined || responseTime === undefined || clientId === undefined) {
-    return { answered: false, reason: 'response carries only part of the signature headers', reached: true };
+    return {
+      answered: false,
+      reason: 'response carries only part of the signature headers',
+      reached: true,
+      responded: true,
+    };
   }
   const verified = verifySignatureHeader(
     { path, clientId, time: responseTime, body: raw },
     signature,
     account.alipayPublicKeys,
   );
-  if (!verified) return { answered: false, reason: 'response signature does not verify', reached: true };
+  if (!verified)
+    return { answered: false, reason: 'response signature does not verify', reached: true, responded: true };
   return { answered: true, result, body, signed: true };
 }
 

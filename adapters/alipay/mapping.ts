@@ -186,8 +186,9 @@ function isNotFound(result: AntomResult): boolean {
   return RESULT_CODES[result.resultCode]?.not_found === true;
 }
 
+/** Antom answered with a result object that decides nothing. */
 function unknown(result: AntomResult): PaymentOutcome {
-  return { kind: 'unknown', reason: describe(result), reached: true };
+  return { kind: 'unknown', reason: describe(result), reached: true, answered: true };
 }
 
 function describe(result: AntomResult): string {

@@ -50,6 +50,7 @@ export interface PaymentRow {
   next_check_at: Date | null;
   poll_step: number;
   pay_answered: boolean;
+  pay_reached: boolean;
   not_found_since: Date | null;
   not_found_count: number;
   resent: boolean;

@@ -349,15 +349,16 @@ function factsPatch(facts: PaymentFacts): PaymentPatch {
 }
 
 /**
- * What an answer to the creating request (or its resend) settles beyond the status: any answer
- * proves the pay arrived, so a later "not found" is no reason to resend; and the creating request
- * is done, so from now on a retry with its key is a replay.
+ * What an answer to the creating request (or its resend) settles beyond the status: any answer,
+ * even one that decides nothing, proves the pay arrived, so a later "not found" is no reason to
+ * resend; and the creating request is done, so from now on a retry with its key is a replay.
  */
 function answeredPatch(outcome: PaymentOutcome, source: Source): PaymentPatch {
+  const creating = source === 'pay' || source === 'resend';
+  const decided = outcome.kind !== 'unknown';
   return {
-    ...((source === 'pay' || source === 'resend') && outcome.kind !== 'unknown'
-      ? { pay_answered: true }
-      : {}),
+    ...(creating && decided ? { pay_answered: true } : {}),
+    ...(creating && (decided || outcome.answered) ? { pay_reached: true } : {}),
     ...(source === 'pay' ? { request_done: true } : {}),
   };
 }
@@ -376,7 +377,9 @@ export async function applyOutcome(
   // its transition was then a no-op, and the request must still be marked answered and done, or a
   // till retrying it would wait out the lock (409) for a sale that has long succeeded.
   const pending =
-    (answered.request_done && !current.request_done) || (answered.pay_answered && !current.pay_answered);
+    (answered.request_done && !current.request_done) ||
+    (answered.pay_answered && !current.pay_answered) ||
+    (answered.pay_reached && !current.pay_reached);
   return pending ? ((await updatePayment(ctx.db, row.id, answered)) ?? current) : current;
 }
 
@@ -640,7 +643,7 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
     return;
   }
   const outcome = await inquire(ctx, row, account);
-  if (outcome.kind === 'not_found' && !row.pay_answered && !row.resent) {
+  if (outcome.kind === 'not_found' && !row.pay_reached && !row.resent) {
     await handleNotFound(ctx, row, account);
     return;
   }
@@ -757,7 +760,7 @@ async function cancelAtProvider(
       return row;
     case 'not_found': {
       const policy = adapter.resolution;
-      if (!row.pay_answered && policy.resend_after_not_found_s !== undefined) {
+      if (!row.pay_reached && policy.resend_after_not_found_s !== undefined) {
         // Counted with the inquiries' "not found": once two far enough apart say so, the pay never
         // arrived and nothing can be charged.
         const { count, since, proven } = notFoundAgain(row, policy);

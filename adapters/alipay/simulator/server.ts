@@ -188,6 +188,14 @@ function pay(
     }
     return respond(ctx, res, path, clientId, ctx.render.pay(existing, walletUrl(ctx, existing)));
   }
+  if (ctx.switches.pay_unknown_unrecorded)
+    return respond(ctx, res, path, clientId, {
+      result: {
+        resultCode: 'UNKNOWN_EXCEPTION',
+        resultStatus: 'U',
+        resultMessage: 'API failed due to unknown reason.',
+      },
+    });
   const created = ctx.ledger.createPayment(clientId, body, amount, now);
   if (created.transport === 'http500' || !created.record) {
     res.writeHead(500, { 'content-type': 'application/json' });

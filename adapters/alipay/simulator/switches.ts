@@ -29,6 +29,11 @@ export interface SimulatorSwitches {
   order_code_unknown: boolean;
   /** Fault: answer every inquiryPayment F ACCESS_DENIED (a final refusal of the query itself). */
   inquiry_refused: boolean;
+  /**
+   * Fault: answer a new `pay` U UNKNOWN_EXCEPTION and keep nothing of it, so inquiries say
+   * ORDER_NOT_EXIST (as when Antom has not made the order visible yet).
+   */
+  pay_unknown_unrecorded: boolean;
 }
 
 export const DEFAULT_SWITCHES: SimulatorSwitches = {
@@ -45,6 +50,7 @@ export const DEFAULT_SWITCHES: SimulatorSwitches = {
   notifications: true,
   order_code_unknown: false,
   inquiry_refused: false,
+  pay_unknown_unrecorded: false,
 };
 
 export function applySwitches(target: SimulatorSwitches, patch: unknown): string[] {
