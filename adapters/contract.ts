@@ -262,6 +262,12 @@ export interface ResolutionPolicy {
   cancel_schedule_s: readonly number[];
   /** Alipay/WeChat rule: after an unanswered send, two `not_found` inquiries this far apart allow one identical resend. */
   resend_after_not_found_s?: number;
+  /**
+   * Creating a QR code is sent again at once, identical, this many times while its answer is
+   * unknown or brings no code (Antom: "Order Code creation | U or I/O error | retry up to 3 times").
+   * Nothing is charged by creating a code, and the till is waiting for one.
+   */
+  qr_create_retries?: number;
   /** How long after a payment it should appear in a settlement file (missing_in_settlement after this). */
   settlement_delay_days: number;
 }

@@ -254,15 +254,16 @@ describe('alipay sandbox outcomes through the API, mode scan', () => {
 });
 
 describe('alipay sandbox, mode qr, refunds and notifications', () => {
-  test('QR with 55: the first request never arrives; its resend brings the code before the till is answered', async () => {
+  test('QR with 55: the creation fails with HTTP 500; sent again at once, it brings the code before the till is answered', async () => {
     const res = await createPayment(tg, merchant.terminalKey, qrPayment(1355)).expect(201);
     const history = await causes(res.body.id);
     assert.equal(res.body.status, 'requires_customer', history.join(', '));
     assert.match(res.body.qr_code.data, /^http:\/\/127\.0\.0\.1:\d+\/wallet\//);
-    assert.ok(
-      history.some((c) => c.startsWith('requires_customer (resend')),
-      history.join(', '),
-    );
+    assert.deepEqual(history, [
+      'processing (created)',
+      'processing (resend: QR code creation sent again (HTTP 500 from Antom pay), attempt 1)',
+      'requires_customer (pay: pending)',
+    ]);
   });
 
   test('QR: the code is the simulator’s wallet page; paying it succeeds through the notification', async () => {
@@ -284,6 +285,26 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     } finally {
       await fetch(`${simUrl}/_sim/switches`, { method: 'POST', body: '{"duplicate_notifications":false}' });
     }
+  });
+
+  test('QR whose creation is answered U once: sent again at once, identical, and the till gets the code (§9)', async () => {
+    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+    const flip = (on: boolean) =>
+      fetch(`${simUrl}/_sim/switches`, {
+        method: 'POST',
+        body: JSON.stringify({ order_code_unknown_once: on }),
+      });
+    await flip(true);
+    let res: Awaited<ReturnType<typeof createPayment>>;
+    try {
+      res = await createPayment(tg, merchant.terminalKey, qrPayment(1240)).expect(201);
+    } finally {
+      await flip(false);
+    }
+    assert.equal(res.body.status, 'requires_customer', JSON.stringify(res.body));
+    assert.match(res.body.qr_code.data, /^http:\/\/127\.0\.0\.1:\d+\/wallet\//);
+    const history = await causes(res.body.id);
+    assert.equal(history.filter((c) => /QR code creation sent again/.test(c)).length, 1, history.join(', '));
   });
 
   // Without its code nobody can pay: cancelled now, not when the code's 3 minutes are up.

@@ -43,6 +43,7 @@ export const ALIPAY_RESOLUTION: ResolutionPolicy = {
   qr_window_s: 180,
   cancel_schedule_s: [2, 3, 3, 5, 5],
   resend_after_not_found_s: 2,
+  qr_create_retries: 3,
   settlement_delay_days: 2,
 };
 

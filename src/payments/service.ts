@@ -310,13 +310,17 @@ async function sendToProvider(
       });
     }
     const request = paymentRequestOf(current, code, current.resolve_by);
-    const outcome = await call(
-      ctx,
-      account.row.provider,
-      'pay',
-      () => account.module.adapter.pay(account.context, request),
-      (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
-    );
+    const send = () =>
+      call(
+        ctx,
+        account.row.provider,
+        'pay',
+        () => account.module.adapter.pay(account.context, request),
+        (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
+      );
+    let outcome = await send();
+    if (row.mode === 'qr')
+      outcome = await retryQrCreation(ctx, row, account.module.adapter.resolution, outcome, send);
     if (outcome.kind === 'unknown' && !outcome.reached) {
       ctx.log.warn(
         { payment_id: row.id, account: account.row.id, reason: outcome.reason },
@@ -332,6 +336,44 @@ async function sendToProvider(
     failure: { code: 'provider_error', message: 'no payment provider could be reached; nothing was charged' },
   };
   return applyOutcome(ctx, current, candidates[candidates.length - 1], unreachable, 'pay');
+}
+
+/** A QR code's creation that the till is still waiting on gets a retry budget of this long. */
+const QR_RETRY_BUDGET_MS = 5_000;
+
+/**
+ * A QR code's creation whose answer is unknown or has no code is sent again, identical, up to the
+ * provider's `qr_create_retries` times while the till waits (alipay.md §9). Marked `resent`: the
+ * one resend after "not found" inquiries has then been made.
+ */
+async function retryQrCreation(
+  ctx: Ctx,
+  row: PaymentRow,
+  policy: ResolutionPolicy,
+  first: PaymentOutcome,
+  send: () => Promise<PaymentOutcome>,
+): Promise<PaymentOutcome> {
+  const withoutCode = (o: PaymentOutcome) =>
+    (o.kind === 'unknown' && o.reached) || (o.kind === 'pending' && !o.qr_code);
+  let outcome = first;
+  for (let attempt = 1; attempt <= (policy.qr_create_retries ?? 0) && withoutCode(outcome); attempt++) {
+    if (Date.now() - row.created_at.getTime() > QR_RETRY_BUDGET_MS) break;
+    const claimed = await ctx.db.query(
+      `UPDATE payments SET resent = true, updated_at = now()
+        WHERE id = $1 AND status = 'processing' AND cancel_requested_at IS NULL`,
+      [row.id],
+    );
+    if (!claimed.rowCount) break;
+    await recordEvent(
+      ctx.db,
+      row.id,
+      'processing',
+      'processing',
+      `resend: QR code creation sent again (${outcome.kind === 'unknown' ? outcome.reason : 'no code'}), attempt ${attempt}`,
+    );
+    outcome = await send();
+  }
+  return outcome;
 }
 
 function factsPatch(facts: PaymentFacts): PaymentPatch {

@@ -214,6 +214,15 @@ function pay(
     ctx.held.add(timer);
     return;
   }
+  if (ctx.switches.order_code_unknown_once && record.scenario === 'OrderCode')
+    return respond(ctx, res, path, clientId, {
+      result: {
+        resultCode: 'PAYMENT_IN_PROCESS',
+        resultStatus: 'U',
+        resultMessage: 'The payment is being processed.',
+      },
+      paymentRequestId: record.paymentRequestId,
+    });
   respond(ctx, res, path, clientId, ctx.render.pay(record, walletUrl(ctx, record)));
 }
 

@@ -27,6 +27,11 @@ export interface SimulatorSwitches {
   notifications: boolean;
   /** Fault: answer an Order Code creation U PAYMENT_IN_PROCESS, without the code. */
   order_code_unknown: boolean;
+  /**
+   * Fault: answer a new Order Code creation U PAYMENT_IN_PROCESS, without the code, though the order
+   * is made: the same request sent again gets the code.
+   */
+  order_code_unknown_once: boolean;
   /** Fault: answer every inquiryPayment F ACCESS_DENIED (a final refusal of the query itself). */
   inquiry_refused: boolean;
   /**
@@ -49,6 +54,7 @@ export const DEFAULT_SWITCHES: SimulatorSwitches = {
   async_refunds: false,
   notifications: true,
   order_code_unknown: false,
+  order_code_unknown_once: false,
   inquiry_refused: false,
   pay_unknown_unrecorded: false,
 };
