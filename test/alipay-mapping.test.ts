@@ -98,10 +98,12 @@ describe('Antom sample payloads', () => {
     assert.equal(failed.kind === 'failed' && failed.failure.provider_code, 'ORDER_NOT_EXIST');
     assert.equal(failed.kind === 'failed' && failed.failure.code, 'provider_error');
     const unknown = payOutcome(scan(), result(UPCP_U), UPCP_U);
+    // Answered, though undecided: the pay arrived, and is never resent (§9).
     assert.deepEqual(unknown, {
       kind: 'unknown',
       reason: 'U UNKNOWN_EXCEPTION: API failed due to unknown reason.',
       reached: true,
+      answered: true,
     });
   });
 
