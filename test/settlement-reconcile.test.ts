@@ -440,6 +440,40 @@ test('a sale paid and then reversed, its payment and cancel lines in two files i
   );
 });
 
+test('a refund on two lines, one naming it by its own id and one found by our request id, is a duplicate', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 4000);
+  const refund = await refundPart(tg, m, p, 700);
+  const stored = await tg.gateway.ctx.db.query<{ provider_reference: string }>(
+    'SELECT provider_reference FROM refunds WHERE id = $1',
+    [refund.id],
+  );
+  const refundLine = (transaction_id: string) => ({
+    type: 'refund',
+    transaction_id,
+    original_transaction_id: p.provider_reference,
+    request_id: refund.id,
+    amount: 700,
+    fee: 0,
+  });
+  // The line found only by our request id comes first: the one naming the refund still wins.
+  const job = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv(
+      [lineFor(p), refundLine('sbx_refund_unknown'), refundLine(stored.rows[0].provider_reference)],
+      'REF-TWICE',
+    ),
+  );
+  assert.deepEqual(job.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(job.counts));
+  const [found] = await discrepancies(tg, m.secretKey);
+  assert.equal(found.refund_id, refund.id);
+  assert.match(
+    found.detail as string,
+    /^line 3: refund sbx_refund_unknown is settled more than once \(also on line 4\)/,
+  );
+});
+
 test('tenancy: another merchant sees none of it (404, empty lists)', async () => {
   const m = await setupMerchant(tg, 'Owner');
   const other = await setupMerchant(tg, 'Other');

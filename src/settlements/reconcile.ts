@@ -118,6 +118,7 @@ keyed AS (
          COALESCE(p1.id, p2.id) AS pay_id, COALESCE(p1.amount_value, p2.amount_value) AS pay_amount,
          COALESCE(p1.currency, p2.currency) AS pay_currency, COALESCE(p1.status, p2.status) AS pay_status,
          COALESCE(p1.paid_at, p2.paid_at) AS pay_paid_at,
+         r1.id AS ref_by_reference,
          COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
          COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
     FROM lines s
@@ -138,7 +139,7 @@ keyed AS (
 SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provider_request_id, k.transaction_value,
        k.transaction_currency, k.settlement_value, k.settlement_currency, k.exchange_rate, k.fee_value, k.settled_at,
        k.first_line, k.by_reference, k.pay_id, k.pay_amount, k.pay_currency, k.pay_status, k.pay_paid_at,
-       k.ref_id, k.ref_amount, k.ref_currency, k.ref_status,
+       k.ref_by_reference, k.ref_id, k.ref_amount, k.ref_currency, k.ref_status,
        -- Set only for another batch's line that ORPHANED_DUPLICATES_SQL adds: the import it came with.
        NULL::text AS line_import_id,
     CASE
@@ -203,15 +204,19 @@ SELECT l.type, l.provider_reference, min(l.line_no) AS first_line
  * twice, and this line is the duplicate. Rare, so looked for only where such lines exist.
  */
 const FOUND_BY_REQUEST_ID_SQL = `
-SELECT EXISTS (SELECT 1 FROM classified WHERE type = 'payment' AND by_reference IS NULL AND pay_id IS NOT NULL) AS found
+SELECT EXISTS (SELECT 1 FROM classified
+                WHERE (type = 'payment' AND by_reference IS NULL AND pay_id IS NOT NULL)
+                   OR (type = 'refund' AND ref_by_reference IS NULL AND ref_id IS NOT NULL)) AS found
 `;
+/** The same for a refund: found by our refund request id on one line, by its own id on another. */
 const DUPLICATE_BY_REQUEST_ID_SQL = `
 UPDATE classified c SET result = 'duplicate_in_settlement', first_line = o.line_no
   FROM classified o
- WHERE c.type = 'payment' AND c.by_reference IS NULL AND c.pay_id IS NOT NULL
-   AND c.result <> 'duplicate_in_settlement'
-   AND o.type = 'payment' AND o.pay_id = c.pay_id AND o.id <> c.id
-   AND (o.by_reference IS NOT NULL OR o.line_no < c.line_no)
+ WHERE c.result <> 'duplicate_in_settlement' AND o.id <> c.id AND o.type = c.type
+   AND ((c.type = 'payment' AND c.by_reference IS NULL AND c.pay_id IS NOT NULL AND o.pay_id = c.pay_id
+         AND (o.by_reference IS NOT NULL OR o.line_no < c.line_no))
+     OR (c.type = 'refund' AND c.ref_by_reference IS NULL AND c.ref_id IS NOT NULL AND o.ref_id = c.ref_id
+         AND (o.ref_by_reference IS NOT NULL OR o.line_no < c.line_no)))
 `;
 
 /**
