@@ -555,12 +555,15 @@ async function applyLines(
     await timed(counts, 'mark', () => client.query(MARK_SQL, [merchantId, provider]));
     await client.query(RESULTS_SQL, [importId]);
     await client.query(DISCREPANCIES_SQL, [importId, merchantId, provider]);
-    await client.query(REVERSED_LATER_SQL, [merchantId, provider]);
-    const { rows } = await client.query<{ result: string; n: number }>(
+    const { rows } = await client.query<{ result: string; cancel: boolean; n: number }>(
       // This file's lines: not those of other batches that ORPHANED_DUPLICATES_SQL added.
-      'SELECT result, count(*)::int AS n FROM classified WHERE settlement_id = ANY($1) GROUP BY result',
+      `SELECT result, type = 'cancel' AS cancel, count(*)::int AS n FROM classified WHERE settlement_id = ANY($1)
+        GROUP BY 1, 2`,
       [changed],
     );
+    // Only a matched cancel line can settle a payment line of an earlier file.
+    if (rows.some((r) => r.cancel && r.result === 'matched'))
+      await client.query(REVERSED_LATER_SQL, [merchantId, provider]);
     for (const { result, n } of rows) {
       if (result === 'matched') counts.matched += n;
       else if (result === 'pending') counts.pending += n;
