@@ -284,6 +284,66 @@ test('a correction that takes a payment out of its batch leaves it settled by th
   assert.deepEqual(results.rows, [{ result: 'matched', own_import: true }]);
 });
 
+test('a correction that takes a refund or a cancel out of its batch leaves it settled by the batch that repeated it', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 2100);
+  const refund = await refundPart(tg, m, p, 400);
+  const stored = await tg.gateway.ctx.db.query<{ provider_reference: string }>(
+    'SELECT provider_reference FROM refunds WHERE id = $1',
+    [refund.id],
+  );
+  const refundLine = {
+    type: 'refund',
+    transaction_id: stored.rows[0].provider_reference,
+    original_transaction_id: p.provider_reference,
+    request_id: refund.id,
+    amount: 400,
+    fee: 0,
+  };
+  const created = await createPayment(tg, m.secretKey, scanPayment(2157)).expect(201);
+  const canceled = await tg.http
+    .post(`/v1/payments/${created.body.id}/cancel`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  const h = {
+    id: created.body.id,
+    amount: 2157,
+    provider_reference: canceled.body.provider_reference,
+    status: 'canceled',
+  };
+  const cancelLine = lineFor(h, {
+    type: 'cancel',
+    transaction_id: `${h.provider_reference}C`,
+    original_transaction_id: h.provider_reference,
+  });
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p), refundLine, cancelLine], 'RC-A'));
+  const repeated = await importAndWait(tg, m.secretKey, sandboxCsv([refundLine, cancelLine], 'RC-B'));
+  assert.deepEqual(repeated.counts.by_kind, { duplicate_in_settlement: 2 }, JSON.stringify(repeated.counts));
+  // The provider corrects A: the refund and the cancel belong to B alone.
+  const fixed = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p)], 'RC-A'));
+  assert.equal(fixed.counts.batches_superseded, 1, JSON.stringify(fixed.counts));
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const batches = Object.fromEntries(
+    (await settlements(tg, m.secretKey)).map((b) => [b.provider_batch_id, b]),
+  );
+  assert.equal(batches['RC-B'].status, 'reconciled');
+  assert.deepEqual(
+    (await batchLines(tg, m.secretKey, batches['RC-B'].id)).map((l) => [l.type, l.result]),
+    [
+      ['refund', 'matched'],
+      ['cancel', 'matched'],
+    ],
+  );
+  const closed = await discrepancies(tg, m.secretKey, '&status=closed');
+  assert.deepEqual(
+    closed.map((d) => [d.kind, d.closed_reason]),
+    [
+      ['duplicate_in_settlement', 'resolved'],
+      ['duplicate_in_settlement', 'resolved'],
+    ],
+  );
+});
+
 test('a late settlement resolves missing_in_settlement; refunds are matched by their own ids', async () => {
   const m = await setupMerchant(tg);
   const a = await pay(tg, m, 3000);

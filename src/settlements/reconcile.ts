@@ -258,6 +258,60 @@ SELECT l.id, l.line_no, o.settlement_id, l.type, l.provider_reference, l.provide
   FROM orphan o JOIN settlement_lines l ON l.id = o.line_id JOIN payments p ON p.id = o.payment_id
 `;
 
+/**
+ * The same for refunds and cancels, which have no marks: a refund (or a payment's cancel) that a
+ * version this file superseded settled, and that a line of another current batch repeated. Unless
+ * this file settles it again, that line settles it now: classified again, its old result and its
+ * duplicate closed. $1 this import.
+ */
+const ORPHANED_REPEATS_SQL = `
+WITH old AS (
+  SELECT DISTINCT l.type, x.refund_id, x.payment_id
+    FROM settlement_versions v
+    JOIN settlement_line_results x ON x.settlement_id = v.settlement_id AND x.import_id = v.import_id
+    JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id
+   WHERE v.superseded_by = $1 AND x.result <> 'duplicate_in_settlement'
+     AND ((l.type = 'refund' AND x.refund_id IS NOT NULL) OR (l.type = 'cancel' AND x.payment_id IS NOT NULL))
+),
+orphan AS (
+  SELECT DISTINCT ON (o.type, COALESCE(o.refund_id, o.payment_id)) x.line_id, x.settlement_id, x.import_id
+    FROM old o
+    JOIN settlement_line_results x ON x.result = 'duplicate_in_settlement'
+         AND ((o.type = 'refund' AND x.refund_id = o.refund_id) OR (o.type = 'cancel' AND x.payment_id = o.payment_id))
+    JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
+    JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id AND l.type = o.type
+   WHERE NOT EXISTS (SELECT 1 FROM classified c
+                      WHERE c.type = o.type AND c.result <> 'duplicate_in_settlement'
+                        AND ((o.type = 'refund' AND c.ref_id = o.refund_id) OR (o.type = 'cancel' AND c.pay_id = o.payment_id)))
+   ORDER BY o.type, COALESCE(o.refund_id, o.payment_id), s.settlement_date, x.line_id
+),
+closed AS (
+  UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
+    FROM orphan o
+   WHERE d.line_id = o.line_id AND d.kind = 'duplicate_in_settlement' AND d.closed_at IS NULL
+),
+cleared AS (
+  DELETE FROM settlement_line_results x USING orphan o WHERE x.line_id = o.line_id RETURNING x.*
+)
+INSERT INTO classified (id, line_no, settlement_id, type, provider_reference, provider_request_id, transaction_value,
+       transaction_currency, settlement_value, settlement_currency, exchange_rate, fee_value, settled_at,
+       pay_id, pay_amount, pay_currency, pay_status, pay_paid_at, ref_id, ref_amount, ref_currency, ref_status,
+       line_import_id, result)
+SELECT l.id, l.line_no, x.settlement_id, l.type, l.provider_reference, l.provider_request_id, l.transaction_value,
+       l.transaction_currency, l.settlement_value, l.settlement_currency, l.exchange_rate, l.fee_value, l.settled_at,
+       p.id, p.amount_value, p.currency, p.status, p.paid_at, r.id, r.amount_value, r.currency, r.status, x.import_id,
+       CASE WHEN COALESCE(r.currency, p.currency) <> l.transaction_currency THEN 'currency_mismatch'
+            WHEN COALESCE(r.amount_value, p.amount_value) <> l.transaction_value THEN 'amount_mismatch'
+            WHEN l.type = 'refund' AND r.status = 'pending' THEN 'pending'
+            WHEN l.type = 'refund' AND r.status = 'succeeded' THEN 'matched'
+            WHEN l.type = 'cancel' AND p.status = 'canceled' THEN 'matched'
+            ELSE 'status_mismatch' END
+  FROM cleared x
+  JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id
+  LEFT JOIN refunds r ON r.id = x.refund_id
+  LEFT JOIN payments p ON p.id = x.payment_id
+`;
+
 /** Matched payments (and those matched with another amount or currency) are marked settled. */
 const MARK_SQL = `
 INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
@@ -551,7 +605,10 @@ async function applyLines(
     );
     const byRequestId = await client.query<{ found: boolean }>(FOUND_BY_REQUEST_ID_SQL);
     if (byRequestId.rows[0].found) await client.query(DUPLICATE_BY_REQUEST_ID_SQL);
-    if (superseded.length) await client.query(ORPHANED_DUPLICATES_SQL);
+    if (superseded.length) {
+      await client.query(ORPHANED_DUPLICATES_SQL);
+      await client.query(ORPHANED_REPEATS_SQL, [importId]);
+    }
     await timed(counts, 'mark', () => client.query(MARK_SQL, [merchantId, provider]));
     await client.query(RESULTS_SQL, [importId]);
     await client.query(DISCREPANCIES_SQL, [importId, merchantId, provider]);
