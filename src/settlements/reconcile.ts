@@ -208,15 +208,18 @@ SELECT EXISTS (SELECT 1 FROM classified
                 WHERE (type = 'payment' AND by_reference IS NULL AND pay_id IS NOT NULL)
                    OR (type = 'refund' AND ref_by_reference IS NULL AND ref_id IS NOT NULL)) AS found
 `;
+/** What a classified line `t` settles: its refund, or its payment. */
+const settles = (t: string) => `(CASE WHEN ${t}.type = 'refund' THEN ${t}.ref_id ELSE ${t}.pay_id END)`;
 /** The same for a refund: found by our refund request id on one line, by its own id on another. */
 const DUPLICATE_BY_REQUEST_ID_SQL = `
 UPDATE classified c SET result = 'duplicate_in_settlement', first_line = o.line_no
   FROM classified o
- WHERE c.result <> 'duplicate_in_settlement' AND o.id <> c.id AND o.type = c.type
-   AND ((c.type = 'payment' AND c.by_reference IS NULL AND c.pay_id IS NOT NULL AND o.pay_id = c.pay_id
-         AND (o.by_reference IS NOT NULL OR o.line_no < c.line_no))
-     OR (c.type = 'refund' AND c.ref_by_reference IS NULL AND c.ref_id IS NOT NULL AND o.ref_id = c.ref_id
-         AND (o.ref_by_reference IS NOT NULL OR o.line_no < c.line_no)))
+ -- One equality on what the line settles, so that the join hashes on it (an OR of two would
+ -- compare each such line with every line of its type).
+ WHERE ${settles('o')} = ${settles('c')} AND o.type = c.type AND o.id <> c.id
+   AND c.result <> 'duplicate_in_settlement'
+   AND ((c.type = 'payment' AND c.by_reference IS NULL AND (o.by_reference IS NOT NULL OR o.line_no < c.line_no))
+     OR (c.type = 'refund' AND c.ref_by_reference IS NULL AND (o.ref_by_reference IS NOT NULL OR o.line_no < c.line_no)))
 `;
 
 /**
