@@ -451,6 +451,20 @@ test("one currency's batch of a day says nothing of another's, which may come in
   assert.match(found[0].detail as string, /other payments in USD of that day/);
   const usdBatch = (await settlements(tg, m.secretKey)).find((b) => b.provider_batch_id === 'DAY-USD');
   assert.equal(found[0].settlement_id, usdBatch?.id);
+  // Sold in pounds, settled in euros: the sale currency is what the rule compares.
+  const pounds = await Promise.all(
+    [1610, 1710, 1810].map((v) => pay(tg, m, v, { amount: { value: v, currency: 'GBP' } })),
+  );
+  const inEuros = (p: (typeof pounds)[number]) =>
+    lineFor(p, { currency: 'GBP', settlement_currency: 'EUR', settlement_amount: p.amount + 200 });
+  await importAndWait(tg, m.secretKey, sandboxCsv([inEuros(pounds[0]), inEuros(pounds[1])], 'DAY-GBP'));
+  assert.deepEqual(
+    (await discrepancies(tg, m.secretKey)).map((d) => [d.kind, d.payment_id]).sort(),
+    [
+      ['missing_in_settlement', dollars[2].id],
+      ['missing_in_settlement', pounds[2].id],
+    ].sort(),
+  );
 });
 
 test('a sale paid and then reversed, its payment and cancel lines in two files in either order, is matched', async () => {

@@ -318,9 +318,10 @@ SELECT l.id, l.line_no, x.settlement_id, l.type, l.provider_reference, l.provide
 /** Matched payments (and those matched with another amount or currency) are marked settled. */
 const MARK_SQL = `
 INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
-       rate, fee_value, settled_at, paid_on)
+       rate, fee_value, settled_at, paid_on, payment_currency)
 SELECT c.pay_id, $1, $2, c.settlement_id, c.id, c.settlement_value,
-       c.settlement_currency, c.exchange_rate, c.fee_value, c.settled_at, (c.pay_paid_at AT TIME ZONE 'UTC')::date
+       c.settlement_currency, c.exchange_rate, c.fee_value, c.settled_at, (c.pay_paid_at AT TIME ZONE 'UTC')::date,
+       c.pay_currency
   FROM classified c
  WHERE c.type = 'payment' AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
 `;
@@ -349,9 +350,9 @@ closed AS (
    WHERE d.line_id = f.line_id AND d.kind = 'status_mismatch' AND d.closed_at IS NULL
 )
 INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
-       rate, fee_value, settled_at, paid_on)
+       rate, fee_value, settled_at, paid_on, payment_currency)
 SELECT f.payment_id, $1, $2, f.settlement_id, l.id, l.settlement_value, l.settlement_currency, l.exchange_rate,
-       l.fee_value, l.settled_at, (p.paid_at AT TIME ZONE 'UTC')::date
+       l.fee_value, l.settled_at, (p.paid_at AT TIME ZONE 'UTC')::date, p.currency
   FROM fixed f
   JOIN settlement_lines l ON l.id = f.line_id AND l.import_id = f.import_id
   JOIN payments p ON p.id = f.payment_id
@@ -411,8 +412,8 @@ SELECT count(*) FROM disc
 
 /**
  * Due, by its time `t`: the provider's settlement delay has passed by the dates it has settled, or
- * it has already settled payments in the same currency made on the same day or later (`s`, the
- * marks of that currency: another currency's batch of the day may come in a file of its own).
+ * it has already settled payments sold in the same currency on the same day or later (`s`, the
+ * marks of that sale currency: another currency's batch of the day may come in a file of its own).
  */
 const due = (t: string) => `(${delayPassed(t)} OR (${t} AT TIME ZONE 'UTC')::date <= s.last_paid)`;
 const delayPassed = (t: string) => `(${t} AT TIME ZONE 'UTC')::date + $3::int <= h.last_date`;
@@ -433,8 +434,9 @@ WITH horizon AS (
     FROM settlements WHERE merchant_id = $1 AND provider = $2
 ),
 settled AS (
-  SELECT currency, max(paid_on) AS last_paid FROM payment_settlements WHERE merchant_id = $1 AND provider = $2
-   GROUP BY currency
+  SELECT payment_currency AS currency, max(paid_on) AS last_paid FROM payment_settlements
+   WHERE merchant_id = $1 AND provider = $2
+   GROUP BY payment_currency
 )
 SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at AS done_at, h.latest,
        ${delayPassed('p.paid_at')} AS delay_passed
