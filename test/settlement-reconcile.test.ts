@@ -512,6 +512,21 @@ test('a sale paid and then reversed, its payment and cancel lines in two files i
     marked.rows.map((r) => r.payment_id),
     [first.p.id, second.p.id].sort(),
   );
+  // Its payment line settled twice, before its cancel came: a duplicate, and one mark only.
+  const third = await reversed(7257);
+  const x1 = await importAndWait(tg, m.secretKey, sandboxCsv([third.payment], 'REV-X1'));
+  assert.deepEqual(x1.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(x1.counts));
+  const x2 = await importAndWait(tg, m.secretKey, sandboxCsv([third.payment, third.cancel], 'REV-X2'));
+  assert.deepEqual(x2.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(x2.counts));
+  assert.deepEqual(
+    (await discrepancies(tg, m.secretKey)).map((d) => [d.kind, d.payment_id]),
+    [['duplicate_in_settlement', third.p.id]],
+  );
+  const thirdMarks = await tg.gateway.ctx.db.query(
+    'SELECT 1 FROM payment_settlements WHERE payment_id = $1',
+    [third.p.id],
+  );
+  assert.equal(thirdMarks.rowCount, 1);
 });
 
 test('a refund on two lines, one naming it by its own id and one found by our request id, is a duplicate', async () => {

@@ -157,6 +157,15 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
       WHEN k.pay_id IS NULL THEN 'missing_in_ledger'
       WHEN k.type = 'payment' AND ps.settlement_id IS NOT NULL AND ps.settlement_id <> k.settlement_id
         THEN 'duplicate_in_settlement'
+      -- A payment the ledger does not hold as paid has no mark: a payment line of another current
+      -- batch (its result row says so) settled it already.
+      WHEN k.type = 'payment' AND k.pay_status NOT IN ('succeeded', 'partially_refunded', 'refunded') AND EXISTS (
+          SELECT 1 FROM settlement_line_results o
+            JOIN settlements so ON so.id = o.settlement_id AND so.import_id = o.import_id
+            JOIN settlement_lines ol ON ol.id = o.line_id AND ol.import_id = o.import_id AND ol.type = 'payment'
+           WHERE o.payment_id = k.pay_id AND o.settlement_id <> k.settlement_id
+             AND o.result <> 'duplicate_in_settlement')
+        THEN 'duplicate_in_settlement'
       -- A cancel that a line of another current batch already settled (its result row says so).
       WHEN k.type = 'cancel' AND EXISTS (
           SELECT 1 FROM settlement_line_results o
@@ -334,12 +343,14 @@ SELECT c.pay_id, $1, $2, c.settlement_id, c.id, c.settlement_value,
  */
 const REVERSED_LATER_SQL = `
 WITH fixed AS (
-  SELECT DISTINCT x.line_id, x.import_id, x.settlement_id, x.payment_id
+  -- One line a payment: a second one is the first's duplicate (CLASSIFY_SQL), whatever came first.
+  SELECT DISTINCT ON (x.payment_id) x.line_id, x.import_id, x.settlement_id, x.payment_id
     FROM classified c
     JOIN settlement_line_results x ON x.payment_id = c.pay_id AND x.result = 'status_mismatch'
     JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
     JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id AND l.type = 'payment'
    WHERE c.type = 'cancel' AND c.result = 'matched' AND c.pay_status = 'canceled'
+   ORDER BY x.payment_id, s.settlement_date, x.line_id
 ),
 results AS (
   UPDATE settlement_line_results x SET result = 'matched' FROM fixed f WHERE x.line_id = f.line_id
