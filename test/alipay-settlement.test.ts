@@ -145,7 +145,14 @@ describe('Antom settlement details parser', () => {
     const unclosed = await failure(GOOD.replace(',shop-1,berlin-01,2024', ',"shop-1,berlin-01,2024'));
     assert.match(unclosed.message, /unreadable CSV/);
     const truncated = await failure(GOOD.replace('<END>\n', '"B20240501,cust1\n'));
-    assert.match(truncated.message, /^line 5: the file ends inside a quoted cell/);
+    assert.match(truncated.message, /^line 5: a quoted cell opened on this line is never closed/);
+    // A stray quote mid-file is named where it is, not where the file ends.
+    const stray = GOOD.split('\n').filter((_, i) => i !== 3);
+    stray[1] = stray[1].replace(',shop-1,', ',"shop-1,');
+    assert.match(
+      (await failure(stray.join('\n'))).message,
+      /^line 2: a quoted cell opened on this line is never closed/,
+    );
     const spaced = await failure(
       GOOD.replace('settlementBatchId,customerId', '"settlementBatchId" ,customerId'),
     );

@@ -74,10 +74,17 @@ async function* readable(records: AsyncIterable<string[]>, nextLine: () => numbe
   } catch (error) {
     if (error instanceof SettlementFormatError) throw error;
     // csv-parse reads ahead of the records taken so far: its own count says where it stopped.
-    const { code, lines } = error as { code?: unknown; lines?: unknown };
+    const { code, lines, records } = error as { code?: unknown; lines?: unknown; records?: unknown };
+    if (code === 'CSV_QUOTE_NOT_CLOSED' && typeof records === 'number') {
+      // `lines` is where the file ended; the quote opened on the record after the last one read
+      // (a line each: settlement files have no line breaks inside cells).
+      const opened = records + 1;
+      throw new SettlementFormatError(
+        `line ${opened}: a quoted cell opened on this line is never closed (a stray quote, or the file is cut short)`,
+        opened,
+      );
+    }
     const line = typeof lines === 'number' && lines > 0 ? lines : nextLine();
-    if (code === 'CSV_QUOTE_NOT_CLOSED')
-      throw new SettlementFormatError(`line ${line}: the file ends inside a quoted cell (truncated?)`, line);
     throw new SettlementFormatError(`line ${line}: unreadable CSV: ${(error as Error).message}`, line);
   }
 }
