@@ -107,21 +107,25 @@ describe('an alipay account that Antom refuses', () => {
         endpoint: await tg.gateway.ctx.sandbox.simulatorUrl('alipay'),
       },
     });
-    const sales: string[] = [];
-    for (const value of [1000, 1100]) {
-      const res = await createPayment(tg, refused.terminalKey, scanPayment(value)).expect(201);
+    // Side by side, as a shop's tills fail at once.
+    const answers = await Promise.all(
+      [1000, 1100, 1200, 1300, 1400, 1500].map((value) =>
+        createPayment(tg, refused.terminalKey, scanPayment(value)).expect(201),
+      ),
+    );
+    for (const res of answers) {
       assert.equal(res.body.status, 'failed', JSON.stringify(res.body));
       assert.equal(res.body.failure.code, 'provider_error');
-      sales.push(res.body.id);
     }
+    const sales: string[] = answers.map((res) => res.body.id);
     const alerts = await tg.http
       .get('/v1/admin/alerts')
       .set('Authorization', `Bearer ${tg.adminKey}`)
       .expect(200);
     const mine = alerts.body.data.filter((a: { payment_id?: string }) => sales.includes(a.payment_id ?? ''));
     assert.deepEqual(
-      mine.map((a: { kind: string; payment_id: string }) => [a.kind, a.payment_id]),
-      [['provider_configuration', sales[0]]],
+      mine.map((a: { kind: string }) => a.kind),
+      ['provider_configuration'],
     );
     assert.match(mine[0].detail, new RegExp(`${refused.accountId}.*SIGNATURE_INVALID`));
   });

@@ -16,7 +16,7 @@ import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue, enqueueDue, ensureJob, queuesUnavailable, sweepEach } from '../jobs/queues.ts';
-import { prepared } from '../ledger/db.ts';
+import { inTransaction, prepared } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
 import type { LoadedAccount } from './accounts.ts';
@@ -135,18 +135,23 @@ async function alertOnce(ctx: Ctx, kind: string, detail: string, paymentId: stri
  * failed) until a person resolves it, not one a sale.
  */
 async function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
-  const { rowCount } = await ctx.db.query(
-    `SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
-      WHERE a.kind = 'provider_configuration' AND a.resolved_at IS NULL AND p.provider_account_id = $1`,
-    [payment.provider_account_id],
-  );
-  if (rowCount) return;
-  await raiseAlert(
-    ctx,
-    'provider_configuration',
-    `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`,
-    { payment_id: payment.id },
-  );
+  const detail = `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`;
+  // Sales fail at once side by side: the account's lock makes their look-then-insert one at a time.
+  const raised = await inTransaction(ctx.db, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
+      `provider_configuration:${payment.provider_account_id}`,
+    ]);
+    const { rowCount } = await client.query(
+      `INSERT INTO alerts (kind, payment_id, detail)
+       SELECT 'provider_configuration', $2, $3
+        WHERE NOT EXISTS (SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
+                           WHERE a.kind = 'provider_configuration' AND a.resolved_at IS NULL
+                             AND p.provider_account_id = $1)`,
+      [payment.provider_account_id, payment.id, detail],
+    );
+    return rowCount === 1;
+  });
+  if (raised) ctx.log.error({ alert: 'provider_configuration', payment_id: payment.id }, detail);
 }
 
 export async function raiseAlert(
