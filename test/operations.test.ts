@@ -396,6 +396,9 @@ describe('start-up', () => {
       for (const url of [
         'http://127.0.0.1:6379/',
         'http://localhost/hook',
+        'http://localhost./hook',
+        'http://[::7f00:1]/hook',
+        'http://[64:ff9b::a00:1]/hook',
         'http://[::1]/hook',
         'http://[::ffff:127.0.0.1]/hook',
         'https://10.1.2.3/hook',

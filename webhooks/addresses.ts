@@ -24,8 +24,12 @@ for (const [network, prefix] of [
 ] as const)
   notPublic.addSubnet(network, prefix, 'ipv4');
 for (const [network, prefix] of [
-  ['::', 128],
-  ['::1', 128],
+  // Unspecified, loopback and IPv4-compatible (::127.0.0.1), then IPv6 forms that carry an IPv4
+  // address a gateway may route to: NAT64 and 6to4.
+  ['::', 96],
+  ['64:ff9b::', 96],
+  ['64:ff9b:1::', 48],
+  ['2002::', 16],
   ['fc00::', 7],
   ['fe80::', 10],
   ['ff00::', 8],
@@ -44,7 +48,11 @@ export function isNonPublicAddress(address: string): boolean {
 
 /** A URL's host that is plainly not public: localhost, or a literal non-public address. */
 export function nonPublicHost(url: URL): boolean {
-  const host = url.hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  // `localhost.` is localhost: a trailing dot only makes the name absolute.
+  const host = url.hostname
+    .replace(/^\[(.*)\]$/, '$1')
+    .replace(/\.$/, '')
+    .toLowerCase();
   return host === 'localhost' || host.endsWith('.localhost') || isNonPublicAddress(host);
 }
 
