@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { connect } from 'node:net';
@@ -413,6 +414,23 @@ describe('start-up', () => {
         assert.equal(refused.body.error.code, 'url_not_public');
         assert.equal(refused.body.error.param, 'url');
       }
+      // Nor a provider endpoint there: the gateway's signed requests would go to its neighbours.
+      const keys = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      const inside = await http
+        .put('/v1/providers/alipay')
+        .set('Authorization', `Bearer ${shop.secretKey}`)
+        .send({
+          wallets: ['alipay'],
+          client_id: 'C1',
+          private_key: keys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+          alipay_public_key: generateKeyPairSync('rsa', { modulusLength: 2048 })
+            .publicKey.export({ type: 'spki', format: 'pem' })
+            .toString(),
+          endpoint: 'http://10.0.0.7:8080',
+        });
+      assert.equal(inside.status, 400, JSON.stringify(inside.body));
+      assert.equal(inside.body.error.code, 'endpoint_not_public');
+      assert.equal(inside.body.error.param, 'endpoint');
       // ...and none made before, whose name resolves to one: the delivery fails without a request.
       await live.ctx.db.query(
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0 WHERE id = $1",
