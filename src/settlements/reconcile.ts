@@ -82,12 +82,17 @@ const DISCREPANCY_EVENTS = `events AS (
   RETURNING 1
 )`;
 
-/** A cancel line of a current batch version that settled the payment `payment` (its result row). */
-const CURRENT_CANCEL_LINE = (payment: string) => `
+/**
+ * A line of `type` in a current batch version, for the payment `payment`, known by its result row
+ * and meeting `condition` (on `o`, the result).
+ */
+const CURRENT_LINE = (type: 'payment' | 'cancel', payment: string, condition: string) => `
   SELECT 1 FROM settlement_line_results o
     JOIN settlements so ON so.id = o.settlement_id AND so.import_id = o.import_id
-    JOIN settlement_lines ol ON ol.id = o.line_id AND ol.import_id = o.import_id AND ol.type = 'cancel'
-   WHERE o.payment_id = ${payment} AND o.result = 'matched'`;
+    JOIN settlement_lines ol ON ol.id = o.line_id AND ol.import_id = o.import_id AND ol.type = '${type}'
+   WHERE o.payment_id = ${payment} AND ${condition}`;
+/** Settled by a line of another current batch: this line is a duplicate. */
+const IN_ANOTHER_BATCH = "o.settlement_id <> k.settlement_id AND o.result <> 'duplicate_in_settlement'";
 
 /**
  * The import's lines, each classified, into a temporary table (one row a line). A read-only query
@@ -159,20 +164,11 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
         THEN 'duplicate_in_settlement'
       -- A payment the ledger does not hold as paid has no mark: a payment line of another current
       -- batch (its result row says so) settled it already.
-      WHEN k.type = 'payment' AND k.pay_status NOT IN ('succeeded', 'partially_refunded', 'refunded') AND EXISTS (
-          SELECT 1 FROM settlement_line_results o
-            JOIN settlements so ON so.id = o.settlement_id AND so.import_id = o.import_id
-            JOIN settlement_lines ol ON ol.id = o.line_id AND ol.import_id = o.import_id AND ol.type = 'payment'
-           WHERE o.payment_id = k.pay_id AND o.settlement_id <> k.settlement_id
-             AND o.result <> 'duplicate_in_settlement')
+      WHEN k.type = 'payment' AND k.pay_status NOT IN ('succeeded', 'partially_refunded', 'refunded')
+           AND EXISTS (${CURRENT_LINE('payment', 'k.pay_id', IN_ANOTHER_BATCH)})
         THEN 'duplicate_in_settlement'
       -- A cancel that a line of another current batch already settled (its result row says so).
-      WHEN k.type = 'cancel' AND EXISTS (
-          SELECT 1 FROM settlement_line_results o
-            JOIN settlements so ON so.id = o.settlement_id AND so.import_id = o.import_id
-            JOIN settlement_lines ol ON ol.id = o.line_id AND ol.import_id = o.import_id AND ol.type = 'cancel'
-           WHERE o.payment_id = k.pay_id AND o.settlement_id <> k.settlement_id
-             AND o.result <> 'duplicate_in_settlement')
+      WHEN k.type = 'cancel' AND EXISTS (${CURRENT_LINE('cancel', 'k.pay_id', IN_ANOTHER_BATCH)})
         THEN 'duplicate_in_settlement'
       WHEN k.pay_currency <> k.transaction_currency THEN 'currency_mismatch'
       WHEN k.pay_amount <> k.transaction_value THEN 'amount_mismatch'
@@ -183,7 +179,8 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
                                                   WHERE x.ref = k.provider_reference OR x.req = k.provider_request_id)
         THEN 'matched'
       -- ...or the cancel came first, in a file of its own (paid before midnight, reversed after).
-      WHEN k.pay_status = 'canceled' AND EXISTS (${CURRENT_CANCEL_LINE('k.pay_id')}) THEN 'matched'
+      WHEN k.pay_status = 'canceled' AND EXISTS (${CURRENT_LINE('cancel', 'k.pay_id', "o.result = 'matched'")})
+        THEN 'matched'
       ELSE 'status_mismatch' END AS result
   FROM keyed k
   LEFT JOIN payment_settlements ps ON ps.payment_id = k.pay_id
