@@ -76,24 +76,22 @@ export async function send(
   try {
     parsed = JSON.parse(response.body.toString('utf8'));
   } catch {
-    return {
-      answered: false,
-      reason: `unparseable ${operation} response body`,
-      reached: true,
-      responded: true,
-    };
+    return untrusted(`unparseable ${operation} response body`);
   }
   const result = isRecord(parsed) ? resultOf(parsed) : undefined;
   if (!isRecord(parsed) || !result) {
-    return {
-      answered: false,
-      reason: `${operation} response has no result object`,
-      reached: true,
-      responded: true,
-    };
+    return untrusted(`${operation} response has no result object`);
   }
   return judge(account, path, response.headers, response.body, parsed, result);
 }
+
+/** An HTTP 200 from Antom whose content we cannot read or trust. */
+const untrusted = (reason: string): SendResult => ({
+  answered: false,
+  reason,
+  reached: true,
+  responded: true,
+});
 
 function judge(
   account: AlipayAccount,
@@ -110,28 +108,17 @@ function judge(
   if (unsigned) {
     if (result.resultStatus === 'F' || result.resultStatus === 'U')
       return { answered: true, result, body, signed: false };
-    return {
-      answered: false,
-      reason: `unsigned ${result.resultStatus} response is not trusted`,
-      reached: true,
-      responded: true,
-    };
+    return untrusted(`unsigned ${result.resultStatus} response is not trusted`);
   }
   if (signature === undefined || responseTime === undefined || clientId === undefined) {
-    return {
-      answered: false,
-      reason: 'response carries only part of the signature headers',
-      reached: true,
-      responded: true,
-    };
+    return untrusted('response carries only part of the signature headers');
   }
   const verified = verifySignatureHeader(
     { path, clientId, time: responseTime, body: raw },
     signature,
     account.alipayPublicKeys,
   );
-  if (!verified)
-    return { answered: false, reason: 'response signature does not verify', reached: true, responded: true };
+  if (!verified) return untrusted('response signature does not verify');
   return { answered: true, result, body, signed: true };
 }
 

@@ -377,6 +377,9 @@ async function retryQrCreation(
       `resend: QR code creation sent again (${outcome.kind === 'unknown' ? outcome.reason : 'no code'}), attempt ${attempt}`,
     );
     outcome = await send();
+    // A retry follows an attempt that reached the provider: refused now, the sale still reached it
+    // (no failover, no "nothing was charged").
+    if (outcome.kind === 'unknown' && !outcome.reached) outcome = { ...outcome, reached: true };
   }
   return outcome;
 }

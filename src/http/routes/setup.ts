@@ -270,19 +270,19 @@ export function setupRouter(ctx: Context): Router {
         provider === 'sandbox' ? undefined : 'sandbox',
       );
     // A merchant key must not aim the gateway's signed requests at the services beside it.
+    const { endpoint } = credentials;
     if (
       ctx.config.production &&
-      typeof credentials.endpoint === 'string' &&
-      URL.canParse(credentials.endpoint)
-    ) {
-      if (nonPublicHost(new URL(credentials.endpoint)))
-        throw new ApiError(
-          'invalid_request',
-          'endpoint_not_public',
-          'endpoint must reach the public internet: loopback and private addresses are refused in production',
-          'endpoint',
-        );
-    }
+      typeof endpoint === 'string' &&
+      URL.canParse(endpoint) &&
+      nonPublicHost(new URL(endpoint))
+    )
+      throw new ApiError(
+        'invalid_request',
+        'endpoint_not_public',
+        'endpoint must reach the public internet: loopback and private addresses are refused in production',
+        'endpoint',
+      );
     const result = await inTransaction(ctx.db, async (client) => {
       // One configuration of a merchant's provider at a time: two first PUTs at once would both
       // insert (and each build its credentials for an id of its own).
