@@ -116,7 +116,13 @@ describe('Antom sample payloads', () => {
       expires_at: payment.expires_at,
     });
     const noCode = { ...ORDER_CODE_S, orderCodeForm: { codeDetails: [] } };
-    assert.equal(payOutcome(payment, result(noCode), noCode).kind, 'unknown');
+    // Unknown, yet an answer: the order exists, and a cancel that cannot find it is no proof otherwise.
+    assert.deepEqual(payOutcome(payment, result(noCode), noCode), {
+      kind: 'unknown',
+      reason: 'order code created but orderCodeForm has no code',
+      reached: true,
+      answered: true,
+    });
   });
 
   it('inquiry fixtures: SUCCESS, PROCESSING (with UNKNOWN_EXCEPTION code), FAIL, CANCELLED, result F', () => {

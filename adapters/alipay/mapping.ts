@@ -204,7 +204,12 @@ export function payOutcome(payment: PaymentRequest, result: AntomResult, body: J
       if (payment.mode === 'scan') return { kind: 'succeeded', ...paymentFacts(body) };
       const qr = orderCode(body, payment.expires_at);
       if (!qr)
-        return { kind: 'unknown', reason: 'order code created but orderCodeForm has no code', reached: true };
+        return {
+          kind: 'unknown',
+          reason: 'order code created but orderCodeForm has no code',
+          reached: true,
+          answered: true,
+        };
       return {
         kind: 'pending',
         qr_code: qr,
