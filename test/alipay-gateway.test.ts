@@ -9,6 +9,7 @@ import { createServer, request as httpRequest } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { alipayAdapter } from '../adapters/alipay/adapter.ts';
 import { cancelOutcome } from '../adapters/alipay/mapping.ts';
+import { sandboxKeys } from '../adapters/alipay/sandbox-keys.ts';
 import { loadPayment, resolvePayment } from '../src/payments/service.ts';
 import { startGateway } from '../src/runtime.ts';
 import {
@@ -128,6 +129,57 @@ describe('an alipay account that Antom refuses', () => {
       ['provider_configuration'],
     );
     assert.match(mine[0].detail, new RegExp(`${refused.accountId}.*SIGNATURE_INVALID`));
+  });
+});
+
+describe('an alipay account whose keys Antom stops trusting', () => {
+  test('a refund it refuses for the account itself fails, and a person is told', async () => {
+    const ctx = tg.gateway.ctx;
+    const simUrl = await ctx.sandbox.simulatorUrl('alipay');
+    const antom = (await sandboxKeys(ctx.sandbox.env('alipay').seed)).antom;
+    const pem = (pair: ReturnType<typeof generateKeyPairSync>, part: 'publicKey' | 'privateKey') =>
+      pair[part]
+        .export(part === 'publicKey' ? { type: 'spki', format: 'pem' } : { type: 'pkcs8', format: 'pem' })
+        .toString();
+    const ours = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const clientId = `REFUND_KEYS_${Date.now()}`;
+    const register = (publicKey: string) =>
+      fetch(`${simUrl}/_sim/clients`, {
+        method: 'POST',
+        body: JSON.stringify({ client_id: clientId, public_key: publicKey }),
+      }).then((res) => assert.equal(res.status, 200));
+    await register(pem(ours, 'publicKey'));
+    const shop = await setupMerchant(tg, 'Rotated Keys Drugstore', {
+      name: 'alipay',
+      body: {
+        wallets: ['alipay'],
+        client_id: clientId,
+        private_key: pem(ours, 'privateKey'),
+        alipay_public_key: antom.publicPem,
+        endpoint: simUrl,
+      },
+    });
+    const sale = await createPayment(tg, shop.terminalKey, scanPayment(1000)).expect(201);
+    assert.equal(sale.body.status, 'succeeded', JSON.stringify(sale.body));
+    // Antom now holds another key for this client: our signature no longer verifies.
+    await register(pem(generateKeyPairSync('rsa', { modulusLength: 2048 }), 'publicKey'));
+    const refund = await tg.http
+      .post(`/v1/payments/${sale.body.id}/refunds`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .send({})
+      .expect(201);
+    assert.equal(refund.body.status, 'failed', JSON.stringify(refund.body));
+    const alerts = await tg.http
+      .get('/v1/admin/alerts')
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .expect(200);
+    assert.deepEqual(
+      alerts.body.data
+        .filter((a: { payment_id?: string }) => a.payment_id === sale.body.id)
+        .map((a: { kind: string }) => a.kind),
+      ['provider_configuration'],
+    );
   });
 });
 

@@ -17,7 +17,7 @@ import {
 } from '../ledger/payments.ts';
 import type { LoadedAccount } from './accounts.ts';
 import type { Money } from './money.ts';
-import { IN_FLIGHT_GRACE_S, raiseAlert } from './service.ts';
+import { alertAccountRefused, IN_FLIGHT_GRACE_S, loadPayment, raiseAlert } from './service.ts';
 import { announce, recordEvent, transitionIn, writeOutbox } from './state-machine.ts';
 
 const REFUND_POLL_S = [1, 2, 3, 5, 10, 30, 60];
@@ -223,6 +223,8 @@ export async function applyRefundOutcome(
       return { refund, payment };
     });
     if (result.payment) announce(ctx, result.payment);
+    if (outcome.kind === 'failed' && outcome.failure.configuration && result.refund)
+      await alertAccountRefused(ctx, await loadPayment(ctx, result.refund.payment_id), outcome.failure);
     if (result.refund) return result.refund;
     return (await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId])).rows[0];
   }

@@ -132,9 +132,9 @@ async function alertOnce(ctx: Ctx, kind: string, detail: string, paymentId: stri
 
 /**
  * The provider refused the account's set-up: one alert an account (naming the first sale it
- * failed) until a person resolves it, not one a sale.
+ * failed, or whose refund it failed) until a person resolves it, not one a sale.
  */
-async function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
+export async function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
   const detail = `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`;
   // Sales fail at once side by side: the account's lock makes their look-then-insert one at a time.
   const raised = await inTransaction(ctx.db, async (client) => {
