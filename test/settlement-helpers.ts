@@ -89,6 +89,52 @@ export function lineFor(p: PaidPayment, extra: Partial<SandboxLine> = {}): Sandb
   return { transaction_id: p.provider_reference, request_id: p.id, amount: p.amount, ...extra };
 }
 
+/** A refund's settlement line, by its provider id (as the ledger stored it) unless told another. */
+export async function refundLineFor(
+  tg: TestGateway,
+  p: PaidPayment,
+  refund: { id: string },
+  amount: number,
+  transactionId?: string,
+): Promise<SandboxLine> {
+  const stored = await tg.gateway.ctx.db.query<{ provider_reference: string }>(
+    'SELECT provider_reference FROM refunds WHERE id = $1',
+    [refund.id],
+  );
+  return {
+    type: 'refund',
+    transaction_id: transactionId ?? stored.rows[0].provider_reference,
+    original_transaction_id: p.provider_reference,
+    request_id: refund.id,
+    amount,
+    fee: 0,
+  };
+}
+
+/**
+ * A sale left processing (digits 57) and then cancelled through the API, with its payment line and
+ * its cancel line, as a provider settles a sale paid and then reversed.
+ */
+export async function reversedSale(tg: TestGateway, m: Merchant, value: number) {
+  const created = await createPayment(tg, m.secretKey, scanPayment(value)).expect(201);
+  const canceled = await tg.http
+    .post(`/v1/payments/${created.body.id}/cancel`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  const p: PaidPayment = {
+    id: created.body.id,
+    amount: value,
+    provider_reference: canceled.body.provider_reference,
+    status: 'canceled',
+  };
+  const cancel = lineFor(p, {
+    type: 'cancel',
+    transaction_id: `${p.provider_reference}C`,
+    original_transaction_id: p.provider_reference,
+  });
+  return { p, payment: lineFor(p), cancel };
+}
+
 export async function importFile(
   tg: TestGateway,
   key: string,

@@ -12,7 +12,9 @@ import {
   importFile,
   lineFor,
   pay,
+  refundLineFor,
   refundPart,
+  reversedSale,
   SANDBOX_HEADER,
   sandboxCsv,
   settlements,
@@ -287,35 +289,8 @@ test('a correction that takes a payment out of its batch leaves it settled by th
 test('a correction that takes a refund or a cancel out of its batch leaves it settled by the batch that repeated it', async () => {
   const m = await setupMerchant(tg);
   const p = await pay(tg, m, 2100);
-  const refund = await refundPart(tg, m, p, 400);
-  const stored = await tg.gateway.ctx.db.query<{ provider_reference: string }>(
-    'SELECT provider_reference FROM refunds WHERE id = $1',
-    [refund.id],
-  );
-  const refundLine = {
-    type: 'refund',
-    transaction_id: stored.rows[0].provider_reference,
-    original_transaction_id: p.provider_reference,
-    request_id: refund.id,
-    amount: 400,
-    fee: 0,
-  };
-  const created = await createPayment(tg, m.secretKey, scanPayment(2157)).expect(201);
-  const canceled = await tg.http
-    .post(`/v1/payments/${created.body.id}/cancel`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .expect(200);
-  const h = {
-    id: created.body.id,
-    amount: 2157,
-    provider_reference: canceled.body.provider_reference,
-    status: 'canceled',
-  };
-  const cancelLine = lineFor(h, {
-    type: 'cancel',
-    transaction_id: `${h.provider_reference}C`,
-    original_transaction_id: h.provider_reference,
-  });
+  const refundLine = await refundLineFor(tg, p, await refundPart(tg, m, p, 400), 400);
+  const { cancel: cancelLine } = await reversedSale(tg, m, 2157);
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p), refundLine, cancelLine], 'RC-A'));
   const repeated = await importAndWait(tg, m.secretKey, sandboxCsv([refundLine, cancelLine], 'RC-B'));
   assert.deepEqual(repeated.counts.by_kind, { duplicate_in_settlement: 2 }, JSON.stringify(repeated.counts));
@@ -469,27 +444,8 @@ test("one currency's batch of a day says nothing of another's, which may come in
 
 test('a sale paid and then reversed, its payment and cancel lines in two files in either order, is matched', async () => {
   const m = await setupMerchant(tg);
-  const reversed = async (value: number) => {
-    const created = await createPayment(tg, m.secretKey, scanPayment(value)).expect(201);
-    const canceled = await tg.http
-      .post(`/v1/payments/${created.body.id}/cancel`)
-      .set('Authorization', `Bearer ${m.secretKey}`)
-      .expect(200);
-    const p = {
-      id: created.body.id,
-      amount: value,
-      provider_reference: canceled.body.provider_reference,
-      status: 'canceled',
-    };
-    const cancel = lineFor(p, {
-      type: 'cancel',
-      transaction_id: `${p.provider_reference}C`,
-      original_transaction_id: p.provider_reference,
-    });
-    return { p, payment: lineFor(p), cancel };
-  };
-  const first = await reversed(7057);
-  const second = await reversed(7157);
+  const first = await reversedSale(tg, m, 7057);
+  const second = await reversedSale(tg, m, 7157);
   // The payment's line first: the ledger's canceled sale was settled, until its cancel comes.
   const day1 = await importAndWait(tg, m.secretKey, sandboxCsv([first.payment, second.cancel], 'REV-1'));
   assert.deepEqual(day1.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(day1.counts));
@@ -513,7 +469,7 @@ test('a sale paid and then reversed, its payment and cancel lines in two files i
     [first.p.id, second.p.id].sort(),
   );
   // Its payment line settled twice, before its cancel came: a duplicate, and one mark only.
-  const third = await reversed(7257);
+  const third = await reversedSale(tg, m, 7257);
   const x1 = await importAndWait(tg, m.secretKey, sandboxCsv([third.payment], 'REV-X1'));
   assert.deepEqual(x1.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(x1.counts));
   const x2 = await importAndWait(tg, m.secretKey, sandboxCsv([third.payment, third.cancel], 'REV-X2'));
@@ -533,27 +489,10 @@ test('a refund on two lines, one naming it by its own id and one found by our re
   const m = await setupMerchant(tg);
   const p = await pay(tg, m, 4000);
   const refund = await refundPart(tg, m, p, 700);
-  const stored = await tg.gateway.ctx.db.query<{ provider_reference: string }>(
-    'SELECT provider_reference FROM refunds WHERE id = $1',
-    [refund.id],
-  );
-  const refundLine = (transaction_id: string) => ({
-    type: 'refund',
-    transaction_id,
-    original_transaction_id: p.provider_reference,
-    request_id: refund.id,
-    amount: 700,
-    fee: 0,
-  });
+  const byId = await refundLineFor(tg, p, refund, 700);
+  const byRequestId = await refundLineFor(tg, p, refund, 700, 'sbx_refund_unknown');
   // The line found only by our request id comes first: the one naming the refund still wins.
-  const job = await importAndWait(
-    tg,
-    m.secretKey,
-    sandboxCsv(
-      [lineFor(p), refundLine('sbx_refund_unknown'), refundLine(stored.rows[0].provider_reference)],
-      'REF-TWICE',
-    ),
-  );
+  const job = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p), byRequestId, byId], 'REF-TWICE'));
   assert.deepEqual(job.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(job.counts));
   const [found] = await discrepancies(tg, m.secretKey);
   assert.equal(found.refund_id, refund.id);
@@ -774,24 +713,8 @@ test('repeated lines are found as duplicates whether the receiving parser listed
 
 test('a cancel settled in a second batch is a duplicate; discrepancies name the payment’s own provider reference', async () => {
   const m = await setupMerchant(tg);
-  const created = await createPayment(tg, m.secretKey, scanPayment(6557)).expect(201);
-  const canceled = await tg.http
-    .post(`/v1/payments/${created.body.id}/cancel`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .expect(200);
-  assert.equal(canceled.body.status, 'canceled');
-  const p = {
-    id: created.body.id,
-    amount: 6557,
-    provider_reference: canceled.body.provider_reference,
-    status: 'canceled',
-  };
-  assert.ok(p.provider_reference, JSON.stringify(canceled.body));
-  const cancel = lineFor(p, {
-    type: 'cancel',
-    transaction_id: `${p.provider_reference}C`,
-    original_transaction_id: p.provider_reference,
-  });
+  const { p, cancel } = await reversedSale(tg, m, 6557);
+  assert.ok(p.provider_reference, JSON.stringify(p));
   const first = await importAndWait(tg, m.secretKey, sandboxCsv([cancel], 'CANCEL-A'));
   assert.deepEqual(first.counts.by_kind, {}, JSON.stringify(first.counts));
   const second = await importAndWait(tg, m.secretKey, sandboxCsv([cancel], 'CANCEL-B'));
