@@ -121,37 +121,47 @@ async function call<T>(
 const sameMoney = (money: Money, row: PaymentRow) =>
   money.value === row.amount_value && money.currency === row.currency;
 
-/** An alert of this kind for the payment, unless one is still open (a notification is retried). */
-async function alertOnce(ctx: Ctx, kind: string, detail: string, paymentId: string): Promise<void> {
-  const { rowCount } = await ctx.db.query(
-    'SELECT 1 FROM alerts WHERE kind = $1 AND payment_id = $2 AND resolved_at IS NULL',
-    [kind, paymentId],
-  );
-  if (!rowCount) await raiseAlert(ctx, kind, detail, { payment_id: paymentId });
+/**
+ * An alert of `kind` naming `payment`, unless one is still open for the same payment (`per`
+ * 'payment': a notification is retried) or for any payment of its provider account ('account').
+ * Reports race (a notification beside an inquiry, sales failing side by side): the look and the
+ * insert hold a lock on what they look at.
+ */
+async function alertUnlessOpen(
+  ctx: Ctx,
+  kind: string,
+  detail: string,
+  payment: PaymentRow,
+  per: 'payment' | 'account',
+): Promise<void> {
+  const scope = per === 'payment' ? payment.id : payment.provider_account_id;
+  const raised = await inTransaction(ctx.db, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`alert:${kind}:${scope}`]);
+    const { rowCount } = await client.query(
+      `INSERT INTO alerts (kind, payment_id, detail)
+       SELECT $1, $2, $3
+        WHERE NOT EXISTS (SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
+                           WHERE a.kind = $1 AND a.resolved_at IS NULL
+                             AND ${per === 'payment' ? 'p.id' : 'p.provider_account_id'} = $4)`,
+      [kind, payment.id, detail, scope],
+    );
+    return rowCount === 1;
+  });
+  if (raised) ctx.log.error({ alert: kind, payment_id: payment.id }, detail);
 }
 
 /**
  * The provider refused the account's set-up: one alert an account (naming the first sale it
  * failed, or whose refund it failed) until a person resolves it, not one a sale.
  */
-export async function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
-  const detail = `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`;
-  // Sales fail at once side by side: the account's lock makes their look-then-insert one at a time.
-  const raised = await inTransaction(ctx.db, async (client) => {
-    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-      `provider_configuration:${payment.provider_account_id}`,
-    ]);
-    const { rowCount } = await client.query(
-      `INSERT INTO alerts (kind, payment_id, detail)
-       SELECT 'provider_configuration', $2, $3
-        WHERE NOT EXISTS (SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
-                           WHERE a.kind = 'provider_configuration' AND a.resolved_at IS NULL
-                             AND p.provider_account_id = $1)`,
-      [payment.provider_account_id, payment.id, detail],
-    );
-    return rowCount === 1;
-  });
-  if (raised) ctx.log.error({ alert: 'provider_configuration', payment_id: payment.id }, detail);
+export function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
+  return alertUnlessOpen(
+    ctx,
+    'provider_configuration',
+    `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`,
+    payment,
+    'account',
+  );
 }
 
 export async function raiseAlert(
@@ -446,11 +456,12 @@ async function applyStatus(
     // A success for another amount than the sale's is not this sale's success: it stays open (and
     // is cancelled, reversing the charge, if nothing better comes by the end of its window), and a
     // person is told. A sale already canceled or failed has that charge reversed now.
-    await alertOnce(
+    await alertUnlessOpen(
       ctx,
       'amount_mismatch',
       `the provider reports payment ${row.id} succeeded for ${outcome.amount.value} ${outcome.amount.currency}, not ${row.amount_value} ${row.currency}; it is not taken as paid`,
-      row.id,
+      row,
+      'payment',
     );
     const now = await loadPayment(ctx, row.id);
     if (now.status === 'canceled' || now.status === 'failed') {
