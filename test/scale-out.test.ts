@@ -36,9 +36,11 @@ let seed: Buffer;
 function startProcess(env: NodeJS.ProcessEnv, role: string, port: number): ChildProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     env: { ...process.env, ...env, TILLBRIDGE_ROLE: role, PORT: String(port) },
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stderr?.on('data', (d) => process.stderr.write(`[${role}:${port}] ${d}`));
+  // Read, or a full pipe would stall the process; a test may listen to it too.
+  child.stdout?.resume();
   children.push(child);
   return child;
 }
@@ -254,29 +256,45 @@ describe('two API processes and a worker', () => {
 });
 
 describe('graceful shutdown', () => {
-  test('SIGTERM answers waiting tills at once, finishes in-flight requests and exits cleanly', async () => {
+  /** A gateway process of `role` with a merchant on the sandbox provider; its stdout kept. */
+  async function gatewayWithMerchant(role: string) {
     const port = await freePort();
-    const environment = testEnvironment({ PORT: String(port) });
-    const child = startProcess(environment.env, 'all', port);
+    // Errors logged, to tell a clean shutdown from one that cut work off.
+    const environment = testEnvironment({ PORT: String(port), LOG_LEVEL: 'error' });
+    const child = startProcess(environment.env, role, port);
+    const output: string[] = [];
+    child.stdout?.on('data', (d) => output.push(String(d)));
     const api = supertest(`http://127.0.0.1:${port}`);
+    await eventually(
+      async () => (await api.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
+      30_000,
+      'gateway',
+    );
+    const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
+    const merchant = await api
+      .post('/v1/admin/merchants')
+      .set('Authorization', admin)
+      .send({ name: 'Stop', settlement_currency: 'EUR', country: 'DE' })
+      .expect(201);
+    const sk = `Bearer ${merchant.body.secret_key}`;
+    await api
+      .put('/v1/providers/sandbox')
+      .set('Authorization', sk)
+      .send({ wallets: ['alipay'] })
+      .expect(201);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    /** Log lines at error level or above (pino's 50, 60). */
+    const errors = () =>
+      output
+        .join('')
+        .split('\n')
+        .filter((line) => /"level":(5|6)\d/.test(line));
+    return { child, environment, api, sk, exited, errors };
+  }
+
+  test('SIGTERM answers waiting tills at once, finishes in-flight requests and exits cleanly', async () => {
+    const { child, environment, api, sk, exited } = await gatewayWithMerchant('all');
     try {
-      await eventually(
-        async () => (await api.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
-        30_000,
-        'gateway',
-      );
-      const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
-      const merchant = await api
-        .post('/v1/admin/merchants')
-        .set('Authorization', admin)
-        .send({ name: 'Stop', settlement_currency: 'EUR', country: 'DE' })
-        .expect(201);
-      const sk = `Bearer ${merchant.body.secret_key}`;
-      await api
-        .put('/v1/providers/sandbox')
-        .set('Authorization', sk)
-        .send({ wallets: ['alipay'] })
-        .expect(201);
       const created = await api
         .post('/v1/payments')
         .set('Authorization', sk)
@@ -289,7 +307,6 @@ describe('graceful shutdown', () => {
         .set('Authorization', sk)
         .then((r) => r);
       await new Promise((r) => setTimeout(r, 300));
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
       const started = Date.now();
       child.kill('SIGTERM');
       const res = await polled;
@@ -297,6 +314,32 @@ describe('graceful shutdown', () => {
       assert.equal(res.body.status, 'requires_customer', 'answered with the payment as it stands');
       assert.ok(Date.now() - started < 5000, 'not held for the wait');
       assert.equal(await exited, 0);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await discardEnvironment(environment.dbName);
+    }
+  });
+
+  test('SIGTERM while a QR sale is held for its code answers the till with the sale as it stands, and exits without an error', async () => {
+    // An api process alone: no worker inquires, so the code of a sale whose answer was lost (54)
+    // never comes, and the create would be held for its code until the hold runs out.
+    const { child, environment, api, sk, exited, errors } = await gatewayWithMerchant('api');
+    try {
+      const held = api
+        .post('/v1/payments')
+        .set('Authorization', sk)
+        .set('Idempotency-Key', idempotencyKey())
+        .send(qrPayment(2654))
+        .then((r) => r);
+      await new Promise((r) => setTimeout(r, 1000));
+      const started = Date.now();
+      child.kill('SIGTERM');
+      const res = await held;
+      assert.equal(res.status, 201);
+      assert.equal(res.body.status, 'processing', 'the sale as it stands: created, no code yet');
+      assert.ok(Date.now() - started < 3000, `answered ${Date.now() - started} ms after SIGTERM`);
+      assert.equal(await exited, 0);
+      assert.deepEqual(errors(), []);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
       await discardEnvironment(environment.dbName);

@@ -18,6 +18,8 @@ export class PaymentUpdates {
   private readonly waiters = new Map<string, Set<(message?: string) => void>>();
   private readonly revocationListeners: (() => void)[] = [];
   private revocationSubscriber?: Redis;
+  /** Set by wakeAll at shutdown: no wait starts after it. */
+  private waitsEnded = false;
 
   constructor(
     private readonly redisUrl: string,
@@ -94,6 +96,7 @@ export class PaymentUpdates {
   ): Promise<{ changed: Promise<string | undefined>; cancel(): void }> {
     // While Redis is down a wait cannot be woken early, but it still ends at its timeout, which
     // counts the time spent trying to subscribe.
+    if (this.waitsEnded) return { changed: Promise.resolve(undefined), cancel: () => {} };
     const endsAt = Date.now() + timeoutMs;
     await withDeadline(
       this.ensureSubscribed(),
@@ -119,8 +122,17 @@ export class PaymentUpdates {
     return { changed, cancel: () => wake() };
   }
 
-  /** Ends every wait now: each long-polling till is answered with the payment as it stands. */
+  /** False once the process is stopping: a wait then ends at once. */
+  get waitsLast(): boolean {
+    return !this.waitsEnded;
+  }
+
+  /**
+   * Ends every wait now, and any that would start later (the process is stopping): each
+   * long-polling till is answered with the payment as it stands.
+   */
   wakeAll(): void {
+    this.waitsEnded = true;
     for (const set of this.waiters.values()) for (const wake of [...set]) wake();
   }
 

@@ -64,12 +64,14 @@ async function codeOrOutcome(ctx: Context, payment: PaymentRow): Promise<Payment
   const waitsForCode = (row: PaymentRow) => row.mode === 'qr' && row.status === 'processing' && !row.qr_data;
   const deadline = Date.now() + QR_CODE_HOLD_MS;
   let row = payment;
-  for (let left = QR_CODE_HOLD_MS; waitsForCode(row) && left > 0; left = deadline - Date.now()) {
+  // A stopping process answers with the sale as it stands: the code comes by the till's next read.
+  const held = () => waitsForCode(row) && ctx.updates.waitsLast;
+  for (let left = QR_CODE_HOLD_MS; held() && left > 0; left = deadline - Date.now()) {
     // Subscribed before the read, so a change in between is not missed.
     const subscription = await ctx.updates.subscribe(row.id, left);
     try {
       row = await loadPayment(ctx, row.id);
-      if (!waitsForCode(row)) break;
+      if (!held()) break;
       await subscription.changed;
       row = await loadPayment(ctx, row.id);
     } finally {
