@@ -4,7 +4,16 @@ import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { receiveFile } from '../src/settlements/receive.ts';
 import { reconcileImport } from '../src/settlements/reconcile.ts';
-import { createPayment, scanPayment, setupMerchant, startTestGateway, type TestGateway } from './helpers.ts';
+import {
+  createPayment,
+  eventually,
+  qrPayment,
+  scanPayment,
+  setupMerchant,
+  startTestGateway,
+  type TestGateway,
+  waitForStatus,
+} from './helpers.ts';
 import {
   batchLines,
   discrepancies,
@@ -483,6 +492,118 @@ test('a sale paid and then reversed, its payment and cancel lines in two files i
     [third.p.id],
   );
   assert.equal(thirdMarks.rowCount, 1);
+});
+
+test('a sale not decided when its line came is matched once it succeeds, with no other file to wait for', async () => {
+  const m = await setupMerchant(tg);
+  // A QR shown and not scanned yet: the provider's file (a quick one) already has it paid.
+  const shown = await createPayment(tg, m.secretKey, qrPayment(7300)).expect(201);
+  assert.equal(shown.body.status, 'requires_customer');
+  const line = { transaction_id: `SBX-QR-${shown.body.id}`, request_id: shown.body.id, amount: 7300 };
+  const job = await importAndWait(tg, m.secretKey, sandboxCsv([line], 'UNDECIDED-1'));
+  assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
+  assert.deepEqual(job.counts.by_kind, {}, 'not a status_mismatch while the sale is being decided');
+  const [batch] = await settlements(tg, m.secretKey);
+  assert.deepEqual(
+    (await batchLines(tg, m.secretKey, batch.id)).map((l) => l.result),
+    ['pending'],
+  );
+  await fetch(shown.body.qr_code.data, { method: 'POST' });
+  await waitForStatus(tg, m.secretKey, shown.body.id, ['succeeded']);
+  // Matched by the sweeper, without another file: the line, and the sale marked settled by it.
+  await eventually(
+    async () => (await batchLines(tg, m.secretKey, batch.id))[0].result === 'matched',
+    10_000,
+    'the line matched again',
+  );
+  const marked = await tg.gateway.ctx.db.query(
+    'SELECT line_id FROM payment_settlements WHERE payment_id = $1',
+    [shown.body.id],
+  );
+  assert.equal(marked.rowCount, 1);
+  // So a later file does not find it missing from every settlement.
+  const next = await pay(tg, m, 7400);
+  const later = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(next)], 'UNDECIDED-2'));
+  assert.deepEqual(later.counts.by_kind, {}, JSON.stringify(later.counts));
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  assert.deepEqual(
+    (await settlements(tg, m.secretKey)).map((b) => b.status),
+    ['reconciled', 'reconciled'],
+  );
+});
+
+test('a sale not decided when its line came and cancelled since is a status_mismatch, found without another file', async () => {
+  const m = await setupMerchant(tg);
+  const stuck = await createPayment(tg, m.secretKey, scanPayment(7557)).expect(201);
+  assert.equal(stuck.body.status, 'processing');
+  const job = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv(
+      [
+        {
+          transaction_id: stuck.body.provider_reference ?? `SBX-${stuck.body.id}`,
+          request_id: stuck.body.id,
+          amount: 7557,
+        },
+      ],
+      'UNDECIDED-3',
+    ),
+  );
+  assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
+  const [batch] = await settlements(tg, m.secretKey);
+  assert.equal(batch.status, 'reconciled');
+  await tg.http
+    .post(`/v1/payments/${stuck.body.id}/cancel`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  const found = await eventually(
+    async () => {
+      const list = await discrepancies(tg, m.secretKey);
+      return list.length ? list : undefined;
+    },
+    10_000,
+    'the discrepancy',
+  );
+  assert.deepEqual(
+    found.map((d) => [d.kind, d.payment_id, d.settlement_id]),
+    [['status_mismatch', stuck.body.id, batch.id]],
+  );
+  await eventually(
+    async () => (await settlements(tg, m.secretKey))[0].status === 'discrepancies',
+    10_000,
+    'the batch status',
+  );
+});
+
+test('a refund not final when its line came is matched once it is, with no other file to wait for', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 7600);
+  const refund = await refundPart(tg, m, p, 600);
+  // The provider has settled the refund, and not yet told us it succeeded (an asynchronous
+  // refund): pending, its next inquiry an hour away.
+  await tg.gateway.ctx.db.query(
+    "UPDATE refunds SET status = 'pending', next_check_at = now() + interval '1 hour' WHERE id = $1",
+    [refund.id],
+  );
+  const job = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv([lineFor(p), await refundLineFor(tg, p, refund, 600)], 'UNDECIDED-R'),
+  );
+  assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
+  const [batch] = await settlements(tg, m.secretKey);
+  // Its inquiry is due now: the sweeper asks the provider, which says succeeded.
+  await tg.gateway.ctx.db.query(
+    "UPDATE refunds SET next_check_at = now() - interval '1 minute' WHERE id = $1",
+    [refund.id],
+  );
+  await eventually(
+    async () => (await batchLines(tg, m.secretKey, batch.id)).every((l) => l.result === 'matched'),
+    15_000,
+    'the refund line matched again',
+  );
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
 });
 
 test('a refund on two lines, one naming it by its own id and one found by our request id, is a duplicate', async () => {

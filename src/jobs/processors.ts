@@ -3,6 +3,7 @@ import { deliver, dispatchOutbox, requeuePendingDeliveries } from '../../webhook
 import type { Context } from '../context.ts';
 import { resolveRefund, sweepPendingRefunds } from '../payments/refunds.ts';
 import { resolvePayment, sweepStragglers } from '../payments/service.ts';
+import { rematchDecidedLines } from '../settlements/reconcile.ts';
 import {
   requeueStrandedImports,
   scheduleSettlementJobs,
@@ -62,7 +63,8 @@ export async function startWorker(ctx: Context): Promise<Worker> {
     const refunds = await sweepPendingRefunds(ctx);
     const deliveries = await requeuePendingDeliveries(ctx);
     const imports = await requeueStrandedImports(ctx);
-    return { resumed, refunds, deliveries, imports };
+    const rematched = await rematchDecidedLines(ctx);
+    return { resumed, refunds, deliveries, imports, rematched };
   });
   queues.maintenance.process('cleanup', 1, async () => {
     await ctx.db.query('DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)', [

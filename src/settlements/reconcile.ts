@@ -82,6 +82,9 @@ const DISCREPANCY_EVENTS = `events AS (
   RETURNING 1
 )`;
 
+/** The statuses of a payment not decided yet: its lines are `pending` until it is. */
+const UNDECIDED = "'processing', 'requires_customer'";
+
 /**
  * A line of `type` in a current batch version, for the payment `payment`, known by its result row
  * and meeting `condition` (on `o`, the result).
@@ -172,8 +175,13 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
         THEN 'duplicate_in_settlement'
       WHEN k.pay_currency <> k.transaction_currency THEN 'currency_mismatch'
       WHEN k.pay_amount <> k.transaction_value THEN 'amount_mismatch'
-      WHEN k.type = 'cancel' THEN CASE WHEN k.pay_status = 'canceled' THEN 'matched' ELSE 'status_mismatch' END
+      WHEN k.type = 'cancel' THEN CASE WHEN k.pay_status = 'canceled' THEN 'matched'
+                                       WHEN k.pay_status IN (${UNDECIDED}) THEN 'pending'
+                                       ELSE 'status_mismatch' END
       WHEN k.pay_status IN ('succeeded', 'partially_refunded', 'refunded') THEN 'matched'
+      -- The sale is still being decided (the file came quicker than its outcome): matched again
+      -- once it is final (REMATCH_PENDING_SQL).
+      WHEN k.pay_status IN (${UNDECIDED}) THEN 'pending'
       -- Paid, then reversed: the file carries the payment and its cancel, and the ledger says canceled.
       WHEN k.pay_status = 'canceled' AND EXISTS (SELECT 1 FROM cancels x
                                                   WHERE x.ref = k.provider_reference OR x.req = k.provider_request_id)
@@ -314,6 +322,7 @@ SELECT l.id, l.line_no, x.settlement_id, l.type, l.provider_reference, l.provide
             WHEN l.type = 'refund' AND r.status = 'pending' THEN 'pending'
             WHEN l.type = 'refund' AND r.status = 'succeeded' THEN 'matched'
             WHEN l.type = 'cancel' AND p.status = 'canceled' THEN 'matched'
+            WHEN l.type = 'cancel' AND p.status IN (${UNDECIDED}) THEN 'pending'
             ELSE 'status_mismatch' END
   FROM cleared x
   JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id
@@ -493,35 +502,88 @@ ${DISCREPANCY_EVENTS}
 SELECT count(*)::int AS n FROM disc
 `;
 
-/** A refund that was pending when its line was matched is matched again once it is final. */
+/**
+ * Lines that were `pending` when matched (their refund, or their payment or its cancel, not final
+ * yet) are matched again once it is final, as if it had been final then: a succeeded refund or
+ * sale is matched (the sale marked settled by its line, and a missing_in_settlement reported in
+ * between closed), a cancelled sale's cancel too, and anything else is a status_mismatch. A sale
+ * cancelled after its payment line came is matched when a cancel line for it came as well (paid,
+ * then reversed), as CLASSIFY_SQL does. $1 provider, $2 merchant.
+ */
 const REMATCH_PENDING_SQL = `
-WITH upd AS (
-  UPDATE settlement_line_results x
-     SET result = CASE WHEN r.status = 'succeeded' THEN 'matched' ELSE 'status_mismatch' END
-    FROM refunds r, settlements s, settlement_lines l
-   WHERE x.result = 'pending' AND s.id = x.settlement_id AND s.import_id = x.import_id
-     AND s.merchant_id = $2 AND s.provider = $3
-     AND r.id = x.refund_id AND r.status <> 'pending'
-     AND l.import_id = x.import_id AND l.id = x.line_id
-  RETURNING x.line_id AS id, x.settlement_id, l.line_no, x.refund_id, l.provider_reference, l.transaction_value,
-            l.transaction_currency, x.result, r.status
+WITH ready AS (
+  SELECT x.line_id, x.import_id, x.settlement_id, x.payment_id, x.refund_id, l.line_no, l.type,
+         l.transaction_value, l.transaction_currency, l.settlement_value, l.settlement_currency, l.exchange_rate,
+         l.fee_value, l.settled_at, p.paid_at, p.currency AS pay_currency,
+         COALESCE(r.provider_reference, p.provider_reference, l.provider_reference) AS provider_reference,
+         COALESCE(r.status, p.status) AS status,
+         CASE
+           WHEN l.type = 'refund' THEN CASE WHEN r.status = 'succeeded' THEN 'matched' ELSE 'status_mismatch' END
+           WHEN l.type = 'cancel' THEN CASE WHEN p.status = 'canceled' THEN 'matched' ELSE 'status_mismatch' END
+           WHEN p.status IN ('succeeded', 'partially_refunded', 'refunded') THEN
+             CASE WHEN EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
+                  THEN 'duplicate_in_settlement' ELSE 'matched' END
+           WHEN p.status = 'canceled' AND EXISTS (${CURRENT_LINE('cancel', 'p.id', "o.result IN ('matched', 'pending')")})
+             THEN 'matched'
+           ELSE 'status_mismatch' END AS result
+    FROM settlement_line_results x
+    JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
+    JOIN settlement_lines l ON l.import_id = x.import_id AND l.id = x.line_id
+    LEFT JOIN refunds r ON r.id = x.refund_id
+    LEFT JOIN payments p ON p.id = x.payment_id
+   WHERE x.result = 'pending' AND s.merchant_id = $2 AND s.provider = $1
+     AND CASE WHEN l.type = 'refund' THEN r.status <> 'pending' ELSE p.status NOT IN (${UNDECIDED}) END
+),
+upd AS (
+  UPDATE settlement_line_results x SET result = r.result FROM ready r WHERE x.line_id = r.line_id
+),
+marks AS (
+  INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
+         rate, fee_value, settled_at, paid_on, payment_currency)
+  SELECT DISTINCT ON (r.payment_id) r.payment_id, $2, $1, r.settlement_id, r.line_id, r.settlement_value,
+         r.settlement_currency, r.exchange_rate, r.fee_value, r.settled_at, (r.paid_at AT TIME ZONE 'UTC')::date,
+         r.pay_currency
+    FROM ready r
+   WHERE r.type = 'payment' AND r.result = 'matched'
+   ORDER BY r.payment_id, r.line_id
+),
+resolved AS (
+  UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
+    FROM ready r
+   WHERE d.kind = 'missing_in_settlement' AND d.closed_at IS NULL AND r.result = 'matched'
+     AND ((r.type = 'payment' AND d.payment_id = r.payment_id) OR (r.type = 'refund' AND d.refund_id = r.refund_id))
 ),
 disc AS (
   INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, line_id, import_id, kind,
-         refund_id, provider_reference, expected_value, expected_currency, actual_value, actual_currency, detail)
-  SELECT tb_random_id('dsc'), $2, $3, u.settlement_id, u.id, $1, 'status_mismatch', u.refund_id,
-         u.provider_reference, u.transaction_value, u.transaction_currency, u.transaction_value,
-         u.transaction_currency,
-         format('line %s: the provider settled a refund, but the ledger refund %s is %s', u.line_no, u.refund_id, u.status)
-    FROM upd u WHERE u.result = 'status_mismatch'
+         payment_id, refund_id, provider_reference, expected_value, expected_currency, actual_value, actual_currency,
+         detail)
+  SELECT tb_random_id('dsc'), $2, $1, r.settlement_id, r.line_id, r.import_id, r.result, r.payment_id, r.refund_id,
+         r.provider_reference, r.transaction_value, r.transaction_currency, r.transaction_value,
+         r.transaction_currency,
+         CASE WHEN r.result = 'duplicate_in_settlement'
+              THEN format('line %s: payment %s is settled more than once (already in another settlement)',
+                          r.line_no, r.provider_reference)
+              ELSE format('line %s: the provider settled a %s, but the ledger %s %s is %s', r.line_no, r.type,
+                          CASE WHEN r.type = 'refund' THEN 'refund' ELSE 'payment' END,
+                          COALESCE(r.refund_id, r.payment_id), r.status) END
+    FROM ready r WHERE r.result <> 'matched'
   RETURNING *
 ),
 ${DISCREPANCY_EVENTS}
-SELECT (SELECT count(*) FROM upd)::int AS rematched, (SELECT count(*) FROM disc)::int AS failed
+SELECT (SELECT count(*) FROM ready)::int AS rematched,
+       (SELECT COALESCE(jsonb_object_agg(kind, n), '{}') FROM (SELECT kind, count(*)::int AS n FROM disc GROUP BY kind) k)
+         AS discrepancies
 `;
 
 /** From this many lines an import is worth fresh statistics before the matching statement is planned. */
 const ANALYZE_FROM_LINES = 10_000;
+
+/** Held to commit: what settles the merchant's payments with one provider is done by one at a time. */
+async function lockLedger(client: pg.PoolClient, merchantId: string, provider: string): Promise<void> {
+  await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
+    `settlement-ledger:${merchantId}:${provider}`,
+  ]);
+}
 
 /** Applies the import's received lines; the caller owns the transaction. */
 async function applyLines(
@@ -536,9 +598,7 @@ async function applyLines(
   // One job at a time per merchant and provider, held to commit: the same batch twice yields one
   // version, a payment settled by two files at once is a duplicate in the second, and the ledger
   // side never reports missing a payment another file is settling right now.
-  await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-    `settlement-ledger:${merchantId}:${provider}`,
-  ]);
+  await lockLedger(client, merchantId, provider);
   const ordered = [...batches].sort((a, b) =>
     `${a.batch_ref}\u0000${a.currency}` < `${b.batch_ref}\u0000${b.currency}` ? -1 : 1,
   );
@@ -786,11 +846,14 @@ async function reconcileLedger(
                      WHERE x.refund_id = d.refund_id AND s.import_id = x.import_id)`,
     [job.merchant_id, job.provider],
   );
-  const rematch = await client.query<{ rematched: number; failed: number }>(REMATCH_PENDING_SQL, params);
-  const failedRefunds = rematch.rows[0]?.failed ?? 0;
-  if (failedRefunds) {
-    counts.discrepancies += failedRefunds;
-    counts.by_kind.status_mismatch = (counts.by_kind.status_mismatch ?? 0) + failedRefunds;
+  const rematch = await client.query<{ discrepancies: Partial<Record<DiscrepancyKind, number>> }>(
+    REMATCH_PENDING_SQL,
+    [job.provider, job.merchant_id],
+  );
+  // Counted as the job's own: each is new, whichever file brought its line.
+  for (const [kind, n = 0] of Object.entries(rematch.rows[0].discrepancies) as [DiscrepancyKind, number][]) {
+    counts.discrepancies += n;
+    counts.by_kind[kind] = (counts.by_kind[kind] ?? 0) + n;
   }
   // The planner walks payments in key order and sorts every mark to merge them (1.5 s at 1M);
   // hashing the marks is a third cheaper, and a merge join is never the better plan here.
@@ -809,6 +872,20 @@ async function reconcileLedger(
   // A batch this file did not change may change status all the same (a payment it missed is
   // settled by this file): the merchant hears of it as of the batches this file changed, whose
   // events follow (applyLines).
+  await refreshBatchStatuses(client, job.merchant_id, job.provider, changed);
+}
+
+/**
+ * Every batch of the merchant and provider gets the status its open discrepancies give it; each
+ * whose status changes, except those in `quiet` (their event is sent by the caller), is sent as
+ * `settlement.reconciled` again.
+ */
+async function refreshBatchStatuses(
+  client: pg.PoolClient,
+  merchantId: string,
+  provider: string,
+  quiet: string[],
+): Promise<void> {
   await client.query(
     `WITH now_status AS (
        SELECT s.id, CASE WHEN EXISTS (SELECT 1 FROM reconciliation_discrepancies d
@@ -825,8 +902,43 @@ async function reconcileLedger(
      SELECT e.payload->>'id', $1, 'settlement.reconciled', e.payload
        FROM (SELECT tb_event('settlement.reconciled', tb_settlement_json(u.batch)) AS payload
                FROM upd u WHERE (u.batch).id <> ALL($3) ORDER BY (u.batch).provider_batch_id) e`,
-    [job.merchant_id, job.provider, changed],
+    [merchantId, provider, quiet],
   );
+}
+
+/**
+ * The sweeper's part: lines left `pending` whose refund or sale is final now are matched again
+ * at once, not when the next file of that merchant and provider comes (which may be never: the
+ * last file of a day). Under the same lock as the reconcile jobs. Returns how many lines.
+ */
+export async function rematchDecidedLines(ctx: Context): Promise<number> {
+  const { rows } = await ctx.db.query<{ merchant_id: string; provider: string }>(
+    `SELECT DISTINCT s.merchant_id, s.provider
+       FROM settlement_line_results x
+       JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
+       LEFT JOIN refunds r ON r.id = x.refund_id
+       LEFT JOIN payments p ON p.id = x.payment_id
+      WHERE x.result = 'pending'
+        AND CASE WHEN x.refund_id IS NOT NULL THEN r.status <> 'pending' ELSE p.status NOT IN (${UNDECIDED}) END`,
+  );
+  let rematched = 0;
+  for (const { merchant_id: merchantId, provider } of rows) {
+    const client = await ctx.db.connect();
+    try {
+      await client.query('BEGIN');
+      await lockLedger(client, merchantId, provider);
+      const result = await client.query<{ rematched: number }>(REMATCH_PENDING_SQL, [provider, merchantId]);
+      rematched += result.rows[0]?.rematched ?? 0;
+      await refreshBatchStatuses(client, merchantId, provider, []);
+      await client.query('COMMIT');
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+  return rematched;
 }
 
 export class ReconcileError extends Error {
