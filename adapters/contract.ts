@@ -240,6 +240,18 @@ export class SettlementFormatError extends Error {
 }
 
 /**
+ * A payment line's amount written negative: the line type gives the direction, and only what runs
+ * against a payment (a refund, a cancel) may be written signed. Taking it as positive would settle
+ * a sale the file says the opposite of.
+ */
+export function negativePaymentAmount(lineNo: number, column: string, value: string): SettlementFormatError {
+  return new SettlementFormatError(
+    `line ${lineNo}: ${column} "${value}" is negative on a payment line; only refunds and cancels may be written signed`,
+    lineNo,
+  );
+}
+
+/**
  * Whether text starts with a date `YYYY-MM-DD` that is on the calendar: Date would take
  * 2026-02-30 as 2 March, and a file or a query saying so is wrong, not early.
  */

@@ -108,6 +108,12 @@ describe('Antom settlement details parser', () => {
     assert.match(error.message, /lacks required column transactionAmountValue/);
   });
 
+  it('refuses a PAYMENT row written negative (only refunds and cancels may be signed)', async () => {
+    const error = await failure(GOOD.replace(',1999,EUR,1999,EUR,', ',-1999,EUR,-1999,EUR,'));
+    assert.equal(error.line_no, 2);
+    assert.match(error.message, /transactionAmountValue "-1999" is negative on a payment line/);
+  });
+
   it('refuses a row with fewer or more cells than the header names, but not empty padding', async () => {
     const [header, row] = GOOD.split('\n');
     const cells = row.split(',');

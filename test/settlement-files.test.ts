@@ -115,6 +115,12 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
       /line 2: amount "10.00"/,
     ],
     ['unknown currency', Buffer.from(good.replace(',1200,EUR,', ',1200,EUX,')), /line 3: currency "EUX"/],
+    // Taken as positive, it settled the sale the file says the opposite of.
+    [
+      'a payment written negative',
+      Buffer.from(good.replace(',1200,EUR,1200,', ',-1200,EUR,-1200,')),
+      /line 3: amount "-1200" is negative on a payment line/,
+    ],
     [
       'a time PostgreSQL cannot store',
       Buffer.from(good.replace(/\d{4}-\d{2}-\d{2}T12:00:00Z/, '9999-12-31T23:59:59-05:00')),

@@ -14,6 +14,7 @@ import { currencyFromCode, type Money } from '../../src/payments/money.ts';
 import {
   isCalendarDate,
   MAX_SETTLEMENT_RECORD_CHARS,
+  negativePaymentAmount,
   SettlementFormatError,
   type SettlementLine,
 } from '../contract.ts';
@@ -185,6 +186,11 @@ function toLine(record: string[], columns: Map<Column, number>, lineNo: number):
   const type = TYPES[rawType.toUpperCase()];
   if (!type) throw new SettlementFormatError(`line ${lineNo}: unknown transactionType ${rawType}`, lineNo);
 
+  if (type === 'payment')
+    for (const column of ['transactionAmountValue', 'settlementAmountValue'] as const) {
+      const value = required(column);
+      if (value.startsWith('-')) throw negativePaymentAmount(lineNo, column, value);
+    }
   const settlement = amount(
     required('settlementAmountValue'),
     required('settlementCurrency'),

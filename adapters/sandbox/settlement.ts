@@ -9,6 +9,7 @@ import { isCurrency } from '../../src/payments/money.ts';
 import {
   isCalendarDate,
   MAX_SETTLEMENT_RECORD_CHARS,
+  negativePaymentAmount,
   SettlementFormatError,
   type SettlementLine,
 } from '../contract.ts';
@@ -311,6 +312,14 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
           lastSettlementText = record[at.settlement_currency];
           lastSettlementCurrency = currencyField(lastSettlementText, 'settlement_currency', lineNo);
         }
+        const amount = integerField(record[at.amount], 'amount', lineNo);
+        const settlementAmount = integerField(record[at.settlement_amount], 'settlement_amount', lineNo);
+        if (type === 'payment' && (amount < 0 || settlementAmount < 0))
+          throw negativePaymentAmount(
+            lineNo,
+            amount < 0 ? 'amount' : 'settlement_amount',
+            amount < 0 ? record[at.amount] : record[at.settlement_amount],
+          );
         lines.push({
           line_no: lineNo,
           batch_id: record[at.batch_id],
@@ -318,14 +327,8 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
           provider_reference: record[at.transaction_id],
           original_provider_reference: optional(record, at.original_transaction_id),
           provider_request_id: optional(record, at.request_id),
-          transaction_amount: {
-            value: Math.abs(integerField(record[at.amount], 'amount', lineNo)),
-            currency: lastCurrency,
-          },
-          settlement_amount: {
-            value: Math.abs(integerField(record[at.settlement_amount], 'settlement_amount', lineNo)),
-            currency: lastSettlementCurrency,
-          },
+          transaction_amount: { value: Math.abs(amount), currency: lastCurrency },
+          settlement_amount: { value: Math.abs(settlementAmount), currency: lastSettlementCurrency },
           fee: {
             value: Math.abs(integerField(record[at.fee], 'fee', lineNo)),
             currency: lastSettlementCurrency,
