@@ -209,6 +209,9 @@ describe('restart', () => {
     // 55 still unresolved when the gateway (and its simulator) stop: its resend comes after.
     const flakyInFlight = await createPayment(tg, shop.terminalKey, scanPayment(4755)).expect(201);
     assert.equal(flakyInFlight.body.status, 'processing');
+    // A QR code the till shows through the restart.
+    const shown = await createPayment(tg, shop.terminalKey, qrPayment(4800)).expect(201);
+    assert.equal(shown.body.status, 'requires_customer');
     await tg.stop({ keepDatabase: true });
     await new Promise((r) => setTimeout(r, 1500));
     tg = await startTestGateway({}, tg);
@@ -216,6 +219,17 @@ describe('restart', () => {
     assert.equal(done.status, 'succeeded');
     const resent = await waitForStatus(tg, shop.terminalKey, flakyInFlight.body.id, FINAL, 30_000);
     assert.equal(resent.status, 'succeeded');
+    // Its URL opens again (the simulator's port outlives it), and the customer pays it: once the
+    // gateway's inquiry has told the new simulator of the order, its page takes the payment.
+    await eventually(
+      async () =>
+        (await fetch(shown.body.qr_code.data, { method: 'POST' }).catch(() => undefined))?.status === 200,
+      20_000,
+      'the QR code shown before the restart paid',
+    );
+    const paidAfter = await waitForStatus(tg, shop.terminalKey, shown.body.id, FINAL, 20_000);
+    assert.equal(paidAfter.status, 'succeeded');
+    assert.equal(paidAfter.qr_code.data, shown.body.qr_code.data, 'the till shows the code it was given');
     // The sandbox account configured before the restart keeps working.
     const next = await createPayment(tg, shop.terminalKey, scanPayment(1000)).expect(201);
     assert.equal(next.body.status, 'succeeded');

@@ -9,9 +9,9 @@
  */
 import { createHash } from 'node:crypto';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { SimulatorHandle, SimulatorOptions } from '../contract.ts';
 import { convert, rateFor } from '../demo-fx.ts';
+import { listenRemembered, seededStatePath } from '../simulator-port.ts';
 import { send } from '../transport.ts';
 import {
   type SandboxNotification,
@@ -397,8 +397,9 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
     handler(body, res);
   }
 
-  await new Promise<void>((resolve) => server.listen(options.port ?? 0, '127.0.0.1', resolve));
-  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // Its orders come back from the gateway's inquiries after a restart; its QR URLs need the port.
+  const portFile = options.port === undefined ? seededStatePath(options.seed, '.sandbox.port') : undefined;
+  baseUrl = `http://127.0.0.1:${await listenRemembered(server, portFile, options.port)}`;
   return {
     url: baseUrl,
     close: async () => {

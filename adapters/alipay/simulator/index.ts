@@ -7,10 +7,9 @@
  */
 
 import type { KeyObject } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { SimulatorHandle, SimulatorOptions } from '../../contract.ts';
+import { listenRemembered } from '../../simulator-port.ts';
 import { normalisePublicKey, publicKeyObject } from '../keys.ts';
 import { sandboxKeys } from '../sandbox-keys.ts';
 import { formatSignatureHeader, isoTime, signBase64 } from '../signature.ts';
@@ -51,15 +50,6 @@ export interface AlipaySimulatorHandle extends SimulatorHandle {
     body: string,
     requestTime?: string,
   ): Record<string, string>;
-}
-
-function readPort(file: string): number | undefined {
-  try {
-    const port = Number(readFileSync(file, 'utf8').trim());
-    return Number.isInteger(port) && port > 0 && port < 65536 ? port : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 export async function startAlipaySimulator(options: AlipaySimulatorOptions): Promise<AlipaySimulatorHandle> {
@@ -109,29 +99,7 @@ export async function startAlipaySimulator(options: AlipaySimulatorOptions): Pro
     held: new Set(),
   };
   const server = http.createServer(createHandler(ctx));
-  const listen = (port: number) =>
-    new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, '127.0.0.1', () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-  // The port the simulator of this journal had before a restart, so that the QR codes it handed
-  // out (its own URLs) still open; another if that one is taken now.
-  const portFile = stateFile ? `${stateFile}.port` : undefined;
-  const previousPort = options.port ?? (portFile ? readPort(portFile) : undefined);
-  try {
-    await listen(previousPort ?? 0);
-  } catch (error) {
-    if (options.port !== undefined || (error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
-    await listen(0);
-  }
-  const port = (server.address() as AddressInfo).port;
-  // Not over a port another live simulator of this journal holds (an api and a worker process):
-  // that one's codes are the ones handed out.
-  if (portFile && (previousPort === undefined || port === previousPort))
-    writeFileSync(portFile, String(port));
+  const port = await listenRemembered(server, stateFile ? `${stateFile}.port` : undefined, options.port);
   baseUrl = `http://127.0.0.1:${port}`;
   // Orders that were waiting when a previous simulator stopped decide (and notify) on time.
   for (const record of ledger.waiting()) followUp(ctx, record);

@@ -4,10 +4,9 @@
  * survives a restart"). Every change to a record is appended as one JSON line to a file named
  * after the seed; a new simulator with the same seed replays it, and compacts it on start.
  */
-import { createHash } from 'node:crypto';
 import { appendFile, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { seededStatePath } from '../../simulator-port.ts';
 import type { PaymentRecord, RefundRecord } from './ledger.ts';
 
 type Entry =
@@ -28,8 +27,7 @@ const PAYMENT_DATES = ['createdAt', 'paidAt', 'cancelledAt', 'expiresAt'] as con
 const REFUND_DATES = ['createdAt', 'refundedAt'] as const;
 
 export function defaultJournalPath(seed: Buffer): string {
-  const dir = process.env.ALIPAY_SIMULATOR_STATE_DIR ?? join(tmpdir(), 'tillbridge-alipay-simulator');
-  return join(dir, `${createHash('sha256').update(seed).digest('hex').slice(0, 24)}.jsonl`);
+  return seededStatePath(seed, '.jsonl');
 }
 
 export class Journal {
