@@ -119,6 +119,9 @@ async function startSimulatorsInUse(ctx: Context): Promise<void> {
     if (providerModule(provider)?.startSimulator) await ctx.sandbox.simulatorUrl(provider);
 }
 
+/** How long each step of a stop after the in-flight requests may take. */
+const STOP_STEP_DEADLINE_MS = 10_000;
+
 export async function startGateway(config: Config, port = config.port): Promise<Gateway> {
   const ctx = await createContext(config);
   let worker: Worker | undefined;
@@ -154,8 +157,14 @@ export async function startGateway(config: Config, port = config.port): Promise<
       ctx.updates.wakeAll();
       await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
       server.closeAllConnections();
-      await worker?.stop();
-      await closeContext(ctx);
+      // A PostgreSQL or Redis that stopped answering must not hold the stop for ever: each step
+      // waits so long, then the process goes (what it did not finish, the sweeper takes up).
+      const bounded = (work: Promise<unknown>, what: string) =>
+        withDeadline(work, what, STOP_STEP_DEADLINE_MS).catch((error) =>
+          ctx.log.error({ err: error }, `shutdown: ${what} did not finish`),
+        );
+      await bounded(worker?.stop() ?? Promise.resolve(), 'stopping the worker');
+      await bounded(closeContext(ctx), 'closing queues and connections');
     },
   };
 }

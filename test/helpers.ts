@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -259,4 +260,58 @@ export async function scanWhileTillWaits(
   await new Promise((r) => setTimeout(r, 200));
   assert.equal((await fetch(payment.qr_code.data, { method: 'POST' })).status, 200);
   return waiting;
+}
+
+/**
+ * A TCP relay in front of one of the real services (`target`, a URL with its host and port), for
+ * outages: `cut` drops its connections and refuses new ones, `stall` stops forwarding while the
+ * connections stay open (a hung server, a black-holed network). `open` again after a cut.
+ */
+export class TcpRelay {
+  private server?: net.Server;
+  private readonly pairs = new Set<[net.Socket, net.Socket]>();
+  private stalled = false;
+
+  constructor(
+    readonly port: number,
+    private readonly target: URL,
+  ) {}
+
+  async open(): Promise<void> {
+    this.stalled = false;
+    this.server = net.createServer((client) => {
+      const port = Number(this.target.port) || (this.target.protocol.startsWith('redis') ? 6379 : 5432);
+      const upstream = net.connect(port, this.target.hostname);
+      const pair: [net.Socket, net.Socket] = [client, upstream];
+      this.pairs.add(pair);
+      const forward = (from: net.Socket, to: net.Socket) =>
+        from.on('data', (chunk) => {
+          if (!this.stalled) to.write(chunk);
+        });
+      forward(client, upstream);
+      forward(upstream, client);
+      const close = () => {
+        this.pairs.delete(pair);
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on('close', close).on('error', close);
+      upstream.on('close', close).on('error', close);
+    });
+    await new Promise<void>((resolve) => this.server?.listen(this.port, '127.0.0.1', resolve));
+  }
+
+  async cut(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server?.close(() => resolve()));
+    for (const [client, upstream] of this.pairs) {
+      client.destroy();
+      upstream.destroy();
+    }
+    this.pairs.clear();
+    await closed;
+  }
+
+  stall(): void {
+    this.stalled = true;
+  }
 }

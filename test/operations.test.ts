@@ -19,9 +19,11 @@ import {
   eventually,
   freePort,
   type Merchant,
+  PG_BASE,
   scanPayment,
   setupMerchant,
   startTestGateway,
+  TcpRelay,
   type TestGateway,
   testEnvironment,
 } from './helpers.ts';
@@ -40,6 +42,31 @@ describe('operations endpoints', () => {
     assert.equal((await tg.http.get('/healthz').expect(200)).body.status, 'ok');
     const ready = await tg.http.get('/readyz').expect(200);
     assert.deepEqual(ready.body, { status: 'ready', postgres: true, redis: true });
+  });
+
+  test('a PostgreSQL that stops answering makes /readyz 503 at once, and does not hold a stop for ever', async () => {
+    const relay = new TcpRelay(await freePort(), new URL(PG_BASE));
+    await relay.open();
+    const { env, dbName } = testEnvironment({ PORT: String(await freePort()) });
+    const url = new URL(env.DATABASE_URL as string);
+    url.host = `127.0.0.1:${relay.port}`;
+    const gateway = await startGateway(loadConfig({ ...env, DATABASE_URL: url.toString() }));
+    try {
+      const api = supertest(gateway.url);
+      await api.get('/readyz').expect(200);
+      relay.stall();
+      const started = Date.now();
+      const res = await api.get('/readyz');
+      assert.equal(res.status, 503);
+      assert.deepEqual(res.body, { status: 'unavailable', postgres: false, redis: true });
+      assert.ok(Date.now() - started < 5_000, `answered after ${Date.now() - started} ms`);
+      const stopping = Date.now();
+      await gateway.stop();
+      assert.ok(Date.now() - stopping < 40_000, `stopped after ${Date.now() - stopping} ms`);
+    } finally {
+      await relay.cut();
+      await discardEnvironment(dbName);
+    }
   });
 
   test('/metrics exposes request latency, payments by outcome and provider latency', async () => {

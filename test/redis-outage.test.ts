@@ -5,7 +5,6 @@
  * again when Redis is back. Redis sits behind a TCP relay the test can cut, stall and restore.
  */
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { loadConfig } from '../src/config.ts';
 import { startGateway } from '../src/runtime.ts';
@@ -18,64 +17,12 @@ import {
   scanPayment,
   setupMerchant,
   startTestGateway,
+  TcpRelay,
   type TestGateway,
   testEnvironment,
   waitForStatus,
 } from './helpers.ts';
 import { lineFor, pay, sandboxCsv } from './settlement-helpers.ts';
-
-/** A TCP relay in front of the real Redis: `cut` refuses and drops connections, `stall` stops forwarding. */
-class RedisLink {
-  private server?: net.Server;
-  private readonly pairs = new Set<[net.Socket, net.Socket]>();
-  private stalled = false;
-
-  constructor(readonly port: number) {}
-
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
-  }
-
-  async open(): Promise<void> {
-    const target = new URL(REDIS_URL);
-    this.stalled = false;
-    this.server = net.createServer((client) => {
-      const upstream = net.connect(Number(target.port || 6379), target.hostname);
-      const pair: [net.Socket, net.Socket] = [client, upstream];
-      this.pairs.add(pair);
-      const forward = (from: net.Socket, to: net.Socket) =>
-        from.on('data', (chunk) => {
-          if (!this.stalled) to.write(chunk);
-        });
-      forward(client, upstream);
-      forward(upstream, client);
-      const close = () => {
-        this.pairs.delete(pair);
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on('close', close).on('error', close);
-      upstream.on('close', close).on('error', close);
-    });
-    await new Promise<void>((resolve) => this.server?.listen(this.port, '127.0.0.1', resolve));
-  }
-
-  /** Redis goes away: open connections drop and new ones are refused. */
-  async cut(): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.server?.close(() => resolve()));
-    for (const [client, upstream] of this.pairs) {
-      client.destroy();
-      upstream.destroy();
-    }
-    this.pairs.clear();
-    await closed;
-  }
-
-  /** Redis stops answering but keeps its connections open (a hung server, a black-holed network). */
-  stall(): void {
-    this.stalled = true;
-  }
-}
 
 const elapsedOf = async <T>(work: () => Promise<T>): Promise<{ result: T; ms: number }> => {
   const started = Date.now();
@@ -84,14 +31,14 @@ const elapsedOf = async <T>(work: () => Promise<T>): Promise<{ result: T; ms: nu
 };
 
 describe('Redis outages', () => {
-  let link: RedisLink;
+  let link: TcpRelay;
   let tg: TestGateway;
   let m: Merchant;
 
   before(async () => {
-    link = new RedisLink(await freePort());
+    link = new TcpRelay(await freePort(), new URL(REDIS_URL));
     await link.open();
-    tg = await startTestGateway({ REDIS_URL: link.url });
+    tg = await startTestGateway({ REDIS_URL: `redis://127.0.0.1:${link.port}` });
     m = await setupMerchant(tg);
   });
 

@@ -77,7 +77,8 @@ export function operationsRouter(ctx: Context): express.Router {
   });
   router.get('/readyz', async (_req, res) => {
     const checks = await Promise.all([
-      ctx.db.query('SELECT 1').then(
+      // So does a PostgreSQL that keeps its connection and stops answering.
+      withDeadline(ctx.db.query('SELECT 1'), 'a PostgreSQL ping', READY_PING_DEADLINE_MS).then(
         () => true,
         () => false,
       ),
