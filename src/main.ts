@@ -1,10 +1,10 @@
 import { ConfigError, loadConfig } from './config.ts';
 import { startGateway } from './runtime.ts';
 
-function walkthrough(base: string, adminKey: string): string {
+function walkthrough(base: string, adminKey: string, generated: boolean): string {
   return `
 tillbridge is running at ${base} (sandbox: payments go to local simulators).
-Admin key: ${adminKey} (a new one at each start; set ADMIN_API_KEY to keep one)
+Admin key: ${adminKey} (${generated ? 'a new one at each start; set ADMIN_API_KEY to keep one' : 'from ADMIN_API_KEY'})
 
 Try it (copy-paste, needs curl and jq):
 
@@ -33,7 +33,7 @@ async function main(): Promise<void> {
   if (!config.production && config.role !== 'worker') {
     // The address really listened on (PORT=0 picks one), unless providers are told another.
     const base = process.env.PUBLIC_BASE_URL ? config.publicBaseUrl : gateway.url;
-    process.stdout.write(walkthrough(base, config.adminApiKey));
+    process.stdout.write(walkthrough(base, config.adminApiKey, config.adminKeyGenerated));
   } else if (config.adminKeyGenerated && config.role !== 'worker') {
     log.info('ADMIN_API_KEY not set: a key was generated for this run');
   }
