@@ -33,7 +33,9 @@ export async function ensureDatabase(databaseUrl: string): Promise<void> {
       await client
         .query(`CREATE DATABASE "${name.replaceAll('"', '""')}"`)
         .catch((error: { code?: string }) => {
-          if (error.code !== '42P04') throw error; // created meanwhile by another process
+          // Created meanwhile by another process: 42P04, or, when both ran CREATE DATABASE at
+          // once, the unique violation of the catalogue's index on the name.
+          if (error.code !== '42P04' && error.code !== '23505') throw error;
         });
     }
   } finally {
