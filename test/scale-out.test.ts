@@ -12,6 +12,7 @@ import type { SimulatorHandle } from '../adapters/contract.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import { startSandboxSimulator } from '../adapters/sandbox/simulator.ts';
 import { loadConfig } from '../src/config.ts';
+import { SandboxRuntime } from '../src/payments/sandbox.ts';
 import { deriveSecret } from '../src/secrets.ts';
 import {
   databaseUrl,
@@ -251,6 +252,91 @@ describe('two API processes and a worker', () => {
       }
     } finally {
       await client.end();
+    }
+  });
+});
+
+describe('an api and a worker process on one host, with no simulator named', () => {
+  test('each provider has one simulator between them: the second process uses the one the first started', async () => {
+    const config = loadConfig(testEnvironment().env);
+    const [first, second] = [new SandboxRuntime(config), new SandboxRuntime(config)];
+    try {
+      for (const provider of ['sandbox', 'alipay']) {
+        const url = await first.simulatorUrl(provider);
+        assert.equal(await second.simulatorUrl(provider), url, provider);
+      }
+      // Another master key's gateway (another seed) gets its own.
+      const other = new SandboxRuntime(loadConfig(testEnvironment().env));
+      assert.notEqual(await other.simulatorUrl('sandbox'), await first.simulatorUrl('sandbox'));
+      await other.close();
+    } finally {
+      await second.close();
+      await first.close();
+    }
+  });
+
+  test('started at once on a fresh database, both start, and a sale whose first answer was a 5xx (55) is resolved', async () => {
+    const [apiPort, workerPort] = [await freePort(), await freePort()];
+    const environment = testEnvironment({ PAYMENT_RESOLUTION_WINDOW_S: '30' });
+    const processes = [
+      startProcess(environment.env, 'api', apiPort),
+      startProcess(environment.env, 'worker', workerPort),
+    ];
+    try {
+      const api = supertest(`http://127.0.0.1:${apiPort}`);
+      for (const port of [apiPort, workerPort])
+        await eventually(
+          async () =>
+            (
+              await supertest(`http://127.0.0.1:${port}`)
+                .get('/readyz')
+                .catch(() => ({ status: 0 }))
+            ).status === 200,
+          30_000,
+          `process on ${port}`,
+        );
+      const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
+      for (const provider of ['sandbox', 'alipay']) {
+        const merchant = await api
+          .post('/v1/admin/merchants')
+          .set('Authorization', admin)
+          .send({ name: `Split ${provider}`, settlement_currency: 'EUR', country: 'DE' })
+          .expect(201);
+        const sk = `Bearer ${merchant.body.secret_key}`;
+        await api
+          .put(`/v1/providers/${provider}`)
+          .set('Authorization', sk)
+          .send(provider === 'sandbox' ? { wallets: ['alipay'] } : { sandbox: true, wallets: ['alipay'] })
+          .expect(201);
+        const created = await api
+          .post('/v1/payments')
+          .set('Authorization', sk)
+          .set('Idempotency-Key', idempotencyKey())
+          .send(scanPayment(2055))
+          .expect(201);
+        assert.equal(created.body.status, 'processing', provider);
+        const done = await eventually(
+          async () => {
+            const res = await api.get(`/v1/payments/${created.body.id}`).set('Authorization', sk);
+            return ['succeeded', 'failed', 'canceled'].includes(res.body.status) ? res.body : undefined;
+          },
+          25_000,
+          `the ${provider} sale`,
+        );
+        assert.equal(done.status, 'succeeded', provider);
+      }
+    } finally {
+      await Promise.all(
+        processes.map(
+          (child) =>
+            new Promise<void>((resolve) => {
+              if (child.exitCode !== null) return resolve();
+              child.once('exit', () => resolve());
+              child.kill('SIGTERM');
+            }),
+        ),
+      );
+      await discardEnvironment(environment.dbName);
     }
   });
 });
