@@ -310,6 +310,17 @@ describe('secrets stay secret', () => {
       .expect(200);
     assert.equal(list.body.data[0].webhook_url, `/webhooks/sandbox/${merchant.accountId}`);
     assert.equal(list.body.data[0].credentials, undefined);
+    // One account by its provider, as the list shows it (an addition to API.md).
+    const one = await tg.http
+      .get('/v1/providers/sandbox')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    assert.deepEqual(one.body, list.body.data[0]);
+    const none = await tg.http
+      .get('/v1/providers/alipay')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(404);
+    assert.equal(none.body.error.type, 'not_found');
   });
 
   test('API keys are stored only as hashes', async () => {

@@ -111,6 +111,13 @@ const OPERATIONS: Op[] = [
     items: 'ProviderAccount',
   },
   {
+    method: 'get',
+    path: '/v1/providers/{provider}',
+    summary: 'The provider account (an addition to API.md)',
+    auth: 'merchant',
+    responses: { 200: 'provider account', 404: 'no account with this provider' },
+  },
+  {
     method: 'delete',
     path: '/v1/providers/{provider}',
     summary: 'Remove a provider account',

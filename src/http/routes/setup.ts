@@ -355,6 +355,16 @@ export function setupRouter(ctx: Context): Router {
     );
   });
 
+  router.get('/v1/providers/:provider', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const { rows } = await ctx.db.query<ProviderAccountRow>(
+      'SELECT * FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL',
+      [merchant.merchant_id, req.params.provider],
+    );
+    if (!rows[0]) throw notFound('provider account', req.params.provider);
+    res.json(accountJson(rows[0]));
+  });
+
   router.delete('/v1/providers/:provider', async (req, res) => {
     const merchant = requireMerchant(req);
     const { rows } = await ctx.db.query<ProviderAccountRow>(
