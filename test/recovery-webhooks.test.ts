@@ -250,6 +250,28 @@ describe('restart', () => {
   });
 });
 
+describe('a gateway down past a sale’s window', () => {
+  test('asks the provider before it cancels: a sale the provider completed is succeeded, not reversed', async () => {
+    const shop = await setupMerchant(tg, 'Late shop');
+    // 54: the provider took the payment, and its answer was lost.
+    const res = await createPayment(tg, shop.terminalKey, scanPayment(4854)).expect(201);
+    assert.equal(res.body.status, 'processing');
+    // Its window passed while nobody could check it (the gateway was down).
+    await db().query("UPDATE payments SET resolve_by = now() - interval '1 second' WHERE id = $1", [
+      res.body.id,
+    ]);
+    const done = await waitForStatus(tg, shop.terminalKey, res.body.id, FINAL, 30_000);
+    assert.equal(done.status, 'succeeded', 'the outcome the provider has, learnt late');
+    // A sale the provider has not decided by then is still cancelled at the window's end.
+    const undecided = await createPayment(tg, shop.terminalKey, scanPayment(4857)).expect(201);
+    await db().query("UPDATE payments SET resolve_by = now() - interval '1 second' WHERE id = $1", [
+      undecided.body.id,
+    ]);
+    const ended = await waitForStatus(tg, shop.terminalKey, undecided.body.id, FINAL, 30_000);
+    assert.equal(ended.status, 'canceled');
+  });
+});
+
 describe('inbound provider notifications', () => {
   function notify(body: object, signature?: string) {
     const raw = JSON.stringify(body);

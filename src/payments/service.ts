@@ -694,16 +694,19 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
   if (step !== undefined && step !== row.poll_step) return;
   const account = await ctx.accounts.get(row.provider_account_id);
   if (!account) throw new Error(`payment ${row.id} has no provider account`);
-  if (row.cancel_requested_at || Date.now() >= row.resolve_by.getTime()) {
-    await cancelAtProvider(
-      ctx,
-      row,
-      account,
-      row.cancel_requested_at ? 'cancel requested' : 'resolution window ended',
-    );
+  if (row.cancel_requested_at) {
+    await cancelAtProvider(ctx, row, account, 'cancel requested');
     return;
   }
   const outcome = await inquire(ctx, row, account);
+  if (Date.now() >= row.resolve_by.getTime()) {
+    // The window is for an outcome nobody knows: one the provider has decided, however late it is
+    // learnt (a gateway down past the window), is the outcome, not a sale to reverse.
+    if (outcome.kind === 'succeeded' || outcome.kind === 'failed' || outcome.kind === 'canceled')
+      await applyOutcome(ctx, row, account, outcome, 'inquiry');
+    else await cancelAtProvider(ctx, row, account, 'resolution window ended');
+    return;
+  }
   if (outcome.kind === 'not_found' && !row.pay_reached && !row.resent) {
     await handleNotFound(ctx, row, account);
     return;
