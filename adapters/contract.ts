@@ -361,8 +361,6 @@ export interface ProviderModule {
   // biome-ignore lint/suspicious/noExplicitAny: the registry holds adapters of every credential type.
   adapter: WalletAdapter<any>;
   startSimulator?(options: SimulatorOptions): Promise<SimulatorHandle>;
-  /** Where its simulator of this seed keeps its port by default (simulator-port.ts). */
-  simulatorPortFile?(seed: Buffer): string;
 }
 
 /** Groups a line-at-a-time parser's lines into the chunks parseSettlement yields. */

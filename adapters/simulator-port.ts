@@ -15,35 +15,12 @@ export function simulatorStateDir(): string {
   return process.env.ALIPAY_SIMULATOR_STATE_DIR ?? join(tmpdir(), 'tillbridge-alipay-simulator');
 }
 
-/** What names a sandbox seed without giving it away (one per gateway master key). */
-export function seedFingerprint(seed: Buffer): string {
-  return createHash('sha256').update(seed).digest('hex').slice(0, 24);
-}
-
-/** A file of that directory named after the sandbox seed. */
+/** A file of that directory named after the sandbox seed (one per gateway master key). */
 export function seededStatePath(seed: Buffer, suffix: string): string {
-  return join(simulatorStateDir(), `${seedFingerprint(seed)}${suffix}`);
-}
-
-/** Where a simulator tells which seed it plays: `{ "seed": <fingerprint> }`. */
-export const IDENTITY_PATH = '/_sim/identity';
-
-/**
- * The URL of a simulator of this seed listening where `portFile` says, if one answers there now:
- * an api and a worker process on one host then share it, as they share the provider it plays
- * (each running its own, the worker would inquire of one that never saw the api's orders).
- */
-export async function liveSimulator(portFile: string, seed: Buffer): Promise<string | undefined> {
-  const port = readPort(portFile);
-  if (port === undefined) return undefined;
-  const url = `http://127.0.0.1:${port}`;
-  try {
-    const res = await fetch(`${url}${IDENTITY_PATH}`, { signal: AbortSignal.timeout(1_000) });
-    const body = (await res.json()) as { seed?: unknown };
-    return res.ok && body.seed === seedFingerprint(seed) ? url : undefined;
-  } catch {
-    return undefined;
-  }
+  return join(
+    simulatorStateDir(),
+    `${createHash('sha256').update(seed).digest('hex').slice(0, 24)}${suffix}`,
+  );
 }
 
 function readPort(file: string): number | undefined {

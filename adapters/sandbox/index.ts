@@ -1,9 +1,8 @@
 import type { ProviderModule } from '../contract.ts';
 import { sandboxAdapter } from './adapter.ts';
-import { sandboxSimulatorPortFile, startSandboxSimulator } from './simulator.ts';
+import { startSandboxSimulator } from './simulator.ts';
 
 export const sandboxProvider: ProviderModule = {
   adapter: sandboxAdapter,
   startSimulator: startSandboxSimulator,
-  simulatorPortFile: sandboxSimulatorPortFile,
 };

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { SimulatorHandle, SimulatorOptions } from '../contract.ts';
 import { convert, rateFor } from '../demo-fx.ts';
-import { IDENTITY_PATH, listenRemembered, seededStatePath, seedFingerprint } from '../simulator-port.ts';
+import { listenRemembered, seededStatePath } from '../simulator-port.ts';
 import { send } from '../transport.ts';
 import {
   type SandboxNotification,
@@ -56,8 +56,6 @@ const FAILURES: Partial<Record<Scenario, [string, string]>> = {
 function transactionIdFor(requestId: string): string {
   return `sbx_${createHash('sha256').update(requestId).digest('hex').slice(0, 24)}`;
 }
-
-export const sandboxSimulatorPortFile = (seed: Buffer): string => seededStatePath(seed, '.sandbox.port');
 
 export async function startSandboxSimulator(options: SimulatorOptions): Promise<SimulatorHandle> {
   const secret = sandboxSecret(options.seed);
@@ -333,8 +331,6 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
   });
 
   function route(req: http.IncomingMessage, res: http.ServerResponse, path: string, raw: Buffer): void {
-    if (path === IDENTITY_PATH && req.method === 'GET')
-      return reply(res, 200, { seed: seedFingerprint(options.seed) });
     const wallet = /^\/wallet\/([^/]+)$/.exec(path);
     if (wallet) {
       const order = orders.get(decodeURIComponent(wallet[1]));
@@ -402,7 +398,7 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
   }
 
   // Its orders come back from the gateway's inquiries after a restart; its QR URLs need the port.
-  const portFile = options.port === undefined ? sandboxSimulatorPortFile(options.seed) : undefined;
+  const portFile = options.port === undefined ? seededStatePath(options.seed, '.sandbox.port') : undefined;
   baseUrl = `http://127.0.0.1:${await listenRemembered(server, portFile, options.port)}`;
   return {
     url: baseUrl,

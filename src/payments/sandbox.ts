@@ -5,7 +5,6 @@
  */
 import type { SandboxEnvironment, SimulatorHandle } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
-import { liveSimulator } from '../../adapters/simulator-port.ts';
 import type { Config } from '../config.ts';
 import { deriveSecret } from '../secrets.ts';
 
@@ -30,25 +29,17 @@ export class SandboxRuntime {
     if (shared) return shared;
     let handle = this.simulators.get(provider);
     if (!handle) {
-      handle = this.start(provider);
+      const start = providerModule(provider)?.startSimulator;
+      if (!start) throw new Error(`provider ${provider} has no simulator`);
+      handle = start({
+        seed: this.seed,
+        latency_ms: this.config.sandboxLatencyMs,
+        time_scale: this.config.sandboxTimeScale,
+      });
       this.simulators.set(provider, handle);
       handle.catch(() => this.simulators.delete(provider));
     }
     return (await handle).url;
-  }
-
-  /** This seed's simulator already running (another process of this gateway on this host), or one of our own. */
-  private async start(provider: string): Promise<SimulatorHandle> {
-    const module = providerModule(provider);
-    if (!module?.startSimulator) throw new Error(`provider ${provider} has no simulator`);
-    const portFile = module.simulatorPortFile?.(this.seed);
-    const running = portFile ? await liveSimulator(portFile, this.seed) : undefined;
-    if (running) return { url: running, close: async () => {} };
-    return module.startSimulator({
-      seed: this.seed,
-      latency_ms: this.config.sandboxLatencyMs,
-      time_scale: this.config.sandboxTimeScale,
-    });
   }
 
   async close(): Promise<void> {

@@ -9,7 +9,7 @@
 import type { KeyObject } from 'node:crypto';
 import http from 'node:http';
 import type { SimulatorHandle, SimulatorOptions } from '../../contract.ts';
-import { listenRemembered, seedFingerprint } from '../../simulator-port.ts';
+import { listenRemembered } from '../../simulator-port.ts';
 import { normalisePublicKey, publicKeyObject } from '../keys.ts';
 import { sandboxKeys } from '../sandbox-keys.ts';
 import { formatSignatureHeader, isoTime, signBase64 } from '../signature.ts';
@@ -84,7 +84,6 @@ export async function startAlipaySimulator(options: AlipaySimulatorOptions): Pro
   });
   let baseUrl = '';
   const ctx: ServerContext = {
-    seedFingerprint: seedFingerprint(options.seed),
     ledger,
     notifier,
     render: new Renderer(switches),

@@ -5,7 +5,6 @@
 
 import type { KeyObject } from 'node:crypto';
 import type http from 'node:http';
-import { IDENTITY_PATH } from '../../simulator-port.ts';
 import { isRecord, type Json, text } from '../mapping.ts';
 import { formatSignatureHeader, isoTime, signBase64, verifySignatureHeader } from '../signature.ts';
 import { canonical, type Ledger, type PaymentRecord, parseMoney } from './ledger.ts';
@@ -21,8 +20,6 @@ export const HANG_MS = 12_000;
 const API_PATH = /^\/ams(?:\/sandbox)?\/api\/v1\/payments\/(pay|inquiryPayment|cancel|refund|inquiryRefund)$/;
 
 export interface ServerContext {
-  /** Which sandbox seed this simulator plays (simulator-port.ts). */
-  seedFingerprint: string;
   ledger: Ledger;
   notifier: Notifier;
   render: Renderer;
@@ -69,8 +66,6 @@ function route(ctx: ServerContext, req: http.IncomingMessage, res: http.ServerRe
   }
   const settlement = /^\/_sim\/settlements\/(\d{4}-\d{2}-\d{2})$/.exec(url.pathname);
   if (settlement && req.method === 'GET') return handleSettlement(ctx, res, settlement[1], url.searchParams);
-  if (url.pathname === IDENTITY_PATH && req.method === 'GET')
-    return plain(res, 200, { seed: ctx.seedFingerprint });
   if (url.pathname === '/_sim/switches' && req.method === 'POST') {
     const unknown = applySwitches(ctx.switches, safeJson(raw));
     return plain(res, unknown.length ? 400 : 200, { switches: ctx.switches, unknown });
