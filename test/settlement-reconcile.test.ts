@@ -576,6 +576,69 @@ test('a sale not decided when its line came and cancelled since is a status_mism
   );
 });
 
+test('a cancel line that came while its sale was undecided counts for the sale’s payment line that comes later', async () => {
+  // No sweeper: the second file comes before anything matches the pending cancel line again.
+  const quiet = await startTestGateway({ SWEEP_INTERVAL_MS: '3600000' });
+  try {
+    const m = await setupMerchant(quiet);
+    const stuck = await createPayment(quiet, m.secretKey, scanPayment(7657)).expect(201);
+    assert.equal(stuck.body.status, 'processing');
+    const p = {
+      id: stuck.body.id,
+      amount: 7657,
+      provider_reference: stuck.body.provider_reference,
+      status: '',
+    };
+    const cancel = lineFor(p, {
+      type: 'cancel',
+      transaction_id: `${p.provider_reference}C`,
+      original_transaction_id: p.provider_reference,
+    });
+    const first = await importAndWait(quiet, m.secretKey, sandboxCsv([cancel], 'PENDING-C1'));
+    assert.equal(first.counts.pending, 1, JSON.stringify(first.counts));
+    await quiet.http
+      .post(`/v1/payments/${p.id}/cancel`)
+      .set('Authorization', `Bearer ${m.secretKey}`)
+      .expect(200);
+    const second = await importAndWait(quiet, m.secretKey, sandboxCsv([lineFor(p)], 'PENDING-C2'));
+    assert.deepEqual(second.counts.by_kind, {}, JSON.stringify(second.counts));
+    assert.deepEqual(await discrepancies(quiet, m.secretKey), []);
+    for (const batch of await settlements(quiet, m.secretKey))
+      assert.deepEqual(
+        (await batchLines(quiet, m.secretKey, batch.id)).map((l) => l.result),
+        ['matched'],
+        batch.provider_batch_id,
+      );
+  } finally {
+    await quiet.stop();
+  }
+});
+
+test('a correction that takes an undecided sale’s line out of its batch leaves the repeated line pending', async () => {
+  const m = await setupMerchant(tg);
+  const stuck = await createPayment(tg, m.secretKey, scanPayment(7757)).expect(201);
+  assert.equal(stuck.body.status, 'processing');
+  const p = {
+    id: stuck.body.id,
+    amount: 7757,
+    provider_reference: stuck.body.provider_reference,
+    status: '',
+  };
+  const other = await pay(tg, m, 7800);
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p, { amount: 7758 }), lineFor(other)], 'ORPH-A'));
+  const repeated = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p)], 'ORPH-B'));
+  assert.deepEqual(repeated.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(repeated.counts));
+  // The correction of A no longer has the sale: B's line settles it, and the sale is still undecided.
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(other)], 'ORPH-A'));
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const b = (await settlements(tg, m.secretKey)).find((x) => x.provider_batch_id === 'ORPH-B');
+  assert.ok(b);
+  assert.deepEqual(
+    (await batchLines(tg, m.secretKey, b.id)).map((l) => l.result),
+    ['pending'],
+  );
+});
+
 test('a refund not final when its line came is matched once it is, with no other file to wait for', async () => {
   const m = await setupMerchant(tg);
   const p = await pay(tg, m, 7600);

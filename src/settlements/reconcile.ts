@@ -186,8 +186,10 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
       WHEN k.pay_status = 'canceled' AND EXISTS (SELECT 1 FROM cancels x
                                                   WHERE x.ref = k.provider_reference OR x.req = k.provider_request_id)
         THEN 'matched'
-      -- ...or the cancel came first, in a file of its own (paid before midnight, reversed after).
-      WHEN k.pay_status = 'canceled' AND EXISTS (${CURRENT_LINE('cancel', 'k.pay_id', "o.result = 'matched'")})
+      -- ...or the cancel came first, in a file of its own (paid before midnight, reversed after);
+      -- pending if the sale was undecided then, and matched again with this line's job.
+      WHEN k.pay_status = 'canceled'
+           AND EXISTS (${CURRENT_LINE('cancel', 'k.pay_id', "o.result IN ('matched', 'pending')")})
         THEN 'matched'
       ELSE 'status_mismatch' END AS result
   FROM keyed k
@@ -271,6 +273,7 @@ SELECT l.id, l.line_no, o.settlement_id, l.type, l.provider_reference, l.provide
        CASE WHEN p.currency <> l.transaction_currency THEN 'currency_mismatch'
             WHEN p.amount_value <> l.transaction_value THEN 'amount_mismatch'
             WHEN p.status IN ('succeeded', 'partially_refunded', 'refunded') THEN 'matched'
+            WHEN p.status IN (${UNDECIDED}) THEN 'pending'
             ELSE 'status_mismatch' END
   FROM orphan o JOIN settlement_lines l ON l.id = o.line_id JOIN payments p ON p.id = o.payment_id
 `;
