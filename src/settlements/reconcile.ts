@@ -584,9 +584,11 @@ const ANALYZE_FROM_LINES = 10_000;
 /** Held to commit: what settles the merchant's payments with one provider is done by one at a time. */
 async function lockLedger(client: pg.PoolClient, merchantId: string, provider: string): Promise<void> {
   await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-    `settlement-ledger:${merchantId}:${provider}`,
+    ledgerLock(merchantId, provider),
   ]);
 }
+
+const ledgerLock = (merchantId: string, provider: string) => `settlement-ledger:${merchantId}:${provider}`;
 
 /** Applies the import's received lines; the caller owns the transaction. */
 async function applyLines(
@@ -929,14 +931,25 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
     const client = await ctx.db.connect();
     try {
       await client.query('BEGIN');
-      await lockLedger(client, merchantId, provider);
-      const result = await client.query<{ rematched: number }>(REMATCH_PENDING_SQL, [provider, merchantId]);
-      rematched += result.rows[0]?.rematched ?? 0;
-      await refreshBatchStatuses(client, merchantId, provider, []);
+      // A reconcile job of theirs running now re-matches these lines itself: not waited for, so
+      // the rest of the sweep is not held up behind a long file.
+      const { rows: lock } = await client.query<{ taken: boolean }>(
+        'SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS taken',
+        [ledgerLock(merchantId, provider)],
+      );
+      if (lock[0].taken) {
+        const result = await client.query<{ rematched: number }>(REMATCH_PENDING_SQL, [provider, merchantId]);
+        rematched += result.rows[0]?.rematched ?? 0;
+        await refreshBatchStatuses(client, merchantId, provider, []);
+      }
       await client.query('COMMIT');
     } catch (error) {
       await client.query('ROLLBACK').catch(() => {});
-      throw error;
+      // The others go on; these are taken up again at the next sweep.
+      ctx.log.error(
+        { err: error, merchant_id: merchantId, provider },
+        'could not match pending settlement lines again',
+      );
     } finally {
       client.release();
     }
