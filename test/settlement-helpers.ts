@@ -111,21 +111,15 @@ export async function refundLineFor(
   };
 }
 
-/**
- * A sale left processing (digits 57) and then cancelled through the API, with its payment line and
- * its cancel line, as a provider settles a sale paid and then reversed.
- */
-export async function reversedSale(tg: TestGateway, m: Merchant, value: number) {
+/** A sale left processing (digits 57), with its payment line and a cancel line for it. */
+export async function undecidedSale(tg: TestGateway, m: Merchant, value: number) {
   const created = await createPayment(tg, m.secretKey, scanPayment(value)).expect(201);
-  const canceled = await tg.http
-    .post(`/v1/payments/${created.body.id}/cancel`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .expect(200);
+  assert.equal(created.body.status, 'processing');
   const p: PaidPayment = {
     id: created.body.id,
     amount: value,
-    provider_reference: canceled.body.provider_reference,
-    status: 'canceled',
+    provider_reference: created.body.provider_reference,
+    status: 'processing',
   };
   const cancel = lineFor(p, {
     type: 'cancel',
@@ -133,6 +127,19 @@ export async function reversedSale(tg: TestGateway, m: Merchant, value: number) 
     original_transaction_id: p.provider_reference,
   });
   return { p, payment: lineFor(p), cancel };
+}
+
+/**
+ * A sale left processing (digits 57) and then cancelled through the API, with its payment line and
+ * its cancel line, as a provider settles a sale paid and then reversed.
+ */
+export async function reversedSale(tg: TestGateway, m: Merchant, value: number) {
+  const sale = await undecidedSale(tg, m, value);
+  await tg.http
+    .post(`/v1/payments/${sale.p.id}/cancel`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  return { ...sale, p: { ...sale.p, status: 'canceled' } };
 }
 
 export async function importFile(

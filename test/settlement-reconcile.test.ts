@@ -27,6 +27,7 @@ import {
   SANDBOX_HEADER,
   sandboxCsv,
   settlements,
+  undecidedSale,
   waitJob,
 } from './settlement-helpers.ts';
 
@@ -534,27 +535,13 @@ test('a sale not decided when its line came is matched once it succeeds, with no
 
 test('a sale not decided when its line came and cancelled since is a status_mismatch, found without another file', async () => {
   const m = await setupMerchant(tg);
-  const stuck = await createPayment(tg, m.secretKey, scanPayment(7557)).expect(201);
-  assert.equal(stuck.body.status, 'processing');
-  const job = await importAndWait(
-    tg,
-    m.secretKey,
-    sandboxCsv(
-      [
-        {
-          transaction_id: stuck.body.provider_reference ?? `SBX-${stuck.body.id}`,
-          request_id: stuck.body.id,
-          amount: 7557,
-        },
-      ],
-      'UNDECIDED-3',
-    ),
-  );
+  const { p: stuck, payment } = await undecidedSale(tg, m, 7557);
+  const job = await importAndWait(tg, m.secretKey, sandboxCsv([payment], 'UNDECIDED-3'));
   assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
   const [batch] = await settlements(tg, m.secretKey);
   assert.equal(batch.status, 'reconciled');
   await tg.http
-    .post(`/v1/payments/${stuck.body.id}/cancel`)
+    .post(`/v1/payments/${stuck.id}/cancel`)
     .set('Authorization', `Bearer ${m.secretKey}`)
     .expect(200);
   const found = await eventually(
@@ -567,7 +554,7 @@ test('a sale not decided when its line came and cancelled since is a status_mism
   );
   assert.deepEqual(
     found.map((d) => [d.kind, d.payment_id, d.settlement_id]),
-    [['status_mismatch', stuck.body.id, batch.id]],
+    [['status_mismatch', stuck.id, batch.id]],
   );
   await eventually(
     async () => (await settlements(tg, m.secretKey))[0].status === 'discrepancies',
@@ -581,26 +568,14 @@ test('a cancel line that came while its sale was undecided counts for the saleâ€
   const quiet = await startTestGateway({ SWEEP_INTERVAL_MS: '3600000' });
   try {
     const m = await setupMerchant(quiet);
-    const stuck = await createPayment(quiet, m.secretKey, scanPayment(7657)).expect(201);
-    assert.equal(stuck.body.status, 'processing');
-    const p = {
-      id: stuck.body.id,
-      amount: 7657,
-      provider_reference: stuck.body.provider_reference,
-      status: '',
-    };
-    const cancel = lineFor(p, {
-      type: 'cancel',
-      transaction_id: `${p.provider_reference}C`,
-      original_transaction_id: p.provider_reference,
-    });
+    const { p, payment, cancel } = await undecidedSale(quiet, m, 7657);
     const first = await importAndWait(quiet, m.secretKey, sandboxCsv([cancel], 'PENDING-C1'));
     assert.equal(first.counts.pending, 1, JSON.stringify(first.counts));
     await quiet.http
       .post(`/v1/payments/${p.id}/cancel`)
       .set('Authorization', `Bearer ${m.secretKey}`)
       .expect(200);
-    const second = await importAndWait(quiet, m.secretKey, sandboxCsv([lineFor(p)], 'PENDING-C2'));
+    const second = await importAndWait(quiet, m.secretKey, sandboxCsv([payment], 'PENDING-C2'));
     assert.deepEqual(second.counts.by_kind, {}, JSON.stringify(second.counts));
     assert.deepEqual(await discrepancies(quiet, m.secretKey), []);
     for (const batch of await settlements(quiet, m.secretKey))
@@ -616,17 +591,10 @@ test('a cancel line that came while its sale was undecided counts for the saleâ€
 
 test('a correction that takes an undecided saleâ€™s line out of its batch leaves the repeated line pending', async () => {
   const m = await setupMerchant(tg);
-  const stuck = await createPayment(tg, m.secretKey, scanPayment(7757)).expect(201);
-  assert.equal(stuck.body.status, 'processing');
-  const p = {
-    id: stuck.body.id,
-    amount: 7757,
-    provider_reference: stuck.body.provider_reference,
-    status: '',
-  };
+  const { p, payment } = await undecidedSale(tg, m, 7757);
   const other = await pay(tg, m, 7800);
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p, { amount: 7758 }), lineFor(other)], 'ORPH-A'));
-  const repeated = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p)], 'ORPH-B'));
+  const repeated = await importAndWait(tg, m.secretKey, sandboxCsv([payment], 'ORPH-B'));
   assert.deepEqual(repeated.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(repeated.counts));
   // The correction of A no longer has the sale: B's line settles it, and the sale is still undecided.
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(other)], 'ORPH-A'));
