@@ -10,6 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { alipayAdapter } from '../adapters/alipay/adapter.ts';
 import { cancelOutcome } from '../adapters/alipay/mapping.ts';
 import { sandboxKeys } from '../adapters/alipay/sandbox-keys.ts';
+import type { SimulatorSwitches } from '../adapters/alipay/simulator/index.ts';
 import { loadPayment, resolvePayment } from '../src/payments/service.ts';
 import { startGateway } from '../src/runtime.ts';
 import {
@@ -44,6 +45,16 @@ before(async () => {
 after(() => tg.stop());
 
 const causes = (id: string) => paymentHistory(tg, id);
+
+/** Turns one of the built-in Antom simulator's switches on or off (its `/_sim/switches`). */
+async function simSwitch(name: keyof SimulatorSwitches, on: boolean): Promise<void> {
+  const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+  const res = await fetch(`${simUrl}/_sim/switches`, {
+    method: 'POST',
+    body: JSON.stringify({ [name]: on }),
+  });
+  assert.equal(res.status, 200, `switch ${name}`);
+}
 
 describe('alipay provider account', () => {
   test('sandbox account: webhook URL, no secrets shown', () => {
@@ -273,12 +284,7 @@ describe('alipay sandbox outcomes through the API, mode scan', () => {
   });
 
   test('a pay Antom answered U is never sent again, though inquiries cannot find it (§9: only after no answer)', async () => {
-    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
-    const flip = (on: boolean) =>
-      fetch(`${simUrl}/_sim/switches`, {
-        method: 'POST',
-        body: JSON.stringify({ pay_unknown_unrecorded: on }),
-      });
+    const flip = (on: boolean) => simSwitch('pay_unknown_unrecorded', on);
     await flip(true);
     try {
       const res = await createPayment(tg, merchant.terminalKey, scanPayment(2011)).expect(201);
@@ -329,8 +335,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     const page = await fetch(res.body.qr_code.data);
     assert.match(await page.text(), /Alipay\+ sandbox wallet/);
     // Every notification is sent twice: the gateway applies it once.
-    const simUrl = new URL(res.body.qr_code.data).origin;
-    await fetch(`${simUrl}/_sim/switches`, { method: 'POST', body: '{"duplicate_notifications":true}' });
+    await simSwitch('duplicate_notifications', true);
     try {
       assert.equal((await fetch(res.body.qr_code.data, { method: 'POST' })).status, 200);
       const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
@@ -339,17 +344,12 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
       const history = await causes(res.body.id);
       assert.equal(history.filter((c) => c.startsWith('succeeded')).length, 1, history.join(', '));
     } finally {
-      await fetch(`${simUrl}/_sim/switches`, { method: 'POST', body: '{"duplicate_notifications":false}' });
+      await simSwitch('duplicate_notifications', false);
     }
   });
 
   test('QR whose creation is answered U once: sent again at once, identical, and the till gets the code (§9)', async () => {
-    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
-    const flip = (on: boolean) =>
-      fetch(`${simUrl}/_sim/switches`, {
-        method: 'POST',
-        body: JSON.stringify({ order_code_unknown_once: on }),
-      });
+    const flip = (on: boolean) => simSwitch('order_code_unknown_once', on);
     await flip(true);
     let res: Awaited<ReturnType<typeof createPayment>>;
     try {
@@ -369,9 +369,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     ['its creation is answered U without a code', 'order_code_unknown'],
   ] as const) {
     test(`QR whose ${fault}: the sale is cancelled at once`, async () => {
-      const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
-      const flip = (on: boolean) =>
-        fetch(`${simUrl}/_sim/switches`, { method: 'POST', body: JSON.stringify({ [switchName]: on }) });
+      const flip = (on: boolean) => simSwitch(switchName, on);
       await flip(true);
       let res: Awaited<ReturnType<typeof createPayment>>;
       try {
@@ -393,9 +391,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   }
 
   test('an inquiry Antom refuses with F (not "not found") is cancelled at once, not polled for the QR’s 3 minutes', async () => {
-    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
-    const flip = (on: boolean) =>
-      fetch(`${simUrl}/_sim/switches`, { method: 'POST', body: JSON.stringify({ inquiry_refused: on }) });
+    const flip = (on: boolean) => simSwitch('inquiry_refused', on);
     const res = await createPayment(tg, merchant.terminalKey, qrPayment(1250)).expect(201);
     assert.equal(res.body.status, 'requires_customer');
     await flip(true);
