@@ -45,6 +45,29 @@ function startProcess(env: NodeJS.ProcessEnv, role: string, port: number): Child
   return child;
 }
 
+/** Waits for the process behind `api` to answer /readyz with 200. */
+async function ready(api: ReturnType<typeof supertest>, what: string): Promise<void> {
+  await eventually(
+    async () => (await api.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
+    30_000,
+    what,
+  );
+}
+
+/** SIGTERM to each process still running, and wait for all of them to exit. */
+async function stopProcesses(processes: ChildProcess[]): Promise<void> {
+  await Promise.all(
+    processes.map(
+      (child) =>
+        new Promise<void>((resolve) => {
+          if (child.exitCode !== null) return resolve();
+          child.once('exit', () => resolve());
+          child.kill('SIGTERM');
+        }),
+    ),
+  );
+}
+
 before(async () => {
   const [port1, port2, workerPort] = [await freePort(), await freePort(), await freePort()];
   const environment = testEnvironment({ PUBLIC_BASE_URL: `http://127.0.0.1:${port1}` });
@@ -57,33 +80,16 @@ before(async () => {
   // The first process creates and migrates the database; the others find it ready.
   startProcess(env, 'api', port1);
   api1 = supertest(`http://127.0.0.1:${port1}`);
-  await eventually(
-    async () => (await api1.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
-    30_000,
-    'api 1',
-  );
+  await ready(api1, 'api 1');
   startProcess(env, 'api', port2);
   startProcess(env, 'worker', workerPort);
   worker = supertest(`http://127.0.0.1:${workerPort}`);
   api2 = supertest(`http://127.0.0.1:${port2}`);
-  await eventually(
-    async () => (await api2.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
-    30_000,
-    'api 2',
-  );
+  await ready(api2, 'api 2');
 });
 
 after(async () => {
-  await Promise.all(
-    children.map(
-      (child) =>
-        new Promise<void>((resolve) => {
-          if (child.exitCode !== null) return resolve();
-          child.once('exit', () => resolve());
-          child.kill('SIGTERM');
-        }),
-    ),
-  );
+  await stopProcesses(children);
   await simulator?.close();
   await discardEnvironment(dbName);
 });
@@ -105,11 +111,7 @@ async function merchantKeys(api: ReturnType<typeof supertest>) {
 
 describe('two API processes and a worker', () => {
   test('the worker serves its health and metrics, and every process shows the queues', async () => {
-    await eventually(
-      async () => (await worker.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
-      30_000,
-      'the worker ready',
-    );
+    await ready(worker, 'the worker ready');
     const own = await worker.get('/metrics').expect(200);
     assert.match(own.text, /^tillbridge_queue_jobs\{queue="maintenance",state="\w+"\} \d+/m);
     assert.match(own.text, /^# TYPE tillbridge_reconciliation_lines_total counter/m);
@@ -266,16 +268,7 @@ describe('an api and a worker process started at once', () => {
     try {
       const api = supertest(`http://127.0.0.1:${apiPort}`);
       for (const port of [apiPort, workerPort])
-        await eventually(
-          async () =>
-            (
-              await supertest(`http://127.0.0.1:${port}`)
-                .get('/readyz')
-                .catch(() => ({ status: 0 }))
-            ).status === 200,
-          30_000,
-          `process on ${port}`,
-        );
+        await ready(supertest(`http://127.0.0.1:${port}`), `process on ${port}`);
       const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
       for (const provider of ['sandbox', 'alipay']) {
         const merchant = await api
@@ -307,16 +300,7 @@ describe('an api and a worker process started at once', () => {
         assert.equal(done.status, 'succeeded', provider);
       }
     } finally {
-      await Promise.all(
-        processes.map(
-          (child) =>
-            new Promise<void>((resolve) => {
-              if (child.exitCode !== null) return resolve();
-              child.once('exit', () => resolve());
-              child.kill('SIGTERM');
-            }),
-        ),
-      );
+      await stopProcesses(processes);
       await discardEnvironment(environment.dbName);
     }
   });
@@ -332,11 +316,7 @@ describe('graceful shutdown', () => {
     const output: string[] = [];
     child.stdout?.on('data', (d) => output.push(String(d)));
     const api = supertest(`http://127.0.0.1:${port}`);
-    await eventually(
-      async () => (await api.get('/readyz').catch(() => ({ status: 0 }))).status === 200,
-      30_000,
-      'gateway',
-    );
+    await ready(api, 'gateway');
     const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
     const merchant = await api
       .post('/v1/admin/merchants')
