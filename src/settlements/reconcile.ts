@@ -387,6 +387,14 @@ SELECT c.id, COALESCE(c.line_import_id, $1), c.settlement_id, c.result, c.pay_id
  WHERE NOT (c.type = 'payment' AND c.result = 'matched' AND c.by_reference IS NOT NULL)
 `;
 
+/**
+ * A status_mismatch's detail, one wording wherever it is found: the line of `row` (its line_no and
+ * type) settled what the ledger holds, as `id`, in status `status` (SQL expressions).
+ */
+const statusMismatchDetail = (row: string, id: string, status: string) =>
+  `format('line %s: the provider settled a %s, but the ledger %s %s is %s', ${row}.line_no, ${row}.type,
+          CASE WHEN ${row}.type = 'refund' THEN 'refund' ELSE 'payment' END, ${id}, ${status})`;
+
 const DISCREPANCIES_SQL = `
 WITH disc AS (
   INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, line_id, import_id, kind,
@@ -418,9 +426,7 @@ WITH disc AS (
              c.line_no, c.transaction_value, c.transaction_currency,
              CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
              CASE WHEN c.type = 'refund' THEN c.ref_currency ELSE c.pay_currency END)
-           ELSE format('line %s: the provider settled a %s, but the ledger %s %s is %s',
-             c.line_no, c.type, CASE WHEN c.type = 'refund' THEN 'refund' ELSE 'payment' END,
-             COALESCE(c.ref_id, c.pay_id), COALESCE(c.ref_status, c.pay_status))
+           ELSE ${statusMismatchDetail('c', 'COALESCE(c.ref_id, c.pay_id)', 'COALESCE(c.ref_status, c.pay_status)')}
          END
     FROM classified c
    WHERE c.result NOT IN ('matched', 'pending')
@@ -566,9 +572,7 @@ disc AS (
          CASE WHEN r.result = 'duplicate_in_settlement'
               THEN format('line %s: payment %s is settled more than once (already in another settlement)',
                           r.line_no, r.provider_reference)
-              ELSE format('line %s: the provider settled a %s, but the ledger %s %s is %s', r.line_no, r.type,
-                          CASE WHEN r.type = 'refund' THEN 'refund' ELSE 'payment' END,
-                          COALESCE(r.refund_id, r.payment_id), r.status) END
+              ELSE ${statusMismatchDetail('r', 'COALESCE(r.refund_id, r.payment_id)', 'r.status')} END
     FROM ready r WHERE r.result <> 'matched'
   RETURNING *
 ),
