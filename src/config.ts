@@ -77,11 +77,33 @@ function numberFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): num
   return value;
 }
 
+/**
+ * Random 32 bytes have about 30 distinct values and are almost never all printable: a key with
+ * few distinct bytes (zeros, a repeated pattern) or made of text (a passphrase) was typed, not
+ * generated. Odds of refusing a real random key: below 1e-12.
+ */
+function looksRandom(key: Buffer): boolean {
+  const printable = key.every((byte) => byte >= 0x20 && byte < 0x7f);
+  return new Set(key).size >= 20 && !printable;
+}
+
+const PLACEHOLDER_WORDS =
+  /change.?me|placeholder|example|replace.?me|your.?(admin|key|secret)|secret.?key|password|x{4}/i;
+
+/** An admin key copied from a sample or typed as a filler: the only key that can create merchants. */
+function placeholderAdminKey(key: string): boolean {
+  return PLACEHOLDER_WORDS.test(key) || new Set(key).size < 6;
+}
+
 function masterKeyFrom(env: NodeJS.ProcessEnv, production: boolean): Buffer {
   const raw = env.TILLBRIDGE_MASTER_KEY;
   if (raw) {
     const key = Buffer.from(raw, 'base64');
     if (key.length !== 32) throw new ConfigError('TILLBRIDGE_MASTER_KEY must be 32 bytes, base64-encoded');
+    if (production && !looksRandom(key))
+      throw new ConfigError(
+        'TILLBRIDGE_MASTER_KEY looks like a placeholder, not 32 random bytes: make one with `openssl rand -base64 32`',
+      );
     return key;
   }
   if (production) throw new ConfigError('TILLBRIDGE_MASTER_KEY is required when NODE_ENV=production');
@@ -116,11 +138,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.ADMIN_API_KEY !== undefined && env.ADMIN_API_KEY.length < 16) {
     throw new ConfigError('ADMIN_API_KEY must be at least 16 characters');
   }
+  if (production && env.ADMIN_API_KEY && placeholderAdminKey(env.ADMIN_API_KEY))
+    throw new ConfigError('ADMIN_API_KEY looks like a placeholder: make one with `openssl rand -base64 32`');
   if (env.LOG_LEVEL !== undefined && !LOG_LEVELS.includes(env.LOG_LEVEL))
     throw new ConfigError(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got "${env.LOG_LEVEL}"`);
   // Providers are handed `${PUBLIC_BASE_URL}/webhooks/...` as their notify URL.
   if (env.PUBLIC_BASE_URL && !/^https?:\/\/[^/?#\s]+(\/[^?#\s]*)?$/.test(env.PUBLIC_BASE_URL))
     throw new ConfigError('PUBLIC_BASE_URL must be an http(s) URL such as https://pay.example.com');
+  // The sample host of this very check's message: providers would send notifications there.
+  if (
+    production &&
+    env.PUBLIC_BASE_URL &&
+    /^https?:\/\/([^/:]*\.)?example\.(com|net|org)([/:]|$)/i.test(env.PUBLIC_BASE_URL)
+  )
+    throw new ConfigError(
+      'PUBLIC_BASE_URL is a placeholder (example.com): set the address providers reach this gateway at',
+    );
   const window = env.PAYMENT_RESOLUTION_WINDOW_S;
   const simulatorUrls: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) {

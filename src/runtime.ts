@@ -19,9 +19,6 @@ import { PaymentUpdates } from './realtime/payment-updates.ts';
 /** How long start-up waits for Redis (one starting alongside us) before it gives up and says so. */
 const REDIS_STARTUP_WAIT_MS = 5_000;
 
-/** The URL with any password masked, for messages. */
-const printable = (url: string) => url.replace(/\/\/([^@/]*):[^@/]*@/, '//$1:***@');
-
 async function connectRedis(url: string): Promise<Redis> {
   const redis = new Redis(url, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
   redis.on('error', () => {});
@@ -33,8 +30,9 @@ async function connectRedis(url: string): Promise<Redis> {
     } catch (error) {
       if (Date.now() >= deadline) {
         redis.disconnect();
-        throw new Error(
-          `Redis is not reachable at ${printable(url)} (REDIS_URL): ${(error as Error).message}`,
+        // Said as a configuration error naming the variable, as an unreachable DATABASE_URL is.
+        throw new ConfigError(
+          `Redis is not reachable at REDIS_URL (${withoutPassword(url)}): ${(error as Error).message}`,
         );
       }
       await new Promise((resolve) => setTimeout(resolve, 250));
@@ -42,6 +40,7 @@ async function connectRedis(url: string): Promise<Redis> {
   }
 }
 
+/** The URL with any password masked, for messages. */
 function withoutPassword(url: string): string {
   const parsed = new URL(url);
   if (parsed.password) parsed.password = '***';
@@ -59,7 +58,6 @@ export async function createContext(config: Config): Promise<Context> {
   } catch (error) {
     redis.disconnect();
     const code = (error as { code?: string }).code;
-    // Said as a configuration error naming the variable, as an unreachable REDIS_URL is.
     if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'ETIMEDOUT' || code === '28P01')
       throw new ConfigError(
         `PostgreSQL at DATABASE_URL (${withoutPassword(config.databaseUrl)}) cannot be used: ${(error as Error).message}`,

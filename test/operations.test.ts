@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { connect } from 'node:net';
@@ -347,6 +347,40 @@ describe('start-up', () => {
     assert.match(
       result.stderr,
       /configuration error: ADMIN_API_KEY, TILLBRIDGE_MASTER_KEY, PUBLIC_BASE_URL are required when NODE_ENV=production/,
+    );
+  });
+
+  test('NODE_ENV=production refuses placeholder secrets, naming the variable', () => {
+    const { env } = testEnvironment();
+    const real = {
+      ...env,
+      NODE_ENV: 'production',
+      ADMIN_API_KEY: randomBytes(24).toString('base64url'),
+      TILLBRIDGE_MASTER_KEY: randomBytes(32).toString('base64'),
+      PUBLIC_BASE_URL: 'https://pay.shop.de',
+    };
+    assert.equal(loadConfig(real).production, true);
+    for (const [name, value, message] of [
+      ['ADMIN_API_KEY', 'changeme-changeme-changeme', /ADMIN_API_KEY looks like a placeholder/],
+      ['ADMIN_API_KEY', 'aaaaaaaaaaaaaaaaaaaaaaaa', /ADMIN_API_KEY looks like a placeholder/],
+      ['ADMIN_API_KEY', 'your-admin-key-goes-here', /ADMIN_API_KEY looks like a placeholder/],
+      [
+        'TILLBRIDGE_MASTER_KEY',
+        Buffer.alloc(32).toString('base64'),
+        /TILLBRIDGE_MASTER_KEY looks like a placeholder/,
+      ],
+      [
+        'TILLBRIDGE_MASTER_KEY',
+        Buffer.from('my-very-own-master-key-for-prod!').toString('base64'),
+        /TILLBRIDGE_MASTER_KEY looks like a placeholder/,
+      ],
+      ['PUBLIC_BASE_URL', 'https://pay.example.com', /PUBLIC_BASE_URL is a placeholder/],
+    ] as const)
+      assert.throws(() => loadConfig({ ...real, [name]: value }), message, `${name}=${value}`);
+    // Sandbox takes them: nothing real is guarded there.
+    assert.equal(
+      loadConfig({ ...real, NODE_ENV: 'test', ADMIN_API_KEY: 'changeme-changeme' }).production,
+      false,
     );
   });
 
