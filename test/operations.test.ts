@@ -60,10 +60,52 @@ describe('operations endpoints', () => {
       assert.equal(res.status, 503);
       assert.deepEqual(res.body, { status: 'unavailable', postgres: false, redis: true });
       assert.ok(Date.now() - started < 5_000, `answered after ${Date.now() - started} ms`);
+      // A probe every second for as long as it lasts must not take the pool's connections one by one.
+      const probes = await Promise.all(Array.from({ length: 25 }, () => api.get('/readyz')));
+      assert.deepEqual(new Set(probes.map((probe) => probe.status)), new Set([503]));
+      // The one ping still out, and what the worker's own ticks hold (20 without the waiting).
+      assert.equal(gateway.ctx.db.waitingCount, 0);
+      const held = gateway.ctx.db.totalCount - gateway.ctx.db.idleCount;
+      assert.ok(held < 10, `${held} connections held while PostgreSQL does not answer`);
       const stopping = Date.now();
       await gateway.stop();
       assert.ok(Date.now() - stopping < 40_000, `stopped after ${Date.now() - stopping} ms`);
     } finally {
+      await relay.cut();
+      await discardEnvironment(dbName);
+    }
+  });
+
+  test('an outage of PostgreSQL is logged by the outbox relay once when it starts and once when it ends', async () => {
+    const relay = new TcpRelay(await freePort(), new URL(PG_BASE));
+    await relay.open();
+    const { env, dbName } = testEnvironment({ PORT: String(await freePort()) });
+    const url = new URL(env.DATABASE_URL as string);
+    url.host = `127.0.0.1:${relay.port}`;
+    const gateway = await startGateway(loadConfig({ ...env, DATABASE_URL: url.toString() }));
+    const messages: string[] = [];
+    gateway.ctx.log = createLogger(
+      'info',
+      new Writable({
+        write(chunk, _enc, done) {
+          messages.push((JSON.parse(String(chunk)) as { msg: string }).msg);
+          done();
+        },
+      }),
+    );
+    const relayLines = () => messages.filter((msg) => msg.startsWith('outbox relay'));
+    try {
+      await relay.cut();
+      // The relay ticks every 250 ms: this outage fails it about eight times.
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      await relay.open();
+      await eventually(async () => relayLines().length === 2, 15_000);
+      assert.deepEqual(relayLines(), [
+        'outbox relay failed; retrying every tick, said again once it works',
+        'outbox relay works again',
+      ]);
+    } finally {
+      await gateway.stop();
       await relay.cut();
       await discardEnvironment(dbName);
     }
@@ -181,6 +223,47 @@ describe('operations endpoints', () => {
       Object.values(ops as Record<string, { operationId: string }>).map((o) => o.operationId),
     );
     assert.equal(new Set(ids).size, ids.length);
+  });
+
+  test('each request is one log line at info, carrying the Request-Id the till was answered with', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk, _enc, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    const quiet = tg.gateway.ctx.log;
+    tg.gateway.ctx.log = createLogger('info', sink);
+    try {
+      const created = await createPayment(tg, merchant.terminalKey, scanPayment(1000)).expect(201);
+      const missing = await tg.http
+        .get('/v1/payments/pay_nothere')
+        .set('Authorization', `Bearer ${merchant.secretKey}`);
+      await eventually(async () => lines.length >= 2);
+      const logged = lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+      const lineOf = (requestId: string) => logged.find((line) => line.request_id === requestId);
+      assert.deepEqual(
+        { ...lineOf(String(created.headers['request-id'])), time: 0, pid: 0, hostname: '', ms: 0 },
+        {
+          level: 30,
+          time: 0,
+          pid: 0,
+          hostname: '',
+          service: 'tillbridge',
+          request_id: created.headers['request-id'],
+          method: 'POST',
+          route: '/v1/payments',
+          status: 201,
+          ms: 0,
+          msg: 'request',
+        },
+      );
+      assert.equal(lineOf(String(missing.headers['request-id']))?.status, 404);
+      assert.equal(typeof lineOf(String(missing.headers['request-id']))?.ms, 'number');
+    } finally {
+      tg.gateway.ctx.log = quiet;
+    }
   });
 
   test('unknown routes answer 404 in the error shape', async () => {

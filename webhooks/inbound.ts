@@ -32,7 +32,7 @@ async function apply(ctx: Context, account: LoadedAccount, event: NotificationEv
     if (!rows[0]) {
       // Acknowledged anyway: refusing only brings retries (PROVIDERS.md rule 5).
       ctx.log.warn(
-        { account: account.row.id, request_id: event.provider_request_id },
+        { account: account.row.id, provider_request_id: event.provider_request_id },
         'notification for an unknown payment',
       );
       return;
@@ -47,7 +47,7 @@ async function apply(ctx: Context, account: LoadedAccount, event: NotificationEv
   );
   if (!rows[0]) {
     ctx.log.warn(
-      { account: account.row.id, request_id: event.provider_request_id },
+      { account: account.row.id, provider_request_id: event.provider_request_id },
       'notification for an unknown refund',
     );
     return;
@@ -88,7 +88,7 @@ export function inboundWebhooksRouter(ctx: Context): Router {
       });
       if (!result.ok) {
         ctx.log.warn(
-          { provider, account: accountId, reason: result.reason },
+          { request_id: req.requestId, provider, account: accountId, reason: result.reason },
           'rejected provider notification',
         );
         answer(res, result.ack);
@@ -125,12 +125,18 @@ export function inboundWebhooksRouter(ctx: Context): Router {
       if (!module || res.headersSent) return next(error);
       const unreadable = isUnreadableBody(error);
       if (unreadable || isDataException(error)) {
-        ctx.log.warn({ err: error, provider: req.params.provider }, 'unreadable provider notification');
+        ctx.log.warn(
+          { err: error, request_id: req.requestId, provider: req.params.provider },
+          'unreadable provider notification',
+        );
         const reason = unreadable ? (error as Error).message : 'it holds a value that cannot be stored';
         answer(res, module.adapter.notificationRefusal(400, `unreadable notification: ${reason}`));
         return;
       }
-      ctx.log.error({ err: error, provider: req.params.provider }, 'provider notification failed');
+      ctx.log.error(
+        { err: error, request_id: req.requestId, provider: req.params.provider },
+        'provider notification failed',
+      );
       answer(
         res,
         module.adapter.notificationRefusal(500, 'the notification could not be processed; send it again'),

@@ -75,10 +75,18 @@ export function operationsRouter(ctx: Context): express.Router {
   router.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
+  // A PostgreSQL that keeps its connection and stops answering never ends a ping: each probe
+  // waits for the one still out, so probes every second do not take a pooled connection each.
+  let pendingPing: Promise<unknown> | undefined;
+  const pingPostgres = () => {
+    pendingPing ??= ctx.db.query('SELECT 1').finally(() => {
+      pendingPing = undefined;
+    });
+    return pendingPing;
+  };
   router.get('/readyz', async (_req, res) => {
     const checks = await Promise.all([
-      // So does a PostgreSQL that keeps its connection and stops answering.
-      withDeadline(ctx.db.query('SELECT 1'), 'a PostgreSQL ping', READY_PING_DEADLINE_MS).then(
+      withDeadline(pingPostgres(), 'a PostgreSQL ping', READY_PING_DEADLINE_MS).then(
         () => true,
         () => false,
       ),
@@ -141,17 +149,17 @@ export function createApp(ctx: Context): express.Express {
       const route = req.route?.path
         ? `${req.baseUrl}${req.route.path}`
         : (documentedRoute(req.method, req.path) ?? 'unmatched');
-      stop({ route, status: String(res.statusCode) });
-      if (res.statusCode >= 500)
-        ctx.log.error(
-          { request_id: req.requestId, method: req.method, route, status: res.statusCode },
-          'request failed',
-        );
-      else
-        ctx.log.debug(
-          { request_id: req.requestId, method: req.method, route, status: res.statusCode },
-          'request',
-        );
+      const seconds = stop({ route, status: String(res.statusCode) });
+      // The access log: one line a request, its Request-Id the thread to the till's report.
+      const line = {
+        request_id: req.requestId,
+        method: req.method,
+        route,
+        status: res.statusCode,
+        ms: Math.round(seconds * 1000),
+      };
+      if (res.statusCode >= 500) ctx.log.error(line, 'request failed');
+      else ctx.log.info(line, 'request');
     });
     next();
   });

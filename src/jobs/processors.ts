@@ -84,13 +84,27 @@ export async function startWorker(ctx: Context): Promise<Worker> {
 
   let stopping = false;
   let relay: Promise<void> = Promise.resolve();
+  // An outage fails every tick: said once when it starts and once when it ends, not four times a second.
+  let failedSince: { at: Date; ticks: number } | undefined;
   const timer = setInterval(() => {
     if (stopping) return;
     relay = relay
       .then(async () => {
         while (!stopping && (await dispatchOutbox(ctx)) > 0) {}
+        if (failedSince)
+          ctx.log.info(
+            { failing_since: failedSince.at, failed_ticks: failedSince.ticks },
+            'outbox relay works again',
+          );
+        failedSince = undefined;
       })
-      .catch((error) => ctx.log.error({ err: error }, 'outbox relay failed'));
+      .catch((error) => {
+        if (failedSince) failedSince.ticks++;
+        else {
+          failedSince = { at: new Date(), ticks: 1 };
+          ctx.log.error({ err: error }, 'outbox relay failed; retrying every tick, said again once it works');
+        }
+      });
   }, OUTBOX_INTERVAL_MS);
 
   return {
