@@ -475,10 +475,69 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
       assert.equal(canceling.status, 202, JSON.stringify(canceling.body));
       assert.equal(canceling.body.status, 'processing');
       payMayGo.settle();
-      // The pay arrives and the customer is charged: the till learns the sale succeeded.
-      assert.equal((await creating).body.status, 'succeeded');
+      // The pay arrives and the customer is charged. The cancel under way decides what the till
+      // is told: Antom cannot find the order to cancel, an inquiry finds it paid, so it succeeded.
+      assert.equal((await creating).body.status, 'processing');
       const done = await waitForStatus(tg, merchant.terminalKey, id, FINAL);
-      assert.equal(done.status, 'succeeded', (await causes(id)).join(', '));
+      const history = await causes(id);
+      assert.equal(done.status, 'succeeded', history.join(', '));
+      assert.ok(
+        history.some((c) => /held: the cancel under way decides/.test(c)),
+        history.join(', '),
+      );
+    } finally {
+      payMayGo.settle();
+      alipayAdapter.pay = pay;
+      alipayAdapter.cancel = cancel;
+    }
+  });
+
+  test('“no such order” while the pay is still on its way proves nothing: the pay lands, its answer is lost, and the cancel reverses it', async () => {
+    const ctx = tg.gateway.ctx;
+    const { pay, cancel } = alipayAdapter;
+    const payMayGo = signal();
+    let landed = false;
+    let reversed = false;
+    alipayAdapter.pay = async (account, payment) => {
+      await payMayGo.settled;
+      // Antom takes the money; the answer never comes back.
+      await pay.call(alipayAdapter, account, payment);
+      landed = true;
+      return { kind: 'unknown', reason: 'socket hang up', reached: true };
+    };
+    alipayAdapter.cancel = async (account, payment) => {
+      if (!landed)
+        return cancelOutcome({
+          resultStatus: 'F',
+          resultCode: 'ORDER_NOT_EXIST',
+          resultMessage: 'order not exist',
+        });
+      const outcome = await cancel.call(alipayAdapter, account, payment);
+      reversed ||= outcome.kind === 'canceled';
+      return outcome;
+    };
+    try {
+      const creating = createPayment(tg, merchant.terminalKey, scanPayment(1231)).then((r) => r);
+      const id = await eventually(async () => {
+        const { rows } = await ctx.db.query<{ id: string }>(
+          "SELECT id FROM payments WHERE merchant_id = $1 AND reference LIKE 'R-1231-%'",
+          [merchant.id],
+        );
+        return rows[0]?.id;
+      }, 5_000);
+      const canceling = await tg.http
+        .post(`/v1/payments/${id}/cancel`)
+        .set('Authorization', `Bearer ${merchant.terminalKey}`);
+      assert.equal(canceling.status, 202, JSON.stringify(canceling.body));
+      // Two "not found" answers 2 s apart would once have been taken as proof the pay never arrived.
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      payMayGo.settle();
+      assert.equal((await creating).body.status, 'processing');
+      const done = await waitForStatus(tg, merchant.terminalKey, id, FINAL, 20_000);
+      const history = await causes(id);
+      assert.equal(done.status, 'canceled', history.join(', '));
+      assert.ok(reversed, `the customer's payment was reversed at Antom: ${history.join(', ')}`);
+      assert.ok(!history.some((c) => /never reached/.test(c)), history.join(', '));
     } finally {
       payMayGo.settle();
       alipayAdapter.pay = pay;

@@ -12,6 +12,7 @@ import {
   ALIPAY_CODE,
   createPayment,
   eventually,
+  idempotencyKey,
   type Merchant,
   qrPayment,
   scanPayment,
@@ -353,7 +354,7 @@ describe('inbound provider notifications', () => {
     assert.equal((await simulatorCalls(tg, mine))['/v1/pay'], 1);
   });
 
-  test('a till cancel crossing the customer’s success: the provider reversed it, so the sale is canceled', async () => {
+  test('a till cancel crossing the customer’s success: the success is held, the provider reversed it, so the one final answer is canceled', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(4657)).expect(201);
     const { cancel } = sandboxAdapter;
     sandboxAdapter.cancel = async (account, payment) => {
@@ -371,7 +372,59 @@ describe('inbound provider notifications', () => {
     }
     assert.equal(answer.status, 200, JSON.stringify(answer.body));
     assert.equal(answer.body.status, 'canceled');
-    assert.deepEqual(await events(res.body.id), ['processing', 'succeeded', 'canceled']);
+    // Never `succeeded` in between: a till long-polling would have been told so, then `canceled`.
+    assert.deepEqual(await events(res.body.id), ['processing', 'processing', 'canceled']);
+  });
+
+  test('a cancel whose answer is lost while the customer’s success comes in: the reversal an inquiry finds is the answer, and no refund slips in between', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(4757)).expect(201);
+    const { cancel } = sandboxAdapter;
+    let refundMeanwhile: number | undefined;
+    sandboxAdapter.cancel = async (account, payment) => {
+      if (payment.payment_id !== res.body.id) return cancel(account, payment);
+      await notify(paymentNote(res.body.id, 'succeeded')).expect(200);
+      refundMeanwhile = (
+        await tg.http
+          .post(`/v1/payments/${res.body.id}/refunds`)
+          .set('Authorization', `Bearer ${merchant.secretKey}`)
+          .set('Idempotency-Key', idempotencyKey())
+          .send({})
+      ).status;
+      // The provider reverses the sale, and its answer is lost on the way back.
+      await cancel(account, payment);
+      return { kind: 'unknown', reason: 'connection reset' };
+    };
+    let answer: Awaited<ReturnType<typeof createPayment>>;
+    try {
+      answer = await tg.http
+        .post(`/v1/payments/${res.body.id}/cancel`)
+        .set('Authorization', `Bearer ${merchant.terminalKey}`);
+    } finally {
+      sandboxAdapter.cancel = cancel;
+    }
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    assert.equal(answer.body.status, 'canceled');
+    assert.equal(refundMeanwhile, 409, 'a refund of a sale whose cancel is under way');
+    assert.deepEqual(await events(res.body.id), ['processing', 'processing', 'canceled']);
+    assert.deepEqual(await alertsOf(res.body.id), []);
+  });
+
+  test('a success heard while the window’s own cancel is under way is held: the reversal is the one final answer', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(4857)).expect(201);
+    await db().query('UPDATE payments SET resolve_by = now() WHERE id = $1', [res.body.id]);
+    const { cancel } = sandboxAdapter;
+    sandboxAdapter.cancel = async (account, payment) => {
+      if (payment.payment_id === res.body.id) await notify(paymentNote(res.body.id, 'succeeded')).expect(200);
+      return cancel(account, payment);
+    };
+    try {
+      await resolvePayment(tg.gateway.ctx, res.body.id);
+    } finally {
+      sandboxAdapter.cancel = cancel;
+    }
+    const ended = await loadPayment(tg.gateway.ctx, res.body.id);
+    assert.equal(ended.status, 'canceled');
+    assert.deepEqual(await events(res.body.id), ['processing', 'processing', 'canceled']);
   });
 
   test('a success arriving after the failure keeps the first final answer, and the charge is reversed at the provider', async () => {

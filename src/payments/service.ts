@@ -22,7 +22,7 @@ import { maskPaymentCode, open, seal } from '../secrets.ts';
 import type { LoadedAccount } from './accounts.ts';
 import type { Money } from './money.ts';
 import { walletForPaymentCode } from './routing.ts';
-import { type PaymentPatch, recordEvent, transition, updatePayment } from './state-machine.ts';
+import { FINAL, type PaymentPatch, recordEvent, transition, updatePayment } from './state-machine.ts';
 
 export interface NewPayment {
   merchant_id: string;
@@ -430,9 +430,11 @@ export async function applyOutcome(
   account: LoadedAccount,
   outcome: PaymentOutcome,
   source: Source,
+  /** The outcome was learnt by the cancel under way (its inquiry): it ends that cancel. */
+  decidesCancel = false,
 ): Promise<PaymentRow> {
   const answered = answeredPatch(outcome, source);
-  const current = await applyStatus(ctx, row, account, outcome, source, answered);
+  const current = await applyStatus(ctx, row, account, outcome, source, answered, decidesCancel);
   // A notification may have moved the sale before the creating request's own answer was applied:
   // its transition was then a no-op, and the request must still be marked answered and done, or a
   // till retrying it would wait out the lock (409) for a sale that has long succeeded.
@@ -451,6 +453,7 @@ async function applyStatus(
   outcome: PaymentOutcome,
   source: Source,
   answered: PaymentPatch,
+  decidesCancel: boolean,
 ): Promise<PaymentRow> {
   if (outcome.kind === 'succeeded' && outcome.amount && !sameMoney(outcome.amount, row)) {
     // A success for another amount than the sale's is not this sale's success: it stays open (and
@@ -475,6 +478,7 @@ async function applyStatus(
       { kind: 'pending', reason: 'success for another amount', customer_acted: true },
       source,
       answered,
+      decidesCancel,
     );
   }
   const cause = `${source}: ${outcome.kind}`;
@@ -486,11 +490,25 @@ async function applyStatus(
         paid_at: outcome.paid_at ?? new Date(),
         payment_code_sealed: null,
       };
-      const moved = await transition(ctx, row.id, 'succeeded', cause, patch);
+      // While a cancel is under way its answer decides: a success taken now would be a final
+      // answer the till sees, and then reversed by that cancel a moment later.
+      const moved = await transition(
+        ctx,
+        row.id,
+        'succeeded',
+        cause,
+        patch,
+        {},
+        {
+          unlessCancelRequested: source !== 'cancel' && !decidesCancel,
+        },
+      );
       if (moved) return moved;
       const now = await loadPayment(ctx, row.id);
       if (now.status === 'canceled' || now.status === 'failed')
         await reverseLateSuccess(ctx, now, account, source);
+      else if (UNRESOLVED.includes(now.status) && now.cancel_requested_at)
+        return holdSuccess(ctx, now, cause, answered);
       return now;
     }
     case 'failed': {
@@ -598,6 +616,22 @@ async function applyStatus(
 }
 
 /**
+ * A success reported while a cancel of the sale is under way: the cancel reverses it or learns it
+ * won the race, and only then does the till get its one final answer. The pay evidently arrived,
+ * so no "not found" may later pass for proof that it never did.
+ */
+async function holdSuccess(
+  ctx: Ctx,
+  row: PaymentRow,
+  cause: string,
+  answered: PaymentPatch,
+): Promise<PaymentRow> {
+  const updated = (await updatePayment(ctx.db, row.id, { ...answered, pay_reached: true })) ?? row;
+  await recordEvent(ctx.db, row.id, row.status, row.status, `${cause}; held: the cancel under way decides`);
+  return updated;
+}
+
+/**
  * The provider reports a success for a sale that ended canceled or failed (its pay overtook our
  * cancel, or a resend arrived late): the customer was charged for a sale the till shows as unpaid.
  * So it is cancelled (reversed) at the provider again, which for one already reversed changes
@@ -702,9 +736,12 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
   if (Date.now() >= row.resolve_by.getTime()) {
     // The window is for an outcome nobody knows: one the provider has decided, however late it is
     // learnt (a gateway down past the window), is the outcome, not a sale to reverse.
-    if (outcome.kind === 'succeeded' || outcome.kind === 'failed' || outcome.kind === 'canceled')
+    if (outcome.kind === 'succeeded' || outcome.kind === 'failed' || outcome.kind === 'canceled') {
       await applyOutcome(ctx, row, account, outcome, 'inquiry');
-    else await cancelAtProvider(ctx, row, account, 'resolution window ended');
+      return;
+    }
+    const cancelling = await markCancelRequested(ctx, row.id);
+    if (cancelling) await cancelAtProvider(ctx, cancelling, account, 'resolution window ended');
     return;
   }
   if (outcome.kind === 'not_found' && !row.pay_reached && !row.resent) {
@@ -743,7 +780,12 @@ function cancelWith(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<
 function notFoundAgain(
   row: PaymentRow,
   policy: ResolutionPolicy,
-): { count: number; since: Date; proven: boolean } {
+): { count: number; since: Date | null; proven: boolean } {
+  // While the creating request may still be sending its pay, "no such order" proves nothing: the
+  // pay can land right after. The count starts once that request is over (or long dead).
+  const payMayBeUnderWay =
+    !row.request_done && Date.now() - row.created_at.getTime() < IN_FLIGHT_GRACE_S * 1000;
+  if (payMayBeUnderWay) return { count: row.not_found_count, since: row.not_found_since, proven: false };
   const since = row.not_found_since ?? new Date();
   const count = row.not_found_count + 1;
   const apartMs = (policy.resend_after_not_found_s ?? Number.POSITIVE_INFINITY) * 1000;
@@ -805,18 +847,27 @@ async function cancelAtProvider(
   const { adapter } = account.module;
   const outcome = await cancelWith(ctx, row, account);
   switch (outcome.kind) {
-    case 'canceled':
-      return (
-        (await transition(
-          ctx,
-          row.id,
-          'canceled',
-          `cancel: ${reason}`,
-          { payment_code_sealed: null },
-          {},
-          { reversal: true },
-        )) ?? loadPayment(ctx, row.id)
+    case 'canceled': {
+      const moved = await transition(
+        ctx,
+        row.id,
+        'canceled',
+        `cancel: ${reason}`,
+        { payment_code_sealed: null },
+        {},
+        { reversal: true },
       );
+      if (moved) return moved;
+      const now = await loadPayment(ctx, row.id);
+      if (now.status === 'partially_refunded' || now.status === 'refunded')
+        await raiseAlert(
+          ctx,
+          'reversal_unrecorded',
+          `the provider confirmed cancelling payment ${row.id}, which is ${now.status} here: the customer may have been repaid twice`,
+          { payment_id: row.id },
+        );
+      return now;
+    }
     case 'already_succeeded':
       return applyOutcome(ctx, row, account, { kind: 'succeeded', ...outcome.facts }, 'cancel');
     case 'deferred':
@@ -867,7 +918,7 @@ async function cancelUnconfirmed(
   const { adapter } = account.module;
   const inquiry = await inquire(ctx, row, account);
   if (inquiry.kind === 'succeeded' || inquiry.kind === 'failed' || inquiry.kind === 'canceled') {
-    return applyOutcome(ctx, row, account, inquiry, 'inquiry');
+    return applyOutcome(ctx, row, account, inquiry, 'inquiry', true);
   }
   const attempts = row.cancel_attempts + 1;
   const schedule = adapter.resolution.cancel_schedule_s;
@@ -890,25 +941,32 @@ export async function requestCancel(
   if (!UNRESOLVED.includes(row.status)) {
     throw new ApiError('conflict', 'payment_final', `payment ${row.id} is already ${row.status}`);
   }
-  const requested =
-    (await ctx.db
-      .query<PaymentRow>(
-        `UPDATE payments SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
-          WHERE id = $1 AND status = ANY($2) RETURNING *`,
-        [row.id, UNRESOLVED],
-      )
-      .then((r) => r.rows[0])) ?? (await loadPayment(ctx, row.id));
-  if (!UNRESOLVED.includes(requested.status)) {
-    throw new ApiError('conflict', 'payment_final', `payment ${row.id} is already ${requested.status}`);
+  const requested = await markCancelRequested(ctx, row.id);
+  if (!requested) {
+    const now = await loadPayment(ctx, row.id);
+    throw new ApiError('conflict', 'payment_final', `payment ${row.id} is already ${now.status}`);
   }
   const account = await ctx.accounts.get(requested.provider_account_id);
   if (!account) throw new Error(`payment ${row.id} has no provider account`);
   const after = await cancelAtProvider(ctx, requested, account, 'cancel requested by the till');
   if (after.status === 'canceled') return { payment: after, confirmed: true };
-  if (after.status === 'succeeded' || after.status === 'failed') {
+  if (FINAL.has(after.status)) {
     throw new ApiError('conflict', 'payment_final', `payment ${row.id} is already ${after.status}`);
   }
   return { payment: after, confirmed: false };
+}
+
+/**
+ * Marks a cancel as under way, if the sale is still open: from then on only the cancel's own
+ * answers decide it (a success reported meanwhile is held). Undefined when the sale has ended.
+ */
+async function markCancelRequested(ctx: Ctx, paymentId: string): Promise<PaymentRow | undefined> {
+  const { rows } = await ctx.db.query<PaymentRow>(
+    `UPDATE payments SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
+      WHERE id = $1 AND status = ANY($2) RETURNING *`,
+    [paymentId, UNRESOLVED],
+  );
+  return rows[0];
 }
 
 /** The sweeper: payments whose next check is long overdue lost their job (crash, Redis flush). */

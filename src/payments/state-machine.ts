@@ -18,7 +18,7 @@ const TRANSITIONS: Record<PaymentStatus, readonly PaymentStatus[]> = {
   canceled: [],
 };
 
-const FINAL: ReadonlySet<PaymentStatus> = new Set([
+export const FINAL: ReadonlySet<PaymentStatus> = new Set([
   'succeeded',
   'failed',
   'canceled',
@@ -89,6 +89,8 @@ export async function recordEvent(
 export interface TransitionOptions {
   /** Only while the payment has no QR code stored: a copy read earlier may be out of date. */
   onlyWithoutCode?: boolean;
+  /** Only while nobody asked to cancel the sale: a cancel under way decides its outcome itself. */
+  unlessCancelRequested?: boolean;
   /**
    * The provider confirmed it cancelled the sale, which reverses a paid one: this holds even where
    * a success reached us first (the customer's payment and the till's cancel crossed), so the move
@@ -114,7 +116,9 @@ export async function transitionIn(
   options: TransitionOptions = {},
 ): Promise<PaymentRow | undefined> {
   const set = setClause(patch, 8);
-  const guard = options.onlyWithoutCode ? ' AND p.qr_data IS NULL' : '';
+  const guard =
+    (options.onlyWithoutCode ? ' AND p.qr_data IS NULL' : '') +
+    (options.unlessCancelRequested ? ' AND p.cancel_requested_at IS NULL' : '');
   const finalizing = FINAL.has(to)
     ? ', finalized_at = COALESCE(finalized_at, now()), next_check_at = NULL'
     : '';
