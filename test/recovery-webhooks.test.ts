@@ -12,13 +12,16 @@ import {
   ALIPAY_CODE,
   createPayment,
   eventually,
+  freePort,
   idempotencyKey,
   type Merchant,
+  PG_BASE,
   qrPayment,
   scanPayment,
   setupMerchant,
   simulatorCalls,
   startTestGateway,
+  TcpRelay,
   type TestGateway,
   waitForStatus,
 } from './helpers.ts';
@@ -190,6 +193,82 @@ describe('crash recovery', () => {
     assert.equal(payment.body.status, 'partially_refunded');
     assert.deepEqual(payment.body.amount_refunded, { value: 1000, currency: 'EUR' });
     assert.equal((await simulatorCalls(tg, paid.body.id))['/v1/refund'], 1, 'the refund was sent once');
+  });
+});
+
+describe('PostgreSQL lost for a moment', () => {
+  let blipping: TestGateway;
+  let shop: Merchant;
+  const relay = { current: undefined as TcpRelay | undefined };
+
+  before(async () => {
+    const first = await startTestGateway();
+    shop = await setupMerchant(first, 'Blip Kiosk');
+    await first.stop({ keepDatabase: true });
+    relay.current = new TcpRelay(await freePort(), new URL(PG_BASE));
+    await relay.current.open();
+    const viaRelay = new URL(first.env.DATABASE_URL as string);
+    viaRelay.host = `127.0.0.1:${relay.current.port}`;
+    blipping = await startTestGateway({ DATABASE_URL: viaRelay.toString() }, first);
+  });
+  after(async () => {
+    await blipping.stop();
+    await relay.current?.cut();
+  });
+
+  /** Every connection to PostgreSQL drops, for 1.5 s. */
+  async function blip(): Promise<void> {
+    await relay.current?.cut();
+    setTimeout(() => void relay.current?.open(), 1_500);
+  }
+
+  test('a connection lost while checked out (a transaction under way) fails its holder, not the process', async () => {
+    const client = await blipping.gateway.ctx.db.connect();
+    try {
+      await client.query('BEGIN');
+      await blip();
+      await assert.rejects(client.query('SELECT 1'));
+    } finally {
+      client.release(true);
+    }
+    await eventually(async () => (await blipping.http.get('/readyz')).status === 200, 10_000);
+  });
+
+  test('right after the provider took the money: the till still gets the outcome, not a 503', async () => {
+    const { pay } = sandboxAdapter;
+    sandboxAdapter.pay = async (account, payment) => {
+      const outcome = await pay(account, payment);
+      await blip();
+      return outcome;
+    };
+    try {
+      const res = await createPayment(blipping, shop.terminalKey, scanPayment(4242));
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.status, 'succeeded');
+    } finally {
+      sandboxAdapter.pay = pay;
+    }
+  });
+
+  test('right after the provider paid a refund out: the refund is answered as paid, not a 503', async () => {
+    const paid = await createPayment(blipping, shop.refundTerminalKey, scanPayment(4200)).expect(201);
+    const { refund } = sandboxAdapter;
+    sandboxAdapter.refund = async (account, request) => {
+      const outcome = await refund(account, request);
+      await blip();
+      return outcome;
+    };
+    try {
+      const res = await blipping.http
+        .post(`/v1/payments/${paid.body.id}/refunds`)
+        .set('Authorization', `Bearer ${shop.refundTerminalKey}`)
+        .set('Idempotency-Key', idempotencyKey())
+        .send({});
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.status, 'succeeded');
+    } finally {
+      sandboxAdapter.refund = refund;
+    }
   });
 });
 

@@ -7,6 +7,7 @@ import { withDeadline } from '../deadline.ts';
 import { ApiError, isDataException, isUnreadableBody } from '../errors.ts';
 import { randomToken } from '../ids.ts';
 import { countQueues } from '../jobs/queues.ts';
+import { isInfrastructureError } from '../ledger/db.ts';
 import { CredentialsUnreadableError } from '../payments/accounts.ts';
 import { authenticator, rateLimiter } from './auth.ts';
 import { documentedRoute, openApiDocument } from './openapi.ts';
@@ -15,27 +16,6 @@ import { extraRouters } from './routes/registry.ts';
 import { setupRouter } from './routes/setup.ts';
 
 const READY_PING_DEADLINE_MS = 2_000;
-
-const UNAVAILABLE_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  '57P01',
-  '57P03',
-  '53300',
-  '08006',
-  '08001',
-]);
-
-function isInfrastructureError(error: unknown): boolean {
-  const e = error as { code?: string; message?: string };
-  return (
-    (e.code !== undefined && UNAVAILABLE_CODES.has(e.code)) ||
-    /Connection is closed|connect ECONNREFUSED|Connection terminated|timeout exceeded when trying to connect|max retries per request/.test(
-      e.message ?? '',
-    )
-  );
-}
 
 /**
  * A request Node's HTTP parser refuses before the app sees it (a control character in a header, a

@@ -9,12 +9,56 @@ pg.types.setTypeParser(20, (value) => Number(value));
 export type Db = pg.Pool;
 export type Queryable = pg.Pool | pg.PoolClient;
 
+const UNAVAILABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  '57P01',
+  '57P03',
+  '53300',
+  '08006',
+  '08001',
+]);
+
+/** PostgreSQL or Redis out of reach (down, restarting, failing over, out of connections). */
+export function isInfrastructureError(error: unknown): boolean {
+  const e = error as { code?: string; message?: string };
+  return (
+    (e.code !== undefined && UNAVAILABLE_CODES.has(e.code)) ||
+    /Connection is closed|connect ECONNREFUSED|Connection terminated|timeout exceeded when trying to connect|max retries per request/.test(
+      e.message ?? '',
+    )
+  );
+}
+
+/**
+ * Runs `work` again while the storage is out of reach, for up to `budgetMs`: for writes that must
+ * not be lost to a blip, such as what a provider just answered about money it took.
+ */
+export async function retryWhileUnavailable<T>(work: () => Promise<T>, budgetMs: number): Promise<T> {
+  const deadline = Date.now() + budgetMs;
+  for (let pauseMs = 100; ; pauseMs = Math.min(pauseMs * 2, 1_000)) {
+    try {
+      return await work();
+    } catch (error) {
+      if (!isInfrastructureError(error) || Date.now() + pauseMs > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    }
+  }
+}
+
 const MIGRATIONS_DIR = join(dirname(fileURLToPath(import.meta.url)), 'migrations');
 
 export function createPool(databaseUrl: string, max = 20): Db {
   const pool = new pg.Pool({ connectionString: databaseUrl, max });
   pool.on('error', () => {
     // An idle client lost its connection; the pool replaces it. Queries report their own errors.
+  });
+  // A client lost while checked out (a transaction, a job's lock) emits 'error' with no listener
+  // of the pool's: unheard, that would end the process at a PostgreSQL restart. Its holder hears
+  // of it through its query, and the pool drops it on release.
+  pool.on('connect', (client) => {
+    client.on('error', () => {});
   });
   return pool;
 }

@@ -7,7 +7,7 @@ import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue, enqueueDue, ensureJob, sweepEach } from '../jobs/queues.ts';
-import { inTransaction } from '../ledger/db.ts';
+import { inTransaction, retryWhileUnavailable } from '../ledger/db.ts';
 import {
   CAPTURED,
   type PaymentRow,
@@ -17,7 +17,13 @@ import {
 } from '../ledger/payments.ts';
 import type { LoadedAccount } from './accounts.ts';
 import type { Money } from './money.ts';
-import { alertAccountRefused, IN_FLIGHT_GRACE_S, loadPayment, raiseAlert } from './service.ts';
+import {
+  alertAccountRefused,
+  IN_FLIGHT_GRACE_S,
+  loadPayment,
+  OUTCOME_STORE_BUDGET_MS,
+  raiseAlert,
+} from './service.ts';
 import { announce, recordEvent, transitionIn, writeOutbox } from './state-machine.ts';
 
 const REFUND_POLL_S = [1, 2, 3, 5, 10, 30, 60];
@@ -150,7 +156,10 @@ export async function sendRefund(ctx: Context, refundId: string): Promise<Refund
   const { refund, payment, account } = await loadRefundWithPayment(ctx, refundId);
   if (refund.status !== 'pending') return refund;
   const outcome = await askProvider(ctx, account, 'refund', refundRequestOf(refund, payment));
-  return applyRefundOutcome(ctx, refund.id, outcome, 'refund');
+  return retryWhileUnavailable(
+    () => applyRefundOutcome(ctx, refund.id, outcome, 'refund'),
+    OUTCOME_STORE_BUDGET_MS,
+  );
 }
 
 /** One check of a pending refund; `step` is the poll step its job was queued for. */

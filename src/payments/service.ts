@@ -16,7 +16,7 @@ import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue, enqueueDue, ensureJob, queuesUnavailable, sweepEach } from '../jobs/queues.ts';
-import { inTransaction, prepared } from '../ledger/db.ts';
+import { inTransaction, prepared, retryWhileUnavailable } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
 import type { LoadedAccount } from './accounts.ts';
@@ -343,7 +343,12 @@ async function sendToProvider(
       );
       continue;
     }
-    return applyOutcome(ctx, current, account, outcome, 'pay');
+    // The provider may have taken the money: a moment without PostgreSQL must not turn what it
+    // said into a 503 for the till and a sale left open until the sweeper finds it.
+    return retryWhileUnavailable(
+      () => applyOutcome(ctx, current, account, outcome, 'pay'),
+      OUTCOME_STORE_BUDGET_MS,
+    );
   }
   // No provider was reached at all, so nobody can have charged the customer: say so at once.
   const unreachable: PaymentOutcome = {
@@ -352,6 +357,9 @@ async function sendToProvider(
   };
   return applyOutcome(ctx, current, candidates[candidates.length - 1], unreachable, 'pay');
 }
+
+/** How long a provider's answer to a pay or refund is retried into a PostgreSQL out of reach, the till waiting. */
+export const OUTCOME_STORE_BUDGET_MS = 5_000;
 
 /** A QR code's creation that the till is still waiting on gets a retry budget of this long. */
 const QR_RETRY_BUDGET_MS = 5_000;
