@@ -122,6 +122,8 @@ describe('alipay adapter ⇄ simulator, UPM (customer shows the code)', () => {
     const outcome = await alipayAdapter.pay(h.account, payment);
     assert.equal(outcome.kind, 'unknown');
     assert.ok(outcome.kind === 'unknown' && outcome.reached);
+    // The client's own timeout, whatever the time scale: an early drop would play a reset instead.
+    assert.match(outcome.reason, /no answer within 5000 ms/);
     assert.equal((await alipayAdapter.inquire(h.account, payment)).kind, 'succeeded');
   });
 

@@ -24,7 +24,7 @@ export type SendResult =
  * Antom's reference client reads for 5 s (alipay.md, "Timeouts"); a till waits for our answer, and
  * API.md holds its request "up to a few seconds". Past that the outcome is unknown and inquired.
  */
-const DEFAULT_TIMEOUT_MS = 5_000;
+export const DEFAULT_TIMEOUT_MS = 5_000;
 
 export async function send(
   account: AlipayAccount,

@@ -24,11 +24,13 @@ import {
 export const ACK_BODY = '{"result":{"resultCode":"SUCCESS","resultStatus":"S","resultMessage":"success"}}';
 
 /**
- * Replay window for `request-time`. Antom documents none (§16.3); each retry is a new signed HTTP
- * request, so a notification signed long ago is a replay. Ten minutes tolerates clock skew and slow
- * delivery; a few minutes into the future tolerates a fast clock.
+ * Replay window for `request-time`. Antom documents none (§3.3), nor whether a retry is signed
+ * anew or sent as first signed; its retries go on for 24 h (§10). So a notification is taken for
+ * 26 h: refusing Antom's own late retry would lose the outcome it carries, while a replay of a
+ * genuine one changes nothing (outcomes only move forward, and are deduplicated). A few minutes
+ * into the future tolerates a fast clock.
  */
-export const MAX_AGE_MS = 10 * 60_000;
+export const MAX_AGE_MS = 26 * 3_600_000;
 export const MAX_FUTURE_MS = 5 * 60_000;
 
 export function handleAlipayNotification(

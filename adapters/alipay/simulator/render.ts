@@ -165,11 +165,15 @@ export class Renderer {
     };
   }
 
-  /** notifyPayment body (§10) `PAYMENT_PENDING`: the customer has scanned and is confirming. */
+  /**
+   * notifyPayment body (§10) `PAYMENT_PENDING`: the customer has scanned and is confirming. Its
+   * result is S, which with this notifyType means "being processed", not "paid"
+   * (https://docs.antom.com/ac/autodebit_en/notifications).
+   */
   pendingNotification(record: PaymentRecord): Json {
     return {
       notifyType: 'PAYMENT_PENDING',
-      result: this.result('U', 'PAYMENT_IN_PROCESS', 'payment in process'),
+      result: this.result('S', 'SUCCESS', 'success'),
       ...this.base(record),
     };
   }

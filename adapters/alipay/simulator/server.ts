@@ -5,6 +5,7 @@
 
 import type { KeyObject } from 'node:crypto';
 import type http from 'node:http';
+import { DEFAULT_TIMEOUT_MS } from '../client.ts';
 import { isRecord, type Json, text } from '../mapping.ts';
 import { formatSignatureHeader, isoTime, signBase64, verifySignatureHeader } from '../signature.ts';
 import { canonical, type Ledger, type PaymentRecord, parseMoney } from './ledger.ts';
@@ -14,8 +15,12 @@ import { SETTLEMENT_FAULTS, type SettlementFault, settlementFile } from './settl
 import { applySwitches, type SimulatorSwitches } from './switches.ts';
 import { walletPage } from './wallet-page.ts';
 
-/** Digits 54: hold the socket past the client's timeout (10 s), then drop it. */
-export const HANG_MS = 12_000;
+/**
+ * Digits 54: hold the socket past the client's timeout, then drop it (§15.7). Not shortened by the
+ * time scale below that timeout: dropped earlier, it is a reset, not the timeout it plays.
+ */
+const HANG_MS = 12_000;
+const hangMs = (timeScale: number) => Math.max(HANG_MS * timeScale, DEFAULT_TIMEOUT_MS + 1_000);
 
 const API_PATH = /^\/ams(?:\/sandbox)?\/api\/v1\/payments\/(pay|inquiryPayment|cancel|refund|inquiryRefund)$/;
 
@@ -210,7 +215,7 @@ function pay(
     const timer = setTimeout(() => {
       ctx.held.delete(timer);
       res.socket?.destroy();
-    }, HANG_MS * ctx.timeScale);
+    }, hangMs(ctx.timeScale));
     ctx.held.add(timer);
     return;
   }
