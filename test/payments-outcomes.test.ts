@@ -226,6 +226,26 @@ describe('long-poll', () => {
     assert.ok(Date.now() - t1 >= 900, 'held for the wait time');
   });
 
+  test('?wait is not ended by news of a status the till already has, only by a change', async () => {
+    const qr = await createPayment(tg, merchant.terminalKey, qrPayment(1701)).expect(201);
+    const started = Date.now();
+    const waiting = tg.http
+      .get(`/v1/payments/${qr.body.id}?wait=10`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .then((r) => r);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // A publish arriving late, of the change the till's read had already seen.
+    await tg.gateway.ctx.updates.publish(qr.body.id, JSON.stringify(qr.body));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await tg.http
+      .post(`/v1/payments/${qr.body.id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    const answer = await waiting;
+    assert.equal(answer.body.status, 'canceled');
+    assert.ok(Date.now() - started >= 600);
+  });
+
   test('cancel while the customer is confirming: 200 canceled, and the payment stays canceled', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(3057)).expect(201);
     const cancel = await tg.http

@@ -125,21 +125,35 @@ export function paymentsRouter(ctx: Context): Router {
 
   router.get('/v1/payments/:id', async (req, res) => {
     const { wait = 0 } = parse(getPaymentQuerySchema, req.query, 'query');
+    const endsAt = Date.now() + wait * 1000;
     // Subscribe before reading, so a change between the read and the wait is not missed.
-    const subscription = wait > 0 ? await ctx.updates.subscribe(req.params.id, wait * 1000) : undefined;
+    let subscription = wait > 0 ? await ctx.updates.subscribe(req.params.id, wait * 1000) : undefined;
+    const cancelWait = () => subscription?.cancel();
+    res.on('close', cancelWait);
     try {
       let row = await visiblePayment(ctx, req, req.params.id);
-      if (subscription && UNRESOLVED.includes(row.status)) {
-        res.on('close', subscription.cancel);
+      const seen = row.status;
+      while (subscription && UNRESOLVED.includes(row.status)) {
         const published = await subscription.changed;
-        if (published) {
+        subscription.cancel();
+        if (!published) {
+          row = await visiblePayment(ctx, req, row.id);
+          break;
+        }
+        if ((JSON.parse(published) as { status: string }).status !== seen) {
           res.type('application/json').send(published);
           return;
         }
+        // The news of a change made before the read (its publish is not awaited): still the
+        // status the till has, so the wait goes on for what is left of it.
+        const left = endsAt - Date.now();
+        subscription = left > 0 ? await ctx.updates.subscribe(row.id, left) : undefined;
         row = await visiblePayment(ctx, req, row.id);
+        if (row.status !== seen || res.closed) break;
       }
       res.json(paymentJson(row));
     } finally {
+      res.off('close', cancelWait);
       subscription?.cancel();
     }
   });
