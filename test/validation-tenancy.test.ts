@@ -624,6 +624,30 @@ describe('authentication and tenancy', () => {
   });
 });
 
+describe('a terminal’s payments', () => {
+  test('are those of its store and till, whichever key created them; another till sees none of them', async () => {
+    const forTill1 = { ...scanPayment(1200), store_id: 'berlin-01', terminal_id: 'till-1' };
+    const started = await createPayment(tg, merchant.secretKey, forTill1).expect(201);
+    const till1 = `Bearer ${merchant.terminalKey}`;
+    const till2 = `Bearer ${merchant.refundTerminalKey}`;
+    await tg.http.get(`/v1/payments/${started.body.id}`).set('Authorization', till1).expect(200);
+    const list = await tg.http.get('/v1/payments?limit=100').set('Authorization', till1).expect(200);
+    assert.ok(list.body.data.some((p: { id: string }) => p.id === started.body.id));
+    await tg.http.get(`/v1/payments/${started.body.id}`).set('Authorization', till2).expect(404);
+    const refund = await tg.http
+      .post(`/v1/payments/${started.body.id}/refunds`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .send({})
+      .expect(201);
+    await tg.http.get(`/v1/refunds/${refund.body.id}`).set('Authorization', till1).expect(200);
+    await tg.http.get(`/v1/refunds/${refund.body.id}`).set('Authorization', till2).expect(404);
+    // One started by the back office for no till belongs to none.
+    const noTill = await createPayment(tg, merchant.secretKey, scanPayment(1200)).expect(201);
+    await tg.http.get(`/v1/payments/${noTill.body.id}`).set('Authorization', till1).expect(404);
+  });
+});
+
 describe('listing', () => {
   test('cursor pagination walks every payment once, newest first, with filters', async () => {
     const shop = await setupMerchant(tg, 'Pager');

@@ -25,6 +25,20 @@ import {
 import { parse } from '../validate.ts';
 import { type Condition, listPage } from './lists.ts';
 
+/**
+ * A terminal's payments are those taken at its store and till, whichever key created them (a back
+ * office may start a sale for the till to follow); its key never sees another till's.
+ */
+function hiddenFromTerminal(
+  principal: ReturnType<typeof requireMerchantOrTerminal>,
+  payment: { store_id: string | null; terminal_id: string | null },
+): boolean {
+  return (
+    principal.kind === 'terminal' &&
+    (payment.store_id !== principal.store_id || payment.terminal_id !== principal.terminal_id)
+  );
+}
+
 /** Loads a payment the caller may see; anything else is 404, never 403 (no existence leaks). */
 async function visiblePayment(ctx: Context, req: Request, id: string): Promise<PaymentRow> {
   const principal = requireMerchantOrTerminal(req);
@@ -33,8 +47,7 @@ async function visiblePayment(ctx: Context, req: Request, id: string): Promise<P
     prepared('SELECT * FROM payments WHERE id = $1 AND merchant_id = $2', [id, principal.merchant_id]),
   );
   const row = rows[0];
-  if (!row || (principal.kind === 'terminal' && row.terminal_ref !== principal.terminal_ref))
-    throw notFound('payment', id);
+  if (!row || hiddenFromTerminal(principal, row)) throw notFound('payment', id);
   return row;
 }
 
@@ -162,7 +175,8 @@ export function paymentsRouter(ctx: Context): Router {
     const principal = requireMerchantOrTerminal(req);
     const query = parse(listPaymentsQuerySchema, req.query, 'query');
     const owner: Condition[] = [['merchant_id = ?', principal.merchant_id]];
-    if (principal.kind === 'terminal') owner.push(['terminal_ref = ?', principal.terminal_ref]);
+    if (principal.kind === 'terminal')
+      owner.push(['store_id = ?', principal.store_id], ['terminal_id = ?', principal.terminal_id]);
     const filters: Condition[] = [];
     if (query.status) filters.push(['status = ?', query.status]);
     if (query.store_id) filters.push(['store_id = ?', query.store_id]);
@@ -242,14 +256,13 @@ export function paymentsRouter(ctx: Context): Router {
   router.get('/v1/refunds/:id', async (req, res) => {
     const principal = requireMerchantOrTerminal(req);
     const id = req.params.id;
-    const { rows } = await ctx.db.query<RefundRow & { terminal_ref: string | null }>(
-      `SELECT r.*, p.terminal_ref FROM refunds r JOIN payments p ON p.id = r.payment_id
+    const { rows } = await ctx.db.query<RefundRow & { store_id: string | null; terminal_id: string | null }>(
+      `SELECT r.*, p.store_id, p.terminal_id FROM refunds r JOIN payments p ON p.id = r.payment_id
         WHERE r.id = $1 AND r.merchant_id = $2`,
       [id, principal.merchant_id],
     );
     const row = rows[0];
-    if (!row || (principal.kind === 'terminal' && row.terminal_ref !== principal.terminal_ref))
-      throw notFound('refund', id);
+    if (!row || hiddenFromTerminal(principal, row)) throw notFound('refund', id);
     res.json(refundJson(row));
   });
 
