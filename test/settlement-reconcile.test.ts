@@ -888,6 +888,26 @@ test('a cancel settled in a second batch is a duplicate; discrepancies name the 
   );
 });
 
+test('a cancel line for a sale the ledger holds as paid, with no payment line, is one status_mismatch, not also missing', async () => {
+  const m = await setupMerchant(tg);
+  const paid = await pay(tg, m, 6700);
+  const other = await pay(tg, m, 6800);
+  const cancel = lineFor(paid, {
+    type: 'cancel',
+    transaction_id: `${paid.provider_reference}C`,
+    original_transaction_id: paid.provider_reference,
+  });
+  // The other sale of the day settles, so this one is due too: its settlement did not go missing,
+  // the provider says it was reversed.
+  const job = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(other), cancel], 'REVERSED-PAID'));
+  assert.deepEqual(job.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(job.counts));
+  const found = await discrepancies(tg, m.secretKey);
+  assert.deepEqual(
+    found.map((d) => [d.kind, d.payment_id]),
+    [['status_mismatch', paid.id]],
+  );
+});
+
 test('settlements and discrepancies are the objects /openapi.json documents', async () => {
   const m = await setupMerchant(tg);
   const p = await pay(tg, m, 6700);

@@ -471,8 +471,11 @@ SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.curren
    AND NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
    AND p.status IN ('succeeded', 'partially_refunded', 'refunded') AND h.latest IS NOT NULL
    AND ${due('p.paid_at')}
+   -- A paid sale with an open status_mismatch was named by a cancel line (the provider reversed
+   -- it): that is its one discrepancy, not also a settlement gone missing.
    AND NOT EXISTS (SELECT 1 FROM reconciliation_discrepancies d
-                    WHERE d.payment_id = p.id AND d.closed_at IS NULL AND d.kind = 'missing_in_settlement')
+                    WHERE d.payment_id = p.id AND d.closed_at IS NULL
+                      AND d.kind IN ('missing_in_settlement', 'status_mismatch'))
 UNION ALL
 SELECT 'refund', r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at, h.latest,
        ${delayPassed('r.updated_at')}
