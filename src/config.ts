@@ -80,7 +80,7 @@ function numberFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): num
 /**
  * Random 32 bytes have about 30 distinct values and are almost never all printable: a key with
  * few distinct bytes (zeros, a repeated pattern) or made of text (a passphrase) was typed, not
- * generated. Odds of refusing a real random key: below 1e-12.
+ * generated. Odds of refusing a real random key: about 1e-10.
  */
 function looksRandom(key: Buffer): boolean {
   const printable = key.every((byte) => byte >= 0x20 && byte < 0x7f);
@@ -88,7 +88,7 @@ function looksRandom(key: Buffer): boolean {
 }
 
 const PLACEHOLDER_WORDS =
-  /change.?me|placeholder|example|replace.?me|your.?(admin|key|secret)|secret.?key|password|x{4}/i;
+  /change.?me|placeholder|example|replace.?me|your.?(admin|key|secret)|secret.?key|password/i;
 
 /** An admin key copied from a sample or typed as a filler: the only key that can create merchants. */
 function placeholderAdminKey(key: string): boolean {

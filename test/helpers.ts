@@ -314,4 +314,9 @@ export class TcpRelay {
   stall(): void {
     this.stalled = true;
   }
+
+  /** Forwards again after a stall (what was sent meanwhile is lost, as on a black-holed link). */
+  resume(): void {
+    this.stalled = false;
+  }
 }

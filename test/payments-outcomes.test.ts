@@ -234,8 +234,15 @@ describe('long-poll', () => {
       .set('Authorization', `Bearer ${merchant.terminalKey}`)
       .then((r) => r);
     await new Promise((resolve) => setTimeout(resolve, 300));
-    // A publish arriving late, of the change the till's read had already seen.
+    // Publishes arriving late: of the change the till's read had already seen, and of an older one.
     await tg.gateway.ctx.updates.publish(qr.body.id, JSON.stringify(qr.body));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const older = {
+      ...qr.body,
+      status: 'processing',
+      updated_at: new Date(Date.parse(qr.body.created_at) - 1).toISOString(),
+    };
+    await tg.gateway.ctx.updates.publish(qr.body.id, JSON.stringify(older));
     await new Promise((resolve) => setTimeout(resolve, 300));
     await tg.http
       .post(`/v1/payments/${qr.body.id}/cancel`)
@@ -243,7 +250,7 @@ describe('long-poll', () => {
       .expect(200);
     const answer = await waiting;
     assert.equal(answer.body.status, 'canceled');
-    assert.ok(Date.now() - started >= 600);
+    assert.ok(Date.now() - started >= 800);
   });
 
   test('cancel while the customer is confirming: 200 canceled, and the payment stays canceled', async () => {

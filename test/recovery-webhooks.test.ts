@@ -506,6 +506,70 @@ describe('inbound provider notifications', () => {
     assert.deepEqual(await events(res.body.id), ['processing', 'processing', 'canceled']);
   });
 
+  test('a success heard while a cancel is out outweighs that cancel’s proof that the pay never arrived', async () => {
+    const { pay, cancel } = sandboxAdapter;
+    // The pay lands and charges the customer; its answer is lost.
+    sandboxAdapter.pay = async (account, payment) => {
+      const outcome = await pay(account, payment);
+      return payment.amount.value === 4341
+        ? { kind: 'unknown', reason: 'read timeout', reached: true }
+        : outcome;
+    };
+    let id = '';
+    try {
+      id = (await createPayment(tg, merchant.terminalKey, scanPayment(4341)).expect(201)).body.id;
+    } finally {
+      sandboxAdapter.pay = pay;
+    }
+    // One "not found" already counted; this cancel's answer would be the second, far enough apart.
+    await db().query(
+      `UPDATE payments SET poll_step = poll_step + 100, next_check_at = now() + interval '1 hour',
+              not_found_count = 1, not_found_since = now() - interval '5 seconds' WHERE id = $1`,
+      [id],
+    );
+    sandboxAdapter.cancel = async (account, payment) => {
+      if (payment.payment_id !== id) return cancel(account, payment);
+      await notify(paymentNote(id, 'succeeded')).expect(200);
+      return { kind: 'not_found', reason: 'F ORDER_NOT_EXIST' };
+    };
+    try {
+      const answer = await tg.http
+        .post(`/v1/payments/${id}/cancel`)
+        .set('Authorization', `Bearer ${merchant.terminalKey}`);
+      assert.equal(answer.status, 409, JSON.stringify(answer.body));
+    } finally {
+      sandboxAdapter.cancel = cancel;
+    }
+    const ended = await loadPayment(tg.gateway.ctx, id);
+    assert.equal(ended.status, 'succeeded');
+    assert.deepEqual(await alertsOf(id), []);
+  });
+
+  test('a success held late in a cancel’s schedule has the cancel tried again within seconds, not a minute', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(4957)).expect(201);
+    await db().query(
+      `UPDATE payments SET cancel_requested_at = now(), cancel_attempts = 9, poll_step = poll_step + 100,
+              next_check_at = now() + interval '60 seconds' WHERE id = $1`,
+      [res.body.id],
+    );
+    await notify(paymentNote(res.body.id, 'succeeded')).expect(200);
+    const held = await loadPayment(tg.gateway.ctx, res.body.id);
+    assert.equal(held.status, 'processing');
+    assert.ok(
+      held.next_check_at && held.next_check_at.getTime() - Date.now() <= 5_000,
+      `next check at ${held.next_check_at?.toISOString()}`,
+    );
+    // That attempt reverses it at the provider: the one final answer.
+    const ended = await waitForStatus(
+      tg,
+      merchant.terminalKey,
+      res.body.id,
+      ['canceled', 'succeeded'],
+      20_000,
+    );
+    assert.equal(ended.status, 'canceled');
+  });
+
   test('a success arriving after the failure keeps the first final answer, and the charge is reversed at the provider', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(4357)).expect(201);
     await notify(paymentNote(res.body.id, 'failed')).expect(200);

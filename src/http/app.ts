@@ -16,6 +16,8 @@ import { extraRouters } from './routes/registry.ts';
 import { setupRouter } from './routes/setup.ts';
 
 const READY_PING_DEADLINE_MS = 2_000;
+/** A ping unanswered for this long is left behind and a new one sent: one held connection per 10 s at most. */
+const PING_RETRY_MS = 10_000;
 
 /**
  * A request Node's HTTP parser refuses before the app sees it (a control character in a header, a
@@ -56,13 +58,17 @@ export function operationsRouter(ctx: Context): express.Router {
     res.json({ status: 'ok' });
   });
   // A PostgreSQL that keeps its connection and stops answering never ends a ping: each probe
-  // waits for the one still out, so probes every second do not take a pooled connection each.
-  let pendingPing: Promise<unknown> | undefined;
+  // waits for the one still out, so probes every second do not take a pooled connection each. A
+  // ping out for longer than PING_RETRY_MS is given up on, so a recovery is seen.
+  let pendingPing: { ping: Promise<unknown>; since: number } | undefined;
   const pingPostgres = () => {
-    pendingPing ??= ctx.db.query('SELECT 1').finally(() => {
-      pendingPing = undefined;
-    });
-    return pendingPing;
+    if (!pendingPing || Date.now() - pendingPing.since > PING_RETRY_MS) {
+      const ping = ctx.db.query('SELECT 1').finally(() => {
+        if (pendingPing?.ping === ping) pendingPing = undefined;
+      });
+      pendingPing = { ping, since: Date.now() };
+    }
+    return pendingPing.ping;
   };
   router.get('/readyz', async (_req, res) => {
     const checks = await Promise.all([

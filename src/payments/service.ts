@@ -358,6 +358,9 @@ async function sendToProvider(
   return applyOutcome(ctx, current, candidates[candidates.length - 1], unreachable, 'pay');
 }
 
+/** A success held while a cancel is under way has that cancel tried again within this long. */
+const HELD_SUCCESS_CHECK_S = 5;
+
 /** How long a provider's answer to a pay or refund is retried into a PostgreSQL out of reach, the till waiting. */
 export const OUTCOME_STORE_BUDGET_MS = 5_000;
 
@@ -516,7 +519,7 @@ async function applyStatus(
       if (now.status === 'canceled' || now.status === 'failed')
         await reverseLateSuccess(ctx, now, account, source);
       else if (UNRESOLVED.includes(now.status) && now.cancel_requested_at)
-        return holdSuccess(ctx, now, cause, answered);
+        return holdSuccess(ctx, now, account, cause, answered);
       return now;
     }
     case 'failed': {
@@ -631,11 +634,17 @@ async function applyStatus(
 async function holdSuccess(
   ctx: Ctx,
   row: PaymentRow,
+  account: LoadedAccount,
   cause: string,
   answered: PaymentPatch,
 ): Promise<PaymentRow> {
-  const updated = (await updatePayment(ctx.db, row.id, { ...answered, pay_reached: true })) ?? row;
+  let updated = (await updatePayment(ctx.db, row.id, { ...answered, pay_reached: true })) ?? row;
   await recordEvent(ctx.db, row.id, row.status, row.status, `${cause}; held: the cancel under way decides`);
+  // The cancel's next attempt comes soon, not a minute later at the end of its schedule; not at
+  // once either, while the attempt under way may still answer.
+  const soon = Date.now() + HELD_SUCCESS_CHECK_S * 1000;
+  if (!updated.next_check_at || updated.next_check_at.getTime() > soon)
+    updated = await scheduleCheck(ctx, updated, account.module.adapter.resolution, HELD_SUCCESS_CHECK_S);
   return updated;
 }
 
@@ -887,18 +896,21 @@ async function cancelAtProvider(
         // Counted with the inquiries' "not found": once two far enough apart say so, the pay never
         // arrived and nothing can be charged.
         const { count, since, proven } = notFoundAgain(row, policy);
-        if (proven)
-          return (
-            (await transition(
-              ctx,
-              row.id,
-              'canceled',
-              `cancel: ${reason}; the pay never reached the provider`,
-              {
-                payment_code_sealed: null,
-              },
-            )) ?? loadPayment(ctx, row.id)
+        if (proven) {
+          // Not if a success was heard (and held) while this cancel was out: then the pay did arrive.
+          const ended = await transition(
+            ctx,
+            row.id,
+            'canceled',
+            `cancel: ${reason}; the pay never reached the provider`,
+            { payment_code_sealed: null },
+            {},
+            { unlessPayReached: true },
           );
+          if (ended) return ended;
+          const now = await loadPayment(ctx, row.id);
+          return UNRESOLVED.includes(now.status) ? cancelUnconfirmed(ctx, now, account, outcome.reason) : now;
+        }
         const updated =
           (await updatePayment(ctx.db, row.id, { not_found_count: count, not_found_since: since })) ?? row;
         await scheduleCheck(ctx, updated, policy, policy.resend_after_not_found_s);

@@ -91,6 +91,8 @@ export interface TransitionOptions {
   onlyWithoutCode?: boolean;
   /** Only while nobody asked to cancel the sale: a cancel under way decides its outcome itself. */
   unlessCancelRequested?: boolean;
+  /** Only while nothing has shown the pay reached the provider (a success held meanwhile has). */
+  unlessPayReached?: boolean;
   /**
    * The provider confirmed it cancelled the sale, which reverses a paid one: this holds even where
    * a success reached us first (the customer's payment and the till's cancel crossed), so the move
@@ -118,7 +120,8 @@ export async function transitionIn(
   const set = setClause(patch, 8);
   const guard =
     (options.onlyWithoutCode ? ' AND p.qr_data IS NULL' : '') +
-    (options.unlessCancelRequested ? ' AND p.cancel_requested_at IS NULL' : '');
+    (options.unlessCancelRequested ? ' AND p.cancel_requested_at IS NULL' : '') +
+    (options.unlessPayReached ? ' AND NOT p.pay_reached' : '');
   const finalizing = FINAL.has(to)
     ? ', finalized_at = COALESCE(finalized_at, now()), next_check_at = NULL'
     : '';

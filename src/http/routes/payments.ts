@@ -145,7 +145,7 @@ export function paymentsRouter(ctx: Context): Router {
     res.on('close', cancelWait);
     try {
       let row = await visiblePayment(ctx, req, req.params.id);
-      const seen = row.status;
+      const seen = { status: row.status, at: row.updated_at.getTime() };
       while (subscription && UNRESOLVED.includes(row.status)) {
         const published = await subscription.changed;
         subscription.cancel();
@@ -153,16 +153,17 @@ export function paymentsRouter(ctx: Context): Router {
           row = await visiblePayment(ctx, req, row.id);
           break;
         }
-        if ((JSON.parse(published) as { status: string }).status !== seen) {
+        const news = JSON.parse(published) as { status: string; updated_at: string };
+        if (news.status !== seen.status && Date.parse(news.updated_at) > seen.at) {
           res.type('application/json').send(published);
           return;
         }
-        // The news of a change made before the read (its publish is not awaited): still the
-        // status the till has, so the wait goes on for what is left of it.
+        // News of a change made before the read (its publish is not awaited, and may come after
+        // it): nothing the till does not know, so the wait goes on for what is left of it.
         const left = endsAt - Date.now();
         subscription = left > 0 ? await ctx.updates.subscribe(row.id, left) : undefined;
         row = await visiblePayment(ctx, req, row.id);
-        if (row.status !== seen || res.closed) break;
+        if (row.status !== seen.status || res.closed) break;
       }
       res.json(paymentJson(row));
     } finally {
