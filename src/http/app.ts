@@ -18,6 +18,7 @@ import { setupRouter } from './routes/setup.ts';
 const READY_PING_DEADLINE_MS = 2_000;
 /** A ping unanswered for this long is left behind and a new one sent: one held connection per 10 s at most. */
 const PING_RETRY_MS = 10_000;
+const PROBES = new Set(['/healthz', '/readyz', '/metrics']);
 
 /**
  * A request Node's HTTP parser refuses before the app sees it (a control character in a header, a
@@ -145,6 +146,8 @@ export function createApp(ctx: Context): express.Express {
         ms: Math.round(seconds * 1000),
       };
       if (res.statusCode >= 500) ctx.log.error(line, 'request failed');
+      // Probes come every few seconds: their lines would drown the requests'.
+      else if (PROBES.has(route) && res.statusCode < 400) ctx.log.debug(line, 'request');
       else ctx.log.info(line, 'request');
     });
     next();
