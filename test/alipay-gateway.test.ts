@@ -46,6 +46,25 @@ after(() => tg.stop());
 
 const causes = (id: string) => paymentHistory(tg, id);
 
+/**
+ * Starts a sale (its pay held back by the test) and, as soon as it is stored, the till's cancel of
+ * it: the sale's creating request, its id and the cancel's answer.
+ */
+async function cancelWhileCreating(amount: number) {
+  const creating = createPayment(tg, merchant.terminalKey, scanPayment(amount)).then((r) => r);
+  const id = await eventually(async () => {
+    const { rows } = await tg.gateway.ctx.db.query<{ id: string }>(
+      'SELECT id FROM payments WHERE merchant_id = $1 AND reference LIKE $2',
+      [merchant.id, `R-${amount}-%`],
+    );
+    return rows[0]?.id;
+  }, 5_000);
+  const canceling = await tg.http
+    .post(`/v1/payments/${id}/cancel`)
+    .set('Authorization', `Bearer ${merchant.terminalKey}`);
+  return { creating, id, canceling };
+}
+
 /** Turns one of the built-in Antom simulator's switches on or off (its `/_sim/switches`). */
 async function simSwitch(name: keyof SimulatorSwitches, on: boolean): Promise<void> {
   const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
@@ -449,7 +468,6 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   });
 
   test('a cancel Antom answers ORDER_NOT_EXIST while the pay is still on its way does not end the sale', async () => {
-    const ctx = tg.gateway.ctx;
     const { pay, cancel } = alipayAdapter;
     const payMayGo = signal();
     // The pay is slow to reach Antom; a cancel overtakes it and Antom knows no such order yet. (The
@@ -461,17 +479,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
     alipayAdapter.cancel = async () =>
       cancelOutcome({ resultStatus: 'F', resultCode: 'ORDER_NOT_EXIST', resultMessage: 'order not exist' });
     try {
-      const creating = createPayment(tg, merchant.terminalKey, scanPayment(1230)).then((r) => r);
-      const id = await eventually(async () => {
-        const { rows } = await ctx.db.query<{ id: string }>(
-          "SELECT id FROM payments WHERE merchant_id = $1 AND reference LIKE 'R-1230-%'",
-          [merchant.id],
-        );
-        return rows[0]?.id;
-      }, 5_000);
-      const canceling = await tg.http
-        .post(`/v1/payments/${id}/cancel`)
-        .set('Authorization', `Bearer ${merchant.terminalKey}`);
+      const { creating, id, canceling } = await cancelWhileCreating(1230);
       assert.equal(canceling.status, 202, JSON.stringify(canceling.body));
       assert.equal(canceling.body.status, 'processing');
       payMayGo.settle();
@@ -493,7 +501,6 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   });
 
   test('“no such order” while the pay is still on its way proves nothing: the pay lands, its answer is lost, and the cancel reverses it', async () => {
-    const ctx = tg.gateway.ctx;
     const { pay, cancel } = alipayAdapter;
     const payMayGo = signal();
     let landed = false;
@@ -517,17 +524,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
       return outcome;
     };
     try {
-      const creating = createPayment(tg, merchant.terminalKey, scanPayment(1231)).then((r) => r);
-      const id = await eventually(async () => {
-        const { rows } = await ctx.db.query<{ id: string }>(
-          "SELECT id FROM payments WHERE merchant_id = $1 AND reference LIKE 'R-1231-%'",
-          [merchant.id],
-        );
-        return rows[0]?.id;
-      }, 5_000);
-      const canceling = await tg.http
-        .post(`/v1/payments/${id}/cancel`)
-        .set('Authorization', `Bearer ${merchant.terminalKey}`);
+      const { creating, id, canceling } = await cancelWhileCreating(1231);
       assert.equal(canceling.status, 202, JSON.stringify(canceling.body));
       // Two "not found" answers 2 s apart would once have been taken as proof the pay never arrived.
       await new Promise((resolve) => setTimeout(resolve, 3_000));

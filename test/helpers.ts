@@ -262,6 +262,21 @@ export async function scanWhileTillWaits(
   return waiting;
 }
 
+/** A gateway that reaches its PostgreSQL through a TcpRelay, for outages (its own environment). */
+export async function gatewayBehindPostgresRelay(): Promise<{
+  gateway: Gateway;
+  relay: TcpRelay;
+  dbName: string;
+}> {
+  const relay = new TcpRelay(await freePort(), new URL(PG_BASE));
+  await relay.open();
+  const { env, dbName } = testEnvironment({ PORT: String(await freePort()) });
+  const url = new URL(env.DATABASE_URL as string);
+  url.host = `127.0.0.1:${relay.port}`;
+  const gateway = await startGateway(loadConfig({ ...env, DATABASE_URL: url.toString() }));
+  return { gateway, relay, dbName };
+}
+
 /**
  * A TCP relay in front of one of the real services (`target`, a URL with its host and port), for
  * outages: `cut` drops its connections and refuses new ones, `stall` stops forwarding while the

@@ -18,12 +18,11 @@ import {
   discardEnvironment,
   eventually,
   freePort,
+  gatewayBehindPostgresRelay,
   type Merchant,
-  PG_BASE,
   scanPayment,
   setupMerchant,
   startTestGateway,
-  TcpRelay,
   type TestGateway,
   testEnvironment,
 } from './helpers.ts';
@@ -45,12 +44,7 @@ describe('operations endpoints', () => {
   });
 
   test('a PostgreSQL that stops answering makes /readyz 503 at once, and does not hold a stop for ever', async () => {
-    const relay = new TcpRelay(await freePort(), new URL(PG_BASE));
-    await relay.open();
-    const { env, dbName } = testEnvironment({ PORT: String(await freePort()) });
-    const url = new URL(env.DATABASE_URL as string);
-    url.host = `127.0.0.1:${relay.port}`;
-    const gateway = await startGateway(loadConfig({ ...env, DATABASE_URL: url.toString() }));
+    const { gateway, relay, dbName } = await gatewayBehindPostgresRelay();
     try {
       const api = supertest(gateway.url);
       await api.get('/readyz').expect(200);
@@ -80,12 +74,7 @@ describe('operations endpoints', () => {
   });
 
   test('an outage of PostgreSQL is logged by the outbox relay once when it starts and once when it ends', async () => {
-    const relay = new TcpRelay(await freePort(), new URL(PG_BASE));
-    await relay.open();
-    const { env, dbName } = testEnvironment({ PORT: String(await freePort()) });
-    const url = new URL(env.DATABASE_URL as string);
-    url.host = `127.0.0.1:${relay.port}`;
-    const gateway = await startGateway(loadConfig({ ...env, DATABASE_URL: url.toString() }));
+    const { gateway, relay, dbName } = await gatewayBehindPostgresRelay();
     const messages: string[] = [];
     gateway.ctx.log = createLogger(
       'info',

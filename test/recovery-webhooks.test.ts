@@ -3,6 +3,7 @@ import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import type { CancelOutcome } from '../adapters/contract.ts';
 import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import { applyOutcome, loadPayment, resolvePayment, sweepStragglers } from '../src/payments/service.ts';
@@ -382,6 +383,23 @@ describe('inbound provider notifications', () => {
     return rows.map((r) => r.to_status);
   }
 
+  /** The till cancels `id`; the provider's cancel of it is played by `play`, given the real one. */
+  async function tillCancelsWhile(
+    id: string,
+    play: (real: () => Promise<CancelOutcome>) => Promise<CancelOutcome>,
+  ) {
+    const { cancel } = sandboxAdapter;
+    sandboxAdapter.cancel = async (account, payment) =>
+      payment.payment_id === id ? play(() => cancel(account, payment)) : cancel(account, payment);
+    try {
+      return await tg.http
+        .post(`/v1/payments/${id}/cancel`)
+        .set('Authorization', `Bearer ${merchant.terminalKey}`);
+    } finally {
+      sandboxAdapter.cancel = cancel;
+    }
+  }
+
   test('duplicates apply once; late and reordered ones never move a final payment', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(4257)).expect(201); // 57: stays processing
     const id = res.body.id;
@@ -435,20 +453,11 @@ describe('inbound provider notifications', () => {
 
   test('a till cancel crossing the customer’s success: the success is held, the provider reversed it, so the one final answer is canceled', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(4657)).expect(201);
-    const { cancel } = sandboxAdapter;
-    sandboxAdapter.cancel = async (account, payment) => {
+    const answer = await tillCancelsWhile(res.body.id, async (real) => {
       // The success is heard first; then the provider carries out the cancel, reversing the payment.
-      if (payment.payment_id === res.body.id) await notify(paymentNote(res.body.id, 'succeeded')).expect(200);
-      return cancel(account, payment);
-    };
-    let answer: Awaited<ReturnType<typeof createPayment>>;
-    try {
-      answer = await tg.http
-        .post(`/v1/payments/${res.body.id}/cancel`)
-        .set('Authorization', `Bearer ${merchant.terminalKey}`);
-    } finally {
-      sandboxAdapter.cancel = cancel;
-    }
+      await notify(paymentNote(res.body.id, 'succeeded')).expect(200);
+      return real();
+    });
     assert.equal(answer.status, 200, JSON.stringify(answer.body));
     assert.equal(answer.body.status, 'canceled');
     // Never `succeeded` in between: a till long-polling would have been told so, then `canceled`.
@@ -457,10 +466,8 @@ describe('inbound provider notifications', () => {
 
   test('a cancel whose answer is lost while the customer’s success comes in: the reversal an inquiry finds is the answer, and no refund slips in between', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(4757)).expect(201);
-    const { cancel } = sandboxAdapter;
     let refundMeanwhile: number | undefined;
-    sandboxAdapter.cancel = async (account, payment) => {
-      if (payment.payment_id !== res.body.id) return cancel(account, payment);
+    const answer = await tillCancelsWhile(res.body.id, async (real) => {
       await notify(paymentNote(res.body.id, 'succeeded')).expect(200);
       refundMeanwhile = (
         await tg.http
@@ -470,17 +477,9 @@ describe('inbound provider notifications', () => {
           .send({})
       ).status;
       // The provider reverses the sale, and its answer is lost on the way back.
-      await cancel(account, payment);
+      await real();
       return { kind: 'unknown', reason: 'connection reset' };
-    };
-    let answer: Awaited<ReturnType<typeof createPayment>>;
-    try {
-      answer = await tg.http
-        .post(`/v1/payments/${res.body.id}/cancel`)
-        .set('Authorization', `Bearer ${merchant.terminalKey}`);
-    } finally {
-      sandboxAdapter.cancel = cancel;
-    }
+    });
     assert.equal(answer.status, 200, JSON.stringify(answer.body));
     assert.equal(answer.body.status, 'canceled');
     assert.equal(refundMeanwhile, 409, 'a refund of a sale whose cancel is under way');
@@ -507,7 +506,7 @@ describe('inbound provider notifications', () => {
   });
 
   test('a success heard while a cancel is out outweighs that cancel’s proof that the pay never arrived', async () => {
-    const { pay, cancel } = sandboxAdapter;
+    const { pay } = sandboxAdapter;
     // The pay lands and charges the customer; its answer is lost.
     sandboxAdapter.pay = async (account, payment) => {
       const outcome = await pay(account, payment);
@@ -527,19 +526,11 @@ describe('inbound provider notifications', () => {
               not_found_count = 1, not_found_since = now() - interval '5 seconds' WHERE id = $1`,
       [id],
     );
-    sandboxAdapter.cancel = async (account, payment) => {
-      if (payment.payment_id !== id) return cancel(account, payment);
+    const answer = await tillCancelsWhile(id, async () => {
       await notify(paymentNote(id, 'succeeded')).expect(200);
       return { kind: 'not_found', reason: 'F ORDER_NOT_EXIST' };
-    };
-    try {
-      const answer = await tg.http
-        .post(`/v1/payments/${id}/cancel`)
-        .set('Authorization', `Bearer ${merchant.terminalKey}`);
-      assert.equal(answer.status, 409, JSON.stringify(answer.body));
-    } finally {
-      sandboxAdapter.cancel = cancel;
-    }
+    });
+    assert.equal(answer.status, 409, JSON.stringify(answer.body));
     const ended = await loadPayment(tg.gateway.ctx, id);
     assert.equal(ended.status, 'succeeded');
     assert.deepEqual(await alertsOf(id), []);
