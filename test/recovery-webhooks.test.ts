@@ -536,7 +536,42 @@ describe('inbound provider notifications', () => {
     assert.deepEqual(await alertsOf(id), []);
   });
 
-  test('a success held late in a cancel’s schedule has the cancel tried again within seconds, not a minute', async () => {
+  test('a failure heard after a held success is held too: the customer is not left charged for a failed sale', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(4557)).expect(201);
+    const answer = await tillCancelsWhile(res.body.id, async () => {
+      await notify(paymentNote(res.body.id, 'succeeded')).expect(200);
+      await notify(paymentNote(res.body.id, 'failed')).expect(200);
+      return { kind: 'unknown', reason: 'read timeout' };
+    });
+    assert.equal(answer.status, 202, JSON.stringify(answer.body));
+    // The next attempt reverses the charge at the provider: that is the sale's end.
+    const ended = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL, 30_000);
+    assert.equal(ended.status, 'canceled');
+    assert.ok(!(await events(res.body.id)).includes('failed'));
+  });
+
+  test('a check queued before the till’s cancel sends no second cancel beside it', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(6157)).expect(201);
+    // A check of the sale falls due while the till's cancel is out.
+    await db().query("UPDATE payments SET next_check_at = now() + interval '1 second' WHERE id = $1", [
+      res.body.id,
+    ]);
+    const row = await loadPayment(tg.gateway.ctx, res.body.id);
+    await tg.gateway.ctx.queues.resolve.add(
+      { payment_id: row.id, step: row.poll_step },
+      { delay: 500, jobId: `resolve:${row.id}:${row.poll_step}:early` },
+    );
+    let calls = 0;
+    const answer = await tillCancelsWhile(res.body.id, async (real) => {
+      calls++;
+      if (calls === 1) await new Promise((resolve) => setTimeout(resolve, 2_500));
+      return real();
+    });
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    assert.equal(calls, 1, 'cancels sent while the till’s was out');
+  });
+
+  test('a success held late in a cancel’s schedule has the cancel tried again within 15 s, not a minute', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(4957)).expect(201);
     await db().query(
       `UPDATE payments SET cancel_requested_at = now(), cancel_attempts = 9, poll_step = poll_step + 100,
@@ -547,7 +582,7 @@ describe('inbound provider notifications', () => {
     const held = await loadPayment(tg.gateway.ctx, res.body.id);
     assert.equal(held.status, 'processing');
     assert.ok(
-      held.next_check_at && held.next_check_at.getTime() - Date.now() <= 5_000,
+      held.next_check_at && held.next_check_at.getTime() - Date.now() <= 15_000,
       `next check at ${held.next_check_at?.toISOString()}`,
     );
     // That attempt reverses it at the provider: the one final answer.

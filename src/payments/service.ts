@@ -358,8 +358,11 @@ async function sendToProvider(
   return applyOutcome(ctx, current, candidates[candidates.length - 1], unreachable, 'pay');
 }
 
-/** A success held while a cancel is under way has that cancel tried again within this long. */
-const HELD_SUCCESS_CHECK_S = 5;
+/**
+ * Longer than a cancel attempt with its inquiry may take: the check queued when a cancel starts
+ * (and one brought forward for an outcome held meanwhile) comes after it, never beside it.
+ */
+const CANCEL_ATTEMPT_S = 15;
 
 /** How long a provider's answer to a pay or refund is retried into a PostgreSQL out of reach, the till waiting. */
 export const OUTCOME_STORE_BUDGET_MS = 5_000;
@@ -519,7 +522,7 @@ async function applyStatus(
       if (now.status === 'canceled' || now.status === 'failed')
         await reverseLateSuccess(ctx, now, account, source);
       else if (UNRESOLVED.includes(now.status) && now.cancel_requested_at)
-        return holdSuccess(ctx, now, account, cause, answered);
+        return holdOutcome(ctx, now, account, cause, answered);
       return now;
     }
     case 'failed': {
@@ -530,11 +533,23 @@ async function applyStatus(
         failure_message: outcome.failure.message,
         payment_code_sealed: null,
       };
-      const failed = await transition(ctx, row.id, 'failed', cause, patch, {
-        provider_code: outcome.failure.provider_code,
-      });
+      const failed = await transition(
+        ctx,
+        row.id,
+        'failed',
+        cause,
+        patch,
+        { provider_code: outcome.failure.provider_code },
+        { unlessCancelRequested: source !== 'cancel' && !decidesCancel },
+      );
       if (failed && outcome.failure.configuration) await alertAccountRefused(ctx, failed, outcome.failure);
-      return failed ?? loadPayment(ctx, row.id);
+      if (failed) return failed;
+      const now = await loadPayment(ctx, row.id);
+      // Held like a success: after a success was held, a failure taken now would leave the
+      // customer charged for a sale that ended failed.
+      if (UNRESOLVED.includes(now.status) && now.cancel_requested_at)
+        return holdOutcome(ctx, now, account, cause, answered);
+      return now;
     }
     case 'canceled':
       return (
@@ -627,11 +642,12 @@ async function applyStatus(
 }
 
 /**
- * A success reported while a cancel of the sale is under way: the cancel reverses it or learns it
- * won the race, and only then does the till get its one final answer. The pay evidently arrived,
- * so no "not found" may later pass for proof that it never did.
+ * An outcome (success or failure) reported while a cancel of the sale is under way: the cancel
+ * reverses or closes the sale, or learns how it ended, and only then does the till get its one
+ * final answer. The provider evidently knows the order, so no "not found" may later pass for
+ * proof that the pay never arrived.
  */
-async function holdSuccess(
+async function holdOutcome(
   ctx: Ctx,
   row: PaymentRow,
   account: LoadedAccount,
@@ -642,9 +658,9 @@ async function holdSuccess(
   await recordEvent(ctx.db, row.id, row.status, row.status, `${cause}; held: the cancel under way decides`);
   // The cancel's next attempt comes soon, not a minute later at the end of its schedule; not at
   // once either, while the attempt under way may still answer.
-  const soon = Date.now() + HELD_SUCCESS_CHECK_S * 1000;
+  const soon = Date.now() + CANCEL_ATTEMPT_S * 1000;
   if (!updated.next_check_at || updated.next_check_at.getTime() > soon)
-    updated = await scheduleCheck(ctx, updated, account.module.adapter.resolution, HELD_SUCCESS_CHECK_S);
+    updated = await scheduleCheck(ctx, updated, account.module.adapter.resolution, CANCEL_ATTEMPT_S);
   return updated;
 }
 
@@ -758,7 +774,13 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
       return;
     }
     const cancelling = await markCancelRequested(ctx, row.id);
-    if (cancelling) await cancelAtProvider(ctx, cancelling, account, 'resolution window ended');
+    if (cancelling)
+      await cancelAtProvider(
+        ctx,
+        await checkAfterCancel(ctx, cancelling, account),
+        account,
+        'resolution window ended',
+      );
     return;
   }
   if (outcome.kind === 'not_found' && !row.pay_reached && !row.resent) {
@@ -968,12 +990,26 @@ export async function requestCancel(
   }
   const account = await ctx.accounts.get(requested.provider_account_id);
   if (!account) throw new Error(`payment ${row.id} has no provider account`);
-  const after = await cancelAtProvider(ctx, requested, account, 'cancel requested by the till');
+  const after = await cancelAtProvider(
+    ctx,
+    await checkAfterCancel(ctx, requested, account),
+    account,
+    'cancel requested by the till',
+  );
   if (after.status === 'canceled') return { payment: after, confirmed: true };
   if (FINAL.has(after.status)) {
     throw new ApiError('conflict', 'payment_final', `payment ${row.id} is already ${after.status}`);
   }
   return { payment: after, confirmed: false };
+}
+
+/**
+ * Queues the sale's next check for after the cancel about to be sent: the checks queued before
+ * are stale from now on, so none sends a second cancel beside this one (its answer could reverse
+ * a sale this one finds paid), and the cancel goes on if this process dies during it.
+ */
+function checkAfterCancel(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<PaymentRow> {
+  return scheduleCheck(ctx, row, account.module.adapter.resolution, CANCEL_ATTEMPT_S);
 }
 
 /**
