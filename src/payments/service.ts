@@ -496,6 +496,9 @@ async function applyStatus(
     );
   }
   const cause = `${source}: ${outcome.kind}`;
+  // While a cancel is under way its answer decides: a success or failure taken from elsewhere now
+  // would be a final answer the till sees, then overturned by that cancel a moment later.
+  const onlyIfNoCancel = { unlessCancelRequested: source !== 'cancel' && !decidesCancel };
   switch (outcome.kind) {
     case 'succeeded': {
       const patch = {
@@ -504,19 +507,7 @@ async function applyStatus(
         paid_at: outcome.paid_at ?? new Date(),
         payment_code_sealed: null,
       };
-      // While a cancel is under way its answer decides: a success taken now would be a final
-      // answer the till sees, and then reversed by that cancel a moment later.
-      const moved = await transition(
-        ctx,
-        row.id,
-        'succeeded',
-        cause,
-        patch,
-        {},
-        {
-          unlessCancelRequested: source !== 'cancel' && !decidesCancel,
-        },
-      );
+      const moved = await transition(ctx, row.id, 'succeeded', cause, patch, {}, onlyIfNoCancel);
       if (moved) return moved;
       const now = await loadPayment(ctx, row.id);
       if (now.status === 'canceled' || now.status === 'failed')
@@ -540,13 +531,12 @@ async function applyStatus(
         cause,
         patch,
         { provider_code: outcome.failure.provider_code },
-        { unlessCancelRequested: source !== 'cancel' && !decidesCancel },
+        onlyIfNoCancel,
       );
       if (failed && outcome.failure.configuration) await alertAccountRefused(ctx, failed, outcome.failure);
       if (failed) return failed;
       const now = await loadPayment(ctx, row.id);
-      // Held like a success: after a success was held, a failure taken now would leave the
-      // customer charged for a sale that ended failed.
+      // Held like a success (after a held success, a failure taken would leave a charge standing).
       if (UNRESOLVED.includes(now.status) && now.cancel_requested_at)
         return holdOutcome(ctx, now, account, cause, answered);
       return now;
