@@ -21,6 +21,7 @@ import type pg from 'pg';
 import { SettlementFormatError, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
+import { inTransaction } from '../ledger/db.ts';
 import { discardLines } from './receive.ts';
 
 export type DiscrepancyKind =
@@ -935,30 +936,25 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
   );
   let rematched = 0;
   for (const { merchant_id: merchantId, provider } of rows) {
-    const client = await ctx.db.connect();
     try {
-      await client.query('BEGIN');
-      // A reconcile job of theirs running now re-matches these lines itself: not waited for, so
-      // the rest of the sweep is not held up behind a long file.
-      const { rows: lock } = await client.query<{ taken: boolean }>(
-        'SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS taken',
-        [ledgerLock(merchantId, provider)],
-      );
-      if (lock[0].taken) {
+      rematched += await inTransaction(ctx.db, async (client) => {
+        // A reconcile job of theirs running now re-matches these lines itself: not waited for, so
+        // the rest of the sweep is not held up behind a long file.
+        const { rows: lock } = await client.query<{ taken: boolean }>(
+          'SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS taken',
+          [ledgerLock(merchantId, provider)],
+        );
+        if (!lock[0].taken) return 0;
         const result = await client.query<{ rematched: number }>(REMATCH_PENDING_SQL, [provider, merchantId]);
-        rematched += result.rows[0]?.rematched ?? 0;
         await refreshBatchStatuses(client, merchantId, provider, []);
-      }
-      await client.query('COMMIT');
+        return result.rows[0]?.rematched ?? 0;
+      });
     } catch (error) {
-      await client.query('ROLLBACK').catch(() => {});
       // The others go on; these are taken up again at the next sweep.
       ctx.log.error(
         { err: error, merchant_id: merchantId, provider },
         'could not match pending settlement lines again',
       );
-    } finally {
-      client.release();
     }
   }
   return rematched;
