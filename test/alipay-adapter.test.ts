@@ -8,7 +8,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { alipayAdapter } from '../adapters/alipay/adapter.ts';
+import { send } from '../adapters/alipay/client.ts';
 import type { AlipayAccount } from '../adapters/alipay/credentials.ts';
+import { type Json, payBody } from '../adapters/alipay/mapping.ts';
 import {
   eventually,
   type Harness,
@@ -380,6 +382,37 @@ describe('alipay adapter: answers that must not be trusted, and variants that mu
       },
     };
     assert.equal((await alipayAdapter.pay(account, scanPayment(1999))).kind, 'succeeded');
+  });
+
+  it("a pay lacking any of Antom's required fields is refused PARAM_ILLEGAL, naming it", async () => {
+    const without = (body: Json, path: string): Json => {
+      const copy = structuredClone(body);
+      const keys = path.split('.');
+      const last = keys.pop() as string;
+      delete (keys.reduce((node, key) => node[key] as Json, copy) as Record<string, unknown>)[last];
+      return copy;
+    };
+    const complete = (value: number) =>
+      payBody(h.account.credentials.stored, scanPayment(value), h.account.notify_url);
+    for (const [index, path] of [
+      'paymentNotifyUrl',
+      'settlementStrategy.settlementCurrency',
+      'paymentMethod.paymentMethodId',
+      'paymentFactor.inStorePaymentScenario',
+      'order.orderAmount',
+      'order.merchant.merchantMCC',
+      'order.merchant.store.referenceStoreId',
+      'order.env.storeTerminalId',
+      'order.env.storeTerminalRequestTime',
+    ].entries()) {
+      const sent = await send(h.account.credentials, 'pay', without(complete(1000 + index), path));
+      assert.ok(sent.answered, path);
+      assert.equal(sent.result.resultCode, 'PARAM_ILLEGAL', path);
+      assert.match(sent.result.resultMessage ?? '', new RegExp(path.replaceAll('.', '\\.')));
+    }
+    const whole = await send(h.account.credentials, 'pay', complete(1010));
+    assert.ok(whole.answered);
+    assert.equal(whole.result.resultStatus, 'S');
   });
 
   it('a request the simulator cannot verify gets F SIGNATURE_INVALID, unsigned', async () => {

@@ -178,6 +178,9 @@ function pay(
       fail('PARAM_ILLEGAL', 'paymentRequestId, paymentAmount or productCode is missing or invalid'),
     );
   }
+  const missing = missingPayField(body);
+  if (missing)
+    return respond(ctx, res, path, clientId, fail('PARAM_ILLEGAL', `${missing} is missing or invalid`));
   const existing = ctx.ledger.existingPayment(clientId, requestId);
   if (existing) {
     if (existing.tombstone)
@@ -229,6 +232,43 @@ function pay(
       paymentRequestId: record.paymentRequestId,
     });
   respond(ctx, res, path, clientId, ctx.render.pay(record, walletUrl(ctx, record)));
+}
+
+/**
+ * The first of pay's required fields (alipay.md §4.3: the legacy SDK's checks, and what current docs
+ * add) that the body lacks, so an adapter that stops sending one fails here as it would at Antom.
+ */
+function missingPayField(body: Json): string | undefined {
+  const at = (path: string): unknown =>
+    path.split('.').reduce<unknown>((value, key) => (isRecord(value) ? value[key] : undefined), body);
+  const scenario = at('paymentFactor.inStorePaymentScenario');
+  if (scenario !== 'PaymentCode' && scenario !== 'OrderCode' && scenario !== 'EntryCode')
+    return 'paymentFactor.inStorePaymentScenario';
+  const required = [
+    'paymentMethod.paymentMethodType',
+    ...(scenario === 'PaymentCode' ? ['paymentMethod.paymentMethodId'] : []),
+    'paymentNotifyUrl',
+    ...(at('paymentMethod.paymentMethodType') === 'CONNECT_WALLET'
+      ? ['settlementStrategy.settlementCurrency']
+      : []),
+    'order.orderDescription',
+    'order.merchant.referenceMerchantId',
+    'order.merchant.merchantName',
+    'order.merchant.merchantMCC',
+    'order.merchant.store.referenceStoreId',
+    'order.merchant.store.storeName',
+    'order.merchant.store.storeMCC',
+    'order.env.storeTerminalId',
+    'order.env.storeTerminalRequestTime',
+    ...(scenario === 'EntryCode' ? ['order.env.userAgent'] : []),
+  ];
+  const absent = required.find((path) => {
+    const value = at(path);
+    return typeof value !== 'string' || value.length === 0;
+  });
+  if (absent) return absent;
+  if (!parseMoney(at('order.orderAmount'))) return 'order.orderAmount';
+  return undefined;
 }
 
 function refund(
