@@ -162,6 +162,42 @@ describe('an alipay account that Antom refuses', () => {
   });
 });
 
+describe("an account with Antom's sandbox credentials", () => {
+  test('a SANDBOX_ client id calls /ams/sandbox/api unless path_prefix says otherwise', async () => {
+    const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+    const antom = (await sandboxKeys(tg.gateway.ctx.sandbox.env('alipay').seed)).antom;
+    const ours = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const publicPem = ours.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+    const credentials = (clientId: string) => ({
+      wallets: ['alipay'],
+      client_id: clientId,
+      private_key: ours.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      alipay_public_key: antom.publicPem,
+      endpoint: simUrl,
+    });
+    const prefixes: string[] = [];
+    for (const clientId of [`SANDBOX_5Y${Date.now()}`, `LIVE_5Y${Date.now()}`]) {
+      const registered = await fetch(`${simUrl}/_sim/clients`, {
+        method: 'POST',
+        body: JSON.stringify({ client_id: clientId, public_key: publicPem }),
+      });
+      assert.equal(registered.status, 200);
+      const shop = await setupMerchant(tg, `Path ${clientId}`, {
+        name: 'alipay',
+        body: credentials(clientId),
+      });
+      const shown = await tg.http
+        .get('/v1/providers/alipay')
+        .set('Authorization', `Bearer ${shop.secretKey}`)
+        .expect(200);
+      prefixes.push(shown.body.settings.path_prefix);
+      const sale = await createPayment(tg, shop.terminalKey, scanPayment(1000)).expect(201);
+      assert.equal(sale.body.status, 'succeeded', JSON.stringify(sale.body));
+    }
+    assert.deepEqual(prefixes, ['/ams/sandbox/api', '/ams/api']);
+  });
+});
+
 describe('an alipay account whose keys Antom stops trusting', () => {
   test('a refund it refuses for the account itself fails, and a person is told', async () => {
     const ctx = tg.gateway.ctx;

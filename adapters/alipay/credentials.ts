@@ -185,7 +185,7 @@ function realCredentials(input: Record<string, unknown>): AlipayCredentials {
     ...(more ? { alipay_public_keys: more } : {}),
     key_version: keyVersion(input),
     endpoint: endpoint(input),
-    path_prefix: pathPrefix(input),
+    path_prefix: pathPrefix(input, clientId),
     ...commonOptions(input),
   };
 }
@@ -316,8 +316,14 @@ function endpoint(input: Record<string, unknown>): string {
   return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
 }
 
-function pathPrefix(input: Record<string, unknown>): string {
-  const value = optionalText(input, 'path_prefix', 32) ?? '/ams/api';
+/**
+ * Antom's sandbox client ids start with `SANDBOX_`, and its SDKs then call `/ams/sandbox/api`
+ * (alipay.md §2, `adjust_sandbox_url`): that is the default for them, `/ams/api` for the rest.
+ */
+function pathPrefix(input: Record<string, unknown>, clientId: string): string {
+  const value =
+    optionalText(input, 'path_prefix', 32) ??
+    (clientId.startsWith('SANDBOX_') ? '/ams/sandbox/api' : '/ams/api');
   if (!(PATH_PREFIXES as readonly string[]).includes(value)) {
     throw new CredentialError('path_prefix', `path_prefix must be one of ${PATH_PREFIXES.join(', ')}`);
   }
