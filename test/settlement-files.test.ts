@@ -378,6 +378,20 @@ test('Alipay (Antom) settlement files: fetched on demand, and uploaded with plan
   assertRefused(await upload(shop.key, noColumn, 'alipay'), /settlementCurrency/, 'alipay column');
   const longBatch = file.toString('utf8').replace(/\n([^,\n]*),/, (_, id) => `\n${id}${'9'.repeat(3000)},`);
   assertRefused(await upload(shop.key, longBatch, 'alipay'), /longer than 256/, 'alipay long batch id');
+  // A fee in another currency than the settlement's cannot be netted against it.
+  const [head, ...rows] = file.toString('utf8').split('\n');
+  const feeCurrency = head.split(',').indexOf('feeCurrency');
+  assert.ok(feeCurrency >= 0, head);
+  const usdFee = [head, ...rows];
+  usdFee[1] = rows[0]
+    .split(',')
+    .map((cell, column) => (column === feeCurrency ? 'USD' : cell))
+    .join(',');
+  assertRefused(
+    await upload(shop.key, usdFee.join('\n'), 'alipay'),
+    /line 2: the fee is in USD, not in the settlement currency EUR/,
+    'alipay fee currency',
+  );
   const [still] = await settlements(tg, shop.key);
   assert.equal(still.version, 2);
 });
