@@ -592,6 +592,12 @@ test('the same lines in another order change nothing; a correction with the same
   );
   assert.equal(reordered.counts.batches_unchanged, 1, JSON.stringify(reordered.counts));
   assert.equal(reordered.counts.batches_superseded, 0);
+  // The header names capitalised, as a spreadsheet may save them: the same file.
+  const file = sandboxCsv(lines, 'ORDER-1');
+  const newline = file.indexOf('\n');
+  const shouting = `${file.slice(0, newline).toUpperCase()}${file.slice(newline)}`;
+  const capitalised = await importAndWait(tg, m.secretKey, shouting);
+  assert.equal(capitalised.counts.batches_unchanged, 1, JSON.stringify(capitalised));
   const [batch] = await settlements(tg, m.secretKey);
   assert.equal(batch.version, 1);
   assert.deepEqual(

@@ -1,6 +1,6 @@
 /**
  * The sandbox settlement file: a plain CSV with a header row. Amounts are integer minor units.
- * Columns are found by header name, in any order; unknown columns are ignored.
+ * Columns are found by header name, in any order and any case; unknown columns are ignored.
  */
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
@@ -261,12 +261,14 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
     const lines: SettlementLine[] = [];
     try {
       for (let index = 0; index < records.length; index++) {
-        const record = records[index];
+        let record = records[index];
         // Numbered as the file's lines are (blank lines and quoted line breaks count), as a text
         // editor shows them.
         const lineNo = lineNos[index];
         if (!header) {
-          // The header is checked as soon as it is read, so a header-only file (no payments that day) is valid.
+          // The header is checked as soon as it is read, so a header-only file (no payments that day) is
+          // valid. Its names are read in any case, as a spreadsheet may have capitalised them.
+          record = record.map((name) => name.toLowerCase());
           const missing = REQUIRED.filter((c) => !record.includes(c));
           if (missing.length)
             throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, lineNo);
