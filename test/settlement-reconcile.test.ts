@@ -140,6 +140,9 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
   );
   const job = await importAndWait(tg, m.secretKey, file);
   assert.equal(job.status, 'completed', JSON.stringify(job));
+  // The job's times span its work: finished when it committed, not when its transaction began.
+  const took = Date.parse(job.finished_at) - Date.parse(job.started_at);
+  assert.ok(took >= job.counts.timings_ms.apply, `${took} ms for ${JSON.stringify(job.counts.timings_ms)}`);
   const found = await discrepancies(tg, m.secretKey);
   assert.deepEqual(kinds(found), [
     'amount_mismatch',

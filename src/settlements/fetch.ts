@@ -85,7 +85,7 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
     const stream = await fetcher.call(account.module.adapter, account.context, job.date);
     if (!stream) {
       await ctx.db.query(
-        `UPDATE settlement_imports SET status = 'completed', finished_at = now(), counts = '{"no_file": true, "lines": 0}',
+        `UPDATE settlement_imports SET status = 'completed', finished_at = clock_timestamp(), counts = '{"no_file": true, "lines": 0}',
                 error_code = NULL, error_message = NULL WHERE id = $1`,
         [job.import_id],
       );
@@ -111,7 +111,7 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
       const message =
         error instanceof EmptyFileError ? 'the fetched settlement file is empty' : error.message;
       await ctx.db.query(
-        `UPDATE settlement_imports SET status = 'failed', finished_at = now(), attempts = attempts + 1,
+        `UPDATE settlement_imports SET status = 'failed', finished_at = clock_timestamp(), attempts = attempts + 1,
                 error_code = 'settlement_file_invalid', error_message = $2, error_line = $3
           WHERE id = $1`,
         [job.import_id, message, error instanceof SettlementFormatError ? (error.line_no ?? null) : null],
@@ -129,7 +129,7 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
     await ctx.db.query(
       `UPDATE settlement_imports SET attempts = attempts + 1, error_code = 'fetch_failed', error_message = $2,
               status = CASE WHEN $3 THEN 'failed' ELSE status END,
-              finished_at = CASE WHEN $3 THEN now() ELSE finished_at END
+              finished_at = CASE WHEN $3 THEN clock_timestamp() ELSE finished_at END
         WHERE id = $1`,
       [job.import_id, message, lastAttempt],
     );

@@ -1047,7 +1047,7 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     }
     await timed(counts, 'apply', () => applyLines(client, job, adapter, batches, counts));
     await client.query(
-      `UPDATE settlement_imports SET status = 'completed', counts = $2, finished_at = now(),
+      `UPDATE settlement_imports SET status = 'completed', counts = $2, finished_at = clock_timestamp(),
               error_code = NULL, error_message = NULL, error_line = NULL
         WHERE id = $1`,
       [importId, counts],
@@ -1069,7 +1069,7 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
       const code = known?.code ?? 'reconciliation_failed';
       const message = known?.message ?? `reconciliation failed: ${(error as Error).message}`;
       await ctx.db.query(
-        `UPDATE settlement_imports SET status = 'failed', finished_at = now(), error_code = $2, error_message = $3,
+        `UPDATE settlement_imports SET status = 'failed', finished_at = clock_timestamp(), error_code = $2, error_message = $3,
                 error_line = $4, counts = '{}'
           WHERE id = $1`,
         [importId, code, message, known?.line ?? null],

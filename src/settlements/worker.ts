@@ -66,7 +66,7 @@ export async function requeueStrandedImports(ctx: Context, graceMs = 30_000): Pr
     // ever: the import is failed, visibly, and the merchant imports the file again.
     if ((await ensureJob(ctx.queues, 'settlement', id, add, false)) === 'failed')
       await ctx.db.query(
-        `UPDATE settlement_imports SET status = 'failed', finished_at = now(), error_code = 'reconciliation_failed',
+        `UPDATE settlement_imports SET status = 'failed', finished_at = clock_timestamp(), error_code = 'reconciliation_failed',
                 error_message = 'the import job failed repeatedly; import (or fetch) the file again'
           WHERE id = $1 AND status IN ('queued', 'running')`,
         [id],
