@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import type { CancelOutcome } from '../adapters/contract.ts';
 import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
+import { WEBHOOK_EVENTS } from '../src/http/schemas.ts';
 import { applyOutcome, loadPayment, resolvePayment, sweepStragglers } from '../src/payments/service.ts';
 import { maskPaymentCode, seal } from '../src/secrets.ts';
 import { requeuePendingDeliveries } from '../webhooks/outbound.ts';
@@ -767,6 +768,28 @@ describe('merchant webhooks', () => {
     } finally {
       server.close();
     }
+  });
+
+  test('an endpoint created without events gets every event, and can be read back without its secret', async () => {
+    const created = await tg.http
+      .post('/v1/webhook-endpoints')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .send({ url: 'http://127.0.0.1:9/all' })
+      .expect(201);
+    assert.match(created.body.secret, /^whsec_/);
+    assert.deepEqual(created.body.events, [...WEBHOOK_EVENTS]);
+    const read = await tg.http
+      .get(`/v1/webhook-endpoints/${created.body.id}`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .expect(200);
+    const { secret: _, ...shown } = created.body;
+    assert.deepEqual(read.body, shown);
+    const stranger = await setupMerchant(tg, 'Another shop');
+    const hidden = await tg.http
+      .get(`/v1/webhook-endpoints/${created.body.id}`)
+      .set('Authorization', `Bearer ${stranger.secretKey}`)
+      .expect(404);
+    assert.equal(hidden.body.error.type, 'not_found');
   });
 
   test('a delivery whose job was lost is queued again by the sweeper; a deleted endpoint gets no more', async () => {

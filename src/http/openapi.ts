@@ -173,6 +173,13 @@ const OPERATIONS: Op[] = [
     items: 'WebhookEndpoint',
   },
   {
+    method: 'get',
+    path: '/v1/webhook-endpoints/{id}',
+    summary: 'A webhook endpoint (its secret is shown only at creation)',
+    auth: 'merchant',
+    responses: { 200: 'webhook endpoint', 404: 'no such endpoint' },
+  },
+  {
     method: 'delete',
     path: '/v1/webhook-endpoints/{id}',
     summary: 'Delete a webhook endpoint',

@@ -115,7 +115,8 @@ export const createWebhookEndpointSchema = z.strictObject({
         return false;
       }
     }, 'must be an absolute http(s) URL, without spaces or credentials'),
-  events: z.array(z.enum(WEBHOOK_EVENTS)).min(1),
+  /** Left out: every event, as most gateways subscribe a new endpoint by default. */
+  events: z.array(z.enum(WEBHOOK_EVENTS)).min(1).optional(),
 });
 
 const rfc3339 = z.string().refine(

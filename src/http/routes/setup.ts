@@ -21,6 +21,7 @@ import {
   createWebhookEndpointSchema,
   listQuerySchema,
   providerAccountCommon,
+  WEBHOOK_EVENTS,
 } from '../schemas.ts';
 import { parse } from '../validate.ts';
 import { listPage } from './lists.ts';
@@ -453,7 +454,7 @@ export function setupRouter(ctx: Context): Router {
         id,
         merchant.merchant_id,
         body.url,
-        [...new Set(body.events)],
+        [...new Set(body.events ?? WEBHOOK_EVENTS)],
         seal(ctx.config.masterKey, secret, webhookSecretContext(id)),
       ],
     );
@@ -472,6 +473,16 @@ export function setupRouter(ctx: Context): Router {
         endpointJson,
       ),
     );
+  });
+
+  router.get('/v1/webhook-endpoints/:id', async (req, res) => {
+    const merchant = requireMerchant(req);
+    const { rows } = await ctx.db.query<EndpointRow>(
+      'SELECT * FROM webhook_endpoints WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL',
+      [req.params.id, merchant.merchant_id],
+    );
+    if (!rows[0]) throw notFound('webhook endpoint', req.params.id);
+    res.json(endpointJson(rows[0]));
   });
 
   router.delete('/v1/webhook-endpoints/:id', async (req, res) => {
