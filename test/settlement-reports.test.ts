@@ -241,6 +241,26 @@ test('the dashboard page needs no key to load, and holds no data', async () => {
   assert.equal(served[1], '/v1/settlements?limit=100&starting_after=b100');
   const capped = await pages('/v1/settlements', 150);
   assert.deepEqual([capped.data.length, capped.more], [200, true]);
+  // A key the API refuses: the sign-in form comes back saying why (the report's error line is hidden with the report).
+  const apiSource = /async function api[\s\S]*?\n {2}\}\n/.exec(js.text)?.[0] ?? '';
+  const elements: Record<string, { textContent: string }> = { 'login-error': { textContent: '' } };
+  const stored = new Map([['tb_key', 'tk_a_terminal_key']]);
+  let shown = 0;
+  const refused = new Function('fetch', 'sessionStorage', 'show', '$', 'key', `${apiSource}; return api;`)(
+    async () => ({
+      status: 403,
+      ok: false,
+      json: async () => ({ error: { message: 'a terminal key cannot read settlements' } }),
+    }),
+    { removeItem: (name: string) => stored.delete(name) },
+    () => shown++,
+    (id: string) => elements[id],
+    () => stored.get('tb_key'),
+  );
+  await assert.rejects(refused('/v1/reports/settlements'));
+  assert.equal(stored.has('tb_key'), false);
+  assert.equal(shown, 1);
+  assert.match(elements['login-error'].textContent, /not accepted: a terminal key cannot read settlements/);
   const spec = await tg.http.get('/openapi.json');
   assert.ok(spec.body.paths['/v1/reports/settlements']);
   const importOp = spec.body.paths['/v1/settlements/imports'].post;

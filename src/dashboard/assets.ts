@@ -69,7 +69,13 @@ export const DASHBOARD_JS = `'use strict';
   }
   async function api(path) {
     var res = await fetch(path, { headers: { Authorization: 'Bearer ' + key() } });
-    if (res.status === 401) { sessionStorage.removeItem('tb_key'); show(); throw new Error('the key was not accepted'); }
+    if (res.status === 401 || res.status === 403) {
+      // Back to the sign-in form, which says why: the report's own error line is hidden with it.
+      var refusal = await res.json().catch(function () { return {}; });
+      sessionStorage.removeItem('tb_key'); show();
+      $('login-error').textContent = 'That key was not accepted' + (refusal.error && refusal.error.message ? ': ' + refusal.error.message : '') + '. Use the merchant secret key (sk_…).';
+      throw new Error('the key was not accepted');
+    }
     if (!res.ok) { var body = await res.json().catch(function () { return {}; }); throw new Error((body.error && body.error.message) || ('HTTP ' + res.status)); }
     return res;
   }
@@ -144,7 +150,7 @@ export const DASHBOARD_JS = `'use strict';
   }
   var today = new Date(), monthAgo = new Date(today.getTime() - 30 * 86400000);
   $('to').value = today.toISOString().slice(0, 10); $('from').value = monthAgo.toISOString().slice(0, 10);
-  $('login-form').addEventListener('submit', function (e) { e.preventDefault(); sessionStorage.setItem('tb_key', $('key').value.trim()); $('key').value = ''; show(); });
+  $('login-form').addEventListener('submit', function (e) { e.preventDefault(); sessionStorage.setItem('tb_key', $('key').value.trim()); $('key').value = ''; $('login-error').textContent = ''; show(); });
   $('filters').addEventListener('submit', function (e) { e.preventDefault(); load(); });
   $('csv').addEventListener('click', csv);
   $('logout').addEventListener('click', function () { sessionStorage.removeItem('tb_key'); show(); });
