@@ -76,6 +76,27 @@ describe('Idempotency-Key', () => {
     assert.equal(await paymentsWithReference('R-IDEM-1'), 1);
   });
 
+  test('a replay of an undecided sale is the 201 it was answered, until the sale is decided', async () => {
+    // 52: processing, checked by the gateway for ~3 s before it succeeds.
+    const key = idempotencyKey();
+    const body = scanPayment(1252, { reference: 'R-IDEM-52' });
+    const first = await createPayment(tg, merchant.terminalKey, body, key).expect(201);
+    assert.equal(first.body.status, 'processing');
+    let undecided = 0;
+    for (;;) {
+      const replay = await createPayment(tg, merchant.terminalKey, body, key).expect(200);
+      if (replay.body.status !== 'processing') {
+        assert.equal(replay.body.status, 'succeeded');
+        assert.ok(Date.parse(replay.body.updated_at) > Date.parse(first.body.updated_at));
+        break;
+      }
+      undecided++;
+      assert.deepEqual(replay.body, first.body, 'the checks meanwhile changed nothing the till sees');
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    assert.ok(undecided >= 3, `${undecided} replays while it was processing`);
+  });
+
   test('the same key with another body is 422 idempotency', async () => {
     const key = idempotencyKey();
     await createPayment(tg, merchant.terminalKey, scanPayment(1300, { reference: 'R-IDEM-2' }), key).expect(

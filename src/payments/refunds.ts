@@ -241,7 +241,9 @@ export async function applyRefundOutcome(
   const { rows } = await ctx.db.query<RefundRow>(
     `UPDATE refunds SET poll_step = poll_step + 1, provider_reference = COALESCE($2, provider_reference),
             next_check_at = now() + make_interval(secs => ($3::int[])[LEAST(poll_step + 1, cardinality($3::int[]))]),
-            updated_at = now()
+            -- Moved only by what the refund shows, not by the polling (a replay shows what was answered).
+            updated_at = CASE WHEN $2::text IS DISTINCT FROM provider_reference AND $2 IS NOT NULL
+                              THEN now() ELSE updated_at END
       WHERE id = $1 AND status = 'pending' RETURNING *`,
     [refundId, 'provider_reference' in outcome ? (outcome.provider_reference ?? null) : null, REFUND_POLL_S],
   );

@@ -388,7 +388,7 @@ async function retryQrCreation(
   for (let attempt = 1; attempt <= (policy.qr_create_retries ?? 0) && withoutCode(outcome); attempt++) {
     if (Date.now() - row.created_at.getTime() > QR_RETRY_BUDGET_MS) break;
     const claimed = await ctx.db.query(
-      `UPDATE payments SET resent = true, updated_at = now()
+      `UPDATE payments SET resent = true
         WHERE id = $1 AND status = 'processing' AND cancel_requested_at IS NULL`,
       [row.id],
     );
@@ -697,7 +697,7 @@ async function endUnshownQrSale(
 ): Promise<PaymentRow | undefined> {
   const { rows } = await ctx.db.query<PaymentRow>(
     prepared(
-      `UPDATE payments SET resolve_by = now(), updated_at = now()
+      `UPDATE payments SET resolve_by = now()
         WHERE id = $1 AND mode = 'qr' AND status = 'processing' AND qr_data IS NULL
           AND (NOT pay_answered OR $2)
         RETURNING *`,
@@ -832,7 +832,7 @@ async function handleNotFound(ctx: Ctx, row: PaymentRow, account: LoadedAccount)
     // Only while the sale is open and nobody asked to cancel it, checked in the same statement that
     // claims the resend: a pay sent after the till's cancel could charge a sale shown as canceled.
     const { rows } = await ctx.db.query<PaymentRow>(
-      `UPDATE payments SET resent = true, not_found_count = $2, updated_at = now()
+      `UPDATE payments SET resent = true, not_found_count = $2
         WHERE id = $1 AND status = ANY($3) AND cancel_requested_at IS NULL AND NOT resent
         RETURNING *`,
       [row.id, count, UNRESOLVED],

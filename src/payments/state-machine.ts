@@ -201,6 +201,36 @@ export function announce(ctx: Pick<Context, 'updates' | 'metrics'>, row: Payment
 }
 
 /**
+ * The columns paymentJson shows (or that decide what it shows). Only a patch touching one of them
+ * moves updated_at: polling bookkeeping alone must not, or a replay of the POST, or a read, would
+ * show a payment the till has already seen with a new updated_at and nothing else changed.
+ */
+const SHOWN_COLUMNS = new Set<string>([
+  'amount_value',
+  'currency',
+  'customer_amount_value',
+  'customer_currency',
+  'exchange_rate',
+  'wallet',
+  'wallet_psp',
+  'provider',
+  'mode',
+  'reference',
+  'store_id',
+  'terminal_id',
+  'payment_code_masked',
+  'qr_data',
+  'qr_expires_at',
+  'failure_code',
+  'failure_message',
+  'amount_refunded',
+  'provider_reference',
+  'description',
+  'metadata',
+  'cancel_requested_at',
+]);
+
+/**
  * Facts that do not change the status (provider reference, QR, polling bookkeeping). With
  * `nextPollStep`, the poll step is also counted up in the row itself, never from a copy that a
  * concurrent check may have overtaken.
@@ -214,11 +244,14 @@ export async function updatePayment(
   const set = setClause(patch, 2);
   const step = options.nextPollStep ? ', poll_step = poll_step + 1' : '';
   if (!set.sql && !step) return undefined;
+  const shown = Object.keys(patch).some(
+    (k) => patch[k as keyof PaymentPatch] !== undefined && SHOWN_COLUMNS.has(k),
+  );
   const { rows } = await db.query<PaymentRow>(
-    prepared(`UPDATE payments SET updated_at = now()${step}${set.sql} WHERE id = $1 RETURNING *`, [
-      paymentId,
-      ...set.values,
-    ]),
+    prepared(
+      `UPDATE payments SET updated_at = ${shown ? 'now()' : 'updated_at'}${step}${set.sql} WHERE id = $1 RETURNING *`,
+      [paymentId, ...set.values],
+    ),
   );
   return rows[0];
 }
