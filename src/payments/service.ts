@@ -512,8 +512,7 @@ async function applyStatus(
       const now = await loadPayment(ctx, row.id);
       if (now.status === 'canceled' || now.status === 'failed')
         await reverseLateSuccess(ctx, now, account, source);
-      else if (UNRESOLVED.includes(now.status) && now.cancel_requested_at)
-        return holdOutcome(ctx, now, account, cause, answered);
+      else if (heldByCancel(now)) return holdOutcome(ctx, now, account, cause, answered);
       return now;
     }
     case 'failed': {
@@ -537,8 +536,7 @@ async function applyStatus(
       if (failed) return failed;
       const now = await loadPayment(ctx, row.id);
       // Held like a success (after a held success, a failure taken would leave a charge standing).
-      if (UNRESOLVED.includes(now.status) && now.cancel_requested_at)
-        return holdOutcome(ctx, now, account, cause, answered);
+      if (heldByCancel(now)) return holdOutcome(ctx, now, account, cause, answered);
       return now;
     }
     case 'canceled':
@@ -637,6 +635,10 @@ async function applyStatus(
  * final answer. The provider evidently knows the order, so no "not found" may later pass for
  * proof that the pay never arrived.
  */
+/** An outcome the transition refused because a cancel is under way, not because the sale is final. */
+const heldByCancel = (row: PaymentRow): boolean =>
+  UNRESOLVED.includes(row.status) && row.cancel_requested_at !== null;
+
 async function holdOutcome(
   ctx: Ctx,
   row: PaymentRow,

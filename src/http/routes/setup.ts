@@ -83,6 +83,17 @@ const accountJson = (a: ProviderAccountRow) => ({
   updated_at: a.updated_at.toISOString(),
 });
 
+/** In production the gateway sends nothing (signed requests, webhooks) to loopback or private addresses. */
+function refuseNonPublic(ctx: Context, url: string, param: 'endpoint' | 'url'): void {
+  if (ctx.config.production && nonPublicHost(new URL(url)))
+    throw new ApiError(
+      'invalid_request',
+      `${param}_not_public`,
+      `${param} must reach the public internet: loopback and private addresses are refused in production`,
+      param,
+    );
+}
+
 const endpointJson = (e: EndpointRow) => ({
   id: e.id,
   object: 'webhook_endpoint',
@@ -272,18 +283,7 @@ export function setupRouter(ctx: Context): Router {
       );
     // A merchant key must not aim the gateway's signed requests at the services beside it.
     const { endpoint } = credentials;
-    if (
-      ctx.config.production &&
-      typeof endpoint === 'string' &&
-      URL.canParse(endpoint) &&
-      nonPublicHost(new URL(endpoint))
-    )
-      throw new ApiError(
-        'invalid_request',
-        'endpoint_not_public',
-        'endpoint must reach the public internet: loopback and private addresses are refused in production',
-        'endpoint',
-      );
+    if (typeof endpoint === 'string' && URL.canParse(endpoint)) refuseNonPublic(ctx, endpoint, 'endpoint');
     const result = await inTransaction(ctx.db, async (client) => {
       // One configuration of a merchant's provider at a time: two first PUTs at once would both
       // insert (and each build its credentials for an id of its own).
@@ -439,13 +439,7 @@ export function setupRouter(ctx: Context): Router {
   router.post('/v1/webhook-endpoints', async (req, res) => {
     const merchant = requireMerchant(req);
     const body = parse(createWebhookEndpointSchema, req.body);
-    if (ctx.config.production && nonPublicHost(new URL(body.url)))
-      throw new ApiError(
-        'invalid_request',
-        'url_not_public',
-        'url must reach the public internet: loopback and private addresses take no webhooks in production',
-        'url',
-      );
+    refuseNonPublic(ctx, body.url, 'url');
     const id = newId('whe');
     const secret = `whsec_${randomToken(32)}`;
     const { rows } = await ctx.db.query<EndpointRow>(
