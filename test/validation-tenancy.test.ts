@@ -55,6 +55,8 @@ const BAD_PAYMENTS: Case[] = [
   ['extra field in amount', { ...good(), amount: { value: 100, currency: 'EUR', fx: 1 } }, 400, 'amount.fx'],
   ['amount as a number', { ...good(), amount: 1999 }, 400, 'amount'],
   ['reference missing', without('reference'), 400, 'reference'],
+  ['reference null (a required field)', { ...good(), reference: null }, 400, 'reference'],
+  ['amount null (a required field)', { ...good(), amount: null }, 400, 'amount'],
   ['empty reference', { ...good(), reference: '' }, 400, 'reference'],
   ['reference too long', { ...good(), reference: 'R'.repeat(65) }, 400, 'reference'],
   ['reference with a control character', { ...good(), reference: 'R-1\u0007' }, 400, 'reference'],
@@ -484,6 +486,38 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     assert.equal(twice.body.error.param, 'from');
     const absent = await tg.http.get('/v1/reports/settlements?to=2030-01-31').set(auth).expect(400);
     assert.equal(absent.body.error.code, 'parameter_missing');
+  });
+
+  test('an optional field sent as null is taken as left out, as many JSON serialisers write it', async () => {
+    const key = idempotencyKey();
+    const nulls = {
+      ...scanPayment(1999, { reference: 'R-NULLS' }),
+      wallet: null,
+      description: null,
+      metadata: null,
+      store_id: null,
+      terminal_id: null,
+    };
+    const sale = await createPayment(tg, merchant.refundTerminalKey, nulls, key).expect(201);
+    assert.equal(sale.body.status, 'succeeded');
+    assert.equal(sale.body.wallet, 'alipay');
+    assert.equal(sale.body.description, undefined);
+    // The same request with the nulls left out is its replay, not another request.
+    const replay = await createPayment(
+      tg,
+      merchant.refundTerminalKey,
+      scanPayment(1999, { reference: 'R-NULLS' }),
+      key,
+    );
+    assert.equal(replay.status, 200, JSON.stringify(replay.body));
+    assert.equal(replay.body.id, sale.body.id);
+    const refund = await tg.http
+      .post(`/v1/payments/${sale.body.id}/refunds`)
+      .set('Authorization', `Bearer ${merchant.refundTerminalKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .send({ amount: null, reason: null })
+      .expect(201);
+    assert.deepEqual(refund.body.amount, { value: 1999, currency: 'EUR' }, 'the default: the rest');
   });
 });
 

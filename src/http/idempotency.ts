@@ -98,12 +98,15 @@ export function requestHashOf(method: string, path: string, caller: string, body
     .digest('hex');
 }
 
-/** JSON with every object's keys sorted, so that key order never makes two bodies differ. */
+/**
+ * JSON with every object's keys sorted, so that key order never makes two bodies differ, and without
+ * null fields, which the API takes as left out (validate.ts).
+ */
 function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
   if (value !== null && typeof value === 'object') {
     const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
+      .filter(([, v]) => v !== undefined && v !== null)
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
   }

@@ -13,7 +13,7 @@ export function parse<S extends z.ZodType>(
   ) {
     throw new ApiError('invalid_request', 'invalid_body', 'the request body must be a JSON object');
   }
-  const result = schema.safeParse(input);
+  const result = schema.safeParse(where === 'body' ? withoutNullOptionals(schema, input) : input);
   if (result.success) return result.data;
   const issue = result.error.issues[0];
   const param = issue.path.map(String).join('.');
@@ -29,6 +29,24 @@ export function parse<S extends z.ZodType>(
     missing ? 'parameter_missing' : 'parameter_invalid',
     missing ? `${param} is required` : `${param || where} ${issue.message}`,
     param || undefined,
+  );
+}
+
+/**
+ * The body without its null optional fields: many JSON serialisers write an unset field as null,
+ * and a till's `"description": null` means no description, not a bad request. A required field
+ * that is null is still refused, by its own schema.
+ */
+function withoutNullOptionals(schema: z.ZodType, input: unknown): unknown {
+  const shape = (schema as { shape?: Record<string, z.ZodType> }).shape;
+  if (!shape || input === null || typeof input !== 'object') return input;
+  const entries = Object.entries(input as Record<string, unknown>);
+  if (!entries.some(([, value]) => value === null)) return input;
+  return Object.fromEntries(
+    entries.filter(
+      ([key, value]) =>
+        !(value === null && Object.hasOwn(shape, key) && shape[key].safeParse(undefined).success),
+    ),
   );
 }
 
