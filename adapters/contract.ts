@@ -168,6 +168,15 @@ export interface SandboxEnvironment {
   latency_ms: number;
 }
 
+/** How the core lets an adapter reach the network. */
+export interface NetworkPolicy {
+  /**
+   * Production: requests go to public addresses only (transport's `publicOnly`), so that no
+   * merchant's provider endpoint can aim the gateway's requests at the services beside it.
+   */
+  publicOnly: boolean;
+}
+
 export class CredentialError extends Error {
   constructor(
     readonly param: string,
@@ -306,8 +315,9 @@ export interface WalletAdapter<C = unknown> {
   /**
    * Re-hydrate stored credentials (e.g. parse keys into KeyObjects). Called once per account and
    * cached. `sandbox` is given for every account; sandbox accounts resolve their simulator from it.
+   * Every request to the provider goes through transport.ts with `network.publicOnly`.
    */
-  load(stored: unknown, sandbox: SandboxEnvironment): C;
+  load(stored: unknown, sandbox: SandboxEnvironment, network: NetworkPolicy): C;
 
   pay(account: AccountContext<C>, payment: PaymentRequest): Promise<PaymentOutcome>;
   inquire(account: AccountContext<C>, payment: PaymentRequest): Promise<PaymentOutcome>;

@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-import type { LookupFunction } from 'node:net';
+import { nonPublicHost, publicOnlyLookup } from './addresses.ts';
 
 export interface TransportResponse {
   status: number;
@@ -24,15 +24,28 @@ export class TransportError extends Error {
   }
 }
 
-const NEVER_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+const NEVER_SENT = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  // publicOnly refused the address the name resolved to: nothing was sent.
+  'EADDRNOTPUBLIC',
+]);
+
+/** An answer is read into memory: one longer than this is cut off, not allowed to fill the heap. */
+export const MAX_RESPONSE_BYTES = 1 << 20;
+/** A settlement file fetched over HTTP (the simulators serve theirs so) is held whole: up to this. */
+export const MAX_FETCHED_FILE_BYTES = 256 << 20;
 
 const agents = () => ({
   'http:': new http.Agent({ keepAlive: true, maxSockets: 256 }),
   'https:': new https.Agent({ keepAlive: true, maxSockets: 256 }),
 });
 const plainAgents = agents();
-/** Sockets opened through a `lookup` of the caller's are kept apart: none is reused without it. */
-const lookupAgents = agents();
+/** Sockets opened under publicOnly are kept apart: none is reused by a request without it. */
+const publicAgents = agents();
 
 export interface TransportRequest {
   method: 'GET' | 'POST' | 'PUT' | 'DELETE';
@@ -40,15 +53,24 @@ export interface TransportRequest {
   headers?: Record<string, string>;
   body?: string | Buffer;
   timeoutMs: number;
-  /** Resolves the host instead of the system's lookup (and may refuse it: nothing is sent then). */
-  lookup?: LookupFunction;
+  /**
+   * Only to a public address (production): a literal loopback or private host is refused, and a
+   * name is refused when it resolves to one. Nothing is sent then (`reached` false).
+   */
+  publicOnly?: boolean;
+  /** The longest answer taken (MAX_RESPONSE_BYTES unless said): a longer one is a TransportError. */
+  maxResponseBytes?: number;
 }
 
 export function send(request: TransportRequest): Promise<TransportResponse> {
   const url = new URL(request.url);
+  // A literal address is connected to without a lookup: checked here.
+  if (request.publicOnly && nonPublicHost(url))
+    return Promise.reject(new TransportError(`${url.hostname} is not a public address`, false));
   const lib = url.protocol === 'https:' ? https : http;
-  const agent = (request.lookup ? lookupAgents : plainAgents)[url.protocol as 'http:' | 'https:'];
+  const agent = (request.publicOnly ? publicAgents : plainAgents)[url.protocol as 'http:' | 'https:'];
   const body = request.body === undefined ? undefined : Buffer.from(request.body);
+  const maxBytes = request.maxResponseBytes ?? MAX_RESPONSE_BYTES;
   return new Promise((resolve, reject) => {
     let sent = false;
     const req = lib.request(
@@ -56,12 +78,21 @@ export function send(request: TransportRequest): Promise<TransportResponse> {
       {
         method: request.method,
         agent,
-        ...(request.lookup ? { lookup: request.lookup } : {}),
+        ...(request.publicOnly ? { lookup: publicOnlyLookup } : {}),
         headers: { ...request.headers, ...(body ? { 'content-length': String(body.length) } : {}) },
       },
       (res) => {
         const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        let bytes = 0;
+        res.on('data', (chunk: Buffer) => {
+          bytes += chunk.length;
+          if (bytes > maxBytes) {
+            clearTimeout(timer);
+            req.destroy(new TransportError(`the answer is longer than ${maxBytes} bytes`, true));
+            return;
+          }
+          chunks.push(chunk);
+        });
         res.on('end', () => {
           clearTimeout(timer);
           resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) });

@@ -486,7 +486,7 @@ describe('alipay sandbox survives a restart', () => {
       const env = { seed, latency_ms: 0, simulatorUrl: async () => sim.url };
       const account: AccountContext<AlipayAccount> = {
         ...h.account,
-        credentials: alipayAdapter.load(stored, env),
+        credentials: alipayAdapter.load(stored, env, { publicOnly: false }),
       };
       // Antom never forgets an order: the new simulator still has it, and it decides as scripted.
       assert.notEqual((await alipayAdapter.inquire(account, payment)).kind, 'not_found');
@@ -508,7 +508,11 @@ describe('alipay sandbox survives a restart', () => {
       try {
         const blank = {
           ...account,
-          credentials: alipayAdapter.load(stored, { ...env, simulatorUrl: async () => forgetful.url }),
+          credentials: alipayAdapter.load(
+            stored,
+            { ...env, simulatorUrl: async () => forgetful.url },
+            { publicOnly: false },
+          ),
         };
         assert.equal(
           (await alipayAdapter.inquire(blank, payment)).kind,

@@ -63,7 +63,9 @@ describe('alipay keys', () => {
     const account: AccountContext<ReturnType<typeof alipayAdapter.load>> = {
       account_id: 'pva_keys',
       merchant_id: 'mer_keys',
-      credentials: alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), unusedSandbox),
+      credentials: alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), unusedSandbox, {
+        publicOnly: false,
+      }),
       sandbox: false,
       notify_url: 'http://127.0.0.1:9/webhooks/alipay/pva_keys',
       notify_path: '/webhooks/alipay/pva_keys',

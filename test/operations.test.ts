@@ -1,17 +1,19 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { lookup } from 'node:dns/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { connect } from 'node:net';
+import { hostname } from 'node:os';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import supertest from 'supertest';
-import { send } from '../adapters/transport.ts';
+import { isNonPublicAddress } from '../adapters/addresses.ts';
+import { MAX_RESPONSE_BYTES, send } from '../adapters/transport.ts';
 import { loadConfig } from '../src/config.ts';
 import { createLogger } from '../src/logger.ts';
 import { startGateway } from '../src/runtime.ts';
-import { publicOnlyLookup } from '../webhooks/addresses.ts';
 import { deliver } from '../webhooks/outbound.ts';
 import {
   createPayment,
@@ -107,9 +109,17 @@ describe('operations endpoints', () => {
     await createPayment(tg, merchant.terminalKey, scanPayment(1000)).expect(201);
     // Refused before routing (no key): counted under its route, not as "unmatched", and never by its id.
     await tg.http.get('/v1/payments/pay_metricsWithoutKey').expect(401);
+    // Nor a notification refused around the adapter (an undecodable body), whatever account it names.
+    const unreadable = await tg.http
+      .post('/webhooks/sandbox/pva_metricsLabel')
+      .set('Content-Type', 'application/json')
+      .set('Content-Encoding', 'gzip')
+      .send('x');
+    assert.equal(unreadable.status, 400, unreadable.text);
     const res = await tg.http.get('/metrics').expect(200);
     assert.match(res.text, /route="\/v1\/payments\/:id",status="401"/);
-    assert.doesNotMatch(res.text, /pay_metricsWithoutKey/);
+    assert.doesNotMatch(res.text, /pay_metricsWithoutKey|pva_metricsLabel/);
+    assert.match(res.text, /route="\/webhooks\/:provider\/:account",status="400"/);
     assert.match(res.text, /tillbridge_http_request_duration_seconds_bucket\{[^}]*route="\/v1\/payments"/);
     assert.match(res.text, /tillbridge_payments_total\{provider="sandbox",status="succeeded"\} [1-9]/);
     assert.match(
@@ -347,6 +357,37 @@ describe('operations endpoints', () => {
       assert.equal(refused[0].body.error.type, 'rate_limited');
     } finally {
       await limited.stop();
+    }
+  });
+});
+
+describe("the gateway's own requests", () => {
+  test('an answer longer than 1 MiB (a provider endpoint or webhook URL streaming for ever) is cut off, not held', async () => {
+    let closed = false;
+    const endless = http.createServer((_req, res) => {
+      const piece = Buffer.alloc(64 * 1024, 'x');
+      const more = () => {
+        while (!res.destroyed && res.write(piece)) {}
+      };
+      res.on('drain', more);
+      res.on('close', () => {
+        closed = true;
+      });
+      more();
+    });
+    await new Promise<void>((resolve) => endless.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `http://127.0.0.1:${(endless.address() as AddressInfo).port}/`;
+      const before = process.memoryUsage().rss;
+      await assert.rejects(
+        send({ method: 'POST', url, body: '{}', timeoutMs: 10_000 }),
+        new RegExp(`the answer is longer than ${MAX_RESPONSE_BYTES} bytes`),
+      );
+      await eventually(async () => closed || undefined, 5_000, 'the connection dropped');
+      assert.ok(process.memoryUsage().rss - before < 64 << 20, 'the answer was not kept');
+    } finally {
+      endless.closeAllConnections();
+      endless.close();
     }
   });
 });
@@ -593,12 +634,40 @@ describe('start-up', () => {
       );
       assert.equal(rows[0].status, 'failed');
       assert.match(rows[0].last_error, /localhost is not a public address/);
-      // A name is checked as it resolves, whatever it is called (its DNS may change after the check).
       await assert.rejects(
-        send({ method: 'POST', url: hook, timeoutMs: 5000, lookup: publicOnlyLookup }),
-        /localhost resolves to (127\.0\.0\.1|::1), which is not a public address/,
+        send({ method: 'POST', url: hook, timeoutMs: 5000, publicOnly: true }),
+        /localhost is not a public address/,
       );
-      assert.deepEqual(received, ['/hook']);
+      // A name is checked as it resolves, whatever it is called (its DNS may change after the
+      // check): a provider endpoint named so that it passes the check at configure time (this
+      // machine's own name, which resolves to loopback here) takes no request.
+      const ownName = hostname();
+      assert.ok(
+        isNonPublicAddress((await lookup(ownName)).address),
+        `${ownName} resolves to a private address`,
+      );
+      const named = await http
+        .put('/v1/providers/alipay')
+        .set('Authorization', `Bearer ${shop.secretKey}`)
+        .send({
+          wallets: ['alipay'],
+          client_id: 'C1',
+          private_key: keys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+          alipay_public_key: generateKeyPairSync('rsa', { modulusLength: 2048 })
+            .publicKey.export({ type: 'spki', format: 'pem' })
+            .toString(),
+          endpoint: `http://${ownName}:${(receiver.address() as AddressInfo).port}`,
+        });
+      assert.ok([200, 201].includes(named.status), JSON.stringify(named.body));
+      const refusedSale = await http
+        .post('/v1/payments')
+        .set('Authorization', `Bearer ${shop.terminalKey}`)
+        .set('Idempotency-Key', 'sale-to-a-private-endpoint')
+        .send(scanPayment(1000));
+      assert.equal(refusedSale.status, 201, JSON.stringify(refusedSale.body));
+      assert.equal(refusedSale.body.status, 'failed');
+      assert.equal(refusedSale.body.failure.code, 'provider_error');
+      assert.deepEqual(received, ['/hook'], 'nothing reached the private address');
     } finally {
       await live.stop();
       receiver.close();

@@ -11,7 +11,6 @@ import { paymentJson } from '../src/ledger/payments.ts';
 import { webhookSecretContext } from '../src/payments/accounts.ts';
 import { paymentRowFromSnapshot } from '../src/payments/state-machine.ts';
 import { hmacSha256Hex, tryOpen } from '../src/secrets.ts';
-import { NonPublicAddressError, nonPublicHost, publicOnlyLookup } from './addresses.ts';
 
 export const DELIVERY_ATTEMPTS = 12;
 const FIRST_BACKOFF_MS = 2000;
@@ -117,7 +116,7 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
     [deliveryId],
   );
   const row = rows[0];
-  if (!row || row.status !== 'pending') return;
+  if (row?.status !== 'pending') return;
   const fail = (reason: string) =>
     ctx.db.query(
       `UPDATE webhook_deliveries SET status = 'failed', last_error = $2, updated_at = now() WHERE id = $1`,
@@ -136,13 +135,9 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
   const body = JSON.stringify(row.payload);
   let statusCode: number | null = null;
   let error: string | null = null;
-  const publicOnly = ctx.config.production;
   try {
-    // A literal address is connected to without a lookup: checked here.
-    if (publicOnly && nonPublicHost(new URL(row.url)))
-      throw new NonPublicAddressError(`${new URL(row.url).hostname} is not a public address`);
     const res = await send({
-      ...(publicOnly ? { lookup: publicOnlyLookup } : {}),
+      publicOnly: ctx.config.production,
       method: 'POST',
       url: row.url,
       headers: {

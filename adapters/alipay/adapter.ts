@@ -14,7 +14,7 @@ import {
   type ResolutionPolicy,
   type WalletAdapter,
 } from '../contract.ts';
-import { TransportError, send as transportSend } from '../transport.ts';
+import { MAX_FETCHED_FILE_BYTES, TransportError, send as transportSend } from '../transport.ts';
 import { send } from './client.ts';
 import { type AlipayAccount, configureCredentials, loadAccount } from './credentials.ts';
 import {
@@ -57,7 +57,7 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
 
   configure: (input, sandbox, accountId) => configureCredentials(input, sandbox, accountId),
 
-  load: (stored, sandbox) => loadAccount(stored, sandbox),
+  load: (stored, sandbox, network) => loadAccount(stored, sandbox, network),
 
   async pay(account, payment) {
     const sent = await send(
@@ -128,7 +128,13 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
     const base = await account.credentials.baseUrl();
     const url = `${base}/_sim/settlements/${encodeURIComponent(date)}?client_id=${encodeURIComponent(account.credentials.stored.client_id)}`;
     try {
-      const response = await transportSend({ method: 'GET', url, timeoutMs: 30_000 });
+      const response = await transportSend({
+        method: 'GET',
+        url,
+        timeoutMs: 30_000,
+        publicOnly: account.credentials.publicOnly,
+        maxResponseBytes: MAX_FETCHED_FILE_BYTES,
+      });
       if (response.status === 404) return null;
       if (response.status !== 200)
         throw new Error(`simulator answered HTTP ${response.status} for settlements ${date}`);

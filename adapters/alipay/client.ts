@@ -63,6 +63,7 @@ export async function send(
       },
       body,
       timeoutMs,
+      publicOnly: account.publicOnly,
     });
   } catch (error) {
     if (error instanceof TransportError)

@@ -4,7 +4,7 @@
  */
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { isCurrency } from '../../src/payments/money.ts';
-import { CredentialError, type SandboxEnvironment } from '../contract.ts';
+import { CredentialError, type NetworkPolicy, type SandboxEnvironment } from '../contract.ts';
 import {
   fingerprintOfPem,
   KeyFormatError,
@@ -48,9 +48,15 @@ export interface AlipayAccount {
   alipayPublicKeys: KeyRing;
   /** Real accounts: the endpoint. Sandbox accounts: the simulator's URL, looked up at call time. */
   baseUrl(): Promise<string>;
+  /** Requests go to public addresses only (NetworkPolicy). */
+  publicOnly: boolean;
 }
 
-export function loadAccount(stored: unknown, sandbox: SandboxEnvironment): AlipayAccount {
+export function loadAccount(
+  stored: unknown,
+  sandbox: SandboxEnvironment,
+  network: NetworkPolicy,
+): AlipayAccount {
   const credentials = parseStored(stored);
   const endpoint = credentials.endpoint ?? DEFAULT_ENDPOINT;
   return {
@@ -66,6 +72,7 @@ export function loadAccount(stored: unknown, sandbox: SandboxEnvironment): Alipa
       ),
     },
     baseUrl: credentials.sandbox ? () => sandbox.simulatorUrl() : async () => endpoint,
+    publicOnly: network.publicOnly,
   };
 }
 

@@ -17,7 +17,7 @@ import {
   type RefundRequest,
   type WalletAdapter,
 } from '../contract.ts';
-import { send, TransportError } from '../transport.ts';
+import { MAX_FETCHED_FILE_BYTES, send, TransportError } from '../transport.ts';
 import {
   type SandboxPaymentView,
   type SandboxPayRequest,
@@ -347,7 +347,12 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
   async fetchSettlement(account, date) {
     const url = `${await account.credentials.simulatorUrl()}/v1/settlements/${encodeURIComponent(date)}?notify_url=${encodeURIComponent(account.notify_url)}`;
     try {
-      const res = await send({ method: 'GET', url, timeoutMs: 30_000 });
+      const res = await send({
+        method: 'GET',
+        url,
+        timeoutMs: 30_000,
+        maxResponseBytes: MAX_FETCHED_FILE_BYTES,
+      });
       if (res.status === 404) return null;
       if (res.status !== 200)
         throw new Error(`the simulator answered HTTP ${res.status} for settlements ${date}`);

@@ -133,9 +133,11 @@ export function createApp(ctx: Context): express.Express {
     withRequestId(req, res);
     const stop = ctx.metrics.httpDuration.startTimer({ method: req.method });
     res.on('finish', () => {
-      const route = req.route?.path
-        ? `${req.baseUrl}${req.route.path}`
-        : (documentedRoute(req.method, req.path) ?? 'unmatched');
+      // A label from the documented patterns only: one holding a raw path (express leaves a
+      // mounted handler's baseUrl as the path it matched) would let anybody add series at will.
+      const route =
+        documentedRoute(req.method, req.originalUrl.split('?')[0]) ??
+        (req.route?.path && !req.baseUrl ? String(req.route.path) : 'unmatched');
       const seconds = stop({ route, status: String(res.statusCode) });
       // The access log: one line a request, its Request-Id the thread to the till's report.
       const line = {

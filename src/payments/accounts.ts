@@ -101,7 +101,9 @@ export class ProviderAccounts {
       context: {
         account_id: row.id,
         merchant_id: row.merchant_id,
-        credentials: module.adapter.load(stored, this.sandbox.env(row.provider)),
+        credentials: module.adapter.load(stored, this.sandbox.env(row.provider), {
+          publicOnly: this.config.production,
+        }),
         sandbox: row.sandbox,
         notify_url: notifyUrl,
         // What the provider signs: the whole path it calls, with PUBLIC_BASE_URL's own path in

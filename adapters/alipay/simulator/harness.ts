@@ -77,7 +77,7 @@ export async function startHarness(
   accountRef.current = {
     account_id: 'pva_test',
     merchant_id: 'mer_test',
-    credentials: alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), env),
+    credentials: alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), env, { publicOnly: false }),
     sandbox: true,
     notify_url: `${receiverUrl}${notifyPath}`,
     notify_path: notifyPath,

@@ -1,8 +1,8 @@
 /** Admin and merchant set-up: merchants, provider accounts, terminals, webhook endpoints. */
 import { Router } from 'express';
+import { nonPublicHost } from '../../../adapters/addresses.ts';
 import { CredentialError, type Wallet } from '../../../adapters/contract.ts';
 import { PLANNED_PROVIDERS, providerModule } from '../../../adapters/index.ts';
-import { nonPublicHost } from '../../../webhooks/addresses.ts';
 import type { Context } from '../../context.ts';
 import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { newId, randomToken } from '../../ids.ts';

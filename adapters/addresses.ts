@@ -1,9 +1,9 @@
 /**
- * In production a merchant's webhook goes to the public internet only: an endpoint on loopback or
- * a private network would let any merchant key make the gateway POST to the services beside it
- * (its own Redis and PostgreSQL among them) and read their status codes in the deliveries list.
- * A name is checked when it is resolved for the delivery, not only when the endpoint is made,
- * since its DNS may change afterwards.
+ * In production the gateway's own requests (a merchant's webhooks, a merchant's provider endpoint)
+ * go to the public internet only: an address on loopback or a private network would let any
+ * merchant key make the gateway POST to the services beside it (its own Redis and PostgreSQL among
+ * them) and read what they answer. A name is checked when it is resolved for the request, not only
+ * when the URL is configured, since its DNS may change afterwards.
  */
 import { lookup as dnsLookup } from 'node:dns';
 import net, { type LookupFunction } from 'node:net';
