@@ -607,18 +607,20 @@ describe('start-up', () => {
       }
       // Nor a provider endpoint there: the gateway's signed requests would go to its neighbours.
       const keys = generateKeyPairSync('rsa', { modulusLength: 2048 });
-      const inside = await http
-        .put('/v1/providers/alipay')
-        .set('Authorization', `Bearer ${shop.secretKey}`)
-        .send({
-          wallets: ['alipay'],
-          client_id: 'C1',
-          private_key: keys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-          alipay_public_key: generateKeyPairSync('rsa', { modulusLength: 2048 })
-            .publicKey.export({ type: 'spki', format: 'pem' })
-            .toString(),
-          endpoint: 'http://10.0.0.7:8080',
-        });
+      const antomAt = (endpoint: string) =>
+        http
+          .put('/v1/providers/alipay')
+          .set('Authorization', `Bearer ${shop.secretKey}`)
+          .send({
+            wallets: ['alipay'],
+            client_id: 'C1',
+            private_key: keys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+            alipay_public_key: generateKeyPairSync('rsa', { modulusLength: 2048 })
+              .publicKey.export({ type: 'spki', format: 'pem' })
+              .toString(),
+            endpoint,
+          });
+      const inside = await antomAt('http://10.0.0.7:8080');
       assert.equal(inside.status, 400, JSON.stringify(inside.body));
       assert.equal(inside.body.error.code, 'endpoint_not_public');
       assert.equal(inside.body.error.param, 'endpoint');
@@ -646,18 +648,7 @@ describe('start-up', () => {
         isNonPublicAddress((await lookup(ownName)).address),
         `${ownName} resolves to a private address`,
       );
-      const named = await http
-        .put('/v1/providers/alipay')
-        .set('Authorization', `Bearer ${shop.secretKey}`)
-        .send({
-          wallets: ['alipay'],
-          client_id: 'C1',
-          private_key: keys.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-          alipay_public_key: generateKeyPairSync('rsa', { modulusLength: 2048 })
-            .publicKey.export({ type: 'spki', format: 'pem' })
-            .toString(),
-          endpoint: `http://${ownName}:${(receiver.address() as AddressInfo).port}`,
-        });
+      const named = await antomAt(`http://${ownName}:${(receiver.address() as AddressInfo).port}`);
       assert.ok([200, 201].includes(named.status), JSON.stringify(named.body));
       const refusedSale = await http
         .post('/v1/payments')
