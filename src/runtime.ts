@@ -65,13 +65,17 @@ export async function createContext(config: Config): Promise<Context> {
     throw error;
   }
   const sandbox = new SandboxRuntime(config);
+  const updates = new PaymentUpdates(config.redisUrl, config.redisPrefix);
+  const accounts = new ProviderAccounts(db, config, sandbox);
+  // An account configured or deleted on another process stops serving here at once, not at its cache's end.
+  updates.onAccountChange((merchantId) => accounts.forgetRoutes(merchantId));
   return {
     config,
     db,
     redis,
     queues: createQueues(config.redisUrl, config.redisPrefix),
-    updates: new PaymentUpdates(config.redisUrl, config.redisPrefix),
-    accounts: new ProviderAccounts(db, config, sandbox),
+    updates,
+    accounts,
     sandbox,
     log: createLogger(config.logLevel),
     metrics: createMetrics(),

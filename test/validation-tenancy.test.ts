@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   ALIPAY_CODE,
   createPayment,
+  freePort,
   idempotencyKey,
   type Merchant,
   scanPayment,
@@ -535,6 +536,26 @@ describe('authentication and tenancy', () => {
       .set('Content-Type', 'application/json')
       .send('{"amount": {"value": 10,');
     assert.equal(unreadable.status, 401);
+  });
+
+  test('a provider account deleted on one API process takes no sale on another at once', async () => {
+    const secondApi = await startTestGateway({ PORT: String(await freePort()) }, tg);
+    try {
+      const shop = await setupMerchant(tg, 'Two tills');
+      // A sale on the other process: its caches now hold the account for its merchant.
+      await createPayment(secondApi, shop.terminalKey, scanPayment(1000)).expect(201);
+      await tg.http
+        .delete('/v1/providers/sandbox')
+        .set('Authorization', `Bearer ${shop.secretKey}`)
+        .expect(200);
+      // The announcement crosses Redis in a millisecond or so; the cache would keep it for 5 s.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const refused = await createPayment(secondApi, shop.terminalKey, scanPayment(1100));
+      assert.equal(refused.status, 422, JSON.stringify(refused.body));
+      assert.equal(refused.body.error.code, 'no_provider_account');
+    } finally {
+      await secondApi.stop({ keepDatabase: true });
+    }
   });
 
   test('a revoked terminal key stops working at once; the terminal gets a new one', async () => {

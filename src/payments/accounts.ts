@@ -172,7 +172,10 @@ export class ProviderAccounts {
       .map((r) => r.id);
   }
 
-  /** After `PUT`/`DELETE /v1/providers/...` in this process; other processes see it within ROUTE_CACHE_MS. */
+  /**
+   * After `PUT`/`DELETE /v1/providers/...`, here or announced by another process (without Redis,
+   * other processes see the change within ROUTE_CACHE_MS).
+   */
   forgetRoutes(merchantId: string): void {
     for (const key of this.routes.keys()) if (key.startsWith(`${merchantId}|`)) this.routes.delete(key);
     for (const [id, { account }] of this.byId)

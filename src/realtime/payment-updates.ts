@@ -1,9 +1,10 @@
 /**
  * Wakes long-polling tills (`GET /v1/payments/{id}?wait=N`) on whichever API process they hit:
  * every committed status change is published on Redis, and each process holds one subscriber.
- * Announcements that API keys were revoked go out on Redis too, so that every process's key cache
- * forgets them at once; they have a subscriber of their own, held from the start, while the one
- * for payment updates (a message for every payment) waits for the first long-poll.
+ * Announcements that API keys were revoked, or a merchant's provider accounts changed, go out on
+ * Redis too, so that every process's caches forget them at once; they have a subscriber of their
+ * own, held from the start, while the one for payment updates (a message for every payment) waits
+ * for the first long-poll.
  */
 import { Redis } from 'ioredis';
 import { withDeadline } from '../deadline.ts';
@@ -17,7 +18,8 @@ export class PaymentUpdates {
   private subscribed?: Promise<unknown>;
   private readonly waiters = new Map<string, Set<(message?: string) => void>>();
   private readonly revocationListeners: (() => void)[] = [];
-  private revocationSubscriber?: Redis;
+  private readonly accountListeners: ((merchantId: string) => void)[] = [];
+  private announcementSubscriber?: Redis;
   /** Set by wakeAll at shutdown: no wait starts after it. */
   private waitsEnded = false;
 
@@ -37,26 +39,47 @@ export class PaymentUpdates {
     return `${this.prefix}:key-revocations`;
   }
 
-  /** Tells every process that API keys were revoked (best effort: their caches expire anyway). */
-  async announceRevocation(): Promise<void> {
-    await withDeadline(
-      this.publisher.publish(this.revocationChannel, '1'),
-      'announcing a key revocation',
-      ANNOUNCE_DEADLINE_MS,
-    ).catch(() => {});
+  private get accountChannel(): string {
+    return `${this.prefix}:account-changes`;
+  }
+
+  /** Best effort: the caches expire anyway. */
+  private async announce(channel: string, message: string, what: string): Promise<void> {
+    await withDeadline(this.publisher.publish(channel, message), what, ANNOUNCE_DEADLINE_MS).catch(() => {});
+  }
+
+  /** Tells every process that API keys were revoked. */
+  announceRevocation(): Promise<void> {
+    return this.announce(this.revocationChannel, '1', 'announcing a key revocation');
+  }
+
+  /** Tells every process that a merchant's provider accounts changed (configured or deleted). */
+  announceAccountChange(merchantId: string): Promise<void> {
+    return this.announce(this.accountChannel, merchantId, 'announcing a provider account change');
   }
 
   /** Calls `listener` whenever any process announces a revocation. */
   onRevocation(listener: () => void): void {
     this.revocationListeners.push(listener);
-    if (this.revocationSubscriber) return;
+    this.listenForAnnouncements();
+  }
+
+  /** Calls `listener` with the merchant whenever any process announces a change of its accounts. */
+  onAccountChange(listener: (merchantId: string) => void): void {
+    this.accountListeners.push(listener);
+    this.listenForAnnouncements();
+  }
+
+  private listenForAnnouncements(): void {
+    if (this.announcementSubscriber) return;
     const subscriber = new Redis(this.redisUrl, { maxRetriesPerRequest: null });
     subscriber.on('error', () => {});
-    subscriber.on('message', () => {
-      for (const notify of this.revocationListeners) notify();
+    subscriber.on('message', (channel: string, message: string) => {
+      if (channel === this.revocationChannel) for (const notify of this.revocationListeners) notify();
+      if (channel === this.accountChannel) for (const notify of this.accountListeners) notify(message);
     });
-    subscriber.subscribe(this.revocationChannel).catch(() => {});
-    this.revocationSubscriber = subscriber;
+    subscriber.subscribe(this.revocationChannel, this.accountChannel).catch(() => {});
+    this.announcementSubscriber = subscriber;
   }
 
   /** `payment` is the payment as the API shows it, so a woken till is answered without a read. */
@@ -140,6 +163,6 @@ export class PaymentUpdates {
     this.wakeAll();
     this.publisher.disconnect();
     this.subscriber?.disconnect();
-    this.revocationSubscriber?.disconnect();
+    this.announcementSubscriber?.disconnect();
   }
 }

@@ -83,6 +83,12 @@ const accountJson = (a: ProviderAccountRow) => ({
   updated_at: a.updated_at.toISOString(),
 });
 
+/** After a change of a merchant's provider accounts commits: this process's caches, then every other's. */
+async function forgetAccounts(ctx: Context, merchantId: string): Promise<void> {
+  ctx.accounts.forgetRoutes(merchantId);
+  await ctx.updates.announceAccountChange(merchantId);
+}
+
 /** In production the gateway sends nothing (signed requests, webhooks) to loopback or private addresses. */
 function refuseNonPublic(ctx: Context, url: string, param: 'endpoint' | 'url'): void {
   if (ctx.config.production && nonPublicHost(new URL(url)))
@@ -338,7 +344,7 @@ export function setupRouter(ctx: Context): Router {
           );
       return { row: rows[0], created: !existing.rows[0] };
     });
-    ctx.accounts.forgetRoutes(merchant.merchant_id);
+    await forgetAccounts(ctx, merchant.merchant_id);
     res.status(result.created ? 201 : 200).json(accountJson(result.row));
   });
 
@@ -374,7 +380,7 @@ export function setupRouter(ctx: Context): Router {
       [merchant.merchant_id, req.params.provider],
     );
     if (!rows[0]) throw notFound('provider account', req.params.provider);
-    ctx.accounts.forgetRoutes(merchant.merchant_id);
+    await forgetAccounts(ctx, merchant.merchant_id);
     res.json({ ...accountJson(rows[0]), deleted: true });
   });
 
