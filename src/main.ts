@@ -1,14 +1,15 @@
 import { ConfigError, loadConfig } from './config.ts';
 import { startGateway } from './runtime.ts';
 
+/** The sandbox walk-through. A key the operator set is not printed: logs travel further than a terminal. */
 function walkthrough(base: string, adminKey: string, generated: boolean): string {
   return `
 tillbridge is running at ${base} (sandbox: payments go to local simulators).
-Admin key: ${adminKey} (${generated ? 'a new one at each start; set ADMIN_API_KEY to keep one' : 'from ADMIN_API_KEY'})
+Admin key: ${generated ? `${adminKey} (a new one at each start; set ADMIN_API_KEY to keep one)` : 'the one in ADMIN_API_KEY (not printed)'}
 
 Try it (copy-paste, needs curl and jq):
 
-  ADMIN=${adminKey}
+  ADMIN=${generated ? adminKey : '"$ADMIN_API_KEY"   # export it in this shell first'}
   SK=$(curl -s -X POST ${base}/v1/admin/merchants -H "Authorization: Bearer $ADMIN" \\
         -H 'Content-Type: application/json' \\
         -d '{"name":"Demo Drugstore","settlement_currency":"EUR","country":"DE"}' | jq -r .secret_key)

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import http from 'node:http';
@@ -454,6 +454,71 @@ describe('secrets stay secret', () => {
 });
 
 describe('start-up', () => {
+  /** `npm start` as a newcomer runs it: the walk-through it prints, and a way to stop it. */
+  async function startMain(env: NodeJS.ProcessEnv): Promise<{ printed: string; stop(): Promise<void> }> {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      env: { PATH: process.env.PATH, LOG_LEVEL: 'warn', ...env },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    let printed = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      printed += chunk.toString();
+    });
+    try {
+      await eventually(
+        async () => printed.includes('Amounts ending') || undefined,
+        30_000,
+        'the walk-through',
+      );
+    } catch (error) {
+      child.kill('SIGKILL');
+      throw error;
+    }
+    return {
+      printed,
+      stop: async () => {
+        child.kill('SIGTERM');
+        await exited;
+      },
+    };
+  }
+
+  /** The copy-paste commands of the walk-through, run as printed; what the last one answers. */
+  function runWalkthrough(printed: string, env: NodeJS.ProcessEnv = {}): string {
+    const commands = printed.slice(
+      printed.indexOf('needs curl and jq):') + 19,
+      printed.indexOf('Amounts ending'),
+    );
+    const run = spawnSync('bash', ['-e', '-c', commands], {
+      env: { PATH: process.env.PATH, ...env },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.equal(run.status, 0, run.stderr);
+    return run.stdout;
+  }
+
+  test('npm start prints a walk-through that works as printed; an admin key the operator set is not printed', async () => {
+    for (const own of [false, true]) {
+      const { env, dbName } = testEnvironment({ PORT: String(await freePort()) });
+      const adminKey = env.ADMIN_API_KEY as string;
+      if (!own) delete env.ADMIN_API_KEY;
+      const gateway = await startMain(env);
+      try {
+        if (own) assert.equal(gateway.printed.includes(adminKey), false, 'the key set is not printed');
+        else assert.match(gateway.printed, /Admin key: \S{16,} \(a new one at each start/);
+        const answers = runWalkthrough(gateway.printed, own ? { ADMIN_API_KEY: adminKey } : {});
+        const sale = JSON.parse(answers.trim().split('\n').at(-1) ?? '{}');
+        assert.equal(sale.status, 'succeeded', answers);
+        assert.match(sale.id, /^pay_/);
+      } finally {
+        await gateway.stop();
+        await discardEnvironment(dbName);
+      }
+    }
+  });
+
   test('NODE_ENV=production refuses to start without real secrets', () => {
     const { env } = testEnvironment();
     const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
