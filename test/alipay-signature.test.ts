@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { privateKeyObject, publicKeyObject } from '../adapters/alipay/keys.ts';
 import {
   formatSignatureHeader,
@@ -75,8 +75,14 @@ const privateKey = privateKeyObject(GOLDEN_PRIVATE_PKCS8);
 const publicKey = publicKeyObject(GOLDEN_PUBLIC_SPKI);
 const parts = { path: PATH, clientId: CLIENT_ID, time: REQUEST_TIME, body: BODY };
 
+const workdirs: string[] = [];
+after(() => {
+  for (const dir of workdirs) rmSync(dir, { recursive: true, force: true });
+});
+
 function workdir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'alipay-golden-'));
+  workdirs.push(dir);
   writeFileSync(join(dir, 'private.pem'), GOLDEN_PRIVATE_PKCS8);
   writeFileSync(join(dir, 'public.pem'), GOLDEN_PUBLIC_SPKI);
   return dir;
