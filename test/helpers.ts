@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +25,11 @@ const TEST_DB = 'tb_test_';
 const redisPrefixOf = (dbName: string) => `tbtest:${dbName.slice(TEST_DB.length)}`;
 
 /** Drops a test environment's database and its Redis keys (testEnvironment names both by one id). */
+/** The environment's own files (its master key file, the Antom simulator's orders and ports). */
+const filesOf = (dbName: string) => join(tmpdir(), `tb-${dbName}`);
+
 export async function discardEnvironment(dbName: string): Promise<void> {
+  rmSync(filesOf(dbName), { recursive: true, force: true });
   const client = new pg.Client({ connectionString: PG_BASE });
   await client.connect();
   try {
@@ -36,12 +40,14 @@ export async function discardEnvironment(dbName: string): Promise<void> {
   await dropRedisKeys(REDIS_URL, redisPrefixOf(dbName));
 }
 
-/** One isolated environment: a database, a Redis prefix, a master key. */
+/** One isolated environment: a database, a Redis prefix, a master key, a folder of files. */
 export function testEnvironment(overrides: Record<string, string> = {}): {
   env: NodeJS.ProcessEnv;
   dbName: string;
 } {
   const dbName = `${TEST_DB}${randomBytes(5).toString('hex')}`;
+  // Made by whatever writes there first (the master key file, the simulator's journal).
+  const files = filesOf(dbName);
   return {
     dbName,
     env: {
@@ -51,7 +57,8 @@ export function testEnvironment(overrides: Record<string, string> = {}): {
       REDIS_PREFIX: redisPrefixOf(dbName),
       ADMIN_API_KEY: `adm_test_${randomBytes(12).toString('hex')}`,
       TILLBRIDGE_MASTER_KEY: randomBytes(32).toString('base64'),
-      TILLBRIDGE_MASTER_KEY_FILE: join(mkdtempSync(join(tmpdir(), 'tb-')), 'master.key'),
+      TILLBRIDGE_MASTER_KEY_FILE: join(files, 'master.key'),
+      ALIPAY_SIMULATOR_STATE_DIR: join(files, 'alipay-simulator'),
       SANDBOX_TIME_SCALE: '0.3',
       SWEEP_INTERVAL_MS: '1000',
       RATE_LIMIT_PER_KEY_RPS: '10000',

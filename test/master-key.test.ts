@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -94,8 +94,12 @@ test('a master key file that holds no 32-byte key is a configuration error at st
   const dir = mkdtempSync(join(tmpdir(), 'tb-key-'));
   const file = join(dir, 'master.key');
   writeFileSync(file, 'not a key\n');
-  assert.throws(
-    () => loadConfig({ NODE_ENV: 'test', TILLBRIDGE_MASTER_KEY_FILE: file }),
-    (error: unknown) => error instanceof ConfigError && /must hold 32 bytes/.test(error.message),
-  );
+  try {
+    assert.throws(
+      () => loadConfig({ NODE_ENV: 'test', TILLBRIDGE_MASTER_KEY_FILE: file }),
+      (error: unknown) => error instanceof ConfigError && /must hold 32 bytes/.test(error.message),
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
