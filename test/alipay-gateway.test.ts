@@ -15,10 +15,10 @@ import { loadPayment, resolvePayment } from '../src/payments/service.ts';
 import { startGateway } from '../src/runtime.ts';
 import {
   createPayment,
+  createRefund,
   discardEnvironment,
   eventually,
   freePort,
-  idempotencyKey,
   type Merchant,
   paymentHistory,
   qrPayment,
@@ -229,12 +229,7 @@ describe('an alipay account whose keys Antom stops trusting', () => {
     assert.equal(sale.body.status, 'succeeded', JSON.stringify(sale.body));
     // Antom now holds another key for this client: our signature no longer verifies.
     await register(pem(generateKeyPairSync('rsa', { modulusLength: 2048 }), 'publicKey'));
-    const refund = await tg.http
-      .post(`/v1/payments/${sale.body.id}/refunds`)
-      .set('Authorization', `Bearer ${shop.secretKey}`)
-      .set('Idempotency-Key', idempotencyKey())
-      .send({})
-      .expect(201);
+    const refund = await createRefund(tg, shop.secretKey, sale.body.id).expect(201);
     assert.equal(refund.body.status, 'failed', JSON.stringify(refund.body));
     const alerts = await tg.http
       .get('/v1/admin/alerts')
@@ -595,12 +590,9 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   test('refunds: partial then the rest', async () => {
     const paid = await createPayment(tg, merchant.refundTerminalKey, scanPayment(3000)).expect(201);
     assert.equal(paid.body.status, 'succeeded');
-    const first = await tg.http
-      .post(`/v1/payments/${paid.body.id}/refunds`)
-      .set('Authorization', `Bearer ${merchant.refundTerminalKey}`)
-      .set('Idempotency-Key', idempotencyKey())
-      .send({ amount: { value: 1000, currency: 'EUR' } })
-      .expect(201);
+    const first = await createRefund(tg, merchant.refundTerminalKey, paid.body.id, {
+      amount: { value: 1000, currency: 'EUR' },
+    }).expect(201);
     const refund = await eventually(async () => {
       const r = await tg.http
         .get(`/v1/refunds/${first.body.id}`)
@@ -608,12 +600,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
       return r.body.status === 'succeeded' ? r.body : undefined;
     });
     assert.equal(refund.amount.value, 1000);
-    await tg.http
-      .post(`/v1/payments/${paid.body.id}/refunds`)
-      .set('Authorization', `Bearer ${merchant.refundTerminalKey}`)
-      .set('Idempotency-Key', idempotencyKey())
-      .send({})
-      .expect(201);
+    await createRefund(tg, merchant.refundTerminalKey, paid.body.id).expect(201);
     const done = await waitForStatus(tg, merchant.secretKey, paid.body.id, ['refunded']);
     assert.deepEqual(done.amount_refunded, { value: 3000, currency: 'EUR' });
   });

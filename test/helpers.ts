@@ -201,6 +201,21 @@ export function createPayment(tg: TestGateway, key: string, body: unknown, idem 
     .send(body as object);
 }
 
+/** `POST /v1/payments/{id}/refunds` as a till or back office sends it (the rest, unless `body` says). */
+export function createRefund(
+  tg: TestGateway,
+  key: string,
+  paymentId: string,
+  body: object = {},
+  idem = idempotencyKey(),
+) {
+  return tg.http
+    .post(`/v1/payments/${paymentId}/refunds`)
+    .set('Authorization', `Bearer ${key}`)
+    .set('Idempotency-Key', idem)
+    .send(body);
+}
+
 /** A promise a test settles by hand: `await x.settled` waits until `x.settle()` is called. */
 export function signal(): { settled: Promise<void>; settle: () => void } {
   let settle = () => {};

@@ -4,6 +4,7 @@ import { requestHashOf } from '../src/http/idempotency.ts';
 import { applyOutcome, loadPayment } from '../src/payments/service.ts';
 import {
   createPayment,
+  createRefund,
   idempotencyKey,
   type Merchant,
   scanPayment,
@@ -233,13 +234,8 @@ describe('refunds', () => {
     return res.body.id;
   }
 
-  function refund(paymentId: string, body: object, key = merchant.secretKey, idem = idempotencyKey()) {
-    return tg.http
-      .post(`/v1/payments/${paymentId}/refunds`)
-      .set('Authorization', `Bearer ${key}`)
-      .set('Idempotency-Key', idem)
-      .send(body);
-  }
+  const refund = (paymentId: string, body: object, key = merchant.secretKey, idem = idempotencyKey()) =>
+    createRefund(tg, key, paymentId, body, idem);
 
   test('partial refund, then the default rest; the payment ends refunded', async () => {
     const id = await paid(5000);

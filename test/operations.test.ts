@@ -17,6 +17,7 @@ import { startGateway } from '../src/runtime.ts';
 import { deliver } from '../webhooks/outbound.ts';
 import {
   createPayment,
+  createRefund,
   discardEnvironment,
   eventually,
   freePort,
@@ -160,12 +161,13 @@ describe('operations endpoints', () => {
     assert.equal(documented, '#/components/schemas/Payment');
     conforms(paid.body, 'Payment');
     conforms(paid.body.amount, 'Money');
-    const refund = await tg.http
-      .post(`/v1/payments/${paid.body.id}/refunds`)
-      .set('Authorization', `Bearer ${merchant.secretKey}`)
-      .set('Idempotency-Key', `openapi-${paid.body.id}`)
-      .send({ amount: { value: 100, currency: 'EUR' }, reason: 'returned' })
-      .expect(201);
+    const refund = await createRefund(
+      tg,
+      merchant.secretKey,
+      paid.body.id,
+      { amount: { value: 100, currency: 'EUR' }, reason: 'returned' },
+      `openapi-${paid.body.id}`,
+    ).expect(201);
     conforms(refund.body, 'Refund');
     // The set-up objects, their keys and secrets shown once included.
     const admin = { Authorization: `Bearer ${tg.adminKey}` };

@@ -13,9 +13,9 @@ import { requeuePendingDeliveries } from '../webhooks/outbound.ts';
 import {
   ALIPAY_CODE,
   createPayment,
+  createRefund,
   eventually,
   freePort,
-  idempotencyKey,
   type Merchant,
   PG_BASE,
   qrPayment,
@@ -236,41 +236,33 @@ describe('PostgreSQL lost for a moment', () => {
     await eventually(async () => (await blipping.http.get('/readyz')).status === 200, 10_000);
   });
 
-  test('right after the provider took the money: the till still gets the outcome, not a 503', async () => {
-    const { pay } = sandboxAdapter;
-    sandboxAdapter.pay = async (account, payment) => {
-      const outcome = await pay(account, payment);
+  /** `request`, while the sandbox adapter's `operation` loses PostgreSQL right after the provider answered. */
+  async function blipAfter<T>(operation: 'pay' | 'refund', request: () => PromiseLike<T>): Promise<T> {
+    const original = sandboxAdapter[operation] as (...args: never[]) => Promise<unknown>;
+    const answerThenBlip = async (...args: never[]) => {
+      const outcome = await original(...args);
       await blip();
       return outcome;
     };
+    Object.assign(sandboxAdapter, { [operation]: answerThenBlip });
     try {
-      const res = await createPayment(blipping, shop.terminalKey, scanPayment(4242));
-      assert.equal(res.status, 201, JSON.stringify(res.body));
-      assert.equal(res.body.status, 'succeeded');
+      return await request();
     } finally {
-      sandboxAdapter.pay = pay;
+      Object.assign(sandboxAdapter, { [operation]: original });
     }
+  }
+
+  test('right after the provider took the money: the till still gets the outcome, not a 503', async () => {
+    const res = await blipAfter('pay', () => createPayment(blipping, shop.terminalKey, scanPayment(4242)));
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    assert.equal(res.body.status, 'succeeded');
   });
 
   test('right after the provider paid a refund out: the refund is answered as paid, not a 503', async () => {
     const paid = await createPayment(blipping, shop.refundTerminalKey, scanPayment(4200)).expect(201);
-    const { refund } = sandboxAdapter;
-    sandboxAdapter.refund = async (account, request) => {
-      const outcome = await refund(account, request);
-      await blip();
-      return outcome;
-    };
-    try {
-      const res = await blipping.http
-        .post(`/v1/payments/${paid.body.id}/refunds`)
-        .set('Authorization', `Bearer ${shop.refundTerminalKey}`)
-        .set('Idempotency-Key', idempotencyKey())
-        .send({});
-      assert.equal(res.status, 201, JSON.stringify(res.body));
-      assert.equal(res.body.status, 'succeeded');
-    } finally {
-      sandboxAdapter.refund = refund;
-    }
+    const res = await blipAfter('refund', () => createRefund(blipping, shop.refundTerminalKey, paid.body.id));
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    assert.equal(res.body.status, 'succeeded');
   });
 });
 
@@ -321,12 +313,13 @@ describe('restart', () => {
       [flaky, {}],
       [qr, {}],
     ] as const) {
-      const refund = await tg.http
-        .post(`/v1/payments/${payment.body.id}/refunds`)
-        .set('Authorization', `Bearer ${shop.secretKey}`)
-        .set('Idempotency-Key', `refund-after-restart-${payment.body.id}`)
-        .send(body)
-        .expect(201);
+      const refund = await createRefund(
+        tg,
+        shop.secretKey,
+        payment.body.id,
+        body,
+        `refund-after-restart-${payment.body.id}`,
+      ).expect(201);
       assert.equal(refund.body.status, 'succeeded', JSON.stringify(refund.body));
     }
   });
@@ -470,13 +463,7 @@ describe('inbound provider notifications', () => {
     let refundMeanwhile: number | undefined;
     const answer = await tillCancelsWhile(res.body.id, async (real) => {
       await notify(paymentNote(res.body.id, 'succeeded')).expect(200);
-      refundMeanwhile = (
-        await tg.http
-          .post(`/v1/payments/${res.body.id}/refunds`)
-          .set('Authorization', `Bearer ${merchant.secretKey}`)
-          .set('Idempotency-Key', idempotencyKey())
-          .send({})
-      ).status;
+      refundMeanwhile = (await createRefund(tg, merchant.secretKey, res.body.id)).status;
       // The provider reverses the sale, and its answer is lost on the way back.
       await real();
       return { kind: 'unknown', reason: 'connection reset' };

@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import {
   createPayment,
+  createRefund,
   eventually,
   type Merchant,
   scanPayment,
@@ -75,11 +76,13 @@ export async function pay(tg: TestGateway, m: Merchant, amount: number, extra: R
 
 /** A refund of part of a paid payment, through the API: the refund as created, once the payment shows it. */
 export async function refundPart(tg: TestGateway, m: Merchant, p: PaidPayment, value: number) {
-  const res = await tg.http
-    .post(`/v1/payments/${p.id}/refunds`)
-    .set('Authorization', `Bearer ${m.secretKey}`)
-    .set('Idempotency-Key', `rf-${p.id}-${value}`)
-    .send({ amount: { value, currency: 'EUR' } });
+  const res = await createRefund(
+    tg,
+    m.secretKey,
+    p.id,
+    { amount: { value, currency: 'EUR' } },
+    `rf-${p.id}-${value}`,
+  );
   assert.equal(res.status, 201, JSON.stringify(res.body));
   await waitForStatus(tg, m.secretKey, p.id, ['partially_refunded']);
   return res.body as { id: string };

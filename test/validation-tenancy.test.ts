@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   ALIPAY_CODE,
   createPayment,
+  createRefund,
   freePort,
   idempotencyKey,
   type Merchant,
@@ -512,12 +513,10 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     );
     assert.equal(replay.status, 200, JSON.stringify(replay.body));
     assert.equal(replay.body.id, sale.body.id);
-    const refund = await tg.http
-      .post(`/v1/payments/${sale.body.id}/refunds`)
-      .set('Authorization', `Bearer ${merchant.refundTerminalKey}`)
-      .set('Idempotency-Key', idempotencyKey())
-      .send({ amount: null, reason: null })
-      .expect(201);
+    const refund = await createRefund(tg, merchant.refundTerminalKey, sale.body.id, {
+      amount: null,
+      reason: null,
+    }).expect(201);
     assert.deepEqual(refund.body.amount, { value: 1999, currency: 'EUR' }, 'the default: the rest');
   });
 });
@@ -636,23 +635,13 @@ describe('authentication and tenancy', () => {
 
   test('another merchant’s payment and refund are 404, as are listing and cancelling them', async () => {
     const mine = await createPayment(tg, merchant.secretKey, scanPayment(1100)).expect(201);
-    const refund = await tg.http
-      .post(`/v1/payments/${mine.body.id}/refunds`)
-      .set('Authorization', `Bearer ${merchant.secretKey}`)
-      .set('Idempotency-Key', idempotencyKey())
-      .send({})
-      .expect(201);
+    const refund = await createRefund(tg, merchant.secretKey, mine.body.id).expect(201);
     const as = (key: string) => ({ Authorization: `Bearer ${key}` });
     await tg.http.get(`/v1/payments/${mine.body.id}`).set(as(other.secretKey)).expect(404);
     await tg.http.get(`/v1/payments/${mine.body.id}`).set(as(other.terminalKey)).expect(404);
     await tg.http.get(`/v1/refunds/${refund.body.id}`).set(as(other.secretKey)).expect(404);
     await tg.http.post(`/v1/payments/${mine.body.id}/cancel`).set(as(other.secretKey)).expect(404);
-    await tg.http
-      .post(`/v1/payments/${mine.body.id}/refunds`)
-      .set(as(other.secretKey))
-      .set('Idempotency-Key', idempotencyKey())
-      .send({})
-      .expect(404);
+    await createRefund(tg, other.secretKey, mine.body.id).expect(404);
     const list = await tg.http.get('/v1/payments?limit=100').set(as(other.secretKey)).expect(200);
     assert.ok(!list.body.data.some((p: { id: string }) => p.id === mine.body.id));
   });
@@ -689,12 +678,7 @@ describe('a terminal’s payments', () => {
     const list = await tg.http.get('/v1/payments?limit=100').set('Authorization', till1).expect(200);
     assert.ok(list.body.data.some((p: { id: string }) => p.id === started.body.id));
     await tg.http.get(`/v1/payments/${started.body.id}`).set('Authorization', till2).expect(404);
-    const refund = await tg.http
-      .post(`/v1/payments/${started.body.id}/refunds`)
-      .set('Authorization', `Bearer ${merchant.secretKey}`)
-      .set('Idempotency-Key', idempotencyKey())
-      .send({})
-      .expect(201);
+    const refund = await createRefund(tg, merchant.secretKey, started.body.id).expect(201);
     await tg.http.get(`/v1/refunds/${refund.body.id}`).set('Authorization', till1).expect(200);
     await tg.http.get(`/v1/refunds/${refund.body.id}`).set('Authorization', till2).expect(404);
     // One started by the back office for no till belongs to none.
