@@ -193,7 +193,12 @@ export async function simulatorCalls(tg: TestGateway, requestId: string): Promis
   return (await (await fetch(`${simulator}/_sim/calls/${requestId}`)).json()) as Record<string, number>;
 }
 
-export function createPayment(tg: TestGateway, key: string, body: unknown, idem = idempotencyKey()) {
+export function createPayment(
+  tg: Pick<TestGateway, 'http'>,
+  key: string,
+  body: unknown,
+  idem = idempotencyKey(),
+) {
   return tg.http
     .post('/v1/payments')
     .set('Authorization', `Bearer ${key}`)
@@ -203,7 +208,7 @@ export function createPayment(tg: TestGateway, key: string, body: unknown, idem 
 
 /** `POST /v1/payments/{id}/refunds` as a till or back office sends it (the rest, unless `body` says). */
 export function createRefund(
-  tg: TestGateway,
+  tg: Pick<TestGateway, 'http'>,
   key: string,
   paymentId: string,
   body: object = {},

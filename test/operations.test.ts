@@ -644,11 +644,7 @@ describe('start-up', () => {
         assert.equal(res.body.error.code, 'sandbox_unavailable');
       }
       // The sandbox account configured during the trial takes no live sale.
-      const sale = await http
-        .post('/v1/payments')
-        .set('Authorization', `Bearer ${shop.terminalKey}`)
-        .set('Idempotency-Key', 'first-live-sale')
-        .send(scanPayment(1000));
+      const sale = await createPayment({ http }, shop.terminalKey, scanPayment(1000), 'first-live-sale');
       assert.equal(sale.status, 422, JSON.stringify(sale.body));
       assert.equal(sale.body.error.code, 'no_provider_account');
       // Webhooks go to the public internet only: no endpoint on loopback or a private network...
@@ -717,11 +713,12 @@ describe('start-up', () => {
       );
       const named = await antomAt(`http://${ownName}:${(receiver.address() as AddressInfo).port}`);
       assert.ok([200, 201].includes(named.status), JSON.stringify(named.body));
-      const refusedSale = await http
-        .post('/v1/payments')
-        .set('Authorization', `Bearer ${shop.terminalKey}`)
-        .set('Idempotency-Key', 'sale-to-a-private-endpoint')
-        .send(scanPayment(1000));
+      const refusedSale = await createPayment(
+        { http },
+        shop.terminalKey,
+        scanPayment(1000),
+        'sale-to-a-private-endpoint',
+      );
       assert.equal(refusedSale.status, 201, JSON.stringify(refusedSale.body));
       assert.equal(refusedSale.body.status, 'failed');
       assert.equal(refusedSale.body.failure.code, 'provider_error');
