@@ -87,6 +87,12 @@ const DISCREPANCY_EVENTS = `events AS (
 const UNDECIDED = "'processing', 'requires_customer'";
 
 /**
+ * A `pending` line result `x` whose refund `r` (a refund's line) or payment `p` (any other line)
+ * is final now, so the line can be matched again.
+ */
+const DECIDED_NOW = `CASE WHEN x.refund_id IS NOT NULL THEN r.status <> 'pending' ELSE p.status NOT IN (${UNDECIDED}) END`;
+
+/**
  * A line of `type` in a current batch version, for the payment `payment`, known by its result row
  * and meeting `condition` (on `o`, the result).
  */
@@ -545,7 +551,7 @@ WITH ready AS (
     LEFT JOIN refunds r ON r.id = x.refund_id
     LEFT JOIN payments p ON p.id = x.payment_id
    WHERE x.result = 'pending' AND s.merchant_id = $2 AND s.provider = $1
-     AND CASE WHEN l.type = 'refund' THEN r.status <> 'pending' ELSE p.status NOT IN (${UNDECIDED}) END
+     AND ${DECIDED_NOW}
 ),
 upd AS (
   UPDATE settlement_line_results x SET result = r.result FROM ready r WHERE x.line_id = r.line_id
@@ -932,7 +938,7 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
        LEFT JOIN refunds r ON r.id = x.refund_id
        LEFT JOIN payments p ON p.id = x.payment_id
       WHERE x.result = 'pending'
-        AND CASE WHEN x.refund_id IS NOT NULL THEN r.status <> 'pending' ELSE p.status NOT IN (${UNDECIDED}) END`,
+        AND ${DECIDED_NOW}`,
   );
   let rematched = 0;
   for (const { merchant_id: merchantId, provider } of rows) {
