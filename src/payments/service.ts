@@ -629,16 +629,16 @@ async function applyStatus(
   }
 }
 
+/** An outcome the transition refused because a cancel is under way, not because the sale is final. */
+const heldByCancel = (row: PaymentRow): boolean =>
+  UNRESOLVED.includes(row.status) && row.cancel_requested_at !== null;
+
 /**
  * An outcome (success or failure) reported while a cancel of the sale is under way: the cancel
  * reverses or closes the sale, or learns how it ended, and only then does the till get its one
  * final answer. The provider evidently knows the order, so no "not found" may later pass for
  * proof that the pay never arrived.
  */
-/** An outcome the transition refused because a cancel is under way, not because the sale is final. */
-const heldByCancel = (row: PaymentRow): boolean =>
-  UNRESOLVED.includes(row.status) && row.cancel_requested_at !== null;
-
 async function holdOutcome(
   ctx: Ctx,
   row: PaymentRow,
@@ -652,7 +652,7 @@ async function holdOutcome(
   // once either, while the attempt under way may still answer.
   const soon = Date.now() + CANCEL_ATTEMPT_S * 1000;
   if (!updated.next_check_at || updated.next_check_at.getTime() > soon)
-    updated = await scheduleCheck(ctx, updated, account.module.adapter.resolution, CANCEL_ATTEMPT_S);
+    updated = await checkAfterCancel(ctx, updated, account);
   return updated;
 }
 
