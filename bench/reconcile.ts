@@ -243,6 +243,7 @@ async function main(): Promise<void> {
     await ctx.updates.close();
     ctx.redis.disconnect();
     await ctx.db.end();
+    await ctx.bulkDb.end();
     if (process.env.BENCH_KEEP_DB) console.log(`file kept: ${file}`);
     else rmSync(dir, { recursive: true, force: true });
     // BENCH_KEEP_DB=1 leaves the database for a look at its plans in psql.

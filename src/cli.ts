@@ -46,7 +46,7 @@ async function main(argv: string[]): Promise<number> {
   const positional = args.filter((a) => !a.startsWith('--'));
   const config = loadConfig();
   await ensureDatabase(config.databaseUrl);
-  const db = createPool(config.databaseUrl, 2);
+  const db = createPool(config.databaseUrl, { max: 2 });
   try {
     const applied = await migrate(db);
     const ctx = { db, config } as Pick<Context, 'db' | 'config'> as Context;

@@ -9,6 +9,8 @@ export interface Config {
   port: number;
   host: string;
   databaseUrl: string;
+  /** DATABASE_QUERY_TIMEOUT_MS: a request's query, or its wait for a connection, fails after this (PoolOptions). */
+  databaseQueryTimeoutMs: number;
   redisUrl: string;
   /** Namespaces every Redis key, queue and channel (tests use one per run). */
   redisPrefix: string;
@@ -168,6 +170,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       'postgres',
       'postgresql',
     ]),
+    databaseQueryTimeoutMs: intFrom(env, 'DATABASE_QUERY_TIMEOUT_MS', 10_000, 100),
     redisUrl: urlFrom(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis', 'rediss']),
     redisPrefix: env.REDIS_PREFIX ?? 'tb',
     adminApiKey: env.ADMIN_API_KEY ?? `adm_${randomBytes(24).toString('base64url')}`,

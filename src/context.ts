@@ -11,7 +11,10 @@ import type { PaymentUpdates } from './realtime/payment-updates.ts';
 /** Everything a request handler or job needs; built once per process in src/main.ts. */
 export interface Context {
   config: Config;
+  /** For requests and short jobs: every query bounded (config.databaseQueryTimeoutMs). */
   db: Db;
+  /** For statements that run as long as their data: settlement files, reconcile jobs, reports, migrations. */
+  bulkDb: Db;
   redis: Redis;
   queues: Queues;
   updates: PaymentUpdates;

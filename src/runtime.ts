@@ -51,10 +51,12 @@ export async function createContext(config: Config): Promise<Context> {
   // Redis first: a gateway that cannot reach it would start but never finish a payment.
   const redis = await connectRedis(config.redisUrl);
   let db: Db;
+  let bulkDb: Db;
   try {
     await ensureDatabase(config.databaseUrl);
-    db = createPool(config.databaseUrl);
-    await migrate(db);
+    db = createPool(config.databaseUrl, { queryTimeoutMs: config.databaseQueryTimeoutMs });
+    bulkDb = createPool(config.databaseUrl, { max: 10 });
+    await migrate(bulkDb);
   } catch (error) {
     redis.disconnect();
     const code = (error as { code?: string }).code;
@@ -72,6 +74,7 @@ export async function createContext(config: Config): Promise<Context> {
   return {
     config,
     db,
+    bulkDb,
     redis,
     queues: createQueues(config.redisUrl, config.redisPrefix),
     updates,
@@ -177,4 +180,5 @@ async function closeContext(ctx: Context): Promise<void> {
   await ctx.sandbox.close();
   ctx.redis.disconnect();
   await ctx.db.end();
+  await ctx.bulkDb.end();
 }

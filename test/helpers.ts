@@ -120,7 +120,7 @@ export interface Merchant {
 
 /** A merchant with one provider account (the sandbox provider unless told) and two terminals (one allowed to refund). */
 export async function setupMerchant(
-  tg: TestGateway,
+  tg: Pick<TestGateway, 'http' | 'adminKey'>,
   name = 'Test Drugstore',
   provider: { name: string; body: Record<string, unknown> } = {
     name: 'sandbox',
@@ -290,14 +290,14 @@ export async function scanWhileTillWaits(
 }
 
 /** A gateway that reaches its PostgreSQL through a TcpRelay, for outages (its own environment). */
-export async function gatewayBehindPostgresRelay(): Promise<{
+export async function gatewayBehindPostgresRelay(overrides: Record<string, string> = {}): Promise<{
   gateway: Gateway;
   relay: TcpRelay;
   dbName: string;
 }> {
   const relay = new TcpRelay(await freePort(), new URL(PG_BASE));
   await relay.open();
-  const { env, dbName } = testEnvironment({ PORT: String(await freePort()) });
+  const { env, dbName } = testEnvironment({ PORT: String(await freePort()), ...overrides });
   const url = new URL(env.DATABASE_URL as string);
   url.host = `127.0.0.1:${relay.port}`;
   const gateway = await startGateway(loadConfig({ ...env, DATABASE_URL: url.toString() }));

@@ -12,6 +12,7 @@ import supertest from 'supertest';
 import { isNonPublicAddress } from '../adapters/addresses.ts';
 import { MAX_RESPONSE_BYTES, send } from '../adapters/transport.ts';
 import { loadConfig } from '../src/config.ts';
+import { createPool, inTransaction, isInfrastructureError } from '../src/ledger/db.ts';
 import { createLogger } from '../src/logger.ts';
 import { startGateway } from '../src/runtime.ts';
 import { deliver } from '../webhooks/outbound.ts';
@@ -22,10 +23,13 @@ import {
   eventually,
   freePort,
   gatewayBehindPostgresRelay,
+  idempotencyKey,
   type Merchant,
+  PG_BASE,
   scanPayment,
   setupMerchant,
   startTestGateway,
+  TcpRelay,
   type TestGateway,
   testEnvironment,
 } from './helpers.ts';
@@ -73,6 +77,98 @@ describe('operations endpoints', () => {
     } finally {
       await relay.cut();
       await discardEnvironment(dbName);
+    }
+  });
+
+  test('a PostgreSQL that stops answering gets tills a 503 within DATABASE_QUERY_TIMEOUT_MS, not a request held for ever; they are served again once it answers', async () => {
+    const { gateway, relay, dbName } = await gatewayBehindPostgresRelay({
+      DATABASE_QUERY_TIMEOUT_MS: '1000',
+    });
+    try {
+      const api = supertest(gateway.url);
+      const shop = await setupMerchant({ http: api, adminKey: gateway.ctx.config.adminApiKey });
+      const paid = await createPayment({ http: api }, shop.terminalKey, scanPayment(1000)).expect(201);
+      const read = () =>
+        api
+          .get(`/v1/payments/${paid.body.id}`)
+          .set('Authorization', `Bearer ${shop.terminalKey}`)
+          .timeout(20_000);
+      const saleKey = idempotencyKey();
+      const sale = () =>
+        createPayment({ http: api }, shop.terminalKey, scanPayment(1001), saleKey).timeout(20_000);
+
+      // A request whose statements run in a transaction (a terminal's set-up).
+      const addTerminal = (n: number) =>
+        api
+          .post('/v1/terminals')
+          .set('Authorization', `Bearer ${shop.secretKey}`)
+          .send({ store_id: 'berlin-01', terminal_id: `till-stall-${n}` })
+          .timeout(20_000);
+
+      // Connections already open, as on a gateway at work: the stall catches statements, not handshakes.
+      await Promise.all(Array.from({ length: 20 }, read));
+      relay.stall();
+      const started = Date.now();
+      const first = [sale(), ...Array.from({ length: 5 }, (_, n) => addTerminal(n))].map((request) =>
+        request.then(),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      // More requests than the pool has connections: the ones beyond wait for a connection, not for ever.
+      const answers = await Promise.all([...first, ...Array.from({ length: 20 }, read)]);
+      const elapsed = Date.now() - started;
+      for (const answer of answers) {
+        assert.equal(answer.status, 503);
+        assert.equal(answer.body.error.type, 'unavailable');
+        assert.equal(answer.body.error.code, 'storage_unavailable');
+        assert.equal(answer.headers['retry-after'], '1');
+      }
+      assert.ok(elapsed < 6_000, `answered after ${elapsed} ms`);
+
+      // What was sent during the stall is lost for good; the connections that waited for it are
+      // dropped, so the pool serves again as soon as PostgreSQL answers.
+      relay.resume();
+      for (const again of await Promise.all(Array.from({ length: 25 }, read))) {
+        assert.equal(again.status, 200);
+        assert.equal(again.body.status, 'succeeded');
+      }
+      assert.equal((await addTerminal(0)).status, 201);
+      // The till's retry of the sale refused meanwhile, same key, takes it once.
+      const retried = await eventually(
+        async () => {
+          const answer = await sale();
+          return answer.status === 201 && answer;
+        },
+        35_000,
+        'the sale taken on retry',
+      );
+      assert.equal(retried.body.status, 'succeeded');
+      assert.equal((await sale()).headers['idempotent-replayed'], 'true');
+    } finally {
+      await gateway.stop();
+      await relay.cut();
+      await discardEnvironment(dbName);
+    }
+  });
+
+  test('a transaction that a stalled PostgreSQL cut short does not hand its connection to the next request', async () => {
+    const relay = new TcpRelay(await freePort(), new URL(PG_BASE));
+    await relay.open();
+    const url = new URL(PG_BASE);
+    url.host = `127.0.0.1:${relay.port}`;
+    const pool = createPool(url.toString(), { max: 1, queryTimeoutMs: 500 });
+    try {
+      await pool.query('SELECT 1');
+      relay.stall();
+      await assert.rejects(
+        inTransaction(pool, (client) => client.query('SELECT 1')),
+        (error) => isInfrastructureError(error),
+      );
+      relay.resume();
+      // The one connection held a statement PostgreSQL never received: this would wait behind it.
+      assert.equal((await pool.query<{ n: number }>('SELECT 2 AS n')).rows[0].n, 2);
+    } finally {
+      await relay.cut();
+      await pool.end().catch(() => {});
     }
   });
 

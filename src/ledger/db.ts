@@ -20,14 +20,18 @@ const UNAVAILABLE_CODES = new Set([
   '08001',
 ]);
 
+/** pg's message for a query past the pool's `query_timeout` (PoolOptions.queryTimeoutMs). */
+const QUERY_TIMED_OUT = 'Query read timeout';
+
+const UNAVAILABLE_MESSAGES = new RegExp(
+  `Connection is closed|connect ECONNREFUSED|Connection terminated|timeout exceeded when trying to connect|${QUERY_TIMED_OUT}|max retries per request`,
+);
+
 /** PostgreSQL or Redis out of reach (down, restarting, failing over, out of connections). */
 export function isInfrastructureError(error: unknown): boolean {
   const e = error as { code?: string; message?: string };
   return (
-    (e.code !== undefined && UNAVAILABLE_CODES.has(e.code)) ||
-    /Connection is closed|connect ECONNREFUSED|Connection terminated|timeout exceeded when trying to connect|max retries per request/.test(
-      e.message ?? '',
-    )
+    (e.code !== undefined && UNAVAILABLE_CODES.has(e.code)) || UNAVAILABLE_MESSAGES.test(e.message ?? '')
   );
 }
 
@@ -49,8 +53,25 @@ export async function retryWhileUnavailable<T>(work: () => Promise<T>, budgetMs:
 
 const MIGRATIONS_DIR = join(dirname(fileURLToPath(import.meta.url)), 'migrations');
 
-export function createPool(databaseUrl: string, max = 20): Db {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max });
+export interface PoolOptions {
+  max?: number;
+  /**
+   * How long a query, or a wait for a free connection, may take before it fails as
+   * `storage_unavailable`: a PostgreSQL that keeps its connections and stops answering (hung, or a
+   * black-holed network) would otherwise hold every request on them for ever. A connection whose
+   * query timed out is dropped, not handed out again (its answer may still come, or never).
+   * Unset for the pool of long statements (settlement files, reconcile jobs, reports, migrations).
+   */
+  queryTimeoutMs?: number;
+}
+
+export function createPool(databaseUrl: string, { max = 20, queryTimeoutMs }: PoolOptions = {}): Db {
+  const pool = new pg.Pool({
+    connectionString: databaseUrl,
+    max,
+    query_timeout: queryTimeoutMs,
+    connectionTimeoutMillis: queryTimeoutMs,
+  });
   pool.on('error', () => {
     // An idle client lost its connection; the pool replaces it. Queries report their own errors.
   });
@@ -141,15 +162,32 @@ export function prepared(text: string, values: unknown[]): { name: string; text:
 
 export async function inTransaction<T>(pool: Db, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  let broken: Error | undefined;
   try {
     await client.query('BEGIN');
     const result = await work(client);
     await client.query('COMMIT');
     return result;
   } catch (error) {
-    await client.query('ROLLBACK').catch(() => {});
+    broken = await rollback(client, error);
     throw error;
   } finally {
-    client.release();
+    client.release(broken);
+  }
+}
+
+/**
+ * Rolls back the client's transaction after `cause`; when it cannot, returns why, for `release`: a
+ * connection that cannot roll back (lost, or its query timed out) must not be handed out again.
+ * Dropping it rolls the transaction back on the server.
+ */
+export async function rollback(client: pg.PoolClient, cause: unknown): Promise<Error | undefined> {
+  // A ROLLBACK would wait behind the query that timed out, as long again.
+  if (cause instanceof Error && cause.message === QUERY_TIMED_OUT) return cause;
+  try {
+    await client.query('ROLLBACK');
+    return undefined;
+  } catch (error) {
+    return error as Error;
   }
 }

@@ -133,7 +133,7 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
         WHERE id = $1`,
       [job.import_id, message, lastAttempt],
     );
-    if (lastAttempt) await discardLines(ctx.db, job.import_id);
+    if (lastAttempt) await discardLines(ctx.bulkDb, job.import_id);
     throw error;
   }
   await reconcileImport(ctx, job.import_id, lastAttempt);
@@ -168,7 +168,7 @@ async function queueDateFetch(
         return false;
       }
     }
-    await discardLines(ctx.db, importId);
+    await discardLines(ctx.bulkDb, importId);
     await ctx.db.query('DELETE FROM settlement_imports WHERE id = $1', [importId]);
   }
   await queueFetch(ctx, account, date, { importId });

@@ -17,7 +17,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { SettlementFormatError, type SettlementLine, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
-import type { Queryable } from '../ledger/db.ts';
+import { type Queryable, rollback } from '../ledger/db.ts';
 import { copyField } from './copy-text.ts';
 import { Utf8Guard } from './encoding.ts';
 import { createImport } from './imports.ts';
@@ -367,7 +367,7 @@ export async function discardFailedLines(ctx: Context): Promise<number> {
   const { rows } = await ctx.db.query<{ id: string }>(
     "SELECT id FROM settlement_imports WHERE status = 'failed' AND first_line_id IS NOT NULL",
   );
-  for (const { id } of rows) await discardLines(ctx.db, id);
+  for (const { id } of rows) await discardLines(ctx.bulkDb, id);
   return rows.length;
 }
 
@@ -414,7 +414,8 @@ export async function receiveFile(
 ): Promise<{ id: string } & ReceivedFile> {
   const module = providerModule(fields.provider);
   if (!module) throw new Error(`no adapter for provider ${fields.provider}`);
-  const client = await ctx.db.connect();
+  const client = await ctx.bulkDb.connect();
+  let broken: Error | undefined;
   try {
     await client.query('BEGIN');
     if (fields.id) {
@@ -456,9 +457,9 @@ export async function receiveFile(
     await client.query('COMMIT');
     return { id, ...received };
   } catch (error) {
-    await client.query('ROLLBACK').catch(() => {});
+    broken = await rollback(client, error);
     throw error;
   } finally {
-    client.release();
+    client.release(broken);
   }
 }

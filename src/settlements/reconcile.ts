@@ -21,7 +21,7 @@ import type pg from 'pg';
 import { SettlementFormatError, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
-import { inTransaction } from '../ledger/db.ts';
+import { inTransaction, rollback } from '../ledger/db.ts';
 import { discardLines } from './receive.ts';
 
 export type DiscrepancyKind =
@@ -943,7 +943,7 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
   let rematched = 0;
   for (const { merchant_id: merchantId, provider } of rows) {
     try {
-      rematched += await inTransaction(ctx.db, async (client) => {
+      rematched += await inTransaction(ctx.bulkDb, async (client) => {
         // A reconcile job of theirs running now re-matches these lines itself: not waited for, so
         // the rest of the sweep is not held up behind a long file.
         const { rows: lock } = await client.query<{ taken: boolean }>(
@@ -1021,7 +1021,8 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
   const module = providerModule(job.provider);
   const log = ctx.log.child({ import_id: importId, provider: job.provider });
   const counts = emptyCounts();
-  const client = await ctx.db.connect();
+  const client = await ctx.bulkDb.connect();
+  let broken: Error | undefined;
   try {
     if (!module) throw new ReconcileError('provider_unknown', `no adapter for provider ${job.provider}`);
     const adapter = module.adapter;
@@ -1064,7 +1065,7 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
       ctx.metrics.reconciliation.inc({ provider: job.provider, result: kind }, n ?? 0);
     log.info({ counts }, 'settlement file reconciled');
   } catch (error) {
-    await client.query('ROLLBACK').catch(() => {});
+    broken = await rollback(client, error);
     const known =
       error instanceof SettlementFormatError
         ? new ReconcileError('settlement_file_invalid', error.message, error.line_no)
@@ -1083,11 +1084,11 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
       log[known ? 'warn' : 'error']({ err: error, code }, 'settlement import failed');
       // Lines of a file that was never applied belong to no batch (if this fails, the fetch
       // schedule's sweep deletes them).
-      await discardLines(ctx.db, importId).catch(() => {});
+      await discardLines(ctx.bulkDb, importId).catch(() => {});
       ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'import_failed' });
     }
     if (!known) throw error;
   } finally {
-    client.release();
+    client.release(broken);
   }
 }

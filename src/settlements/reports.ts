@@ -5,6 +5,7 @@
  */
 import type { Writable } from 'node:stream';
 import type { Context } from '../context.ts';
+import { rollback } from '../ledger/db.ts';
 import { minorToMajor } from '../payments/money.ts';
 
 export type GroupBy = 'day' | 'store' | 'wallet';
@@ -74,7 +75,7 @@ function figures(row: ReportRow) {
 }
 
 export async function settlementReport(ctx: Context, q: ReportQuery) {
-  const { rows } = await ctx.db.query<ReportRow>(reportSql(q.group_by, !!q.provider), params(q));
+  const { rows } = await ctx.bulkDb.query<ReportRow>(reportSql(q.group_by, !!q.provider), params(q));
   return {
     object: 'settlement_report',
     from: q.from,
@@ -110,7 +111,8 @@ async function write(out: Writable, text: string): Promise<void> {
  * TOTAL row per currency after its groups (`row` says which rows are totals). Rows come from a cursor, a page at a time.
  */
 export async function streamSettlementReportCsv(ctx: Context, q: ReportQuery, out: Writable): Promise<void> {
-  const client = await ctx.db.connect();
+  const client = await ctx.bulkDb.connect();
+  let broken: Error | undefined;
   try {
     await client.query('BEGIN READ ONLY');
     await client.query(
@@ -139,9 +141,9 @@ export async function streamSettlementReportCsv(ctx: Context, q: ReportQuery, ou
     }
     await client.query('COMMIT');
   } catch (error) {
-    await client.query('ROLLBACK').catch(() => {});
+    broken = await rollback(client, error);
     throw error;
   } finally {
-    client.release();
+    client.release(broken);
   }
 }
