@@ -1,7 +1,6 @@
 /** npm run cli -- migrate | create-merchant <name> <currency> <country> | create-terminal <merchant_id> <store_id> <terminal_id> [--can-refund] */
 import type { z } from 'zod';
-import { loadConfig } from './config.ts';
-import type { Context } from './context.ts';
+import { databaseUrlFrom } from './config.ts';
 import { createMerchant, createTerminal } from './http/routes/setup.ts';
 import { createMerchantSchema, createTerminalSchema } from './http/schemas.ts';
 import { createPool, ensureDatabase, migrate } from './ledger/db.ts';
@@ -44,12 +43,12 @@ async function main(argv: string[]): Promise<number> {
   }
   // Flags may stand anywhere; the positional arguments keep their order.
   const positional = args.filter((a) => !a.startsWith('--'));
-  const config = loadConfig();
-  await ensureDatabase(config.databaseUrl);
-  const db = createPool(config.databaseUrl, { max: 2 });
+  const databaseUrl = databaseUrlFrom();
+  await ensureDatabase(databaseUrl);
+  const db = createPool(databaseUrl, { max: 2 });
   try {
     const applied = await migrate(db);
-    const ctx = { db, config } as Pick<Context, 'db' | 'config'> as Context;
+    const ctx = { db };
     switch (command) {
       case 'migrate':
         console.log(applied.length ? `applied: ${applied.join(', ')}` : 'database is up to date');

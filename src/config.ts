@@ -123,6 +123,18 @@ function masterKeyFrom(env: NodeJS.ProcessEnv, production: boolean): Buffer {
   return key;
 }
 
+const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/tillbridge';
+
+/**
+ * DATABASE_URL alone, for the CLI: it touches nothing else, so a production operator need not hand
+ * it the admin key, the master key or the public URL, and in sandbox it writes no key file.
+ */
+export function databaseUrlFrom(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.NODE_ENV === 'production' && !env.DATABASE_URL)
+    throw new ConfigError('DATABASE_URL is required when NODE_ENV=production');
+  return urlFrom(env, 'DATABASE_URL', DEFAULT_DATABASE_URL, ['postgres', 'postgresql']);
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const production = env.NODE_ENV === 'production';
   const port = intFrom(env, 'PORT', 3000, 0, 65535);
@@ -166,10 +178,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     production,
     port,
     host: env.HOST ?? '127.0.0.1',
-    databaseUrl: urlFrom(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/tillbridge', [
-      'postgres',
-      'postgresql',
-    ]),
+    databaseUrl: databaseUrlFrom(env),
     databaseQueryTimeoutMs: intFrom(env, 'DATABASE_QUERY_TIMEOUT_MS', 10_000, 100),
     redisUrl: urlFrom(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis', 'rediss']),
     redisPrefix: env.REDIS_PREFIX ?? 'tb',

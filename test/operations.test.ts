@@ -833,14 +833,12 @@ describe('start-up', () => {
     );
   });
 
-  test('the CLI migrates, creates a merchant and a terminal key', () => {
+  test('the CLI migrates, creates a merchant and a terminal key, in production with DATABASE_URL alone', () => {
+    // No admin key, master key or public URL: the CLI uses none of them.
+    const env = { PATH: process.env.PATH, NODE_ENV: 'production' };
     const cli = (...args: string[]) =>
       spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
-        env: {
-          ...process.env,
-          DATABASE_URL: tg.config.databaseUrl,
-          TILLBRIDGE_MASTER_KEY: tg.config.masterKey.toString('base64'),
-        },
+        env: { ...env, DATABASE_URL: tg.config.databaseUrl },
         encoding: 'utf8',
         timeout: 30_000,
       });
@@ -865,5 +863,13 @@ describe('start-up', () => {
     const badCurrency = cli('create-merchant', 'Shop', 'EURO', 'FR');
     assert.equal(badCurrency.status, 1);
     assert.match(badCurrency.stderr, /^error: settlement_currency: /m);
+    // Production never falls back to the local default database.
+    const unset = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'migrate'], {
+      env,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.equal(unset.status, 1);
+    assert.match(unset.stderr, /^error: DATABASE_URL is required when NODE_ENV=production$/m);
   });
 });

@@ -148,7 +148,7 @@ async function revokeKeys(
 }
 
 export async function createMerchant(
-  ctx: Context,
+  ctx: Pick<Context, 'db'>,
   input: { name: string; settlement_currency: string; country: string },
 ) {
   return inTransaction(ctx.db, async (client) => {
@@ -162,7 +162,7 @@ export async function createMerchant(
 }
 
 export async function createTerminal(
-  ctx: Context,
+  ctx: Pick<Context, 'db'>,
   merchantId: string,
   input: { store_id: string; terminal_id: string; can_refund?: boolean },
 ) {
