@@ -101,9 +101,9 @@ const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 /** The floor: the same file, bare COPY into an unlogged table of text columns, one join; ms. */
 async function floor(ctx: Context, file: string): Promise<number> {
   // Each measurement (both floors, the import) starts after a checkpoint.
-  await ctx.db.query('CHECKPOINT');
+  await ctx.bulkDb.query('CHECKPOINT');
   const start = Date.now();
-  const client = await ctx.db.connect();
+  const client = await ctx.bulkDb.connect();
   try {
     await client.query(
       `CREATE UNLOGGED TABLE floor_lines (batch_id text, type text, transaction_id text, original_transaction_id text,
@@ -122,8 +122,8 @@ async function floor(ctx: Context, file: string): Promise<number> {
     client.release();
   }
   const ms = Date.now() - start;
-  await ctx.db.query('DROP TABLE floor_lines');
-  await ctx.db.query('CHECKPOINT');
+  await ctx.bulkDb.query('DROP TABLE floor_lines');
+  await ctx.bulkDb.query('CHECKPOINT');
   return ms;
 }
 
@@ -144,7 +144,7 @@ async function main(): Promise<void> {
   if (process.env.BENCH_EXPLAIN) {
     // Plans of every statement slower than BENCH_EXPLAIN ms, with actual times, on stderr.
     const explaining = new WeakSet<object>();
-    ctx.db.on('acquire', (client) => {
+    ctx.bulkDb.on('acquire', (client) => {
       if (explaining.has(client)) return;
       explaining.add(client);
       client.on('notice', (notice) => console.error(notice.message));
@@ -158,12 +158,12 @@ async function main(): Promise<void> {
     const faults = plan(LINES);
     console.log(`generating ${LINES.toLocaleString()} ledger payments and their settlement file …`);
     const genStart = Date.now();
-    await ctx.db.query(
+    await ctx.bulkDb.query(
       `INSERT INTO merchants (id, name, settlement_currency, country) VALUES ('mer_bench', 'Bench', 'EUR', 'DE');
        INSERT INTO provider_accounts (id, merchant_id, provider, wallets, sandbox, credentials)
        VALUES ('pva_bench', 'mer_bench', 'sandbox', '{alipay}', true, '\\x00')`,
     );
-    await ctx.db.query(
+    await ctx.bulkDb.query(
       `INSERT INTO payments (id, merchant_id, store_id, provider_account_id, provider, wallet, mode, status,
                              amount_value, currency, reference, provider_request_id, provider_reference,
                              resolve_by, paid_at, finalized_at, created_at)
@@ -174,7 +174,7 @@ async function main(): Promise<void> {
          FROM generate_series(1, $1::int) AS i`,
       [LINES, [...faults].filter(([, k]) => k === 'status_mismatch').map(([i]) => i), DATE],
     );
-    await ctx.db.query('VACUUM ANALYZE payments');
+    await ctx.bulkDb.query('VACUUM ANALYZE payments');
     await writeFile(file, LINES, faults);
     const bytes = statSync(file).size;
     console.log(`generated in ${s(Date.now() - genStart)}; file ${mb(bytes)}`);
@@ -202,11 +202,11 @@ async function main(): Promise<void> {
     const floorAfterMs = await floor(ctx, file);
     const floorMs = (floorBeforeMs + floorAfterMs) / 2;
 
-    const job = await ctx.db.query(
+    const job = await ctx.bulkDb.query(
       'SELECT status, counts, error_message FROM settlement_imports WHERE id = $1',
       [importId],
     );
-    const found = await ctx.db.query<{ kind: string; n: number }>(
+    const found = await ctx.bulkDb.query<{ kind: string; n: number }>(
       `SELECT kind, count(*)::int AS n FROM reconciliation_discrepancies WHERE closed_at IS NULL GROUP BY kind ORDER BY kind`,
     );
     const byKind = Object.fromEntries(found.rows.map((r) => [r.kind, r.n]));

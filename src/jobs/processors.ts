@@ -67,9 +67,11 @@ export async function startWorker(ctx: Context): Promise<Worker> {
     return { resumed, refunds, deliveries, imports, rematched };
   });
   queues.maintenance.process('cleanup', 1, async () => {
-    await ctx.db.query('DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)', [
-      IDEMPOTENCY_RETENTION_H,
-    ]);
+    // A day's keys, or many days' after an outage of the worker: as long as it takes.
+    await ctx.bulkDb.query(
+      'DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)',
+      [IDEMPOTENCY_RETENTION_H],
+    );
   });
   await startSettlementWorker(ctx);
   await addSchedules(ctx);
