@@ -8,6 +8,7 @@ import { connect } from 'node:net';
 import { hostname } from 'node:os';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
 import supertest from 'supertest';
 import { isNonPublicAddress } from '../adapters/addresses.ts';
 import { MAX_RESPONSE_BYTES, send } from '../adapters/transport.ts';
@@ -147,6 +148,44 @@ describe('operations endpoints', () => {
       await gateway.stop();
       await relay.cut();
       await discardEnvironment(dbName);
+    }
+  });
+
+  test('a statement held past DATABASE_QUERY_TIMEOUT_MS (a lock not released) is a 503, and stops on the server too', async () => {
+    const slow = await startTestGateway({ DATABASE_QUERY_TIMEOUT_MS: '1000' });
+    const locker = new pg.Client({ connectionString: slow.config.databaseUrl });
+    try {
+      const shop = await setupMerchant(slow);
+      const paid = await createPayment(slow, shop.terminalKey, scanPayment(1000)).expect(201);
+      await locker.connect();
+      // An operator's migration, or a long transaction: the payments table locked for a while.
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE payments IN ACCESS EXCLUSIVE MODE');
+      const started = Date.now();
+      const read = await slow.http
+        .get(`/v1/payments/${paid.body.id}`)
+        .set('Authorization', `Bearer ${shop.terminalKey}`)
+        .timeout(20_000);
+      assert.equal(read.status, 503);
+      assert.equal(read.body.error.code, 'storage_unavailable');
+      assert.ok(Date.now() - started < 5_000, `answered after ${Date.now() - started} ms`);
+      // Nothing of the gateway's still waits for the lock: what it gave up on does not run on later.
+      const waiting = async () =>
+        (
+          await locker.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
+          )
+        ).rows[0].n;
+      await eventually(async () => (await waiting()) === 0, 3_000, 'no statement waiting for the lock');
+      await locker.query('ROLLBACK');
+      const again = await slow.http
+        .get(`/v1/payments/${paid.body.id}`)
+        .set('Authorization', `Bearer ${shop.terminalKey}`);
+      assert.equal(again.status, 200);
+    } finally {
+      await locker.end().catch(() => {});
+      await slow.stop();
     }
   });
 

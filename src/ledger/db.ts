@@ -18,6 +18,8 @@ const UNAVAILABLE_CODES = new Set([
   '53300',
   '08006',
   '08001',
+  // A statement past statement_timeout (PoolOptions.queryTimeoutMs), cancelled by the server.
+  '57014',
 ]);
 
 /** pg's message for a query past the pool's `query_timeout` (PoolOptions.queryTimeoutMs). */
@@ -57,9 +59,11 @@ export interface PoolOptions {
   max?: number;
   /**
    * How long a query, or a wait for a free connection, may take before it fails as
-   * `storage_unavailable`: a PostgreSQL that keeps its connections and stops answering (hung, or a
-   * black-holed network) would otherwise hold every request on them for ever. A connection whose
-   * query timed out is dropped, not handed out again (its answer may still come, or never).
+   * `storage_unavailable`. The server cancels a statement past it (statement_timeout), so what the
+   * caller was told failed does not commit later, once a lock it waited for is released. The client
+   * gives up at the same time (query_timeout) on a PostgreSQL that keeps its connections and stops
+   * answering (hung, or a black-holed network), which would otherwise hold every request on them
+   * for ever; that connection is dropped, not handed out again (its answer may still come, or never).
    * Unset for the pool of long statements (settlement files, reconcile jobs, reports, migrations).
    */
   queryTimeoutMs?: number;
@@ -69,6 +73,7 @@ export function createPool(databaseUrl: string, { max = 20, queryTimeoutMs }: Po
   const pool = new pg.Pool({
     connectionString: databaseUrl,
     max,
+    statement_timeout: queryTimeoutMs,
     query_timeout: queryTimeoutMs,
     connectionTimeoutMillis: queryTimeoutMs,
   });
