@@ -57,14 +57,30 @@ export async function startWorker(ctx: Context): Promise<Worker> {
     await deliver(ctx, delivery_id, job.attemptsMade + 1 >= (job.opts.attempts ?? 1));
   });
 
+  const sweepSteps: [string, (ctx: Context) => Promise<number>][] = [
+    ['resumed', sweepStragglers],
+    ['refunds', sweepPendingRefunds],
+    ['deliveries', requeuePendingDeliveries],
+    ['imports', requeueStrandedImports],
+    ['rematched', rematchDecidedLines],
+  ];
   queues.maintenance.process('sweep', 1, async () => {
-    const resumed = await sweepStragglers(ctx);
-    if (resumed) ctx.log.warn({ resumed }, 'sweeper resumed payments whose jobs were lost');
-    const refunds = await sweepPendingRefunds(ctx);
-    const deliveries = await requeuePendingDeliveries(ctx);
-    const imports = await requeueStrandedImports(ctx);
-    const rematched = await rematchDecidedLines(ctx);
-    return { resumed, refunds, deliveries, imports, rematched };
+    // Each step on its own: one that keeps failing (a statement past the query timeout, a bug)
+    // must not starve the steps after it for good. The job fails with the first failure.
+    const counts: Record<string, number> = {};
+    let failure: unknown;
+    for (const [name, step] of sweepSteps) {
+      try {
+        counts[name] = await step(ctx);
+      } catch (error) {
+        ctx.log.error({ err: error, step: name }, 'a step of the sweeper failed');
+        failure ??= error;
+      }
+    }
+    if (counts.resumed)
+      ctx.log.warn({ resumed: counts.resumed }, 'sweeper resumed payments whose jobs were lost');
+    if (failure) throw failure;
+    return counts;
   });
   queues.maintenance.process('cleanup', 1, async () => {
     // A day's keys, or many days' after an outage of the worker: as long as it takes.
