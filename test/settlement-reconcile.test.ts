@@ -175,6 +175,30 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
   }
   const [batch] = await settlements(tg, m.secretKey);
   assert.equal(batch.status, 'discrepancies');
+  // The batch's lines (line 1 is the file's header) by result, a page at a time.
+  const linesWith = async (query: string) => {
+    const res = await tg.http
+      .get(`/v1/settlements/${batch.id}/lines?${query}`)
+      .set('Authorization', `Bearer ${m.secretKey}`);
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    return res.body as { data: { id: string; line_no: number; result: string }[]; has_more: boolean };
+  };
+  const matched = await linesWith('result=matched');
+  assert.deepEqual(
+    matched.data.map((l) => [l.line_no, l.result]),
+    [
+      [2, 'matched'],
+      [5, 'matched'],
+    ],
+  );
+  const firstMismatch = await linesWith('result=amount_mismatch&limit=1');
+  assert.deepEqual([firstMismatch.data.map((l) => l.line_no), firstMismatch.has_more], [[3], false]);
+  const duplicates = await linesWith('result=duplicate_in_settlement&limit=1');
+  assert.deepEqual([duplicates.data.map((l) => l.line_no), duplicates.has_more], [[6], false]);
+  const all = await linesWith('limit=3');
+  assert.deepEqual([all.data.map((l) => l.line_no), all.has_more], [[2, 3, 4], true]);
+  const rest = await linesWith(`limit=3&starting_after=${all.data[2].id}`);
+  assert.deepEqual([rest.data.map((l) => l.line_no), rest.has_more], [[5, 6, 7], true]);
   // Filters.
   const onlyAmount = await discrepancies(tg, m.secretKey, '&kind=amount_mismatch');
   assert.deepEqual(kinds(onlyAmount), ['amount_mismatch']);

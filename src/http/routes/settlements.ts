@@ -98,6 +98,32 @@ const LINES_SQL = `
                                            AND p.provider_reference = l.provider_reference LIMIT 1)) AS payment_id
     FROM settlement_current_lines l`;
 
+/**
+ * The ids of a page of a batch's current lines: of batch $1, after line id $2, $3 of them, with
+ * `result` ($4 unless it is `matched`). Read in order from an index and stopped after the page (through
+ * settlement_current_lines, a batch of a million lines had every line joined and sorted for each
+ * page). A result other than `matched` has a row of its own (migration 104): those are read instead.
+ */
+const linePageSql = (result: string | undefined) =>
+  result && result !== 'matched'
+    ? `SELECT x.line_id AS id
+         FROM settlements s
+         JOIN settlement_line_results x ON x.settlement_id = s.id AND x.import_id = s.import_id
+        WHERE s.id = $1 AND x.result = $4 AND x.line_id > $2
+        ORDER BY x.line_id LIMIT $3`
+    : `WITH batch AS MATERIALIZED (
+         SELECT s.import_id, s.provider_batch_id, s.currency, i.first_line_id, i.last_line_id
+           FROM settlements s JOIN settlement_imports i ON i.id = s.import_id
+          WHERE s.id = $1
+       )
+       SELECT l.id FROM settlement_lines l
+        WHERE l.id > $2
+          AND l.id >= (SELECT first_line_id FROM batch) AND l.id <= (SELECT last_line_id FROM batch)
+          AND l.import_id = (SELECT import_id FROM batch) AND l.batch_ref = (SELECT provider_batch_id FROM batch)
+          AND l.settlement_currency = (SELECT currency FROM batch)
+          ${result === 'matched' ? "AND NOT EXISTS (SELECT 1 FROM settlement_line_results x WHERE x.line_id = l.id AND x.result <> 'matched')" : ''}
+        ORDER BY l.id LIMIT $3`;
+
 interface LineRow {
   id: number;
   settlement_id: string;
@@ -313,12 +339,7 @@ export function settlementsRouter(ctx: Context): Router {
     const json = await visibleSettlement(ctx, req, String(req.params.id));
     const query = parse(listLinesQuerySchema, req.query, 'query');
     const limit = query.limit ?? 20;
-    const values: unknown[] = [json.id];
-    const where = ['l.settlement_id = $1'];
-    if (query.result) {
-      values.push(query.result);
-      where.push(`l.result = $${values.length}`);
-    }
+    let after = '0';
     if (query.starting_after) {
       const cursor = /^ln_(\d{1,18})$/.exec(query.starting_after);
       // The cursor must be a line of this batch's current version, as every list's cursor is one of its own.
@@ -337,13 +358,17 @@ export function settlementsRouter(ctx: Context): Router {
           `starting_after: no such line ${query.starting_after}`,
           'starting_after',
         );
-      values.push(cursor[1]);
-      where.push(`l.id > $${values.length}`);
+      after = cursor[1];
     }
-    values.push(limit + 1);
+    const page = await ctx.db.query<{ id: string }>(linePageSql(query.result), [
+      json.id,
+      after,
+      limit + 1,
+      ...(query.result && query.result !== 'matched' ? [query.result] : []),
+    ]);
     const { rows } = await ctx.db.query<LineRow>(
-      `${LINES_SQL} WHERE ${where.join(' AND ')} ORDER BY l.id LIMIT $${values.length}`,
-      values,
+      `${LINES_SQL} WHERE l.settlement_id = $1 AND l.id = ANY($2::bigint[]) ORDER BY l.id`,
+      [json.id, page.rows.map((line) => line.id)],
     );
     res.json({ object: 'list', data: rows.slice(0, limit).map(lineJson), has_more: rows.length > limit });
   });

@@ -16,3 +16,7 @@ CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (updated_at) WHERE
 -- GET /v1/reconciliation/discrepancies with closed ones (status=closed|all): the open ones have
 -- reconciliation_discrepancies_open.
 CREATE INDEX reconciliation_discrepancies_merchant ON reconciliation_discrepancies (merchant_id, created_at DESC, id DESC);
+
+-- GET /v1/settlements/{id}/lines?result=…: a page of the lines with that result, in line order,
+-- read from here (settlements.ts, linePageSql) rather than by looking at every line of the batch.
+CREATE INDEX settlement_line_results_page ON settlement_line_results (settlement_id, result, line_id);
