@@ -110,6 +110,8 @@ describe('operations endpoints', () => {
       await Promise.all(Array.from({ length: 20 }, read));
       relay.stall();
       const started = Date.now();
+      // Sent now (a supertest request goes out when it is then'd), ahead of the reads, so that the
+      // transactions hold pooled connections when the stall catches them.
       const first = [sale(), ...Array.from({ length: 5 }, (_, n) => addTerminal(n))].map((request) =>
         request.then(),
       );
