@@ -17,7 +17,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { SettlementFormatError, type SettlementLine, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
-import { type Queryable, rollback } from '../ledger/db.ts';
+import { inTransaction, type Queryable } from '../ledger/db.ts';
 import { copyField } from './copy-text.ts';
 import { Utf8Guard } from './encoding.ts';
 import { createImport } from './imports.ts';
@@ -414,10 +414,7 @@ export async function receiveFile(
 ): Promise<{ id: string } & ReceivedFile> {
   const module = providerModule(fields.provider);
   if (!module) throw new Error(`no adapter for provider ${fields.provider}`);
-  const client = await ctx.bulkDb.connect();
-  let broken: Error | undefined;
-  try {
-    await client.query('BEGIN');
+  return inTransaction(ctx.bulkDb, async (client) => {
     if (fields.id) {
       // A fetch received again (a retry, or its job handed out twice): the reconcile job holds this
       // row while it runs, so this waits for it, and a finished import is left alone.
@@ -454,12 +451,6 @@ export async function receiveFile(
         received.repeats_listed,
       ],
     );
-    await client.query('COMMIT');
     return { id, ...received };
-  } catch (error) {
-    broken = await rollback(client, error);
-    throw error;
-  } finally {
-    client.release(broken);
-  }
+  });
 }

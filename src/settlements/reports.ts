@@ -5,7 +5,7 @@
  */
 import type { Writable } from 'node:stream';
 import type { Context } from '../context.ts';
-import { rollback } from '../ledger/db.ts';
+import { inTransaction } from '../ledger/db.ts';
 import { minorToMajor } from '../payments/money.ts';
 
 export type GroupBy = 'day' | 'store' | 'wallet';
@@ -111,39 +111,34 @@ async function write(out: Writable, text: string): Promise<void> {
  * TOTAL row per currency after its groups (`row` says which rows are totals). Rows come from a cursor, a page at a time.
  */
 export async function streamSettlementReportCsv(ctx: Context, q: ReportQuery, out: Writable): Promise<void> {
-  const client = await ctx.bulkDb.connect();
-  let broken: Error | undefined;
-  try {
-    await client.query('BEGIN READ ONLY');
-    await client.query(
-      `DECLARE report NO SCROLL CURSOR FOR ${reportSql(q.group_by, !!q.provider)}`,
-      params(q),
-    );
-    await write(out, `\ufeff${csvLine(CSV_HEADER)}`);
-    for (;;) {
-      const { rows } = await client.query<ReportRow>('FETCH 500 FROM report');
-      for (const r of rows) {
-        await write(
-          out,
-          csvLine([
-            r.grouped ? 'TOTAL' : (r.key ?? ''),
-            r.currency,
-            r.count,
-            minorToMajor(r.gross, r.currency),
-            minorToMajor(r.fees, r.currency),
-            minorToMajor(r.net, r.currency),
-            r.discrepancies,
-            r.grouped ? 'total' : 'group',
-          ]),
-        );
+  await inTransaction(
+    ctx.bulkDb,
+    async (client) => {
+      await client.query(
+        `DECLARE report NO SCROLL CURSOR FOR ${reportSql(q.group_by, !!q.provider)}`,
+        params(q),
+      );
+      await write(out, `\ufeff${csvLine(CSV_HEADER)}`);
+      for (;;) {
+        const { rows } = await client.query<ReportRow>('FETCH 500 FROM report');
+        for (const r of rows) {
+          await write(
+            out,
+            csvLine([
+              r.grouped ? 'TOTAL' : (r.key ?? ''),
+              r.currency,
+              r.count,
+              minorToMajor(r.gross, r.currency),
+              minorToMajor(r.fees, r.currency),
+              minorToMajor(r.net, r.currency),
+              r.discrepancies,
+              r.grouped ? 'total' : 'group',
+            ]),
+          );
+        }
+        if (rows.length < 500) break;
       }
-      if (rows.length < 500) break;
-    }
-    await client.query('COMMIT');
-  } catch (error) {
-    broken = await rollback(client, error);
-    throw error;
-  } finally {
-    client.release(broken);
-  }
+    },
+    { readOnly: true },
+  );
 }
