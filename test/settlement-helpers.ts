@@ -174,6 +174,25 @@ export async function waitJob(tg: TestGateway, key: string, id: string, timeoutM
   );
 }
 
+/**
+ * An import matched but still `running`, as its lines of sales or refunds not decided yet may
+ * still become discrepancies: its counts so far (`pending` the lines it waits for).
+ */
+export async function waitAwaiting(tg: TestGateway, key: string, body: string | Buffer) {
+  const id = await importFile(tg, key, body);
+  return eventually(
+    async () => {
+      const res = await tg.http.get(`/v1/jobs/${id}`).set('Authorization', `Bearer ${key}`);
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      assert.notEqual(res.body.status, 'completed', JSON.stringify(res.body));
+      assert.notEqual(res.body.status, 'failed', JSON.stringify(res.body));
+      return res.body.counts.pending ? res.body : undefined;
+    },
+    30_000,
+    `job ${id} matched`,
+  );
+}
+
 export async function importAndWait(
   tg: TestGateway,
   key: string,

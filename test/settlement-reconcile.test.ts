@@ -28,6 +28,7 @@ import {
   sandboxCsv,
   settlements,
   undecidedSale,
+  waitAwaiting,
   waitJob,
 } from './settlement-helpers.ts';
 
@@ -528,7 +529,9 @@ test('a sale not decided when its line came is matched once it succeeds, with no
   const shown = await createPayment(tg, m.secretKey, qrPayment(7300)).expect(201);
   assert.equal(shown.body.status, 'requires_customer');
   const line = { transaction_id: `SBX-QR-${shown.body.id}`, request_id: shown.body.id, amount: 7300 };
-  const job = await importAndWait(tg, m.secretKey, sandboxCsv([line], 'UNDECIDED-1'));
+  // Not completed while the line may still become a discrepancy (API.md: completed means final).
+  const job = await waitAwaiting(tg, m.secretKey, sandboxCsv([line], 'UNDECIDED-1'));
+  assert.equal(job.status, 'running');
   assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
   assert.deepEqual(job.counts.by_kind, {}, 'not a status_mismatch while the sale is being decided');
   const [batch] = await settlements(tg, m.secretKey);
@@ -549,6 +552,13 @@ test('a sale not decided when its line came is matched once it succeeds, with no
     [shown.body.id],
   );
   assert.equal(marked.rowCount, 1);
+  const done = await waitJob(tg, m.secretKey, job.id);
+  assert.equal(done.status, 'completed');
+  assert.deepEqual(
+    [done.counts.matched, done.counts.pending, done.counts.discrepancies],
+    [1, 0, 0],
+    JSON.stringify(done.counts),
+  );
   // So a later file does not find it missing from every settlement.
   const next = await pay(tg, m, 7400);
   const later = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(next)], 'UNDECIDED-2'));
@@ -563,7 +573,7 @@ test('a sale not decided when its line came is matched once it succeeds, with no
 test('a sale not decided when its line came and cancelled since is a status_mismatch, found without another file', async () => {
   const m = await setupMerchant(tg);
   const { p: stuck, payment } = await undecidedSale(tg, m, 7557);
-  const job = await importAndWait(tg, m.secretKey, sandboxCsv([payment], 'UNDECIDED-3'));
+  const job = await waitAwaiting(tg, m.secretKey, sandboxCsv([payment], 'UNDECIDED-3'));
   assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
   const [batch] = await settlements(tg, m.secretKey);
   assert.equal(batch.status, 'reconciled');
@@ -588,6 +598,11 @@ test('a sale not decided when its line came and cancelled since is a status_mism
     10_000,
     'the batch status',
   );
+  // The file's job completes with the discrepancy its line became.
+  const done = await waitJob(tg, m.secretKey, job.id);
+  assert.equal(done.status, 'completed');
+  assert.deepEqual(done.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(done.counts));
+  assert.deepEqual([done.counts.pending, done.counts.discrepancies], [0, 1]);
 });
 
 test('a cancel line that came while its sale was undecided counts for the saleâ€™s payment line that comes later', async () => {
@@ -596,7 +611,7 @@ test('a cancel line that came while its sale was undecided counts for the saleâ€
   try {
     const m = await setupMerchant(quiet);
     const { p, payment, cancel } = await undecidedSale(quiet, m, 7657);
-    const first = await importAndWait(quiet, m.secretKey, sandboxCsv([cancel], 'PENDING-C1'));
+    const first = await waitAwaiting(quiet, m.secretKey, sandboxCsv([cancel], 'PENDING-C1'));
     assert.equal(first.counts.pending, 1, JSON.stringify(first.counts));
     await quiet.http
       .post(`/v1/payments/${p.id}/cancel`)
@@ -604,6 +619,13 @@ test('a cancel line that came while its sale was undecided counts for the saleâ€
       .expect(200);
     const second = await importAndWait(quiet, m.secretKey, sandboxCsv([payment], 'PENDING-C2'));
     assert.deepEqual(second.counts.by_kind, {}, JSON.stringify(second.counts));
+    // The second file's job matched the first file's cancel line again: that job is complete too.
+    const firstDone = await waitJob(quiet, m.secretKey, first.id, 1000);
+    assert.deepEqual(
+      [firstDone.counts.matched, firstDone.counts.pending],
+      [1, 0],
+      JSON.stringify(firstDone.counts),
+    );
     assert.deepEqual(await discrepancies(quiet, m.secretKey), []);
     for (const batch of await settlements(quiet, m.secretKey))
       assert.deepEqual(
@@ -634,6 +656,16 @@ test('a correction that takes an undecided saleâ€™s line out of its batch leaves
   );
 });
 
+test('a file waiting for an undecided sale completes once a corrected file takes that line out', async () => {
+  const m = await setupMerchant(tg);
+  const { payment } = await undecidedSale(tg, m, 7857);
+  const other = await pay(tg, m, 7900);
+  const first = await waitAwaiting(tg, m.secretKey, sandboxCsv([payment, lineFor(other)], 'WAIT-SUPERSEDED'));
+  const correction = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(other)], 'WAIT-SUPERSEDED'));
+  assert.equal(correction.counts.batches_superseded, 1, JSON.stringify(correction.counts));
+  assert.equal((await waitJob(tg, m.secretKey, first.id, 1000)).status, 'completed');
+});
+
 test('a refund not final when its line came is matched once it is, with no other file to wait for', async () => {
   const m = await setupMerchant(tg);
   const p = await pay(tg, m, 7600);
@@ -644,7 +676,7 @@ test('a refund not final when its line came is matched once it is, with no other
     "UPDATE refunds SET status = 'pending', next_check_at = now() + interval '1 hour' WHERE id = $1",
     [refund.id],
   );
-  const job = await importAndWait(
+  const job = await waitAwaiting(
     tg,
     m.secretKey,
     sandboxCsv([lineFor(p), await refundLineFor(tg, p, refund, 600)], 'UNDECIDED-R'),
@@ -662,6 +694,8 @@ test('a refund not final when its line came is matched once it is, with no other
     'the refund line matched again',
   );
   assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const done = await waitJob(tg, m.secretKey, job.id);
+  assert.deepEqual([done.status, done.counts.matched, done.counts.pending], ['completed', 2, 0]);
 });
 
 test('a refund on two lines, one naming it by its own id and one found by our request id, is a duplicate', async () => {

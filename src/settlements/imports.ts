@@ -13,7 +13,8 @@ export interface ImportRow {
   source: 'upload' | 'fetch';
   /** node-postgres reads a `date` as local midnight. */
   fetch_date: Date | null;
-  status: 'receiving' | 'queued' | 'running' | 'completed' | 'failed';
+  /** `awaiting`: matched, with lines whose sale or refund is not decided yet (shown as running). */
+  status: 'receiving' | 'queued' | 'running' | 'awaiting' | 'completed' | 'failed';
   bytes: number;
   sha256: string | null;
   counts: Partial<ImportCounts> & { lines_parsed?: number; no_file?: boolean };
@@ -77,6 +78,10 @@ export async function queueReconcile(ctx: Context, importId: string): Promise<vo
 const localDate = (d: Date) =>
   `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
 
+/** Whether the file has been applied (matched), so receiving or fetching it again must not. */
+export const isApplied = (status: ImportRow['status']) =>
+  status === 'awaiting' || status === 'completed' || status === 'failed';
+
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
 
 export function jobJson(row: ImportRow): Record<string, unknown> {
@@ -85,12 +90,13 @@ export function jobJson(row: ImportRow): Record<string, unknown> {
     id: row.id,
     object: 'job',
     type: 'reconcile',
-    status: row.status === 'receiving' ? 'queued' : row.status,
+    status: row.status === 'receiving' ? 'queued' : row.status === 'awaiting' ? 'running' : row.status,
     provider: row.provider,
     source: row.source,
     ...(row.fetch_date ? { settlement_date: localDate(row.fetch_date) } : {}),
     file: { bytes: row.bytes, sha256: row.sha256 },
-    counts: row.status === 'completed' ? counts : { lines_parsed: lines_parsed ?? 0 },
+    counts:
+      row.status === 'completed' || row.status === 'awaiting' ? counts : { lines_parsed: lines_parsed ?? 0 },
     ...(row.error_code
       ? {
           error: {

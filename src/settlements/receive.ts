@@ -20,7 +20,7 @@ import type { Context } from '../context.ts';
 import { inTransaction, type Queryable } from '../ledger/db.ts';
 import { copyField } from './copy-text.ts';
 import { Utf8Guard } from './encoding.ts';
-import { createImport } from './imports.ts';
+import { createImport, type ImportRow, isApplied } from './imports.ts';
 import { RepeatFilter } from './repeats.ts';
 
 const LINE_COLUMNS = [
@@ -418,12 +418,11 @@ export async function receiveFile(
     if (fields.id) {
       // A fetch received again (a retry, or its job handed out twice): the reconcile job holds this
       // row while it runs, so this waits for it, and a finished import is left alone.
-      const { rows } = await client.query<{ status: string }>(
+      const { rows } = await client.query<Pick<ImportRow, 'status'>>(
         'SELECT status FROM settlement_imports WHERE id = $1 FOR UPDATE',
         [fields.id],
       );
-      if (!rows[0] || rows[0].status === 'completed' || rows[0].status === 'failed')
-        throw new ImportFinishedError(fields.id);
+      if (!rows[0] || isApplied(rows[0].status)) throw new ImportFinishedError(fields.id);
     }
     const id =
       fields.id ??

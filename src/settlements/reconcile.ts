@@ -55,6 +55,12 @@ export interface ImportCounts {
   timings_ms: Record<string, number>;
 }
 
+function countDiscrepancies(counts: ImportCounts, kind: DiscrepancyKind, n: number): void {
+  if (!n) return;
+  counts.discrepancies += n;
+  counts.by_kind[kind] = (counts.by_kind[kind] ?? 0) + n;
+}
+
 async function timed<T>(counts: ImportCounts, step: string, work: () => Promise<T>): Promise<T> {
   const start = Date.now();
   try {
@@ -527,7 +533,8 @@ SELECT count(*)::int AS n FROM disc
  * sale is matched (the sale marked settled by its line, and a missing_in_settlement reported in
  * between closed), a cancelled sale's cancel too, and anything else is a status_mismatch. A sale
  * cancelled after its payment line came is matched when a cancel line for it came as well (paid,
- * then reversed), as CLASSIFY_SQL does. $1 provider, $2 merchant.
+ * then reversed), as CLASSIFY_SQL does. $1 provider, $2 merchant, $3 the import whose job this is
+ * (its counts are the job's to keep), or null.
  */
 const REMATCH_PENDING_SQL = `
 WITH ready AS (
@@ -586,10 +593,42 @@ disc AS (
     FROM ready r WHERE r.result <> 'matched'
   RETURNING *
 ),
+-- An import still awaiting its undecided lines counts their results as its own.
+awaiting AS (
+  UPDATE settlement_imports i
+     SET counts = i.counts || jsonb_build_object(
+           'pending', (i.counts->>'pending')::int - o.n,
+           'matched', (i.counts->>'matched')::int + o.matched,
+           'discrepancies', (i.counts->>'discrepancies')::int + o.n - o.matched,
+           'by_kind', COALESCE(i.counts->'by_kind', '{}') || (
+             SELECT COALESCE(jsonb_object_agg(k.result, COALESCE((i.counts->'by_kind'->>k.result)::int, 0) + k.n), '{}')
+               FROM (SELECT r.result, count(*)::int AS n FROM ready r
+                      WHERE r.import_id = i.id AND r.result <> 'matched' GROUP BY r.result) k))
+    FROM (SELECT import_id, count(*)::int AS n, count(*) FILTER (WHERE result = 'matched')::int AS matched
+            FROM ready GROUP BY import_id) o
+   WHERE i.id = o.import_id AND i.status = 'awaiting'
+  RETURNING i.id
+),
 ${DISCREPANCY_EVENTS}
 SELECT (SELECT count(*) FROM ready)::int AS rematched,
-       (SELECT COALESCE(jsonb_object_agg(kind, n), '{}') FROM (SELECT kind, count(*)::int AS n FROM disc GROUP BY kind) k)
-         AS discrepancies
+       (SELECT COALESCE(jsonb_object_agg(result, n), '{}')
+          FROM (SELECT result, count(*)::int AS n FROM ready WHERE import_id = $3::text GROUP BY result) k) AS own_results,
+       (SELECT COALESCE(jsonb_object_agg(kind, n), '{}')
+          FROM (SELECT kind, count(*)::int AS n FROM disc
+                 WHERE import_id NOT IN (SELECT id FROM awaiting) AND import_id IS DISTINCT FROM $3::text
+                 GROUP BY kind) k) AS unowned_discrepancies
+`;
+
+/**
+ * Imports awaiting undecided lines ($1 provider, $2 merchant) complete once none of their lines in
+ * a current batch version is still pending (decided since, or superseded by a corrected file).
+ */
+const COMPLETE_AWAITING_SQL = `
+UPDATE settlement_imports i SET status = 'completed', finished_at = clock_timestamp()
+ WHERE i.provider = $1 AND i.merchant_id = $2 AND i.status = 'awaiting'
+   AND NOT EXISTS (SELECT 1 FROM settlements s
+                     JOIN settlement_line_results x ON x.settlement_id = s.id AND x.import_id = s.import_id
+                    WHERE s.import_id = i.id AND x.result = 'pending')
 `;
 
 /** From this many lines an import is worth fresh statistics before the matching statement is planned. */
@@ -716,10 +755,7 @@ async function applyLines(
     for (const { result, n } of rows) {
       if (result === 'matched') counts.matched += n;
       else if (result === 'pending') counts.pending += n;
-      else {
-        counts.by_kind[result as DiscrepancyKind] = (counts.by_kind[result as DiscrepancyKind] ?? 0) + n;
-        counts.discrepancies += n;
-      }
+      else countDiscrepancies(counts, result as DiscrepancyKind, n);
     }
     // Totals as counted while the file was parsed (settlement_import_batches).
     await client.query(
@@ -865,15 +901,21 @@ async function reconcileLedger(
                      WHERE x.refund_id = d.refund_id AND s.import_id = x.import_id)`,
     [job.merchant_id, job.provider],
   );
-  const rematch = await client.query<{ discrepancies: Partial<Record<DiscrepancyKind, number>> }>(
-    REMATCH_PENDING_SQL,
-    [job.provider, job.merchant_id],
-  );
-  // Counted as the job's own: each is new, whichever file brought its line.
-  for (const [kind, n = 0] of Object.entries(rematch.rows[0].discrepancies) as [DiscrepancyKind, number][]) {
-    counts.discrepancies += n;
-    counts.by_kind[kind] = (counts.by_kind[kind] ?? 0) + n;
+  const rematch = await client.query<{
+    own_results: Partial<Record<'matched' | DiscrepancyKind, number>>;
+    unowned_discrepancies: Partial<Record<DiscrepancyKind, number>>;
+  }>(REMATCH_PENDING_SQL, [job.provider, job.merchant_id, job.id]);
+  const { own_results: own, unowned_discrepancies: unowned } = rematch.rows[0];
+  // This file's own lines decided since they were classified a moment ago.
+  for (const [result, n = 0] of Object.entries(own)) {
+    counts.pending -= n;
+    if (result === 'matched') counts.matched += n;
+    else countDiscrepancies(counts, result as DiscrepancyKind, n);
   }
+  // An import awaiting its lines counts their results itself; the rest are this job's: each is
+  // new, whichever file brought its line.
+  for (const [kind, n = 0] of Object.entries(unowned)) countDiscrepancies(counts, kind as DiscrepancyKind, n);
+  await client.query(COMPLETE_AWAITING_SQL, [job.provider, job.merchant_id]);
   // The planner walks payments in key order and sorts every mark to merge them (1.5 s at 1M);
   // hashing the marks is a third cheaper, and a merge join is never the better plan here.
   const delay = adapter.resolution.settlement_delay_days;
@@ -883,11 +925,7 @@ async function reconcileLedger(
   await client.query(DUE_UNSETTLED_SQL, [job.merchant_id, job.provider, delay]);
   await client.query('SET LOCAL enable_mergejoin = on; SET LOCAL enable_sort = on');
   const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [...params, delay]);
-  const n = missing.rows[0]?.n ?? 0;
-  if (n) {
-    counts.discrepancies += n;
-    counts.by_kind.missing_in_settlement = (counts.by_kind.missing_in_settlement ?? 0) + n;
-  }
+  countDiscrepancies(counts, 'missing_in_settlement', missing.rows[0]?.n ?? 0);
   // A batch this file did not change may change status all the same (a payment it missed is
   // settled by this file): the merchant hears of it as of the batches this file changed, whose
   // events follow (applyLines).
@@ -951,7 +989,12 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
           [ledgerLock(merchantId, provider)],
         );
         if (!lock[0].taken) return 0;
-        const result = await client.query<{ rematched: number }>(REMATCH_PENDING_SQL, [provider, merchantId]);
+        const result = await client.query<{ rematched: number }>(REMATCH_PENDING_SQL, [
+          provider,
+          merchantId,
+          null,
+        ]);
+        await client.query(COMPLETE_AWAITING_SQL, [provider, merchantId]);
         await refreshBatchStatuses(client, merchantId, provider, []);
         return result.rows[0]?.rematched ?? 0;
       });
@@ -1053,11 +1096,14 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
       return;
     }
     await timed(counts, 'apply', () => applyLines(client, job, adapter, batches, counts));
+    // Lines whose sale or refund is still undecided may yet become discrepancies: until the last
+    // is decided (rematchDecidedLines), the import is awaiting, not completed.
     await client.query(
-      `UPDATE settlement_imports SET status = 'completed', counts = $2, finished_at = clock_timestamp(),
+      `UPDATE settlement_imports SET status = $3, counts = $2,
+              finished_at = CASE WHEN $3 = 'completed' THEN clock_timestamp() END,
               error_code = NULL, error_message = NULL, error_line = NULL
         WHERE id = $1`,
-      [importId, counts],
+      [importId, counts, counts.pending ? 'awaiting' : 'completed'],
     );
     await timed(counts, 'commit', () => client.query('COMMIT'));
     ctx.metrics.reconciliation.inc({ provider: job.provider, result: 'matched' }, counts.matched);
