@@ -523,42 +523,45 @@ test('a sale paid and then reversed, its payment and cancel lines in two files i
   assert.equal(thirdMarks.rowCount, 1);
 });
 
-test('a sale not decided when its line came is matched once it succeeds, with no other file to wait for', async () => {
+test('a sale not decided when its line came is a status_mismatch at once, closed when it succeeds, with no other file to wait for', async () => {
   const m = await setupMerchant(tg);
   // A QR shown and not scanned yet: the provider's file (a quick one) already has it paid.
   const shown = await createPayment(tg, m.secretKey, qrPayment(7300)).expect(201);
   assert.equal(shown.body.status, 'requires_customer');
   const line = { transaction_id: `SBX-QR-${shown.body.id}`, request_id: shown.body.id, amount: 7300 };
-  // Not completed while the line may still become a discrepancy (API.md: completed means final).
-  const job = await waitAwaiting(tg, m.secretKey, sandboxCsv([line], 'UNDECIDED-1'));
-  assert.equal(job.status, 'running');
-  assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
-  assert.deepEqual(job.counts.by_kind, {}, 'not a status_mismatch while the sale is being decided');
+  // PROVIDERS.md: a line whose ledger payment is not succeeded is a status_mismatch.
+  const job = await importAndWait(tg, m.secretKey, sandboxCsv([line], 'UNDECIDED-1'));
+  assert.equal(job.status, 'completed');
+  assert.deepEqual(job.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(job.counts));
+  const [found] = await discrepancies(tg, m.secretKey);
+  assert.deepEqual([found.kind, found.payment_id], ['status_mismatch', shown.body.id]);
+  assert.match(found.detail as string, /is requires_customer$/);
   const [batch] = await settlements(tg, m.secretKey);
+  assert.equal(batch.status, 'discrepancies');
   assert.deepEqual(
     (await batchLines(tg, m.secretKey, batch.id)).map((l) => l.result),
-    ['pending'],
+    ['status_mismatch'],
   );
   await fetch(shown.body.qr_code.data, { method: 'POST' });
   await waitForStatus(tg, m.secretKey, shown.body.id, ['succeeded']);
-  // Matched by the sweeper, without another file: the line, and the sale marked settled by it.
+  // Checked again by the sweeper, without another file: the line matched, the sale marked settled
+  // by it, its discrepancy closed and the batch reconciled.
   await eventually(
     async () => (await batchLines(tg, m.secretKey, batch.id))[0].result === 'matched',
     10_000,
     'the line matched again',
+  );
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  assert.deepEqual(
+    (await discrepancies(tg, m.secretKey, '&status=closed')).map((d) => [d.id, d.closed_reason]),
+    [[found.id, 'resolved']],
   );
   const marked = await tg.gateway.ctx.db.query(
     'SELECT line_id FROM payment_settlements WHERE payment_id = $1',
     [shown.body.id],
   );
   assert.equal(marked.rowCount, 1);
-  const done = await waitJob(tg, m.secretKey, job.id);
-  assert.equal(done.status, 'completed');
-  assert.deepEqual(
-    [done.counts.matched, done.counts.pending, done.counts.discrepancies],
-    [1, 0, 0],
-    JSON.stringify(done.counts),
-  );
+  assert.equal((await settlements(tg, m.secretKey))[0].status, 'reconciled');
   // So a later file does not find it missing from every settlement.
   const next = await pay(tg, m, 7400);
   const later = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(next)], 'UNDECIDED-2'));
@@ -570,75 +573,65 @@ test('a sale not decided when its line came is matched once it succeeds, with no
   );
 });
 
-test('a sale not decided when its line came and cancelled since is a status_mismatch, found without another file', async () => {
+test('a sale not decided when its line came and cancelled since stays a status_mismatch, its detail brought up to date', async () => {
   const m = await setupMerchant(tg);
   const { p: stuck, payment } = await undecidedSale(tg, m, 7557);
-  const job = await waitAwaiting(tg, m.secretKey, sandboxCsv([payment], 'UNDECIDED-3'));
-  assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
+  const job = await importAndWait(tg, m.secretKey, sandboxCsv([payment], 'UNDECIDED-3'));
+  assert.deepEqual(job.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(job.counts));
   const [batch] = await settlements(tg, m.secretKey);
-  assert.equal(batch.status, 'reconciled');
+  assert.equal(batch.status, 'discrepancies');
+  const [found] = await discrepancies(tg, m.secretKey);
+  assert.deepEqual(
+    [found.kind, found.payment_id, found.settlement_id],
+    ['status_mismatch', stuck.id, batch.id],
+  );
+  assert.match(found.detail as string, /is processing$/);
   await tg.http
     .post(`/v1/payments/${stuck.id}/cancel`)
     .set('Authorization', `Bearer ${m.secretKey}`)
     .expect(200);
-  const found = await eventually(
+  const updated = await eventually(
     async () => {
       const list = await discrepancies(tg, m.secretKey);
-      return list.length ? list : undefined;
+      return list.length === 1 && /is canceled$/.test(list[0].detail as string) ? list : undefined;
     },
     10_000,
-    'the discrepancy',
+    'the discrepancy checked again',
   );
-  assert.deepEqual(
-    found.map((d) => [d.kind, d.payment_id, d.settlement_id]),
-    [['status_mismatch', stuck.id, batch.id]],
-  );
-  await eventually(
-    async () => (await settlements(tg, m.secretKey))[0].status === 'discrepancies',
-    10_000,
-    'the batch status',
-  );
-  // The file's job completes with the discrepancy its line became.
-  const done = await waitJob(tg, m.secretKey, job.id);
-  assert.equal(done.status, 'completed');
-  assert.deepEqual(done.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(done.counts));
-  assert.deepEqual([done.counts.pending, done.counts.discrepancies], [0, 1]);
+  assert.equal(updated[0].id, found.id, 'the same discrepancy, not a second one');
+  assert.equal((await settlements(tg, m.secretKey))[0].status, 'discrepancies');
 });
 
 test('a cancel line that came while its sale was undecided counts for the sale’s payment line that comes later', async () => {
-  // No sweeper: the second file comes before anything matches the pending cancel line again.
+  // No sweeper: the second file comes before anything checks the cancel line again.
   const quiet = await startTestGateway({ SWEEP_INTERVAL_MS: '3600000' });
   try {
     const m = await setupMerchant(quiet);
     const { p, payment, cancel } = await undecidedSale(quiet, m, 7657);
-    const first = await waitAwaiting(quiet, m.secretKey, sandboxCsv([cancel], 'PENDING-C1'));
-    assert.equal(first.counts.pending, 1, JSON.stringify(first.counts));
+    const first = await importAndWait(quiet, m.secretKey, sandboxCsv([cancel], 'PENDING-C1'));
+    assert.deepEqual(first.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(first.counts));
     await quiet.http
       .post(`/v1/payments/${p.id}/cancel`)
       .set('Authorization', `Bearer ${m.secretKey}`)
       .expect(200);
     const second = await importAndWait(quiet, m.secretKey, sandboxCsv([payment], 'PENDING-C2'));
     assert.deepEqual(second.counts.by_kind, {}, JSON.stringify(second.counts));
-    // The second file's job matched the first file's cancel line again: that job is complete too.
-    const firstDone = await waitJob(quiet, m.secretKey, first.id, 1000);
-    assert.deepEqual(
-      [firstDone.counts.matched, firstDone.counts.pending],
-      [1, 0],
-      JSON.stringify(firstDone.counts),
-    );
+    // The cancel line, checked again by the second file's job, is matched: its discrepancy closed.
     assert.deepEqual(await discrepancies(quiet, m.secretKey), []);
-    for (const batch of await settlements(quiet, m.secretKey))
+    for (const batch of await settlements(quiet, m.secretKey)) {
       assert.deepEqual(
         (await batchLines(quiet, m.secretKey, batch.id)).map((l) => l.result),
         ['matched'],
         batch.provider_batch_id,
       );
+      assert.equal(batch.status, 'reconciled', batch.provider_batch_id);
+    }
   } finally {
     await quiet.stop();
   }
 });
 
-test('a correction that takes an undecided sale’s line out of its batch leaves the repeated line pending', async () => {
+test('a correction that takes an undecided sale’s line out of its batch leaves the repeated line a status_mismatch', async () => {
   const m = await setupMerchant(tg);
   const { p, payment } = await undecidedSale(tg, m, 7757);
   const other = await pay(tg, m, 7800);
@@ -647,40 +640,44 @@ test('a correction that takes an undecided sale’s line out of its batch leaves
   assert.deepEqual(repeated.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(repeated.counts));
   // The correction of A no longer has the sale: B's line settles it, and the sale is still undecided.
   await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(other)], 'ORPH-A'));
-  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  assert.deepEqual(
+    (await discrepancies(tg, m.secretKey)).map((d) => [d.kind, d.payment_id]),
+    [['status_mismatch', p.id]],
+  );
   const b = (await settlements(tg, m.secretKey)).find((x) => x.provider_batch_id === 'ORPH-B');
   assert.ok(b);
   assert.deepEqual(
     (await batchLines(tg, m.secretKey, b.id)).map((l) => l.result),
-    ['pending'],
+    ['status_mismatch'],
   );
 });
 
-test('a file waiting for an undecided sale completes once a corrected file takes that line out', async () => {
+/** A refund the provider has settled and not yet told us succeeded (asynchronous): pending, its next inquiry an hour away. */
+async function pendingRefund(m: Awaited<ReturnType<typeof setupMerchant>>, value: number, refunded: number) {
+  const p = await pay(tg, m, value);
+  const refund = await refundPart(tg, m, p, refunded);
+  await tg.gateway.ctx.db.query(
+    "UPDATE refunds SET status = 'pending', next_check_at = now() + interval '1 hour' WHERE id = $1",
+    [refund.id],
+  );
+  return { p, refund, line: await refundLineFor(tg, p, refund, refunded) };
+}
+
+test('a file waiting for a pending refund completes once a corrected file takes that line out', async () => {
   const m = await setupMerchant(tg);
-  const { payment } = await undecidedSale(tg, m, 7857);
-  const other = await pay(tg, m, 7900);
-  const first = await waitAwaiting(tg, m.secretKey, sandboxCsv([payment, lineFor(other)], 'WAIT-SUPERSEDED'));
-  const correction = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(other)], 'WAIT-SUPERSEDED'));
+  const { p, line } = await pendingRefund(m, 7900, 900);
+  const first = await waitAwaiting(tg, m.secretKey, sandboxCsv([lineFor(p), line], 'WAIT-SUPERSEDED'));
+  const correction = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p)], 'WAIT-SUPERSEDED'));
   assert.equal(correction.counts.batches_superseded, 1, JSON.stringify(correction.counts));
   assert.equal((await waitJob(tg, m.secretKey, first.id, 1000)).status, 'completed');
 });
 
 test('a refund not final when its line came is matched once it is, with no other file to wait for', async () => {
   const m = await setupMerchant(tg);
-  const p = await pay(tg, m, 7600);
-  const refund = await refundPart(tg, m, p, 600);
-  // The provider has settled the refund, and not yet told us it succeeded (an asynchronous
-  // refund): pending, its next inquiry an hour away.
-  await tg.gateway.ctx.db.query(
-    "UPDATE refunds SET status = 'pending', next_check_at = now() + interval '1 hour' WHERE id = $1",
-    [refund.id],
-  );
-  const job = await waitAwaiting(
-    tg,
-    m.secretKey,
-    sandboxCsv([lineFor(p), await refundLineFor(tg, p, refund, 600)], 'UNDECIDED-R'),
-  );
+  const { p, refund, line } = await pendingRefund(m, 7600, 600);
+  // Not completed while the line may still become a discrepancy (API.md: completed means final).
+  const job = await waitAwaiting(tg, m.secretKey, sandboxCsv([lineFor(p), line], 'UNDECIDED-R'));
+  assert.equal(job.status, 'running');
   assert.equal(job.counts.pending, 1, JSON.stringify(job.counts));
   const [batch] = await settlements(tg, m.secretKey);
   // Its inquiry is due now: the sweeper asks the provider, which says succeeded.

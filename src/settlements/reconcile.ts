@@ -8,7 +8,8 @@
  *   a batch whose lines differ supersedes the current version, which stays in the audit trail;
  * - each line is matched to a payment by the provider's transaction id, then by our request id
  *   (refunds likewise), and gets a result: matched, pending (a refund not final yet) or a
- *   discrepancy kind; matched payments are marked settled (amount, rate, fee). The lines are not
+ *   discrepancy kind (a sale not decided yet is a status_mismatch, PROVIDERS.md, checked again once
+ *   it is); matched payments are marked settled (amount, rate, fee). The lines are not
  *   written again: only results other than a payment matched by its transaction id are recorded
  *   (settlement_line_results, migration 104);
  * - captured payments that should have settled and did not become `missing_in_settlement`.
@@ -89,12 +90,19 @@ const DISCREPANCY_EVENTS = `events AS (
   RETURNING 1
 )`;
 
-/** The statuses of a payment not decided yet: its lines are `pending` until it is. */
+/**
+ * The statuses of a payment not decided yet. Its payment or cancel line is a status_mismatch
+ * (PROVIDERS.md: a line whose payment is not succeeded) marked `recheck`: matched again once the
+ * sale is final, which may close that discrepancy.
+ */
 const UNDECIDED = "'processing', 'requires_customer'";
 
+/** A line result `x` waiting for its refund or sale: `pending` (a refund), or kept for a recheck. */
+const AWAITS_DECISION = "(x.result = 'pending' OR x.recheck)";
+
 /**
- * A `pending` line result `x` whose refund `r` (a refund's line) or payment `p` (any other line)
- * is final now, so the line can be matched again.
+ * A line result `x` that awaits a decision (AWAITS_DECISION) whose refund `r` (a refund's line)
+ * or payment `p` (any other line) is final now, so the line can be matched again.
  */
 const DECIDED_NOW = `CASE WHEN x.refund_id IS NOT NULL THEN r.status <> 'pending' ELSE p.status NOT IN (${UNDECIDED}) END`;
 
@@ -188,21 +196,18 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
         THEN 'duplicate_in_settlement'
       WHEN k.pay_currency <> k.transaction_currency THEN 'currency_mismatch'
       WHEN k.pay_amount <> k.transaction_value THEN 'amount_mismatch'
-      WHEN k.type = 'cancel' THEN CASE WHEN k.pay_status = 'canceled' THEN 'matched'
-                                       WHEN k.pay_status IN (${UNDECIDED}) THEN 'pending'
-                                       ELSE 'status_mismatch' END
+      -- A sale still being decided (the file came quicker than its outcome) falls through to a
+      -- status_mismatch, matched again once it is final (recheck, REMATCH_PENDING_SQL).
+      WHEN k.type = 'cancel' THEN CASE WHEN k.pay_status = 'canceled' THEN 'matched' ELSE 'status_mismatch' END
       WHEN k.pay_status IN ('succeeded', 'partially_refunded', 'refunded') THEN 'matched'
-      -- The sale is still being decided (the file came quicker than its outcome): matched again
-      -- once it is final (REMATCH_PENDING_SQL).
-      WHEN k.pay_status IN (${UNDECIDED}) THEN 'pending'
       -- Paid, then reversed: the file carries the payment and its cancel, and the ledger says canceled.
       WHEN k.pay_status = 'canceled' AND EXISTS (SELECT 1 FROM cancels x
                                                   WHERE x.ref = k.provider_reference OR x.req = k.provider_request_id)
         THEN 'matched'
       -- ...or the cancel came first, in a file of its own (paid before midnight, reversed after);
-      -- pending if the sale was undecided then, and matched again with this line's job.
+      -- rechecked if the sale was undecided then, and matched again with this line's job.
       WHEN k.pay_status = 'canceled'
-           AND EXISTS (${CURRENT_LINE('cancel', 'k.pay_id', "o.result IN ('matched', 'pending')")})
+           AND EXISTS (${CURRENT_LINE('cancel', 'k.pay_id', "(o.result = 'matched' OR o.recheck)")})
         THEN 'matched'
       ELSE 'status_mismatch' END AS result
   FROM keyed k
@@ -286,7 +291,6 @@ SELECT l.id, l.line_no, o.settlement_id, l.type, l.provider_reference, l.provide
        CASE WHEN p.currency <> l.transaction_currency THEN 'currency_mismatch'
             WHEN p.amount_value <> l.transaction_value THEN 'amount_mismatch'
             WHEN p.status IN ('succeeded', 'partially_refunded', 'refunded') THEN 'matched'
-            WHEN p.status IN (${UNDECIDED}) THEN 'pending'
             ELSE 'status_mismatch' END
   FROM orphan o JOIN settlement_lines l ON l.id = o.line_id JOIN payments p ON p.id = o.payment_id
 `;
@@ -338,7 +342,6 @@ SELECT l.id, l.line_no, x.settlement_id, l.type, l.provider_reference, l.provide
             WHEN l.type = 'refund' AND r.status = 'pending' THEN 'pending'
             WHEN l.type = 'refund' AND r.status = 'succeeded' THEN 'matched'
             WHEN l.type = 'cancel' AND p.status = 'canceled' THEN 'matched'
-            WHEN l.type = 'cancel' AND p.status IN (${UNDECIDED}) THEN 'pending'
             ELSE 'status_mismatch' END
   FROM cleared x
   JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id
@@ -375,7 +378,7 @@ WITH fixed AS (
    ORDER BY x.payment_id, s.settlement_date, x.line_id
 ),
 results AS (
-  UPDATE settlement_line_results x SET result = 'matched' FROM fixed f WHERE x.line_id = f.line_id
+  UPDATE settlement_line_results x SET result = 'matched', recheck = false FROM fixed f WHERE x.line_id = f.line_id
 ),
 closed AS (
   UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
@@ -394,8 +397,9 @@ SELECT f.payment_id, $1, $2, f.settlement_id, l.id, l.settlement_value, l.settle
 
 /** A payment line matched by the provider's id needs no row: that is what a line without one means. */
 const RESULTS_SQL = `
-INSERT INTO settlement_line_results (line_id, import_id, settlement_id, result, payment_id, refund_id)
-SELECT c.id, COALESCE(c.line_import_id, $1), c.settlement_id, c.result, c.pay_id, c.ref_id
+INSERT INTO settlement_line_results (line_id, import_id, settlement_id, result, payment_id, refund_id, recheck)
+SELECT c.id, COALESCE(c.line_import_id, $1), c.settlement_id, c.result, c.pay_id, c.ref_id,
+       c.result = 'status_mismatch' AND c.type <> 'refund' AND c.pay_status IN (${UNDECIDED})
   FROM classified c
  WHERE NOT (c.type = 'payment' AND c.result = 'matched' AND c.by_reference IS NOT NULL)
 `;
@@ -528,13 +532,15 @@ SELECT count(*)::int AS n FROM disc
 `;
 
 /**
- * Lines that were `pending` when matched (their refund, or their payment or its cancel, not final
- * yet) are matched again once it is final, as if it had been final then: a succeeded refund or
- * sale is matched (the sale marked settled by its line, and a missing_in_settlement reported in
+ * Lines that await a decision (a refund pending, or a sale undecided: its status_mismatch marked
+ * `recheck`) are matched again once it is final, as if it had been final then: a succeeded refund
+ * or sale is matched (the sale marked settled by its line, and a missing_in_settlement reported in
  * between closed), a cancelled sale's cancel too, and anything else is a status_mismatch. A sale
  * cancelled after its payment line came is matched when a cancel line for it came as well (paid,
- * then reversed), as CLASSIFY_SQL does. $1 provider, $2 merchant, $3 the import whose job this is
- * (its counts are the job's to keep), or null.
+ * then reversed), as CLASSIFY_SQL does. A rechecked line's status_mismatch is closed when it is
+ * matched (or found a duplicate), and otherwise kept, its detail naming the final status.
+ * $1 provider, $2 merchant, $3 the import whose job this is (its counts are the job's to keep),
+ * or null.
  */
 const REMATCH_PENDING_SQL = `
 WITH ready AS (
@@ -542,14 +548,14 @@ WITH ready AS (
          l.transaction_value, l.transaction_currency, l.settlement_value, l.settlement_currency, l.exchange_rate,
          l.fee_value, l.settled_at, p.paid_at, p.currency AS pay_currency,
          COALESCE(r.provider_reference, p.provider_reference, l.provider_reference) AS provider_reference,
-         COALESCE(r.status, p.status) AS status,
+         COALESCE(r.status, p.status) AS status, x.recheck,
          CASE
            WHEN l.type = 'refund' THEN CASE WHEN r.status = 'succeeded' THEN 'matched' ELSE 'status_mismatch' END
            WHEN l.type = 'cancel' THEN CASE WHEN p.status = 'canceled' THEN 'matched' ELSE 'status_mismatch' END
            WHEN p.status IN ('succeeded', 'partially_refunded', 'refunded') THEN
              CASE WHEN EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
                   THEN 'duplicate_in_settlement' ELSE 'matched' END
-           WHEN p.status = 'canceled' AND EXISTS (${CURRENT_LINE('cancel', 'p.id', "o.result IN ('matched', 'pending')")})
+           WHEN p.status = 'canceled' AND EXISTS (${CURRENT_LINE('cancel', 'p.id', "(o.result = 'matched' OR o.recheck)")})
              THEN 'matched'
            ELSE 'status_mismatch' END AS result
     FROM settlement_line_results x
@@ -557,11 +563,20 @@ WITH ready AS (
     JOIN settlement_lines l ON l.import_id = x.import_id AND l.id = x.line_id
     LEFT JOIN refunds r ON r.id = x.refund_id
     LEFT JOIN payments p ON p.id = x.payment_id
-   WHERE x.result = 'pending' AND s.merchant_id = $2 AND s.provider = $1
+   WHERE ${AWAITS_DECISION} AND s.merchant_id = $2 AND s.provider = $1
      AND ${DECIDED_NOW}
 ),
 upd AS (
-  UPDATE settlement_line_results x SET result = r.result FROM ready r WHERE x.line_id = r.line_id
+  UPDATE settlement_line_results x SET result = r.result, recheck = false FROM ready r WHERE x.line_id = r.line_id
+),
+rechecked AS (
+  UPDATE reconciliation_discrepancies d
+     SET closed_at = CASE WHEN r.result <> 'status_mismatch' THEN now() END,
+         closed_reason = CASE WHEN r.result <> 'status_mismatch' THEN 'resolved' END,
+         detail = CASE WHEN r.result = 'status_mismatch'
+                       THEN ${statusMismatchDetail('r', 'r.payment_id', 'r.status')} ELSE d.detail END
+    FROM ready r
+   WHERE r.recheck AND d.line_id = r.line_id AND d.kind = 'status_mismatch' AND d.closed_at IS NULL
 ),
 marks AS (
   INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
@@ -590,7 +605,7 @@ disc AS (
               THEN format('line %s: payment %s is settled more than once (already in another settlement)',
                           r.line_no, r.provider_reference)
               ELSE ${statusMismatchDetail('r', 'COALESCE(r.refund_id, r.payment_id)', 'r.status')} END
-    FROM ready r WHERE r.result <> 'matched'
+    FROM ready r WHERE r.result <> 'matched' AND NOT (r.recheck AND r.result = 'status_mismatch')
   RETURNING *
 ),
 -- An import still awaiting its undecided lines counts their results as its own.
@@ -603,20 +618,23 @@ awaiting AS (
            'by_kind', COALESCE(i.counts->'by_kind', '{}') || (
              SELECT COALESCE(jsonb_object_agg(k.result, COALESCE((i.counts->'by_kind'->>k.result)::int, 0) + k.n), '{}')
                FROM (SELECT r.result, count(*)::int AS n FROM ready r
-                      WHERE r.import_id = i.id AND r.result <> 'matched' GROUP BY r.result) k))
+                      WHERE r.import_id = i.id AND NOT r.recheck AND r.result <> 'matched' GROUP BY r.result) k))
     FROM (SELECT import_id, count(*)::int AS n, count(*) FILTER (WHERE result = 'matched')::int AS matched
-            FROM ready GROUP BY import_id) o
+            FROM ready WHERE NOT recheck GROUP BY import_id) o
    WHERE i.id = o.import_id AND i.status = 'awaiting'
   RETURNING i.id
 ),
 ${DISCREPANCY_EVENTS}
 SELECT (SELECT count(*) FROM ready)::int AS rematched,
        (SELECT COALESCE(jsonb_object_agg(result, n), '{}')
-          FROM (SELECT result, count(*)::int AS n FROM ready WHERE import_id = $3::text GROUP BY result) k) AS own_results,
+          FROM (SELECT result, count(*)::int AS n FROM ready WHERE NOT recheck AND import_id = $3::text
+                 GROUP BY result) k) AS own_results,
+       -- A rechecked line's new discrepancy (a duplicate) is new to whichever job finds it.
        (SELECT COALESCE(jsonb_object_agg(kind, n), '{}')
-          FROM (SELECT kind, count(*)::int AS n FROM disc
-                 WHERE import_id NOT IN (SELECT id FROM awaiting) AND import_id IS DISTINCT FROM $3::text
-                 GROUP BY kind) k) AS unowned_discrepancies
+          FROM (SELECT d.kind, count(*)::int AS n FROM disc d JOIN ready r ON r.line_id = d.line_id
+                 WHERE r.recheck OR (d.import_id NOT IN (SELECT id FROM awaiting)
+                                     AND d.import_id IS DISTINCT FROM $3::text)
+                 GROUP BY d.kind) k) AS unowned_discrepancies
 `;
 
 /**
@@ -964,8 +982,8 @@ async function refreshBatchStatuses(
 }
 
 /**
- * The sweeper's part: lines left `pending` whose refund or sale is final now are matched again
- * at once, not when the next file of that merchant and provider comes (which may be never: the
+ * The sweeper's part: lines awaiting a decision (AWAITS_DECISION) whose refund or sale is final
+ * now are matched again at once, not when the next file of that merchant and provider comes (which may be never: the
  * last file of a day). Under the same lock as the reconcile jobs. Returns how many lines.
  */
 export async function rematchDecidedLines(ctx: Context): Promise<number> {
@@ -975,7 +993,7 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
        JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
        LEFT JOIN refunds r ON r.id = x.refund_id
        LEFT JOIN payments p ON p.id = x.payment_id
-      WHERE x.result = 'pending'
+      WHERE ${AWAITS_DECISION}
         AND ${DECIDED_NOW}`,
   );
   let rematched = 0;
