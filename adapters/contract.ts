@@ -338,9 +338,10 @@ export interface WalletAdapter<C = unknown> {
   /**
    * Stream-parse the provider's settlement file: its lines in file order, in chunks as they are read
    * (a million lines one `await` each would cost a second). Throws SettlementFormatError with a
-   * clear message.
+   * clear message. What the file holds that is not wrong but is not read either (a column we do
+   * not know) goes to `warn`, shown on the import's job.
    */
-  parseSettlement(file: Readable): AsyncIterable<SettlementLine[]>;
+  parseSettlement(file: Readable, warn?: (message: string) => void): AsyncIterable<SettlementLine[]>;
 
   /** Fetch settlement data for a date where the provider offers an API (simulators serve it). */
   fetchSettlement?(account: AccountContext<C>, date: string): Promise<Readable | null>;

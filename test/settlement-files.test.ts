@@ -366,6 +366,9 @@ test('Alipay (Antom) settlement files: fetched on demand, and uploaded with plan
   const uploaded = await importAndWait(tg, shop.key, file, 'alipay');
   assert.equal(uploaded.status, 'completed', JSON.stringify(uploaded));
   assert.equal(uploaded.counts.batches_superseded, 1);
+  // A column unknown to us is read past and reported (alipay.md §12), not fatal.
+  assert.deepEqual(uploaded.warnings, ['columns not read (unknown to this version): riskLevel']);
+  assert.equal(job.warnings, undefined, 'the simulator’s own file has none');
   assert.deepEqual((await discrepancies(tg, shop.key)).map((d) => d.kind).sort(), [
     'amount_mismatch',
     'duplicate_in_settlement',

@@ -117,7 +117,13 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
   notificationRefusal: (status, message) =>
     rejection(status, status >= 500 ? 'SYSTEM_ERROR' : 'PARAM_ILLEGAL', message),
 
-  parseSettlement: (file: Readable) => inChunks(parseSettlementFile(file)),
+  parseSettlement: (file: Readable, warn) =>
+    inChunks(
+      parseSettlementFile(file, {
+        onUnknownColumns: (names) =>
+          warn?.(`columns not read (unknown to this version): ${names.join(', ')}`),
+      }),
+    ),
 
   /**
    * Real Antom delivers settlement files over SFTP only (§12), which is not built: null. The

@@ -560,6 +560,11 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       id: { type: 'string', pattern: '^job_' },
       status: { type: 'string', enum: ['queued', 'running', 'completed', 'failed'] },
       counts: { type: 'object' },
+      warnings: {
+        type: 'array',
+        items: { type: 'string' },
+        description: 'what the file holds that was not read, such as columns unknown to this version',
+      },
     },
   },
   List: {

@@ -21,6 +21,8 @@ export interface ImportRow {
   error_code: string | null;
   error_message: string | null;
   error_line: number | null;
+  /** What the adapter read past without refusing the file (copyLines). */
+  warnings: string[];
   attempts: number;
   created_at: Date;
   started_at: Date | null;
@@ -97,6 +99,7 @@ export function jobJson(row: ImportRow): Record<string, unknown> {
     file: { bytes: row.bytes, sha256: row.sha256 },
     counts:
       row.status === 'completed' || row.status === 'awaiting' ? counts : { lines_parsed: lines_parsed ?? 0 },
+    ...(row.warnings.length ? { warnings: row.warnings } : {}),
     ...(row.error_code
       ? {
           error: {

@@ -45,6 +45,8 @@ const LINE_COLUMNS = [
 
 /** The COPY is sent in pieces of this many bytes at most. */
 const COPY_CHUNK = 1 << 18;
+/** A file's warnings kept for its job: the first few say what there is to say. */
+const MAX_WARNINGS = 20;
 /** A batch's content hash is fed in pieces of this many bytes rather than line by line. */
 const HASH_PIECE = 1 << 16;
 
@@ -168,6 +170,8 @@ class Tap extends Transform {
 }
 
 export interface ReceivedFile {
+  /** What the adapter read past without refusing the file (unknown columns), at most MAX_WARNINGS. */
+  warnings: string[];
   /** settlement_import_repeats lists every transaction the file may name twice. */
   repeats_listed: boolean;
   bytes: number;
@@ -209,6 +213,10 @@ export async function copyLines(
   source.pipe(tap).pipe(guard);
   const batches = new Map<string, Map<string, BatchDigest>>();
   const repeats = new RepeatFilter();
+  const warnings: string[] = [];
+  const warn = (message: string) => {
+    if (warnings.length < MAX_WARNINGS) warnings.push(message);
+  };
   let lines = 0;
   /** The batch a line belongs to, by batch id then settlement currency (no key string per line). */
   const batchOf = (line: SettlementLine): BatchDigest => {
@@ -239,7 +247,7 @@ export async function copyLines(
     let out = Buffer.allocUnsafe(COPY_CHUNK);
     let used = 0;
     try {
-      for await (const chunk of adapter.parseSettlement(guard)) {
+      for await (const chunk of adapter.parseSettlement(guard, warn)) {
         for (const line of chunk) {
           const fault = lineFault(line);
           if (fault) throw new SettlementFormatError(`line ${line.line_no}: ${fault}`, line.line_no);
@@ -326,6 +334,7 @@ export async function copyLines(
       [importId, repeats.types, repeats.references],
     );
   return {
+    warnings,
     repeats_listed: !repeats.overflowed,
     bytes: tap.bytes,
     sha256: tap.hash.digest('hex'),
@@ -437,7 +446,7 @@ export async function receiveFile(
     await client.query(
       `UPDATE settlement_imports SET status = 'queued', bytes = $2, sha256 = $3,
               counts = jsonb_build_object('lines_parsed', $4::int, 'batches', $5::int),
-              first_line_id = $6, last_line_id = $7, repeats_listed = $8
+              first_line_id = $6, last_line_id = $7, repeats_listed = $8, warnings = $9
         WHERE id = $1`,
       [
         id,
@@ -448,6 +457,7 @@ export async function receiveFile(
         received.first_line_id,
         received.last_line_id,
         received.repeats_listed,
+        JSON.stringify(received.warnings),
       ],
     );
     return { id, ...received };

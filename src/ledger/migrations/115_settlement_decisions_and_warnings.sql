@@ -14,3 +14,7 @@ CREATE INDEX settlement_line_results_awaiting ON settlement_line_results (settle
 ALTER TABLE settlement_imports DROP CONSTRAINT settlement_imports_status_check;
 ALTER TABLE settlement_imports ADD CONSTRAINT settlement_imports_status_check
   CHECK (status IN ('receiving', 'queued', 'running', 'awaiting', 'completed', 'failed'));
+
+-- What the adapter read past without refusing the file (Antom columns unknown to us, alipay.md §12:
+-- "report unknown headers rather than fail"), shown on the job.
+ALTER TABLE settlement_imports ADD COLUMN warnings jsonb NOT NULL DEFAULT '[]';
