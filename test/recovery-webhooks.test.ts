@@ -696,6 +696,47 @@ describe('inbound provider notifications', () => {
     assert.equal(rows[0].status, 'processing');
   });
 
+  test('a notification body is read only for an account that exists, and only while it keeps coming', async () => {
+    const port = Number(new URL(tg.url).port);
+    /** Sends the head of a 200 kB body and then nothing: what comes back, and when. */
+    const stalled = (path: string) =>
+      new Promise<{ status?: number; closedAfterMs: number }>((resolve) => {
+        const started = Date.now();
+        const req = http.request({
+          host: '127.0.0.1',
+          port,
+          method: 'POST',
+          path,
+          headers: { 'content-type': 'application/json', 'content-length': 200_000 },
+        });
+        req.on('response', (res) => {
+          res.resume();
+          resolve({ status: res.statusCode, closedAfterMs: Date.now() - started });
+          req.destroy();
+        });
+        req.on('error', () => resolve({ closedAfterMs: Date.now() - started }));
+        req.on('close', () => resolve({ closedAfterMs: Date.now() - started }));
+        req.write('{"type":"payment",');
+      });
+    // No such account: answered at once, the body never waited for.
+    const nobody = await stalled('/webhooks/sandbox/pva_doesNotExist');
+    assert.equal(nobody.status, 404);
+    assert.ok(nobody.closedAfterMs < 2_000, `${nobody.closedAfterMs} ms`);
+    // A real account: a body that stops coming is dropped with its connection after 10 s.
+    const trickled = await stalled(`/webhooks/sandbox/${merchant.accountId}`);
+    assert.equal(trickled.status, undefined, 'no answer to a body never finished');
+    assert.ok(
+      trickled.closedAfterMs >= 9_000 && trickled.closedAfterMs < 15_000,
+      `${trickled.closedAfterMs} ms`,
+    );
+    // Larger than any notification: refused in the provider's form.
+    const large = await tg.http
+      .post(`/webhooks/sandbox/${merchant.accountId}`)
+      .set('content-type', 'application/json')
+      .send(`{"type":"${'x'.repeat(300_000)}"}`);
+    assert.equal(large.status, 400);
+  });
+
   test('a verified notification for an unknown payment is acknowledged', async () => {
     await notify(paymentNote('pay_neverHeardOfIt', 'succeeded')).expect(200);
   });

@@ -55,13 +55,19 @@ async function apply(ctx: Context, account: LoadedAccount, event: NotificationEv
   await applyRefundOutcome(ctx, rows[0].id, event.outcome, 'notification');
 }
 
+/** Notifications are a few kB (Antom's, the sandbox's); anything near this is not one. */
+const NOTIFICATION_LIMIT = '256kb';
+/** A notification's body arrives at once; one still coming after this is dropped, connection and all. */
+const NOTIFICATION_BODY_MS = 10_000;
+
 export function inboundWebhooksRouter(ctx: Context): Router {
   const router = Router();
   // Signatures are over the exact bytes received: no JSON parser may touch these bodies.
   router.post(
     '/webhooks/:provider/:account',
-    express.raw({ type: () => true, limit: '1mb' }),
-    async (req: Request, res: Response) => {
+    // The account first, and the body only for one that exists, within a deadline: anyone may call
+    // this URL, and a body read for nobody (or trickled in) would hold memory for nothing.
+    async (req: Request, res: Response, next: (error?: unknown) => void) => {
       const provider = String(req.params.provider);
       const accountId = String(req.params.account);
       const account = hasPrefix(accountId, 'pva') ? await ctx.accounts.get(accountId) : undefined;
@@ -79,6 +85,16 @@ export function inboundWebhooksRouter(ctx: Context): Router {
           });
         return;
       }
+      res.locals.account = account;
+      const deadline = setTimeout(() => req.destroy(), NOTIFICATION_BODY_MS);
+      req.once('end', () => clearTimeout(deadline)).once('close', () => clearTimeout(deadline));
+      next();
+    },
+    express.raw({ type: () => true, limit: NOTIFICATION_LIMIT }),
+    async (req: Request, res: Response) => {
+      const provider = String(req.params.provider);
+      const accountId = String(req.params.account);
+      const account = res.locals.account as LoadedAccount;
       const result = await account.module.adapter.handleNotification(account.context, {
         method: req.method,
         path: req.originalUrl.split('?')[0],
