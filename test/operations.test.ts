@@ -126,6 +126,17 @@ describe('operations endpoints', () => {
         assert.equal(answer.headers['retry-after'], '1');
       }
       assert.ok(elapsed < 6_000, `answered after ${elapsed} ms`);
+      // A key of a shape we never issue is refused without asking PostgreSQL: 401, not 503.
+      for (const bogus of [
+        'sk_nothing',
+        `tk_${'a'.repeat(31)}`,
+        `sk_${'b'.repeat(33)}`,
+        `sk_${'-'.repeat(32)}`,
+      ]) {
+        const refused = await api.get('/v1/payments').set('Authorization', `Bearer ${bogus}`).timeout(3_000);
+        assert.equal(refused.status, 401, bogus);
+        assert.equal(refused.body.error.code, 'invalid_api_key');
+      }
 
       // What was sent during the stall is lost for good; the connections that waited for it are
       // dropped, so the pool serves again as soon as PostgreSQL answers.

@@ -48,15 +48,26 @@ export async function forgetCachedKeys(ctx: Context): Promise<void> {
   await ctx.updates.announceRevocation();
 }
 
+/** The random part of a merchant or terminal key (issueKey). */
+export const KEY_TOKEN_LENGTH = 32;
+/** What issueKey makes: anything else is no key of ours, refused without a query. */
+const KEY_SHAPE = new RegExp(`^(sk|tk)_[0-9A-Za-z]{${KEY_TOKEN_LENGTH}}$`);
+/** Cached lookups, each kind: at this size the cache starts again. */
+const CACHE_ENTRIES = 10_000;
+
 export function authenticator(ctx: Context) {
-  const cache = new Map<string, { principal: Principal | null; until: number; revocations: number }>();
+  type Entry = { principal: Principal | null; until: number; revocations: number };
+  // Keys that open nothing are remembered apart: a flood of made-up keys fills only that cache,
+  // and never empties the one that spares real keys their query.
+  const known = new Map<string, Entry>();
+  const unknown = new Map<string, Entry>();
   ctx.updates.onRevocation(() => {
     revocations += 1;
   });
 
   async function lookup(token: string): Promise<Principal | null> {
     const hash = hashKey(token).toString('base64');
-    const hit = cache.get(hash);
+    const hit = known.get(hash) ?? unknown.get(hash);
     if (hit && hit.until > Date.now() && hit.revocations === revocations) return hit.principal;
     // Read before the query: a revocation committed while it runs must not be cached over.
     const generation = revocations;
@@ -81,7 +92,8 @@ export function authenticator(ctx: Context) {
         can_refund: row.can_refund === true,
       };
     }
-    if (cache.size > 10_000) cache.clear();
+    const cache = principal ? known : unknown;
+    if (cache.size >= CACHE_ENTRIES) cache.clear();
     cache.set(hash, { principal, until: Date.now() + CACHE_MS, revocations: generation });
     return principal;
   }
@@ -98,7 +110,7 @@ export function authenticator(ctx: Context) {
     const token = match[1];
     if (safeEqual(token, ctx.config.adminApiKey)) {
       req.principal = { kind: 'admin', key_id: 'admin' };
-    } else if (token.startsWith('sk_') || token.startsWith('tk_')) {
+    } else if (KEY_SHAPE.test(token)) {
       req.principal = (await lookup(token)) ?? undefined;
     }
     if (!req.principal) throw new ApiError('authentication', 'invalid_api_key', 'the API key is not valid');

@@ -14,7 +14,7 @@ import {
   webhookSecretContext,
 } from '../../payments/accounts.ts';
 import { hashKey, seal } from '../../secrets.ts';
-import { forgetCachedKeys, requireAdmin, requireMerchant } from '../auth.ts';
+import { forgetCachedKeys, KEY_TOKEN_LENGTH, requireAdmin, requireMerchant } from '../auth.ts';
 import {
   createMerchantSchema,
   createTerminalSchema,
@@ -115,7 +115,7 @@ export async function issueKey(
   kind: 'secret' | 'terminal',
   terminalRef?: string,
 ): Promise<string> {
-  const key = `${kind === 'secret' ? 'sk' : 'tk'}_${randomToken(32)}`;
+  const key = `${kind === 'secret' ? 'sk' : 'tk'}_${randomToken(KEY_TOKEN_LENGTH)}`;
   await db.query(
     'INSERT INTO api_keys (id, merchant_id, kind, terminal_ref, key_hash, key_hint) VALUES ($1, $2, $3, $4, $5, $6)',
     [
