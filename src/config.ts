@@ -28,6 +28,8 @@ export interface Config {
   simulatorUrls: Record<string, string>;
   maxAmountMinor: number;
   sweepIntervalMs: number;
+  /** UPLOAD_IDLE_TIMEOUT_MS: a settlement upload that sends nothing for this long is dropped. */
+  uploadIdleTimeoutMs: number;
   logLevel: string;
 }
 
@@ -194,6 +196,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     simulatorUrls,
     maxAmountMinor: intFrom(env, 'MAX_AMOUNT_MINOR', 100_000_000, 1),
     sweepIntervalMs: intFrom(env, 'SWEEP_INTERVAL_MS', 10_000, 100),
+    uploadIdleTimeoutMs: intFrom(env, 'UPLOAD_IDLE_TIMEOUT_MS', 30_000, 100),
     logLevel: env.LOG_LEVEL ?? (env.NODE_ENV === 'test' ? 'silent' : 'info'),
   };
 }

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
+import { deflateSync, gzipSync } from 'node:zlib';
 import {
   ALIPAY_CODE,
   createPayment,
@@ -257,31 +258,45 @@ test('the 256-character limit counts characters: 200 emoji are a store id, not t
   assert.equal(job.status, 'completed', JSON.stringify(job));
 });
 
-test('slow uploads take at most four database connections: a fifth is 429, and sales go on', async () => {
-  const m = await setupMerchant(tg);
-  const url = new URL(tg.url);
+/** An upload over a socket of its own that sends the sandbox header and then nothing more, for now. */
+function slowUpload(port: number, key: string): net.Socket {
   const header = `${SANDBOX_HEADER}\n`;
-  // Four uploads that send their first chunk and then nothing more, for now.
-  const slow = Array.from({ length: 4 }, () => {
-    const socket = net.connect(Number(url.port), url.hostname);
-    socket.on('error', () => {});
-    socket.write(
-      `POST /v1/settlements/imports?provider=sandbox HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${m.secretKey}\r\nTransfer-Encoding: chunked\r\n\r\n${Buffer.byteLength(header).toString(16)}\r\n${header}\r\n`,
-    );
-    return socket;
-  });
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  socket.write(
+    `POST /v1/settlements/imports?provider=sandbox HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\nTransfer-Encoding: chunked\r\n\r\n${Buffer.byteLength(header).toString(16)}\r\n${header}\r\n`,
+  );
+  return socket;
+}
+
+async function copiesUnderWay(gateway: TestGateway, n: number, what: string) {
+  await eventually(
+    async () => {
+      const { rows } = await gateway.gateway.ctx.db.query(
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY settlement_lines%'",
+      );
+      return rows.length === n;
+    },
+    10_000,
+    what,
+  );
+}
+
+test('slow uploads take at most four database connections, two a merchant: the next is 429, and sales go on', async () => {
+  const [m, other, third] = await Promise.all([setupMerchant(tg), setupMerchant(tg), setupMerchant(tg)]);
+  const port = Number(new URL(tg.url).port);
+  const header = `${SANDBOX_HEADER}\n`;
+  const slow = [slowUpload(port, m.secretKey), slowUpload(port, m.secretKey)];
   try {
-    await eventually(
-      async () => {
-        const { rows } = await tg.gateway.ctx.db.query(
-          "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY settlement_lines%'",
-        );
-        return rows.length === 4;
-      },
-      10_000,
-      'four uploads being received',
-    );
-    const fifth = await upload(m.secretKey, header);
+    await copiesUnderWay(tg, 2, "two of one merchant's uploads being received");
+    // A merchant's third waits for one of its own: the others still have room.
+    const mine = await upload(m.secretKey, header);
+    assert.equal(mine.status, 429, JSON.stringify(mine.body));
+    assert.equal(mine.body.error.code, 'imports_busy');
+    assert.match(mine.body.error.message, /2 of your settlement files/);
+    slow.push(slowUpload(port, other.secretKey), slowUpload(port, other.secretKey));
+    await copiesUnderWay(tg, 4, 'four uploads being received');
+    const fifth = await upload(third.secretKey, header);
     assert.equal(fifth.status, 429, JSON.stringify(fifth.body));
     assert.equal(fifth.body.error.code, 'imports_busy');
     assert.equal(fifth.headers['retry-after'], '5');
@@ -292,6 +307,57 @@ test('slow uploads take at most four database connections: a fifth is 429, and s
   }
   // Gone, they free their places.
   await eventually(async () => (await upload(m.secretKey, header)).status === 202, 10_000, 'a free place');
+});
+
+test('an upload that stops sending is dropped after UPLOAD_IDLE_TIMEOUT_MS, its connection and place freed', async () => {
+  const idle = await startTestGateway({ UPLOAD_IDLE_TIMEOUT_MS: '1500' });
+  try {
+    const m = await setupMerchant(idle);
+    const socket = slowUpload(Number(new URL(idle.url).port), m.secretKey);
+    const closed = new Promise<number>((resolve) => socket.on('close', () => resolve(Date.now())));
+    const started = Date.now();
+    await copiesUnderWay(idle, 1, 'the upload being received');
+    const closedAt = await closed;
+    assert.ok(closedAt - started < 10_000, `closed after ${closedAt - started} ms`);
+    await copiesUnderWay(idle, 0, 'its COPY to end');
+    const { rows } = await idle.gateway.ctx.db.query(
+      'SELECT count(*)::int AS n FROM settlement_lines l JOIN settlement_imports i ON i.id = l.import_id WHERE i.merchant_id = $1',
+      [m.id],
+    );
+    assert.equal(rows[0].n, 0);
+  } finally {
+    await idle.stop();
+  }
+});
+
+test('a gzip or deflate upload is inflated as it arrives; another encoding, or a body that is not what it says, is 400', async () => {
+  const m = await setupMerchant(tg);
+  const p = await pay(tg, m, 1400);
+  const file = sandboxCsv([lineFor(p)], 'GZIP-1');
+  const send = (encoding: string, body: Buffer) =>
+    tg.http
+      .post('/v1/settlements/imports?provider=sandbox')
+      .set('Authorization', `Bearer ${m.secretKey}`)
+      .set('Content-Type', 'text/csv')
+      .set('Content-Encoding', encoding)
+      .send(body);
+  const gzipped = await send('gzip', gzipSync(file));
+  assert.equal(gzipped.status, 202, JSON.stringify(gzipped.body));
+  const job = await waitJob(tg, m.secretKey, gzipped.body.id);
+  assert.deepEqual([job.status, job.counts.matched], ['completed', 1], JSON.stringify(job));
+  const again = await send('deflate', deflateSync(file));
+  assert.equal(again.status, 202, JSON.stringify(again.body));
+  assert.equal((await waitJob(tg, m.secretKey, again.body.id)).counts.batches_unchanged, 1);
+  const brotli = await send('br', Buffer.from(file));
+  assert.equal(brotli.status, 400);
+  assert.equal(brotli.body.error.code, 'content_encoding_unsupported');
+  const notGzip = await send('gzip', Buffer.from(file));
+  assert.equal(notGzip.status, 400);
+  assert.equal(notGzip.body.error.code, 'settlement_file_invalid');
+  assert.match(notGzip.body.error.message, /not gzip data/);
+  const cutShort = await send('gzip', gzipSync(file).subarray(0, 40));
+  assert.equal(cutShort.status, 400);
+  assert.equal(cutShort.body.error.code, 'settlement_file_invalid');
 });
 
 async function alipayMerchant() {

@@ -2,6 +2,8 @@
  * Settlements and reconciliation (API.md): file imports and fetches, the jobs that reconcile them,
  * settlement batches and their lines, discrepancies, reports, and the dashboard page.
  */
+import { pipeline, type Readable } from 'node:stream';
+import { createGunzip, createInflate } from 'node:zlib';
 import { type Request, Router } from 'express';
 import { z } from 'zod';
 import { isCalendarDate, SettlementFormatError } from '../../../adapters/contract.ts';
@@ -203,10 +205,33 @@ function merchantScope<F extends string>(
  * uploads arrive.
  */
 const MAX_RECEIVING = 4;
+/** So that one merchant's uploads leave room for the others'. */
+const MAX_RECEIVING_PER_MERCHANT = 2;
+/** The raw body as the file itself: a compressed upload (`Content-Encoding`) is inflated as it arrives. */
+function uploadedFile(req: Request): Readable {
+  const encoding = String(req.headers['content-encoding'] ?? 'identity')
+    .trim()
+    .toLowerCase();
+  if (encoding === 'identity') return req;
+  const inflate = encoding === 'gzip' ? createGunzip() : encoding === 'deflate' ? createInflate() : undefined;
+  if (!inflate)
+    throw new ApiError(
+      'invalid_request',
+      'content_encoding_unsupported',
+      `Content-Encoding ${encoding} is not taken: send the file as it is, or gzip or deflate it`,
+    );
+  // An upload that breaks off breaks the inflated file off too (FileBrokenOffError). Its errors are
+  // the receiving's to report (copyLines watches the stream); one that comes once that has given up
+  // (the rest of a bad body) has nobody left to tell.
+  pipeline(req, inflate, () => {});
+  inflate.on('error', () => {});
+  return inflate;
+}
 
 export function settlementsRouter(ctx: Context): Router {
   const router = Router();
   let receiving = 0;
+  const receivingFor = new Map<string, number>();
 
   router.post('/v1/settlements/imports', async (req, res) => {
     const merchant = requireMerchant(req);
@@ -214,18 +239,26 @@ export function settlementsRouter(ctx: Context): Router {
     knownProvider(provider, 'provider');
     const account = await accountOf(ctx, merchant.merchant_id, provider);
     requireQueues(ctx.queues);
-    if (receiving >= MAX_RECEIVING)
+    const ours = receivingFor.get(merchant.merchant_id) ?? 0;
+    if (receiving >= MAX_RECEIVING || ours >= MAX_RECEIVING_PER_MERCHANT)
       throw new ApiError(
         'rate_limited',
         'imports_busy',
-        `${MAX_RECEIVING} settlement files are being received already; send this one again shortly`,
+        ours >= MAX_RECEIVING_PER_MERCHANT
+          ? `${ours} of your settlement files are being received already; send this one again when one is done`
+          : `${MAX_RECEIVING} settlement files are being received already; send this one again shortly`,
         undefined,
         429,
         { 'Retry-After': '5' },
       );
+    const file = uploadedFile(req);
+    // An upload that has stopped sending lets its connection, and our database connection, go.
+    const idleMs = ctx.config.uploadIdleTimeoutMs;
+    req.setTimeout(idleMs, () => req.destroy(new Error(`nothing received for ${idleMs} ms`)));
     // The file is parsed while it arrives: a malformed one is refused here, with nothing stored.
     let id: string;
     receiving++;
+    receivingFor.set(merchant.merchant_id, ours + 1);
     try {
       ({ id } = await receiveFile(
         ctx,
@@ -235,7 +268,7 @@ export function settlementsRouter(ctx: Context): Router {
           provider_account_id: account?.id ?? null,
           source: 'upload',
         },
-        req,
+        file,
       ));
     } catch (error) {
       // Whatever is still arriving is read and dropped, so the client gets to read the answer.
@@ -249,6 +282,12 @@ export function settlementsRouter(ctx: Context): Router {
         );
       if (error instanceof SettlementFormatError)
         throw new ApiError('invalid_request', 'settlement_file_invalid', error.message);
+      if (error instanceof FileBrokenOffError && isZlibError(error.cause))
+        throw new ApiError(
+          'invalid_request',
+          'settlement_file_invalid',
+          `the body is not ${req.headers['content-encoding']} data as its Content-Encoding says: ${(error.cause as Error).message}`,
+        );
       if (error instanceof FileBrokenOffError)
         throw new ApiError(
           'invalid_request',
@@ -258,6 +297,9 @@ export function settlementsRouter(ctx: Context): Router {
       throw error;
     } finally {
       receiving--;
+      const left = (receivingFor.get(merchant.merchant_id) ?? 1) - 1;
+      if (left) receivingFor.set(merchant.merchant_id, left);
+      else receivingFor.delete(merchant.merchant_id);
     }
     await leaveToSweeper(ctx, queueReconcile(ctx, id), { import_id: id });
     res.status(202).json({ id, object: 'job', status: 'queued' });
@@ -510,3 +552,9 @@ registerOperations([
     responses: { 200: 'JavaScript' },
   },
 ]);
+
+/** zlib's own errors (Z_DATA_ERROR, Z_BUF_ERROR, …): the body was not what its Content-Encoding said. */
+function isZlibError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && code.startsWith('Z_');
+}
