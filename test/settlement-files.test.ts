@@ -116,6 +116,13 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
       /line 2: amount "10.00"/,
     ],
     ['unknown currency', Buffer.from(good.replace(',1200,EUR,', ',1200,EUX,')), /line 3: currency "EUX"/],
+    ...['1e999999', 'NaN', '-1', '0.000', '7,5'].map((rate): [string, Buffer, RegExp] => [
+      `an exchange rate of ${rate}`,
+      Buffer.from(
+        sandboxCsv([lineFor(a), { ...lineFor(b), rate: rate.includes(',') ? `"${rate}"` : rate }], 'BAD-1'),
+      ),
+      /line 3: the exchange rate .* is not a positive decimal/,
+    ]),
     // Taken as positive, it settled the sale the file says the opposite of.
     [
       'a payment written negative',
@@ -282,24 +289,24 @@ async function copiesUnderWay(gateway: TestGateway, n: number, what: string) {
   );
 }
 
-test('slow uploads take at most four database connections, two a merchant: the next is 429, and sales go on', async () => {
+test('slow uploads take at most six database connections, four a merchant: the next is 429, and sales go on', async () => {
   const [m, other, third] = await Promise.all([setupMerchant(tg), setupMerchant(tg), setupMerchant(tg)]);
   const port = Number(new URL(tg.url).port);
   const header = `${SANDBOX_HEADER}\n`;
-  const slow = [slowUpload(port, m.secretKey), slowUpload(port, m.secretKey)];
+  const slow = Array.from({ length: 4 }, () => slowUpload(port, m.secretKey));
   try {
-    await copiesUnderWay(tg, 2, "two of one merchant's uploads being received");
-    // A merchant's third waits for one of its own: the others still have room.
+    await copiesUnderWay(tg, 4, "four of one merchant's uploads being received");
+    // A merchant's fifth waits for one of its own: the others still have room.
     const mine = await upload(m.secretKey, header);
     assert.equal(mine.status, 429, JSON.stringify(mine.body));
     assert.equal(mine.body.error.code, 'imports_busy');
-    assert.match(mine.body.error.message, /2 of your settlement files/);
+    assert.match(mine.body.error.message, /4 of your settlement files/);
     slow.push(slowUpload(port, other.secretKey), slowUpload(port, other.secretKey));
-    await copiesUnderWay(tg, 4, 'four uploads being received');
-    const fifth = await upload(third.secretKey, header);
-    assert.equal(fifth.status, 429, JSON.stringify(fifth.body));
-    assert.equal(fifth.body.error.code, 'imports_busy');
-    assert.equal(fifth.headers['retry-after'], '5');
+    await copiesUnderWay(tg, 6, 'six uploads being received');
+    const seventh = await upload(third.secretKey, header);
+    assert.equal(seventh.status, 429, JSON.stringify(seventh.body));
+    assert.equal(seventh.body.error.code, 'imports_busy');
+    assert.equal(seventh.headers['retry-after'], '5');
     const sale = await createPayment(tg, m.terminalKey, scanPayment(1000));
     assert.equal(sale.status, 201);
   } finally {

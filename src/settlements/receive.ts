@@ -62,6 +62,9 @@ const TEXT_FIELDS: [keyof SettlementLine, string][] = [
   ['exchange_rate', 'the exchange rate'],
 ];
 
+/** A rate is shown as it was written: digits, perhaps a fraction, not zero. */
+const RATE = /^(?=[0.]*[1-9])\d{1,32}(\.\d{1,32})?$/;
+
 /** What makes a line the parser gave us impossible to store (a format error too), if anything. */
 function lineFault(line: SettlementLine): string | undefined {
   if (!line.batch_id) return 'the settlement batch id is empty';
@@ -72,6 +75,8 @@ function lineFault(line: SettlementLine): string | undefined {
     if (typeof value === 'string' && value.length > MAX_TEXT_CHARS && [...value].length > MAX_TEXT_CHARS)
       return `${name} is longer than ${MAX_TEXT_CHARS} characters`;
   }
+  if (line.exchange_rate !== undefined && !RATE.test(line.exchange_rate))
+    return `the exchange rate ${line.exchange_rate} is not a positive decimal`;
   if (!Number.isSafeInteger(line.transaction_amount.value))
     return 'the transaction amount is not an integer amount';
   if (!Number.isSafeInteger(line.settlement_amount.value))

@@ -200,13 +200,13 @@ function merchantScope<F extends string>(
 }
 
 /**
- * Uploads received at once by this process. Each holds a database connection for as long as its
- * client takes to send the file; the rest of the pool (20) stays for payments, however many slow
- * uploads arrive.
+ * Uploads received at once by this process. Each holds a connection of the long-statement pool
+ * (ctx.bulkDb, 10) for as long as its client takes to send the file; the rest stays for the
+ * reconcile jobs and reports, however many slow uploads arrive.
  */
-const MAX_RECEIVING = 4;
-/** So that one merchant's uploads leave room for the others'. */
-const MAX_RECEIVING_PER_MERCHANT = 2;
+const MAX_RECEIVING = 6;
+/** So that one merchant's uploads (a day's files sent at once) leave room for the others'. */
+const MAX_RECEIVING_PER_MERCHANT = 4;
 /** The raw body as the file itself: a compressed upload (`Content-Encoding`) is inflated as it arrives. */
 function uploadedFile(req: Request): Readable {
   const encoding = String(req.headers['content-encoding'] ?? 'identity')
