@@ -291,6 +291,18 @@ describe('operations endpoints', () => {
       ),
     );
     assert.ok(res.body.paths['/v1/payments/{id}/refunds'].post);
+    // API.md: every list takes limit and starting_after.
+    type Operation = { parameters?: { name: string }[]; responses: Record<string, { content?: object }> };
+    const lists = Object.entries(res.body.paths as Record<string, { get?: Operation }>).filter(([, item]) =>
+      JSON.stringify(item.get?.responses['200']?.content ?? {}).includes('"#/components/schemas/List"'),
+    );
+    assert.ok(lists.length >= 10, `${lists.length} lists`);
+    for (const [path, item] of lists)
+      for (const name of ['limit', 'starting_after'])
+        assert.ok(
+          item.get?.parameters?.some((p) => p.name === name),
+          `${path} documents ${name}`,
+        );
     assert.ok(
       res.body.webhooks.event.post.parameters.some(
         (p: { name: string }) => p.name === 'Tillbridge-Signature',

@@ -674,6 +674,11 @@ describe('inbound provider notifications', () => {
     );
     await notify(body, stale).expect(401);
     await notify(body, 't=1,v1=zz').expect(401);
+    // A true signature with anything after it, or a time written otherwise, is not one we sent.
+    const now = signSandbox(sandboxSecret(tg.gateway.ctx.sandbox.seed), raw, new Date());
+    const [t, v1] = now.split(',');
+    for (const header of [`${now}zz`, `${now}0`, `${t}.0,${v1}`, `${t},${v1.slice(0, -1)}`])
+      await notify(body, header).expect(401);
     const secret = sandboxSecret(tg.gateway.ctx.sandbox.seed);
     await tg.http
       .post(`/webhooks/sandbox/${merchant.accountId}`)

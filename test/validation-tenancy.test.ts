@@ -353,16 +353,20 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
             .send({ url: '/hook', events: ['payment.succeeded'] }),
       ],
       // Each was taken once, to fail every delivery or to show its password in every listing.
-      ...['http:x', 'http://127.0.0.1:3000/a b', 'https://user:secret@example.com/hook'].map(
-        (url): [string, () => ReturnType<typeof tg.http.post>] => [
-          `webhook endpoint url ${url}`,
-          () =>
-            tg.http
-              .post('/v1/webhook-endpoints')
-              .set(auth)
-              .send({ url, events: ['payment.succeeded'] }),
-        ],
-      ),
+      ...[
+        'http:x',
+        'http://127.0.0.1:3000/a b',
+        'https://user:secret@example.com/hook',
+        'http://a/\u0001',
+        'http://127.0.0.1/hook\u007f',
+      ].map((url): [string, () => ReturnType<typeof tg.http.post>] => [
+        `webhook endpoint url ${url}`,
+        () =>
+          tg.http
+            .post('/v1/webhook-endpoints')
+            .set(auth)
+            .send({ url, events: ['payment.succeeded'] }),
+      ]),
       [
         'webhook endpoint with an unknown event',
         () =>

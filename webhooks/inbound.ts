@@ -141,11 +141,12 @@ export function inboundWebhooksRouter(ctx: Context): Router {
       if (!module || res.headersSent) return next(error);
       const unreadable = isUnreadableBody(error);
       if (unreadable || isDataException(error)) {
+        const reason = unreadable ? (error as Error).message : 'it holds a value that cannot be stored';
+        // The sender's fault, and anyone may send: its reason, not our stack, once a request.
         ctx.log.warn(
-          { err: error, request_id: req.requestId, provider: req.params.provider },
+          { request_id: req.requestId, provider: req.params.provider, reason },
           'unreadable provider notification',
         );
-        const reason = unreadable ? (error as Error).message : 'it holds a value that cannot be stored';
         answer(res, module.adapter.notificationRefusal(400, `unreadable notification: ${reason}`));
         return;
       }

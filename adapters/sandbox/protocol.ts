@@ -28,7 +28,9 @@ export function verifySandbox(
   const parts = new Map(header.split(',').map((p) => p.split('=', 2) as [string, string]));
   const t = Number(parts.get('t'));
   const v1 = parts.get('v1');
-  if (!Number.isInteger(t) || !v1) return { ok: false, reason: 'malformed Sandbox-Signature header' };
+  // Exactly as signSandbox writes them: Buffer.from(hex) would stop quietly at a stray character.
+  if (!/^\d{1,12}$/.test(parts.get('t') ?? '') || !v1 || !/^[0-9a-f]{64}$/i.test(v1))
+    return { ok: false, reason: 'malformed Sandbox-Signature header' };
   if (Math.abs(now.getTime() / 1000 - t) > TOLERANCE_S)
     return { ok: false, reason: 'stale signature timestamp' };
   const expected = createHmac('sha256', secret).update(`${t}.`).update(body).digest();

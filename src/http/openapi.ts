@@ -106,6 +106,7 @@ const OPERATIONS: Op[] = [
     method: 'get',
     path: '/v1/providers',
     summary: 'List provider accounts',
+    query: listQuerySchema,
     auth: 'merchant',
     responses: { 200: 'list' },
     items: 'ProviderAccount',

@@ -106,15 +106,15 @@ export const createWebhookEndpointSchema = z.strictObject({
     .max(2048)
     .refine((u) => {
       // Written out in full (`http:x` parses, with host x), with nothing the parser would mend
-      // quietly (spaces), and without credentials, which every listing would show.
-      if (!/^https?:\/\/[^\s/?#]+[^\s]*$/i.test(u)) return false;
+      // quietly (spaces), no control characters, and without credentials, which every listing would show.
+      if (!/^https?:\/\/[^\s/?#]+[^\s]*$/i.test(u) || /[\u0000-\u001f\u007f]/.test(u)) return false;
       try {
         const url = new URL(u);
         return url.hostname !== '' && url.username === '' && url.password === '';
       } catch {
         return false;
       }
-    }, 'must be an absolute http(s) URL, without spaces or credentials'),
+    }, 'must be an absolute http(s) URL, without spaces, control characters or credentials'),
   /** Left out: every event, as most gateways subscribe a new endpoint by default. */
   events: z.array(z.enum(WEBHOOK_EVENTS)).min(1).optional(),
 });
