@@ -107,7 +107,7 @@ export const createWebhookEndpointSchema = z.strictObject({
     .refine((u) => {
       // Written out in full (`http:x` parses, with host x), with nothing the parser would mend
       // quietly (spaces), no control characters, and without credentials, which every listing would show.
-      if (!/^https?:\/\/[^\s/?#]+[^\s]*$/i.test(u) || /[\u0000-\u001f\u007f]/.test(u)) return false;
+      if (!/^https?:\/\/[^\s/?#]+[^\s]*$/i.test(u) || /\p{Cc}/u.test(u)) return false;
       try {
         const url = new URL(u);
         return url.hostname !== '' && url.username === '' && url.password === '';
