@@ -260,14 +260,16 @@ describe('operations endpoints', () => {
     await tg.http.get('/v1/payments/pay_metricsWithoutKey').expect(401);
     // Nor a notification refused around the adapter (an undecodable body), whatever account it names.
     const unreadable = await tg.http
-      .post('/webhooks/sandbox/pva_metricsLabel')
+      .post(`/webhooks/sandbox/${merchant.accountId}`)
       .set('Content-Type', 'application/json')
       .set('Content-Encoding', 'gzip')
       .send('x');
     assert.equal(unreadable.status, 400, unreadable.text);
+    await tg.http.post('/webhooks/sandbox/pva_metricsLabel').send('{}').expect(404);
     const res = await tg.http.get('/metrics').expect(200);
     assert.match(res.text, /route="\/v1\/payments\/:id",status="401"/);
     assert.doesNotMatch(res.text, /pay_metricsWithoutKey|pva_metricsLabel/);
+    assert.ok(!res.text.includes(merchant.accountId));
     assert.match(res.text, /route="\/webhooks\/:provider\/:account",status="400"/);
     assert.match(res.text, /tillbridge_http_request_duration_seconds_bucket\{[^}]*route="\/v1\/payments"/);
     assert.match(res.text, /tillbridge_payments_total\{provider="sandbox",status="succeeded"\} [1-9]/);
@@ -721,6 +723,15 @@ describe('start-up', () => {
         /TILLBRIDGE_MASTER_KEY looks like a placeholder/,
       ],
       ['PUBLIC_BASE_URL', 'https://pay.example.com', /PUBLIC_BASE_URL is a placeholder/],
+      ['PUBLIC_BASE_URL', 'https://pay.EXAMPLE.com./', /PUBLIC_BASE_URL is a placeholder/],
+      ...['adminadminadmin12345', 'secretsecretsecret99', '0123456789abcdef', 'MyTestKey-For-Prod'].map(
+        (key) => ['ADMIN_API_KEY', key, /ADMIN_API_KEY looks like a placeholder/] as const,
+      ),
+      [
+        'TILLBRIDGE_MASTER_KEY',
+        Buffer.from(Array.from({ length: 32 }, (_, i) => i)).toString('base64'),
+        /TILLBRIDGE_MASTER_KEY looks like a placeholder/,
+      ],
     ] as const)
       assert.throws(() => loadConfig({ ...real, [name]: value }), message, `${name}=${value}`);
     // Sandbox takes them: nothing real is guarded there.
