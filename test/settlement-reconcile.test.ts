@@ -652,6 +652,71 @@ test('a correction that takes an undecided sale’s line out of its batch leaves
   );
 });
 
+test('a sale decided since an earlier file had its line is settled by that line when a later file repeats it', async () => {
+  // No sweeper: the later file's job is the first to look at the earlier line again.
+  const quiet = await startTestGateway({ SWEEP_INTERVAL_MS: '3600000' });
+  try {
+    const m = await setupMerchant(quiet);
+    const shown = await createPayment(quiet, m.secretKey, qrPayment(7350)).expect(201);
+    const line = { transaction_id: `SBX-QR-${shown.body.id}`, request_id: shown.body.id, amount: 7350 };
+    const first = await importAndWait(quiet, m.secretKey, sandboxCsv([line], 'EARLY-A'));
+    assert.deepEqual(first.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(first.counts));
+    await fetch(shown.body.qr_code.data, { method: 'POST' });
+    await waitForStatus(quiet, m.secretKey, shown.body.id, ['succeeded']);
+    const later = await importAndWait(quiet, m.secretKey, sandboxCsv([line], 'EARLY-B'));
+    assert.deepEqual(later.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(later.counts));
+    const batches = await settlements(quiet, m.secretKey);
+    const a = batches.find((b) => b.provider_batch_id === 'EARLY-A');
+    const b = batches.find((x) => x.provider_batch_id === 'EARLY-B');
+    assert.ok(a && b);
+    assert.deepEqual(
+      (await discrepancies(quiet, m.secretKey)).map((d) => [d.kind, d.payment_id, d.settlement_id]),
+      [['duplicate_in_settlement', shown.body.id, b.id]],
+    );
+    assert.deepEqual(
+      (await batchLines(quiet, m.secretKey, a.id)).map((l) => l.result),
+      ['matched'],
+    );
+    assert.equal((await settlements(quiet, m.secretKey)).find((x) => x.id === a.id)?.status, 'reconciled');
+  } finally {
+    await quiet.stop();
+  }
+});
+
+test('a correction that takes out an undecided sale’s line hands the sale to the line that repeated it', async () => {
+  const m = await setupMerchant(tg);
+  const shown = await createPayment(tg, m.secretKey, qrPayment(7450)).expect(201);
+  const line = { transaction_id: `SBX-QR-${shown.body.id}`, request_id: shown.body.id, amount: 7450 };
+  const other = await pay(tg, m, 7500);
+  await importAndWait(tg, m.secretKey, sandboxCsv([line, lineFor(other)], 'HAND-A'));
+  const repeated = await importAndWait(tg, m.secretKey, sandboxCsv([line], 'HAND-B'));
+  assert.deepEqual(repeated.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(repeated.counts));
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(other)], 'HAND-A'));
+  const b = (await settlements(tg, m.secretKey)).find((x) => x.provider_batch_id === 'HAND-B');
+  assert.ok(b);
+  // B's line settles the sale now: no longer a duplicate, a status_mismatch while it is undecided.
+  assert.deepEqual(
+    (await discrepancies(tg, m.secretKey)).map((d) => [d.kind, d.settlement_id]),
+    [['status_mismatch', b.id]],
+  );
+  await fetch(shown.body.qr_code.data, { method: 'POST' });
+  await waitForStatus(tg, m.secretKey, shown.body.id, ['succeeded']);
+  await eventually(
+    async () => (await batchLines(tg, m.secretKey, b.id))[0].result === 'matched',
+    10_000,
+    'B’s line matched',
+  );
+  assert.deepEqual(await discrepancies(tg, m.secretKey), []);
+  const marked = await tg.gateway.ctx.db.query(
+    'SELECT settlement_id FROM payment_settlements WHERE payment_id = $1',
+    [shown.body.id],
+  );
+  assert.deepEqual(
+    marked.rows.map((r) => r.settlement_id),
+    [b.id],
+  );
+});
+
 /** A refund the provider has settled and not yet told us succeeded (asynchronous): pending, its next inquiry an hour away. */
 async function pendingRefund(m: Awaited<ReturnType<typeof setupMerchant>>, value: number, refunded: number) {
   const p = await pay(tg, m, value);
@@ -669,7 +734,8 @@ test('a file waiting for a pending refund completes once a corrected file takes 
   const first = await waitAwaiting(tg, m.secretKey, sandboxCsv([lineFor(p), line], 'WAIT-SUPERSEDED'));
   const correction = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p)], 'WAIT-SUPERSEDED'));
   assert.equal(correction.counts.batches_superseded, 1, JSON.stringify(correction.counts));
-  assert.equal((await waitJob(tg, m.secretKey, first.id, 1000)).status, 'completed');
+  const done = await waitJob(tg, m.secretKey, first.id, 1000);
+  assert.deepEqual([done.status, done.counts.pending], ['completed', 0], JSON.stringify(done));
 });
 
 test('a refund not final when its line came is matched once it is, with no other file to wait for', async () => {

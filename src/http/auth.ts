@@ -92,9 +92,11 @@ export function authenticator(ctx: Context) {
         can_refund: row.can_refund === true,
       };
     }
-    const cache = principal ? known : unknown;
+    const [cache, other] = principal ? [known, unknown] : [unknown, known];
     if (cache.size >= CACHE_ENTRIES) cache.clear();
     cache.set(hash, { principal, until: Date.now() + CACHE_MS, revocations: generation });
+    // A key revoked since: its stale entry would be found first, and the query made every time.
+    other.delete(hash);
     return principal;
   }
 

@@ -270,7 +270,7 @@ WITH orphan AS (
     JOIN settlements s ON s.id = x.settlement_id AND s.import_id = x.import_id
     JOIN settlement_lines l ON l.id = x.line_id AND l.type = 'payment'
    WHERE NOT EXISTS (SELECT 1 FROM classified c WHERE c.pay_id = u.payment_id AND c.type = 'payment'
-                        AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch'))
+                        AND c.result <> 'duplicate_in_settlement')
    ORDER BY x.payment_id, s.settlement_date, x.line_id
 ),
 closed AS (
@@ -612,7 +612,7 @@ disc AS (
 awaiting AS (
   UPDATE settlement_imports i
      SET counts = i.counts || jsonb_build_object(
-           'pending', (i.counts->>'pending')::int - o.n,
+           'pending', GREATEST((i.counts->>'pending')::int - o.n, 0),
            'matched', (i.counts->>'matched')::int + o.matched,
            'discrepancies', (i.counts->>'discrepancies')::int + o.n - o.matched,
            'by_kind', COALESCE(i.counts->'by_kind', '{}') || (
@@ -642,7 +642,8 @@ SELECT (SELECT count(*) FROM ready)::int AS rematched,
  * a current batch version is still pending (decided since, or superseded by a corrected file).
  */
 const COMPLETE_AWAITING_SQL = `
-UPDATE settlement_imports i SET status = 'completed', finished_at = clock_timestamp()
+UPDATE settlement_imports i SET status = 'completed', finished_at = clock_timestamp(),
+       counts = i.counts || '{"pending": 0}'
  WHERE i.provider = $1 AND i.merchant_id = $2 AND i.status = 'awaiting'
    AND NOT EXISTS (SELECT 1 FROM settlements s
                      JOIN settlement_line_results x ON x.settlement_id = s.id AND x.import_id = s.import_id
@@ -675,6 +676,9 @@ async function applyLines(
   // version, a payment settled by two files at once is a duplicate in the second, and the ledger
   // side never reports missing a payment another file is settling right now.
   await lockLedger(client, merchantId, provider);
+  // A sale decided since an earlier file's line for it came, and not yet matched again by the
+  // sweeper, is settled by that line, not by this file's.
+  if (await rematchDecided(client, job, counts)) await refreshBatchStatuses(client, merchantId, provider, []);
   const ordered = [...batches].sort((a, b) =>
     `${a.batch_ref}\u0000${a.currency}` < `${b.batch_ref}\u0000${b.currency}` ? -1 : 1,
   );
@@ -881,11 +885,48 @@ async function supersede(client: pg.PoolClient, ids: string[], importId: string)
                      WHERE x.payment_id = g.payment_id AND x.result = 'duplicate_in_settlement')`,
     [ids],
   );
+  // Likewise a sale whose line there awaited its decision (it has no mark yet).
+  await client.query(
+    `INSERT INTO unsettled (payment_id)
+     SELECT DISTINCT x.payment_id
+       FROM settlement_versions v
+       JOIN settlement_line_results x ON x.settlement_id = v.settlement_id AND x.import_id = v.import_id
+       JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id AND l.type = 'payment'
+      WHERE v.settlement_id = ANY($1) AND v.superseded_at IS NULL AND ${AWAITS_DECISION}
+        AND EXISTS (SELECT 1 FROM settlement_line_results d
+                     WHERE d.payment_id = x.payment_id AND d.result = 'duplicate_in_settlement')`,
+    [ids],
+  );
   await client.query(
     `UPDATE settlement_versions SET superseded_at = now(), superseded_by = $2
       WHERE settlement_id = ANY($1) AND superseded_at IS NULL`,
     [ids, importId],
   );
+}
+
+/**
+ * Lines awaiting a decision that is made now are matched again (REMATCH_PENDING_SQL), inside the
+ * job: before its own lines are classified (a later file must find a sale an earlier one settled
+ * as settled) and after them. Returns how many.
+ */
+async function rematchDecided(client: pg.PoolClient, job: ImportRow, counts: ImportCounts): Promise<number> {
+  const rematch = await client.query<{
+    rematched: number;
+    own_results: Partial<Record<'matched' | DiscrepancyKind, number>>;
+    unowned_discrepancies: Partial<Record<DiscrepancyKind, number>>;
+  }>(REMATCH_PENDING_SQL, [job.provider, job.merchant_id, job.id]);
+  const { rematched, own_results: own, unowned_discrepancies: unowned } = rematch.rows[0];
+  // This file's own lines decided since they were classified a moment ago.
+  for (const [result, n = 0] of Object.entries(own)) {
+    counts.pending -= n;
+    if (result === 'matched') counts.matched += n;
+    else countDiscrepancies(counts, result as DiscrepancyKind, n);
+  }
+  // An import awaiting its lines counts their results itself; the rest are this job's: each is
+  // new, whichever file brought its line.
+  for (const [kind, n = 0] of Object.entries(unowned)) countDiscrepancies(counts, kind as DiscrepancyKind, n);
+  await client.query(COMPLETE_AWAITING_SQL, [job.provider, job.merchant_id]);
+  return rematched;
 }
 
 /**
@@ -919,21 +960,7 @@ async function reconcileLedger(
                      WHERE x.refund_id = d.refund_id AND s.import_id = x.import_id)`,
     [job.merchant_id, job.provider],
   );
-  const rematch = await client.query<{
-    own_results: Partial<Record<'matched' | DiscrepancyKind, number>>;
-    unowned_discrepancies: Partial<Record<DiscrepancyKind, number>>;
-  }>(REMATCH_PENDING_SQL, [job.provider, job.merchant_id, job.id]);
-  const { own_results: own, unowned_discrepancies: unowned } = rematch.rows[0];
-  // This file's own lines decided since they were classified a moment ago.
-  for (const [result, n = 0] of Object.entries(own)) {
-    counts.pending -= n;
-    if (result === 'matched') counts.matched += n;
-    else countDiscrepancies(counts, result as DiscrepancyKind, n);
-  }
-  // An import awaiting its lines counts their results itself; the rest are this job's: each is
-  // new, whichever file brought its line.
-  for (const [kind, n = 0] of Object.entries(unowned)) countDiscrepancies(counts, kind as DiscrepancyKind, n);
-  await client.query(COMPLETE_AWAITING_SQL, [job.provider, job.merchant_id]);
+  await rematchDecided(client, job, counts);
   // The planner walks payments in key order and sorts every mark to merge them (1.5 s at 1M);
   // hashing the marks is a third cheaper, and a merge join is never the better plan here.
   const delay = adapter.resolution.settlement_delay_days;

@@ -2,6 +2,7 @@
  * Settlements and reconciliation (API.md): file imports and fetches, the jobs that reconcile them,
  * settlement batches and their lines, discrepancies, reports, and the dashboard page.
  */
+import { EventEmitter, once } from 'node:events';
 import { pipeline, type Readable } from 'node:stream';
 import { createGunzip, createInflate } from 'node:zlib';
 import { type Request, Router } from 'express';
@@ -204,9 +205,11 @@ function merchantScope<F extends string>(
  * (ctx.bulkDb, 10) for as long as its client takes to send the file; the rest stays for the
  * reconcile jobs and reports, however many slow uploads arrive.
  */
-const MAX_RECEIVING = 6;
-/** So that one merchant's uploads (a day's files sent at once) leave room for the others'. */
-const MAX_RECEIVING_PER_MERCHANT = 4;
+const MAX_RECEIVING = 4;
+/** So that one merchant's uploads leave room for the others'. */
+const MAX_RECEIVING_PER_MERCHANT = 3;
+/** An upload finding no place waits this long for one (a day's files sent at once take turns). */
+const PLACE_WAIT_MS = 3_000;
 /** The raw body as the file itself: a compressed upload (`Content-Encoding`) is inflated as it arrives. */
 function uploadedFile(req: Request): Readable {
   const encoding = String(req.headers['content-encoding'] ?? 'identity')
@@ -232,6 +235,29 @@ export function settlementsRouter(ctx: Context): Router {
   const router = Router();
   let receiving = 0;
   const receivingFor = new Map<string, number>();
+  const placeFreed = new EventEmitter().setMaxListeners(0);
+  /** Takes a place for one of the merchant's uploads, waiting PLACE_WAIT_MS at most; false if none. */
+  async function takePlace(merchantId: string): Promise<boolean> {
+    const deadline = Date.now() + PLACE_WAIT_MS;
+    for (;;) {
+      const ours = receivingFor.get(merchantId) ?? 0;
+      if (receiving < MAX_RECEIVING && ours < MAX_RECEIVING_PER_MERCHANT) {
+        receiving++;
+        receivingFor.set(merchantId, ours + 1);
+        return true;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      await once(placeFreed, 'freed', { signal: AbortSignal.timeout(left) }).catch(() => {});
+    }
+  }
+  function freePlace(merchantId: string): void {
+    receiving--;
+    const left = (receivingFor.get(merchantId) ?? 1) - 1;
+    if (left) receivingFor.set(merchantId, left);
+    else receivingFor.delete(merchantId);
+    placeFreed.emit('freed');
+  }
 
   router.post('/v1/settlements/imports', async (req, res) => {
     const merchant = requireMerchant(req);
@@ -239,27 +265,24 @@ export function settlementsRouter(ctx: Context): Router {
     knownProvider(provider, 'provider');
     const account = await accountOf(ctx, merchant.merchant_id, provider);
     requireQueues(ctx.queues);
-    const ours = receivingFor.get(merchant.merchant_id) ?? 0;
-    if (receiving >= MAX_RECEIVING || ours >= MAX_RECEIVING_PER_MERCHANT)
+    if (!(await takePlace(merchant.merchant_id)))
       throw new ApiError(
         'rate_limited',
         'imports_busy',
-        ours >= MAX_RECEIVING_PER_MERCHANT
-          ? `${ours} of your settlement files are being received already; send this one again when one is done`
+        (receivingFor.get(merchant.merchant_id) ?? 0) >= MAX_RECEIVING_PER_MERCHANT
+          ? `${MAX_RECEIVING_PER_MERCHANT} of your settlement files are being received already; send this one again when one is done`
           : `${MAX_RECEIVING} settlement files are being received already; send this one again shortly`,
         undefined,
         429,
         { 'Retry-After': '5' },
       );
-    const file = uploadedFile(req);
     // An upload that has stopped sending lets its connection, and our database connection, go.
     const idleMs = ctx.config.uploadIdleTimeoutMs;
     req.setTimeout(idleMs, () => req.destroy(new Error(`nothing received for ${idleMs} ms`)));
     // The file is parsed while it arrives: a malformed one is refused here, with nothing stored.
     let id: string;
-    receiving++;
-    receivingFor.set(merchant.merchant_id, ours + 1);
     try {
+      const file = uploadedFile(req);
       ({ id } = await receiveFile(
         ctx,
         {
@@ -296,10 +319,7 @@ export function settlementsRouter(ctx: Context): Router {
         );
       throw error;
     } finally {
-      receiving--;
-      const left = (receivingFor.get(merchant.merchant_id) ?? 1) - 1;
-      if (left) receivingFor.set(merchant.merchant_id, left);
-      else receivingFor.delete(merchant.merchant_id);
+      freePlace(merchant.merchant_id);
     }
     await leaveToSweeper(ctx, queueReconcile(ctx, id), { import_id: id });
     res.status(202).json({ id, object: 'job', status: 'queued' });
