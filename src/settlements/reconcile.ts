@@ -1010,8 +1010,9 @@ async function refreshBatchStatuses(
 
 /**
  * The sweeper's part: lines awaiting a decision (AWAITS_DECISION) whose refund or sale is final
- * now are matched again at once, not when the next file of that merchant and provider comes (which may be never: the
- * last file of a day). Under the same lock as the reconcile jobs. Returns how many lines.
+ * now are matched again at once, not when the next file of that merchant and provider comes
+ * (which may be never: the last file of a day). Under the same lock as the reconcile jobs.
+ * Returns how many lines.
  */
 export async function rematchDecidedLines(ctx: Context): Promise<number> {
   const { rows } = await ctx.db.query<{ merchant_id: string; provider: string }>(
@@ -1141,8 +1142,8 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
       return;
     }
     await timed(counts, 'apply', () => applyLines(client, job, adapter, batches, counts));
-    // Lines whose sale or refund is still undecided may yet become discrepancies: until the last
-    // is decided (rematchDecidedLines), the import is awaiting, not completed.
+    // Refund lines still pending may yet become discrepancies: until the last is decided
+    // (rematchDecidedLines), the import is awaiting, not completed.
     await client.query(
       `UPDATE settlement_imports SET status = $3, counts = $2,
               finished_at = CASE WHEN $3 = 'completed' THEN clock_timestamp() END,
