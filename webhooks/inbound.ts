@@ -92,9 +92,8 @@ export function inboundWebhooksRouter(ctx: Context): Router {
     },
     express.raw({ type: () => true, limit: NOTIFICATION_LIMIT }),
     async (req: Request, res: Response) => {
-      const provider = String(req.params.provider);
-      const accountId = String(req.params.account);
       const account = res.locals.account as LoadedAccount;
+      const { provider, id: accountId } = account.row;
       const result = await account.module.adapter.handleNotification(account.context, {
         method: req.method,
         path: req.originalUrl.split('?')[0],

@@ -10,7 +10,7 @@ import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
 import { DeadlineError } from '../deadline.ts';
 import { isLockedJobError, leaveToSweeper, queueDeadline } from '../jobs/queues.ts';
-import { createImport, type ImportRow, isApplied } from './imports.ts';
+import { createImport, type ImportRow, isFinished } from './imports.ts';
 import { discardLines, EmptyFileError, ImportFinishedError, receiveFile } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
 
@@ -76,7 +76,7 @@ export async function runFetch(ctx: Context, job: FetchJob, lastAttempt: boolean
   const { rows } = await ctx.db.query<ImportRow>('SELECT * FROM settlement_imports WHERE id = $1', [
     job.import_id,
   ]);
-  if (!rows[0] || isApplied(rows[0].status)) return;
+  if (!rows[0] || isFinished(rows[0].status)) return;
   try {
     const account = await ctx.accounts.get(job.account_id);
     if (!account) throw new Error(`provider account ${job.account_id} no longer exists`);

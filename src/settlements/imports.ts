@@ -13,7 +13,7 @@ export interface ImportRow {
   source: 'upload' | 'fetch';
   /** node-postgres reads a `date` as local midnight. */
   fetch_date: Date | null;
-  /** `awaiting`: matched, with lines whose sale or refund is not decided yet (shown as running). */
+  /** `awaiting`: matched, with refund lines whose refund is not decided yet (shown as running). */
   status: 'receiving' | 'queued' | 'running' | 'awaiting' | 'completed' | 'failed';
   bytes: number;
   sha256: string | null;
@@ -80,8 +80,8 @@ export async function queueReconcile(ctx: Context, importId: string): Promise<vo
 const localDate = (d: Date) =>
   `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
 
-/** Whether the file has been applied (matched), so receiving or fetching it again must not. */
-export const isApplied = (status: ImportRow['status']) =>
+/** Whether the import is done with (matched, or failed for good): receiving or fetching it again must leave it alone. */
+export const isFinished = (status: ImportRow['status']) =>
   status === 'awaiting' || status === 'completed' || status === 'failed';
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);

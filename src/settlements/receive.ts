@@ -20,7 +20,7 @@ import type { Context } from '../context.ts';
 import { inTransaction, type Queryable } from '../ledger/db.ts';
 import { copyField } from './copy-text.ts';
 import { Utf8Guard } from './encoding.ts';
-import { createImport, type ImportRow, isApplied } from './imports.ts';
+import { createImport, type ImportRow, isFinished } from './imports.ts';
 import { RepeatFilter } from './repeats.ts';
 
 const LINE_COLUMNS = [
@@ -436,7 +436,7 @@ export async function receiveFile(
         'SELECT status FROM settlement_imports WHERE id = $1 FOR UPDATE',
         [fields.id],
       );
-      if (!rows[0] || isApplied(rows[0].status)) throw new ImportFinishedError(fields.id);
+      if (!rows[0] || isFinished(rows[0].status)) throw new ImportFinishedError(fields.id);
     }
     const id =
       fields.id ??
