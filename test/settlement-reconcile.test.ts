@@ -1056,3 +1056,41 @@ test('settlements and discrepancies are the objects /openapi.json documents', as
     .set('Authorization', `Bearer ${m.secretKey}`);
   conforms(lines.body.data[0], 'SettlementLine');
 });
+
+test('one wallet’s batch of a day (Antom settling each PSP apart) does not report another wallet’s sales of that day missing', async () => {
+  const m = await setupMerchant(tg, 'PSP Split Drugstore', {
+    name: 'alipay',
+    body: { sandbox: true, wallets: ['alipay', 'alipayplus'] },
+  });
+  const sale = async (value: number, code: string, psp: string) => {
+    const res = await createPayment(tg, m.terminalKey, scanPayment(value, { payment_code: code }));
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    assert.equal(res.body.status, 'succeeded');
+    assert.equal(res.body.wallet_psp, psp);
+    return res.body as { id: string; provider_reference: string };
+  };
+  const settledCn = await sale(7100, '286714335246118790', 'ALIPAYCN');
+  const leftOutCn = await sale(7200, '286714335246118791', 'ALIPAYCN');
+  const hk = await sale(7300, '8812345678901234', 'ALIPAYHK');
+  // The simulator's file of the day, cut down to the ALIPAYCN batch of one sale.
+  const simUrl = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+  const csv = await (
+    await fetch(`${simUrl}/_sim/settlements/${new Date().toISOString().slice(0, 10)}`)
+  ).text();
+  const [header, ...rows] = csv.trim().split('\n');
+  const cnBatch = rows.filter((row) => row.includes(settledCn.provider_reference));
+  assert.equal(cnBatch.length, 1, csv);
+  const job = await importAndWait(tg, m.secretKey, [header, ...cnBatch, '<END>', ''].join('\n'), 'alipay');
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+  const found = await discrepancies(tg, m.secretKey);
+  assert.deepEqual(
+    found.map((d) => [d.kind, d.payment_id]),
+    [['missing_in_settlement', leftOutCn.id]],
+    'the other ALIPAYCN sale of the day is missing; the ALIPAYHK sale waits for its own batch',
+  );
+  assert.match(
+    found[0].detail as string,
+    /other payments in EUR of that day or later through the same wallet \(ALIPAYCN\)/,
+  );
+  assert.ok(!found.some((d) => d.payment_id === hk.id));
+});

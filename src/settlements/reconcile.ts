@@ -147,6 +147,7 @@ keyed AS (
          COALESCE(p1.id, p2.id) AS pay_id, COALESCE(p1.amount_value, p2.amount_value) AS pay_amount,
          COALESCE(p1.currency, p2.currency) AS pay_currency, COALESCE(p1.status, p2.status) AS pay_status,
          COALESCE(p1.paid_at, p2.paid_at) AS pay_paid_at,
+         CASE WHEN p1.id IS NULL THEN p2.wallet_psp ELSE p1.wallet_psp END AS pay_wallet_psp,
          r1.id AS ref_by_reference,
          COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
          COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
@@ -159,7 +160,7 @@ keyed AS (
                                ELSE s.provider_reference END
     -- By our request id only where the provider's id found nothing: a lateral index probe for those
     -- few lines (the gate is a one-time filter), not a second hash join over all the payments.
-    LEFT JOIN LATERAL (SELECT p.id, p.amount_value, p.currency, p.status, p.paid_at FROM payments p
+    LEFT JOIN LATERAL (SELECT p.id, p.amount_value, p.currency, p.status, p.paid_at, p.wallet_psp FROM payments p
                         WHERE p1.id IS NULL AND s.type <> 'refund' AND p.provider_request_id = s.provider_request_id
                           AND p.merchant_id = $2 AND p.provider = $3 LIMIT 1) p2 ON true
     LEFT JOIN rr r1 ON s.type = 'refund' AND r1.provider_reference = s.provider_reference
@@ -168,6 +169,7 @@ keyed AS (
 SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provider_request_id, k.transaction_value,
        k.transaction_currency, k.settlement_value, k.settlement_currency, k.exchange_rate, k.fee_value, k.settled_at,
        k.first_line, k.by_reference, k.pay_id, k.pay_amount, k.pay_currency, k.pay_status, k.pay_paid_at,
+       k.pay_wallet_psp,
        k.ref_by_reference, k.ref_id, k.ref_amount, k.ref_currency, k.ref_status,
        -- Set only for another batch's line that ORPHANED_DUPLICATES_SQL adds: the import it came with.
        NULL::text AS line_import_id,
@@ -283,11 +285,11 @@ cleared AS (
 )
 INSERT INTO classified (id, line_no, settlement_id, type, provider_reference, provider_request_id, transaction_value,
        transaction_currency, settlement_value, settlement_currency, exchange_rate, fee_value, settled_at, by_reference,
-       pay_id, pay_amount, pay_currency, pay_status, pay_paid_at, line_import_id, result)
+       pay_id, pay_amount, pay_currency, pay_status, pay_paid_at, pay_wallet_psp, line_import_id, result)
 SELECT l.id, l.line_no, o.settlement_id, l.type, l.provider_reference, l.provider_request_id, l.transaction_value,
        l.transaction_currency, l.settlement_value, l.settlement_currency, l.exchange_rate, l.fee_value, l.settled_at,
        CASE WHEN p.provider_reference = l.provider_reference THEN p.id END,
-       p.id, p.amount_value, p.currency, p.status, p.paid_at, o.import_id,
+       p.id, p.amount_value, p.currency, p.status, p.paid_at, p.wallet_psp, o.import_id,
        CASE WHEN p.currency <> l.transaction_currency THEN 'currency_mismatch'
             WHEN p.amount_value <> l.transaction_value THEN 'amount_mismatch'
             WHEN p.status IN ('succeeded', 'partially_refunded', 'refunded') THEN 'matched'
@@ -332,11 +334,12 @@ cleared AS (
 )
 INSERT INTO classified (id, line_no, settlement_id, type, provider_reference, provider_request_id, transaction_value,
        transaction_currency, settlement_value, settlement_currency, exchange_rate, fee_value, settled_at,
-       pay_id, pay_amount, pay_currency, pay_status, pay_paid_at, ref_id, ref_amount, ref_currency, ref_status,
+       pay_id, pay_amount, pay_currency, pay_status, pay_paid_at, pay_wallet_psp, ref_id, ref_amount, ref_currency, ref_status,
        line_import_id, result)
 SELECT l.id, l.line_no, x.settlement_id, l.type, l.provider_reference, l.provider_request_id, l.transaction_value,
        l.transaction_currency, l.settlement_value, l.settlement_currency, l.exchange_rate, l.fee_value, l.settled_at,
-       p.id, p.amount_value, p.currency, p.status, p.paid_at, r.id, r.amount_value, r.currency, r.status, x.import_id,
+       p.id, p.amount_value, p.currency, p.status, p.paid_at, p.wallet_psp, r.id, r.amount_value, r.currency, r.status,
+       x.import_id,
        CASE WHEN COALESCE(r.currency, p.currency) <> l.transaction_currency THEN 'currency_mismatch'
             WHEN COALESCE(r.amount_value, p.amount_value) <> l.transaction_value THEN 'amount_mismatch'
             WHEN l.type = 'refund' AND r.status = 'pending' THEN 'pending'
@@ -352,10 +355,10 @@ SELECT l.id, l.line_no, x.settlement_id, l.type, l.provider_reference, l.provide
 /** Matched payments (and those matched with another amount or currency) are marked settled. */
 const MARK_SQL = `
 INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
-       rate, fee_value, settled_at, paid_on, payment_currency)
+       rate, fee_value, settled_at, paid_on, payment_currency, payment_wallet_psp)
 SELECT c.pay_id, $1, $2, c.settlement_id, c.id, c.settlement_value,
        c.settlement_currency, c.exchange_rate, c.fee_value, c.settled_at, (c.pay_paid_at AT TIME ZONE 'UTC')::date,
-       c.pay_currency
+       c.pay_currency, c.pay_wallet_psp
   FROM classified c
  WHERE c.type = 'payment' AND c.result IN ('matched', 'amount_mismatch', 'currency_mismatch')
 `;
@@ -386,9 +389,9 @@ closed AS (
    WHERE d.line_id = f.line_id AND d.kind = 'status_mismatch' AND d.closed_at IS NULL
 )
 INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
-       rate, fee_value, settled_at, paid_on, payment_currency)
+       rate, fee_value, settled_at, paid_on, payment_currency, payment_wallet_psp)
 SELECT f.payment_id, $1, $2, f.settlement_id, l.id, l.settlement_value, l.settlement_currency, l.exchange_rate,
-       l.fee_value, l.settled_at, (p.paid_at AT TIME ZONE 'UTC')::date, p.currency
+       l.fee_value, l.settled_at, (p.paid_at AT TIME ZONE 'UTC')::date, p.currency, p.wallet_psp
   FROM fixed f
   JOIN settlement_lines l ON l.id = f.line_id AND l.import_id = f.import_id
   JOIN payments p ON p.id = f.payment_id
@@ -455,8 +458,9 @@ SELECT count(*) FROM disc
 
 /**
  * Due, by its time `t`: the provider's settlement delay has passed by the dates it has settled, or
- * it has already settled payments sold in the same currency on the same day or later (`s`, the
- * marks of that sale currency: another currency's batch of the day may come in a file of its own).
+ * it has already settled payments sold in the same currency through the same wallet on the same day
+ * or later (`s`, the marks of that sale currency and wallet: another currency's batch of the day,
+ * or another wallet's where the provider settles each wallet apart, may come in a file of its own).
  */
 const due = (t: string) => `(${delayPassed(t)} OR (${t} AT TIME ZONE 'UTC')::date <= s.last_paid)`;
 const delayPassed = (t: string) => `(${t} AT TIME ZONE 'UTC')::date + $3::int <= h.last_date`;
@@ -477,13 +481,15 @@ WITH horizon AS (
     FROM settlements WHERE merchant_id = $1 AND provider = $2
 ),
 settled AS (
-  SELECT payment_currency AS currency, max(paid_on) AS last_paid FROM payment_settlements
+  SELECT payment_currency AS currency, payment_wallet_psp AS wallet_psp, max(paid_on) AS last_paid
+    FROM payment_settlements
    WHERE merchant_id = $1 AND provider = $2
-   GROUP BY payment_currency
+   GROUP BY payment_currency, payment_wallet_psp
 )
-SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.currency, p.paid_at AS done_at, h.latest,
-       ${delayPassed('p.paid_at')} AS delay_passed
-  FROM payments p CROSS JOIN horizon h LEFT JOIN settled s ON s.currency = p.currency
+SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.currency, p.wallet_psp, p.paid_at AS done_at,
+       h.latest, ${delayPassed('p.paid_at')} AS delay_passed
+  FROM payments p CROSS JOIN horizon h
+  LEFT JOIN settled s ON s.currency = p.currency AND s.wallet_psp IS NOT DISTINCT FROM p.wallet_psp
  WHERE p.merchant_id = $1 AND p.provider = $2 AND p.paid_at IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM payment_settlements ps WHERE ps.payment_id = p.id)
    AND p.status IN ('succeeded', 'partially_refunded', 'refunded') AND h.latest IS NOT NULL
@@ -494,9 +500,10 @@ SELECT 'payment' AS object, p.id, p.provider_reference, p.amount_value, p.curren
                     WHERE d.payment_id = p.id AND d.closed_at IS NULL
                       AND d.kind IN ('missing_in_settlement', 'status_mismatch'))
 UNION ALL
-SELECT 'refund', r.id, r.provider_reference, r.amount_value, r.currency, r.updated_at, h.latest,
+SELECT 'refund', r.id, r.provider_reference, r.amount_value, r.currency, p.wallet_psp, r.updated_at, h.latest,
        ${delayPassed('r.updated_at')}
-  FROM refunds r JOIN payments p ON p.id = r.payment_id CROSS JOIN horizon h LEFT JOIN settled s ON s.currency = r.currency
+  FROM refunds r JOIN payments p ON p.id = r.payment_id CROSS JOIN horizon h
+  LEFT JOIN settled s ON s.currency = r.currency AND s.wallet_psp IS NOT DISTINCT FROM p.wallet_psp
  WHERE r.merchant_id = $1 AND p.provider = $2 AND r.status = 'succeeded' AND r.settlement_expected
    AND h.latest IS NOT NULL
    AND ${due('r.updated_at')}
@@ -523,7 +530,9 @@ WITH disc AS (
          format('%s %s succeeded on %s and is in no settlement: %s',
                 f.object, f.id, to_char(f.done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'),
                 CASE WHEN f.delay_passed THEN format('the provider settles within %s day(s)', $4::int)
-                     ELSE format('the provider has settled other payments in %s of that day or later', f.currency) END)
+                     ELSE format('the provider has settled other payments in %s of that day or later%s', f.currency,
+                                 CASE WHEN f.wallet_psp IS NULL THEN ''
+                                      ELSE format(' through the same wallet (%s)', f.wallet_psp) END) END)
     FROM due_unsettled f
   RETURNING *
 ),
@@ -546,7 +555,7 @@ const REMATCH_PENDING_SQL = `
 WITH ready AS (
   SELECT x.line_id, x.import_id, x.settlement_id, x.payment_id, x.refund_id, l.line_no, l.type,
          l.transaction_value, l.transaction_currency, l.settlement_value, l.settlement_currency, l.exchange_rate,
-         l.fee_value, l.settled_at, p.paid_at, p.currency AS pay_currency,
+         l.fee_value, l.settled_at, p.paid_at, p.currency AS pay_currency, p.wallet_psp AS pay_wallet_psp,
          COALESCE(r.provider_reference, p.provider_reference, l.provider_reference) AS provider_reference,
          COALESCE(r.status, p.status) AS status, x.recheck,
          CASE
@@ -580,10 +589,10 @@ rechecked AS (
 ),
 marks AS (
   INSERT INTO payment_settlements (payment_id, merchant_id, provider, settlement_id, line_id, amount_value, currency,
-         rate, fee_value, settled_at, paid_on, payment_currency)
+         rate, fee_value, settled_at, paid_on, payment_currency, payment_wallet_psp)
   SELECT DISTINCT ON (r.payment_id) r.payment_id, $2, $1, r.settlement_id, r.line_id, r.settlement_value,
          r.settlement_currency, r.exchange_rate, r.fee_value, r.settled_at, (r.paid_at AT TIME ZONE 'UTC')::date,
-         r.pay_currency
+         r.pay_currency, r.pay_wallet_psp
     FROM ready r
    WHERE r.type = 'payment' AND r.result = 'matched'
    ORDER BY r.payment_id, r.line_id
