@@ -218,10 +218,10 @@ describe('PostgreSQL lost for a moment', () => {
     await relay.current?.cut();
   });
 
-  /** Every connection to PostgreSQL drops, for 1.5 s. */
-  async function blip(): Promise<void> {
+  /** Every connection to PostgreSQL drops, for 1.5 s unless told longer. */
+  async function blip(ms = 1_500): Promise<void> {
     await relay.current?.cut();
-    setTimeout(() => void relay.current?.open(), 1_500);
+    setTimeout(() => void relay.current?.open(), ms);
   }
 
   test('a connection lost while checked out (a transaction under way) fails its holder, not the process', async () => {
@@ -237,11 +237,15 @@ describe('PostgreSQL lost for a moment', () => {
   });
 
   /** `request`, while the sandbox adapter's `operation` loses PostgreSQL right after the provider answered. */
-  async function blipAfter<T>(operation: 'pay' | 'refund', request: () => PromiseLike<T>): Promise<T> {
+  async function blipAfter<T>(
+    operation: 'pay' | 'refund',
+    request: () => PromiseLike<T>,
+    blipMs?: number,
+  ): Promise<T> {
     const original = sandboxAdapter[operation] as (...args: never[]) => Promise<unknown>;
     const answerThenBlip = async (...args: never[]) => {
       const outcome = await original(...args);
-      await blip();
+      await blip(blipMs);
       return outcome;
     };
     Object.assign(sandboxAdapter, { [operation]: answerThenBlip });
@@ -256,6 +260,25 @@ describe('PostgreSQL lost for a moment', () => {
     const res = await blipAfter('pay', () => createPayment(blipping, shop.terminalKey, scanPayment(4242)));
     assert.equal(res.status, 201, JSON.stringify(res.body));
     assert.equal(res.body.status, 'succeeded');
+  });
+
+  test('away for longer than the till is held: a 503, and its retry once PostgreSQL is back is the outcome, not a 409', async () => {
+    const key = `blip-long-${Date.now()}`;
+    const sale = () => createPayment(blipping, shop.terminalKey, scanPayment(4343), key);
+    const first = await blipAfter('pay', sale, 7_000);
+    assert.equal(first.status, 503, JSON.stringify(first.body));
+    assert.equal(first.body.error.type, 'unavailable');
+    const retry = await eventually(
+      async () => {
+        const res = await sale();
+        return res.status === 503 ? undefined : res;
+      },
+      15_000,
+      'an answer other than 503',
+    );
+    assert.equal(retry.status, 200, JSON.stringify(retry.body));
+    assert.equal(retry.headers['idempotent-replayed'], 'true');
+    assert.equal(retry.body.status, 'succeeded');
   });
 
   test('right after the provider paid a refund out: the refund is answered as paid, not a 503', async () => {

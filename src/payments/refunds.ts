@@ -7,7 +7,7 @@ import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue, enqueueDue, ensureJob, sweepEach } from '../jobs/queues.ts';
-import { inTransaction, retryWhileUnavailable } from '../ledger/db.ts';
+import { inTransaction } from '../ledger/db.ts';
 import {
   CAPTURED,
   type PaymentRow,
@@ -21,8 +21,8 @@ import {
   alertAccountRefused,
   IN_FLIGHT_GRACE_S,
   loadPayment,
-  OUTCOME_STORE_BUDGET_MS,
   raiseAlert,
+  storeProviderAnswer,
 } from './service.ts';
 import { announce, recordEvent, transitionIn, writeOutbox } from './state-machine.ts';
 
@@ -156,10 +156,9 @@ export async function sendRefund(ctx: Context, refundId: string): Promise<Refund
   const { refund, payment, account } = await loadRefundWithPayment(ctx, refundId);
   if (refund.status !== 'pending') return refund;
   const outcome = await askProvider(ctx, account, 'refund', refundRequestOf(refund, payment));
-  return retryWhileUnavailable(
-    () => applyRefundOutcome(ctx, refund.id, outcome, 'refund'),
-    OUTCOME_STORE_BUDGET_MS,
-  );
+  return storeProviderAnswer(ctx, () => applyRefundOutcome(ctx, refund.id, outcome, 'refund'), {
+    refund_id: refund.id,
+  });
 }
 
 /** One check of a pending refund; `step` is the poll step its job was queued for. */

@@ -16,7 +16,7 @@ import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue, enqueueDue, ensureJob, queuesUnavailable, sweepEach } from '../jobs/queues.ts';
-import { inTransaction, prepared, retryWhileUnavailable } from '../ledger/db.ts';
+import { inTransaction, isInfrastructureError, prepared, retryWhileUnavailable } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
 import type { LoadedAccount } from './accounts.ts';
@@ -345,10 +345,9 @@ async function sendToProvider(
     }
     // The provider may have taken the money: a moment without PostgreSQL must not turn what it
     // said into a 503 for the till and a sale left open until the sweeper finds it.
-    return retryWhileUnavailable(
-      () => applyOutcome(ctx, current, account, outcome, 'pay'),
-      OUTCOME_STORE_BUDGET_MS,
-    );
+    return storeProviderAnswer(ctx, () => applyOutcome(ctx, current, account, outcome, 'pay'), {
+      payment_id: row.id,
+    });
   }
   // No provider was reached at all, so nobody can have charged the customer: say so at once.
   const unreachable: PaymentOutcome = {
@@ -365,7 +364,35 @@ async function sendToProvider(
 const CANCEL_ATTEMPT_S = 15;
 
 /** How long a provider's answer to a pay or refund is retried into a PostgreSQL out of reach, the till waiting. */
-export const OUTCOME_STORE_BUDGET_MS = 5_000;
+const OUTCOME_STORE_BUDGET_MS = 5_000;
+
+/** How long it is retried after that, the till answered 503: beyond the 30 s a dead request's lock lasts. */
+const OUTCOME_STORE_LATER_MS = 60_000;
+
+/**
+ * Stores a provider's answer to a pay or refund, retried while PostgreSQL is out of reach. Past
+ * OUTCOME_STORE_BUDGET_MS the till gets its 503, and the answer is still stored as soon as
+ * PostgreSQL is back: the till's retry then finds the request done (a replay with the outcome)
+ * rather than held (409 until its lock lapses) and the sale waiting for the sweeper to ask again.
+ */
+export async function storeProviderAnswer<T>(
+  ctx: Ctx,
+  write: () => Promise<T>,
+  about: { payment_id: string } | { refund_id: string },
+): Promise<T> {
+  try {
+    return await retryWhileUnavailable(write, OUTCOME_STORE_BUDGET_MS);
+  } catch (error) {
+    if (isInfrastructureError(error)) {
+      retryWhileUnavailable(write, OUTCOME_STORE_LATER_MS).then(
+        () => ctx.log.info(about, "provider's answer stored after PostgreSQL came back"),
+        (later: unknown) =>
+          ctx.log.error({ ...about, err: later }, "provider's answer not stored; the sweeper will ask again"),
+      );
+    }
+    throw error;
+  }
+}
 
 /** A QR code's creation that the till is still waiting on gets a retry budget of this long. */
 const QR_RETRY_BUDGET_MS = 5_000;
