@@ -23,6 +23,18 @@ describe('money', () => {
     assert.ok(!isCurrency('XAU'), 'metals have no minor unit and are not payment currencies');
   });
 
+  test('every currency in use is known: the ones ICU knows, less units of account and the kuna', () => {
+    // ICU lists the currencies in circulation; XDR and XSU are units of account, not paid in, and
+    // HRK left ISO 4217 when Croatia took the euro (2023).
+    const notPaidIn = new Set(['XDR', 'XSU', 'HRK']);
+    const unknown = Intl.supportedValuesOf('currency').filter(
+      (code) => !notPaidIn.has(code) && !isCurrency(code),
+    );
+    assert.deepEqual(unknown, []);
+    assert.equal(currencyExponent('TRY'), 2);
+    assert.equal(currencyFromCode('949'), 'TRY');
+  });
+
   test('numeric and alphabetic codes', () => {
     assert.equal(currencyFromCode('446'), 'MOP');
     assert.equal(currencyFromCode('156'), 'CNY');

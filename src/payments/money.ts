@@ -153,6 +153,7 @@ const ISO_4217: Record<string, readonly [number, number]> = {
   TMT: [934, 2],
   TND: [788, 3],
   TOP: [776, 2],
+  TRY: [949, 2],
   TTD: [780, 2],
   TWD: [901, 2],
   TZS: [834, 2],
