@@ -225,6 +225,31 @@ describe('Idempotency-Key', () => {
     assert.equal(again.headers['idempotent-replayed'], 'true');
     assert.equal(again.body.id, first.body.id);
   });
+
+  test('a retry to the same route spelt with a trailing slash or in capitals is the same request', async () => {
+    const key = idempotencyKey();
+    const body = scanPayment(1800);
+    const first = await createPayment(tg, merchant.terminalKey, body, key).expect(201);
+    for (const path of ['/v1/payments/', '/V1/Payments']) {
+      const again = await tg.http
+        .post(path)
+        .set('Authorization', `Bearer ${merchant.terminalKey}`)
+        .set('Idempotency-Key', key)
+        .send(body);
+      assert.equal(again.status, 200, `${path}: ${JSON.stringify(again.body)}`);
+      assert.equal(again.body.id, first.body.id);
+    }
+    const refundKey = idempotencyKey();
+    const refund = await createRefund(tg, merchant.secretKey, first.body.id, {}, refundKey);
+    assert.equal(refund.status, 201, JSON.stringify(refund.body));
+    const retried = await tg.http
+      .post(`/v1/payments/${first.body.id}/refunds/`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .set('Idempotency-Key', refundKey)
+      .send({});
+    assert.equal(retried.status, 200, JSON.stringify(retried.body));
+    assert.equal(retried.body.id, refund.body.id);
+  });
 });
 
 describe('refunds', () => {

@@ -89,7 +89,17 @@ function send(res: Response, result: HandlerResult, replayed: boolean): void {
 export function requestHash(req: Request): string {
   const principal = req.principal;
   const caller = principal?.kind === 'terminal' ? `terminal ${principal.terminal_ref}` : 'merchant';
-  return requestHashOf(req.method, req.path, caller, req.body ?? null);
+  return requestHashOf(req.method, routeOf(req), caller, req.body ?? null);
+}
+
+/**
+ * The route a request reached, with its parameters: routing ignores case and a trailing slash, so
+ * a retry to `/v1/payments/` is the same request as the first to `/v1/payments`.
+ */
+function routeOf(req: Request): string {
+  const pattern: unknown = req.route?.path;
+  if (typeof pattern !== 'string') return req.path;
+  return pattern.replace(/:(\w+)/g, (_, name: string) => String(req.params[name] ?? ''));
 }
 
 export function requestHashOf(method: string, path: string, caller: string, body: unknown): string {
