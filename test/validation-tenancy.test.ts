@@ -7,6 +7,7 @@ import {
   freePort,
   idempotencyKey,
   type Merchant,
+  qrPayment,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -492,6 +493,41 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     assert.equal(twice.body.error.param, 'from');
     const absent = await tg.http.get('/v1/reports/settlements?to=2030-01-31').set(auth).expect(400);
     assert.equal(absent.body.error.code, 'parameter_missing');
+    // Left out, a field of a fixed set of values is missing too; a rule of its own says when.
+    const { mode: _mode, ...noMode } = scanPayment(1000);
+    const modeless = await createPayment(tg, merchant.secretKey, noMode).expect(400);
+    assert.deepEqual([modeless.body.error.code, modeless.body.error.param], ['parameter_missing', 'mode']);
+    const { wallet: _wallet, ...noWallet } = qrPayment(1000);
+    const walletless = await createPayment(tg, merchant.secretKey, noWallet).expect(400);
+    assert.deepEqual(
+      [walletless.body.error.code, walletless.body.error.param],
+      ['parameter_missing', 'wallet'],
+    );
+    assert.match(walletless.body.error.message, /wallet is required with mode "qr"/);
+  });
+
+  test('a cancel takes no parameters: an array or a field in its body is a 400 and cancels nothing', async () => {
+    const sale = await createPayment(tg, merchant.terminalKey, scanPayment(1057)).expect(201);
+    assert.equal(sale.body.status, 'processing');
+    const cancel = (body: unknown) =>
+      tg.http
+        .post(`/v1/payments/${sale.body.id}/cancel`)
+        .set('Authorization', `Bearer ${merchant.terminalKey}`)
+        .set('Content-Type', 'application/json')
+        .send(JSON.stringify(body));
+    const array = await cancel([]);
+    assert.deepEqual([array.status, array.body.error?.code], [400, 'invalid_body']);
+    const field = await cancel({ reason: 'x' });
+    assert.deepEqual(
+      [field.status, field.body.error?.code, field.body.error?.param],
+      [400, 'parameter_unknown', 'reason'],
+    );
+    const still = await tg.http
+      .get(`/v1/payments/${sale.body.id}`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    assert.equal(still.body.status, 'processing');
+    assert.equal((await cancel({})).status, 200);
   });
 
   test('an optional field sent as null is taken as left out, as many JSON serialisers write it', async () => {

@@ -66,6 +66,9 @@ export const createRefundSchema = z.strictObject({
   reason: printable(256).optional(),
 });
 
+/** A cancel takes no parameters: its body, when there is one, is an empty object. */
+export const cancelPaymentSchema = z.strictObject({});
+
 export const createMerchantSchema = z.strictObject({
   name: printable(128),
   settlement_currency: currency,

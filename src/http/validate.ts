@@ -23,11 +23,13 @@ export function parse<S extends z.ZodType>(
     throw new ApiError('invalid_request', 'parameter_unknown', `unknown parameter ${full}`, full);
   }
   // Zod 4 leaves the input out of its issues: what was sent is looked up by the issue's path.
-  const missing = issue.code === 'invalid_type' && valueAt(input, issue.path) === undefined;
+  // Any field's problem when it was left out is that it is missing (an enum's too, which Zod 4
+  // reports as a wrong value); a rule of our own keeps its message, which says when it is required.
+  const missing = issue.path.length > 0 && valueAt(input, issue.path) === undefined;
   throw new ApiError(
     'invalid_request',
     missing ? 'parameter_missing' : 'parameter_invalid',
-    missing ? `${param} is required` : `${param || where} ${issue.message}`,
+    missing && issue.code !== 'custom' ? `${param} is required` : `${param || where} ${issue.message}`,
     param || undefined,
   );
 }

@@ -16,6 +16,7 @@ import { createPayment, loadPayment, requestCancel } from '../../payments/servic
 import { requireMerchantOrTerminal } from '../auth.ts';
 import { idempotencyKeyOf, idempotent, requestHash } from '../idempotency.ts';
 import {
+  cancelPaymentSchema,
   createPaymentSchema,
   createRefundSchema,
   getPaymentQuerySchema,
@@ -190,14 +191,7 @@ export function paymentsRouter(ctx: Context): Router {
   router.post('/v1/payments/:id/cancel', async (req, res) => {
     const payment = await visiblePayment(ctx, req, req.params.id);
     const key = idempotencyKeyOf(req, false);
-    if (req.body !== undefined && Object.keys(req.body).length > 0) {
-      throw new ApiError(
-        'invalid_request',
-        'parameter_unknown',
-        `unknown parameter ${Object.keys(req.body)[0]}`,
-        Object.keys(req.body)[0],
-      );
-    }
+    if (req.body !== undefined) parse(cancelPaymentSchema, req.body);
     await idempotent(ctx, req, res, payment.merchant_id, `cancel:${payment.id}`, key, async () => {
       const { payment: after, confirmed } = await requestCancel(ctx, payment);
       return { status: confirmed ? 200 : 202, body: paymentJson(after) };
