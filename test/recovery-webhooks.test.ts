@@ -9,7 +9,12 @@ import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import { WEBHOOK_EVENTS } from '../src/http/schemas.ts';
 import { applyOutcome, loadPayment, resolvePayment, sweepStragglers } from '../src/payments/service.ts';
 import { maskPaymentCode, seal } from '../src/secrets.ts';
-import { requeuePendingDeliveries } from '../webhooks/outbound.ts';
+import {
+  DELIVERY_ATTEMPTS,
+  DELIVERY_WINDOW_MS,
+  deliveryWaitMs,
+  requeuePendingDeliveries,
+} from '../webhooks/outbound.ts';
 import {
   ALIPAY_CODE,
   createPayment,
@@ -771,6 +776,15 @@ describe('inbound provider notifications', () => {
 });
 
 describe('merchant webhooks', () => {
+  test('a delivery is tried for three days, soon at first and then every hour, before it fails', () => {
+    const waits = Array.from({ length: DELIVERY_ATTEMPTS - 1 }, (_, i) => deliveryWaitMs(i + 1));
+    const total = waits.reduce((a, b) => a + b, 0);
+    assert.equal(DELIVERY_WINDOW_MS, 3 * 24 * 3_600_000);
+    assert.ok(total >= DELIVERY_WINDOW_MS && total < DELIVERY_WINDOW_MS + 3_600_000, `${total} ms in all`);
+    assert.deepEqual(waits.slice(0, 3), [2_000, 6_000, 14_000]);
+    assert.equal(Math.max(...waits), 3_600_000);
+  });
+
   test('events are delivered signed, retried after a failure, and listed as deliveries', async () => {
     const received: { body: string; signature: string }[] = [];
     const failedOnce = new Set<string>();

@@ -5,15 +5,29 @@
  */
 import { send } from '../adapters/transport.ts';
 import type { Context } from '../src/context.ts';
-import { enqueue, ensureJob, sweepEach } from '../src/jobs/queues.ts';
+import { cappedBackoff, enqueue, ensureJob, sweepEach } from '../src/jobs/queues.ts';
 import { inTransaction } from '../src/ledger/db.ts';
 import { paymentJson } from '../src/ledger/payments.ts';
 import { webhookSecretContext } from '../src/payments/accounts.ts';
 import { paymentRowFromSnapshot } from '../src/payments/state-machine.ts';
 import { hmacSha256Hex, tryOpen } from '../src/secrets.ts';
 
-export const DELIVERY_ATTEMPTS = 12;
 const FIRST_BACKOFF_MS = 2000;
+/** Retries come at most an hour apart, as an endpoint that is down for a day is likelier than one down for a minute. */
+const LONGEST_BACKOFF_MS = 3_600_000;
+/** A delivery is tried for this long before it is `failed` (the merchant may then ask for it again). */
+export const DELIVERY_WINDOW_MS = 3 * 24 * 3_600_000;
+
+/** The wait after a delivery's attempt number `attemptsMade` failed. */
+export const deliveryWaitMs = (attemptsMade: number) =>
+  cappedBackoff(attemptsMade, undefined, { delay: FIRST_BACKOFF_MS, cap: LONGEST_BACKOFF_MS });
+
+/** As many attempts as fit in DELIVERY_WINDOW_MS with that back-off. */
+export const DELIVERY_ATTEMPTS = (() => {
+  let attempts = 1;
+  for (let waited = 0; waited < DELIVERY_WINDOW_MS; attempts++) waited += deliveryWaitMs(attempts);
+  return attempts;
+})();
 
 export function signatureHeader(secret: string, body: string, now = new Date()): string {
   const t = Math.floor(now.getTime() / 1000);
@@ -79,7 +93,12 @@ function queueDelivery(ctx: Context, deliveryId: string): Promise<void> {
     ctx.queues,
     'deliver',
     { delivery_id: deliveryId },
-    { jobId: `deliver:${deliveryId}`, attempts: DELIVERY_ATTEMPTS, backoffMs: FIRST_BACKOFF_MS },
+    {
+      jobId: `deliver:${deliveryId}`,
+      attempts: DELIVERY_ATTEMPTS,
+      backoffMs: FIRST_BACKOFF_MS,
+      backoffCapMs: LONGEST_BACKOFF_MS,
+    },
   );
 }
 

@@ -187,6 +187,7 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
         prefix: `{${prefix}}`,
         createClient,
         defaultJobOptions: { removeOnComplete: 1000, removeOnFail: 5000 },
+        settings: { backoffStrategies: { capped: cappedBackoff } },
       }),
     ]),
   ) as Record<QueueName, Queue.Queue>;
@@ -257,6 +258,18 @@ export interface EnqueueOptions {
   jobId?: string;
   attempts?: number;
   backoffMs?: number;
+  /** The longest wait between two attempts: the back-off doubles up to it, then stays there. */
+  backoffCapMs?: number;
+}
+
+/** The wait before retry `attemptsMade` + 1: bull's exponential back-off, (2^n − 1) × delay, up to a cap. */
+export function cappedBackoff(
+  attemptsMade: number,
+  _error: unknown,
+  options?: { delay: number; cap: number },
+): number {
+  const { delay = 1000, cap = Number.POSITIVE_INFINITY } = options ?? {};
+  return Math.min(Math.round((2 ** attemptsMade - 1) * delay), cap);
 }
 
 export async function enqueue<T extends object>(
@@ -269,7 +282,10 @@ export async function enqueue<T extends object>(
     delay: options.delayMs && options.delayMs > 0 ? Math.round(options.delayMs) : undefined,
     jobId: options.jobId,
     attempts: options.attempts ?? 3,
-    backoff: { type: 'exponential', delay: options.backoffMs ?? 1000 },
+    backoff:
+      options.backoffCapMs === undefined
+        ? { type: 'exponential', delay: options.backoffMs ?? 1000 }
+        : { type: 'capped', options: { delay: options.backoffMs ?? 1000, cap: options.backoffCapMs } },
   });
   await queueDeadline(queues, added, `queueing a ${name} job`);
 }
