@@ -136,19 +136,23 @@ export class ProviderAccounts {
         ORDER BY a.priority DESC, a.created_at`,
       [merchantId, wallet, currency],
     );
+    let unreadable: string | undefined;
     const accounts = rows
       // Accounts on a simulator, left from a run before NODE_ENV=production, take no sale there.
       .filter((row) => !(this.config.production && row.sandbox))
+      .filter((row) => providerModule(row.provider)?.adapter.modes.includes(mode) ?? true)
       // One sealed under a lost master key takes no sale (start-up said so), but the others may.
       .flatMap((row) => {
         try {
           return [this.load(row)];
         } catch (error) {
-          if (error instanceof CredentialsUnreadableError) return [];
-          throw error;
+          if (!(error instanceof CredentialsUnreadableError)) throw error;
+          unreadable ??= row.id;
+          return [];
         }
-      })
-      .filter((account) => account.module.adapter.modes.includes(mode));
+      });
+    // When that leaves none, the operator has a key to restore (503), not the till a mistake (422).
+    if (accounts.length === 0 && unreadable) throw new CredentialsUnreadableError(unreadable);
     if (this.routes.size > 10_000) this.routes.clear();
     this.routes.set(key, { until: Date.now() + ROUTE_CACHE_MS, accounts });
     return accounts;
@@ -160,10 +164,14 @@ export class ProviderAccounts {
    * TILLBRIDGE_MASTER_KEY on an old database).
    */
   async unreadable(): Promise<string[]> {
+    // Production never uses an account on a simulator left from a sandbox run (candidates): its
+    // key, the sandbox's generated one, is not wanted.
     const { rows } = await this.db.query<{ id: string; sealed: Buffer; endpoint: boolean }>(
-      `SELECT id, credentials AS sealed, false AS endpoint FROM provider_accounts WHERE deleted_at IS NULL
+      `SELECT id, credentials AS sealed, false AS endpoint FROM provider_accounts
+        WHERE deleted_at IS NULL AND NOT (sandbox AND $1)
        UNION ALL
        SELECT id, secret_sealed, true FROM webhook_endpoints WHERE deleted_at IS NULL`,
+      [this.config.production],
     );
     const contextOf = (r: { id: string; endpoint: boolean }) =>
       r.endpoint ? webhookSecretContext(r.id) : credentialsContext(r.id);
