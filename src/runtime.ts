@@ -21,7 +21,11 @@ const REDIS_STARTUP_WAIT_MS = 5_000;
 
 async function connectRedis(url: string): Promise<Redis> {
   const redis = new Redis(url, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
-  redis.on('error', () => {});
+  // Its connection errors are the cause worth telling when it never answers (refused, unknown host).
+  let lastError: Error | undefined;
+  redis.on('error', (error: Error) => {
+    lastError = error;
+  });
   const deadline = Date.now() + REDIS_STARTUP_WAIT_MS;
   for (;;) {
     try {
@@ -32,7 +36,7 @@ async function connectRedis(url: string): Promise<Redis> {
         redis.disconnect();
         // Said as a configuration error naming the variable, as an unreachable DATABASE_URL is.
         throw new ConfigError(
-          `Redis is not reachable at REDIS_URL (${withoutPassword(url)}): ${(error as Error).message}`,
+          `Redis is not reachable at REDIS_URL (${withoutPassword(url)}): ${(lastError ?? (error as Error)).message}`,
         );
       }
       await new Promise((resolve) => setTimeout(resolve, 250));
@@ -124,6 +128,21 @@ async function startSimulatorsInUse(ctx: Context): Promise<void> {
     if (providerModule(provider)?.startSimulator) await ctx.sandbox.simulatorUrl(provider);
 }
 
+/** A port taken or not ours to take is said in a line naming PORT, as other start-up problems are. */
+function listenError(error: unknown, host: string, port: number): unknown {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'EADDRINUSE')
+    return new ConfigError(
+      `PORT ${port} is already in use on ${host}: stop what listens there, or set another PORT`,
+    );
+  if (code === 'EACCES')
+    return new ConfigError(
+      `PORT ${port} on ${host} may not be listened on by this user: set a PORT above 1023`,
+    );
+  if (code === 'EADDRNOTAVAIL') return new ConfigError(`HOST ${host} is not an address of this machine`);
+  return error;
+}
+
 /** How long each step of a stop after the in-flight requests may take. */
 const STOP_STEP_DEADLINE_MS = 10_000;
 
@@ -143,7 +162,7 @@ export async function startGateway(config: Config, port = config.port): Promise<
     });
   } catch (error) {
     await closeContext(ctx);
-    throw error;
+    throw listenError(error, config.host, port);
   }
   server.keepAliveTimeout = 65_000;
   server.on('clientError', answerClientError);

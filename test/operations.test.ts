@@ -12,7 +12,7 @@ import pg from 'pg';
 import supertest from 'supertest';
 import { isNonPublicAddress } from '../adapters/addresses.ts';
 import { MAX_RESPONSE_BYTES, send } from '../adapters/transport.ts';
-import { loadConfig } from '../src/config.ts';
+import { ConfigError, loadConfig } from '../src/config.ts';
 import { createPool, inTransaction, isInfrastructureError } from '../src/ledger/db.ts';
 import { createLogger } from '../src/logger.ts';
 import { startGateway } from '../src/runtime.ts';
@@ -752,10 +752,13 @@ describe('start-up', () => {
       assert.throws(() => loadConfig({ ...env, [name]: value }), message, name);
   });
 
-  test('a port already in use stops the start with that reason', async () => {
+  test('a port already in use stops the start with that reason, in one line naming PORT', async () => {
     await assert.rejects(
       startGateway(tg.config),
-      (error: NodeJS.ErrnoException) => error.code === 'EADDRINUSE',
+      (error: Error) =>
+        error instanceof ConfigError &&
+        error.message ===
+          `PORT ${tg.config.port} is already in use on 127.0.0.1: stop what listens there, or set another PORT`,
     );
   });
 
