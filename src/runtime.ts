@@ -8,7 +8,7 @@ import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
 import { answerClientError, createApp, createOperationsApp } from './http/app.ts';
 import { startWorker, type Worker } from './jobs/processors.ts';
-import { createQueues } from './jobs/queues.ts';
+import { createQueues, QUEUE_CLOSE_DEADLINE_MS } from './jobs/queues.ts';
 import { createPool, type Db, ensureDatabase, migrate } from './ledger/db.ts';
 import { createLogger } from './logger.ts';
 import { createMetrics } from './metrics.ts';
@@ -183,12 +183,17 @@ export async function startGateway(config: Config, port = config.port): Promise<
       server.closeAllConnections();
       // A PostgreSQL or Redis that stopped answering must not hold the stop for ever: each step
       // waits so long, then the process goes (what it did not finish, the sweeper takes up).
-      const bounded = (work: Promise<unknown>, what: string) =>
-        withDeadline(work, what, STOP_STEP_DEADLINE_MS).catch((error) =>
+      const bounded = (work: Promise<unknown>, what: string, ms = STOP_STEP_DEADLINE_MS) =>
+        withDeadline(work, what, ms).catch((error) =>
           ctx.log.error({ err: error }, `shutdown: ${what} did not finish`),
         );
       await bounded(worker?.stop() ?? Promise.resolve(), 'stopping the worker');
-      await bounded(closeContext(ctx), 'closing queues and connections');
+      // Closing the queues waits for running jobs, as long as it allows them (QUEUE_CLOSE_DEADLINE_MS).
+      await bounded(
+        closeContext(ctx),
+        'closing queues and connections',
+        QUEUE_CLOSE_DEADLINE_MS + STOP_STEP_DEADLINE_MS,
+      );
     },
   };
 }

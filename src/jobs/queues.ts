@@ -31,7 +31,7 @@ export type Queues = Record<QueueName, Queue.Queue> & {
 const QUEUE_DEADLINE_MS = 3_000;
 const PROBE_INTERVAL_MS = 1_000;
 /** Running jobs get this long to finish at shutdown; with Redis unreachable, this long at most. */
-const CLOSE_DEADLINE_MS = 25_000;
+export const QUEUE_CLOSE_DEADLINE_MS = 25_000;
 const CLOSE_UNREACHABLE_DEADLINE_MS = 5_000;
 const CLOSE_PING_DEADLINE_MS = 1_500;
 
@@ -232,7 +232,8 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
       const finished = await new Promise<boolean>((resolve) => {
         const watch = setInterval(() => {
           const waited = Date.now() - started;
-          if (waited < CLOSE_DEADLINE_MS && (reachable() || waited < CLOSE_UNREACHABLE_DEADLINE_MS)) return;
+          if (waited < QUEUE_CLOSE_DEADLINE_MS && (reachable() || waited < CLOSE_UNREACHABLE_DEADLINE_MS))
+            return;
           clearInterval(watch);
           resolve(false);
         }, 250);
