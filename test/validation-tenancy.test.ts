@@ -314,6 +314,26 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
             .send({ wallets: ['alipay', 'alipay'] }),
       ],
       [
+        'a provider account naming a currency twice',
+        () =>
+          tg.http
+            .put('/v1/providers/sandbox')
+            .set(auth)
+            .send({ wallets: ['alipay'], currencies: ['EUR', 'EUR'] }),
+      ],
+      [
+        'a terminal whose ids are blank',
+        () => tg.http.post('/v1/terminals').set(auth).send({ store_id: ' ', terminal_id: ' ' }),
+      ],
+      [
+        'a merchant whose name is blank',
+        () =>
+          tg.http
+            .post('/v1/admin/merchants')
+            .set('Authorization', `Bearer ${tg.adminKey}`)
+            .send({ name: '   ', settlement_currency: 'EUR', country: 'DE' }),
+      ],
+      [
         'providers listed with a limit that is no number',
         () => tg.http.get('/v1/providers?limit=abc').set(auth),
       ],
@@ -622,6 +642,11 @@ describe('authentication and tenancy', () => {
     assert.equal(revoked.body.keys_revoked, 1);
     await as(shop.terminalKey).expect(401);
     await as(shop.refundTerminalKey).expect(200);
+    await tg.http
+      .post(`/v1/terminals/${till.id}/key`)
+      .set('Authorization', `Bearer ${shop.secretKey}`)
+      .send(['x'])
+      .expect(400);
     const renewed = await tg.http
       .post(`/v1/terminals/${till.id}/key`)
       .set('Authorization', `Bearer ${shop.secretKey}`)
@@ -639,6 +664,14 @@ describe('authentication and tenancy', () => {
       .post(`/v1/admin/merchants/${shop.id}/secret-key`)
       .set('Authorization', `Bearer ${shop.secretKey}`)
       .expect(403);
+    // A body with a field (a mistyped call) revokes nothing.
+    const mistyped = await tg.http
+      .post(`/v1/admin/merchants/${shop.id}/secret-key`)
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .send({ merchant: shop.id })
+      .expect(400);
+    assert.equal(mistyped.body.error.code, 'parameter_unknown');
+    await tg.http.get('/v1/payments').set('Authorization', `Bearer ${shop.secretKey}`).expect(200);
     const renewed = await tg.http
       .post(`/v1/admin/merchants/${shop.id}/secret-key`)
       .set('Authorization', `Bearer ${tg.adminKey}`)

@@ -13,7 +13,8 @@ const printable = (max: number) =>
     .min(1)
     .max(max)
     // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point.
-    .regex(/^[^\u0000-\u001f\u007f]*$/, 'must not contain control characters');
+    .regex(/^[^\u0000-\u001f\u007f]*$/, 'must not contain control characters')
+    .refine((text) => text.trim() !== '', 'must not be blank');
 
 export const currency = z
   .string()
@@ -66,8 +67,8 @@ export const createRefundSchema = z.strictObject({
   reason: printable(256).optional(),
 });
 
-/** A cancel takes no parameters: its body, when there is one, is an empty object. */
-export const cancelPaymentSchema = z.strictObject({});
+/** A cancel or a key rotation takes no parameters: its body, when there is one, is an empty object. */
+export const noParametersSchema = z.strictObject({});
 
 export const createMerchantSchema = z.strictObject({
   name: printable(128),
@@ -90,7 +91,12 @@ export const providerAccountCommon = z.object({
     .refine((list) => new Set(list).size === list.length, 'each wallet once')
     .optional(),
   priority: z.number().int().min(-1000).max(1000).optional(),
-  currencies: z.array(currency).min(1).max(50).optional(),
+  currencies: z
+    .array(currency)
+    .min(1)
+    .max(50)
+    .refine((list) => new Set(list).size === list.length, 'each currency once')
+    .optional(),
 });
 
 export const WEBHOOK_EVENTS = [

@@ -20,6 +20,7 @@ import {
   createTerminalSchema,
   createWebhookEndpointSchema,
   listQuerySchema,
+  noParametersSchema,
   providerAccountCommon,
   WEBHOOK_EVENTS,
 } from '../schemas.ts';
@@ -208,6 +209,7 @@ export function setupRouter(ctx: Context): Router {
   // A leaked secret key: the merchant gets a new one and the old one stops working.
   router.post('/v1/admin/merchants/:id/secret-key', async (req, res) => {
     requireAdmin(req);
+    if (req.body !== undefined) parse(noParametersSchema, req.body);
     const result = await inTransaction(ctx.db, async (client) => {
       const { rows } = await client.query<MerchantRow>('SELECT * FROM merchants WHERE id = $1 FOR UPDATE', [
         req.params.id,
@@ -404,6 +406,7 @@ export function setupRouter(ctx: Context): Router {
 
   router.post('/v1/terminals/:id/key', async (req, res) => {
     const merchant = requireMerchant(req);
+    if (req.body !== undefined) parse(noParametersSchema, req.body);
     const result = await inTransaction(ctx.db, async (client) => {
       const terminal = await ownedTerminal(client, merchant.merchant_id, req.params.id);
       await revokeKeys(client, merchant.merchant_id, { kind: 'terminal', terminalRef: terminal.id });
