@@ -243,6 +243,21 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       // Inputs that once reached PostgreSQL or the URL decoder and came back as 500s.
       ['a path that is not UTF-8', () => tg.http.get('/v1/payments/%ff').set(auth)],
       ['a NUL byte in a path', () => tg.http.get('/v1/payments/pay_%00').set(auth)],
+      // Read as U+FFFD once: a filter on a store no till has, answered with an empty list.
+      ['a query that is not UTF-8', () => tg.http.get('/v1/payments?store_id=%FF').set(auth)],
+      ['a lone surrogate in a query', () => tg.http.get('/v1/payments?store_id=%ED%A0%80').set(auth)],
+      // Express answered it itself, in plain text.
+      ['OPTIONS', () => tg.http.options('/v1/payments').set(auth)],
+      [
+        // Node joins the two: taken once as the key "a1, b2".
+        'an Idempotency-Key sent twice',
+        () =>
+          tg.http
+            .post('/v1/payments')
+            .set('Authorization', `Bearer ${merchant.terminalKey}`)
+            .set('Idempotency-Key', ['a1', 'b2'] as unknown as string)
+            .send(scanPayment(100)),
+      ],
       [
         'a NUL byte in metadata',
         () => createPayment(tg, merchant.terminalKey, scanPayment(100, { metadata: { k: 'a\u0000' } })),

@@ -123,6 +123,17 @@ export function createOperationsApp(ctx: Context): express.Express {
   return app;
 }
 
+function decodableQuery(url: string): boolean {
+  const at = url.indexOf('?');
+  if (at < 0) return true;
+  try {
+    decodeURIComponent(url.slice(at + 1).replace(/\+/g, ' '));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function createApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -187,6 +198,18 @@ export function createApp(ctx: Context): express.Express {
     // A body on GET/DELETE is ignored; on POST/PUT it must be JSON.
     // Settlement files are streamed raw into PostgreSQL by their route, never parsed here (the
     // router matches paths case-insensitively and with a trailing slash, and so does this).
+    // Express would answer OPTIONS itself, in plain text: like any other method no route takes, 404.
+    if (req.method === 'OPTIONS')
+      return next(new ApiError('not_found', 'route_missing', `no route for ${req.method} ${req.path}`));
+    // Read as it is, an undecodable escape would become U+FFFD and filter on that.
+    if (!decodableQuery(req.originalUrl))
+      return next(
+        new ApiError(
+          'invalid_request',
+          'invalid_query',
+          'the query string is not valid percent-encoded UTF-8',
+        ),
+      );
     if (req.method === 'POST' && /^\/settlements\/imports\/?$/i.test(req.path)) return next();
     // Only reads take query parameters: one on a write would be silently ignored (a refund of
     // everything for `?amount=100`).

@@ -42,6 +42,15 @@ export function idempotencyKeyOf(req: Request, required: boolean): string | unde
     }
     return undefined;
   }
+  // Node joins a header sent twice with ", ": two keys are no key.
+  if ((req.headersDistinct['idempotency-key']?.length ?? 0) > 1) {
+    throw new ApiError(
+      'invalid_request',
+      'idempotency_key_invalid',
+      'Idempotency-Key must be sent once',
+      'Idempotency-Key',
+    );
+  }
   if (!idempotencyKeySchema.safeParse(key).success) {
     throw new ApiError(
       'invalid_request',
