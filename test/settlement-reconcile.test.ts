@@ -200,6 +200,12 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
   assert.deepEqual([all.data.map((l) => l.line_no), all.has_more], [[2, 3, 4], true]);
   const rest = await linesWith(`limit=3&starting_after=${all.data[2].id}`);
   assert.deepEqual([rest.data.map((l) => l.line_no), rest.has_more], [[5, 6, 7], true]);
+  // Opaque: a line's id does not count the lines every merchant has imported.
+  for (const line of [...all.data, ...rest.data]) assert.match(line.id, /^ln_[\w-]{22}$/);
+  const madeUp = await tg.http
+    .get(`/v1/settlements/${batch.id}/lines?starting_after=ln_1`)
+    .set('Authorization', `Bearer ${m.secretKey}`);
+  assert.equal(madeUp.status, 400);
   // Filters.
   const onlyAmount = await discrepancies(tg, m.secretKey, '&kind=amount_mismatch');
   assert.deepEqual(kinds(onlyAmount), ['amount_mismatch']);

@@ -14,6 +14,7 @@ import { dashboardRouter } from '../../dashboard/page.ts';
 import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
 import { leaveToSweeper, requireQueues } from '../../jobs/queues.ts';
+import { numberOfOpaque, opaqueNumber } from '../../secrets.ts';
 import { queueFetch } from '../../settlements/fetch.ts';
 import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
 import { EmptyFileError, FileBrokenOffError, receiveFile } from '../../settlements/receive.ts';
@@ -151,8 +152,11 @@ interface LineRow {
   result: string;
 }
 
-const lineJson = (l: LineRow) => ({
-  id: `ln_${l.id}`,
+/** A line's id: its row number, which counts every merchant's lines, is not shown as it is. */
+const LINE_IDS = 'settlement line ids';
+
+const lineJson = (masterKey: Buffer) => (l: LineRow) => ({
+  id: `ln_${opaqueNumber(masterKey, LINE_IDS, BigInt(l.id))}`,
   object: 'settlement_line',
   settlement_id: l.settlement_id,
   line_no: l.line_no,
@@ -403,24 +407,26 @@ export function settlementsRouter(ctx: Context): Router {
     const limit = query.limit ?? 20;
     let after = '0';
     if (query.starting_after) {
-      const cursor = /^ln_(\d{1,18})$/.exec(query.starting_after);
+      const cursor = query.starting_after.startsWith('ln_')
+        ? numberOfOpaque(ctx.config.masterKey, LINE_IDS, query.starting_after.slice(3))
+        : undefined;
       // The cursor must be a line of this batch's current version, as every list's cursor is one of its own.
       const own =
-        cursor &&
+        cursor !== undefined &&
         (
           await ctx.db.query('SELECT 1 FROM settlement_current_lines WHERE settlement_id = $1 AND id = $2', [
             json.id,
-            cursor[1],
+            String(cursor),
           ])
         ).rowCount;
-      if (!cursor || !own)
+      if (cursor === undefined || !own)
         throw new ApiError(
           'invalid_request',
           'parameter_invalid',
           `starting_after: no such line ${query.starting_after}`,
           'starting_after',
         );
-      after = cursor[1];
+      after = String(cursor);
     }
     const page = await ctx.db.query<{ id: string }>(linePageSql(query.result), [
       json.id,
@@ -432,7 +438,11 @@ export function settlementsRouter(ctx: Context): Router {
       `${LINES_SQL} WHERE l.settlement_id = $1 AND l.id = ANY($2::bigint[]) ORDER BY l.id`,
       [json.id, page.rows.map((line) => line.id)],
     );
-    res.json({ object: 'list', data: rows.slice(0, limit).map(lineJson), has_more: rows.length > limit });
+    res.json({
+      object: 'list',
+      data: rows.slice(0, limit).map(lineJson(ctx.config.masterKey)),
+      has_more: rows.length > limit,
+    });
   });
 
   router.get('/v1/reconciliation/discrepancies', async (req, res) => {
