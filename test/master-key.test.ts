@@ -70,6 +70,20 @@ test('credentials sealed under another master key: refused in production, no 500
       .set('Authorization', `Bearer ${merchant.terminalKey}`);
     assert.equal(cancel.status, 503, JSON.stringify(cancel.body));
     assert.equal(cancel.body.error.code, 'credentials_unreadable');
+    // Its follow-up cannot reach the provider either: the admin is told, once.
+    const alerts = async () =>
+      (
+        await tg.http
+          .get('/v1/admin/alerts?limit=100')
+          .set('Authorization', `Bearer ${tg.adminKey}`)
+          .expect(200)
+      ).body.data.filter(
+        (a: { kind: string; payment_id: string }) =>
+          a.kind === 'credentials_unreadable' && a.payment_id === inFlight.body.id,
+      );
+    await eventually(async () => (await alerts()).length > 0, 15_000, 'an alert for the sale in flight');
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    assert.equal((await alerts()).length, 1, 'one alert, not one a retry');
     // Configured again, the account is sealed under this key and takes sales.
     await tg.http
       .put('/v1/providers/sandbox')

@@ -1,8 +1,9 @@
 /** Job processors (worker role): resolution, merchant webhook delivery, the outbox relay and the sweeper. */
 import { deliver, dispatchOutbox, requeuePendingDeliveries } from '../../webhooks/outbound.ts';
 import type { Context } from '../context.ts';
+import { CredentialsUnreadableError } from '../payments/accounts.ts';
 import { resolveRefund, sweepPendingRefunds } from '../payments/refunds.ts';
-import { resolvePayment, sweepStragglers } from '../payments/service.ts';
+import { raiseAlert, resolvePayment, sweepStragglers } from '../payments/service.ts';
 import { rematchDecidedLines } from '../settlements/reconcile.ts';
 import {
   requeueStrandedImports,
@@ -35,6 +36,30 @@ async function addSchedules(ctx: Context): Promise<void> {
   await scheduleSettlementJobs(ctx);
 }
 
+/**
+ * A payment or refund whose account's credentials do not open (a lost master key) cannot be
+ * inquired or cancelled: a QR code may still be paid, a sale may never be reversed. An admin alert
+ * says so, once a payment or refund while it is open.
+ */
+async function alertUnfollowable(
+  ctx: Context,
+  error: CredentialsUnreadableError,
+  ids: { payment_id?: string; refund_id?: string },
+): Promise<void> {
+  const open = await ctx.db.query(
+    `SELECT 1 FROM alerts WHERE kind = 'credentials_unreadable' AND resolved_at IS NULL
+        AND payment_id IS NOT DISTINCT FROM $1 AND refund_id IS NOT DISTINCT FROM $2`,
+    [ids.payment_id ?? null, ids.refund_id ?? null],
+  );
+  if (open.rowCount) return;
+  await raiseAlert(
+    ctx,
+    'credentials_unreadable',
+    `${error.message}: it cannot be followed up at the provider (inquired, cancelled, reversed) until the account is configured again or the old key restored`,
+    { payment_id: ids.payment_id, refund_id: ids.refund_id },
+  );
+}
+
 export interface Worker {
   stop(): Promise<void>;
 }
@@ -44,13 +69,21 @@ export async function startWorker(ctx: Context): Promise<Worker> {
 
   queues.resolve.process(CONCURRENCY.resolve, async (job) => {
     const data = job.data as { payment_id?: string; refund_id?: string; step?: number };
-    if (data.payment_id) await resolvePayment(ctx, data.payment_id, data.step);
-    if (data.refund_id) await resolveRefund(ctx, data.refund_id, data.step);
+    try {
+      if (data.payment_id) await resolvePayment(ctx, data.payment_id, data.step);
+      if (data.refund_id) await resolveRefund(ctx, data.refund_id, data.step);
+    } catch (error) {
+      if (error instanceof CredentialsUnreadableError) await alertUnfollowable(ctx, error, data);
+      throw error;
+    }
   });
   // The sweeper takes a failed step up again, but only this says why it failed.
-  queues.resolve.on('failed', (job, error) =>
-    ctx.log.error({ err: error, job: job.data }, 'a payment or refund could not be followed up'),
-  );
+  queues.resolve.on('failed', (job, error) => {
+    // Said once, by its alert: each retry (every few seconds until the account is configured
+    // again) would log it anew.
+    if (error instanceof CredentialsUnreadableError) return;
+    ctx.log.error({ err: error, job: job.data }, 'a payment or refund could not be followed up');
+  });
 
   queues.deliver.process(CONCURRENCY.deliver, async (job) => {
     const { delivery_id } = job.data as { delivery_id: string };
