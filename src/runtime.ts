@@ -189,17 +189,18 @@ export async function startGateway(config: Config, port = config.port): Promise<
         );
       await bounded(worker?.stop() ?? Promise.resolve(), 'stopping the worker');
       // Closing the queues waits for running jobs, as long as it allows them (QUEUE_CLOSE_DEADLINE_MS).
-      await bounded(
-        closeContext(ctx),
-        'closing queues and connections',
-        QUEUE_CLOSE_DEADLINE_MS + STOP_STEP_DEADLINE_MS,
-      );
+      await bounded(ctx.queues.close(), 'closing the queues', QUEUE_CLOSE_DEADLINE_MS + 1_000);
+      await bounded(closeConnections(ctx), 'closing connections');
     },
   };
 }
 
 async function closeContext(ctx: Context): Promise<void> {
   await ctx.queues.close();
+  await closeConnections(ctx);
+}
+
+async function closeConnections(ctx: Context): Promise<void> {
   await ctx.updates.close();
   await ctx.sandbox.close();
   ctx.redis.disconnect();

@@ -37,7 +37,10 @@ test('credentials sealed under another master key: refused in production, no 500
     .send({ url: 'http://127.0.0.1:9/hook', events: ['payment.succeeded'] })
     .expect(201);
   // Stays processing until the gateway cancels it: a payment in flight across the key change.
-  const inFlight = await createPayment(first, merchant.terminalKey, scanPayment(1057)).expect(201);
+  const inFlightSale = scanPayment(1057);
+  const inFlight = await createPayment(first, merchant.terminalKey, inFlightSale, 'in-flight-1057').expect(
+    201,
+  );
   await first.stop({ keepDatabase: true });
 
   const otherKey = {
@@ -65,6 +68,10 @@ test('credentials sealed under another master key: refused in production, no 500
     const sale = await createPayment(tg, merchant.terminalKey, scanPayment(1000));
     assert.equal(sale.status, 503, JSON.stringify(sale.body));
     assert.equal(sale.body.error.code, 'credentials_unreadable');
+    // A retry of a sale taken before still gets its payment.
+    const retried = await createPayment(tg, merchant.terminalKey, inFlightSale, 'in-flight-1057');
+    assert.equal(retried.status, 200, JSON.stringify(retried.body));
+    assert.equal(retried.body.id, inFlight.body.id);
     const cancel = await tg.http
       .post(`/v1/payments/${inFlight.body.id}/cancel`)
       .set('Authorization', `Bearer ${merchant.terminalKey}`);

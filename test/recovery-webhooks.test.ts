@@ -835,6 +835,13 @@ describe('merchant webhooks', () => {
         return res.body.data.find((d: { status: string }) => d.status === 'succeeded');
       });
       assert.equal(deliveries.attempts, 2, 'the first attempt got a 500 and was retried');
+      // Its job runs on the three days' schedule, and keeps one stack, not one a try.
+      const job = await tg.gateway.ctx.queues.deliver.getJob(`deliver:${deliveries.id}`);
+      assert.ok(job);
+      assert.equal(job.opts.attempts, DELIVERY_ATTEMPTS);
+      assert.equal((job.opts.backoff as { type: string }).type, 'capped');
+      assert.equal(job.opts.stackTraceLimit, 1);
+      assert.ok(job.stacktrace.length <= 1);
     } finally {
       server.close();
     }

@@ -248,6 +248,7 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       ['a lone surrogate in a query', () => tg.http.get('/v1/payments?store_id=%ED%A0%80').set(auth)],
       // Express answered it itself, in plain text.
       ['OPTIONS', () => tg.http.options('/v1/payments').set(auth)],
+      ['OPTIONS outside /v1', () => tg.http.options('/healthz')],
       [
         // Node joins the two: taken once as the key "a1, b2".
         'an Idempotency-Key sent twice',

@@ -111,16 +111,30 @@ export function createOperationsApp(ctx: Context): express.Express {
     withRequestId(req, res);
     next();
   });
+  app.use(refuseOptions);
   app.use(operationsRouter(ctx));
-  app.use((req: Request, res: Response) => {
-    const error = new ApiError(
-      'not_found',
-      'route_missing',
-      `no route for ${req.method} ${req.path}: this process is a worker (health and metrics only)`,
-    );
+  app.use((req: Request, _res: Response, next: NextFunction) =>
+    next(
+      new ApiError(
+        'not_found',
+        'route_missing',
+        `no route for ${req.method} ${req.path}: this process is a worker (health and metrics only)`,
+      ),
+    ),
+  );
+  app.use((error: ApiError, req: Request, res: Response, _next: NextFunction) => {
     res.status(error.status).json(error.body(req.requestId));
   });
   return app;
+}
+
+/** Express would answer OPTIONS itself, in plain text: like any other method no route takes, it is 404. */
+function refuseOptions(req: Request, _res: Response, next: NextFunction): void {
+  next(
+    req.method === 'OPTIONS'
+      ? new ApiError('not_found', 'route_missing', `no route for ${req.method} ${req.path}`)
+      : undefined,
+  );
 }
 
 function decodableQuery(url: string): boolean {
@@ -165,6 +179,7 @@ export function createApp(ctx: Context): express.Express {
     });
     next();
   });
+  app.use(refuseOptions);
 
   app.use(operationsRouter(ctx));
   app.get('/openapi.json', (_req, res) => {
@@ -198,9 +213,6 @@ export function createApp(ctx: Context): express.Express {
     // A body on GET/DELETE is ignored; on POST/PUT it must be JSON.
     // Settlement files are streamed raw into PostgreSQL by their route, never parsed here (the
     // router matches paths case-insensitively and with a trailing slash, and so does this).
-    // Express would answer OPTIONS itself, in plain text: like any other method no route takes, 404.
-    if (req.method === 'OPTIONS')
-      return next(new ApiError('not_found', 'route_missing', `no route for ${req.method} ${req.path}`));
     // Read as it is, an undecodable escape would become U+FFFD and filter on that.
     if (!decodableQuery(req.originalUrl))
       return next(

@@ -3,7 +3,7 @@ import { deliver, dispatchOutbox, requeuePendingDeliveries } from '../../webhook
 import type { Context } from '../context.ts';
 import { CredentialsUnreadableError } from '../payments/accounts.ts';
 import { resolveRefund, sweepPendingRefunds } from '../payments/refunds.ts';
-import { raiseAlert, resolvePayment, sweepStragglers } from '../payments/service.ts';
+import { alertOnce, resolvePayment, sweepStragglers } from '../payments/service.ts';
 import { rematchDecidedLines } from '../settlements/reconcile.ts';
 import {
   requeueStrandedImports,
@@ -41,23 +41,15 @@ async function addSchedules(ctx: Context): Promise<void> {
  * inquired or cancelled: a QR code may still be paid, a sale may never be reversed. An admin alert
  * says so, once a payment or refund while it is open.
  */
-async function alertUnfollowable(
+function alertUnfollowable(
   ctx: Context,
   error: CredentialsUnreadableError,
   ids: { payment_id?: string; refund_id?: string },
 ): Promise<void> {
-  const open = await ctx.db.query(
-    `SELECT 1 FROM alerts WHERE kind = 'credentials_unreadable' AND resolved_at IS NULL
-        AND payment_id IS NOT DISTINCT FROM $1 AND refund_id IS NOT DISTINCT FROM $2`,
-    [ids.payment_id ?? null, ids.refund_id ?? null],
-  );
-  if (open.rowCount) return;
-  await raiseAlert(
-    ctx,
-    'credentials_unreadable',
-    `${error.message}: it cannot be followed up at the provider (inquired, cancelled, reversed) until the account is configured again or the old key restored`,
-    { payment_id: ids.payment_id, refund_id: ids.refund_id },
-  );
+  const detail = `${error.message}: it cannot be followed up at the provider (inquired, cancelled, reversed) until the account is configured again or the old key restored`;
+  if (ids.refund_id) return alertOnce(ctx, 'credentials_unreadable', detail, { refund_id: ids.refund_id });
+  if (ids.payment_id) return alertOnce(ctx, 'credentials_unreadable', detail, { payment_id: ids.payment_id });
+  return Promise.resolve();
 }
 
 export interface Worker {

@@ -186,7 +186,8 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
       new Queue(name, {
         prefix: `{${prefix}}`,
         createClient,
-        defaultJobOptions: { removeOnComplete: 1000, removeOnFail: 5000 },
+        // A delivery is tried up to 82 times: bull would keep every try's stack on the job.
+        defaultJobOptions: { removeOnComplete: 1000, removeOnFail: 5000, stackTraceLimit: 1 },
         settings: { backoffStrategies: { capped: cappedBackoff } },
       }),
     ]),

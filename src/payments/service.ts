@@ -19,7 +19,7 @@ import { enqueue, enqueueDue, ensureJob, queuesUnavailable, sweepEach } from '..
 import { inTransaction, isInfrastructureError, prepared, retryWhileUnavailable } from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
-import type { LoadedAccount } from './accounts.ts';
+import { CredentialsUnreadableError, type LoadedAccount } from './accounts.ts';
 import type { Money } from './money.ts';
 import { walletForPaymentCode } from './routing.ts';
 import { FINAL, type PaymentPatch, recordEvent, transition, updatePayment } from './state-machine.ts';
@@ -134,20 +134,49 @@ async function alertUnlessOpen(
   payment: PaymentRow,
   per: 'payment' | 'account',
 ): Promise<void> {
-  const scope = per === 'payment' ? payment.id : payment.provider_account_id;
+  if (per === 'payment') return alertOnce(ctx, kind, detail, { payment_id: payment.id });
+  const scope = payment.provider_account_id;
   const raised = await inTransaction(ctx.db, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`alert:${kind}:${scope}`]);
     const { rowCount } = await client.query(
       `INSERT INTO alerts (kind, payment_id, detail)
        SELECT $1, $2, $3
         WHERE NOT EXISTS (SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
-                           WHERE a.kind = $1 AND a.resolved_at IS NULL
-                             AND ${per === 'payment' ? 'p.id' : 'p.provider_account_id'} = $4)`,
+                           WHERE a.kind = $1 AND a.resolved_at IS NULL AND p.provider_account_id = $4)`,
       [kind, payment.id, detail, scope],
     );
     return rowCount === 1;
   });
   if (raised) ctx.log.error({ alert: kind, payment_id: payment.id }, detail);
+}
+
+/**
+ * An alert of `kind` naming a payment, or a refund (and its payment), unless one is still open for
+ * it: the work that raises it is retried. The look and the insert hold a lock on what they look at.
+ */
+export async function alertOnce(
+  ctx: Ctx,
+  kind: string,
+  detail: string,
+  ids: { payment_id: string } | { refund_id: string },
+): Promise<void> {
+  const refundId = 'refund_id' in ids ? ids.refund_id : null;
+  const paymentId = 'payment_id' in ids ? ids.payment_id : null;
+  const raised = await inTransaction(ctx.db, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
+      `alert:${kind}:${refundId ?? paymentId}`,
+    ]);
+    const { rowCount } = await client.query(
+      `INSERT INTO alerts (kind, payment_id, refund_id, detail)
+       SELECT $1, COALESCE($2, (SELECT payment_id FROM refunds WHERE id = $3)), $3, $4
+        WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE kind = $1 AND resolved_at IS NULL
+                             AND CASE WHEN $3::text IS NULL THEN payment_id = $2 AND refund_id IS NULL
+                                      ELSE refund_id = $3 END)`,
+      [kind, paymentId, refundId, detail],
+    );
+    return rowCount === 1;
+  });
+  if (raised) ctx.log.error({ alert: kind, payment_id: paymentId, refund_id: refundId }, detail);
 }
 
 /**
@@ -223,12 +252,14 @@ export async function createPayment(
   } catch (error) {
     return replayOrRefuse(ctx, input, error);
   }
-  const candidates = await ctx.accounts.candidates(
-    input.merchant_id,
-    wallet,
-    input.amount.currency,
-    input.mode,
-  );
+  let candidates: LoadedAccount[];
+  try {
+    candidates = await ctx.accounts.candidates(input.merchant_id, wallet, input.amount.currency, input.mode);
+  } catch (error) {
+    // A retry of a sale taken before the key was lost still gets its payment.
+    if (error instanceof CredentialsUnreadableError) return replayOrRefuse(ctx, input, error);
+    throw error;
+  }
   if (candidates.length === 0)
     return replayOrRefuse(
       ctx,
