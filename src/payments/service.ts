@@ -122,37 +122,9 @@ const sameMoney = (money: Money, row: PaymentRow) =>
   money.value === row.amount_value && money.currency === row.currency;
 
 /**
- * An alert of `kind` naming `payment`, unless one is still open for the same payment (`per`
- * 'payment': a notification is retried) or for any payment of its provider account ('account').
- * Reports race (a notification beside an inquiry, sales failing side by side): the look and the
- * insert hold a lock on what they look at.
- */
-async function alertUnlessOpen(
-  ctx: Ctx,
-  kind: string,
-  detail: string,
-  payment: PaymentRow,
-  per: 'payment' | 'account',
-): Promise<void> {
-  if (per === 'payment') return alertOnce(ctx, kind, detail, { payment_id: payment.id });
-  const scope = payment.provider_account_id;
-  const raised = await inTransaction(ctx.db, async (client) => {
-    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`alert:${kind}:${scope}`]);
-    const { rowCount } = await client.query(
-      `INSERT INTO alerts (kind, payment_id, detail)
-       SELECT $1, $2, $3
-        WHERE NOT EXISTS (SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
-                           WHERE a.kind = $1 AND a.resolved_at IS NULL AND p.provider_account_id = $4)`,
-      [kind, payment.id, detail, scope],
-    );
-    return rowCount === 1;
-  });
-  if (raised) ctx.log.error({ alert: kind, payment_id: payment.id }, detail);
-}
-
-/**
  * An alert of `kind` naming a payment, or a refund (and its payment), unless one is still open for
- * it: the work that raises it is retried. The look and the insert hold a lock on what they look at.
+ * it: the work that raises it is retried, and reports race (a notification beside an inquiry). The
+ * look and the insert hold a lock on what they look at.
  */
 export async function alertOnce(
   ctx: Ctx,
@@ -183,14 +155,24 @@ export async function alertOnce(
  * The provider refused the account's set-up: one alert an account (naming the first sale it
  * failed, or whose refund it failed) until a person resolves it, not one a sale.
  */
-export function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
-  return alertUnlessOpen(
-    ctx,
-    'provider_configuration',
-    `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`,
-    payment,
-    'account',
-  );
+export async function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
+  const kind = 'provider_configuration';
+  const detail = `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`;
+  // Sales failing side by side race to report it: the look and the insert hold a lock on the account.
+  const raised = await inTransaction(ctx.db, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
+      `alert:${kind}:${payment.provider_account_id}`,
+    ]);
+    const { rowCount } = await client.query(
+      `INSERT INTO alerts (kind, payment_id, detail)
+       SELECT $1, $2, $3
+        WHERE NOT EXISTS (SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
+                           WHERE a.kind = $1 AND a.resolved_at IS NULL AND p.provider_account_id = $4)`,
+      [kind, payment.id, detail, payment.provider_account_id],
+    );
+    return rowCount === 1;
+  });
+  if (raised) ctx.log.error({ alert: kind, payment_id: payment.id }, detail);
 }
 
 export async function raiseAlert(
@@ -531,12 +513,11 @@ async function applyStatus(
     // A success for another amount than the sale's is not this sale's success: it stays open (and
     // is cancelled, reversing the charge, if nothing better comes by the end of its window), and a
     // person is told. A sale already canceled or failed has that charge reversed now.
-    await alertUnlessOpen(
+    await alertOnce(
       ctx,
       'amount_mismatch',
       `the provider reports payment ${row.id} succeeded for ${outcome.amount.value} ${outcome.amount.currency}, not ${row.amount_value} ${row.currency}; it is not taken as paid`,
-      row,
-      'payment',
+      { payment_id: row.id },
     );
     const now = await loadPayment(ctx, row.id);
     if (now.status === 'canceled' || now.status === 'failed') {
