@@ -62,23 +62,22 @@ export function maskPaymentCode(code: string): string {
 
 /**
  * A row number shown as an opaque id: one AES block (the number and eight zero bytes, which a
- * made-up id fails) under a key of its own, so that ids tell nobody how many rows there are.
+ * made-up id fails) under `key` (deriveSecret's, for ids of one kind), so that ids tell nobody how
+ * many rows there are.
  */
-export function opaqueNumber(masterKey: Buffer, purpose: string, n: bigint): string {
+export function opaqueNumber(key: Buffer, n: bigint): string {
   const block = Buffer.alloc(16);
   block.writeBigUInt64BE(n);
-  const cipher = createCipheriv('aes-256-ecb', deriveSecret(masterKey, purpose), null).setAutoPadding(false);
+  const cipher = createCipheriv('aes-256-ecb', key, null).setAutoPadding(false);
   return Buffer.concat([cipher.update(block), cipher.final()]).toString('base64url');
 }
 
-/** The number behind an id of opaqueNumber, or undefined for anything that is not one. */
-export function numberOfOpaque(masterKey: Buffer, purpose: string, id: string): bigint | undefined {
+/** The number behind an id of opaqueNumber under the same key, or undefined for anything that is not one. */
+export function numberOfOpaque(key: Buffer, id: string): bigint | undefined {
   if (!/^[A-Za-z0-9_-]{22}$/.test(id)) return undefined;
   const bytes = Buffer.from(id, 'base64url');
   if (bytes.length !== 16) return undefined;
-  const decipher = createDecipheriv('aes-256-ecb', deriveSecret(masterKey, purpose), null).setAutoPadding(
-    false,
-  );
+  const decipher = createDecipheriv('aes-256-ecb', key, null).setAutoPadding(false);
   const block = Buffer.concat([decipher.update(bytes), decipher.final()]);
   return block.readBigUInt64BE(8) === 0n ? block.readBigUInt64BE(0) : undefined;
 }

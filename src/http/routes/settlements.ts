@@ -14,7 +14,7 @@ import { dashboardRouter } from '../../dashboard/page.ts';
 import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
 import { leaveToSweeper, requireQueues } from '../../jobs/queues.ts';
-import { numberOfOpaque, opaqueNumber } from '../../secrets.ts';
+import { deriveSecret, numberOfOpaque, opaqueNumber } from '../../secrets.ts';
 import { queueFetch } from '../../settlements/fetch.ts';
 import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
 import { EmptyFileError, FileBrokenOffError, receiveFile } from '../../settlements/receive.ts';
@@ -155,8 +155,8 @@ interface LineRow {
 /** A line's id: its row number, which counts every merchant's lines, is not shown as it is. */
 const LINE_IDS = 'settlement line ids';
 
-const lineJson = (masterKey: Buffer) => (l: LineRow) => ({
-  id: `ln_${opaqueNumber(masterKey, LINE_IDS, BigInt(l.id))}`,
+const lineJson = (lineIdKey: Buffer) => (l: LineRow) => ({
+  id: `ln_${opaqueNumber(lineIdKey, BigInt(l.id))}`,
   object: 'settlement_line',
   settlement_id: l.settlement_id,
   line_no: l.line_no,
@@ -237,6 +237,7 @@ function uploadedFile(req: Request): Readable {
 
 export function settlementsRouter(ctx: Context): Router {
   const router = Router();
+  const lineIdKey = deriveSecret(ctx.config.masterKey, LINE_IDS);
   let receiving = 0;
   const receivingFor = new Map<string, number>();
   const placeFreed = new EventEmitter().setMaxListeners(0);
@@ -408,7 +409,7 @@ export function settlementsRouter(ctx: Context): Router {
     let after = '0';
     if (query.starting_after) {
       const cursor = query.starting_after.startsWith('ln_')
-        ? numberOfOpaque(ctx.config.masterKey, LINE_IDS, query.starting_after.slice(3))
+        ? numberOfOpaque(lineIdKey, query.starting_after.slice(3))
         : undefined;
       // The cursor must be a line of this batch's current version, as every list's cursor is one of its own.
       const own =
@@ -440,7 +441,7 @@ export function settlementsRouter(ctx: Context): Router {
     );
     res.json({
       object: 'list',
-      data: rows.slice(0, limit).map(lineJson(ctx.config.masterKey)),
+      data: rows.slice(0, limit).map(lineJson(lineIdKey)),
       has_more: rows.length > limit,
     });
   });
