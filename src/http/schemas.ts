@@ -67,9 +67,6 @@ export const createRefundSchema = z.strictObject({
   reason: printable(256).optional(),
 });
 
-/** A cancel or a key rotation takes no parameters: its body, when there is one, is an empty object. */
-export const noParametersSchema = z.strictObject({});
-
 export const createMerchantSchema = z.strictObject({
   name: printable(128),
   settlement_currency: currency,

@@ -1,4 +1,4 @@
-import type { z } from 'zod';
+import { z } from 'zod';
 import { ApiError } from '../errors.ts';
 
 /** Parses input with a schema, or throws the first problem as a 400 naming the field. */
@@ -32,6 +32,13 @@ export function parse<S extends z.ZodType>(
     missing && issue.code !== 'custom' ? `${param} is required` : `${param || where} ${issue.message}`,
     param || undefined,
   );
+}
+
+const NO_PARAMETERS = z.strictObject({});
+
+/** For a request that takes no parameters (a cancel, a key rotation): its body, when sent, is `{}`. */
+export function refuseParameters(body: unknown): void {
+  if (body !== undefined) parse(NO_PARAMETERS, body);
 }
 
 /**

@@ -21,9 +21,8 @@ import {
   getPaymentQuerySchema,
   listPaymentsQuerySchema,
   listQuerySchema,
-  noParametersSchema,
 } from '../schemas.ts';
-import { parse } from '../validate.ts';
+import { parse, refuseParameters } from '../validate.ts';
 import { type Condition, listPage } from './lists.ts';
 
 /**
@@ -191,7 +190,7 @@ export function paymentsRouter(ctx: Context): Router {
   router.post('/v1/payments/:id/cancel', async (req, res) => {
     const payment = await visiblePayment(ctx, req, req.params.id);
     const key = idempotencyKeyOf(req, false);
-    if (req.body !== undefined) parse(noParametersSchema, req.body);
+    refuseParameters(req.body);
     await idempotent(ctx, req, res, payment.merchant_id, `cancel:${payment.id}`, key, async () => {
       const { payment: after, confirmed } = await requestCancel(ctx, payment);
       return { status: confirmed ? 200 : 202, body: paymentJson(after) };

@@ -20,11 +20,10 @@ import {
   createTerminalSchema,
   createWebhookEndpointSchema,
   listQuerySchema,
-  noParametersSchema,
   providerAccountCommon,
   WEBHOOK_EVENTS,
 } from '../schemas.ts';
-import { parse } from '../validate.ts';
+import { parse, refuseParameters } from '../validate.ts';
 import { listPage } from './lists.ts';
 
 interface MerchantRow {
@@ -209,7 +208,7 @@ export function setupRouter(ctx: Context): Router {
   // A leaked secret key: the merchant gets a new one and the old one stops working.
   router.post('/v1/admin/merchants/:id/secret-key', async (req, res) => {
     requireAdmin(req);
-    if (req.body !== undefined) parse(noParametersSchema, req.body);
+    refuseParameters(req.body);
     const result = await inTransaction(ctx.db, async (client) => {
       const { rows } = await client.query<MerchantRow>('SELECT * FROM merchants WHERE id = $1 FOR UPDATE', [
         req.params.id,
@@ -406,7 +405,7 @@ export function setupRouter(ctx: Context): Router {
 
   router.post('/v1/terminals/:id/key', async (req, res) => {
     const merchant = requireMerchant(req);
-    if (req.body !== undefined) parse(noParametersSchema, req.body);
+    refuseParameters(req.body);
     const result = await inTransaction(ctx.db, async (client) => {
       const terminal = await ownedTerminal(client, merchant.merchant_id, req.params.id);
       await revokeKeys(client, merchant.merchant_id, { kind: 'terminal', terminalRef: terminal.id });
