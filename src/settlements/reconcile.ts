@@ -919,12 +919,11 @@ async function supersede(client: pg.PoolClient, ids: string[], importId: string)
  * as settled) and after them. Returns how many.
  */
 async function rematchDecided(client: pg.PoolClient, job: ImportRow, counts: ImportCounts): Promise<number> {
-  const rematch = await client.query<{
-    rematched: number;
-    own_results: Partial<Record<'matched' | DiscrepancyKind, number>>;
-    unowned_discrepancies: Partial<Record<DiscrepancyKind, number>>;
-  }>(REMATCH_PENDING_SQL, [job.provider, job.merchant_id, job.id]);
-  const { rematched, own_results: own, unowned_discrepancies: unowned } = rematch.rows[0];
+  const {
+    rematched,
+    own_results: own,
+    unowned_discrepancies: unowned,
+  } = await matchDecidedAgain(client, job.provider, job.merchant_id, job.id);
   // This file's own lines decided since they were classified a moment ago.
   for (const [result, n = 0] of Object.entries(own)) {
     counts.pending -= n;
@@ -934,8 +933,26 @@ async function rematchDecided(client: pg.PoolClient, job: ImportRow, counts: Imp
   // An import awaiting its lines counts their results itself; the rest are this job's: each is
   // new, whichever file brought its line.
   for (const [kind, n = 0] of Object.entries(unowned)) countDiscrepancies(counts, kind as DiscrepancyKind, n);
-  await client.query(COMPLETE_AWAITING_SQL, [job.provider, job.merchant_id]);
   return rematched;
+}
+
+/**
+ * REMATCH_PENDING_SQL for a merchant and provider (`importId`: the job's, whose counts are its own,
+ * or null for the sweeper), then the imports left with nothing to await complete.
+ */
+async function matchDecidedAgain(
+  client: pg.PoolClient,
+  provider: string,
+  merchantId: string,
+  importId: string | null,
+) {
+  const { rows } = await client.query<{
+    rematched: number;
+    own_results: Partial<Record<'matched' | DiscrepancyKind, number>>;
+    unowned_discrepancies: Partial<Record<DiscrepancyKind, number>>;
+  }>(REMATCH_PENDING_SQL, [provider, merchantId, importId]);
+  await client.query(COMPLETE_AWAITING_SQL, [provider, merchantId]);
+  return rows[0];
 }
 
 /**
@@ -1044,14 +1061,9 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
           [ledgerLock(merchantId, provider)],
         );
         if (!lock[0].taken) return 0;
-        const result = await client.query<{ rematched: number }>(REMATCH_PENDING_SQL, [
-          provider,
-          merchantId,
-          null,
-        ]);
-        await client.query(COMPLETE_AWAITING_SQL, [provider, merchantId]);
+        const { rematched: n } = await matchDecidedAgain(client, provider, merchantId, null);
         await refreshBatchStatuses(client, merchantId, provider, []);
-        return result.rows[0]?.rematched ?? 0;
+        return n;
       });
     } catch (error) {
       // The others go on; these are taken up again at the next sweep.
