@@ -292,6 +292,26 @@ describe('PostgreSQL lost for a moment', () => {
     assert.equal(res.status, 201, JSON.stringify(res.body));
     assert.equal(res.body.status, 'succeeded');
   });
+
+  test("a refund's retry after an outage longer than the till is held: its outcome, not a 409", async () => {
+    const paid = await createPayment(blipping, shop.refundTerminalKey, scanPayment(4300)).expect(201);
+    const key = `refund-blip-long-${Date.now()}`;
+    const refund = () => createRefund(blipping, shop.refundTerminalKey, paid.body.id, {}, key);
+    const first = await blipAfter('refund', refund, 7_000);
+    assert.equal(first.status, 503, JSON.stringify(first.body));
+    const retry = await eventually(
+      async () => {
+        const res = await refund();
+        return res.status === 503 ? undefined : res;
+      },
+      15_000,
+      'an answer other than 503',
+    );
+    assert.equal(retry.status, 200, JSON.stringify(retry.body));
+    assert.equal(retry.headers['idempotent-replayed'], 'true');
+    assert.equal(retry.body.status, 'succeeded');
+    assert.equal(retry.body.amount.value, 4300);
+  });
 });
 
 describe('restart', () => {

@@ -132,6 +132,18 @@ function canonicalJson(value: unknown): string {
   return JSON.stringify(value) ?? 'null';
 }
 
+/** How a retry is answered from the object a key's first request made, rather than from its stored answer. */
+export interface Replay {
+  /** What a replay answers in place of the stored body: the object as it is now. */
+  current?: (stored: unknown) => Promise<unknown>;
+  /**
+   * The object the first request made, once its outcome is stored, though that request has not
+   * answered: PostgreSQL was lost past its wait, and the till got a 503. Its retry is then a replay
+   * with the outcome, not a 409 until the request's lock lapses.
+   */
+  decided?: () => Promise<unknown>;
+}
+
 /**
  * Runs `handler` at most once per (merchant, action, key): the row is kept under the scope
  * `<merchant>:<action>`. A key names one request of the merchant, so the same key already used
@@ -146,8 +158,7 @@ export async function idempotent(
   action: string,
   key: string | undefined,
   handler: () => Promise<HandlerResult>,
-  /** What a replay answers in place of the stored body: the object as it is now. */
-  current?: (stored: unknown) => Promise<unknown>,
+  replay: Replay = {},
 ): Promise<void> {
   if (key === undefined) return send(res, await handler(), false);
   const scope = `${merchantId}:${action}`;
@@ -182,10 +193,12 @@ export async function idempotent(
     if (row.response_status !== null) {
       // API.md: a replay of a creation answers 200, not 201 — nothing new was created.
       const status = row.response_status === 201 ? 200 : row.response_status;
-      const body = current ? await current(row.response_body) : row.response_body;
+      const body = replay.current ? await replay.current(row.response_body) : row.response_body;
       return send(res, { status, body }, true);
     }
     if (row.locked) {
+      const decided = await replay.decided?.();
+      if (decided !== undefined) return send(res, { status: 200, body: decided }, true);
       throw idempotencyInProgress();
     }
     // The first request's process died: take the lease over.

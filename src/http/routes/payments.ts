@@ -225,12 +225,21 @@ export function paymentsRouter(ctx: Context): Router {
         // Made by this key's first request, whose process died before it answered.
         return { status: 200, body: refundJson(refund), headers: { 'Idempotent-Replayed': 'true' } };
       },
-      // A till retrying a refund learns how it ended, as a payment's replay does.
-      async (stored) => {
-        const { rows } = await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [
-          (stored as { id: string }).id,
-        ]);
-        return rows[0] ? refundJson(rows[0]) : stored;
+      {
+        // A till retrying a refund learns how it ended, as a payment's replay does.
+        current: async (stored) => {
+          const { rows } = await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [
+            (stored as { id: string }).id,
+          ]);
+          return rows[0] ? refundJson(rows[0]) : stored;
+        },
+        decided: async () => {
+          const { rows } = await ctx.db.query<RefundRow>(
+            `SELECT * FROM refunds WHERE payment_id = $1 AND idempotency_key = $2 AND status <> 'pending'`,
+            [payment.id, key],
+          );
+          return rows[0] && refundJson(rows[0]);
+        },
       },
     );
   });
