@@ -22,4 +22,6 @@ export interface Context {
   sandbox: SandboxRuntime;
   log: Logger;
   metrics: Metrics;
+  /** Writes that go on after their request answered (storeProviderAnswer): a stop waits for them. */
+  lateWrites: Set<Promise<void>>;
 }

@@ -86,6 +86,7 @@ export async function createContext(config: Config): Promise<Context> {
     sandbox,
     log: createLogger(config.logLevel),
     metrics: createMetrics(),
+    lateWrites: new Set(),
   };
 }
 
@@ -190,6 +191,8 @@ export async function startGateway(config: Config, port = config.port): Promise<
       await bounded(worker?.stop() ?? Promise.resolve(), 'stopping the worker');
       // Closing the queues waits for running jobs, as long as it allows them (QUEUE_CLOSE_DEADLINE_MS).
       await bounded(ctx.queues.close(), 'closing the queues', QUEUE_CLOSE_DEADLINE_MS + 1_000);
+      // A provider's answer still waiting for PostgreSQL: stored now, the sweeper need not ask again.
+      await bounded(Promise.all(ctx.lateWrites), "storing providers' answers");
       await bounded(closeConnections(ctx), 'closing connections');
     },
   };

@@ -3,6 +3,7 @@ import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
 import type { CancelOutcome } from '../adapters/contract.ts';
 import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
@@ -32,7 +33,7 @@ import {
   type TestGateway,
   waitForStatus,
 } from './helpers.ts';
-import { dropRedisKeys } from './services.ts';
+import { databaseOn, dropRedisKeys } from './services.ts';
 
 let tg: TestGateway;
 let merchant: Merchant;
@@ -311,6 +312,32 @@ describe('PostgreSQL lost for a moment', () => {
     assert.equal(retry.headers['idempotent-replayed'], 'true');
     assert.equal(retry.body.status, 'succeeded');
     assert.equal(retry.body.amount.value, 4300);
+  });
+
+  test("a stop while a provider's answer waits for PostgreSQL stores the answer before it closes", async () => {
+    const first = await blipAfter(
+      'pay',
+      () => createPayment(blipping, shop.terminalKey, scanPayment(4444)),
+      7_000,
+    );
+    assert.equal(first.status, 503, JSON.stringify(first.body));
+    await blipping.stop({ keepDatabase: true });
+    const direct = new pg.Client({ connectionString: databaseOn(PG_BASE, blipping.dbName) });
+    await direct.connect();
+    try {
+      const { rows } = await direct.query<{ status: string }>(
+        'SELECT status FROM payments WHERE merchant_id = $1 AND amount_value = 4444',
+        [shop.id],
+      );
+      assert.deepEqual(
+        rows.map((r) => r.status),
+        ['succeeded'],
+        'stored by the stopping gateway, not left for the sweeper',
+      );
+    } finally {
+      await direct.end();
+      blipping = await startTestGateway({}, blipping);
+    }
   });
 });
 

@@ -397,11 +397,17 @@ export async function storeProviderAnswer<T>(
     return await retryWhileUnavailable(write, OUTCOME_STORE_BUDGET_MS);
   } catch (error) {
     if (isInfrastructureError(error)) {
-      retryWhileUnavailable(write, OUTCOME_STORE_LATER_MS).then(
-        () => ctx.log.info(about, "provider's answer stored after PostgreSQL came back"),
-        (later: unknown) =>
-          ctx.log.error({ ...about, err: later }, "provider's answer not stored; the sweeper will ask again"),
-      );
+      const late = retryWhileUnavailable(write, OUTCOME_STORE_LATER_MS)
+        .then(
+          () => ctx.log.info(about, "provider's answer stored after PostgreSQL came back"),
+          (later: unknown) =>
+            ctx.log.error(
+              { ...about, err: later },
+              "provider's answer not stored; the sweeper will ask again",
+            ),
+        )
+        .finally(() => ctx.lateWrites.delete(late));
+      ctx.lateWrites.add(late);
     }
     throw error;
   }
