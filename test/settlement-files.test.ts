@@ -7,6 +7,7 @@ import { deflateSync, gzipSync } from 'node:zlib';
 import {
   ALIPAY_CODE,
   createPayment,
+  createRefund,
   eventually,
   scanPayment,
   setupMerchant,
@@ -475,6 +476,41 @@ test('Alipay (Antom) settlement files: fetched on demand, and uploaded with plan
   );
   const [still] = await settlements(tg, shop.key);
   assert.equal(still.version, 2);
+});
+
+test("Antom's file as its Chinese page describes it: refunds named by the sale's id, and a fee line, all reconciled", async () => {
+  const shop = await alipayMerchant();
+  const [sale] = await alipayPayments(shop.key, [2000]);
+  for (const value of [500, 400]) {
+    const refund = await createRefund(tg, shop.key, sale, { amount: { value, currency: 'EUR' } });
+    assert.equal(refund.status, 201, JSON.stringify(refund.body));
+    await eventually(
+      async () =>
+        (await tg.http.get(`/v1/refunds/${refund.body.id}`).set('Authorization', `Bearer ${shop.key}`)).body
+          .status === 'succeeded',
+      15_000,
+      `refund of ${value} succeeded`,
+    );
+  }
+  const sim = await tg.gateway.ctx.sandbox.simulatorUrl('alipay');
+  const clientId = shop.account.settings?.client_id ?? shop.account.client_id;
+  const url = `${sim}/_sim/settlements/${today()}${clientId ? `?client_id=${encodeURIComponent(clientId)}` : ''}`;
+  const [head, ...rows] = (await (await fetch(url)).text()).trim().split('\n');
+  const column = (name: string) => head.split(',').indexOf(name);
+  const [id, original, type] = ['transactionId', 'originalTransactionId', 'transactionType'].map(column);
+  const cells = rows.filter((row) => row !== '<END>').map((row) => row.split(','));
+  assert.deepEqual(cells.map((c) => c[type]).sort(), ['PAYMENT', 'REFUND', 'REFUND']);
+  for (const c of cells) if (c[type] === 'REFUND') c[id] = c[original];
+  const fee = [...cells.find((c) => c[type] === 'PAYMENT')!];
+  fee[type] = 'SETTLEMENT_FEE';
+  const file = [head, ...cells.map((c) => c.join(',')), fee.join(','), '<END>', ''].join('\n');
+  const job = await importAndWait(tg, shop.key, file, 'alipay');
+  assert.equal(job.status, 'completed', JSON.stringify(job));
+  assert.equal(job.counts.matched, 3, JSON.stringify(job.counts));
+  assert.deepEqual(await discrepancies(tg, shop.key), []);
+  assert.deepEqual(job.warnings, [
+    'lines of transactionType SETTLEMENT_FEE (the first on line 5) are not a payment, refund or cancel: passed over, not reconciled and not in the batch totals',
+  ]);
 });
 
 test('the scheduled fetch queues recent dates per account, and a failing fetch is visible', async () => {

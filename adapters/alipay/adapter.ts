@@ -122,6 +122,10 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
       parseSettlementFile(file, {
         onUnknownColumns: (names) =>
           warn?.(`columns not read (unknown to this version): ${names.join(', ')}`),
+        onOtherType: (type, lineNo) =>
+          warn?.(
+            `lines of transactionType ${type} (the first on line ${lineNo}) are not a payment, refund or cancel: passed over, not reconciled and not in the batch totals`,
+          ),
       }),
     ),
 

@@ -39,6 +39,8 @@ export const OPTIONAL_COLUMNS = [
   'quotePrice',
   'feeAmountValue',
   'feeCurrency',
+  'taxFeeAmountValue',
+  'taxFeeCurrency',
   'referenceStoreId',
   'pspName',
   // Confirmed by the docs but not used by us.
@@ -66,6 +68,11 @@ export const END_MARKER = '<END>';
 export interface ParseOptions {
   /** Called once with header names we do not know (reported, never fatal). */
   onUnknownColumns?(names: string[]): void;
+  /**
+   * Called once for each transactionType that is not a payment, refund or cancel (Antom lists
+   * fees, reserves, reversals and disputes too), at its first line: such lines are passed over.
+   */
+  onOtherType?(type: string, lineNo: number): void;
 }
 
 /** csv-parse's own errors (an unclosed quote, text after a closing quote) as format errors. */
@@ -104,6 +111,7 @@ export async function* parseSettlementFile(
   let width = 0;
   let ended = false;
   let lineNo = 0;
+  const otherTypes = new Set<string>();
   const records = readable(parser as AsyncIterable<string[]>, () => lineNo + 1);
   for await (const record of records) {
     lineNo++;
@@ -135,7 +143,12 @@ export async function* parseSettlementFile(
         `line ${lineNo}: the row has ${record.length} cells, the header names ${width} (truncated?)`,
         lineNo,
       );
-    yield toLine(record, columns, lineNo);
+    const line = toLine(record, columns, lineNo);
+    if (typeof line !== 'string') yield line;
+    else if (!otherTypes.has(line)) {
+      otherTypes.add(line);
+      options.onOtherType?.(line, lineNo);
+    }
   }
   if (!columns) throw new SettlementFormatError('settlement file is empty: no header row');
   if (!ended) {
@@ -171,7 +184,8 @@ function headerColumns(header: string[], options: ParseOptions): Map<Column, num
   return columns;
 }
 
-function toLine(record: string[], columns: Map<Column, number>, lineNo: number): SettlementLine {
+/** The line, or the transactionType of a line that settles no payment, refund or cancel. */
+function toLine(record: string[], columns: Map<Column, number>, lineNo: number): SettlementLine | string {
   const cell = (name: Column): string | undefined => {
     const index = columns.get(name);
     const value = index === undefined ? undefined : record[index]?.trim();
@@ -184,7 +198,7 @@ function toLine(record: string[], columns: Map<Column, number>, lineNo: number):
   };
   const rawType = required('transactionType');
   const type = TYPES[rawType.toUpperCase()];
-  if (!type) throw new SettlementFormatError(`line ${lineNo}: unknown transactionType ${rawType}`, lineNo);
+  if (!type) return rawType;
 
   if (type === 'payment')
     for (const column of ['transactionAmountValue', 'settlementAmountValue'] as const) {
@@ -197,7 +211,6 @@ function toLine(record: string[], columns: Map<Column, number>, lineNo: number):
     'settlementAmountValue',
     lineNo,
   );
-  const feeValue = cell('feeAmountValue');
   const line: SettlementLine = {
     line_no: lineNo,
     batch_id: required('settlementBatchId'),
@@ -210,16 +223,18 @@ function toLine(record: string[], columns: Map<Column, number>, lineNo: number):
       lineNo,
     ),
     settlement_amount: settlement,
-    fee:
-      feeValue === undefined
-        ? { value: 0, currency: settlement.currency }
-        : amount(feeValue, cell('feeCurrency') ?? settlement.currency, 'feeAmountValue', lineNo),
+    fee: feeOf(cell, settlement.currency, lineNo),
     settled_at: time(required('settlementTime'), 'settlementTime', lineNo),
   };
   const original = cell('originalTransactionId');
   if (original) line.original_provider_reference = original;
   const requestId = cell('transactionRequestId');
   if (requestId) line.provider_request_id = requestId;
+  // Antom's pages disagree on a refund's transactionId: its refundId, or (the Chinese page) the
+  // paymentId. Named by the payment, a refund is known by our refundRequestId alone, or a second
+  // refund of the same sale would read as the first settled twice.
+  if (type === 'refund' && requestId && original === line.provider_reference)
+    line.provider_reference = requestId;
   const paidAt = cell('paymentTime');
   if (paidAt) line.transacted_at = time(paidAt, 'paymentTime', lineNo);
   const rate = cell('quotePrice');
@@ -231,9 +246,35 @@ function toLine(record: string[], columns: Map<Column, number>, lineNo: number):
   }
   const store = cell('referenceStoreId');
   if (store) line.store_id = store;
-  const psp = cell('pspName') ?? cell('PSP');
+  // Not the PSP column: that names the acquirer (Antom itself), not the customer's wallet.
+  const psp = cell('pspName');
   if (psp) line.wallet_psp = psp;
   return line;
+}
+
+/** Antom's fee with the tax on it: both are taken from what it settles (alipay.md §12). */
+function feeOf(
+  cell: (name: Column) => string | undefined,
+  settlementCurrency: string,
+  lineNo: number,
+): Money {
+  const feeValue = cell('feeAmountValue');
+  const fee =
+    feeValue === undefined
+      ? { value: 0, currency: settlementCurrency }
+      : amount(feeValue, cell('feeCurrency') ?? settlementCurrency, 'feeAmountValue', lineNo);
+  const taxValue = cell('taxFeeAmountValue');
+  if (taxValue === undefined) return fee;
+  const tax = amount(taxValue, cell('taxFeeCurrency') ?? fee.currency, 'taxFeeAmountValue', lineNo);
+  if (tax.currency !== fee.currency)
+    throw new SettlementFormatError(
+      `line ${lineNo}: the tax on the fee is in ${tax.currency}, the fee in ${fee.currency}`,
+      lineNo,
+    );
+  const value = fee.value + tax.value;
+  if (!Number.isSafeInteger(value))
+    throw new SettlementFormatError(`line ${lineNo}: the fee with its tax is out of range`, lineNo);
+  return { value, currency: fee.currency };
 }
 
 function amount(value: string, currencyCode: string, column: string, lineNo: number): Money {
@@ -254,12 +295,16 @@ function amount(value: string, currencyCode: string, column: string, lineNo: num
   return { value: minor, currency };
 }
 
-/** ISO-8601, or `yyyy-MM-dd HH:mm:ss` without a zone, read as UTC (not confirmed by a real file). */
+/**
+ * `yyyy-MM-dd[ T]HH:mm[:ss[.SSS]]`, with a zone (`Z`, `±hh:mm`) or without one, read as UTC (not
+ * confirmed by a real file), or a bare date. Never anything Date reads in the server's own zone.
+ */
+const TIME = /^(\d{4}-\d{2}-\d{2})(?:[ T](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i;
+
 function time(value: string, column: string, lineNo: number): Date {
-  const iso = /^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$/.test(value)
-    ? `${value.replace(' ', 'T')}Z`
-    : value;
-  const date = isCalendarDate(iso) ? new Date(iso) : new Date(Number.NaN);
+  const parts = TIME.exec(value);
+  const iso = parts && `${parts[1]}T${parts[2] ?? '00:00'}${parts[3] ?? 'Z'}`;
+  const date = iso && isCalendarDate(iso) ? new Date(iso) : new Date(Number.NaN);
   if (Number.isNaN(date.getTime())) {
     throw new SettlementFormatError(`line ${lineNo}: ${column} "${value}" is not a date-time`, lineNo);
   }
