@@ -417,6 +417,7 @@ describe('alipay sandbox, mode qr, refunds and notifications', () => {
   for (const [fault, switchName] of [
     ['its creating answer does not verify (an inquiry has no code)', 'bad_signatures'],
     ['its creation is answered U without a code', 'order_code_unknown'],
+    ['its creation is answered U each time, and no order recorded', 'pay_unknown_unrecorded'],
   ] as const) {
     test(`QR whose ${fault}: the sale is cancelled at once`, async () => {
       const flip = (on: boolean) => simSwitch(switchName, on);

@@ -659,6 +659,9 @@ async function applyStatus(
       if (outcome.stop_inquiring && source === 'inquiry' && UNRESOLVED.includes(current.status)) {
         // Its window closes now, so the check planned below cancels it at once.
         current = (await updatePayment(ctx.db, row.id, { resolve_by: new Date() })) ?? current;
+      } else if ((source === 'pay' || source === 'resend') && codeOnlyFromCreation(current, account)) {
+        // Sent again as often as allowed and still no code: nobody can pay this sale.
+        current = (await endUnshownQrSale(ctx, row.id, false)) ?? current;
       }
       if (UNRESOLVED.includes(current.status)) {
         return scheduleCheck(ctx, current, account.module.adapter.resolution, undefined, answered);
@@ -729,6 +732,20 @@ async function reverseLateSuccess(
     'late_success',
     `provider reports success after the payment became ${row.status}, and reversing it was not confirmed (${outcome.kind}): refund the customer`,
     { payment_id: row.id },
+  );
+}
+
+/**
+ * A QR sale without a code whose creation was already sent again (`resent`) at a provider whose
+ * inquiries never carry the code (it resends a creation instead, `qr_create_retries`): no code can
+ * come any more.
+ */
+function codeOnlyFromCreation(row: PaymentRow, account: LoadedAccount): boolean {
+  return (
+    row.mode === 'qr' &&
+    row.resent &&
+    !row.qr_data &&
+    (account.module.adapter.resolution.qr_create_retries ?? 0) > 0
   );
 }
 
@@ -822,6 +839,13 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
   }
   if (outcome.kind === 'not_found' && !row.pay_reached && !row.resent) {
     await handleNotFound(ctx, row, account);
+    return;
+  }
+  if (outcome.kind === 'not_found' && codeOnlyFromCreation(row, account)) {
+    // Its creation was sent again as often as allowed, and the provider has no such order: no
+    // code can come any more, so nobody can pay it (the process that made it may have died).
+    const ended = await endUnshownQrSale(ctx, row.id, false);
+    if (ended) await scheduleCheck(ctx, ended, account.module.adapter.resolution);
     return;
   }
   await applyOutcome(ctx, row, account, outcome, 'inquiry');
