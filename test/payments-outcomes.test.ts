@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import type { PaymentOutcome } from '../adapters/contract.ts';
+import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import {
   createPayment,
+  eventually,
   type Merchant,
   paymentHistory,
   qrPayment,
@@ -123,6 +126,47 @@ describe('sandbox magic outcomes, mode scan', () => {
     assert.ok(
       (await history(res.body.id)).some((e) => e.startsWith('canceled (cancel: resolution window ended')),
     );
+  });
+
+  test('57 whose request dies after the provider took it: still cancelled soon after its window, not after the in-flight grace', async () => {
+    const original = sandboxAdapter.pay;
+    let hearBack = () => {};
+    // The provider takes the pay; the process that sent it hears nothing back (as if it died).
+    const answerLost = async (...args: Parameters<typeof original>): Promise<PaymentOutcome> => {
+      await original(...args);
+      return new Promise((resolve) => {
+        hearBack = () => resolve({ kind: 'unknown', reason: 'answer lost', reached: true });
+      });
+    };
+    Object.assign(sandboxAdapter, { pay: answerLost });
+    let request: Promise<unknown> | undefined;
+    try {
+      request = createPayment(
+        tg,
+        merchant.terminalKey,
+        scanPayment(2157, { reference: 'request-lost' }),
+      ).then();
+      const id = await eventually(async () => {
+        const { rows } = await tg.gateway.ctx.db.query<{ id: string }>(
+          "SELECT id FROM payments WHERE reference = 'request-lost' AND merchant_id = $1",
+          [merchant.id],
+        );
+        return rows[0]?.id;
+      }, 5_000);
+      // Its window is 3 s; the in-flight grace (30 s) must not hold it past that.
+      const done = await waitForStatus(
+        tg,
+        merchant.terminalKey,
+        id,
+        ['succeeded', 'failed', 'canceled'],
+        20_000,
+      );
+      assert.equal(done.status, 'canceled');
+    } finally {
+      Object.assign(sandboxAdapter, { pay: original });
+      hearBack();
+      await request;
+    }
   });
 
   test('a WeChat Pay code is routed to the wechatpay wallet', async () => {

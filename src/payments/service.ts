@@ -296,8 +296,9 @@ export async function createPayment(
         input.payment_code ? maskPaymentCode(input.payment_code) : null,
         input.payment_code ? seal(ctx.config.masterKey, input.payment_code, paymentCodeContext(id)) : null,
         windowS,
-        // The sweeper leaves the payment alone while this request may still be talking to the provider.
-        IN_FLIGHT_GRACE_S,
+        // The sweeper leaves the payment alone while this request may still be talking to the
+        // provider, but not past its window: a request that died must not keep it open longer.
+        Math.min(IN_FLIGHT_GRACE_S, windowS),
         input.idempotency_key,
         input.request_hash,
       ],
