@@ -154,6 +154,12 @@ test('malformed sandbox files are refused at the POST with a clear 400, and noth
       /line 1: column\(s\) named more than once in the header: amount/,
     ],
     ['old Mac line endings (CR only)', Buffer.from(good.replace(/\n/g, '\r')), /line 1: a carriage return/],
+    // What `curl -d @file` sends: every line break dropped, the rows run on in the header.
+    [
+      'its line breaks dropped',
+      Buffer.from(good.replace(/\n/g, '')),
+      /line 1: the header holds values .*, not column names: were the file's line breaks lost/,
+    ],
     // An id past what an index holds was a 500; a line of megabytes was buffered whole.
     [
       'a batch id of 2,800 characters',

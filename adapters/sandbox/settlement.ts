@@ -272,6 +272,13 @@ export async function* parseSandboxSettlement(file: Readable): AsyncIterable<Set
           const missing = REQUIRED.filter((c) => !record.includes(c));
           if (missing.length)
             throw new SettlementFormatError(`missing required column(s): ${missing.join(', ')}`, lineNo);
+          // Unknown columns are ignored, but not amounts and times: they are rows run into the header.
+          const values = record.filter((name) => /^[-+]?\d+(\.\d+)?$/.test(name) || RFC3339.test(name));
+          if (values.length)
+            throw new SettlementFormatError(
+              `line ${lineNo}: the header holds values (${values.slice(0, 3).join(', ')}), not column names: were the file's line breaks lost? (curl -d drops them; send the file with --data-binary)`,
+              lineNo,
+            );
           const twice = SANDBOX_SETTLEMENT_COLUMNS.filter((c) => record.indexOf(c) !== record.lastIndexOf(c));
           if (twice.length)
             throw new SettlementFormatError(
