@@ -60,6 +60,11 @@ export interface TransportRequest {
   publicOnly?: boolean;
   /** The longest answer taken (MAX_RESPONSE_BYTES unless said): a longer one is a TransportError. */
   maxResponseBytes?: number;
+  /**
+   * Only the status and headers count: the answer comes as soon as they do, with an empty body, and
+   * what the peer sends after them is drained (cut off past maxResponseBytes or the timeout).
+   */
+  statusOnly?: boolean;
 }
 
 export function send(request: TransportRequest): Promise<TransportResponse> {
@@ -82,6 +87,17 @@ export function send(request: TransportRequest): Promise<TransportResponse> {
         headers: { ...request.headers, ...(body ? { 'content-length': String(body.length) } : {}) },
       },
       (res) => {
+        if (request.statusOnly) {
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.alloc(0) });
+          let drained = 0;
+          res.on('data', (chunk: Buffer) => {
+            drained += chunk.length;
+            if (drained > maxBytes) req.destroy();
+          });
+          res.on('error', () => {});
+          res.on('close', () => clearTimeout(timer));
+          return;
+        }
         const chunks: Buffer[] = [];
         let bytes = 0;
         res.on('data', (chunk: Buffer) => {

@@ -896,6 +896,39 @@ describe('merchant webhooks', () => {
     }
   });
 
+  test('an endpoint that answers 2xx with a body of megabytes has its event delivered, once', async () => {
+    let calls = 0;
+    const server = http.createServer((req, res) => {
+      calls++;
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'text/html' });
+        res.end('<p>thanks</p>'.repeat(200_000));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`;
+      const endpoint = await tg.http
+        .post('/v1/webhook-endpoints')
+        .set('Authorization', `Bearer ${merchant.secretKey}`)
+        .send({ url, events: ['payment.succeeded'] })
+        .expect(201);
+      await createPayment(tg, merchant.secretKey, scanPayment(4510)).expect(201);
+      const delivery = await eventually(async () => {
+        const res = await tg.http
+          .get(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries`)
+          .set('Authorization', `Bearer ${merchant.secretKey}`);
+        return res.body.data.find((d: { status: string; attempts: number }) => d.attempts > 0);
+      }, 20_000);
+      assert.equal(delivery.status, 'succeeded', JSON.stringify(delivery));
+      assert.equal(delivery.attempts, 1);
+      assert.equal(calls, 1);
+    } finally {
+      server.close();
+    }
+  });
+
   test('an endpoint created without events gets every event, and can be read back without its secret', async () => {
     const created = await tg.http
       .post('/v1/webhook-endpoints')

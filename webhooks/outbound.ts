@@ -166,6 +166,8 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
       },
       body,
       timeoutMs: 10_000,
+      // A merchant's 2xx is the receipt, whatever (and however much) it says after it.
+      statusOnly: true,
     });
     statusCode = res.status;
     if (res.status < 200 || res.status >= 300) error = `HTTP ${res.status}`;
