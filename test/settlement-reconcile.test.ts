@@ -227,6 +227,9 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
   assert.equal(again.status, 'completed');
   assert.equal(again.counts.batches_unchanged, 1);
   assert.equal(again.counts.discrepancies, 0);
+  // Every line is accounted for: matched by the first import.
+  assert.equal(again.counts.lines_unchanged, again.counts.lines);
+  assert.ok(again.counts.lines > 0);
   assert.deepEqual(
     (await discrepancies(tg, m.secretKey)).map((d) => d.id).sort(),
     found.map((d) => d.id).sort(),

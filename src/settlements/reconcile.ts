@@ -48,6 +48,8 @@ export interface ImportCounts {
   batches_created: number;
   batches_superseded: number;
   batches_unchanged: number;
+  /** The lines of those batches: matched before, so not among `matched` and `discrepancies` now. */
+  lines_unchanged: number;
   matched: number;
   pending: number;
   discrepancies: number;
@@ -712,6 +714,7 @@ async function applyLines(
     let settlementId: string;
     if (existing?.seen || (existing && (await sameLinesAsAVersion(client, existing.id, job, batch)))) {
       counts.batches_unchanged++;
+      counts.lines_unchanged += batch.lines;
       continue;
     }
     if (existing) {
@@ -1105,6 +1108,7 @@ function emptyCounts(): ImportCounts {
     batches_created: 0,
     batches_superseded: 0,
     batches_unchanged: 0,
+    lines_unchanged: 0,
     matched: 0,
     pending: 0,
     discrepancies: 0,
