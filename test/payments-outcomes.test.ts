@@ -141,11 +141,14 @@ describe('sandbox magic outcomes, mode scan', () => {
     Object.assign(sandboxAdapter, { pay: answerLost });
     let request: Promise<unknown> | undefined;
     try {
-      request = createPayment(
-        tg,
-        merchant.terminalKey,
-        scanPayment(2157, { reference: 'request-lost' }),
-      ).then();
+      const sale = () =>
+        createPayment(
+          tg,
+          merchant.terminalKey,
+          scanPayment(2157, { reference: 'request-lost' }),
+          'request-lost',
+        );
+      request = sale().then();
       const id = await eventually(async () => {
         const { rows } = await tg.gateway.ctx.db.query<{ id: string }>(
           "SELECT id FROM payments WHERE reference = 'request-lost' AND merchant_id = $1",
@@ -162,6 +165,11 @@ describe('sandbox magic outcomes, mode scan', () => {
         20_000,
       );
       assert.equal(done.status, 'canceled');
+      // The till's retry learns it at once: a final sale is not "in progress" for 30 s more.
+      const retry = await sale();
+      assert.equal(retry.status, 200, JSON.stringify(retry.body));
+      assert.equal(retry.headers['idempotent-replayed'], 'true');
+      assert.equal(retry.body.status, 'canceled');
     } finally {
       Object.assign(sandboxAdapter, { pay: original });
       hearBack();

@@ -193,7 +193,7 @@ export async function raiseAlert(
 /**
  * Idempotency-Key semantics of `POST /v1/payments`, kept on the payment itself: the same key
  * with another request is 422; while the first request is still running, 409; afterwards (or
- * once a dead request's lease has passed) the payment as it is now.
+ * once a dead request's lease has passed, or the sale is final) the payment as it is now.
  */
 async function replayOf(ctx: Ctx, input: NewPayment): Promise<PaymentRow | undefined> {
   const { rows } = await ctx.db.query<PaymentRow & { lease_over: boolean }>(
@@ -206,7 +206,8 @@ async function replayOf(ctx: Ctx, input: NewPayment): Promise<PaymentRow | undef
   if (!rows[0]) return undefined;
   const { lease_over: leaseOver, ...existing } = rows[0];
   if (existing.request_hash !== input.request_hash) throw idempotencyKeyReused();
-  if (!existing.request_done && !leaseOver) throw idempotencyInProgress();
+  // A sale already final (its request died, and the sweeper ended it) has nothing left to wait for.
+  if (!existing.request_done && !leaseOver && !FINAL.has(existing.status)) throw idempotencyInProgress();
   return existing;
 }
 
