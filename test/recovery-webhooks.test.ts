@@ -951,6 +951,74 @@ describe('merchant webhooks', () => {
     assert.equal(hidden.body.error.type, 'not_found');
   });
 
+  test('a merchant has a delivery sent again: one that ended, and one waiting for its next try', async () => {
+    const bodies: string[] = [];
+    let answer = 204;
+    const server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c) => chunks.push(c));
+      req.on('end', () => {
+        bodies.push(Buffer.concat(chunks).toString());
+        res.writeHead(answer).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/again`;
+      const endpoint = await tg.http
+        .post('/v1/webhook-endpoints')
+        .set('Authorization', `Bearer ${merchant.secretKey}`)
+        .send({ url, events: ['payment.succeeded'] })
+        .expect(201);
+      const deliveries = async () =>
+        (
+          await tg.http
+            .get(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries`)
+            .set('Authorization', `Bearer ${merchant.secretKey}`)
+            .expect(200)
+        ).body.data as { id: string; status: string; attempts: number }[];
+      const again = (deliveryId: string, key = merchant.secretKey, body: object = {}) =>
+        tg.http
+          .post(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries/${deliveryId}/retry`)
+          .set('Authorization', `Bearer ${key}`)
+          .send(body);
+      await createPayment(tg, merchant.secretKey, scanPayment(4620)).expect(201);
+      const [done] = await eventually(async () => {
+        const list = await deliveries();
+        return list[0]?.status === 'succeeded' ? list : undefined;
+      }, 20_000);
+      // Ended: received, and lost by the merchant. Sent again, the same event.
+      const res = await again(done.id).expect(202);
+      assert.equal(res.body.id, done.id);
+      assert.equal(res.body.status, 'pending');
+      await eventually(async () => bodies.length === 2 || undefined, 20_000, 'the delivery sent again');
+      assert.equal(bodies[1], bodies[0]);
+      assert.equal(
+        (await eventually(async () => (await deliveries()).find((d) => d.attempts === 2)))?.status,
+        'succeeded',
+      );
+
+      // Waiting for its next try after two failures (6 s away): tried at once, not after its back-off.
+      answer = 500;
+      await createPayment(tg, merchant.secretKey, scanPayment(4621)).expect(201);
+      const failing = await eventually(async () =>
+        (await deliveries()).find((d) => d.id !== done.id && d.attempts >= 2),
+      );
+      answer = 204;
+      const triesBefore = bodies.length;
+      await again(failing.id).expect(202);
+      await eventually(async () => bodies.length > triesBefore || undefined, 1_500, 'a try at once');
+
+      // Another merchant's, an unknown one, and a body are refused.
+      const stranger = await setupMerchant(tg, 'Nosy shop');
+      assert.equal((await again(done.id, stranger.secretKey)).status, 404);
+      assert.equal((await again('del_nothing')).status, 404);
+      assert.equal((await again(done.id, merchant.secretKey, { now: true })).status, 400);
+    } finally {
+      server.close();
+    }
+  });
+
   test('a delivery whose job was lost is queued again by the sweeper; a deleted endpoint gets no more', async () => {
     const bodies: string[] = [];
     const server = http.createServer((req, res) => {

@@ -102,6 +102,16 @@ function queueDelivery(ctx: Context, deliveryId: string): Promise<void> {
   );
 }
 
+/** A delivery sent again now: a new job when its own has ended, the next try at once when it waits. */
+export async function deliverAgain(ctx: Context, deliveryId: string): Promise<void> {
+  const jobId = `deliver:${deliveryId}`;
+  if ((await ensureJob(ctx.queues, 'deliver', jobId, () => queueDelivery(ctx, deliveryId))) !== 'alive')
+    return;
+  const job = await ctx.queues.deliver.getJob(jobId);
+  // Its next try may be an hour away. A job that moved on meanwhile is left as it is.
+  if (job && (await job.getState()) === 'delayed') await job.promote().catch(() => undefined);
+}
+
 /**
  * Deliveries stored while Redis could not take their job (or whose job a Redis flush lost) would
  * wait for ever: the sweeper queues every pending one again. A job still queued or retrying keeps

@@ -198,6 +198,13 @@ const OPERATIONS: Op[] = [
   },
   {
     method: 'post',
+    path: '/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry',
+    summary: 'Send a delivery again (an addition to API.md): at once, with a new three days of tries',
+    auth: 'merchant',
+    responses: { 202: 'delivery queued', 404: 'no such delivery' },
+  },
+  {
+    method: 'post',
     path: '/v1/payments',
     summary: 'Create a payment',
     body: createPaymentSchema,
@@ -607,6 +614,8 @@ const RESPONSE_OBJECTS: Record<string, string> = {
   'provider account created': 'ProviderAccount',
   'provider account deleted': 'ProviderAccount',
   'endpoint with secret': 'WebhookEndpoint',
+  'webhook endpoint': 'WebhookEndpoint',
+  'delivery queued': 'WebhookDelivery',
   'webhook endpoint deleted': 'WebhookEndpoint',
   alert: 'Alert',
 };

@@ -3,9 +3,11 @@ import { Router } from 'express';
 import { nonPublicHost } from '../../../adapters/addresses.ts';
 import { CredentialError, type Wallet } from '../../../adapters/contract.ts';
 import { PLANNED_PROVIDERS, providerModule } from '../../../adapters/index.ts';
+import { deliverAgain } from '../../../webhooks/outbound.ts';
 import type { Context } from '../../context.ts';
 import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { newId, randomToken } from '../../ids.ts';
+import { requireQueues } from '../../jobs/queues.ts';
 import { inTransaction, type Queryable } from '../../ledger/db.ts';
 import {
   credentialsContext,
@@ -514,6 +516,25 @@ export function setupRouter(ctx: Context): Router {
         deliveryJson,
       ),
     );
+  });
+
+  // An addition to API.md: a delivery sent again at the merchant's word, when its three days of
+  // tries ended or the merchant lost what it received; one still being tried is tried now.
+  router.post('/v1/webhook-endpoints/:id/deliveries/:delivery_id/retry', async (req, res) => {
+    const merchant = requireMerchant(req);
+    refuseParameters(req.body);
+    requireQueues(ctx.queues);
+    const { rows } = await ctx.db.query<DeliveryRow>(
+      `UPDATE webhook_deliveries d SET status = 'pending', updated_at = now()
+         FROM webhook_endpoints e
+        WHERE d.id = $1 AND d.endpoint_id = $2 AND e.id = d.endpoint_id AND e.merchant_id = $3
+          AND e.deleted_at IS NULL
+        RETURNING d.*`,
+      [req.params.delivery_id, req.params.id, merchant.merchant_id],
+    );
+    if (!rows[0]) throw notFound('webhook delivery', req.params.delivery_id);
+    await deliverAgain(ctx, rows[0].id);
+    res.status(202).json(deliveryJson(rows[0]));
   });
 
   return router;
