@@ -157,6 +157,11 @@ test('each discrepancy kind, planted, is reported exactly once, and nothing else
   assert.equal(by.amount_mismatch.payment_id, amount.id);
   assert.deepEqual(by.amount_mismatch.expected, { value: 1100, currency: 'EUR' });
   assert.deepEqual(by.amount_mismatch.actual, { value: 1101, currency: 'EUR' });
+  // Not "1101 EUR", which a merchant reads as a hundred times the amount.
+  assert.match(
+    by.amount_mismatch.detail as string,
+    /: the provider reports 1101, the ledger has 1100 \(minor units of EUR\)$/,
+  );
   assert.equal(by.currency_mismatch.payment_id, currency.id);
   assert.equal(by.duplicate_in_settlement.payment_id, dup.id);
   assert.equal(by.missing_in_ledger.provider_reference, 'sbx_never_seen');

@@ -440,14 +440,14 @@ WITH disc AS (
              CASE WHEN c.first_line IS NULL OR c.first_line = c.line_no THEN 'already in another settlement'
                   WHEN c.first_line < c.line_no THEN 'first on line ' || c.first_line
                   ELSE 'also on line ' || c.first_line END)
-           WHEN 'currency_mismatch' THEN format('line %s: the provider reports %s %s, the ledger has %s %s',
+           WHEN 'currency_mismatch' THEN format('line %s: the provider reports %s in %s, the ledger has %s in %s (minor units)',
              c.line_no, c.transaction_value, c.transaction_currency,
              CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
              CASE WHEN c.type = 'refund' THEN c.ref_currency ELSE c.pay_currency END)
-           WHEN 'amount_mismatch' THEN format('line %s: the provider reports %s %s, the ledger has %s %s',
-             c.line_no, c.transaction_value, c.transaction_currency,
-             CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END,
-             CASE WHEN c.type = 'refund' THEN c.ref_currency ELSE c.pay_currency END)
+           -- In minor units, said so: "7700 EUR" reads as a hundred times the amount.
+           WHEN 'amount_mismatch' THEN format('line %s: the provider reports %s, the ledger has %s (minor units of %s)',
+             c.line_no, c.transaction_value,
+             CASE WHEN c.type = 'refund' THEN c.ref_amount ELSE c.pay_amount END, c.transaction_currency)
            ELSE ${statusMismatchDetail('c', 'COALESCE(c.ref_id, c.pay_id)', 'COALESCE(c.ref_status, c.pay_status)')}
          END
     FROM classified c
