@@ -1,6 +1,7 @@
 /** Settlement reports: groups add up to the totals exactly (property test), CSV for spreadsheets, the dashboard. */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import vm from 'node:vm';
 import fc from 'fast-check';
 import { setupMerchant, startTestGateway, type TestGateway } from './helpers.ts';
 
@@ -220,6 +221,8 @@ test('the dashboard page needs no key to load, and holds no data', async () => {
   const js = await tg.http.get('/dashboard/app.js');
   assert.equal(js.status, 200);
   assert.match(js.text, /\/v1\/reports\/settlements/);
+  // The script is a string in our source: one syntax error and the page is blank.
+  assert.doesNotThrow(() => new vm.Script(js.text));
   // Amounts are shown in every currency's own minor units (XPF has none, CLF four).
   const exponents = JSON.parse(/var EXP = (\{[^}]*\});/.exec(js.text)?.[1] ?? '{}');
   assert.deepEqual(
@@ -244,22 +247,32 @@ test('the dashboard page needs no key to load, and holds no data', async () => {
   // A key the API refuses: the sign-in form comes back saying why (the report's error line is hidden with the report).
   const apiSource = /async function api[\s\S]*?\n {2}\}\n/.exec(js.text)?.[0] ?? '';
   const elements: Record<string, { textContent: string }> = { 'login-error': { textContent: '' } };
-  const stored = new Map([['tb_key', 'tk_a_terminal_key']]);
-  let shown = 0;
-  const refused = new Function('fetch', 'sessionStorage', 'show', '$', 'key', `${apiSource}; return api;`)(
+  let signedOut = 0;
+  class Stale {}
+  const refused = new Function('fetch', 'signOut', '$', 'Stale', 'generation', `${apiSource}; return api;`)(
     async () => ({
       status: 403,
       ok: false,
       json: async () => ({ error: { message: 'a terminal key cannot read settlements' } }),
     }),
-    { removeItem: (name: string) => stored.delete(name) },
-    () => shown++,
+    () => signedOut++,
     (id: string) => elements[id],
-    () => stored.get('tb_key'),
+    Stale,
+    1,
   );
-  await assert.rejects(refused('/v1/reports/settlements'));
-  assert.equal(stored.has('tb_key'), false);
-  assert.equal(shown, 1);
+  // Signed out (the report cleared with it), and the load that asked gives up quietly.
+  await assert.rejects(refused('/v1/reports/settlements', { id: 1, key: 'tk_a_terminal_key' }), Stale);
+  assert.equal(signedOut, 1);
+  // An answer for an earlier load (another Show, another key) is dropped, not drawn over the later one.
+  const overtaken = new Function('fetch', 'signOut', '$', 'Stale', 'generation', `${apiSource}; return api;`)(
+    async () => ({ status: 200, ok: true, json: async () => ({ groups: [] }) }),
+    () => signedOut++,
+    (id: string) => elements[id],
+    Stale,
+    2,
+  );
+  await assert.rejects(overtaken('/v1/reports/settlements', { id: 1, key: 'sk_a' }), Stale);
+  assert.ok(await overtaken('/v1/reports/settlements', { id: 2, key: 'sk_a' }));
   assert.match(elements['login-error'].textContent, /not accepted: a terminal key cannot read settlements/);
   const spec = await tg.http.get('/openapi.json');
   assert.ok(spec.body.paths['/v1/reports/settlements']);
