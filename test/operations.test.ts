@@ -318,6 +318,12 @@ describe('operations endpoints', () => {
       for (const field of Object.keys(object))
         assert.ok(field in schema.properties, `${name}.${field} is undocumented`);
     };
+    conforms((await tg.http.get('/healthz').expect(200)).body, 'Health');
+    conforms((await tg.http.get('/readyz').expect(200)).body, 'Readiness');
+    assert.equal(
+      res.body.paths['/readyz'].get.responses['503'].content['application/json'].schema.$ref,
+      '#/components/schemas/Readiness',
+    );
     const paid = await createPayment(tg, merchant.secretKey, scanPayment(2100)).expect(201);
     const documented = create.responses['201'].content['application/json'].schema.$ref;
     assert.equal(documented, '#/components/schemas/Payment');

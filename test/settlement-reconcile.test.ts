@@ -1054,7 +1054,7 @@ test('a cancel line for a sale the ledger holds as paid, with no payment line, i
 test('settlements and discrepancies are the objects /openapi.json documents', async () => {
   const m = await setupMerchant(tg);
   const p = await pay(tg, m, 6700);
-  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p, { amount: 6701 })], 'DOC-1'));
+  const job = await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(p, { amount: 6701 })], 'DOC-1'));
   const { schemas } = (await tg.http.get('/openapi.json').expect(200)).body.components;
   const conforms = (object: Record<string, unknown>, name: string) => {
     for (const field of schemas[name].required) assert.ok(field in object, `${name} lacks ${field}`);
@@ -1069,6 +1069,15 @@ test('settlements and discrepancies are the objects /openapi.json documents', as
     .get(`/v1/settlements/${batch.id}/lines`)
     .set('Authorization', `Bearer ${m.secretKey}`);
   conforms(lines.body.data[0], 'SettlementLine');
+  conforms(lines.body, 'List');
+  conforms(job, 'Job');
+  const day = new Date().toISOString().slice(0, 10);
+  const report = await tg.http
+    .get(`/v1/reports/settlements?from=${day}&to=${day}&group_by=store`)
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .expect(200);
+  conforms(report.body, 'SettlementReport');
+  conforms(report.body.totals[0], 'ReportFigures');
 });
 
 test('one wallet’s batch of a day (Antom settling each PSP apart) does not report another wallet’s sales of that day missing', async () => {

@@ -29,6 +29,8 @@ type Op = {
   items?: string;
   /** Answered in a provider's own form, not the API's error shape. */
   providerForm?: boolean;
+  /** The success may also come as CSV (`format=csv`). */
+  csv?: boolean;
 };
 
 const OPERATIONS: Op[] = [
@@ -566,8 +568,26 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
     required: ['id', 'status'],
     properties: {
       id: { type: 'string', pattern: '^job_' },
+      object: text,
+      type: { type: 'string', enum: ['reconcile'] },
       status: { type: 'string', enum: ['queued', 'running', 'completed', 'failed'] },
+      provider: text,
+      source: { type: 'string', enum: ['upload', 'fetch'] },
+      settlement_date: { type: 'string', format: 'date', description: 'the day a fetch asked for' },
+      file: {
+        type: 'object',
+        properties: { bytes: { type: ['integer', 'null'] }, sha256: nullableText },
+      },
       counts: { type: 'object' },
+      error: {
+        type: 'object',
+        required: ['code', 'message'],
+        properties: { code: text, message: text, line: { type: 'integer' } },
+      },
+      attempts: { type: 'integer' },
+      created_at: time,
+      started_at: { type: ['string', 'null'], format: 'date-time' },
+      finished_at: { type: ['string', 'null'], format: 'date-time' },
       warnings: {
         type: 'array',
         items: { type: 'string' },
@@ -578,7 +598,75 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
   List: {
     type: 'object',
     required: ['data', 'has_more'],
-    properties: { data: { type: 'array', items: { type: 'object' } }, has_more: { type: 'boolean' } },
+    properties: {
+      object: { type: 'string', const: 'list' },
+      data: { type: 'array', items: { type: 'object' } },
+      has_more: { type: 'boolean' },
+    },
+  },
+  SettlementWithVersions: {
+    allOf: [
+      ref('Settlement'),
+      {
+        properties: {
+          versions: {
+            type: 'array',
+            description: 'each content the batch has had, oldest first',
+            items: {
+              type: 'object',
+              properties: {
+                version: { type: 'integer' },
+                import_id: text,
+                content_hash: text,
+                count: { type: 'integer' },
+                discrepancies: { type: 'integer' },
+                gross: { type: 'integer' },
+                fees: { type: 'integer' },
+                net: { type: 'integer' },
+                created_at: time,
+                superseded_at: { type: ['string', 'null'], format: 'date-time' },
+                superseded_by: nullableText,
+              },
+            },
+          },
+        },
+      },
+    ],
+  },
+  SettlementReport: {
+    type: 'object',
+    required: ['from', 'to', 'group_by', 'groups', 'totals'],
+    properties: {
+      object: { type: 'string', const: 'settlement_report' },
+      from: { type: 'string', format: 'date' },
+      to: { type: 'string', format: 'date' },
+      group_by: { type: 'string', enum: ['day', 'store', 'wallet'] },
+      provider: text,
+      groups: { type: 'array', items: { allOf: [{ properties: { key: text } }, ref('ReportFigures')] } },
+      totals: { type: 'array', items: ref('ReportFigures'), description: 'one per currency' },
+    },
+  },
+  ReportFigures: {
+    type: 'object',
+    required: ['currency', 'count', 'gross', 'fees', 'net', 'discrepancies'],
+    properties: {
+      currency: text,
+      count: { type: 'integer' },
+      gross: ref('Money'),
+      fees: ref('Money'),
+      net: ref('Money'),
+      discrepancies: { type: 'integer' },
+    },
+  },
+  Health: { type: 'object', required: ['status'], properties: { status: { type: 'string', const: 'ok' } } },
+  Readiness: {
+    type: 'object',
+    required: ['status', 'postgres', 'redis'],
+    properties: {
+      status: { type: 'string', enum: ['ready', 'unavailable'] },
+      postgres: { type: 'boolean' },
+      redis: { type: 'boolean' },
+    },
   },
   Event: {
     type: 'object',
@@ -604,6 +692,8 @@ const RESPONSE_OBJECTS: Record<string, string> = {
   refund: 'Refund',
   'refund replay': 'Refund',
   settlement: 'Settlement',
+  'settlement with versions': 'SettlementWithVersions',
+  report: 'SettlementReport',
   job: 'Job',
   'job queued': 'Job',
   list: 'List',
@@ -614,6 +704,10 @@ const RESPONSE_OBJECTS: Record<string, string> = {
   'provider account created': 'ProviderAccount',
   'provider account deleted': 'ProviderAccount',
   'endpoint with secret': 'WebhookEndpoint',
+  'provider account': 'ProviderAccount',
+  ok: 'Health',
+  ready: 'Readiness',
+  'not ready': 'Readiness',
   'webhook endpoint': 'WebhookEndpoint',
   'delivery queued': 'WebhookDelivery',
   'webhook endpoint deleted': 'WebhookEndpoint',
@@ -716,13 +810,15 @@ function errorResponse(description: string, code: string) {
 
 function successResponse(op: Op, description: string) {
   const object = RESPONSE_OBJECTS[description];
-  const headers = description.endsWith('replay') ? REPLAYED : REQUEST_ID;
+  // Any answer to a request with an Idempotency-Key may be a replay.
+  const headers = op.idempotent || description.endsWith('replay') ? REPLAYED : REQUEST_ID;
   if (!object) return { description, headers };
   const schema =
     object === 'List' && op.items
       ? { allOf: [ref('List'), { properties: { data: { items: ref(op.items) } } }] }
       : ref(object);
-  return { description, headers, content: { 'application/json': { schema } } };
+  const csv = op.csv ? { 'text/csv': { schema: { type: 'string', contentMediaType: 'text/csv' } } } : {};
+  return { description, headers, content: { 'application/json': { schema }, ...csv } };
 }
 
 /** What the zod schemas check beyond what their JSON Schema can say (refinements, the config). */
@@ -779,7 +875,9 @@ export function openApiDocument(
     }
     const responses: Record<string, unknown> = {};
     for (const [code, description] of Object.entries(op.responses)) {
-      if (Number(code) < 400) responses[code] = successResponse(op, description);
+      // readyz's 503 is its report, not an error.
+      if (Number(code) < 400 || RESPONSE_OBJECTS[description])
+        responses[code] = successResponse(op, description);
       else responses[code] = op.providerForm ? { description } : errorResponse(description, code);
     }
     if (op.providerForm) responses.default = { description: 'refused in the provider’s own form' };

@@ -540,7 +540,7 @@ registerOperations([
     path: '/v1/settlements/{id}',
     summary: 'A settlement batch with its version history',
     auth: 'merchant',
-    responses: { 200: 'settlement' },
+    responses: { 200: 'settlement with versions' },
   },
   {
     method: 'get',
@@ -567,6 +567,7 @@ registerOperations([
     query: reportQuerySchema as unknown as z.ZodObject,
     auth: 'merchant',
     responses: { 200: 'report' },
+    csv: true,
   },
   {
     method: 'get',
