@@ -201,6 +201,8 @@ export interface ProviderAck {
   status: number;
   headers?: Record<string, string>;
   body?: string;
+  /** A refusal in API.md's error shape (our own sandbox protocol): the gateway adds its request_id. */
+  error?: { type: string; code: string; message: string };
 }
 
 export type NotificationEvent =

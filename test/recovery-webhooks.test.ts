@@ -771,9 +771,17 @@ describe('inbound provider notifications', () => {
     ]) {
       const answer = await notify(malformed as object);
       assert.equal(answer.status, 400, JSON.stringify(malformed));
-      assert.deepEqual(answer.body, { error: 'bad_notification' });
+      assert.equal(answer.body.error.type, 'invalid_request');
+      assert.equal(answer.body.error.code, 'notification_invalid');
     }
-    await tg.http.post('/webhooks/sandbox/pva_doesNotExist').send(raw).expect(404);
+    // Our own protocol, so refused in API.md's error shape, with the request's id.
+    const refused = await notify(body, forged);
+    assert.equal(refused.body.error.type, 'authentication');
+    assert.equal(refused.body.error.code, 'signature_invalid');
+    assert.equal(refused.body.error.request_id, refused.headers['request-id']);
+    const nobody = await tg.http.post('/webhooks/sandbox/pva_doesNotExist').send(raw).expect(404);
+    assert.equal(nobody.body.error.type, 'not_found');
+    assert.match(nobody.body.error.request_id, /^req_/);
     const { rows } = await db().query<{ status: string }>('SELECT status FROM payments WHERE id = $1', [id]);
     assert.equal(rows[0].status, 'processing');
   });

@@ -18,7 +18,8 @@ import { applyOutcome } from '../src/payments/service.ts';
 function answer(res: Response, ack: ProviderAck): void {
   res.status(ack.status);
   if (ack.headers) res.set(ack.headers);
-  if (ack.body === undefined) res.end();
+  if (ack.error) res.json({ error: { ...ack.error, request_id: res.req.requestId } });
+  else if (ack.body === undefined) res.end();
   else res.type(ack.headers?.['content-type'] ?? 'application/json').send(ack.body);
 }
 

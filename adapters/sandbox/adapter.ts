@@ -13,6 +13,7 @@ import {
   type NotificationResult,
   type PaymentOutcome,
   type PaymentRequest,
+  type ProviderAck,
   type RefundOutcome,
   type RefundRequest,
   type WalletAdapter,
@@ -196,6 +197,20 @@ function refundOutcomeOf(view: SandboxRefundView): RefundOutcome {
   }
 }
 
+/** Its error types and codes by status: the sandbox is our own protocol, so its refusals are API.md's shape. */
+const REFUSALS: Record<number, [type: string, code: string]> = {
+  400: ['invalid_request', 'notification_invalid'],
+  401: ['authentication', 'signature_invalid'],
+  404: ['not_found', 'provider_account_missing'],
+  413: ['invalid_request', 'body_too_large'],
+};
+
+/** A refused notification, in API.md's error shape. */
+function refusal(status: number, message: string): ProviderAck {
+  const [type, code] = REFUSALS[status] ?? (status >= 500 ? ['internal', 'internal_error'] : REFUSALS[400]);
+  return { status, error: { type, code, message } };
+}
+
 export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
   provider: 'sandbox',
   wallets: ['alipay', 'wechatpay', 'alipayplus'],
@@ -270,7 +285,7 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
     return refundOutcomeOf(answer.body);
   },
 
-  notificationRefusal: (status, message) => ({ status, body: JSON.stringify({ error: message }) }),
+  notificationRefusal: (status, message) => refusal(status, message),
 
   async handleNotification(account, request): Promise<NotificationResult> {
     const header = request.headers[SIGNATURE_HEADER];
@@ -284,7 +299,7 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
       return {
         ok: false,
         reason: verified.reason,
-        ack: { status: 401, body: JSON.stringify({ error: verified.reason }) },
+        ack: refusal(401, verified.reason),
       };
     }
     let parsed: unknown;
@@ -294,7 +309,7 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
       return {
         ok: false,
         reason: 'body is not JSON',
-        ack: { status: 400, body: JSON.stringify({ error: 'bad_json' }) },
+        ack: refusal(400, 'the body is not JSON'),
       };
     }
     const ack = { status: 200, body: JSON.stringify({ received: true }) };
@@ -313,7 +328,7 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
     if (!checked.success) {
       const issue = checked.error.issues[0];
       const reason = `malformed notification: ${issue.path.join('.') || 'body'}: ${issue.message}`;
-      return { ok: false, reason, ack: { status: 400, body: JSON.stringify({ error: 'bad_notification' }) } };
+      return { ok: false, reason, ack: refusal(400, `not a sandbox notification: ${reason}`) };
     }
     const message = checked.data;
     if (message.type === 'payment')
