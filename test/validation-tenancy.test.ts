@@ -461,7 +461,7 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       .get('/v1/admin/alerts?starting_after=mer_x')
       .set('Authorization', `Bearer ${tg.adminKey}`);
     assert.deepEqual([alerts.status, alerts.body.error.code], [400, 'parameter_invalid']);
-    // A provider's callback is refused in that provider's form (the sandbox's: an `error` text).
+    // A provider's callback is refused in that provider's form (the sandbox's: API.md's error shape).
     for (const webhook of [
       await tg.http.post('/webhooks/sandbox/pva_%00').send('{}'),
       await tg.http
@@ -470,7 +470,7 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
         .send('{"event":"x"}'),
     ]) {
       assert.ok(webhook.status >= 400 && webhook.status < 500, `webhook: ${webhook.status}`);
-      assert.equal(typeof JSON.parse(webhook.text).error, 'string');
+      assert.equal(JSON.parse(webhook.text).error.type, 'invalid_request', webhook.text);
     }
   });
 
