@@ -1012,6 +1012,12 @@ describe('merchant webhooks', () => {
       const failing = await eventually(async () =>
         (await deliveries()).find((d) => d.id !== done.id && d.attempts >= 2),
       );
+      // Once its job waits (bull moves it after the attempt's row is written).
+      await eventually(
+        async () =>
+          (await (await tg.gateway.ctx.queues.deliver.getJob(`deliver:${failing.id}`))?.getState()) ===
+          'delayed',
+      );
       answer = 204;
       const triesBefore = bodies.length;
       await again(failing.id).expect(202);

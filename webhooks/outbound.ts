@@ -5,7 +5,7 @@
  */
 import { send } from '../adapters/transport.ts';
 import type { Context } from '../src/context.ts';
-import { cappedBackoff, enqueue, ensureJob, sweepEach } from '../src/jobs/queues.ts';
+import { cappedBackoff, enqueue, ensureJob, queueDeadline, sweepEach } from '../src/jobs/queues.ts';
 import { inTransaction } from '../src/ledger/db.ts';
 import { paymentJson } from '../src/ledger/payments.ts';
 import { webhookSecretContext } from '../src/payments/accounts.ts';
@@ -102,14 +102,27 @@ function queueDelivery(ctx: Context, deliveryId: string): Promise<void> {
   );
 }
 
-/** A delivery sent again now: a new job when its own has ended, the next try at once when it waits. */
-export async function deliverAgain(ctx: Context, deliveryId: string): Promise<void> {
+/**
+ * A delivery sent again now: its next try at once when it waits for one, a new job when its own has
+ * ended. False while a try is under way: its outcome would overwrite the merchant's request (a
+ * last try failing ends the delivery `failed`), so the merchant asks again after it.
+ */
+export async function deliverAgain<T>(
+  ctx: Context,
+  deliveryId: string,
+  /** Sets the delivery `pending` again, before its job is touched; what it returns is returned. */
+  markPending: () => Promise<T>,
+): Promise<T | undefined> {
   const jobId = `deliver:${deliveryId}`;
-  if ((await ensureJob(ctx.queues, 'deliver', jobId, () => queueDelivery(ctx, deliveryId))) !== 'alive')
-    return;
-  const job = await ctx.queues.deliver.getJob(jobId);
-  // Its next try may be an hour away. A job that moved on meanwhile is left as it is.
-  if (job && (await job.getState()) === 'delayed') await job.promote().catch(() => undefined);
+  const job = await queueDeadline(ctx.queues, ctx.queues.deliver.getJob(jobId), `looking up job ${jobId}`);
+  const state = job && (await queueDeadline(ctx.queues, job.getState(), `reading job ${jobId}`));
+  if (state === 'active') return undefined;
+  const marked = await markPending();
+  if (job && state === 'delayed')
+    // Its next try may be an hour away. A job that moved on meanwhile is left as it is.
+    await queueDeadline(ctx.queues, job.promote(), `promoting job ${jobId}`).catch(() => undefined);
+  else await ensureJob(ctx.queues, 'deliver', jobId, () => queueDelivery(ctx, deliveryId));
+  return marked;
 }
 
 /**

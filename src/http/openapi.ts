@@ -203,7 +203,7 @@ const OPERATIONS: Op[] = [
     path: '/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry',
     summary: 'Send a delivery again (an addition to API.md): at once, with a new three days of tries',
     auth: 'merchant',
-    responses: { 202: 'delivery queued', 404: 'no such delivery' },
+    responses: { 202: 'delivery queued', 404: 'no such delivery', 409: 'a try is under way' },
   },
   {
     method: 'post',

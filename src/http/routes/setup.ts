@@ -519,22 +519,32 @@ export function setupRouter(ctx: Context): Router {
   });
 
   // An addition to API.md: a delivery sent again at the merchant's word, when its three days of
-  // tries ended or the merchant lost what it received; one still being tried is tried now.
+  // tries ended or the merchant lost what it received; one waiting for its next try is tried now.
   router.post('/v1/webhook-endpoints/:id/deliveries/:delivery_id/retry', async (req, res) => {
     const merchant = requireMerchant(req);
     refuseParameters(req.body);
     requireQueues(ctx.queues);
-    const { rows } = await ctx.db.query<DeliveryRow>(
-      `UPDATE webhook_deliveries d SET status = 'pending', updated_at = now()
-         FROM webhook_endpoints e
-        WHERE d.id = $1 AND d.endpoint_id = $2 AND e.id = d.endpoint_id AND e.merchant_id = $3
-          AND e.deleted_at IS NULL
-        RETURNING d.*`,
+    const found = await ctx.db.query<{ id: string }>(
+      `SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+        WHERE d.id = $1 AND d.endpoint_id = $2 AND e.merchant_id = $3 AND e.deleted_at IS NULL`,
       [req.params.delivery_id, req.params.id, merchant.merchant_id],
     );
-    if (!rows[0]) throw notFound('webhook delivery', req.params.delivery_id);
-    await deliverAgain(ctx, rows[0].id);
-    res.status(202).json(deliveryJson(rows[0]));
+    if (!found.rows[0]) throw notFound('webhook delivery', req.params.delivery_id);
+    const id = found.rows[0].id;
+    const pending = await deliverAgain(ctx, id, async () => {
+      const { rows } = await ctx.db.query<DeliveryRow>(
+        `UPDATE webhook_deliveries SET status = 'pending', updated_at = now() WHERE id = $1 RETURNING *`,
+        [id],
+      );
+      return rows[0];
+    });
+    if (!pending)
+      throw new ApiError(
+        'conflict',
+        'delivery_in_progress',
+        'a try of this delivery is under way; ask again once it has ended',
+      );
+    res.status(202).json(deliveryJson(pending));
   });
 
   return router;
