@@ -188,11 +188,12 @@ export async function startGateway(config: Config, port = config.port): Promise<
         withDeadline(work, what, ms).catch((error) =>
           ctx.log.error({ err: error }, `shutdown: ${what} did not finish`),
         );
+      // A provider's answer still waiting for PostgreSQL: stored now, while the queues can still
+      // take the sale's next check, so that the sweeper need not ask the provider again.
+      await bounded(Promise.all(ctx.lateWrites), "storing providers' answers");
       await bounded(worker?.stop() ?? Promise.resolve(), 'stopping the worker');
       // Closing the queues waits for running jobs, as long as it allows them (QUEUE_CLOSE_DEADLINE_MS).
       await bounded(ctx.queues.close(), 'closing the queues', QUEUE_CLOSE_DEADLINE_MS + 1_000);
-      // A provider's answer still waiting for PostgreSQL: stored now, the sweeper need not ask again.
-      await bounded(Promise.all(ctx.lateWrites), "storing providers' answers");
       await bounded(closeConnections(ctx), 'closing connections');
     },
   };
