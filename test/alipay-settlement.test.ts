@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { alipayAdapter } from '../adapters/alipay/adapter.ts';
-import { parseSettlementFile } from '../adapters/alipay/settlement.ts';
+import { type OtherType, parseSettlementFile } from '../adapters/alipay/settlement.ts';
 import { SettlementFormatError, type SettlementLine } from '../adapters/contract.ts';
 
 const HEADER =
@@ -32,10 +32,10 @@ function stream(text: string, chunk = 7): Readable {
 async function collect(
   text: string,
   onUnknownColumns?: (names: string[]) => void,
-  onOtherType?: (type: string, lineNo: number) => void,
+  onOtherTypes?: (types: OtherType[]) => void,
 ): Promise<SettlementLine[]> {
   const lines: SettlementLine[] = [];
-  for await (const line of parseSettlementFile(stream(text), { onUnknownColumns, onOtherType }))
+  for await (const line of parseSettlementFile(stream(text), { onUnknownColumns, onOtherTypes }))
     lines.push(line);
   return lines;
 }
@@ -145,15 +145,19 @@ describe('Antom settlement details parser', () => {
     );
   });
 
-  it('passes over lines of other transaction types (fees, reserves, disputes), telling each type once', async () => {
+  it('passes over lines of other transaction types (fees, reserves, disputes), counting them and their amounts', async () => {
     const [header, payment, refund, cancel] = GOOD.split('\n');
-    const fee = payment.replace(',PAYMENT,', ',SETTLEMENT_FEE,');
+    const fee = payment
+      .replace(',PAYMENT,', ',SETTLEMENT_FEE,')
+      .replace(',1999,EUR,1999,EUR,', ',-120,EUR,-120,EUR,');
     const reserve = payment.replace(',PAYMENT,', ',RESERVE_WITHHOLDING,');
-    const told: string[] = [];
+    let told: OtherType[] = [];
     const lines = await collect(
       [header, fee, payment, fee, refund, reserve, cancel, '<END>'].join('\n'),
       undefined,
-      (type, lineNo) => told.push(`${type}@${lineNo}`),
+      (types) => {
+        told = types;
+      },
     );
     assert.deepEqual(
       lines.map((l) => [l.line_no, l.type]),
@@ -163,7 +167,10 @@ describe('Antom settlement details parser', () => {
         [7, 'cancel'],
       ],
     );
-    assert.deepEqual(told, ['SETTLEMENT_FEE@2', 'RESERVE_WITHHOLDING@6']);
+    assert.deepEqual(told, [
+      { type: 'SETTLEMENT_FEE', lines: 2, first_line: 2, settled: new Map([['EUR', -240]]) },
+      { type: 'RESERVE_WITHHOLDING', lines: 1, first_line: 6, settled: new Map([['EUR', 1999]]) },
+    ]);
   });
 
   it("adds the tax on Antom's fee to the fee", async () => {

@@ -29,7 +29,7 @@ import {
   refundOutcome,
 } from './mapping.ts';
 import { handleAlipayNotification, rejection } from './notification.ts';
-import { parseSettlementFile } from './settlement.ts';
+import { type OtherType, parseSettlementFile } from './settlement.ts';
 
 /**
  * alipay.md §9: Alipay's reference client inquires after 2, 3, 3, 5, 5… s and cancels after
@@ -37,6 +37,14 @@ import { parseSettlementFile } from './settlement.ts';
  * resend. The window is capped by the paymentExpiryTime we send (UPM: 10 min at most); Order Code
  * QRs live 3 minutes by Antom's docs.
  */
+/** What a job says of lines it passed over: a merchant can account for every line and amount. */
+function otherTypeWarning(t: OtherType): string {
+  const settled = t.settled
+    ? [...t.settled].map(([currency, value]) => `${value} minor units of ${currency}`).join(', ')
+    : 'amounts not all readable';
+  return `${t.lines} line${t.lines > 1 ? 's' : ''} of transactionType ${t.type} (the first on line ${t.first_line}; settled: ${settled || 'none'}) passed over: not a payment, refund or cancel, so not reconciled and not in the batch totals`;
+}
+
 export const ALIPAY_RESOLUTION: ResolutionPolicy = {
   poll_schedule_s: [2, 3, 3, 5, 5],
   window_s: { min: 10, default: 60, max: 600 },
@@ -122,10 +130,9 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
       parseSettlementFile(file, {
         onUnknownColumns: (names) =>
           warn?.(`columns not read (unknown to this version): ${names.join(', ')}`),
-        onOtherType: (type, lineNo) =>
-          warn?.(
-            `lines of transactionType ${type} (the first on line ${lineNo}) are not a payment, refund or cancel: passed over, not reconciled and not in the batch totals`,
-          ),
+        onOtherTypes: (types) => {
+          for (const t of types) warn?.(otherTypeWarning(t));
+        },
       }),
     ),
 

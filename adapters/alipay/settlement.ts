@@ -69,10 +69,20 @@ export interface ParseOptions {
   /** Called once with header names we do not know (reported, never fatal). */
   onUnknownColumns?(names: string[]): void;
   /**
-   * Called once for each transactionType that is not a payment, refund or cancel (Antom lists
-   * fees, reserves, reversals and disputes too), at its first line: such lines are passed over.
+   * Called at the end of the file with its lines of each transactionType that is not a payment,
+   * refund or cancel (Antom lists fees, reserves, reversals and disputes too): such lines are
+   * passed over, and told so.
    */
-  onOtherType?(type: string, lineNo: number): void;
+  onOtherTypes?(types: OtherType[]): void;
+}
+
+/** The lines of one transactionType passed over: how many, the first, and their settled amounts. */
+export interface OtherType {
+  type: string;
+  lines: number;
+  first_line: number;
+  /** Signed minor units by settlement currency; undefined where a line's amount could not be read. */
+  settled?: Map<string, number>;
 }
 
 /** csv-parse's own errors (an unclosed quote, text after a closing quote) as format errors. */
@@ -111,7 +121,7 @@ export async function* parseSettlementFile(
   let width = 0;
   let ended = false;
   let lineNo = 0;
-  const otherTypes = new Set<string>();
+  const otherTypes = new Map<string, OtherType>();
   const records = readable(parser as AsyncIterable<string[]>, () => lineNo + 1);
   for await (const record of records) {
     lineNo++;
@@ -145,15 +155,35 @@ export async function* parseSettlementFile(
       );
     const line = toLine(record, columns, lineNo);
     if (typeof line !== 'string') yield line;
-    else if (!otherTypes.has(line)) {
-      otherTypes.add(line);
-      options.onOtherType?.(line, lineNo);
-    }
+    else passedOver(otherTypes, line, lineNo, record, columns);
   }
   if (!columns) throw new SettlementFormatError('settlement file is empty: no header row');
   if (!ended) {
     throw new SettlementFormatError(`settlement file ends without the ${END_MARKER} trailer (truncated?)`);
   }
+  if (otherTypes.size) options.onOtherTypes?.([...otherTypes.values()]);
+}
+
+function passedOver(
+  types: Map<string, OtherType>,
+  type: string,
+  lineNo: number,
+  record: string[],
+  columns: Map<Column, number>,
+): void {
+  let seen = types.get(type);
+  if (!seen) {
+    seen = { type, lines: 0, first_line: lineNo, settled: new Map() };
+    types.set(type, seen);
+  }
+  seen.lines++;
+  const value = record[columns.get('settlementAmountValue') ?? -1]?.trim() ?? '';
+  const currency = currencyFromCode(record[columns.get('settlementCurrency') ?? -1]?.trim() ?? '');
+  if (!seen.settled || !currency || !/^[-+]?\d{1,15}$/.test(value)) {
+    seen.settled = undefined;
+    return;
+  }
+  seen.settled.set(currency, (seen.settled.get(currency) ?? 0) + Number(value));
 }
 
 function headerColumns(header: string[], options: ParseOptions): Map<Column, number> {
