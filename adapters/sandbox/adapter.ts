@@ -201,8 +201,7 @@ function refundOutcomeOf(view: SandboxRefundView): RefundOutcome {
 const REFUSALS: Record<number, [type: string, code: string]> = {
   400: ['invalid_request', 'notification_invalid'],
   401: ['authentication', 'signature_invalid'],
-  404: ['not_found', 'provider_account_missing'],
-  413: ['invalid_request', 'body_too_large'],
+  404: ['not_found', 'resource_missing'],
 };
 
 /** A refused notification, in API.md's error shape. */

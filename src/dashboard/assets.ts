@@ -159,6 +159,8 @@ export const DASHBOARD_JS = `'use strict';
       // The batches list is newest first and has no date filter: read it all, then keep the period's.
       var batches = await pages('/v1/settlements', 5000, run);
       var disc = await pages('/v1/reconciliation/discrepancies', 1000, run);
+      // Overtaken while the last page was read: the later load draws.
+      if (run.id !== generation) return;
       var inPeriod = batches.data.filter(function (b) { return b.settlement_date >= f.from && b.settlement_date <= f.to; });
       var dates = new Map(inPeriod.map(function (b) { return [b.id, b.settlement_date]; }));
       chart(report.groups);

@@ -843,7 +843,7 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
     await handleNotFound(ctx, row, account);
     return;
   }
-  if (outcome.kind === 'not_found' && codeOnlyFromCreation(row, account)) {
+  if (outcome.kind === 'not_found' && codeOnlyFromCreation(row, account) && !payMayBeUnderWay(row)) {
     // Its creation was sent again as often as allowed, and the provider has no such order: no
     // code can come any more, so nobody can pay it (the process that made it may have died).
     const ended = await endUnshownQrSale(ctx, row.id, false);
@@ -876,6 +876,13 @@ function cancelWith(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<
 }
 
 /**
+ * While the creating request may still be sending its pay (or its resend), "no such order" proves
+ * nothing: the pay can land right after.
+ */
+const payMayBeUnderWay = (row: PaymentRow): boolean =>
+  !row.request_done && Date.now() - row.created_at.getTime() < IN_FLIGHT_GRACE_S * 1000;
+
+/**
  * One more "no such order" after a `pay` that got no answer: the count, since when, and whether two
  * far enough apart now prove the request never arrived.
  */
@@ -883,11 +890,8 @@ function notFoundAgain(
   row: PaymentRow,
   policy: ResolutionPolicy,
 ): { count: number; since: Date | null; proven: boolean } {
-  // While the creating request may still be sending its pay, "no such order" proves nothing: the
-  // pay can land right after. The count starts once that request is over (or long dead).
-  const payMayBeUnderWay =
-    !row.request_done && Date.now() - row.created_at.getTime() < IN_FLIGHT_GRACE_S * 1000;
-  if (payMayBeUnderWay) return { count: row.not_found_count, since: row.not_found_since, proven: false };
+  // The count starts once the creating request is over (or long dead).
+  if (payMayBeUnderWay(row)) return { count: row.not_found_count, since: row.not_found_since, proven: false };
   const since = row.not_found_since ?? new Date();
   const count = row.not_found_count + 1;
   const apartMs = (policy.resend_after_not_found_s ?? Number.POSITIVE_INFINITY) * 1000;

@@ -48,7 +48,7 @@ export interface ImportCounts {
   batches_created: number;
   batches_superseded: number;
   batches_unchanged: number;
-  /** The lines of those batches: matched before, so not among `matched` and `discrepancies` now. */
+  /** The lines of those batches: their results stand from the import that brought them, not counted again. */
   lines_unchanged: number;
   matched: number;
   pending: number;
