@@ -4,6 +4,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
+import type { Response } from 'supertest';
 import type { CancelOutcome } from '../adapters/contract.ts';
 import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
@@ -268,17 +269,20 @@ describe('PostgreSQL lost for a moment', () => {
     assert.equal(res.body.status, 'succeeded');
   });
 
-  test('away for longer than the till is held: a 503, and its retry once PostgreSQL is back is the outcome, not a 409', async () => {
-    const key = `blip-long-${Date.now()}`;
-    const sale = () => createPayment(blipping, shop.terminalKey, scanPayment(4343), key);
-    const first = await blipAfter('pay', sale, 7_000);
+  /**
+   * `request` (sent again as a till would) after the sandbox adapter's `operation` answered and
+   * PostgreSQL went away for 7 s, longer than the till is held: the first is a 503, and the retry,
+   * once PostgreSQL is back, a replay with the outcome. A 409 while the answer is being stored
+   * (within a second of PostgreSQL's return) is fair; one until the request's 30 s lock lapses is
+   * not: the retry is awaited until about 13 s in.
+   */
+  async function retriedAfterLongOutage(operation: 'pay' | 'refund', request: () => PromiseLike<Response>) {
+    const first = await blipAfter(operation, request, 7_000);
     assert.equal(first.status, 503, JSON.stringify(first.body));
     assert.equal(first.body.error.type, 'unavailable');
-    // A 409 while the answer is being stored (within a second of PostgreSQL's return, 7 s in) is
-    // fair; one until the request's 30 s lock lapses is not: this waits until about 13 s in.
     const retry = await eventually(
       async () => {
-        const res = await sale();
+        const res = await request();
         return res.status === 503 || res.status === 409 ? undefined : res;
       },
       8_000,
@@ -287,6 +291,14 @@ describe('PostgreSQL lost for a moment', () => {
     assert.equal(retry.status, 200, JSON.stringify(retry.body));
     assert.equal(retry.headers['idempotent-replayed'], 'true');
     assert.equal(retry.body.status, 'succeeded');
+    return retry;
+  }
+
+  test('away for longer than the till is held: a 503, and its retry once PostgreSQL is back is the outcome, not a 409', async () => {
+    const key = `blip-long-${Date.now()}`;
+    await retriedAfterLongOutage('pay', () =>
+      createPayment(blipping, shop.terminalKey, scanPayment(4343), key),
+    );
   });
 
   test('right after the provider paid a refund out: the refund is answered as paid, not a 503', async () => {
@@ -299,20 +311,9 @@ describe('PostgreSQL lost for a moment', () => {
   test("a refund's retry after an outage longer than the till is held: its outcome, not a 409", async () => {
     const paid = await createPayment(blipping, shop.refundTerminalKey, scanPayment(4300)).expect(201);
     const key = `refund-blip-long-${Date.now()}`;
-    const refund = () => createRefund(blipping, shop.refundTerminalKey, paid.body.id, {}, key);
-    const first = await blipAfter('refund', refund, 7_000);
-    assert.equal(first.status, 503, JSON.stringify(first.body));
-    const retry = await eventually(
-      async () => {
-        const res = await refund();
-        return res.status === 503 || res.status === 409 ? undefined : res;
-      },
-      8_000,
-      'an answer other than 503 or 409',
+    const retry = await retriedAfterLongOutage('refund', () =>
+      createRefund(blipping, shop.refundTerminalKey, paid.body.id, {}, key),
     );
-    assert.equal(retry.status, 200, JSON.stringify(retry.body));
-    assert.equal(retry.headers['idempotent-replayed'], 'true');
-    assert.equal(retry.body.status, 'succeeded');
     assert.equal(retry.body.amount.value, 4300);
   });
 
