@@ -843,6 +843,39 @@ describe('inbound provider notifications', () => {
 });
 
 describe('merchant webhooks', () => {
+  interface Delivery {
+    id: string;
+    status: string;
+    attempts: number;
+  }
+
+  /**
+   * A local receiver answering with `handle`, and an endpoint of the merchant's pointing at it:
+   * `close` it when done.
+   */
+  async function receiver(handle: http.RequestListener, events = ['payment.succeeded']) {
+    const server = http.createServer(handle);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`;
+    const endpoint = await tg.http
+      .post('/v1/webhook-endpoints')
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .send({ url, events })
+      .expect(201);
+    return {
+      endpoint: endpoint.body as { id: string; secret: string },
+      close: () => server.close(),
+      /** The endpoint's deliveries, as its merchant lists them. */
+      deliveries: async () =>
+        (
+          await tg.http
+            .get(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries`)
+            .set('Authorization', `Bearer ${merchant.secretKey}`)
+            .expect(200)
+        ).body.data as Delivery[],
+    };
+  }
+
   test('a delivery is tried for three days, soon at first and then every hour, before it fails', () => {
     const waits = Array.from({ length: DELIVERY_ATTEMPTS - 1 }, (_, i) => deliveryWaitMs(i + 1));
     const total = waits.reduce((a, b) => a + b, 0);
@@ -855,33 +888,29 @@ describe('merchant webhooks', () => {
   test('events are delivered signed, retried after a failure, and listed as deliveries', async () => {
     const received: { body: string; signature: string }[] = [];
     const failedOnce = new Set<string>();
-    const server = http.createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c) => chunks.push(c));
-      req.on('end', () => {
-        // Every event's first attempt fails, so each delivery must be retried once.
-        const eventId = JSON.parse(Buffer.concat(chunks).toString()).id as string;
-        if (!failedOnce.has(eventId)) {
-          failedOnce.add(eventId);
-          res.writeHead(500).end();
-          return;
-        }
-        received.push({
-          body: Buffer.concat(chunks).toString(),
-          signature: String(req.headers['tillbridge-signature']),
+    const hooks = await receiver(
+      (req, res) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (c) => chunks.push(c));
+        req.on('end', () => {
+          // Every event's first attempt fails, so each delivery must be retried once.
+          const eventId = JSON.parse(Buffer.concat(chunks).toString()).id as string;
+          if (!failedOnce.has(eventId)) {
+            failedOnce.add(eventId);
+            res.writeHead(500).end();
+            return;
+          }
+          received.push({
+            body: Buffer.concat(chunks).toString(),
+            signature: String(req.headers['tillbridge-signature']),
+          });
+          res.writeHead(204).end();
         });
-        res.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      },
+      ['payment.succeeded', 'refund.succeeded'],
+    );
     try {
-      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`;
-      const endpoint = await tg.http
-        .post('/v1/webhook-endpoints')
-        .set('Authorization', `Bearer ${merchant.secretKey}`)
-        .send({ url, events: ['payment.succeeded', 'refund.succeeded'] })
-        .expect(201);
-      assert.match(endpoint.body.secret, /^whsec_/);
+      assert.match(hooks.endpoint.secret, /^whsec_/);
       const payment = await createPayment(tg, merchant.secretKey, scanPayment(4500)).expect(201);
       const got = await eventually(
         async () => received.find((r) => JSON.parse(r.body).data.object.id === payment.body.id),
@@ -894,13 +923,10 @@ describe('merchant webhooks', () => {
       assert.equal(event.data.object.status, 'succeeded');
       const [, t, v1] = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(got.signature) ?? [];
       assert.ok(t && v1, got.signature);
-      assert.equal(v1, createHmac('sha256', endpoint.body.secret).update(`${t}.${got.body}`).digest('hex'));
-      const deliveries = await eventually(async () => {
-        const res = await tg.http
-          .get(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries`)
-          .set('Authorization', `Bearer ${merchant.secretKey}`);
-        return res.body.data.find((d: { status: string }) => d.status === 'succeeded');
-      });
+      assert.equal(v1, createHmac('sha256', hooks.endpoint.secret).update(`${t}.${got.body}`).digest('hex'));
+      const deliveries = await eventually(async () =>
+        (await hooks.deliveries()).find((d) => d.status === 'succeeded'),
+      );
       assert.equal(deliveries.attempts, 2, 'the first attempt got a 500 and was retried');
       // Its job runs on the three days' schedule, and keeps one stack, not one a try.
       const job = await tg.gateway.ctx.queues.deliver.getJob(`deliver:${deliveries.id}`);
@@ -910,13 +936,13 @@ describe('merchant webhooks', () => {
       assert.equal(job.opts.stackTraceLimit, 1);
       assert.ok(job.stacktrace.length <= 1);
     } finally {
-      server.close();
+      hooks.close();
     }
   });
 
   test('an endpoint that answers 2xx with a body of megabytes has its event delivered, once', async () => {
     let calls = 0;
-    const server = http.createServer((req, res) => {
+    const hooks = await receiver((req, res) => {
       calls++;
       req.resume();
       req.on('end', () => {
@@ -924,26 +950,17 @@ describe('merchant webhooks', () => {
         res.end('<p>thanks</p>'.repeat(200_000));
       });
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     try {
-      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`;
-      const endpoint = await tg.http
-        .post('/v1/webhook-endpoints')
-        .set('Authorization', `Bearer ${merchant.secretKey}`)
-        .send({ url, events: ['payment.succeeded'] })
-        .expect(201);
       await createPayment(tg, merchant.secretKey, scanPayment(4510)).expect(201);
-      const delivery = await eventually(async () => {
-        const res = await tg.http
-          .get(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries`)
-          .set('Authorization', `Bearer ${merchant.secretKey}`);
-        return res.body.data.find((d: { status: string; attempts: number }) => d.attempts > 0);
-      }, 20_000);
+      const delivery = await eventually(
+        async () => (await hooks.deliveries()).find((d) => d.attempts > 0),
+        20_000,
+      );
       assert.equal(delivery.status, 'succeeded', JSON.stringify(delivery));
       assert.equal(delivery.attempts, 1);
       assert.equal(calls, 1);
     } finally {
-      server.close();
+      hooks.close();
     }
   });
 
@@ -972,7 +989,7 @@ describe('merchant webhooks', () => {
   test('a merchant has a delivery sent again: one that ended, and one waiting for its next try', async () => {
     const bodies: string[] = [];
     let answer = 204;
-    const server = http.createServer((req, res) => {
+    const hooks = await receiver((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c) => chunks.push(c));
       req.on('end', () => {
@@ -980,24 +997,11 @@ describe('merchant webhooks', () => {
         res.writeHead(answer).end();
       });
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     try {
-      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/again`;
-      const endpoint = await tg.http
-        .post('/v1/webhook-endpoints')
-        .set('Authorization', `Bearer ${merchant.secretKey}`)
-        .send({ url, events: ['payment.succeeded'] })
-        .expect(201);
-      const deliveries = async () =>
-        (
-          await tg.http
-            .get(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries`)
-            .set('Authorization', `Bearer ${merchant.secretKey}`)
-            .expect(200)
-        ).body.data as { id: string; status: string; attempts: number }[];
+      const { deliveries } = hooks;
       const again = (deliveryId: string, key = merchant.secretKey, body: object = {}) =>
         tg.http
-          .post(`/v1/webhook-endpoints/${endpoint.body.id}/deliveries/${deliveryId}/retry`)
+          .post(`/v1/webhook-endpoints/${hooks.endpoint.id}/deliveries/${deliveryId}/retry`)
           .set('Authorization', `Bearer ${key}`)
           .send(body);
       await createPayment(tg, merchant.secretKey, scanPayment(4620)).expect(201);
@@ -1039,13 +1043,13 @@ describe('merchant webhooks', () => {
       assert.equal((await again('del_nothing')).status, 404);
       assert.equal((await again(done.id, merchant.secretKey, { now: true })).status, 400);
     } finally {
-      server.close();
+      hooks.close();
     }
   });
 
   test('a delivery whose job was lost is queued again by the sweeper; a deleted endpoint gets no more', async () => {
     const bodies: string[] = [];
-    const server = http.createServer((req, res) => {
+    const hooks = await receiver((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c) => chunks.push(c));
       req.on('end', () => {
@@ -1053,20 +1057,13 @@ describe('merchant webhooks', () => {
         res.writeHead(204).end();
       });
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const ctx = tg.gateway.ctx;
     try {
-      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/lost`;
-      const endpoint = await tg.http
-        .post('/v1/webhook-endpoints')
-        .set('Authorization', `Bearer ${merchant.secretKey}`)
-        .send({ url, events: ['payment.succeeded'] })
-        .expect(201);
       await createPayment(tg, merchant.secretKey, scanPayment(4600)).expect(201);
       await eventually(async () => bodies.length === 1 || undefined, 20_000, 'first delivery');
       const { rows } = await ctx.db.query<{ id: string }>(
         'SELECT id FROM webhook_deliveries WHERE endpoint_id = $1',
-        [endpoint.body.id],
+        [hooks.endpoint.id],
       );
       const deliveryId = rows[0].id;
       // As if Redis never took the job: the delivery is pending, and no job exists for it.
@@ -1083,7 +1080,7 @@ describe('merchant webhooks', () => {
       assert.equal(bodies[1], bodies[0]);
 
       await tg.http
-        .delete(`/v1/webhook-endpoints/${endpoint.body.id}`)
+        .delete(`/v1/webhook-endpoints/${hooks.endpoint.id}`)
         .set('Authorization', `Bearer ${merchant.secretKey}`)
         .expect(200);
       await forget();
@@ -1098,7 +1095,7 @@ describe('merchant webhooks', () => {
       assert.equal(stopped.last_error, 'the endpoint was deleted');
       assert.equal(bodies.length, 2, 'nothing more reached the deleted endpoint');
     } finally {
-      server.close();
+      hooks.close();
     }
   });
 });
