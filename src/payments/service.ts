@@ -122,11 +122,29 @@ const sameMoney = (money: Money, row: PaymentRow) =>
   money.value === row.amount_value && money.currency === row.currency;
 
 /**
- * An alert of `kind` naming a payment, or a refund (and its payment), unless one is still open for
- * it: the work that raises it is retried, and reports race (a notification beside an inquiry). The
- * look and the insert hold a lock on what they look at.
+ * Inserts an alert with `insert` (an INSERT … WHERE NOT EXISTS an open one) under a lock on
+ * `kind` and `scope`: the work that raises it is retried, and reports race (a notification beside
+ * an inquiry, sales failing side by side), so the look and the insert hold a lock on what they
+ * look at. Logged when raised.
  */
-export async function alertOnce(
+async function raiseUnlessOpen(
+  ctx: Ctx,
+  kind: string,
+  scope: string,
+  detail: string,
+  logged: Record<string, string | null>,
+  insert: { sql: string; params: unknown[] },
+): Promise<void> {
+  const raised = await inTransaction(ctx.db, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`alert:${kind}:${scope}`]);
+    const { rowCount } = await client.query(insert.sql, insert.params);
+    return rowCount === 1;
+  });
+  if (raised) ctx.log.error({ alert: kind, ...logged }, detail);
+}
+
+/** An alert of `kind` naming a payment, or a refund (and its payment), unless one is still open for it. */
+export function alertOnce(
   ctx: Ctx,
   kind: string,
   detail: string,
@@ -134,45 +152,44 @@ export async function alertOnce(
 ): Promise<void> {
   const refundId = 'refund_id' in ids ? ids.refund_id : null;
   const paymentId = 'payment_id' in ids ? ids.payment_id : null;
-  const raised = await inTransaction(ctx.db, async (client) => {
-    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-      `alert:${kind}:${refundId ?? paymentId}`,
-    ]);
-    const { rowCount } = await client.query(
-      `INSERT INTO alerts (kind, payment_id, refund_id, detail)
-       SELECT $1, COALESCE($2, (SELECT payment_id FROM refunds WHERE id = $3)), $3, $4
-        WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE kind = $1 AND resolved_at IS NULL
-                             AND CASE WHEN $3::text IS NULL THEN payment_id = $2 AND refund_id IS NULL
-                                      ELSE refund_id = $3 END)`,
-      [kind, paymentId, refundId, detail],
-    );
-    return rowCount === 1;
-  });
-  if (raised) ctx.log.error({ alert: kind, payment_id: paymentId, refund_id: refundId }, detail);
+  return raiseUnlessOpen(
+    ctx,
+    kind,
+    refundId ?? (paymentId as string),
+    detail,
+    { payment_id: paymentId, refund_id: refundId },
+    {
+      sql: `INSERT INTO alerts (kind, payment_id, refund_id, detail)
+            SELECT $1, COALESCE($2, (SELECT payment_id FROM refunds WHERE id = $3)), $3, $4
+             WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE kind = $1 AND resolved_at IS NULL
+                                  AND CASE WHEN $3::text IS NULL THEN payment_id = $2 AND refund_id IS NULL
+                                           ELSE refund_id = $3 END)`,
+      params: [kind, paymentId, refundId, detail],
+    },
+  );
 }
 
 /**
  * The provider refused the account's set-up: one alert an account (naming the first sale it
  * failed, or whose refund it failed) until a person resolves it, not one a sale.
  */
-export async function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
+export function alertAccountRefused(ctx: Ctx, payment: PaymentRow, failure: Failure): Promise<void> {
   const kind = 'provider_configuration';
   const detail = `${payment.provider} refused provider account ${payment.provider_account_id} itself (${failure.provider_code}: ${failure.message}): every sale on it fails until its credentials or contract are fixed (PUT /v1/providers/${payment.provider})`;
-  // Sales failing side by side race to report it: the look and the insert hold a lock on the account.
-  const raised = await inTransaction(ctx.db, async (client) => {
-    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-      `alert:${kind}:${payment.provider_account_id}`,
-    ]);
-    const { rowCount } = await client.query(
-      `INSERT INTO alerts (kind, payment_id, detail)
-       SELECT $1, $2, $3
-        WHERE NOT EXISTS (SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
-                           WHERE a.kind = $1 AND a.resolved_at IS NULL AND p.provider_account_id = $4)`,
-      [kind, payment.id, detail, payment.provider_account_id],
-    );
-    return rowCount === 1;
-  });
-  if (raised) ctx.log.error({ alert: kind, payment_id: payment.id }, detail);
+  return raiseUnlessOpen(
+    ctx,
+    kind,
+    payment.provider_account_id,
+    detail,
+    { payment_id: payment.id },
+    {
+      sql: `INSERT INTO alerts (kind, payment_id, detail)
+          SELECT $1, $2, $3
+           WHERE NOT EXISTS (SELECT 1 FROM alerts a JOIN payments p ON p.id = a.payment_id
+                              WHERE a.kind = $1 AND a.resolved_at IS NULL AND p.provider_account_id = $4)`,
+      params: [kind, payment.id, detail, payment.provider_account_id],
+    },
+  );
 }
 
 export async function raiseAlert(
