@@ -7,7 +7,7 @@ import type { Context } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue, enqueueDue, ensureJob, sweepEach } from '../jobs/queues.ts';
-import { inTransaction } from '../ledger/db.ts';
+import { inTransaction, type Queryable } from '../ledger/db.ts';
 import {
   CAPTURED,
   type PaymentRow,
@@ -30,6 +30,19 @@ const REFUND_POLL_S = [1, 2, 3, 5, 10, 30, 60];
 /** After this many inquiries without an answer a human is told; polling goes on. */
 const REFUND_ALERT_AFTER = 20;
 
+/** The refund of a payment that a request with this Idempotency-Key made, if one did. */
+export async function refundMadeWith(
+  db: Queryable,
+  paymentId: string,
+  idempotencyKey: string,
+): Promise<RefundRow | undefined> {
+  const { rows } = await db.query<RefundRow>(
+    'SELECT * FROM refunds WHERE payment_id = $1 AND idempotency_key = $2',
+    [paymentId, idempotencyKey],
+  );
+  return rows[0];
+}
+
 /**
  * Makes a refund and sends it to the provider; `created` is false when the request's
  * Idempotency-Key already made one (its process died before answering): that refund is returned
@@ -48,11 +61,8 @@ export async function createRefund(
     ]);
     const payment = rows[0];
     // Before any check: the refund left behind may have taken all that could be refunded.
-    const left = await client.query<RefundRow>(
-      'SELECT * FROM refunds WHERE payment_id = $1 AND idempotency_key = $2',
-      [paymentId, idempotencyKey],
-    );
-    if (left.rows[0]) return { refund: left.rows[0], created: false };
+    const left = await refundMadeWith(client, paymentId, idempotencyKey);
+    if (left) return { refund: left, created: false };
     if (!CAPTURED.includes(payment.status)) {
       throw new ApiError(
         'conflict',

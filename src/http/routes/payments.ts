@@ -11,7 +11,7 @@ import {
   refundJson,
   UNRESOLVED,
 } from '../../ledger/payments.ts';
-import { createRefund } from '../../payments/refunds.ts';
+import { createRefund, refundMadeWith } from '../../payments/refunds.ts';
 import { createPayment, loadPayment, requestCancel } from '../../payments/service.ts';
 import { requireMerchantOrTerminal } from '../auth.ts';
 import { idempotencyKeyOf, idempotent, requestHash } from '../idempotency.ts';
@@ -234,11 +234,8 @@ export function paymentsRouter(ctx: Context): Router {
           return rows[0] ? refundJson(rows[0]) : stored;
         },
         decided: async () => {
-          const { rows } = await ctx.db.query<RefundRow>(
-            `SELECT * FROM refunds WHERE payment_id = $1 AND idempotency_key = $2 AND status <> 'pending'`,
-            [payment.id, key],
-          );
-          return rows[0] && refundJson(rows[0]);
+          const made = await refundMadeWith(ctx.db, payment.id, key);
+          return made && made.status !== 'pending' ? refundJson(made) : undefined;
         },
       },
     );
