@@ -325,6 +325,7 @@ const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const text = { type: 'string' };
 const time = { type: 'string', format: 'date-time' };
 const nullableText = { type: ['string', 'null'] };
+const nullableTime = { type: ['string', 'null'], format: 'date-time' };
 
 const objectSchemas: Record<string, Record<string, unknown>> = {
   Money: {
@@ -366,7 +367,7 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       metadata: { type: ['object', 'null'], additionalProperties: text },
       qr_code: {
         type: ['object', 'null'],
-        properties: { data: text, expires_at: { type: ['string', 'null'], format: 'date-time' } },
+        properties: { data: text, expires_at: nullableTime },
       },
       failure: { type: 'object', properties: { code: text, message: text } },
       amount_refunded: ref('Money'),
@@ -560,7 +561,7 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       refund_id: nullableText,
       detail: text,
       created_at: time,
-      resolved_at: { type: ['string', 'null'], format: 'date-time' },
+      resolved_at: nullableTime,
     },
   },
   Job: {
@@ -586,8 +587,8 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       },
       attempts: { type: 'integer' },
       created_at: time,
-      started_at: { type: ['string', 'null'], format: 'date-time' },
-      finished_at: { type: ['string', 'null'], format: 'date-time' },
+      started_at: nullableTime,
+      finished_at: nullableTime,
       warnings: {
         type: 'array',
         items: { type: 'string' },
@@ -624,7 +625,7 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
                 fees: { type: 'integer' },
                 net: { type: 'integer' },
                 created_at: time,
-                superseded_at: { type: ['string', 'null'], format: 'date-time' },
+                superseded_at: nullableTime,
                 superseded_by: nullableText,
               },
             },
