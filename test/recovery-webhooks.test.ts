@@ -276,7 +276,11 @@ describe('PostgreSQL lost for a moment', () => {
    * (within a second of PostgreSQL's return) is fair; one until the request's 30 s lock lapses is
    * not: the retry is awaited until about 13 s in.
    */
-  async function retriedAfterLongOutage(operation: 'pay' | 'refund', request: () => PromiseLike<Response>) {
+  async function retriedAfterLongOutage(
+    operation: 'pay' | 'refund',
+    request: () => PromiseLike<Response>,
+    outcome = 'succeeded',
+  ) {
     const first = await blipAfter(operation, request, 7_000);
     assert.equal(first.status, 503, JSON.stringify(first.body));
     assert.equal(first.body.error.type, 'unavailable');
@@ -290,7 +294,7 @@ describe('PostgreSQL lost for a moment', () => {
     );
     assert.equal(retry.status, 200, JSON.stringify(retry.body));
     assert.equal(retry.headers['idempotent-replayed'], 'true');
-    assert.equal(retry.body.status, 'succeeded');
+    assert.equal(retry.body.status, outcome);
     return retry;
   }
 
@@ -315,6 +319,23 @@ describe('PostgreSQL lost for a moment', () => {
       createRefund(blipping, shop.refundTerminalKey, paid.body.id, {}, key),
     );
     assert.equal(retry.body.amount.value, 4300);
+  });
+
+  test('a refund the provider answered pending, retried after a long outage: the refund as it stands, not a 409', async () => {
+    const paid = await createPayment(blipping, shop.refundTerminalKey, scanPayment(4310)).expect(201);
+    const key = `refund-pending-blip-${Date.now()}`;
+    const original = sandboxAdapter.refund;
+    sandboxAdapter.refund = async () => ({ kind: 'pending' });
+    try {
+      const retry = await retriedAfterLongOutage(
+        'refund',
+        () => createRefund(blipping, shop.refundTerminalKey, paid.body.id, {}, key),
+        'pending',
+      );
+      assert.equal(retry.body.amount.value, 4310);
+    } finally {
+      sandboxAdapter.refund = original;
+    }
   });
 
   test("a stop while a provider's answer waits for PostgreSQL stores the answer before it closes", async () => {

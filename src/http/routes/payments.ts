@@ -235,7 +235,8 @@ export function paymentsRouter(ctx: Context): Router {
         },
         decided: async () => {
           const made = await refundMadeWith(ctx.db, payment.id, key);
-          return made && made.status !== 'pending' ? refundJson(made) : undefined;
+          // A pending refund's first answer is stored once its checks are scheduled (poll_step).
+          return made && (made.status !== 'pending' || made.poll_step > 0) ? refundJson(made) : undefined;
         },
       },
     );
