@@ -14,6 +14,7 @@ import { maskPaymentCode, seal } from '../src/secrets.ts';
 import {
   DELIVERY_ATTEMPTS,
   DELIVERY_WINDOW_MS,
+  deliver,
   deliveryWaitMs,
   requeuePendingDeliveries,
 } from '../webhooks/outbound.ts';
@@ -1063,6 +1064,58 @@ describe('merchant webhooks', () => {
       assert.equal((await again(done.id, stranger.secretKey)).status, 404);
       assert.equal((await again('del_nothing')).status, 404);
       assert.equal((await again(done.id, merchant.secretKey, { now: true })).status, 400);
+    } finally {
+      hooks.close();
+    }
+  });
+
+  test('a delivery sent again while its last try is under way: that try failing does not end it', async () => {
+    const answers: number[] = [];
+    let sentAgain: Promise<unknown> | undefined;
+    const hooks = await receiver((req, res) => {
+      req.resume();
+      req.on('end', async () => {
+        if (answers.length === 1) {
+          // The merchant asks again while this, the delivery's last try, is still waiting for us.
+          sentAgain = tg.http
+            .post(`/v1/webhook-endpoints/${hooks.endpoint.id}/deliveries/${lastTry.id}/retry`)
+            .set('Authorization', `Bearer ${merchant.secretKey}`)
+            .expect(202);
+          await sentAgain;
+          answers.push(500);
+          res.writeHead(500).end();
+          return;
+        }
+        answers.push(204);
+        res.writeHead(204).end();
+      });
+    });
+    const { ctx } = tg.gateway;
+    let lastTry: Delivery = { id: '', status: '', attempts: 0 };
+    try {
+      await createPayment(tg, merchant.secretKey, scanPayment(4622)).expect(201);
+      lastTry = await eventually(async () =>
+        (await hooks.deliveries()).find((d) => d.status === 'succeeded'),
+      );
+      // As if its three days were nearly over: pending, with one try left, made here while the
+      // queue stands still, so the job the merchant's request queues runs only after that try.
+      await ctx.db.query(`UPDATE webhook_deliveries SET status = 'pending' WHERE id = $1`, [lastTry.id]);
+      await ctx.queues.deliver.pause(true);
+      try {
+        await deliver(ctx, lastTry.id, true);
+      } catch {
+        // The try failed, as the receiver answered it.
+      } finally {
+        await ctx.queues.deliver.resume(true);
+      }
+      await sentAgain;
+      assert.deepEqual(answers.slice(0, 2), [204, 500]);
+      const ended = await eventually(async () => {
+        const found = (await hooks.deliveries()).find((d) => d.id === lastTry.id);
+        return found?.status === 'pending' ? undefined : found;
+      }, 20_000);
+      assert.equal(ended?.status, 'succeeded', 'the try the merchant asked for was made');
+      assert.deepEqual(answers, [204, 500, 204]);
     } finally {
       hooks.close();
     }

@@ -150,9 +150,10 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
     endpoint_id: string;
     payload: unknown;
     status: string;
+    resends: number;
     deleted: boolean;
   }>(
-    `SELECT e.url, e.secret_sealed, d.endpoint_id, o.payload, d.status, e.deleted_at IS NOT NULL AS deleted
+    `SELECT e.url, e.secret_sealed, d.endpoint_id, o.payload, d.status, d.resends, e.deleted_at IS NOT NULL AS deleted
        FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN outbox o ON o.event_id = d.event_id
       WHERE d.id = $1`,
     [deliveryId],
@@ -198,10 +199,12 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
     error = (e as Error).message;
   }
   const status = error === null ? 'succeeded' : isLastAttempt ? 'failed' : 'pending';
+  // Sent again by the merchant during this try: the delivery stays pending for the try that asked.
   await ctx.db.query(
-    `UPDATE webhook_deliveries SET attempts = attempts + 1, status = $2, last_status_code = $3, last_error = $4, updated_at = now()
+    `UPDATE webhook_deliveries SET attempts = attempts + 1, last_status_code = $3, last_error = $4, updated_at = now(),
+            status = CASE WHEN resends = $5 THEN $2 ELSE status END
       WHERE id = $1`,
-    [deliveryId, status, statusCode, error],
+    [deliveryId, status, statusCode, error, row.resends],
   );
   if (error !== null) throw new Error(`delivery ${deliveryId} failed: ${error}`);
 }

@@ -533,7 +533,8 @@ export function setupRouter(ctx: Context): Router {
     const id = found.rows[0].id;
     const pending = await deliverAgain(ctx, id, async () => {
       const { rows } = await ctx.db.query<DeliveryRow>(
-        `UPDATE webhook_deliveries SET status = 'pending', updated_at = now() WHERE id = $1 RETURNING *`,
+        `UPDATE webhook_deliveries SET status = 'pending', resends = resends + 1, updated_at = now()
+          WHERE id = $1 RETURNING *`,
         [id],
       );
       return rows[0];
