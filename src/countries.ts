@@ -8,7 +8,9 @@ PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL
 SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM
 ZW`;
 
-const COUNTRIES: ReadonlySet<string> = new Set(ASSIGNED.split(/\s+/));
+export const COUNTRY_CODES: readonly string[] = ASSIGNED.split(/\s+/);
+
+const COUNTRIES: ReadonlySet<string> = new Set(COUNTRY_CODES);
 
 export function isCountry(code: string): boolean {
   return COUNTRIES.has(code);

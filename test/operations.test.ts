@@ -391,6 +391,21 @@ describe('operations endpoints', () => {
     // The rules zod checks in code, and the configured maximum, are in the document too.
     assert.equal(schema.properties.amount.properties.value.maximum, tg.config.maxAmountMinor);
     assert.equal(schema.properties.metadata.maxProperties, 20);
+    // What the refinements refuse, the document refuses too (JSON Schema patterns are unicode regexes).
+    const refuses = (field: { pattern: string }, text: string) => !new RegExp(field.pattern, 'u').test(text);
+    assert.ok(refuses(schema.properties.reference, '   ') && !refuses(schema.properties.reference, 'till 7'));
+    assert.ok(schema.properties.amount.properties.currency.enum.includes('EUR'));
+    assert.ok(!schema.properties.amount.properties.currency.enum.includes('ZZZ'));
+    const merchantBody =
+      res.body.paths['/v1/admin/merchants'].post.requestBody.content['application/json'].schema;
+    assert.ok(merchantBody.properties.country.enum.includes('DE'));
+    assert.ok(!merchantBody.properties.country.enum.includes('XX'));
+    const hookUrl =
+      res.body.paths['/v1/webhook-endpoints'].post.requestBody.content['application/json'].schema.properties
+        .url;
+    for (const refused of ['ftp://example.com/x', 'https://user:pw@example.com/', 'http://:80/'])
+      assert.ok(refuses(hookUrl, refused), refused);
+    assert.ok(!refuses(hookUrl, 'https://shop.example/hooks?x=1'));
     const ids = Object.values(res.body.paths).flatMap((ops) =>
       Object.values(ops as Record<string, { operationId: string }>).map((o) => o.operationId),
     );

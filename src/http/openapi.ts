@@ -830,7 +830,6 @@ function requestRules(op: Op, schema: Record<string, unknown>, maxAmount: number
   if (amountValue) amountValue.maximum = maxAmount;
   if (props.metadata) props.metadata.maxProperties = 20;
   if (props.wallets) props.wallets.uniqueItems = true;
-  if (props.country) props.country.pattern = '^[A-Z]{2}$';
   if (op.path === '/v1/payments' && op.method === 'post')
     schema.allOf = [
       {

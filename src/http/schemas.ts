@@ -4,8 +4,8 @@
  */
 import { z } from 'zod';
 import { isCalendarDate, WALLETS } from '../../adapters/contract.ts';
-import { isCountry } from '../countries.ts';
-import { isCurrency } from '../payments/money.ts';
+import { COUNTRY_CODES, isCountry } from '../countries.ts';
+import { CURRENCY_CODES, isCurrency } from '../payments/money.ts';
 
 const printable = (max: number) =>
   z
@@ -14,12 +14,15 @@ const printable = (max: number) =>
     .max(max)
     // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point.
     .regex(/^[^\u0000-\u001f\u007f]*$/, 'must not contain control characters')
-    .refine((text) => text.trim() !== '', 'must not be blank');
+    .refine((text) => text.trim() !== '', 'must not be blank')
+    // Both rules in the one pattern JSON Schema allows (its \S is what trim() removes).
+    .meta({ pattern: '^(?=[\\s\\S]*\\S)[^\\u0000-\\u001f\\u007f]*$' });
 
 export const currency = z
   .string()
   .regex(/^[A-Z]{3}$/, 'must be a three-letter ISO 4217 code in upper case')
-  .refine(isCurrency, 'is not an ISO 4217 currency');
+  .refine(isCurrency, 'is not an ISO 4217 currency')
+  .meta({ enum: [...CURRENCY_CODES] });
 
 export const moneySchema = z.strictObject({
   value: z
@@ -70,7 +73,10 @@ export const createRefundSchema = z.strictObject({
 export const createMerchantSchema = z.strictObject({
   name: printable(128),
   settlement_currency: currency,
-  country: z.string().refine(isCountry, 'must be an ISO 3166-1 alpha-2 code, such as DE'),
+  country: z
+    .string()
+    .refine(isCountry, 'must be an ISO 3166-1 alpha-2 code, such as DE')
+    .meta({ enum: [...COUNTRY_CODES] }),
 });
 
 export const createTerminalSchema = z.strictObject({
@@ -120,7 +126,12 @@ export const createWebhookEndpointSchema = z.strictObject({
       } catch {
         return false;
       }
-    }, 'must be an absolute http(s) URL, without spaces, control characters or credentials'),
+    }, 'must be an absolute http(s) URL, without spaces, control characters or credentials')
+    .meta({
+      format: 'uri',
+      pattern:
+        '^(?![\\s\\S]*[\\u0000-\\u001f\\u007f-\\u009f])[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@:][^\\s/?#@]*(?:[/?#]\\S*)?$',
+    }),
   /** Left out: every event, as most gateways subscribe a new endpoint by default. */
   events: z.array(z.enum(WEBHOOK_EVENTS)).min(1).optional(),
 });

@@ -188,6 +188,9 @@ for (const [alpha, [numeric]] of Object.entries(ISO_4217)) {
   if (!BY_NUMERIC.has(numeric) || alpha === 'XCG') BY_NUMERIC.set(numeric, alpha);
 }
 
+/** Every code `isCurrency` takes, in order, for the request schemas' documented `enum`. */
+export const CURRENCY_CODES: readonly string[] = Object.keys(ISO_4217).sort();
+
 export function isCurrency(code: string): boolean {
   return Object.hasOwn(ISO_4217, code);
 }
