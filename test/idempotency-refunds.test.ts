@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import type { Response } from 'supertest';
+import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { requestHashOf } from '../src/http/idempotency.ts';
 import { applyOutcome, loadPayment } from '../src/payments/service.ts';
 import {
@@ -315,6 +317,31 @@ describe('refunds', () => {
       .get(`/v1/payments/${id}/refunds`)
       .set('Authorization', `Bearer ${other.secretKey}`)
       .expect(404);
+  });
+
+  test('a refund the provider refuses leaves the payment as it was, and its history says so', async () => {
+    const id = await paid(3000);
+    await refund(id, { amount: { value: 1000, currency: 'EUR' } }).expect(201);
+    const original = sandboxAdapter.refund;
+    sandboxAdapter.refund = async () => ({
+      kind: 'failed',
+      failure: { code: 'provider_error', message: 'refused by the test' },
+    });
+    let refused: Response;
+    try {
+      refused = await refund(id, { amount: { value: 500, currency: 'EUR' } }).expect(201);
+    } finally {
+      sandboxAdapter.refund = original;
+    }
+    assert.equal(refused.body.status, 'failed');
+    const payment = await loadPayment(tg.gateway.ctx, id);
+    assert.equal(payment.status, 'partially_refunded');
+    assert.equal(payment.amount_refunded, 1000);
+    const { rows } = await tg.gateway.ctx.db.query<{ from_status: string; to_status: string }>(
+      'SELECT from_status, to_status FROM payment_events WHERE refund_id = $1 ORDER BY id',
+      [refused.body.id],
+    );
+    assert.deepEqual(rows.at(-1), { from_status: 'partially_refunded', to_status: 'partially_refunded' });
   });
 
   test('more than the captured amount is refused with 422', async () => {

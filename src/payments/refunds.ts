@@ -11,6 +11,7 @@ import { inTransaction, type Queryable } from '../ledger/db.ts';
 import {
   CAPTURED,
   type PaymentRow,
+  type PaymentStatus,
   paymentRequestOf,
   type RefundRow,
   refundJson,
@@ -211,11 +212,16 @@ export async function applyRefundOutcome(
       if (!refund) return { refund: undefined, payment: undefined };
       await writeOutbox(client, refund.merchant_id, `refund.${status}`, refundJson(refund));
       if (status === 'failed') {
+        // The payment stays as it is (succeeded, or partly refunded by an earlier refund).
+        const { rows: held } = await client.query<{ status: PaymentStatus }>(
+          'SELECT status FROM payments WHERE id = $1',
+          [refund.payment_id],
+        );
         await recordEvent(
           client,
           refund.payment_id,
-          null,
-          'succeeded',
+          held[0].status,
+          held[0].status,
           `${source}: refund failed`,
           {},
           refund.id,
