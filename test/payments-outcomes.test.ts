@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { PaymentOutcome } from '../adapters/contract.ts';
-import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
+import { sandboxAdapter, sandboxCredentials } from '../adapters/sandbox/adapter.ts';
+import { SIGNATURE_HEADER, sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import {
+  ALIPAY_CODE,
   createPayment,
   eventually,
   type Merchant,
@@ -313,5 +317,67 @@ describe('long-poll', () => {
       .expect(200);
     assert.equal(cancel.body.status, 'canceled');
     assert.ok(cancel.body.cancel_requested_at);
+  });
+});
+
+describe('the sandbox adapter', () => {
+  test('a signed answer that is a refusal (400, 401, 409) is an unknown outcome, whatever the call', async () => {
+    const seed = Buffer.from('refusing simulator');
+    const secret = sandboxSecret(seed);
+    let status = 400;
+    const server = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        const body = JSON.stringify({ error: 'refused', message: 'refused by the test' });
+        res.writeHead(status, {
+          'content-type': 'application/json',
+          [SIGNATURE_HEADER]: signSandbox(secret, body),
+        });
+        res.end(body);
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const account = {
+        account_id: 'acct_test',
+        merchant_id: 'mer_test',
+        credentials: sandboxCredentials(seed, async () => url),
+        sandbox: true,
+        notify_url: `${url}/notify`,
+        notify_path: '/notify',
+      };
+      const payment = {
+        payment_id: 'pay_test',
+        provider_request_id: 'pay_test',
+        amount: { value: 100, currency: 'EUR' },
+        mode: 'scan' as const,
+        wallet: 'alipay' as const,
+        payment_code: ALIPAY_CODE,
+        reference: 'r',
+        merchant_id: 'mer_test',
+        created_at: new Date(),
+        expires_at: new Date(Date.now() + 60_000),
+      };
+      const refund = {
+        refund_id: 're_test',
+        provider_request_id: 're_test',
+        payment,
+        amount: payment.amount,
+        created_at: new Date(),
+      };
+      for (status of [400, 401, 409]) {
+        const kinds = [
+          (await sandboxAdapter.pay(account, payment)).kind,
+          (await sandboxAdapter.inquire(account, payment)).kind,
+          (await sandboxAdapter.cancel(account, payment)).kind,
+          (await sandboxAdapter.refund(account, refund)).kind,
+          (await sandboxAdapter.inquireRefund(account, refund)).kind,
+        ];
+        assert.deepEqual(kinds, Array(5).fill('unknown'), `HTTP ${status}`);
+      }
+    } finally {
+      server.close();
+    }
   });
 });

@@ -83,7 +83,7 @@ const FAILURE_CODES: Record<string, FailureCode> = {
   expired: 'expired',
 };
 
-type Answer<T> = { ok: true; status: number; body: T } | { ok: false; reason: string; reached: boolean };
+type Answer<T> = { ok: true; body: T } | { ok: false; reason: string; reached: boolean };
 
 async function commit<T>(
   credentials: SandboxCredentials,
@@ -108,8 +108,12 @@ async function commit<T>(
       res.body,
     );
     if (!verified.ok) return { ok: false, reason: `unverified response: ${verified.reason}`, reached: true };
-    if (res.status >= 500) return { ok: false, reason: `HTTP ${res.status}`, reached: true };
-    return { ok: true, status: res.status, body: JSON.parse(res.body.toString('utf8')) as T };
+    const answer = JSON.parse(res.body.toString('utf8')) as T & { status?: unknown };
+    // An answer is a 200, or a 404 saying the order is not found; any other status (a refusal of
+    // our request, a failure of theirs) tells nothing of the sale.
+    if (res.status === 200 || (res.status === 404 && answer.status === 'not_found'))
+      return { ok: true, body: answer };
+    return { ok: false, reason: `HTTP ${res.status}`, reached: true };
   } catch (error) {
     if (error instanceof TransportError) return { ok: false, reason: error.message, reached: error.reached };
     return { ok: false, reason: (error as Error).message, reached: true };
@@ -241,7 +245,6 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
       payRequestOf(account, payment),
     );
     if (!answer.ok) return { kind: 'unknown', reason: answer.reason, reached: answer.reached };
-    if (answer.status !== 200) return { kind: 'unknown', reason: `HTTP ${answer.status}`, reached: true };
     return outcomeOf(answer.body);
   },
 
@@ -261,6 +264,8 @@ export const sandboxAdapter: WalletAdapter<SandboxCredentials> = {
     });
     if (!answer.ok) return { kind: 'unknown', reason: answer.reason };
     if (answer.body.status === 'canceled') return { kind: 'canceled' };
+    if (answer.body.status === 'not_found')
+      return { kind: 'not_found', reason: 'the simulator has no such order' };
     return { kind: 'failed', reason: `cancel answered ${answer.body.status}` };
   },
 
