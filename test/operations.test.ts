@@ -13,6 +13,7 @@ import supertest from 'supertest';
 import { isNonPublicAddress } from '../adapters/addresses.ts';
 import { MAX_RESPONSE_BYTES, send } from '../adapters/transport.ts';
 import { ConfigError, loadConfig } from '../src/config.ts';
+import { createOperationsApp } from '../src/http/app.ts';
 import { createPool, inTransaction, isInfrastructureError } from '../src/ledger/db.ts';
 import { createLogger } from '../src/logger.ts';
 import { startGateway } from '../src/runtime.ts';
@@ -467,6 +468,22 @@ describe('operations endpoints', () => {
       .set('Authorization', `Bearer ${merchant.secretKey}`)
       .expect(400);
     assert.equal(undecodable.body.error.code, 'invalid_path');
+  });
+
+  test("a worker's operations port answers its own failures in the error shape too, with a Request-Id", async () => {
+    const { ctx } = tg.gateway;
+    const worker = supertest(createOperationsApp(ctx));
+    const missing = await worker.get('/v1/payments').expect(404);
+    assert.equal(missing.body.error.code, 'route_missing');
+    const metrics = ctx.metrics.registry.metrics.bind(ctx.metrics.registry);
+    ctx.metrics.registry.metrics = () => Promise.reject(new Error('a collector broke'));
+    try {
+      const broken = await worker.get('/metrics').expect(500);
+      assert.equal(broken.body.error.code, 'internal_error');
+      assert.equal(broken.body.error.request_id, broken.headers['request-id']);
+    } finally {
+      ctx.metrics.registry.metrics = metrics;
+    }
   });
 
   test('providers API.md names but this gateway has not built are refused as not supported, unknown ones as unknown', async () => {

@@ -122,9 +122,7 @@ export function createOperationsApp(ctx: Context): express.Express {
       ),
     ),
   );
-  app.use((error: ApiError, req: Request, res: Response, _next: NextFunction) => {
-    res.status(error.status).json(error.body(req.requestId));
-  });
+  app.use(answerError(ctx));
   return app;
 }
 
@@ -250,7 +248,18 @@ export function createApp(ctx: Context): express.Express {
     throw new ApiError('not_found', 'route_missing', `no route for ${req.method} ${req.path}`);
   });
 
-  app.use((error: unknown, req: Request, res: Response, _next: NextFunction) => {
+  app.use(answerError(ctx));
+
+  return app;
+}
+
+/**
+ * Every error in API.md's error shape, in the API and in a worker's operations app alike: an
+ * ApiError as it is, what body parsing, the router or the ledger refused as its 4xx, the rest a
+ * logged 503 or 500.
+ */
+function answerError(ctx: Context) {
+  return (error: unknown, req: Request, res: Response, _next: NextFunction) => {
     let apiError: ApiError;
     if (error instanceof ApiError) apiError = error;
     else if ((error as { type?: string }).type === 'entity.parse.failed') {
@@ -315,10 +324,13 @@ export function createApp(ctx: Context): express.Express {
       apiError = new ApiError('internal', 'internal_error', 'an internal error occurred; it has been logged');
     }
     if (res.headersSent) return res.end();
-    res.status(apiError.status).set(apiError.headers).json(apiError.body(req.requestId));
-  });
-
-  return app;
+    // JSON, whatever type the failed handler had already set (a report's CSV, /metrics' text).
+    res
+      .status(apiError.status)
+      .type('application/json')
+      .set(apiError.headers)
+      .json(apiError.body(req.requestId));
+  };
 }
 
 /** In unicode mode a class of surrogates matches only those not in a pair. */
