@@ -75,6 +75,26 @@ describe('alipay notifications', () => {
     });
   });
 
+  it('a refund notification is read by its refundStatus: FAIL is a failed refund, PROCESSING still pending', async () => {
+    const refundNotice = (refundStatus: string | undefined) =>
+      JSON.stringify({
+        notifyType: 'REFUND_RESULT',
+        result: { resultCode: 'SUCCESS', resultStatus: 'S', resultMessage: 'success' },
+        refundRequestId: 're_notified',
+        refundId: '20261127194010800100188',
+        refundAmount: { currency: 'EUR', value: '500' },
+        ...(refundStatus ? { refundStatus } : {}),
+      });
+    const outcomes: string[] = [];
+    for (const refundStatus of ['FAIL', 'PROCESSING', 'SUCCESS', undefined]) {
+      const body = refundNotice(refundStatus);
+      const result = await handle(inbound(body, signed(body)));
+      assert.ok(result.ok && result.event.kind === 'refund', String(refundStatus));
+      outcomes.push(result.event.outcome.kind);
+    }
+    assert.deepEqual(outcomes, ['failed', 'pending', 'succeeded', 'succeeded']);
+  });
+
   it('accepts epoch-ms request-time and raw (un-encoded) signatures', async () => {
     const headers = signed(NOTIFY_S, String(Date.now()));
     const raw = headers.signature.replace(

@@ -12,7 +12,16 @@ import type {
   ProviderAck,
 } from '../contract.ts';
 import type { AlipayAccount } from './credentials.ts';
-import { failureFor, isRecord, type Json, money, paymentFacts, plainId, resultOf, text } from './mapping.ts';
+import {
+  failureFor,
+  isRecord,
+  type Json,
+  paymentFacts,
+  plainId,
+  refundInquiryOutcome,
+  resultOf,
+  text,
+} from './mapping.ts';
 import {
   formatSignatureHeader,
   isoTime,
@@ -114,24 +123,21 @@ function toEvent(body: Json): NotificationEvent | undefined {
     const requestId = text(body.refundRequestId);
     if (!requestId) return undefined;
     const refundId = text(body.refundId);
-    const succeeded = result.resultStatus === 'S' && (text(body.refundStatus) ?? 'SUCCESS') === 'SUCCESS';
     return {
       kind: 'refund',
       dedupe_key: `${refundId ?? requestId}:${notifyType}:${result.resultStatus}`,
       provider_request_id: requestId,
-      outcome: succeeded
-        ? {
-            kind: 'succeeded',
-            provider_reference: refundId,
-            settlement_amount: money(body.grossSettlementAmount),
-          }
-        : result.resultStatus === 'F'
-          ? {
-              kind: 'failed',
-              failure: failureFor(result.resultCode, result.resultMessage),
-              provider_reference: refundId,
-            }
-          : { kind: 'pending', provider_reference: refundId },
+      outcome:
+        result.resultStatus === 'S'
+          ? // Read as inquiryRefund's answer is; a notification without refundStatus is the refund done.
+            refundInquiryOutcome(result, { ...body, refundStatus: text(body.refundStatus) ?? 'SUCCESS' })
+          : result.resultStatus === 'F'
+            ? {
+                kind: 'failed',
+                failure: failureFor(result.resultCode, result.resultMessage),
+                provider_reference: refundId,
+              }
+            : { kind: 'pending', provider_reference: refundId },
     };
   }
   return {
