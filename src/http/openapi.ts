@@ -1,5 +1,7 @@
 /** OpenAPI 3.1, generated from the same zod schemas that validate requests. */
 import { z } from 'zod';
+import { WALLETS } from '../../adapters/contract.ts';
+import { PAYMENT_STATUSES } from '../ledger/payments.ts';
 import { DISCREPANCY_KINDS } from '../settlements/reconcile.ts';
 import {
   createMerchantSchema,
@@ -340,22 +342,11 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
     properties: {
       id: { type: 'string', pattern: '^pay_' },
       object: text,
-      status: {
-        type: 'string',
-        enum: [
-          'requires_customer',
-          'processing',
-          'succeeded',
-          'failed',
-          'canceled',
-          'partially_refunded',
-          'refunded',
-        ],
-      },
+      status: { type: 'string', enum: [...PAYMENT_STATUSES] },
       amount: ref('Money'),
       customer_amount: ref('Money'),
       exchange_rate: text,
-      wallet: { type: 'string', enum: ['alipay', 'wechatpay', 'alipayplus'] },
+      wallet: { type: 'string', enum: [...WALLETS] },
       wallet_psp: text,
       provider: text,
       mode: { type: 'string', enum: ['scan', 'qr'] },
@@ -471,7 +462,7 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       id: { type: 'string', pattern: '^pva_' },
       object: text,
       provider: text,
-      wallets: { type: 'array', items: { type: 'string', enum: ['alipay', 'wechatpay', 'alipayplus'] } },
+      wallets: { type: 'array', items: { type: 'string', enum: [...WALLETS] } },
       priority: { type: 'integer' },
       currencies: { type: ['array', 'null'], items: text },
       sandbox: { type: 'boolean' },

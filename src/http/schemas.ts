@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { isCalendarDate, WALLETS } from '../../adapters/contract.ts';
 import { COUNTRY_CODES, isCountry } from '../countries.ts';
+import { PAYMENT_STATUSES } from '../ledger/payments.ts';
 import { CURRENCY_CODES, isCurrency } from '../payments/money.ts';
 
 const printable = (max: number) =>
@@ -165,17 +166,7 @@ export const listQuerySchema = z.strictObject({
 });
 
 export const listPaymentsQuerySchema = listQuerySchema.extend({
-  status: z
-    .enum([
-      'processing',
-      'requires_customer',
-      'succeeded',
-      'failed',
-      'canceled',
-      'partially_refunded',
-      'refunded',
-    ])
-    .optional(),
+  status: z.enum(PAYMENT_STATUSES).optional(),
   store_id: printable(64).optional(),
   terminal_id: printable(64).optional(),
   created_gte: rfc3339.optional(),

@@ -2,14 +2,18 @@
 import type { Mode, PaymentRequest, Wallet } from '../../adapters/contract.ts';
 import type { Money } from '../payments/money.ts';
 
-export type PaymentStatus =
-  | 'processing'
-  | 'requires_customer'
-  | 'succeeded'
-  | 'failed'
-  | 'canceled'
-  | 'partially_refunded'
-  | 'refunded';
+/** A payment's statuses (API.md), once: the type, the list filter and the document derive from it. */
+export const PAYMENT_STATUSES = [
+  'requires_customer',
+  'processing',
+  'succeeded',
+  'failed',
+  'canceled',
+  'partially_refunded',
+  'refunded',
+] as const;
+
+export type PaymentStatus = (typeof PAYMENT_STATUSES)[number];
 
 export const UNRESOLVED: readonly PaymentStatus[] = ['processing', 'requires_customer'];
 export const CAPTURED: readonly PaymentStatus[] = ['succeeded', 'partially_refunded', 'refunded'];

@@ -20,6 +20,7 @@ import type { LoadedAccount } from './accounts.ts';
 import type { Money } from './money.ts';
 import {
   alertAccountRefused,
+  callProvider,
   IN_FLIGHT_GRACE_S,
   loadPayment,
   raiseAlert,
@@ -144,22 +145,20 @@ function refundRequestOf(refund: RefundRow, payment: PaymentRow): RefundRequest 
   };
 }
 
-async function askProvider(
+function askProvider(
   ctx: Context,
   account: LoadedAccount,
   op: 'refund' | 'inquireRefund',
   request: RefundRequest,
-) {
-  const stop = ctx.metrics.providerCallDuration.startTimer({ provider: account.row.provider, operation: op });
-  try {
-    const outcome = await account.module.adapter[op](account.context, request);
-    stop({ outcome: outcome.kind });
-    return outcome;
-  } catch (error) {
-    stop({ outcome: 'error' });
-    ctx.log.error({ err: error, refund_id: request.refund_id }, 'adapter threw; refund outcome unknown');
-    return { kind: 'unknown', reason: (error as Error).message } as RefundOutcome;
-  }
+): Promise<RefundOutcome> {
+  return callProvider(
+    ctx,
+    account.row.provider,
+    op,
+    { refund_id: request.refund_id },
+    () => account.module.adapter[op](account.context, request),
+    (e): RefundOutcome => ({ kind: 'unknown', reason: e.message }),
+  );
 }
 
 /** Sends (or re-sends, with the same request id) a pending refund. */

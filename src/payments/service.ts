@@ -99,23 +99,39 @@ function requestFor(ctx: Ctx, row: PaymentRow): PaymentRequest {
 }
 
 /** Wraps a provider call with latency metrics and turns a thrown bug into an unknown outcome. */
-async function call<T>(
+export async function callProvider<T extends { kind: string }>(
   ctx: Ctx,
   provider: string,
   operation: string,
+  subject: { payment_id: string } | { refund_id: string },
   work: () => Promise<T>,
   onThrow: (e: Error) => T,
 ): Promise<T> {
   const stop = ctx.metrics.providerCallDuration.startTimer({ provider, operation });
   try {
     const result = await work();
-    stop({ outcome: (result as { kind?: string }).kind ?? 'ok' });
+    stop({ outcome: result.kind });
     return result;
   } catch (error) {
     stop({ outcome: 'error' });
-    ctx.log.error({ err: error, provider, operation }, 'adapter threw; treating the outcome as unknown');
+    ctx.log.error(
+      { err: error, provider, operation, ...subject },
+      'adapter threw; treating the outcome as unknown',
+    );
     return onThrow(error as Error);
   }
+}
+
+/** Sends the payment's pay request; a call that throws is an unknown outcome. */
+function payWith(ctx: Ctx, account: LoadedAccount, request: PaymentRequest): Promise<PaymentOutcome> {
+  return callProvider(
+    ctx,
+    account.row.provider,
+    'pay',
+    { payment_id: request.payment_id },
+    () => account.module.adapter.pay(account.context, request),
+    (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
+  );
 }
 
 const sameMoney = (money: Money, row: PaymentRow) =>
@@ -357,14 +373,7 @@ async function sendToProvider(
       });
     }
     const request = paymentRequestOf(current, code, current.resolve_by);
-    const send = () =>
-      call(
-        ctx,
-        account.row.provider,
-        'pay',
-        () => account.module.adapter.pay(account.context, request),
-        (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
-      );
+    const send = () => payWith(ctx, account, request);
     let outcome = await send();
     if (row.mode === 'qr')
       outcome = await retryQrCreation(ctx, row, account.module.adapter.resolution, outcome, send);
@@ -872,10 +881,11 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
 
 /** Asks the provider how the payment stands; a call that throws is an unknown outcome. */
 function inquire(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<PaymentOutcome> {
-  return call(
+  return callProvider(
     ctx,
     row.provider,
     'inquire',
+    { payment_id: row.id },
     () => account.module.adapter.inquire(account.context, requestFor(ctx, row)),
     (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
   );
@@ -883,10 +893,11 @@ function inquire(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<Pay
 
 /** Asks the provider to cancel (or reverse) the payment; a call that throws is an unknown outcome. */
 function cancelWith(ctx: Ctx, row: PaymentRow, account: LoadedAccount): Promise<CancelOutcome> {
-  return call(
+  return callProvider(
     ctx,
     row.provider,
     'cancel',
+    { payment_id: row.id },
     () => account.module.adapter.cancel(account.context, requestFor(ctx, row)),
     (e): CancelOutcome => ({ kind: 'unknown', reason: e.message }),
   );
@@ -945,13 +956,7 @@ async function handleNotFound(ctx: Ctx, row: PaymentRow, account: LoadedAccount)
       row.status,
       'resend: identical request after two not-found inquiries',
     );
-    const outcome = await call(
-      ctx,
-      row.provider,
-      'pay',
-      () => account.module.adapter.pay(account.context, requestFor(ctx, updated)),
-      (e): PaymentOutcome => ({ kind: 'unknown', reason: e.message, reached: true }),
-    );
+    const outcome = await payWith(ctx, account, requestFor(ctx, updated));
     await applyOutcome(ctx, updated, account, outcome, 'resend');
     return;
   }
