@@ -15,6 +15,7 @@ import {
   scanPayment,
   scanWhileTillWaits,
   setupMerchant,
+  simulatorCalls,
   startTestGateway,
   type TestGateway,
   WECHAT_CODE,
@@ -130,6 +131,35 @@ describe('sandbox magic outcomes, mode scan', () => {
     assert.ok(
       (await history(res.body.id)).some((e) => e.startsWith('canceled (cancel: resolution window ended')),
     );
+  });
+
+  test('a success the provider reports for another amount: at the end of the window the charge is reversed, the sale canceled', async () => {
+    const { pay, inquire } = sandboxAdapter;
+    let inquiries = 0;
+    const wrongAmount = (request: { amount: { value: number; currency: string } }): PaymentOutcome => ({
+      kind: 'succeeded',
+      amount: { value: request.amount.value - 1, currency: request.amount.currency },
+      provider_reference: 'sim-wrong-amount',
+    });
+    sandboxAdapter.pay = async (_account, request) => wrongAmount(request);
+    sandboxAdapter.inquire = async (_account, request) => {
+      inquiries++;
+      return wrongAmount(request);
+    };
+    try {
+      const res = await createPayment(tg, merchant.terminalKey, scanPayment(2040)).expect(201);
+      assert.equal(res.body.status, 'processing');
+      const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
+        'succeeded',
+        'failed',
+        'canceled',
+      ]);
+      assert.equal(done.status, 'canceled');
+      assert.equal((await simulatorCalls(tg, res.body.id))['/v1/cancel'], 1);
+      assert.ok(inquiries < 20, `${inquiries} inquiries in a 3 s window`);
+    } finally {
+      Object.assign(sandboxAdapter, { pay, inquire });
+    }
   });
 
   test('57 whose request dies after the provider took it: still cancelled soon after its window, not after the in-flight grace', async () => {

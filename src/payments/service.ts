@@ -137,6 +137,22 @@ function payWith(ctx: Ctx, account: LoadedAccount, request: PaymentRequest): Pro
 const sameMoney = (money: Money, row: PaymentRow) =>
   money.value === row.amount_value && money.currency === row.currency;
 
+/** The provider's final word on the sale: a success for another amount than the sale's is none. */
+function decides(outcome: PaymentOutcome, row: PaymentRow): boolean {
+  if (outcome.kind === 'succeeded') return !outcome.amount || sameMoney(outcome.amount, row);
+  return outcome.kind === 'failed' || outcome.kind === 'canceled';
+}
+
+function alertAmountMismatch(ctx: Ctx, row: PaymentRow, outcome: PaymentOutcome & { kind: 'succeeded' }) {
+  const amount = outcome.amount ?? { value: row.amount_value, currency: row.currency };
+  return alertOnce(
+    ctx,
+    'amount_mismatch',
+    `the provider reports payment ${row.id} succeeded for ${amount.value} ${amount.currency}, not ${row.amount_value} ${row.currency}; it is not taken as paid`,
+    { payment_id: row.id },
+  );
+}
+
 /**
  * Inserts an alert with `insert` (an INSERT … WHERE NOT EXISTS an open one) under a lock on
  * `kind` and `scope`: the work that raises it is retried, and reports race (a notification beside
@@ -543,16 +559,11 @@ async function applyStatus(
   answered: PaymentPatch,
   decidesCancel: boolean,
 ): Promise<PaymentRow> {
-  if (outcome.kind === 'succeeded' && outcome.amount && !sameMoney(outcome.amount, row)) {
+  if (outcome.kind === 'succeeded' && !decides(outcome, row)) {
     // A success for another amount than the sale's is not this sale's success: it stays open (and
     // is cancelled, reversing the charge, if nothing better comes by the end of its window), and a
     // person is told. A sale already canceled or failed has that charge reversed now.
-    await alertOnce(
-      ctx,
-      'amount_mismatch',
-      `the provider reports payment ${row.id} succeeded for ${outcome.amount.value} ${outcome.amount.currency}, not ${row.amount_value} ${row.currency}; it is not taken as paid`,
-      { payment_id: row.id },
-    );
+    await alertAmountMismatch(ctx, row, outcome);
     const now = await loadPayment(ctx, row.id);
     if (now.status === 'canceled' || now.status === 'failed') {
       await reverseLateSuccess(ctx, now, account, source);
@@ -851,10 +862,12 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
   if (Date.now() >= row.resolve_by.getTime()) {
     // The window is for an outcome nobody knows: one the provider has decided, however late it is
     // learnt (a gateway down past the window), is the outcome, not a sale to reverse.
-    if (outcome.kind === 'succeeded' || outcome.kind === 'failed' || outcome.kind === 'canceled') {
+    if (decides(outcome, row)) {
       await applyOutcome(ctx, row, account, outcome, 'inquiry');
       return;
     }
+    // Charged another amount than the sale's: reversed, as an undecided sale is cancelled.
+    if (outcome.kind === 'succeeded') await alertAmountMismatch(ctx, row, outcome);
     const cancelling = await markCancelRequested(ctx, row.id);
     if (cancelling)
       await cancelAtProvider(
@@ -1048,9 +1061,8 @@ async function cancelUnconfirmed(
 ): Promise<PaymentRow> {
   const { adapter } = account.module;
   const inquiry = await inquire(ctx, row, account);
-  if (inquiry.kind === 'succeeded' || inquiry.kind === 'failed' || inquiry.kind === 'canceled') {
-    return applyOutcome(ctx, row, account, inquiry, 'inquiry', true);
-  }
+  if (decides(inquiry, row)) return applyOutcome(ctx, row, account, inquiry, 'inquiry', true);
+  if (inquiry.kind === 'succeeded') await alertAmountMismatch(ctx, row, inquiry);
   const attempts = row.cancel_attempts + 1;
   const schedule = adapter.resolution.cancel_schedule_s;
   const updated = (await updatePayment(ctx.db, row.id, { cancel_attempts: attempts })) ?? row;
