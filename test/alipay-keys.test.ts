@@ -214,6 +214,14 @@ describe('alipay keys', () => {
       [{ private_key: pkcs8, alipay_public_key: antomPem }, 'client_id'],
       [{ client_id: 'C1', private_key: pkcs8 }, 'alipay_public_key'],
       [{ client_id: 'C1', private_key: pkcs8, alipay_public_key: antomPem, endpoint: 'ftp://x' }, 'endpoint'],
+      // Antom's paths are added to the endpoint: pasted into it, every call would go to a doubled path.
+      ...[
+        'https://open-de-global.alipay.com/ams/api',
+        'https://open-de-global.alipay.com/ams/api/v1/payments/pay',
+      ].map((endpoint): [Record<string, unknown>, string] => [
+        { client_id: 'C1', private_key: pkcs8, alipay_public_key: antomPem, endpoint },
+        'endpoint',
+      ]),
       [{ client_id: 'C1', private_key: pkcs8, alipay_public_key: antomPem, mcc: '59' }, 'mcc'],
       [
         { client_id: 'C1', private_key: pkcs8, alipay_public_key: antomPem, key_version: 'v1' },

@@ -320,6 +320,13 @@ function endpoint(input: Record<string, unknown>): string {
   }
   if (url.search || url.hash)
     throw new CredentialError('endpoint', 'endpoint must not carry a query or fragment');
+  // Antom's own paths follow the endpoint (path_prefix, then /v1/payments/…): pasted into it as
+  // well, every call would go to a doubled path and fail only at the first sale.
+  if (/\/ams(\/|$)|\/v1(\/|$)/i.test(url.pathname))
+    throw new CredentialError(
+      'endpoint',
+      `endpoint is the domain alone, such as ${DEFAULT_ENDPOINT}: /ams/api (path_prefix) and /v1/payments/… are added to it`,
+    );
   return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
 }
 
