@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { Response } from 'supertest';
+import type { PaymentOutcome } from '../adapters/contract.ts';
 import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { requestHashOf } from '../src/http/idempotency.ts';
 import { applyOutcome, loadPayment } from '../src/payments/service.ts';
@@ -9,6 +10,7 @@ import {
   createRefund,
   idempotencyKey,
   type Merchant,
+  qrPayment,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -468,5 +470,28 @@ describe('refunds', () => {
     assert.equal(denied.body.error.type, 'permission');
     const own = await createPayment(tg, merchant.refundTerminalKey, scanPayment(900)).expect(201);
     await refund(own.body.id, {}, merchant.refundTerminalKey).expect(201);
+  });
+});
+
+describe('a QR sale held for its code', () => {
+  test('a QR sale whose code is slow to come holds the till 10 s from its start, the provider’s slow answer included', async () => {
+    const { pay, inquire } = sandboxAdapter;
+    // The creating call timed out after reaching the provider, and inquiries learn nothing yet.
+    const noCodeYet: PaymentOutcome = { kind: 'unknown', reason: 'timed out', reached: true };
+    sandboxAdapter.pay = async () => {
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      return noCodeYet;
+    };
+    sandboxAdapter.inquire = async () => noCodeYet;
+    try {
+      const started = Date.now();
+      const res = await createPayment(tg, merchant.terminalKey, qrPayment(1510)).expect(201);
+      const heldMs = Date.now() - started;
+      assert.equal(res.body.status, 'processing');
+      assert.equal(res.body.qr_code ?? null, null);
+      assert.ok(heldMs >= 9_000 && heldMs < 11_500, `held ${heldMs} ms`);
+    } finally {
+      Object.assign(sandboxAdapter, { pay, inquire });
+    }
   });
 });

@@ -71,15 +71,17 @@ const QR_CODE_HOLD_MS = 10_000;
 
 /**
  * A QR sale still `processing` without a code: held until it has one (`requires_customer`) or ends,
- * at most QR_CODE_HOLD_MS, so the till gets a code to show or an outcome, not a sale it cannot use.
+ * until QR_CODE_HOLD_MS after the sale began, so the till gets a code to show or an outcome, not a
+ * sale it cannot use.
  */
 async function codeOrOutcome(ctx: Context, payment: PaymentRow): Promise<PaymentRow> {
   const waitsForCode = (row: PaymentRow) => row.mode === 'qr' && row.status === 'processing' && !row.qr_data;
-  const deadline = Date.now() + QR_CODE_HOLD_MS;
+  // Counted from the sale's start: the provider's creating call has already taken its share.
+  const deadline = payment.created_at.getTime() + QR_CODE_HOLD_MS;
   let row = payment;
   // A stopping process answers with the sale as it stands: the code comes by the till's next read.
   const held = () => waitsForCode(row) && ctx.updates.waitsLast;
-  for (let left = QR_CODE_HOLD_MS; held() && left > 0; left = deadline - Date.now()) {
+  for (let left = deadline - Date.now(); held() && left > 0; left = deadline - Date.now()) {
     // Subscribed before the read, so a change in between is not missed.
     const subscription = await ctx.updates.subscribe(row.id, left);
     try {
