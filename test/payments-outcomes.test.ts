@@ -223,6 +223,25 @@ describe('sandbox magic outcomes, mode scan', () => {
 });
 
 describe('mode qr', () => {
+  test('a QR sale waiting for its customer keeps its updated_at while the gateway polls the provider', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(1520)).expect(201);
+    assert.equal(res.body.status, 'requires_customer');
+    const polled = async () =>
+      (
+        await tg.gateway.ctx.db.query<{ poll_step: number }>('SELECT poll_step FROM payments WHERE id = $1', [
+          res.body.id,
+        ])
+      ).rows[0].poll_step;
+    const before = await polled();
+    await eventually(async () => (await polled()) >= before + 2 || undefined, 10_000, 'two more inquiries');
+    const read = await tg.http
+      .get(`/v1/payments/${res.body.id}`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    assert.equal(read.body.status, 'requires_customer');
+    assert.equal(read.body.updated_at, res.body.updated_at);
+  });
+
   test('shows a QR code; paying on the simulated wallet page succeeds and wakes a long-polling till', async () => {
     const res = await createPayment(tg, merchant.terminalKey, qrPayment(1500, 'wechatpay')).expect(201);
     assert.equal(res.body.status, 'requires_customer');

@@ -46,10 +46,14 @@ export type PaymentPatch = Partial<
   Omit<PaymentRow, 'id' | 'merchant_id' | 'status' | 'created_at' | 'updated_at' | 'poll_step'>
 >;
 
-function setClause(patch: Record<string, unknown>, firstParam: number): { sql: string; values: unknown[] } {
+function setClause(
+  patch: Record<string, unknown>,
+  firstParam: number,
+): { sql: string; keys: string[]; values: unknown[] } {
   const keys = Object.keys(patch).filter((k) => patch[k] !== undefined);
   return {
     sql: keys.map((k, i) => `, ${k} = $${firstParam + i}`).join(''),
+    keys,
     values: keys.map((k) => patch[k]),
   };
 }
@@ -244,14 +248,18 @@ export async function updatePayment(
   const set = setClause(patch, 2);
   const step = options.nextPollStep ? ', poll_step = poll_step + 1' : '';
   if (!set.sql && !step) return undefined;
-  const shown = Object.keys(patch).some(
-    (k) => patch[k as keyof PaymentPatch] !== undefined && SHOWN_COLUMNS.has(k),
-  );
+  // A shown column given the value it already has (a provider reference each poll repeats) is no change.
+  const changes = set.keys
+    .map((key, i) => (SHOWN_COLUMNS.has(key) ? `${key} IS DISTINCT FROM $${i + 2}` : undefined))
+    .filter((change) => change !== undefined);
+  const updatedAt = changes.length
+    ? `CASE WHEN ${changes.join(' OR ')} THEN now() ELSE updated_at END`
+    : 'updated_at';
   const { rows } = await db.query<PaymentRow>(
-    prepared(
-      `UPDATE payments SET updated_at = ${shown ? 'now()' : 'updated_at'}${step}${set.sql} WHERE id = $1 RETURNING *`,
-      [paymentId, ...set.values],
-    ),
+    prepared(`UPDATE payments SET updated_at = ${updatedAt}${step}${set.sql} WHERE id = $1 RETURNING *`, [
+      paymentId,
+      ...set.values,
+    ]),
   );
   return rows[0];
 }
