@@ -420,6 +420,33 @@ describe('refunds', () => {
     assert.deepEqual(payment.body.amount_refunded, { value: 500, currency: 'EUR' });
   });
 
+  test('a refund of the rest sent with {} and retried with no body is the same request, and a cancel likewise', async () => {
+    const id = await paid(2050);
+    const idem = idempotencyKey();
+    const first = await refund(id, {}, merchant.secretKey, idem).expect(201);
+    const retry = await tg.http
+      .post(`/v1/payments/${id}/refunds`)
+      .set('Authorization', `Bearer ${merchant.secretKey}`)
+      .set('Idempotency-Key', idem)
+      .expect(200);
+    assert.equal(retry.headers['idempotent-replayed'], 'true');
+    assert.equal(retry.body.id, first.body.id);
+    const open = await createPayment(tg, merchant.secretKey, scanPayment(2057)).expect(201);
+    const cancelKey = idempotencyKey();
+    const cancel = (body?: object) => {
+      const request = tg.http
+        .post(`/v1/payments/${open.body.id}/cancel`)
+        .set('Authorization', `Bearer ${merchant.secretKey}`)
+        .set('Idempotency-Key', cancelKey);
+      return body ? request.send(body) : request;
+    };
+    const canceled = await cancel();
+    assert.ok([200, 202].includes(canceled.status), JSON.stringify(canceled.body));
+    const again = await cancel({});
+    assert.equal(again.status, 200, JSON.stringify(again.body));
+    assert.equal(again.headers['idempotent-replayed'], 'true');
+  });
+
   test('a refund made by a request whose process died: its retry gets that refund, never a second', async () => {
     const id = await paid(2100);
     const idem = idempotencyKey();
