@@ -777,6 +777,22 @@ describe('a terminal’s payments', () => {
 });
 
 describe('listing', () => {
+  test('a read of one object refuses a query parameter it would ignore', async () => {
+    const shop = await setupMerchant(tg, 'Query Reader');
+    for (const path of [
+      '/v1/refunds/re_none',
+      '/v1/jobs/job_none',
+      '/v1/settlements/stl_none',
+      '/v1/providers/sandbox',
+      '/v1/webhook-endpoints/we_none',
+    ]) {
+      const res = await tg.http.get(`${path}?expand=all`).set('Authorization', `Bearer ${shop.secretKey}`);
+      assert.equal(res.status, 400, path);
+      assert.equal(res.body.error.code, 'parameter_unknown', path);
+      assert.equal(res.body.error.param, 'expand', path);
+    }
+  });
+
   test('cursor pagination walks every payment once, newest first, with filters', async () => {
     const shop = await setupMerchant(tg, 'Pager');
     const created: string[] = [];

@@ -41,6 +41,11 @@ export function refuseParameters(body: unknown): void {
   if (body !== undefined) parse(NO_PARAMETERS, body);
 }
 
+/** For a read that takes no query parameters: one sent would be silently ignored (a filter that filters nothing). */
+export function refuseQuery(query: unknown): void {
+  parse(NO_PARAMETERS, query, 'query');
+}
+
 /**
  * The body without its null optional fields: many JSON serialisers write an unset field as null,
  * and a till's `"description": null` means no description, not a bad request. A required field

@@ -22,7 +22,7 @@ import {
   listPaymentsQuerySchema,
   listQuerySchema,
 } from '../schemas.ts';
-import { parse, refuseParameters } from '../validate.ts';
+import { parse, refuseParameters, refuseQuery } from '../validate.ts';
 import { type Condition, listPage } from './lists.ts';
 
 /**
@@ -258,6 +258,7 @@ export function paymentsRouter(ctx: Context): Router {
 
   router.get('/v1/refunds/:id', async (req, res) => {
     const principal = requireMerchantOrTerminal(req);
+    refuseQuery(req.query);
     const id = req.params.id;
     const { rows } = await ctx.db.query<RefundRow & { store_id: string | null; terminal_id: string | null }>(
       `SELECT r.*, p.store_id, p.terminal_id FROM refunds r JOIN payments p ON p.id = r.payment_id

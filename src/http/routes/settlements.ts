@@ -23,7 +23,7 @@ import { settlementReport, streamSettlementReportCsv } from '../../settlements/r
 import { requireMerchant } from '../auth.ts';
 import { registerOperations } from '../openapi.ts';
 import { listQuerySchema } from '../schemas.ts';
-import { parse } from '../validate.ts';
+import { parse, refuseQuery } from '../validate.ts';
 import { type ListScope, listPage } from './lists.ts';
 
 const providerName = z.string().regex(/^[a-z0-9_]{1,32}$/, 'must be a provider name such as alipay');
@@ -370,6 +370,7 @@ export function settlementsRouter(ctx: Context): Router {
 
   router.get('/v1/jobs/:id', async (req, res) => {
     const merchant = requireMerchant(req);
+    refuseQuery(req.query);
     const id = String(req.params.id);
     if (!hasPrefix(id, 'job')) throw notFound('job', id);
     const { rows } = await ctx.db.query<ImportRow>(
@@ -391,6 +392,8 @@ export function settlementsRouter(ctx: Context): Router {
   });
 
   router.get('/v1/settlements/:id', async (req, res) => {
+    requireMerchant(req);
+    refuseQuery(req.query);
     const json = await visibleSettlement(ctx, req, String(req.params.id));
     const { rows } = await ctx.db.query(
       `SELECT version, import_id, content_hash, count, discrepancies,

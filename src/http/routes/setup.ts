@@ -25,7 +25,7 @@ import {
   providerAccountCommon,
   WEBHOOK_EVENTS,
 } from '../schemas.ts';
-import { parse, refuseParameters } from '../validate.ts';
+import { parse, refuseParameters, refuseQuery } from '../validate.ts';
 import { listPage } from './lists.ts';
 
 interface MerchantRow {
@@ -367,6 +367,7 @@ export function setupRouter(ctx: Context): Router {
 
   router.get('/v1/providers/:provider', async (req, res) => {
     const merchant = requireMerchant(req);
+    refuseQuery(req.query);
     const { rows } = await ctx.db.query<ProviderAccountRow>(
       'SELECT * FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL',
       [merchant.merchant_id, req.params.provider],
@@ -481,6 +482,7 @@ export function setupRouter(ctx: Context): Router {
 
   router.get('/v1/webhook-endpoints/:id', async (req, res) => {
     const merchant = requireMerchant(req);
+    refuseQuery(req.query);
     const { rows } = await ctx.db.query<EndpointRow>(
       'SELECT * FROM webhook_endpoints WHERE id = $1 AND merchant_id = $2 AND deleted_at IS NULL',
       [req.params.id, merchant.merchant_id],
