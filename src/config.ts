@@ -185,6 +185,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(
       'PUBLIC_BASE_URL is a placeholder (example.com): set the address providers reach this gateway at',
     );
+  // It names the Redis connections too (CLIENT SETNAME), which take no spaces or other bytes.
+  if (env.REDIS_PREFIX !== undefined && !/^[\x21-\x7e]{1,64}$/.test(env.REDIS_PREFIX))
+    throw new ConfigError('REDIS_PREFIX must be 1 to 64 printable ASCII characters without spaces');
   const window = env.PAYMENT_RESOLUTION_WINDOW_S;
   const simulatorUrls: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) {

@@ -786,6 +786,8 @@ describe('start-up', () => {
       ['LOG_LEVEL', 'verbose', /LOG_LEVEL must be one of/],
       ['DATABASE_URL', 'foo', /DATABASE_URL must be a postgres or postgresql URL/],
       ['REDIS_URL', 'http://127.0.0.1:6379', /REDIS_URL must be a redis or rediss URL/],
+      ['REDIS_PREFIX', 'tb kiosk', /REDIS_PREFIX must be 1 to 64 printable ASCII/],
+      ['REDIS_PREFIX', 'tbк', /REDIS_PREFIX must be 1 to 64 printable ASCII/],
     ] as const)
       assert.throws(() => loadConfig({ ...env, [name]: value }), message, name);
   });
