@@ -347,6 +347,9 @@ export interface WalletAdapter<C = unknown> {
 
   /** Fetch settlement data for a date where the provider offers an API (simulators serve it). */
   fetchSettlement?(account: AccountContext<C>, date: string): Promise<Readable | null>;
+
+  /** Whether fetchSettlement serves this account (left out: it serves every account). */
+  fetchesSettlementOf?(account: AccountContext<C>): boolean;
 }
 
 /** Provider-side ids must survive retries and crashes: derive them from ours. */

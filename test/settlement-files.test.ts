@@ -1,5 +1,6 @@
 /** Settlement files in each provider's format, fetched or uploaded, and malformed files rejected whole. */
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import net from 'node:net';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
@@ -555,6 +556,42 @@ test('the scheduled fetch queues recent dates per account, and a failing fetch i
   assert.equal(failed.attempts, 2);
   const list = await tg.http.get('/v1/settlements/imports').set('Authorization', `Bearer ${m.secretKey}`);
   assert.ok(list.body.data.some((j: { id: string; status: string }) => j.id === id && j.status === 'failed'));
+});
+
+test('an Antom account on real credentials is not fetched (Antom gives its files over SFTP): 400 on demand, none scheduled', async () => {
+  const m = await setupMerchant(tg, 'Live Antom shop');
+  const pem = () => generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const ours = pem();
+  const antom = pem();
+  await tg.http
+    .put('/v1/providers/alipay')
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .send({
+      wallets: ['alipay'],
+      client_id: 'LIVE_FETCH_1',
+      private_key: ours.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      alipay_public_key: antom.publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+    })
+    .expect(201);
+  const asked = await tg.http
+    .post('/v1/settlements/fetches')
+    .set('Authorization', `Bearer ${m.secretKey}`)
+    .send({ provider: 'alipay', date: today() })
+    .expect(400);
+  assert.equal(asked.body.error.code, 'fetch_unsupported');
+  const { scheduleFetches } = await import('../src/settlements/fetch.ts');
+  await scheduleFetches(tg.gateway.ctx);
+  const { rows } = await tg.gateway.ctx.db.query(
+    "SELECT provider FROM settlement_imports WHERE merchant_id = $1 AND source = 'fetch'",
+    [m.id],
+  );
+  // Its sandbox account's dates only.
+  assert.ok(rows.length > 0);
+  assert.deepEqual(
+    rows.filter((row) => row.provider === 'alipay'),
+    [],
+    'no import made for it',
+  );
 });
 
 test('a scheduled fetch that failed is tried again on the next tick', async () => {

@@ -137,9 +137,11 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
     ),
 
   /**
-   * Real Antom delivers settlement files over SFTP only (§12), which is not built: null. The
-   * sandbox simulator serves the same CSV over HTTP.
+   * Real Antom delivers settlement files over SFTP only (§12), which is not built: only the sandbox
+   * simulator's accounts are fetched (it serves the same CSV over HTTP); the others are imported.
    */
+  fetchesSettlementOf: (account) => account.credentials.stored.sandbox,
+
   async fetchSettlement(account, date) {
     if (!account.credentials.stored.sandbox) return null;
     const base = await account.credentials.baseUrl();

@@ -10,6 +10,7 @@ import { SettlementFormatError } from '../../adapters/contract.ts';
 import type { Context } from '../context.ts';
 import { DeadlineError } from '../deadline.ts';
 import { isLockedJobError, leaveToSweeper, queueDeadline } from '../jobs/queues.ts';
+import type { LoadedAccount } from '../payments/accounts.ts';
 import { createImport, type ImportRow, isFinished } from './imports.ts';
 import { discardLines, EmptyFileError, ImportFinishedError, receiveFile } from './receive.ts';
 import { reconcileImport } from './reconcile.ts';
@@ -175,6 +176,12 @@ async function queueDateFetch(
   return true;
 }
 
+/** Whether the account's provider offers its settlement data to fetch, for this account. */
+export function fetchable(account: LoadedAccount): boolean {
+  const { adapter } = account.module;
+  return adapter.fetchSettlement !== undefined && (adapter.fetchesSettlementOf?.(account.context) ?? true);
+}
+
 /** The repeatable tick: queue the dates each fetchable account should have settled by now. */
 export async function scheduleFetches(ctx: Context, now = new Date()): Promise<number> {
   const { rows } = await ctx.db.query<{ id: string; merchant_id: string; provider: string }>(
@@ -183,9 +190,8 @@ export async function scheduleFetches(ctx: Context, now = new Date()): Promise<n
   let queued = 0;
   for (const account of rows) {
     const loaded = await ctx.accounts.get(account.id).catch(() => undefined);
-    const adapter = loaded?.module.adapter;
-    if (!adapter?.fetchSettlement) continue;
-    for (let back = 1; back <= adapter.resolution.settlement_delay_days + 1; back++) {
+    if (!loaded || !fetchable(loaded)) continue;
+    for (let back = 1; back <= loaded.module.adapter.resolution.settlement_delay_days + 1; back++) {
       const date = utcDate(back, now);
       try {
         if (await queueDateFetch(ctx, account, date)) queued++;

@@ -15,7 +15,7 @@ import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { hasPrefix } from '../../ids.ts';
 import { leaveToSweeper, requireQueues } from '../../jobs/queues.ts';
 import { deriveSecret, numberOfOpaque, opaqueNumber } from '../../secrets.ts';
-import { queueFetch } from '../../settlements/fetch.ts';
+import { fetchable, queueFetch } from '../../settlements/fetch.ts';
 import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
 import { EmptyFileError, FileBrokenOffError, receiveFile } from '../../settlements/receive.ts';
 import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
@@ -347,6 +347,14 @@ export function settlementsRouter(ctx: Context): Router {
         'invalid_request',
         'provider_not_configured',
         `no ${body.provider} account is configured`,
+        'provider',
+      );
+    const loaded = await ctx.accounts.get(account.id);
+    if (loaded && !fetchable(loaded))
+      throw new ApiError(
+        'invalid_request',
+        'fetch_unsupported',
+        `this ${body.provider} account's settlement files are not fetched by this gateway; import them instead`,
         'provider',
       );
     requireQueues(ctx.queues);
