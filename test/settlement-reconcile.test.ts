@@ -587,6 +587,27 @@ test('a sale not decided when its line came is a status_mismatch at once, closed
   );
 });
 
+test('a sale settled once it is decided shows the others of its day missing, with no other file to wait for', async () => {
+  const m = await setupMerchant(tg);
+  const unsettled = await pay(tg, m, 7510);
+  const shown = await createPayment(tg, m.secretKey, qrPayment(7320)).expect(201);
+  const line = { transaction_id: `SBX-QR-${shown.body.id}`, request_id: shown.body.id, amount: 7320 };
+  const job = await importAndWait(tg, m.secretKey, sandboxCsv([line], 'UNDECIDED-DAY'));
+  // Nothing of that day was settled yet: no word that the first sale is missing.
+  assert.deepEqual(job.counts.by_kind, { status_mismatch: 1 }, JSON.stringify(job.counts));
+  await fetch(shown.body.qr_code.data, { method: 'POST' });
+  await waitForStatus(tg, m.secretKey, shown.body.id, ['succeeded']);
+  const open = await eventually(async () => {
+    const found = await discrepancies(tg, m.secretKey);
+    return found.some((d) => d.kind === 'missing_in_settlement') ? found : undefined;
+  }, 10_000);
+  assert.deepEqual(
+    open.map((d) => [d.kind, d.payment_id]),
+    [['missing_in_settlement', unsettled.id]],
+  );
+  assert.equal((await settlements(tg, m.secretKey))[0].status, 'discrepancies');
+});
+
 test('a sale not decided when its line came and cancelled since stays a status_mismatch, its detail brought up to date', async () => {
   const m = await setupMerchant(tg);
   const { p: stuck, payment } = await undecidedSale(tg, m, 7557);

@@ -971,7 +971,6 @@ async function reconcileLedger(
   changed: string[],
   counts: ImportCounts,
 ): Promise<void> {
-  const params = [job.id, job.merchant_id, job.provider];
   // Only the batches this file changed can have settled a payment since the last job.
   await client.query(
     `UPDATE reconciliation_discrepancies d SET closed_at = now(), closed_reason = 'resolved'
@@ -991,20 +990,40 @@ async function reconcileLedger(
     [job.merchant_id, job.provider],
   );
   await rematchDecided(client, job, counts);
-  // The planner walks payments in key order and sorts every mark to merge them (1.5 s at 1M);
-  // hashing the marks is a third cheaper, and a merge join is never the better plan here.
   const delay = adapter.resolution.settlement_delay_days;
-  // And the marks just written have no statistics yet: the planner takes them for a handful, and
-  // sorted a million to group them by currency (0.5 s and 70 MB), where hashing them costs nothing.
-  await client.query('SET LOCAL enable_mergejoin = off; SET LOCAL enable_sort = off');
-  await client.query(DUE_UNSETTLED_SQL, [job.merchant_id, job.provider, delay]);
-  await client.query('SET LOCAL enable_mergejoin = on; SET LOCAL enable_sort = on');
-  const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [...params, delay]);
-  countDiscrepancies(counts, 'missing_in_settlement', missing.rows[0]?.n ?? 0);
+  const missing = await reportMissing(client, job.id, job.provider, job.merchant_id, delay);
+  countDiscrepancies(counts, 'missing_in_settlement', missing);
   // A batch this file did not change may change status all the same (a payment it missed is
   // settled by this file): the merchant hears of it as of the batches this file changed, whose
   // events follow (applyLines).
   await refreshBatchStatuses(client, job.merchant_id, job.provider, changed);
+}
+
+/**
+ * Payments and refunds due in a settlement of the merchant and provider and in none become
+ * missing_in_settlement, reported by `importId`'s job; how many.
+ */
+async function reportMissing(
+  client: pg.PoolClient,
+  importId: string,
+  provider: string,
+  merchantId: string,
+  delay: number,
+): Promise<number> {
+  // The planner walks payments in key order and sorts every mark to merge them (1.5 s at 1M);
+  // hashing the marks is a third cheaper, and a merge join is never the better plan here.
+  // And the marks just written have no statistics yet: the planner takes them for a handful, and
+  // sorted a million to group them by currency (0.5 s and 70 MB), where hashing them costs nothing.
+  await client.query('SET LOCAL enable_mergejoin = off; SET LOCAL enable_sort = off');
+  await client.query(DUE_UNSETTLED_SQL, [merchantId, provider, delay]);
+  await client.query('SET LOCAL enable_mergejoin = on; SET LOCAL enable_sort = on');
+  const missing = await client.query<{ n: number }>(MISSING_IN_SETTLEMENT_SQL, [
+    importId,
+    merchantId,
+    provider,
+    delay,
+  ]);
+  return missing.rows[0]?.n ?? 0;
 }
 
 /**
@@ -1066,6 +1085,16 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
         );
         if (!lock[0].taken) return 0;
         const { rematched: n } = await matchDecidedAgain(client, provider, merchantId, null);
+        // A sale settled now may be the first word that others of its day are missing; told by
+        // the import of the latest batch, as the next file's job would have.
+        const { rows: latest } = await client.query<{ import_id: string }>(
+          `SELECT import_id FROM settlements WHERE merchant_id = $1 AND provider = $2
+            ORDER BY settlement_date DESC, created_at DESC, id DESC LIMIT 1`,
+          [merchantId, provider],
+        );
+        const delay = providerModule(provider)?.adapter.resolution.settlement_delay_days;
+        if (n > 0 && latest[0] && delay !== undefined)
+          await reportMissing(client, latest[0].import_id, provider, merchantId, delay);
         await refreshBatchStatuses(client, merchantId, provider, []);
         return n;
       });
