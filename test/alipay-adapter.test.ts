@@ -436,6 +436,59 @@ describe('alipay adapter: answers that must not be trusted, and variants that mu
     });
   });
 
+  it("Antom's signed answer to another request (another sale's, another client's) is not this sale's success", async () => {
+    // Between us and Antom, something that answers a pay with a recorded one: Antom signs every
+    // client's answers with its one key, so each verifies.
+    let recorded: { path: string; headers: http.IncomingHttpHeaders; body: Buffer } | undefined;
+    let replay = false;
+    const relay = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (chunk: Buffer) => chunks.push(chunk));
+      req.on('end', async () => {
+        if (!replay) recorded = { path: req.url ?? '/', headers: req.headers, body: Buffer.concat(chunks) };
+        const sent = recorded as NonNullable<typeof recorded>;
+        const { host: _, ...headers } = sent.headers;
+        const answer = await fetch(`${h.sim.url}${sent.path}`, {
+          method: 'POST',
+          headers: headers as Record<string, string>,
+          body: new Uint8Array(sent.body),
+        });
+        res.writeHead(answer.status, Object.fromEntries(answer.headers));
+        res.end(Buffer.from(await answer.arrayBuffer()));
+      });
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    const via = async (accountId: string): Promise<AccountContext<AlipayAccount>> => {
+      const { credentials } = await alipayAdapter.configure({ sandbox: true }, h.env, accountId);
+      const loaded = alipayAdapter.load(JSON.parse(JSON.stringify(credentials)), h.env, {
+        publicOnly: false,
+      });
+      h.sim.registerClient(loaded.stored.client_id, h.sim.sandboxMerchantPublicKeyPem);
+      const url = `http://127.0.0.1:${(relay.address() as AddressInfo).port}`;
+      return { ...h.account, account_id: accountId, credentials: { ...loaded, baseUrl: async () => url } };
+    };
+    try {
+      const ours = await via(h.account.account_id);
+      const paid = scanPayment(1999);
+      assert.equal((await alipayAdapter.pay(ours, paid)).kind, 'succeeded');
+      replay = true;
+      const another = await alipayAdapter.pay(ours, scanPayment(1999));
+      assert.equal(another.kind, 'unknown');
+      assert.match(another.kind === 'unknown' ? another.reason : '', /paymentRequestId/);
+      // Another merchant's client paid under the very request id this sale then uses.
+      replay = false;
+      const sameId = scanPayment(1999);
+      assert.equal((await alipayAdapter.pay(await via('pva_other_client'), sameId)).kind, 'succeeded');
+      replay = true;
+      const theirs = await alipayAdapter.pay(ours, sameId);
+      assert.equal(theirs.kind, 'unknown');
+      assert.match(theirs.kind === 'unknown' ? theirs.reason : '', /client/);
+    } finally {
+      relay.closeAllConnections();
+      await new Promise<void>((resolve) => relay.close(() => resolve()));
+    }
+  });
+
   it('a refused connection is unknown with reached: false; a server that hangs up is reached: true', async () => {
     const closed = http.createServer();
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));

@@ -83,7 +83,16 @@ export async function send(
   if (!isRecord(parsed) || !result) {
     return untrusted(`${operation} response has no result object`);
   }
-  return judge(account, path, response.headers, response.body, parsed, result);
+  const judged = judge(account, path, response.headers, response.body, parsed, result);
+  // Antom signs every merchant's answers with its one key: a signed answer proves it came from
+  // Antom, and only these fields that it answers this request of ours.
+  for (const field of ['paymentRequestId', 'refundRequestId'] as const) {
+    const sent = payload[field];
+    const answered = parsed[field];
+    if (judged.answered && typeof sent === 'string' && typeof answered === 'string' && answered !== sent)
+      return untrusted(`${operation} answer is for ${field} ${answered}, not ${sent}`);
+  }
+  return judged;
 }
 
 /** An HTTP 200 from Antom whose content we cannot read or trust. */
@@ -114,6 +123,7 @@ function judge(
   if (signature === undefined || responseTime === undefined || clientId === undefined) {
     return untrusted('response carries only part of the signature headers');
   }
+  if (clientId !== account.stored.client_id) return untrusted(`response is for client ${clientId}`);
   const verified = verifySignatureHeader(
     { path, clientId, time: responseTime, body: raw },
     signature,
