@@ -54,7 +54,6 @@ export class ApiError extends Error {
   }
 }
 
-/** The same Idempotency-Key with another request: 422 (API.md). */
 /** SQLSTATE class 22, data exception: PostgreSQL refused a value it was given. */
 export function isDataException(error: unknown): boolean {
   const code = (error as { code?: unknown }).code;
@@ -67,6 +66,7 @@ export function isUnreadableBody(error: unknown): boolean {
   return error instanceof Error && typeof status === 'number' && status >= 400 && status < 500;
 }
 
+/** The same Idempotency-Key with another request: 422 (API.md). */
 export const idempotencyKeyReused = () =>
   new ApiError(
     'idempotency',

@@ -31,12 +31,6 @@ import {
 import { handleAlipayNotification, rejection } from './notification.ts';
 import { type OtherType, parseSettlementFile } from './settlement.ts';
 
-/**
- * alipay.md §9: Alipay's reference client inquires after 2, 3, 3, 5, 5… s and cancels after
- * 2, 3, 3, 5, 5 s; two ORDER_NOT_EXIST ≥ 2 s apart after an unanswered pay allow one identical
- * resend. The window is capped by the paymentExpiryTime we send (UPM: 10 min at most); Order Code
- * QRs live 3 minutes by Antom's docs.
- */
 /** What a job says of lines it passed over: a merchant can account for every line and amount. */
 function otherTypeWarning(t: OtherType): string {
   const settled = t.settled
@@ -45,6 +39,12 @@ function otherTypeWarning(t: OtherType): string {
   return `${t.lines} line${t.lines > 1 ? 's' : ''} of transactionType ${t.type} (the first on line ${t.first_line}; settled: ${settled || 'none'}) passed over: not a payment, refund or cancel, so not reconciled and not in the batch totals`;
 }
 
+/**
+ * alipay.md §9: Alipay's reference client inquires after 2, 3, 3, 5, 5… s and cancels after
+ * 2, 3, 3, 5, 5 s; two ORDER_NOT_EXIST ≥ 2 s apart after an unanswered pay allow one identical
+ * resend. The window is capped by the paymentExpiryTime we send (UPM: 10 min at most); Order Code
+ * QRs live 3 minutes by Antom's docs.
+ */
 export const ALIPAY_RESOLUTION: ResolutionPolicy = {
   poll_schedule_s: [2, 3, 3, 5, 5],
   window_s: { min: 10, default: 60, max: 600 },

@@ -1,6 +1,7 @@
 /** Job processors (worker role): resolution, merchant webhook delivery, the outbox relay and the sweeper. */
 import { deliver, dispatchOutbox, requeuePendingDeliveries } from '../../webhooks/outbound.ts';
 import type { Context } from '../context.ts';
+import { RETENTION_H } from '../http/idempotency.ts';
 import { CredentialsUnreadableError } from '../payments/accounts.ts';
 import { resolveRefund, sweepPendingRefunds } from '../payments/refunds.ts';
 import { alertOnce, resolvePayment, sweepStragglers } from '../payments/service.ts';
@@ -13,7 +14,6 @@ import {
 
 const CONCURRENCY = { resolve: 20, deliver: 10 };
 const OUTBOX_INTERVAL_MS = 250;
-const IDEMPOTENCY_RETENTION_H = 48;
 
 /** A worker adds the repeatable schedules again every this many sweep intervals (see startWorker). */
 const SCHEDULE_RENEWAL_SWEEPS = 3;
@@ -111,7 +111,7 @@ export async function startWorker(ctx: Context): Promise<Worker> {
     // A day's keys, or many days' after an outage of the worker: as long as it takes.
     await ctx.bulkDb.query(
       'DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)',
-      [IDEMPOTENCY_RETENTION_H],
+      [RETENTION_H],
     );
   });
   await startSettlementWorker(ctx);

@@ -8,7 +8,3 @@ export function copyField(value: string | number | null | undefined): string {
   if (!SPECIAL.test(text)) return text;
   return text.replace(/\\/g, '\\\\').replace(/\t/g, '\\t').replace(/\n/g, '\\n').replace(/\r/g, '\\r');
 }
-
-export function copyRow(fields: (string | number | null | undefined)[]): string {
-  return `${fields.map(copyField).join('\t')}\n`;
-}

@@ -113,8 +113,8 @@ function iso(date: Date | undefined): string {
 }
 
 /**
- * What a line settles, as the COPY text fields after its import id and line number (what copyRow
- * makes of them, built without the arrays): also what a batch's content hash is made of.
+ * What a line settles, as the COPY text fields after its import id and line number (copyField
+ * each, tab-separated): also what a batch's content hash is made of.
  */
 export function lineContent(line: SettlementLine): string {
   const t = line.transacted_at ? line.transacted_at.toISOString() : '\\N';

@@ -26,22 +26,16 @@ import { inTransaction, rollback } from '../ledger/db.ts';
 import { UNRESOLVED } from '../ledger/payments.ts';
 import { discardLines } from './receive.ts';
 
-export type DiscrepancyKind =
-  | 'missing_in_ledger'
-  | 'missing_in_settlement'
-  | 'amount_mismatch'
-  | 'currency_mismatch'
-  | 'status_mismatch'
-  | 'duplicate_in_settlement';
-
-export const DISCREPANCY_KINDS: readonly DiscrepancyKind[] = [
+export const DISCREPANCY_KINDS = [
   'missing_in_ledger',
   'missing_in_settlement',
   'amount_mismatch',
   'currency_mismatch',
   'status_mismatch',
   'duplicate_in_settlement',
-];
+] as const;
+
+export type DiscrepancyKind = (typeof DISCREPANCY_KINDS)[number];
 
 export interface ImportCounts {
   lines: number;

@@ -39,12 +39,10 @@ export const listSettlementsQuerySchema = listQuerySchema.extend({
   status: z.enum(['reconciled', 'discrepancies']).optional(),
 });
 export const listLinesQuerySchema = listQuerySchema.extend({
-  result: z
-    .enum(['matched', 'pending', ...(DISCREPANCY_KINDS as unknown as ['missing_in_ledger'])])
-    .optional(),
+  result: z.enum(['matched', 'pending', ...DISCREPANCY_KINDS]).optional(),
 });
 export const listDiscrepanciesQuerySchema = listQuerySchema.extend({
-  kind: z.enum(DISCREPANCY_KINDS as unknown as ['missing_in_ledger']).optional(),
+  kind: z.enum(DISCREPANCY_KINDS).optional(),
   provider: providerName.optional(),
   settlement_id: z.string().min(1).max(64).optional(),
   /** An addition: `open` (the default), `closed` (superseded or resolved, with closed_at) or `all`. */
