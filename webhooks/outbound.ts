@@ -137,8 +137,12 @@ export async function requeuePendingDeliveries(ctx: Context, graceMs = 30_000): 
       ORDER BY updated_at LIMIT 500`,
     [graceMs / 1000],
   );
-  return sweepEach(ctx, rows, 'a delivery', ({ id }) =>
-    ensureJob(ctx.queues, 'deliver', `deliver:${id}`, () => queueDelivery(ctx, id)),
+  return sweepEach(
+    ctx,
+    rows,
+    'a delivery',
+    async ({ id }) =>
+      (await ensureJob(ctx.queues, 'deliver', `deliver:${id}`, () => queueDelivery(ctx, id))) === 'added',
   );
 }
 

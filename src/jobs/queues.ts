@@ -94,23 +94,25 @@ export async function ensureJob(
 
 /**
  * Runs a sweeper's `revive` for each row: a row that fails is logged and the others go on, but
- * when Redis stops answering the sweep ends (the next one starts over).
+ * when Redis stops answering the sweep ends (the next one starts over). Returns how many rows got
+ * a job again (`revive` says whether it queued one).
  */
 export async function sweepEach<T extends { id: string }>(
   ctx: Pick<Context, 'log'>,
   rows: T[],
   what: string,
-  revive: (row: T) => Promise<unknown>,
+  revive: (row: T) => Promise<boolean>,
 ): Promise<number> {
+  let revived = 0;
   for (const row of rows) {
     try {
-      await revive(row);
+      if (await revive(row)) revived++;
     } catch (error) {
       if (error instanceof DeadlineError) throw error;
       ctx.log.error({ err: error, id: row.id }, `sweeper could not revive ${what}`);
     }
   }
-  return rows.length;
+  return revived;
 }
 
 /**

@@ -298,8 +298,9 @@ export async function sweepPendingRefunds(ctx: Context, graceMs = 5000): Promise
     // The job of the refund's current step (as scheduled above): revived if lost, left alone if
     // still queued or running, so the refund is never inquired or sent twice at once.
     const jobId = `refund:${row.id}:${row.poll_step}`;
-    await ensureJob(ctx.queues, 'resolve', jobId, () =>
+    const job = await ensureJob(ctx.queues, 'resolve', jobId, () =>
       enqueue(ctx.queues, 'resolve', { refund_id: row.id, step: row.poll_step }, { jobId }),
     );
+    return job === 'added';
   });
 }

@@ -1140,8 +1140,9 @@ export async function sweepStragglers(ctx: Ctx, graceMs = 5000): Promise<number>
     // The job of the payment's current step (scheduleCheck's id): revived if lost, left alone if
     // still queued or running, so two checks of one payment never run at once.
     const jobId = `resolve:${row.id}:${row.poll_step}`;
-    await ensureJob(ctx.queues, 'resolve', jobId, () =>
+    const job = await ensureJob(ctx.queues, 'resolve', jobId, () =>
       enqueue(ctx.queues, 'resolve', { payment_id: row.id, step: row.poll_step }, { jobId }),
     );
+    return job === 'added';
   });
 }

@@ -60,16 +60,18 @@ export async function requeueStrandedImports(ctx: Context, graceMs = 30_000): Pr
       row.source === 'fetch' && accountId && date
         ? { import_id: id, account_id: accountId, date }
         : undefined;
-    if (row.source === 'fetch' && !fetch) return;
+    if (row.source === 'fetch' && !fetch) return false;
     const add = fetch ? () => addFetchJob(ctx, fetch) : () => queueReconcile(ctx, id);
+    const job = await ensureJob(ctx.queues, 'settlement', id, add, false);
     // A job bull gave up on (its attempts spent, or its worker lost twice) is not run again for
     // ever: the import is failed, visibly, and the merchant imports the file again.
-    if ((await ensureJob(ctx.queues, 'settlement', id, add, false)) === 'failed')
+    if (job === 'failed')
       await ctx.db.query(
         `UPDATE settlement_imports SET status = 'failed', finished_at = clock_timestamp(), error_code = 'reconciliation_failed',
                 error_message = 'the import job failed repeatedly; import (or fetch) the file again'
           WHERE id = $1 AND status IN ('queued', 'running')`,
         [id],
       );
+    return job === 'added';
   });
 }
