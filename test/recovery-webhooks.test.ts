@@ -743,6 +743,21 @@ describe('inbound provider notifications', () => {
       .expect(403);
   });
 
+  test('a late "still waiting" notification changes nothing shown on a sale already paid', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, qrPayment(4560)).expect(201);
+    assert.equal(res.body.status, 'requires_customer');
+    await fetch(res.body.qr_code.data, { method: 'POST' });
+    const paid = await waitForStatus(tg, merchant.terminalKey, res.body.id, ['succeeded']);
+    const late = paymentNote(res.body.id, 'requires_customer', 'late');
+    Object.assign(late.payment, { qr_url: 'http://elsewhere.example/pay', transaction_id: 'sbx_other' });
+    await notify(late).expect(200);
+    const read = await tg.http
+      .get(`/v1/payments/${res.body.id}`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    assert.deepEqual(read.body, paid);
+  });
+
   test('a success for another amount than the sale’s is not taken as paid, and is raised once', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(4557)).expect(201);
     assert.equal(res.body.status, 'processing');

@@ -84,8 +84,8 @@ export async function send(
     return untrusted(`${operation} response has no result object`);
   }
   const judged = judge(account, path, response.headers, response.body, parsed, result);
-  // Antom signs every merchant's answers with its one key: a signed answer proves it came from
-  // Antom, and only these fields that it answers this request of ours.
+  // Antom signs every merchant's answers with its one key: the signature proves an answer is
+  // Antom's, not that it answers this request; its request id (and client id, in judge) must be ours.
   for (const field of ['paymentRequestId', 'refundRequestId'] as const) {
     const sent = payload[field];
     const answered = parsed[field];

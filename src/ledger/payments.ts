@@ -16,6 +16,8 @@ export const PAYMENT_STATUSES = [
 export type PaymentStatus = (typeof PAYMENT_STATUSES)[number];
 
 export const UNRESOLVED: readonly PaymentStatus[] = ['processing', 'requires_customer'];
+/** UNRESOLVED as an SQL list, for statements that must name it literally (a partial index's predicate). */
+export const UNRESOLVED_SQL = UNRESOLVED.map((status) => `'${status}'`).join(', ');
 export const CAPTURED: readonly PaymentStatus[] = ['succeeded', 'partially_refunded', 'refunded'];
 
 export interface PaymentRow {

@@ -682,7 +682,11 @@ async function applyStatus(
           resolve_by: new Date(Date.now() + windowS * 1000),
         });
       } else {
-        next = await updatePayment(ctx.db, row.id, patch);
+        // What a sale was decided with stays: a late "still pending" (a notification sent before
+        // the outcome) changes nothing shown on a final one, only what says its request was answered.
+        next =
+          (await updatePayment(ctx.db, row.id, patch, { whileUnresolved: true })) ??
+          (await updatePayment(ctx.db, row.id, answered));
       }
       const current = next ?? (await loadPayment(ctx, row.id));
       if (UNRESOLVED.includes(current.status))

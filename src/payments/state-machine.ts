@@ -6,7 +6,7 @@
 import type { Context } from '../context.ts';
 import { newId } from '../ids.ts';
 import { type Db, prepared, type Queryable } from '../ledger/db.ts';
-import { type PaymentRow, type PaymentStatus, paymentJson } from '../ledger/payments.ts';
+import { type PaymentRow, type PaymentStatus, paymentJson, UNRESOLVED_SQL } from '../ledger/payments.ts';
 
 const TRANSITIONS: Record<PaymentStatus, readonly PaymentStatus[]> = {
   processing: ['requires_customer', 'succeeded', 'failed', 'canceled'],
@@ -243,9 +243,10 @@ export async function updatePayment(
   db: Db | Queryable,
   paymentId: string,
   patch: PaymentPatch,
-  options: { nextPollStep?: boolean } = {},
+  options: { nextPollStep?: boolean; whileUnresolved?: boolean } = {},
 ): Promise<PaymentRow | undefined> {
   const set = setClause(patch, 2);
+  const guard = options.whileUnresolved ? ` AND status IN (${UNRESOLVED_SQL})` : '';
   const step = options.nextPollStep ? ', poll_step = poll_step + 1' : '';
   if (!set.sql && !step) return undefined;
   // A shown column given the value it already has (a provider reference each poll repeats) is no change.
@@ -256,10 +257,10 @@ export async function updatePayment(
     ? `CASE WHEN ${changes.join(' OR ')} THEN now() ELSE updated_at END`
     : 'updated_at';
   const { rows } = await db.query<PaymentRow>(
-    prepared(`UPDATE payments SET updated_at = ${updatedAt}${step}${set.sql} WHERE id = $1 RETURNING *`, [
-      paymentId,
-      ...set.values,
-    ]),
+    prepared(
+      `UPDATE payments SET updated_at = ${updatedAt}${step}${set.sql} WHERE id = $1${guard} RETURNING *`,
+      [paymentId, ...set.values],
+    ),
   );
   return rows[0];
 }

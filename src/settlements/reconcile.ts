@@ -23,7 +23,7 @@ import { SettlementFormatError, type WalletAdapter } from '../../adapters/contra
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
 import { inTransaction, rollback } from '../ledger/db.ts';
-import { UNRESOLVED } from '../ledger/payments.ts';
+import { UNRESOLVED_SQL } from '../ledger/payments.ts';
 import { discardLines } from './receive.ts';
 
 export const DISCREPANCY_KINDS = [
@@ -92,7 +92,7 @@ const DISCREPANCY_EVENTS = `events AS (
  * (PROVIDERS.md: a line whose payment is not succeeded) marked `recheck`: matched again once the
  * sale is final, which may close that discrepancy.
  */
-const UNDECIDED = UNRESOLVED.map((status) => `'${status}'`).join(', ');
+const UNDECIDED = UNRESOLVED_SQL;
 
 /** A line result `x` waiting for its refund or sale: `pending` (a refund), or kept for a recheck. */
 const AWAITS_DECISION = "(x.result = 'pending' OR x.recheck)";
