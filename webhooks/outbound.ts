@@ -104,8 +104,9 @@ function queueDelivery(ctx: Context, deliveryId: string): Promise<void> {
 
 /**
  * A delivery sent again now: its next try at once when it waits for one, a new job when its own has
- * ended. False while a try is under way: its outcome would overwrite the merchant's request (a
- * last try failing ends the delivery `failed`), so the merchant asks again after it.
+ * ended. Undefined while a try is under way: its job cannot be promoted or replaced then, so the
+ * next try would wait for its back-off (or, after a last try, for the sweeper); the merchant asks
+ * again once it has ended.
  */
 export async function deliverAgain<T>(
   ctx: Context,

@@ -137,14 +137,20 @@ function payWith(ctx: Ctx, account: LoadedAccount, request: PaymentRequest): Pro
 const sameMoney = (money: Money, row: PaymentRow) =>
   money.value === row.amount_value && money.currency === row.currency;
 
+/** What the provider reports paid, when it reports a success for another amount than the sale's. */
+function otherAmount(outcome: PaymentOutcome, row: PaymentRow): Money | undefined {
+  return outcome.kind === 'succeeded' && outcome.amount && !sameMoney(outcome.amount, row)
+    ? outcome.amount
+    : undefined;
+}
+
 /** The provider's final word on the sale: a success for another amount than the sale's is none. */
 function decides(outcome: PaymentOutcome, row: PaymentRow): boolean {
-  if (outcome.kind === 'succeeded') return !outcome.amount || sameMoney(outcome.amount, row);
+  if (outcome.kind === 'succeeded') return otherAmount(outcome, row) === undefined;
   return outcome.kind === 'failed' || outcome.kind === 'canceled';
 }
 
-function alertAmountMismatch(ctx: Ctx, row: PaymentRow, outcome: PaymentOutcome & { kind: 'succeeded' }) {
-  const amount = outcome.amount ?? { value: row.amount_value, currency: row.currency };
+function alertAmountMismatch(ctx: Ctx, row: PaymentRow, amount: Money) {
   return alertOnce(
     ctx,
     'amount_mismatch',
@@ -559,11 +565,12 @@ async function applyStatus(
   answered: PaymentPatch,
   decidesCancel: boolean,
 ): Promise<PaymentRow> {
-  if (outcome.kind === 'succeeded' && !decides(outcome, row)) {
+  const reported = otherAmount(outcome, row);
+  if (reported) {
     // A success for another amount than the sale's is not this sale's success: it stays open (and
     // is cancelled, reversing the charge, if nothing better comes by the end of its window), and a
     // person is told. A sale already canceled or failed has that charge reversed now.
-    await alertAmountMismatch(ctx, row, outcome);
+    await alertAmountMismatch(ctx, row, reported);
     const now = await loadPayment(ctx, row.id);
     if (now.status === 'canceled' || now.status === 'failed') {
       await reverseLateSuccess(ctx, now, account, source);
@@ -871,7 +878,8 @@ export async function resolvePayment(ctx: Ctx, paymentId: string, step?: number)
       return;
     }
     // Charged another amount than the sale's: reversed, as an undecided sale is cancelled.
-    if (outcome.kind === 'succeeded') await alertAmountMismatch(ctx, row, outcome);
+    const reported = otherAmount(outcome, row);
+    if (reported) await alertAmountMismatch(ctx, row, reported);
     const cancelling = await markCancelRequested(ctx, row.id);
     if (cancelling)
       await cancelAtProvider(
@@ -1066,7 +1074,8 @@ async function cancelUnconfirmed(
   const { adapter } = account.module;
   const inquiry = await inquire(ctx, row, account);
   if (decides(inquiry, row)) return applyOutcome(ctx, row, account, inquiry, 'inquiry', true);
-  if (inquiry.kind === 'succeeded') await alertAmountMismatch(ctx, row, inquiry);
+  const reported = otherAmount(inquiry, row);
+  if (reported) await alertAmountMismatch(ctx, row, reported);
   const attempts = row.cancel_attempts + 1;
   const schedule = adapter.resolution.cancel_schedule_s;
   const updated = (await updatePayment(ctx.db, row.id, { cancel_attempts: attempts })) ?? row;

@@ -1081,14 +1081,15 @@ export async function rematchDecidedLines(ctx: Context): Promise<number> {
         const { rematched: n } = await matchDecidedAgain(client, provider, merchantId, null);
         // A sale settled now may be the first word that others of its day are missing; told by
         // the import of the latest batch, as the next file's job would have.
-        const { rows: latest } = await client.query<{ import_id: string }>(
-          `SELECT import_id FROM settlements WHERE merchant_id = $1 AND provider = $2
-            ORDER BY settlement_date DESC, created_at DESC, id DESC LIMIT 1`,
-          [merchantId, provider],
-        );
         const delay = providerModule(provider)?.adapter.resolution.settlement_delay_days;
-        if (n > 0 && latest[0] && delay !== undefined)
-          await reportMissing(client, latest[0].import_id, provider, merchantId, delay);
+        if (n > 0 && delay !== undefined) {
+          const { rows: latest } = await client.query<{ import_id: string }>(
+            `SELECT import_id FROM settlements WHERE merchant_id = $1 AND provider = $2
+              ORDER BY settlement_date DESC, created_at DESC, id DESC LIMIT 1`,
+            [merchantId, provider],
+          );
+          if (latest[0]) await reportMissing(client, latest[0].import_id, provider, merchantId, delay);
+        }
         await refreshBatchStatuses(client, merchantId, provider, []);
         return n;
       });
