@@ -542,6 +542,31 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     assert.match(walletless.body.error.message, /wallet is required with mode "qr"/);
   });
 
+  test('a wrong value is answered with what the field must be, in plain words', async () => {
+    const messages: Array<[body: Record<string, unknown>, message: string]> = [
+      [
+        { amount: { value: '1999', currency: 'EUR' } },
+        'amount.value must be an integer count of minor units',
+      ],
+      [{ reference: 42 }, 'reference must be a string'],
+      [{ reference: 'R'.repeat(65) }, 'reference must be at most 64 characters long'],
+      [{ mode: 'nfc' }, 'mode must be one of "scan", "qr"'],
+      [{ metadata: ['till-3'] }, 'metadata must be an object'],
+    ];
+    for (const [change, message] of messages) {
+      const res = await createPayment(tg, merchant.secretKey, { ...scanPayment(1000), ...change }).expect(
+        400,
+      );
+      assert.equal(res.body.error.message, message);
+    }
+    const auth = { Authorization: `Bearer ${merchant.secretKey}` };
+    const hook = await tg.http
+      .post('/v1/webhook-endpoints')
+      .set(auth)
+      .send({ url: 'https://example.org/h', events: [] });
+    assert.deepEqual([hook.status, hook.body.error.message], [400, 'events must have at least 1 item']);
+  });
+
   test('a cancel takes no parameters: an array or a field in its body is a 400 and cancels nothing', async () => {
     const sale = await createPayment(tg, merchant.terminalKey, scanPayment(1057)).expect(201);
     assert.equal(sale.body.status, 'processing');

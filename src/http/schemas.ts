@@ -27,7 +27,7 @@ export const currency = z
 
 export const moneySchema = z.strictObject({
   value: z
-    .number()
+    .number({ error: 'must be an integer count of minor units' })
     .int('must be an integer count of minor units')
     .positive('must be greater than zero')
     .max(Number.MAX_SAFE_INTEGER),
@@ -51,7 +51,7 @@ export const createPaymentSchema = z
     description: printable(256).optional(),
     metadata: z
       .record(z.string().min(1).max(40), z.string().max(500))
-      .refine((m) => Object.keys(m).length <= 20, 'at most 20 keys')
+      .refine((m) => Object.keys(m).length <= 20, 'must have at most 20 keys')
       .optional(),
   })
   .superRefine((body, issue) => {

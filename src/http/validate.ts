@@ -13,7 +13,9 @@ export function parse<S extends z.ZodType>(
   ) {
     throw new ApiError('invalid_request', 'invalid_body', 'the request body must be a JSON object');
   }
-  const result = schema.safeParse(where === 'body' ? withoutNullOptionals(schema, input) : input);
+  const result = schema.safeParse(where === 'body' ? withoutNullOptionals(schema, input) : input, {
+    error: describeIssue,
+  });
   if (result.success) return result.data;
   const issue = result.error.issues[0];
   const param = issue.path.map(String).join('.');
@@ -32,6 +34,46 @@ export function parse<S extends z.ZodType>(
     missing && issue.code !== 'custom' ? `${param} is required` : `${param || where} ${issue.message}`,
     param || undefined,
   );
+}
+
+const KINDS: Record<string, string> = {
+  string: 'a string',
+  number: 'a number',
+  int: 'an integer',
+  boolean: 'true or false',
+  object: 'an object',
+  record: 'an object',
+  array: 'an array',
+};
+
+/**
+ * Says what a field must be, in the words of our own messages ("must be a string"), where Zod's
+ * default would answer a till "Invalid input: expected string, received number". A schema's own
+ * message, where it has one, still wins.
+ */
+function describeIssue(issue: z.core.$ZodRawIssue): string | undefined {
+  switch (issue.code) {
+    case 'invalid_type':
+      return `must be ${KINDS[issue.expected] ?? issue.expected}`;
+    case 'invalid_value':
+      return `must be one of ${issue.values.map((value) => JSON.stringify(value)).join(', ')}`;
+    case 'too_big':
+    case 'too_small': {
+      const bound = issue.code === 'too_big' ? issue.maximum : issue.minimum;
+      const most = issue.code === 'too_big' ? 'at most' : 'at least';
+      if (issue.origin === 'string') {
+        return issue.code === 'too_small' && bound === 1
+          ? 'must not be empty'
+          : `must be ${most} ${bound} characters long`;
+      }
+      if (issue.origin === 'array' || issue.origin === 'set') {
+        return `must have ${most} ${bound} ${bound === 1 ? 'item' : 'items'}`;
+      }
+      return `must be ${most} ${bound}`;
+    }
+    default:
+      return undefined;
+  }
 }
 
 const NO_PARAMETERS = z.strictObject({});
