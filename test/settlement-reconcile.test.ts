@@ -20,11 +20,13 @@ import {
   importAndWait,
   importFile,
   lineFor,
+  type PaidPayment,
   pay,
   refundLineFor,
   refundPart,
   reversedSale,
   SANDBOX_HEADER,
+  type SandboxLine,
   sandboxCsv,
   settlements,
   undecidedSale,
@@ -368,6 +370,44 @@ test('a correction that takes a refund or a cancel out of its batch leaves it se
       ['duplicate_in_settlement', 'resolved'],
       ['duplicate_in_settlement', 'resolved'],
     ],
+  );
+});
+
+test('two refunds of one sale, each line naming the sale and its own refund request id, are two refunds settled, not one twice', async () => {
+  const m = await setupMerchant(tg);
+  // As Antom's Chinese page has a refund: its transaction id the sale's, our refund id beside it.
+  const named = (p: PaidPayment, refund: { id: string }, amount: number, original: string): SandboxLine => ({
+    type: 'refund',
+    transaction_id: p.provider_reference,
+    original_transaction_id: original,
+    request_id: refund.id,
+    amount,
+    fee: 0,
+  });
+  for (const [n, withOriginal] of [false, true].entries()) {
+    const p = await pay(tg, m, 6000 + n * 100);
+    const first = await refundPart(tg, m, p, 1000);
+    const second = await refundPart(tg, m, p, 2000);
+    const original = withOriginal ? p.provider_reference : '';
+    const job = await importAndWait(
+      tg,
+      m.secretKey,
+      sandboxCsv([lineFor(p), named(p, first, 1000, original), named(p, second, 2000, original)], `TWO-${n}`),
+    );
+    assert.deepEqual([job.counts.by_kind, job.counts.matched], [{}, 3], JSON.stringify(job.counts));
+  }
+  // The same refund's line twice is still one refund settled twice.
+  const p = await pay(tg, m, 6200);
+  const refund = await refundPart(tg, m, p, 1000);
+  const twice = await importAndWait(
+    tg,
+    m.secretKey,
+    sandboxCsv([lineFor(p), named(p, refund, 1000, ''), named(p, refund, 1000, '')], 'TWO-TWICE'),
+  );
+  assert.deepEqual(twice.counts.by_kind, { duplicate_in_settlement: 1 }, JSON.stringify(twice.counts));
+  assert.deepEqual(
+    (await discrepancies(tg, m.secretKey)).map((d) => [d.kind, d.refund_id]),
+    [['duplicate_in_settlement', refund.id]],
   );
 });
 

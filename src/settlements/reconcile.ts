@@ -116,6 +116,13 @@ const CURRENT_LINE = (type: 'payment' | 'cancel', payment: string, condition: st
 const IN_ANOTHER_BATCH = "o.settlement_id <> k.settlement_id AND o.result <> 'duplicate_in_settlement'";
 
 /**
+ * What tells apart two refund lines with the same provider id, line `t`: our refund request id. A
+ * provider may name a refund by the sale's id (Antom's Chinese page does), so two refunds of one
+ * sale share it; a payment or cancel line is known by the provider's id alone (null here).
+ */
+const REQUEST_KEY = (t: string) => `(CASE WHEN ${t}.type = 'refund' THEN ${t}.provider_request_id END)`;
+
+/**
  * The import's lines, each classified, into a temporary table (one row a line). A read-only query
  * feeding CREATE TABLE AS may run in parallel, which the statements that write the ledger may not,
  * so everything that writes reads this table afterwards. $6..$8: the changed batches (batch id,
@@ -149,8 +156,9 @@ keyed AS (
          COALESCE(r1.id, r2.id) AS ref_id, COALESCE(r1.amount_value, r2.amount_value) AS ref_amount,
          COALESCE(r1.currency, r2.currency) AS ref_currency, COALESCE(r1.status, r2.status) AS ref_status
     FROM lines s
-    LEFT JOIN unnest($9::text[], $10::text[], $11::int[]) AS d (type, provider_reference, first_line)
+    LEFT JOIN unnest($9::text[], $10::text[], $11::int[], $12::text[]) AS d (type, provider_reference, first_line, request_key)
            ON d.type = s.type AND d.provider_reference = s.provider_reference
+          AND d.request_key IS NOT DISTINCT FROM ${REQUEST_KEY('s')}
     LEFT JOIN payments p1 ON s.type <> 'refund' AND p1.merchant_id = $2 AND p1.provider = $3
                          AND p1.provider_reference = CASE WHEN s.type = 'cancel'
                                THEN COALESCE(s.original_provider_reference, s.provider_reference)
@@ -221,38 +229,41 @@ SELECT k.id, k.line_no, k.settlement_id, k.type, k.provider_reference, k.provide
  * lines would pass through a join in the leader alone.
  */
 const DUPLICATES_SQL = `
-SELECT l.type, l.provider_reference, min(l.line_no) AS first_line
+SELECT l.type, l.provider_reference, ${REQUEST_KEY('l')} AS request_key, min(l.line_no) AS first_line
   FROM settlement_lines l
   JOIN unnest($4::text[], $5::text[]) AS c (batch_ref, currency)
     ON c.batch_ref = l.batch_ref AND c.currency = l.settlement_currency
  WHERE l.id BETWEEN $2 AND $3 AND l.import_id = $1
    AND (NOT $6 OR (l.type, l.provider_reference) IN (SELECT r.type, r.provider_reference
                                                         FROM settlement_import_repeats r WHERE r.import_id = $1))
- GROUP BY 1, 2 HAVING count(*) > 1
+ GROUP BY 1, 2, 3 HAVING count(*) > 1
 `;
 
 /**
  * A payment found by our request id (the provider's id named nothing) may also be on a line that
  * names it by the provider's id, or on an earlier line found the same way: the file settles it
- * twice, and this line is the duplicate. Rare, so looked for only where such lines exist.
+ * twice, and this line is the duplicate. Rare, so looked for only where such lines exist; so are
+ * two lines of one refund that DUPLICATES_SQL told apart (by the refund's id on one, by our request
+ * id on the other, or the same id with two request ids).
  */
-const FOUND_BY_REQUEST_ID_SQL = `
-SELECT EXISTS (SELECT 1 FROM classified
-                WHERE (type = 'payment' AND by_reference IS NULL AND pay_id IS NOT NULL)
-                   OR (type = 'refund' AND ref_by_reference IS NULL AND ref_id IS NOT NULL)) AS found
+const DUPLICATE_CANDIDATES_SQL = `
+SELECT EXISTS (SELECT 1 FROM classified WHERE type = 'payment' AND by_reference IS NULL AND pay_id IS NOT NULL) AS payments,
+       (SELECT count(*) FROM classified WHERE type = 'refund' AND ref_id IS NOT NULL) > 1 AS refunds
 `;
-/** What a classified line `t` settles: its refund, or its payment. */
-const settles = (t: string) => `(CASE WHEN ${t}.type = 'refund' THEN ${t}.ref_id ELSE ${t}.pay_id END)`;
-/** The same for a refund: found by our refund request id on one line, by its own id on another. */
-const DUPLICATE_BY_REQUEST_ID_SQL = `
+const DUPLICATE_PAYMENTS_BY_REQUEST_ID_SQL = `
 UPDATE classified c SET result = 'duplicate_in_settlement', first_line = o.line_no
   FROM classified o
- -- One equality on what the line settles, so that the join hashes on it (an OR of two would
- -- compare each such line with every line of its type).
- WHERE ${settles('o')} = ${settles('c')} AND o.type = c.type AND o.id <> c.id
+ WHERE o.pay_id = c.pay_id AND o.type = 'payment' AND c.type = 'payment' AND o.id <> c.id
+   AND c.result <> 'duplicate_in_settlement' AND c.by_reference IS NULL
+   AND (o.by_reference IS NOT NULL OR o.line_no < c.line_no)
+`;
+/** The line that names a refund by its own id settles it, or else the first: the others are duplicates. */
+const DUPLICATE_REFUNDS_SQL = `
+UPDATE classified c SET result = 'duplicate_in_settlement', first_line = o.line_no
+  FROM classified o
+ WHERE o.ref_id = c.ref_id AND o.type = 'refund' AND c.type = 'refund' AND o.id <> c.id
    AND c.result <> 'duplicate_in_settlement'
-   AND ((c.type = 'payment' AND c.by_reference IS NULL AND (o.by_reference IS NOT NULL OR o.line_no < c.line_no))
-     OR (c.type = 'refund' AND c.ref_by_reference IS NULL AND (o.ref_by_reference IS NOT NULL OR o.line_no < c.line_no)))
+   AND (o.ref_by_reference IS NOT NULL, c.line_no) > (c.ref_by_reference IS NOT NULL, o.line_no)
 `;
 
 /**
@@ -743,13 +754,12 @@ async function applyLines(
   if (superseded.length) await supersede(client, superseded, importId);
   if (changed.length) {
     const duplicates = await timed(counts, 'duplicates', () =>
-      client.query<{ type: string; provider_reference: string; first_line: number }>(DUPLICATES_SQL, [
-        importId,
-        ...lineIds,
-        changedRefs,
-        changedCurrencies,
-        job.repeats_listed,
-      ]),
+      client.query<{
+        type: string;
+        provider_reference: string;
+        request_key: string | null;
+        first_line: number;
+      }>(DUPLICATES_SQL, [importId, ...lineIds, changedRefs, changedCurrencies, job.repeats_listed]),
     );
     await timed(counts, 'classify', () =>
       client.query(CLASSIFY_SQL, [
@@ -761,10 +771,12 @@ async function applyLines(
         duplicates.rows.map((d) => d.type),
         duplicates.rows.map((d) => d.provider_reference),
         duplicates.rows.map((d) => d.first_line),
+        duplicates.rows.map((d) => d.request_key),
       ]),
     );
-    const byRequestId = await client.query<{ found: boolean }>(FOUND_BY_REQUEST_ID_SQL);
-    if (byRequestId.rows[0].found) await client.query(DUPLICATE_BY_REQUEST_ID_SQL);
+    const candidates = await client.query<{ payments: boolean; refunds: boolean }>(DUPLICATE_CANDIDATES_SQL);
+    if (candidates.rows[0].payments) await client.query(DUPLICATE_PAYMENTS_BY_REQUEST_ID_SQL);
+    if (candidates.rows[0].refunds) await client.query(DUPLICATE_REFUNDS_SQL);
     if (superseded.length) {
       await client.query(ORPHANED_DUPLICATES_SQL);
       await client.query(ORPHANED_REPEATS_SQL, [importId]);
