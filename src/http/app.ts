@@ -200,8 +200,9 @@ export function createApp(ctx: Context): express.Express {
           status: 400,
           type: 'encoding.unsupported',
         });
-      // JSON.parse makes 1999 of `1999.0` and 1000 of `1e3`: such bodies are read once more below.
-      const text = body.toString('utf8');
+      // JSON.parse makes 1999 of `1999.0` and 1000 of `1e3`: such bodies are read once more below,
+      // as the parser read them: without a byte-order mark (which some Windows tills write).
+      const text = body.toString('utf8').replace(/^\uFEFF/, '');
       if (MAYBE_FRACTION.test(text)) (req as BodyText).jsonText = text;
     },
   });
