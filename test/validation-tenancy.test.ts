@@ -546,6 +546,28 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
     assert.match(walletless.body.error.message, /wallet is required with mode "qr"/);
   });
 
+  test('text the ledger cannot store is refused naming the field or parameter that holds it', async () => {
+    const auth = { Authorization: `Bearer ${merchant.secretKey}` };
+    const bodies: Array<[change: Record<string, unknown>, param: string]> = [
+      [{ metadata: { till: 'a\u0000b' } }, 'metadata.till'],
+      [{ metadata: { 'ti\u0000ll': 'a' } }, 'metadata'],
+      [{ description: 'half \ud800' }, 'description'],
+    ];
+    for (const [change, param] of bodies) {
+      const res = await createPayment(tg, merchant.secretKey, { ...scanPayment(1000), ...change }).expect(
+        400,
+      );
+      assert.deepEqual([res.body.error.code, res.body.error.param], ['invalid_value', param]);
+    }
+    for (const path of [
+      '/v1/payments?starting_after=pay_%00',
+      '/v1/reconciliation/discrepancies?settlement_id=stl_%00',
+    ]) {
+      const res = await tg.http.get(path).set(auth).expect(400);
+      assert.deepEqual([res.body.error.code, res.body.error.param], ['invalid_value', path.split(/[?=]/)[1]]);
+    }
+  });
+
   test('a wrong value is answered with what the field must be, in plain words', async () => {
     const messages: Array<[body: Record<string, unknown>, message: string]> = [
       [

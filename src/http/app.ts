@@ -221,6 +221,9 @@ export function createApp(ctx: Context): express.Express {
           'the query string is not valid percent-encoded UTF-8',
         ),
       );
+    // PostgreSQL refuses a NUL byte: the parameter that holds one is named here, as a schema would.
+    const holdsNul = Object.keys(req.query).find((key) => JSON.stringify(req.query[key]).includes('\\u0000'));
+    if (holdsNul !== undefined) return next(unstorable(holdsNul));
     if (req.method === 'POST' && /^\/settlements\/imports\/?$/i.test(req.path)) return next();
     // Only reads take query parameters: one on a write would be silently ignored (a refund of
     // everything for `?amount=100`).
@@ -335,7 +338,8 @@ function answerError(ctx: Context) {
 }
 
 /** In unicode mode a class of surrogates matches only those not in a pair. */
-const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: a NUL byte is what it looks for.
+const UNSTORABLE_TEXT = /[\u0000\uD800-\uDFFF]/u;
 /** No request of the API nests deeper; a deeper body would only exhaust recursive code after us. */
 const MAX_BODY_DEPTH = 32;
 
@@ -351,15 +355,16 @@ function isJson(text: unknown): boolean {
 
 /**
  * What is wrong with a parsed JSON body that no schema sees, if anything: nesting beyond
- * MAX_BODY_DEPTH, or an unpaired surrogate (node-postgres would store it as U+FFFD, changing the
- * value unseen). Walked with a stack of its own, so no body can exhaust the call stack.
+ * MAX_BODY_DEPTH, or text PostgreSQL cannot store as it is (a NUL byte, which it refuses, or an
+ * unpaired surrogate, which node-postgres would store as U+FFFD, changing the value unseen), named
+ * by its field. Walked with a stack of its own, so no body can exhaust the call stack.
  */
 function bodyFault(body: unknown): ApiError | undefined {
-  const pending: [unknown, number][] = [[body, 0]];
+  const pending: [value: unknown, depth: number, path: string][] = [[body, 0, '']];
   for (let next = pending.pop(); next; next = pending.pop()) {
-    const [value, depth] = next;
+    const [value, depth, path] = next;
     if (typeof value === 'string') {
-      if (LONE_SURROGATE.test(value)) return unstorable();
+      if (UNSTORABLE_TEXT.test(value)) return unstorable(path);
     } else if (value !== null && typeof value === 'object') {
       if (depth >= MAX_BODY_DEPTH)
         return new ApiError(
@@ -368,7 +373,8 @@ function bodyFault(body: unknown): ApiError | undefined {
           `the body nests deeper than ${MAX_BODY_DEPTH} levels`,
         );
       for (const [key, item] of Object.entries(value)) {
-        if (LONE_SURROGATE.test(key)) return unstorable();
+        const keyPath = path ? `${path}.${key}` : key;
+        if (UNSTORABLE_TEXT.test(key)) return unstorable(path || undefined);
         // JSON.parse keeps it as a key, but any copy of the object makes it the prototype: it
         // would vanish from metadata without a word.
         if (key === '__proto__')
@@ -377,7 +383,7 @@ function bodyFault(body: unknown): ApiError | undefined {
             'parameter_invalid',
             'a key named __proto__ is not accepted',
           );
-        pending.push([item, depth + 1]);
+        pending.push([item, depth + 1, keyPath]);
       }
     }
   }
@@ -426,9 +432,12 @@ function fractionFault(text: string): ApiError | undefined {
 }
 
 /** A value the ledger cannot store or compare: found by bodyFault, or refused by PostgreSQL. */
-const unstorable = () =>
+const unstorable = (param?: string) =>
   new ApiError(
     'invalid_request',
     'invalid_value',
-    'the request holds a value the ledger cannot store or compare (out of range, a NUL byte or an unpaired surrogate)',
+    param
+      ? `${param} holds text the ledger cannot store (a NUL byte or an unpaired surrogate)`
+      : 'the request holds a value the ledger cannot store or compare (out of range, a NUL byte or an unpaired surrogate)',
+    param,
   );
