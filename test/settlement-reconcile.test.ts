@@ -411,6 +411,48 @@ test('two refunds of one sale, each line naming the sale and its own refund requ
   );
 });
 
+test('a correction that takes away the cancel of a reversed sale leaves its payment line, in another batch, a status_mismatch', async () => {
+  const m = await setupMerchant(tg);
+  for (const [n, order] of ['one file', 'payment first', 'cancel first'].entries()) {
+    const { p, payment, cancel } = await reversedSale(tg, m, 8057 + n * 100);
+    const paid = { ...payment, batch_id: `UNREV-${n}-PAID` };
+    const reversal = [
+      { ...cancel, batch_id: `UNREV-${n}-REV` },
+      { transaction_id: `sbx_unknown_${p.id}`, amount: 100, batch_id: `UNREV-${n}-REV` },
+    ];
+    if (order === 'one file') await importAndWait(tg, m.secretKey, sandboxCsv([paid, ...reversal]));
+    else
+      for (const lines of order === 'payment first' ? [[paid], reversal] : [reversal, [paid]])
+        await importAndWait(tg, m.secretKey, sandboxCsv(lines));
+    assert.deepEqual(
+      (await discrepancies(tg, m.secretKey)).filter((d) => d.payment_id === p.id),
+      [],
+      `${order}: paid and reversed`,
+    );
+    // The provider corrects the batch of the cancel: the sale was not reversed after all.
+    const fixed = await importAndWait(tg, m.secretKey, sandboxCsv(reversal.slice(1)));
+    assert.equal(fixed.counts.batches_superseded, 1, JSON.stringify(fixed.counts));
+    assert.deepEqual(
+      fixed.counts.by_kind,
+      { missing_in_ledger: 1, status_mismatch: 1 },
+      `${order}: ${JSON.stringify(fixed.counts)}`,
+    );
+    assert.deepEqual(
+      (await discrepancies(tg, m.secretKey))
+        .filter((d) => d.payment_id === p.id)
+        .map((d) => [d.kind, d.provider_reference]),
+      [['status_mismatch', p.provider_reference]],
+      order,
+    );
+    const marks = await tg.gateway.ctx.db.query('SELECT 1 FROM payment_settlements WHERE payment_id = $1', [
+      p.id,
+    ]);
+    assert.equal(marks.rowCount, 0, `${order}: a canceled sale with no reversal is not settled`);
+    const batch = (await settlements(tg, m.secretKey)).find((b) => b.provider_batch_id === paid.batch_id);
+    assert.equal(batch?.status, 'discrepancies', order);
+  }
+});
+
 test('a late settlement resolves missing_in_settlement; refunds are matched by their own ids', async () => {
   const m = await setupMerchant(tg);
   const a = await pay(tg, m, 3000);

@@ -465,6 +465,52 @@ SELECT count(*) FROM disc
 `;
 
 /**
+ * The other way round: a payment line of a current batch, matched as a sale paid and reversed (the
+ * ledger's payment canceled), whose cancel line a correction took away. With no current cancel line
+ * left for it, the provider settled a sale the ledger has canceled: a status_mismatch, as had the
+ * line come alone, and the payment is no longer settled. $1 this import, $2 merchant, $3 provider.
+ */
+const UNREVERSED_SQL = `
+WITH taken AS (
+  SELECT DISTINCT x.payment_id
+    FROM settlement_versions v
+    JOIN settlement_line_results x ON x.settlement_id = v.settlement_id AND x.import_id = v.import_id
+    JOIN settlement_lines l ON l.id = x.line_id AND l.import_id = x.import_id AND l.type = 'cancel'
+   WHERE v.superseded_by = $1 AND x.result = 'matched'
+),
+unmarked AS (
+  DELETE FROM payment_settlements ps USING taken t, payments p
+   WHERE ps.payment_id = t.payment_id AND p.id = t.payment_id AND p.status = 'canceled'
+     AND NOT EXISTS (${CURRENT_LINE('cancel', 't.payment_id', "o.result = 'matched'")})
+  RETURNING ps.payment_id, ps.settlement_id, ps.line_id
+),
+lines AS (
+  SELECT u.payment_id, u.settlement_id, l.id AS line_id, s.import_id, l.line_no, l.type, l.transaction_value,
+         l.transaction_currency, p.provider_reference, p.amount_value, p.currency, p.status
+    FROM unmarked u
+    JOIN settlements s ON s.id = u.settlement_id
+    JOIN settlement_lines l ON l.id = u.line_id AND l.import_id = s.import_id
+    JOIN payments p ON p.id = u.payment_id
+),
+results AS (
+  INSERT INTO settlement_line_results (line_id, import_id, settlement_id, result, payment_id)
+  SELECT line_id, import_id, settlement_id, 'status_mismatch', payment_id FROM lines
+  ON CONFLICT (line_id) DO UPDATE SET result = 'status_mismatch', recheck = false
+),
+disc AS (
+  INSERT INTO reconciliation_discrepancies (id, merchant_id, provider, settlement_id, line_id, import_id, kind,
+         payment_id, provider_reference, expected_value, expected_currency, actual_value, actual_currency, detail)
+  SELECT tb_random_id('dsc'), $2, $3, r.settlement_id, r.line_id, $1, 'status_mismatch', r.payment_id,
+         r.provider_reference, r.amount_value, r.currency, r.transaction_value, r.transaction_currency,
+         ${statusMismatchDetail('r', 'r.payment_id', 'r.status')}
+    FROM lines r
+  RETURNING *
+),
+${DISCREPANCY_EVENTS}
+SELECT count(*)::int AS n FROM disc
+`;
+
+/**
  * Due, by its time `t`: the provider's settlement delay has passed by the dates it has settled, or
  * it has already settled payments sold in the same currency through the same wallet on the same day
  * or later (`s`, the marks of that sale currency and wallet: another currency's batch of the day,
@@ -793,6 +839,10 @@ async function applyLines(
     // Only a matched cancel line can settle a payment line of an earlier file.
     if (rows.some((r) => r.cancel && r.result === 'matched'))
       await client.query(REVERSED_LATER_SQL, [merchantId, provider]);
+    if (superseded.length) {
+      const unreversed = await client.query<{ n: number }>(UNREVERSED_SQL, [importId, merchantId, provider]);
+      countDiscrepancies(counts, 'status_mismatch', unreversed.rows[0].n);
+    }
     for (const { result, n } of rows) {
       if (result === 'matched') counts.matched += n;
       else if (result === 'pending') counts.pending += n;
