@@ -114,6 +114,13 @@ test("a batch's lines page with limit and starting_after; a line of another batc
   const foreign = await page(batchOf('PAGE-1').id, `starting_after=${other.body.data[0].id}`);
   assert.equal(foreign.status, 400);
   assert.equal(foreign.body.error.param, 'starting_after');
+  // A corrected file replaces the batch's lines while a back office walks them: it is told so.
+  await importAndWait(tg, m.secretKey, sandboxCsv([lineFor(a), lineFor(b, { fee: 1 })], 'PAGE-1'));
+  const overtaken = await page(batchOf('PAGE-1').id, `limit=1&starting_after=${first.body.data[0].id}`);
+  assert.deepEqual(
+    [overtaken.status, overtaken.body.error?.type, overtaken.body.error?.code],
+    [409, 'conflict', 'settlement_superseded'],
+  );
 });
 
 test('each discrepancy kind, planted, is reported exactly once, and nothing else', async () => {

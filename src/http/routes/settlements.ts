@@ -421,15 +421,26 @@ export function settlementsRouter(ctx: Context): Router {
         ? numberOfOpaque(lineIdKey, query.starting_after.slice(3))
         : undefined;
       // The cursor must be a line of this batch's current version, as every list's cursor is one of its own.
-      const own =
-        cursor !== undefined &&
-        (
-          await ctx.db.query('SELECT 1 FROM settlement_current_lines WHERE settlement_id = $1 AND id = $2', [
-            json.id,
-            String(cursor),
-          ])
-        ).rowCount;
-      if (cursor === undefined || !own)
+      const { rows } =
+        cursor === undefined
+          ? { rows: [] }
+          : await ctx.db.query<{ current: boolean; earlier: boolean }>(
+              `SELECT EXISTS (SELECT 1 FROM settlement_current_lines WHERE settlement_id = $1 AND id = $2) AS current,
+                      EXISTS (SELECT 1 FROM settlement_versions v JOIN settlements s ON s.id = v.settlement_id
+                                JOIN settlement_lines l ON l.import_id = v.import_id AND l.batch_ref = s.provider_batch_id
+                                                       AND l.settlement_currency = s.currency
+                               WHERE v.settlement_id = $1 AND l.id = $2) AS earlier`,
+              [json.id, String(cursor)],
+            );
+      // A walk through the lines that a corrected file overtook: told so, not that its cursor is bad.
+      if (rows[0]?.earlier && !rows[0].current)
+        throw new ApiError(
+          'conflict',
+          'settlement_superseded',
+          `starting_after: line ${query.starting_after} is of an earlier version of this batch, which a corrected file has replaced since; list its lines again from the start`,
+          'starting_after',
+        );
+      if (!rows[0]?.current)
         throw new ApiError(
           'invalid_request',
           'parameter_invalid',
