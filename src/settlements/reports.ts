@@ -87,7 +87,10 @@ export async function settlementReport(ctx: Context, q: ReportQuery) {
   };
 }
 
-/** A cell Excel opens as text, never as a formula (CSV injection), quoted when needed. */
+/**
+ * A cell Excel never opens as a formula (CSV injection), quoted when needed. Text that looks like a
+ * number or a date (a store `0012`) is still read as one: CSV has no way to say otherwise.
+ */
 function cell(value: string | number): string {
   let text = String(value);
   const numeric = /^-?\d+(\.\d+)?$/.test(text);
