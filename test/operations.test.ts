@@ -906,7 +906,7 @@ describe('start-up', () => {
         "UPDATE webhook_deliveries SET status = 'pending', attempts = 0 WHERE id = $1",
         [delivered.id],
       );
-      await deliver(live.ctx, delivered.id, true).catch(() => {});
+      await deliver(live.ctx, delivered.id, null).catch(() => {});
       const { rows } = await live.ctx.db.query<{ status: string; last_error: string }>(
         'SELECT status, last_error FROM webhook_deliveries WHERE id = $1',
         [delivered.id],

@@ -884,6 +884,8 @@ describe('merchant webhooks', () => {
     id: string;
     status: string;
     attempts: number;
+    next_attempt_at: string | null;
+    updated_at: string;
   }
 
   /**
@@ -949,6 +951,15 @@ describe('merchant webhooks', () => {
     try {
       assert.match(hooks.endpoint.secret, /^whsec_/);
       const payment = await createPayment(tg, merchant.secretKey, scanPayment(4500)).expect(201);
+      // Between its tries a delivery says when the next one is due: 2 s after the first failed.
+      const waiting = await eventually(async () =>
+        (await hooks.deliveries()).find((d) => d.status === 'pending' && d.attempts === 1),
+      );
+      assert.equal(
+        Date.parse(String(waiting.next_attempt_at)) - Date.parse(waiting.updated_at),
+        2000,
+        JSON.stringify(waiting),
+      );
       const got = await eventually(
         async () => received.find((r) => JSON.parse(r.body).data.object.id === payment.body.id),
         20_000,
@@ -965,6 +976,7 @@ describe('merchant webhooks', () => {
         (await hooks.deliveries()).find((d) => d.status === 'succeeded'),
       );
       assert.equal(deliveries.attempts, 2, 'the first attempt got a 500 and was retried');
+      assert.equal(deliveries.next_attempt_at, null);
       // Its job runs on the three days' schedule, and keeps one stack, not one a try.
       const job = await tg.gateway.ctx.queues.deliver.getJob(`deliver:${deliveries.id}`);
       assert.ok(job);
@@ -1106,7 +1118,7 @@ describe('merchant webhooks', () => {
       });
     });
     const { ctx } = tg.gateway;
-    let lastTry: Delivery = { id: '', status: '', attempts: 0 };
+    let lastTry: Delivery = { id: '', status: '', attempts: 0, next_attempt_at: null, updated_at: '' };
     try {
       await createPayment(tg, merchant.secretKey, scanPayment(4622)).expect(201);
       lastTry = await eventually(async () =>
@@ -1117,7 +1129,7 @@ describe('merchant webhooks', () => {
       await ctx.db.query(`UPDATE webhook_deliveries SET status = 'pending' WHERE id = $1`, [lastTry.id]);
       await ctx.queues.deliver.pause(true);
       try {
-        await deliver(ctx, lastTry.id, true);
+        await deliver(ctx, lastTry.id, null);
       } catch {
         // The try failed, as the receiver answered it.
       } finally {

@@ -72,8 +72,8 @@ export async function dispatchOutbox(ctx: Context, batch = 500): Promise<number>
       [rows.map((r) => r.id), rows.map((r) => JSON.stringify(envelope(r)))],
     );
     const inserted = await client.query<{ id: string }>(
-      `INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status)
-       SELECT 'del_' || substr(md5(e.id || o.event_id), 1, 22), e.id, o.event_id, o.type, 'pending'
+      `INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status, next_attempt_at)
+       SELECT 'del_' || substr(md5(e.id || o.event_id), 1, 22), e.id, o.event_id, o.type, 'pending', now()
          FROM outbox o JOIN webhook_endpoints e
            ON e.merchant_id = o.merchant_id AND e.deleted_at IS NULL AND o.type = ANY(e.events)
         WHERE o.id = ANY($1)
@@ -147,8 +147,11 @@ export async function requeuePendingDeliveries(ctx: Context, graceMs = 30_000): 
   );
 }
 
-/** One delivery attempt; throws on failure so the queue retries with back-off. */
-export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: boolean): Promise<void> {
+/**
+ * One delivery attempt; throws on failure so the queue retries with back-off, after `retryInMs`
+ * (null: this was the last try).
+ */
+export async function deliver(ctx: Context, deliveryId: string, retryInMs: number | null): Promise<void> {
   const { rows } = await ctx.db.query<{
     url: string;
     secret_sealed: Buffer;
@@ -167,7 +170,8 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
   if (row?.status !== 'pending') return;
   const fail = (reason: string) =>
     ctx.db.query(
-      `UPDATE webhook_deliveries SET status = 'failed', last_error = $2, updated_at = now() WHERE id = $1`,
+      `UPDATE webhook_deliveries SET status = 'failed', last_error = $2, next_attempt_at = NULL, updated_at = now()
+        WHERE id = $1`,
       [deliveryId, reason],
     );
   // The merchant deleted the endpoint: its retries stop here.
@@ -203,13 +207,15 @@ export async function deliver(ctx: Context, deliveryId: string, isLastAttempt: b
   } catch (e) {
     error = (e as Error).message;
   }
-  const status = error === null ? 'succeeded' : isLastAttempt ? 'failed' : 'pending';
+  const status = error === null ? 'succeeded' : retryInMs === null ? 'failed' : 'pending';
   // Sent again by the merchant during this try: the delivery stays pending for the try that asked.
   await ctx.db.query(
     `UPDATE webhook_deliveries SET attempts = attempts + 1, last_status_code = $3, last_error = $4, updated_at = now(),
-            status = CASE WHEN resends = $5 THEN $2 ELSE status END
+            status = CASE WHEN resends = $5 THEN $2 ELSE status END,
+            next_attempt_at = CASE WHEN resends <> $5 THEN now()
+                                   WHEN $2 = 'pending' THEN now() + make_interval(secs => $6::float8 / 1000) END
       WHERE id = $1`,
-    [deliveryId, status, statusCode, error, row.resends],
+    [deliveryId, status, statusCode, error, row.resends, retryInMs],
   );
   if (error !== null) throw new Error(`delivery ${deliveryId} failed: ${error}`);
 }

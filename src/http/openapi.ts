@@ -537,6 +537,12 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       attempts: { type: 'integer' },
       last_status_code: { type: ['integer', 'null'] },
       last_error: nullableText,
+      next_attempt_at: {
+        type: ['string', 'null'],
+        format: 'date-time',
+        description:
+          'when the next try is due while the delivery is pending; null once it succeeded or failed',
+      },
       created_at: time,
       updated_at: time,
     },

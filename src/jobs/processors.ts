@@ -1,5 +1,10 @@
 /** Job processors (worker role): resolution, merchant webhook delivery, the outbox relay and the sweeper. */
-import { deliver, dispatchOutbox, requeuePendingDeliveries } from '../../webhooks/outbound.ts';
+import {
+  deliver,
+  deliveryWaitMs,
+  dispatchOutbox,
+  requeuePendingDeliveries,
+} from '../../webhooks/outbound.ts';
 import type { Context } from '../context.ts';
 import { RETENTION_H } from '../http/idempotency.ts';
 import { CredentialsUnreadableError } from '../payments/accounts.ts';
@@ -79,7 +84,8 @@ export async function startWorker(ctx: Context): Promise<Worker> {
 
   queues.deliver.process(CONCURRENCY.deliver, async (job) => {
     const { delivery_id } = job.data as { delivery_id: string };
-    await deliver(ctx, delivery_id, job.attemptsMade + 1 >= (job.opts.attempts ?? 1));
+    const made = job.attemptsMade + 1;
+    await deliver(ctx, delivery_id, made >= (job.opts.attempts ?? 1) ? null : deliveryWaitMs(made));
   });
 
   const sweepSteps: [string, (ctx: Context) => Promise<number>][] = [

@@ -535,7 +535,7 @@ export function setupRouter(ctx: Context): Router {
     const id = found.rows[0].id;
     const pending = await deliverAgain(ctx, id, async () => {
       const { rows } = await ctx.db.query<DeliveryRow>(
-        `UPDATE webhook_deliveries SET status = 'pending', resends = resends + 1, updated_at = now()
+        `UPDATE webhook_deliveries SET status = 'pending', resends = resends + 1, next_attempt_at = now(), updated_at = now()
           WHERE id = $1 RETURNING *`,
         [id],
       );
@@ -583,6 +583,7 @@ interface DeliveryRow {
   attempts: number;
   last_status_code: number | null;
   last_error: string | null;
+  next_attempt_at: Date | null;
   created_at: Date;
   updated_at: Date;
 }
@@ -597,6 +598,7 @@ const deliveryJson = (d: DeliveryRow) => ({
   attempts: d.attempts,
   last_status_code: d.last_status_code,
   last_error: d.last_error,
+  next_attempt_at: d.next_attempt_at?.toISOString() ?? null,
   created_at: d.created_at.toISOString(),
   updated_at: d.updated_at.toISOString(),
 });
