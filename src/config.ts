@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import { dirname, resolve } from 'node:path';
 
 export type Role = 'api' | 'worker' | 'all';
@@ -152,9 +153,28 @@ export function databaseUrlFrom(env: NodeJS.ProcessEnv = process.env): string {
   return urlFrom(env, 'DATABASE_URL', DEFAULT_DATABASE_URL, ['postgres', 'postgresql']);
 }
 
+/** The host a URL of this gateway names for a listen address (a URL writes IPv6 in brackets). */
+export function urlHost(host: string): string {
+  if (host === '0.0.0.0') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return isIPv6(host) ? `[${host}]` : host;
+}
+
+/** An http(s) URL with a host and no query or fragment, as `new URL` reads it (as every caller will). */
+function httpBaseUrl(text: string): boolean {
+  if (!/^https?:\/\/[^/?#\s]+(\/[^?#\s]*)?$/.test(text)) return false;
+  try {
+    return new URL(text).hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const production = env.NODE_ENV === 'production';
   const port = intFrom(env, 'PORT', 3000, 0, 65535);
+  // Blank, as unset (as a blank PORT is): not every address of the machine.
+  const host = env.HOST || '127.0.0.1';
   const role = (env.TILLBRIDGE_ROLE ?? 'all') as Role;
   if (!['api', 'worker', 'all'].includes(role))
     throw new ConfigError(`TILLBRIDGE_ROLE must be api, worker or all`);
@@ -174,7 +194,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.LOG_LEVEL !== undefined && !LOG_LEVELS.includes(env.LOG_LEVEL))
     throw new ConfigError(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got "${env.LOG_LEVEL}"`);
   // Providers are handed `${PUBLIC_BASE_URL}/webhooks/...` as their notify URL.
-  if (env.PUBLIC_BASE_URL && !/^https?:\/\/[^/?#\s]+(\/[^?#\s]*)?$/.test(env.PUBLIC_BASE_URL))
+  if (env.PUBLIC_BASE_URL && !httpBaseUrl(env.PUBLIC_BASE_URL))
     throw new ConfigError('PUBLIC_BASE_URL must be an http(s) URL such as https://pay.example.com');
   // The sample host of this very check's message: providers would send notifications there.
   if (
@@ -197,7 +217,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     production,
     port,
-    host: env.HOST ?? '127.0.0.1',
+    host,
     databaseUrl: databaseUrlFrom(env),
     databaseQueryTimeoutMs: intFrom(env, 'DATABASE_QUERY_TIMEOUT_MS', 10_000, 100),
     redisUrl: urlFrom(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis', 'rediss']),
@@ -205,7 +225,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     adminApiKey: env.ADMIN_API_KEY ?? `adm_${randomBytes(24).toString('base64url')}`,
     adminKeyGenerated: env.ADMIN_API_KEY === undefined,
     masterKey: masterKeyFrom(env, production),
-    publicBaseUrl: (env.PUBLIC_BASE_URL ?? `http://127.0.0.1:${port}`).replace(/\/$/, ''),
+    publicBaseUrl: (env.PUBLIC_BASE_URL || `http://${urlHost(host)}:${port}`).replace(/\/$/, ''),
     role,
     resolutionWindowS: window ? intFrom(env, 'PAYMENT_RESOLUTION_WINDOW_S', 0, 1) : undefined,
     rateLimitPerKeyRps: intFrom(env, 'RATE_LIMIT_PER_KEY_RPS', 200, 1),

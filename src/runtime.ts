@@ -3,7 +3,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { providerModule } from '../adapters/index.ts';
-import { type Config, ConfigError } from './config.ts';
+import { type Config, ConfigError, urlHost } from './config.ts';
 import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
 import { answerClientError, createApp, createOperationsApp } from './http/app.ts';
@@ -51,6 +51,35 @@ function withoutPassword(url: string): string {
   return parsed.toString();
 }
 
+/**
+ * A start-up failure that says the database at DATABASE_URL cannot be used as configured: not
+ * reached, not PostgreSQL, or refusing us (authentication, an unknown role, no permission to
+ * connect or to create the database), rather than a bug of ours.
+ */
+function unusableDatabase(error: unknown): boolean {
+  const code = (error as { code?: string }).code ?? '';
+  return (
+    [
+      'ECONNREFUSED',
+      'ENOTFOUND',
+      'EAI_AGAIN',
+      'ETIMEDOUT',
+      'EHOSTUNREACH',
+      'ENETUNREACH',
+      'ECONNRESET',
+    ].includes(code) ||
+    // Class 28: invalid authorization (a wrong password, an unknown role); 3D000 no such database
+    // to connect to; 42501 not allowed (to connect, or to create the database).
+    /^28/.test(code) ||
+    code === '3D000' ||
+    code === '42501' ||
+    // What pg says when the server closes the connection, or talks another protocol.
+    /Connection terminated|timeout expired|not a PostgreSQL|unexpected message/i.test(
+      (error as Error).message ?? '',
+    )
+  );
+}
+
 export async function createContext(config: Config): Promise<Context> {
   // Redis first: a gateway that cannot reach it would start but never finish a payment.
   const redis = await connectRedis(config.redisUrl);
@@ -63,8 +92,7 @@ export async function createContext(config: Config): Promise<Context> {
     await migrate(bulkDb);
   } catch (error) {
     redis.disconnect();
-    const code = (error as { code?: string }).code;
-    if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'ETIMEDOUT' || code === '28P01')
+    if (unusableDatabase(error))
       throw new ConfigError(
         `PostgreSQL at DATABASE_URL (${withoutPassword(config.databaseUrl)}) cannot be used: ${(error as Error).message}`,
       );
@@ -140,7 +168,8 @@ function listenError(error: unknown, host: string, port: number): unknown {
     return new ConfigError(
       `PORT ${port} on ${host} may not be listened on by this user: set a PORT above 1023`,
     );
-  if (code === 'EADDRNOTAVAIL') return new ConfigError(`HOST ${host} is not an address of this machine`);
+  if (code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND' || code === 'EAI_AGAIN')
+    return new ConfigError(`HOST ${host} is not an address of this machine`);
   return error;
 }
 
@@ -173,7 +202,8 @@ export async function startGateway(config: Config, port = config.port): Promise<
     ctx,
     server,
     worker,
-    url: `http://${config.host}:${address.port}`,
+    // An IPv6 address is written in brackets in a URL; listening on every address, ask the loopback.
+    url: `http://${urlHost(config.host)}:${address.port}`,
     async stop() {
       // Stop accepting, let in-flight requests finish, then close queues and connections.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -804,7 +804,16 @@ describe('start-up', () => {
 
   test('a PUBLIC_BASE_URL that is no URL is refused: providers would be given it as their notify URL', () => {
     const { env } = testEnvironment();
-    for (const bad of ['notaurl', 'pay.example.com', 'ftp://pay.example.com', 'https://pay.example.com/?x=1'])
+    // The last three pass a pattern but not `new URL`, which each sale's notify URL is made with.
+    for (const bad of [
+      'notaurl',
+      'pay.example.com',
+      'ftp://pay.example.com',
+      'https://pay.example.com/?x=1',
+      'http://:80',
+      'http://[::1',
+      'http://exa%mple.com',
+    ])
       assert.throws(
         () => loadConfig({ ...env, PUBLIC_BASE_URL: bad }),
         /PUBLIC_BASE_URL must be an http\(s\) URL/,
@@ -814,6 +823,30 @@ describe('start-up', () => {
       loadConfig({ ...env, PUBLIC_BASE_URL: 'https://pay.example.com/tb/' }).publicBaseUrl,
       'https://pay.example.com/tb',
     );
+    // Blank is unset, as for PORT: the gateway's own address, where it listens (IPv6 in brackets).
+    const { PUBLIC_BASE_URL: _unset, ...bare } = env;
+    assert.equal(
+      loadConfig({ ...bare, PUBLIC_BASE_URL: '', PORT: '4100' }).publicBaseUrl,
+      'http://127.0.0.1:4100',
+    );
+    assert.equal(loadConfig({ ...bare, HOST: '::1', PORT: '4100' }).publicBaseUrl, 'http://[::1]:4100');
+    assert.equal(loadConfig({ ...bare, HOST: '' }).host, '127.0.0.1');
+  });
+
+  test('a database that refuses the gateway, or is not PostgreSQL, is a configuration error naming DATABASE_URL', async () => {
+    const { env } = testEnvironment();
+    const redis = new URL(env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+    for (const url of [
+      'postgres://tb_no_such_role@127.0.0.1:5432/tb_never',
+      // Redis answers on its port, not as PostgreSQL.
+      `postgres://postgres@${redis.hostname}:${redis.port || 6379}/tb_never`,
+    ])
+      await assert.rejects(
+        startGateway(loadConfig({ ...env, DATABASE_URL: url })),
+        (error: Error) =>
+          error instanceof ConfigError && /^PostgreSQL at DATABASE_URL \(/.test(error.message),
+        url,
+      );
   });
 
   test('in production no provider account can be pointed at a simulator, nor take a sale on one', async () => {
