@@ -716,6 +716,26 @@ UPDATE settlement_imports i SET status = 'completed', finished_at = clock_timest
 /** From this many lines an import is worth fresh statistics before the matching statement is planned. */
 const ANALYZE_FROM_LINES = 10_000;
 
+/** The ledger tables the job's statements join, whose row counts decide between a hash join and a nested loop. */
+const LEDGER_TABLES = ['payments', 'refunds', 'payment_settlements', 'reconciliation_discrepancies'];
+
+/**
+ * ANALYZEs those of `tables` never analyzed or that changed enough since, by autovacuum's own rule
+ * (50 rows and a tenth of the table; counted by PostgreSQL a few seconds late), for a server that runs without autovacuum or has not
+ * come round to them yet: planned with stale counts (a merchant's thousands of new payments taken
+ * for one), the job's anti-joins become nested loops that take minutes, holding the merchant's lock.
+ * Outside the job's transaction, like ANALYZE settlement_lines.
+ */
+async function analyzeStale(client: pg.PoolClient, tables: string[]): Promise<void> {
+  const { rows } = await client.query<{ relname: string }>(
+    `SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+      WHERE s.schemaname = current_schema() AND s.relname = ANY($1)
+        AND (c.reltuples < 0 OR s.n_mod_since_analyze > 50 + 0.1 * c.reltuples)`,
+    [tables],
+  );
+  for (const { relname } of rows) await client.query(`ANALYZE ${client.escapeIdentifier(relname)}`);
+}
+
 /** Held to commit: what settles the merchant's payments with one provider is done by one at a time. */
 async function lockLedger(client: pg.PoolClient, merchantId: string, provider: string): Promise<void> {
   await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
@@ -1238,6 +1258,7 @@ export async function reconcileImport(ctx: Context, importId: string, lastAttemp
     // become a million index probes. ANALYZE samples the table (a bounded cost), outside the
     // transaction, whose lock on the table would hold other merchants' jobs until its commit.
     if (counts.lines >= ANALYZE_FROM_LINES) await client.query('ANALYZE settlement_lines');
+    await analyzeStale(client, LEDGER_TABLES);
     await client.query('BEGIN');
     // Hash joins and aggregates over a million lines stay in memory (the server's memory, not ours).
     await client.query("SET LOCAL work_mem = '512MB'");
