@@ -127,23 +127,30 @@ test('a job plans its joins with the ledger counted as it is now, also where Pos
   // This machine's PostgreSQL runs without autovacuum: what the planner knew of the ledger is what
   // the last ANALYZE saw. Taken for a handful, thousands of new payments were joined by nested
   // loops, and a 10,000-line file took a minute, holding the merchant's other files behind it.
-  const m = await setupMerchant(tg);
-  const paid = [];
-  for (let i = 0; i < 4; i++)
-    paid.push(...(await Promise.all([...Array(20)].map((_, j) => pay(tg, m, 100_000 + (i * 20 + j) * 100)))));
-  await importAndWait(
-    tg,
-    m.secretKey,
-    sandboxCsv(
-      paid.map((p) => lineFor(p)),
-      'STATS-1',
-    ),
-  );
-  const { rows } = await tg.gateway.ctx.db.query<{ known: number; counted: number }>(
-    `SELECT (SELECT reltuples::int FROM pg_class WHERE relname = 'payments' AND relkind = 'r') AS known,
-            (SELECT count(*)::int FROM payments) AS counted`,
-  );
-  assert.equal(rows[0].known, rows[0].counted, 'the planner counts every payment');
+  const fresh = await startTestGateway(); // a ledger never analyzed
+  try {
+    const m = await setupMerchant(fresh);
+    const paid: PaidPayment[] = [];
+    for (let i = 0; i < 4; i++)
+      paid.push(
+        ...(await Promise.all([...Array(20)].map((_, j) => pay(fresh, m, 100_000 + (i * 20 + j) * 100)))),
+      );
+    await importAndWait(
+      fresh,
+      m.secretKey,
+      sandboxCsv(
+        paid.map((p) => lineFor(p)),
+        'STATS-1',
+      ),
+    );
+    const { rows } = await fresh.gateway.ctx.db.query<{ known: number; counted: number }>(
+      `SELECT (SELECT reltuples::int FROM pg_class WHERE relname = 'payments' AND relkind = 'r') AS known,
+              (SELECT count(*)::int FROM payments) AS counted`,
+    );
+    assert.equal(rows[0].known, rows[0].counted, 'the planner counts every payment');
+  } finally {
+    await fresh.stop();
+  }
 });
 
 test('each discrepancy kind, planted, is reported exactly once, and nothing else', async () => {
