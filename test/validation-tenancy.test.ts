@@ -507,17 +507,30 @@ describe('bad payment requests: each a 4xx with the error shape, and nothing sto
       .send(JSON.stringify({ ...scanPayment(100), description: 'x'.repeat(200_000) }));
     assert.equal(huge.status, 400);
     assert.deepEqual([huge.body.error.type, huge.body.error.code], ['invalid_request', 'body_too_large']);
-    const latin1 = await tg.http
-      .post('/v1/payments')
-      .set('Authorization', `Bearer ${merchant.terminalKey}`)
-      .set('Idempotency-Key', idempotencyKey())
-      .set('Content-Type', 'application/json; charset=latin1')
-      .send(JSON.stringify(scanPayment(100)));
-    assert.equal(latin1.status, 400);
-    assert.deepEqual(
-      [latin1.body.error.type, latin1.body.error.code],
-      ['invalid_request', 'unsupported_encoding'],
-    );
+    const sendAs = (contentType: string) =>
+      tg.http
+        .post('/v1/payments')
+        .set('Authorization', `Bearer ${merchant.terminalKey}`)
+        .set('Idempotency-Key', idempotencyKey())
+        .set('Content-Type', contentType)
+        .send(JSON.stringify(scanPayment(100)));
+    // Another charset is refused as such, also one whose decoding would have made the body garbage.
+    for (const other of ['application/json; charset=latin1', 'application/json; charset=utf-16']) {
+      const refused = await sendAs(other);
+      assert.equal(refused.status, 400, other);
+      assert.deepEqual(
+        [refused.body.error.type, refused.body.error.code],
+        ['invalid_request', 'unsupported_encoding'],
+        other,
+      );
+    }
+    // UTF-8 by any of its names.
+    for (const utf8 of [
+      'application/json; charset=utf8',
+      'application/json;charset="UTF-8"',
+      'text/plain; charset=utf_8',
+    ])
+      await sendAs(utf8).expect(201);
   });
 
   test('a parameter sent with a wrong value is invalid, not missing', async () => {

@@ -232,7 +232,17 @@ export function createApp(ctx: Context): express.Express {
       return next(
         new ApiError('invalid_request', 'parameter_unknown', `unknown query parameter ${unknown}`, unknown),
       );
-    if (req.method === 'POST' || req.method === 'PUT')
+    if (req.method === 'POST' || req.method === 'PUT') {
+      const charset = CHARSET.exec(req.headers['content-type'] ?? '')?.[1];
+      if (charset !== undefined) {
+        if (charset.replace(/[-_]/g, '').toLowerCase() !== 'utf8')
+          return next(
+            new ApiError('invalid_request', 'unsupported_encoding', 'the request body must be UTF-8 JSON'),
+          );
+        // The parser knows UTF-8 by one name only ("utf8" would be "another charset"), and reads
+        // UTF-8 when none is named.
+        req.headers['content-type'] = req.headers['content-type']?.replace(CHARSET, '');
+      }
       return jsonParser(req, res, (error?: unknown) => {
         // Called from the body stream's end: nothing here may throw past next().
         try {
@@ -242,6 +252,7 @@ export function createApp(ctx: Context): express.Express {
           next(fault);
         }
       });
+    }
     next();
   });
   app.use(setupRouter(ctx));
@@ -389,6 +400,9 @@ function bodyFault(body: unknown): ApiError | undefined {
   }
   return undefined;
 }
+
+/** The charset parameter of a Content-Type, quoted or not. */
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]*)"?/i;
 
 interface BodyText {
   /** The body's text, kept only when it may write a number with a fraction or an exponent. */
