@@ -736,6 +736,7 @@ describe('inbound provider notifications', () => {
       .set('Authorization', `Bearer ${tg.adminKey}`)
       .expect(200);
     assert.ok(resolved.body.resolved_at);
+    assert.match(mine[0].id, /^alr_\d+$/, 'an id that says what it names, as every id of API.md');
     assert.deepEqual(await alertsOf(res.body.id), []);
     await tg.http
       .post(`/v1/admin/alerts/${mine[0].id}/resolve`)

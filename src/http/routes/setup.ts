@@ -228,8 +228,9 @@ export function setupRouter(ctx: Context): Router {
   router.get('/v1/admin/alerts', async (req, res) => {
     requireAdmin(req);
     const query = parse(listQuerySchema, req.query, 'query');
-    // Alert ids are numbers: anything else is no alert, said as every list says it.
-    if (query.starting_after !== undefined && !/^\d{1,18}$/.test(query.starting_after))
+    const after = query.starting_after === undefined ? undefined : alertNumber(query.starting_after);
+    // Anything but an alert's id is no alert, said as every list says it.
+    if (after === null)
       throw new ApiError(
         'invalid_request',
         'parameter_invalid',
@@ -241,7 +242,7 @@ export function setupRouter(ctx: Context): Router {
         ctx,
         'alerts',
         { owner: [], filters: [['resolved_at IS NULL']] },
-        query,
+        { ...query, starting_after: after },
         alertJson,
       ),
     );
@@ -251,10 +252,11 @@ export function setupRouter(ctx: Context): Router {
   router.post('/v1/admin/alerts/:id/resolve', async (req, res) => {
     requireAdmin(req);
     const id = req.params.id;
-    if (!/^\d{1,18}$/.test(id)) throw notFound('alert', id);
+    const number = alertNumber(id);
+    if (number === null) throw notFound('alert', id);
     const { rows } = await ctx.db.query<AlertRow>(
       `UPDATE alerts SET resolved_at = COALESCE(resolved_at, now()) WHERE id = $1 RETURNING *`,
-      [id],
+      [number],
     );
     if (!rows[0]) throw notFound('alert', id);
     res.json(alertJson(rows[0]));
@@ -563,8 +565,11 @@ interface AlertRow {
   resolved_at: Date | null;
 }
 
+/** An alert's id, `alr_` and its row's number (API.md: ids carry their type): the number, or null. */
+const alertNumber = (id: string) => /^alr_(\d{1,18})$/.exec(id)?.[1] ?? null;
+
 const alertJson = (a: AlertRow) => ({
-  id: String(a.id),
+  id: `alr_${a.id}`,
   object: 'alert',
   kind: a.kind,
   payment_id: a.payment_id,
