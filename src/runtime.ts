@@ -30,8 +30,19 @@ async function connectRedis(url: string): Promise<Redis> {
   for (;;) {
     try {
       await withDeadline(redis.ping(), 'a ping', Math.max(deadline - Date.now(), 1));
+      // A database the server does not have is only an error event, and every client would go on
+      // in database 0: said here, as a configuration error.
+      const database = Number(new URL(url).pathname.slice(1) || 0);
+      if (database)
+        await redis.select(database).catch((error: Error) => {
+          redis.disconnect();
+          throw new ConfigError(
+            `REDIS_URL (${withoutPassword(url)}) names a database Redis refuses: ${error.message}`,
+          );
+        });
       return redis;
     } catch (error) {
+      if (error instanceof ConfigError) throw error;
       if (Date.now() >= deadline) {
         redis.disconnect();
         // Said as a configuration error naming the variable, as an unreachable DATABASE_URL is.

@@ -833,6 +833,18 @@ describe('start-up', () => {
     assert.equal(loadConfig({ ...bare, HOST: '' }).host, '127.0.0.1');
   });
 
+  test('a Redis database the server does not have is a configuration error naming REDIS_URL, not database 0 used unsaid', async () => {
+    const { env } = testEnvironment();
+    const url = new URL(env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+    url.pathname = '/99';
+    await assert.rejects(
+      startGateway(loadConfig({ ...env, REDIS_URL: url.toString() })),
+      (error: Error) =>
+        error instanceof ConfigError &&
+        /^REDIS_URL \(.*\/99\) names a database Redis refuses/.test(error.message),
+    );
+  });
+
   test('a database that refuses the gateway, or is not PostgreSQL, is a configuration error naming DATABASE_URL', async () => {
     const { env } = testEnvironment();
     const redis = new URL(env.REDIS_URL ?? 'redis://127.0.0.1:6379');
