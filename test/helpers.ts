@@ -358,6 +358,11 @@ export class TcpRelay {
     this.stalled = true;
   }
 
+  /** How many connections pass through it now. */
+  get connections(): number {
+    return this.pairs.size;
+  }
+
   /** Forwards again after a stall (what was sent meanwhile is lost, as on a black-holed link). */
   resume(): void {
     this.stalled = false;

@@ -21,6 +21,7 @@ import {
   idempotencyKey,
   qrPayment,
   scanPayment,
+  TcpRelay,
   testEnvironment,
 } from './helpers.ts';
 
@@ -60,7 +61,8 @@ async function stopProcesses(processes: ChildProcess[]): Promise<void> {
     processes.map(
       (child) =>
         new Promise<void>((resolve) => {
-          if (child.exitCode !== null) return resolve();
+          // Exited, or ended by a signal (a kill -9 leaves no exit code).
+          if (child.exitCode !== null || child.signalCode !== null) return resolve();
           child.once('exit', () => resolve());
           child.kill('SIGTERM');
         }),
@@ -301,6 +303,69 @@ describe('an api and a worker process started at once', () => {
       }
     } finally {
       await stopProcesses(processes);
+      await discardEnvironment(environment.dbName);
+    }
+  });
+});
+
+describe('a worker killed while it checks a sale', () => {
+  test('the sale is resolved by the next worker within seconds, not after a minute of its job locked by the dead one', async () => {
+    const [apiPort, workerPort, relayPort] = [await freePort(), await freePort(), await freePort()];
+    const environment = testEnvironment({ PAYMENT_RESOLUTION_WINDOW_S: '60' });
+    const seedOf = deriveSecret(loadConfig(environment.env).masterKey, 'sandbox-seed');
+    const provider = await startSandboxSimulator({ seed: seedOf, latency_ms: 0, time_scale: 0.3 });
+    // The worker reaches the simulator through a relay that can hold its calls unanswered.
+    const relay = new TcpRelay(relayPort, new URL(provider.url));
+    await relay.open();
+    const env = { ...environment.env, SANDBOX_SIMULATOR_URL_SANDBOX: provider.url };
+    const workerEnv = { ...env, SANDBOX_SIMULATOR_URL_SANDBOX: `http://127.0.0.1:${relayPort}` };
+    const processes = [startProcess(env, 'api', apiPort)];
+    try {
+      const api = supertest(`http://127.0.0.1:${apiPort}`);
+      await ready(api, 'api');
+      const first = startProcess(workerEnv, 'worker', workerPort);
+      processes.push(first);
+      await ready(supertest(`http://127.0.0.1:${workerPort}`), 'worker');
+      const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
+      const merchant = await api
+        .post('/v1/admin/merchants')
+        .set('Authorization', admin)
+        .send({ name: 'Crash', settlement_currency: 'EUR', country: 'DE' })
+        .expect(201);
+      const sk = `Bearer ${merchant.body.secret_key}`;
+      await api
+        .put('/v1/providers/sandbox')
+        .set('Authorization', sk)
+        .send({ wallets: ['alipay'] })
+        .expect(201);
+      relay.stall();
+      // No answer to the sale (54): the worker's check of it hangs at the provider, and dies there.
+      const created = await api
+        .post('/v1/payments')
+        .set('Authorization', sk)
+        .set('Idempotency-Key', idempotencyKey())
+        .send(scanPayment(2054))
+        .expect(201);
+      assert.equal(created.body.status, 'processing');
+      await eventually(async () => relay.connections > 0 || undefined, 20_000, "the worker's check");
+      const killed = new Promise((resolve) => first.once('exit', resolve));
+      first.kill('SIGKILL');
+      await killed;
+      relay.resume();
+      processes.push(startProcess(workerEnv, 'worker', await freePort()));
+      const done = await eventually(
+        async () => {
+          const res = await api.get(`/v1/payments/${created.body.id}`).set('Authorization', sk);
+          return res.body.status === 'processing' ? undefined : res.body;
+        },
+        25_000,
+        'the sale, after the crash',
+      );
+      assert.equal(done.status, 'succeeded');
+    } finally {
+      await stopProcesses(processes);
+      await relay.cut();
+      await provider.close();
       await discardEnvironment(environment.dbName);
     }
   });

@@ -32,6 +32,8 @@ const QUEUE_DEADLINE_MS = 3_000;
 const PROBE_INTERVAL_MS = 1_000;
 /** Running jobs get this long to finish at shutdown; with Redis unreachable, this long at most. */
 export const QUEUE_CLOSE_DEADLINE_MS = 25_000;
+/** How long a running job's lock holds without being renewed. */
+const JOB_LOCK_MS = 10_000;
 const CLOSE_UNREACHABLE_DEADLINE_MS = 5_000;
 const CLOSE_PING_DEADLINE_MS = 1_500;
 
@@ -190,7 +192,14 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
         createClient,
         // A delivery is tried up to 82 times: bull would keep every try's stack on the job.
         defaultJobOptions: { removeOnComplete: 1000, removeOnFail: 5000, stackTraceLimit: 1 },
-        settings: { backoffStrategies: { capped: cappedBackoff } },
+        settings: {
+          backoffStrategies: { capped: cappedBackoff },
+          // A job whose process died is handed to another worker once its lock lapses and a stalled
+          // check sees it: within 15 s, not bull's 30 s lock and 30 s check, while a till waits for
+          // its sale. A live worker renews the lock every 5 s (its event loop is never held that long).
+          lockDuration: JOB_LOCK_MS,
+          stalledInterval: JOB_LOCK_MS / 2,
+        },
       }),
     ]),
   ) as Record<QueueName, Queue.Queue>;
