@@ -107,7 +107,13 @@ export type CancelOutcome =
   | { kind: 'failed'; reason: string };
 
 export type RefundOutcome =
-  | { kind: 'succeeded'; provider_reference?: string; settlement_amount?: Money }
+  | {
+      kind: 'succeeded';
+      provider_reference?: string;
+      settlement_amount?: Money;
+      /** What the provider says it refunded, where its answer says. */
+      amount?: Money;
+    }
   | { kind: 'failed'; failure: Failure; provider_reference?: string }
   | { kind: 'pending'; provider_reference?: string }
   | { kind: 'unknown'; reason: string }

@@ -173,6 +173,7 @@ describe('Antom sample payloads', () => {
       kind: 'succeeded',
       provider_reference: '20190608114010800100188820200350001',
       settlement_amount: undefined,
+      amount: { value: 111, currency: 'JPY' },
     });
     assert.equal(refundOutcome(result(ss), { ...ss, isAsyncRefund: true }).kind, 'pending');
     const exceed = {

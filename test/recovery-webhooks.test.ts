@@ -9,6 +9,7 @@ import type { CancelOutcome } from '../adapters/contract.ts';
 import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import { WEBHOOK_EVENTS } from '../src/http/schemas.ts';
+import { applyRefundOutcome } from '../src/payments/refunds.ts';
 import { applyOutcome, loadPayment, resolvePayment, sweepStragglers } from '../src/payments/service.ts';
 import { maskPaymentCode, seal } from '../src/secrets.ts';
 import {
@@ -877,6 +878,56 @@ describe('inbound provider notifications', () => {
 
   test('a verified notification for an unknown payment is acknowledged', async () => {
     await notify(paymentNote('pay_neverHeardOfIt', 'succeeded')).expect(200);
+  });
+});
+
+describe('what a provider says of a refund that the ledger cannot take as it is', () => {
+  /** The open alerts about one refund. */
+  async function refundAlerts(refundId: string): Promise<string[]> {
+    const alerts = await tg.http
+      .get('/v1/admin/alerts?limit=100')
+      .set('Authorization', `Bearer ${tg.adminKey}`)
+      .expect(200);
+    return alerts.body.data
+      .filter((a: { refund_id: string }) => a.refund_id === refundId)
+      .map((a: { kind: string }) => a.kind);
+  }
+
+  test('a refund the provider reports as paid for another amount is raised for an operator', async () => {
+    const paid = await createPayment(tg, merchant.secretKey, scanPayment(4700)).expect(201);
+    const { refund } = sandboxAdapter;
+    sandboxAdapter.refund = async () => ({ kind: 'succeeded', amount: { value: 1, currency: 'EUR' } });
+    try {
+      const res = await createRefund(tg, merchant.secretKey, paid.body.id, {
+        amount: { value: 1500, currency: 'EUR' },
+      });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.status, 'succeeded');
+      assert.deepEqual(await refundAlerts(res.body.id), ['refund_amount_mismatch']);
+    } finally {
+      sandboxAdapter.refund = refund;
+    }
+  });
+
+  test('a success reported for a refund that failed here is raised for an operator, not dropped', async () => {
+    const paid = await createPayment(tg, merchant.secretKey, scanPayment(4800)).expect(201);
+    const { refund } = sandboxAdapter;
+    sandboxAdapter.refund = async () => ({
+      kind: 'failed',
+      failure: { code: 'provider_error', message: 'refused', provider_code: 'X' },
+    });
+    let refundId: string;
+    try {
+      const res = await createRefund(tg, merchant.secretKey, paid.body.id).expect(201);
+      assert.equal(res.body.status, 'failed');
+      refundId = res.body.id;
+    } finally {
+      sandboxAdapter.refund = refund;
+    }
+    // As a provider's notification of it is applied.
+    const after = await applyRefundOutcome(tg.gateway.ctx, refundId, { kind: 'succeeded' }, 'notification');
+    assert.equal(after.status, 'failed', 'what the merchant was told stands until a person looks');
+    assert.deepEqual(await refundAlerts(refundId), ['late_refund_success']);
   });
 });
 

@@ -296,6 +296,7 @@ export function refundOutcome(result: AntomResult, body: Json): RefundOutcome {
         kind: 'succeeded',
         provider_reference: reference,
         settlement_amount: money(body.grossSettlementAmount),
+        amount: money(body.refundAmount),
       };
     case 'F':
       if (isUndecided(result)) return { kind: 'unknown', reason: describe(result) };
@@ -319,6 +320,7 @@ export function refundInquiryOutcome(result: AntomResult, body: Json): RefundOut
         kind: 'succeeded',
         provider_reference: reference,
         settlement_amount: money(body.grossSettlementAmount),
+        amount: money(body.refundAmount),
       };
     case 'pending':
       return { kind: 'pending', provider_reference: reference };

@@ -20,6 +20,7 @@ import type { LoadedAccount } from './accounts.ts';
 import type { Money } from './money.ts';
 import {
   alertAccountRefused,
+  alertOnce,
   callProvider,
   IN_FLIGHT_GRACE_S,
   loadPayment,
@@ -186,6 +187,38 @@ export async function resolveRefund(ctx: Context, refundId: string, step?: numbe
   await applyRefundOutcome(ctx, refundId, outcome, 'inquiry');
 }
 
+/**
+ * A success the ledger cannot take as it is, for an operator: the provider says it refunded another
+ * amount than asked (the refund is recorded as asked; the settlement file will show what moved), or
+ * it reports a success for a refund the ledger holds as failed, whose customer may be repaid twice
+ * if the merchant repays by other means. `applied`: the refund this success just decided, if any.
+ */
+async function alertOddSuccess(
+  ctx: Context,
+  refundId: string,
+  outcome: Extract<RefundOutcome, { kind: 'succeeded' }>,
+  applied: RefundRow | undefined,
+): Promise<void> {
+  const refund =
+    applied ?? (await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId])).rows[0];
+  if (!refund) return;
+  const reported = outcome.amount;
+  if (reported && (reported.value !== refund.amount_value || reported.currency !== refund.currency))
+    await alertOnce(
+      ctx,
+      'refund_amount_mismatch',
+      `the provider reports refund ${refund.id} of ${refund.amount_value} ${refund.currency} (minor units) as a refund of ${reported.value} ${reported.currency}`,
+      { refund_id: refund.id },
+    );
+  if (!applied && refund.status === 'failed')
+    await alertOnce(
+      ctx,
+      'late_refund_success',
+      `the provider reports refund ${refund.id} as succeeded, but it failed here (${refund.failure_code}): the customer may have been repaid`,
+      { refund_id: refund.id },
+    );
+}
+
 export async function applyRefundOutcome(
   ctx: Context,
   refundId: string,
@@ -246,6 +279,7 @@ export async function applyRefundOutcome(
       return { refund, payment };
     });
     if (result.payment) announce(ctx, result.payment);
+    if (outcome.kind === 'succeeded') await alertOddSuccess(ctx, refundId, outcome, result.refund);
     if (outcome.kind === 'failed' && outcome.failure.configuration && result.refund)
       await alertAccountRefused(ctx, await loadPayment(ctx, result.refund.payment_id), outcome.failure);
     if (result.refund) return result.refund;
