@@ -96,13 +96,14 @@ after(async () => {
   await discardEnvironment(dbName);
 });
 
-async function merchantKeys(api: ReturnType<typeof supertest>) {
+/** A merchant with a sandbox account for Alipay, set up through `api` with the admin key `admin`. */
+async function sandboxMerchant(api: ReturnType<typeof supertest>, admin: string, name: string) {
   const merchant = await api
     .post('/v1/admin/merchants')
-    .set('Authorization', `Bearer ${adminKey}`)
-    .send({ name: 'Scale', settlement_currency: 'EUR', country: 'DE' })
+    .set('Authorization', `Bearer ${admin}`)
+    .send({ name, settlement_currency: 'EUR', country: 'DE' })
     .expect(201);
-  const sk = merchant.body.secret_key;
+  const sk = merchant.body.secret_key as string;
   const account = await api
     .put('/v1/providers/sandbox')
     .set('Authorization', `Bearer ${sk}`)
@@ -110,6 +111,8 @@ async function merchantKeys(api: ReturnType<typeof supertest>) {
     .expect(201);
   return { sk, accountId: account.body.id as string };
 }
+
+const merchantKeys = (api: ReturnType<typeof supertest>) => sandboxMerchant(api, adminKey, 'Scale');
 
 describe('two API processes and a worker', () => {
   test('the worker serves its health and metrics, and every process shows the queues', async () => {
@@ -326,18 +329,7 @@ describe('a worker killed while it checks a sale', () => {
       const first = startProcess(workerEnv, 'worker', workerPort);
       processes.push(first);
       await ready(supertest(`http://127.0.0.1:${workerPort}`), 'worker');
-      const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
-      const merchant = await api
-        .post('/v1/admin/merchants')
-        .set('Authorization', admin)
-        .send({ name: 'Crash', settlement_currency: 'EUR', country: 'DE' })
-        .expect(201);
-      const sk = `Bearer ${merchant.body.secret_key}`;
-      await api
-        .put('/v1/providers/sandbox')
-        .set('Authorization', sk)
-        .send({ wallets: ['alipay'] })
-        .expect(201);
+      const sk = `Bearer ${(await sandboxMerchant(api, loadConfig(environment.env).adminApiKey, 'Crash')).sk}`;
       relay.stall();
       // No answer to the sale (54): the worker's check of it hangs at the provider, and dies there.
       const created = await api
@@ -382,18 +374,7 @@ describe('graceful shutdown', () => {
     child.stdout?.on('data', (d) => output.push(String(d)));
     const api = supertest(`http://127.0.0.1:${port}`);
     await ready(api, 'gateway');
-    const admin = `Bearer ${loadConfig(environment.env).adminApiKey}`;
-    const merchant = await api
-      .post('/v1/admin/merchants')
-      .set('Authorization', admin)
-      .send({ name: 'Stop', settlement_currency: 'EUR', country: 'DE' })
-      .expect(201);
-    const sk = `Bearer ${merchant.body.secret_key}`;
-    await api
-      .put('/v1/providers/sandbox')
-      .set('Authorization', sk)
-      .send({ wallets: ['alipay'] })
-      .expect(201);
+    const sk = `Bearer ${(await sandboxMerchant(api, loadConfig(environment.env).adminApiKey, 'Stop')).sk}`;
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     /** Log lines at error level or above (pino's 50, 60). */
     const errors = () =>
