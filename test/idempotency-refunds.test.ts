@@ -403,6 +403,22 @@ describe('refunds', () => {
     assert.equal(refunds.rowCount, 0);
   });
 
+  test("one key sent at once with two payments' refunds makes one refund, the other 422", async () => {
+    // Two requests under different scopes each found the other's claim not yet committed.
+    for (let round = 0; round < 8; round++) {
+      const [p1, p2] = [await paid(3400 + round * 100), await paid(3450 + round * 100)];
+      const key = idempotencyKey();
+      const answers = await Promise.all(
+        [p1, p2].map((p) => refund(p, { amount: { value: 100, currency: 'EUR' } }, merchant.secretKey, key)),
+      );
+      assert.deepEqual(
+        answers.map((a) => a.status).sort(),
+        [201, 422],
+        `round ${round}: ${JSON.stringify(answers.map((a) => a.body))}`,
+      );
+    }
+  });
+
   test('a refund replayed with its Idempotency-Key refunds once', async () => {
     const id = await paid(2000);
     const idem = idempotencyKey();

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import type { Request, Response } from 'express';
 import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
-import { prepared } from '../ledger/db.ts';
+import { inTransaction, prepared } from '../ledger/db.ts';
 import { idempotencyKeySchema } from './schemas.ts';
 
 export const LOCK_LEASE_S = 30;
@@ -163,14 +163,22 @@ export async function idempotent(
   if (key === undefined) return send(res, await handler(), false);
   const scope = `${merchantId}:${action}`;
   const hash = requestHash(req);
-  const claimed = await ctx.db.query(
-    prepared(
-      `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)
-       SELECT $1, $2, $4, now() + make_interval(secs => $5) WHERE NOT ${KEY_USED_ELSEWHERE}
-       ON CONFLICT DO NOTHING`,
-      [scope, key, merchantId, hash, LOCK_LEASE_S],
-    ),
-  );
+  const claimed = await inTransaction(ctx.db, async (client) => {
+    // The unique (scope, key) does not stop two scopes claiming one key at once (refunds of two
+    // payments): each would find the other's claim not committed yet. Claims of the merchant's key
+    // take turns, and the claim's own statement, run after the lock, sees the one before it.
+    await client.query(
+      prepared('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`idempotency:${merchantId}:${key}`]),
+    );
+    return client.query(
+      prepared(
+        `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)
+         SELECT $1, $2, $4, now() + make_interval(secs => $5) WHERE NOT ${KEY_USED_ELSEWHERE}
+         ON CONFLICT DO NOTHING`,
+        [scope, key, merchantId, hash, LOCK_LEASE_S],
+      ),
+    );
+  });
   if (claimed.rowCount === 0) {
     const { rows } = await ctx.db.query<Row>(
       `SELECT request_hash, response_status, response_body, locked_until > now() AS locked
