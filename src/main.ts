@@ -31,6 +31,13 @@ async function main(): Promise<void> {
   const gateway = await startGateway(config);
   const { log } = gateway.ctx;
   log.info({ role: config.role, url: gateway.url, production: config.production }, 'tillbridge started');
+  // A worker that sends a sale itself (a permitted resend) hands the provider its callback address:
+  // its own, which serves no webhooks, unless told the api's.
+  if (config.role === 'worker' && !process.env.PUBLIC_BASE_URL)
+    log.warn(
+      { public_base_url: config.publicBaseUrl },
+      "PUBLIC_BASE_URL is not set: providers would be told to call this worker back, which serves no webhooks; set it to the api's address",
+    );
   if (!config.production && config.role !== 'worker') {
     // The address really listened on (PORT=0 picks one), unless providers are told another.
     const base = process.env.PUBLIC_BASE_URL ? config.publicBaseUrl : gateway.url;
