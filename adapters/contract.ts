@@ -162,6 +162,8 @@ export interface AccountContext<C> {
   notify_path: string;
   /** The currency the merchant is paid in (its `settlement_currency`), for providers that ask. */
   merchant_settlement_currency?: string;
+  /** The merchant's name, for providers that show the customer whom they pay. */
+  merchant_name?: string;
 }
 
 /** What the core lets an adapter know about the running sandbox, for `{"sandbox": true}` accounts. */

@@ -258,6 +258,15 @@ describe('alipay keys', () => {
       [{ client_id: 'C1', private_key: pkcs8, alipay_public_key: exponentOne }, 'alipay_public_key'],
       [{ client_id: 'C\n1', private_key: pkcs8, alipay_public_key: antomPem }, 'client_id'],
       [{ client_id: 'ID\u00e9', private_key: pkcs8, alipay_public_key: antomPem }, 'client_id'],
+      // Sent in every order; the name is shown on the customer's phone.
+      [
+        { client_id: 'C1', private_key: pkcs8, alipay_public_key: antomPem, merchant_name: 'Shop\u0007' },
+        'merchant_name',
+      ],
+      [
+        { client_id: 'C1', private_key: pkcs8, alipay_public_key: antomPem, reference_merchant_id: 'a\tb' },
+        'reference_merchant_id',
+      ],
     ];
     for (const [input, param] of cases) {
       await assert.rejects(

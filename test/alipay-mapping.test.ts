@@ -9,6 +9,7 @@ import {
   cancelOutcome,
   decimal,
   inquiryOutcome,
+  type Json,
   money,
   payBody,
   payOutcome,
@@ -323,5 +324,24 @@ describe('the pay body', () => {
     const order = body.order as { merchant: { referenceMerchantId: string; merchantName: string } };
     assert.equal(order.merchant.referenceMerchantId, 'shop-7');
     assert.equal(order.merchant.merchantName, 'Drugstore');
+  });
+
+  it("the wallet shows the merchant's name, not an id of ours, when the account names none", () => {
+    const merchantOf = (body: Json) =>
+      (body.order as { merchant: { referenceMerchantId: string; merchantName: string } }).merchant;
+    const named = payBody(credentials, paymentRequest(), 'https://gw.example/n', { name: 'Drogerie Mitte' });
+    assert.deepEqual(
+      [merchantOf(named).referenceMerchantId, merchantOf(named).merchantName],
+      ['mer_test', 'Drogerie Mitte'],
+    );
+    const own = payBody(
+      { ...credentials, merchant_name: 'DM Berlin' },
+      paymentRequest(),
+      'https://gw.example/n',
+      {
+        name: 'Drogerie Mitte',
+      },
+    );
+    assert.equal(merchantOf(own).merchantName, 'DM Berlin', "the account's own choice first");
   });
 });

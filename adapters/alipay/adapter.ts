@@ -71,7 +71,10 @@ export const alipayAdapter: WalletAdapter<AlipayAccount> = {
     const sent = await send(
       account.credentials,
       'pay',
-      payBody(account.credentials.stored, payment, account.notify_url, account.merchant_settlement_currency),
+      payBody(account.credentials.stored, payment, account.notify_url, {
+        settlement_currency: account.merchant_settlement_currency,
+        name: account.merchant_name,
+      }),
     );
     if (!sent.answered)
       return {

@@ -229,8 +229,8 @@ function commonOptions(
     throw new CredentialError('settlement_currency', `${currency} is not an ISO 4217 currency`);
   }
   return {
-    reference_merchant_id: optionalText(input, 'reference_merchant_id', 64),
-    merchant_name: optionalText(input, 'merchant_name', 256),
+    reference_merchant_id: lineText(input, 'reference_merchant_id', 64),
+    merchant_name: lineText(input, 'merchant_name', 256),
     mcc,
     settlement_currency: currency,
   };
@@ -367,6 +367,15 @@ function optionalText(input: Record<string, unknown>, name: string, max: number)
   }
   if (value.length > max) throw new CredentialError(name, `${name} is longer than ${max} characters`);
   return value.trim();
+}
+
+/** optionalText on one line: sent to Antom in every order, and (a name) shown on the customer's phone. */
+function lineText(input: Record<string, unknown>, name: string, max: number): string | undefined {
+  const value = optionalText(input, name, max);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point.
+  if (value !== undefined && /[\u0000-\u001f\u007f]/.test(value))
+    throw new CredentialError(name, `${name} must not contain control characters`);
+  return value;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

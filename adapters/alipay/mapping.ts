@@ -39,7 +39,8 @@ export function payBody(
   credentials: AlipayCredentials,
   payment: PaymentRequest,
   notifyUrl: string,
-  merchantSettlementCurrency?: string,
+  /** The merchant's own: the currency it is paid in, and the name its customers know it by. */
+  merchant: { settlement_currency?: string; name?: string } = {},
 ): Json {
   const amount = antomAmount(payment.amount);
   const merchantId = credentials.reference_merchant_id ?? payment.merchant_id;
@@ -60,7 +61,7 @@ export function payBody(
     // so the one permitted resend stays identical), else the sale's.
     settlementStrategy: {
       settlementCurrency:
-        credentials.settlement_currency ?? merchantSettlementCurrency ?? payment.amount.currency,
+        credentials.settlement_currency ?? merchant.settlement_currency ?? payment.amount.currency,
     },
     order: {
       referenceOrderId: payment.reference,
@@ -68,7 +69,8 @@ export function payBody(
       orderAmount: amount,
       merchant: {
         referenceMerchantId: merchantId,
-        merchantName: credentials.merchant_name ?? merchantId,
+        // What the customer's wallet shows as the payee: never an id of ours when a name is known.
+        merchantName: credentials.merchant_name ?? merchant.name ?? merchantId,
         merchantMCC: credentials.mcc,
         store: { referenceStoreId: storeId, storeName: storeId, storeMCC: credentials.mcc },
       },

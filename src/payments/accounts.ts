@@ -21,10 +21,13 @@ export interface ProviderAccountRow {
   deleted_at: Date | null;
 }
 
-/** An account row as ACCOUNT_ROWS reads it, with its merchant's settlement currency. */
-type AccountWithMerchant = ProviderAccountRow & { merchant_settlement_currency: string };
+/** An account row as ACCOUNT_ROWS reads it, with its merchant's settlement currency and name. */
+type AccountWithMerchant = ProviderAccountRow & {
+  merchant_settlement_currency: string;
+  merchant_name: string;
+};
 
-const ACCOUNT_ROWS = `SELECT a.*, m.settlement_currency AS merchant_settlement_currency
+const ACCOUNT_ROWS = `SELECT a.*, m.settlement_currency AS merchant_settlement_currency, m.name AS merchant_name
   FROM provider_accounts a JOIN merchants m ON m.id = a.merchant_id`;
 
 export interface LoadedAccount {
@@ -110,6 +113,7 @@ export class ProviderAccounts {
         // front of ours when a proxy strips it before us (alipay.md §3.8).
         notify_path: new URL(notifyUrl).pathname,
         merchant_settlement_currency: row.merchant_settlement_currency,
+        merchant_name: row.merchant_name,
       },
     };
     this.cache.set(row.id, { updatedAt: row.updated_at.getTime(), loaded });
