@@ -18,6 +18,7 @@ import {
   createRefund,
   discardEnvironment,
   eventually,
+  FINAL,
   freePort,
   type Merchant,
   paymentHistory,
@@ -33,7 +34,6 @@ import {
 
 let tg: TestGateway;
 let merchant: Merchant;
-const FINAL = ['succeeded', 'failed', 'canceled'];
 
 before(async () => {
   tg = await startTestGateway({ PAYMENT_RESOLUTION_WINDOW_S: '3' });

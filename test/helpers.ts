@@ -246,6 +246,9 @@ export async function eventually<T>(
   }
 }
 
+/** The statuses a sale ends in. */
+export const FINAL = ['succeeded', 'failed', 'canceled'];
+
 export async function waitForStatus(
   tg: TestGateway,
   key: string,

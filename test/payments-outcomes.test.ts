@@ -9,6 +9,7 @@ import {
   ALIPAY_CODE,
   createPayment,
   eventually,
+  FINAL,
   type Merchant,
   paymentHistory,
   qrPayment,
@@ -68,22 +69,14 @@ describe('sandbox magic outcomes, mode scan', () => {
   test('52: processing while the customer confirms, then succeeds', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(2052)).expect(201);
     assert.equal(res.body.status, 'processing');
-    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
-      'succeeded',
-      'failed',
-      'canceled',
-    ]);
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
     assert.equal(done.status, 'succeeded');
   });
 
   test('53: processing, then the customer gives up and it fails', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(2053)).expect(201);
     assert.equal(res.body.status, 'processing');
-    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
-      'succeeded',
-      'failed',
-      'canceled',
-    ]);
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
     assert.equal(done.status, 'failed');
     assert.equal(done.failure.code, 'user_canceled');
   });
@@ -91,11 +84,7 @@ describe('sandbox magic outcomes, mode scan', () => {
   test('54: no answer from the provider; the gateway finds the success by inquiry', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(2054)).expect(201);
     assert.equal(res.body.status, 'processing');
-    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
-      'succeeded',
-      'failed',
-      'canceled',
-    ]);
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
     assert.equal(done.status, 'succeeded');
     assert.ok((await history(res.body.id)).includes('succeeded (inquiry: succeeded)'));
   });
@@ -103,11 +92,7 @@ describe('sandbox magic outcomes, mode scan', () => {
   test('55: 5xx first; two not-found inquiries prove it never arrived, the identical request is resent once', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(2055)).expect(201);
     assert.equal(res.body.status, 'processing');
-    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
-      'succeeded',
-      'failed',
-      'canceled',
-    ]);
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
     assert.equal(done.status, 'succeeded');
     const events = await history(res.body.id);
     assert.equal(events.filter((e) => e.includes('resend')).length, 2, events.join('\n'));
@@ -122,11 +107,7 @@ describe('sandbox magic outcomes, mode scan', () => {
   test('57: stays processing; cancelled at the end of the resolution window', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(2057)).expect(201);
     assert.equal(res.body.status, 'processing');
-    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
-      'succeeded',
-      'failed',
-      'canceled',
-    ]);
+    const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
     assert.equal(done.status, 'canceled');
     assert.ok(
       (await history(res.body.id)).some((e) => e.startsWith('canceled (cancel: resolution window ended')),
@@ -149,11 +130,7 @@ describe('sandbox magic outcomes, mode scan', () => {
     try {
       const res = await createPayment(tg, merchant.terminalKey, scanPayment(2040)).expect(201);
       assert.equal(res.body.status, 'processing');
-      const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, [
-        'succeeded',
-        'failed',
-        'canceled',
-      ]);
+      const done = await waitForStatus(tg, merchant.terminalKey, res.body.id, FINAL);
       assert.equal(done.status, 'canceled');
       assert.equal((await simulatorCalls(tg, res.body.id))['/v1/cancel'], 1);
       assert.ok(inquiries < 20, `${inquiries} inquiries in a 3 s window`);
@@ -191,13 +168,7 @@ describe('sandbox magic outcomes, mode scan', () => {
         return rows[0]?.id;
       }, 5_000);
       // Its window is 3 s; the in-flight grace (30 s) must not hold it past that.
-      const done = await waitForStatus(
-        tg,
-        merchant.terminalKey,
-        id,
-        ['succeeded', 'failed', 'canceled'],
-        20_000,
-      );
+      const done = await waitForStatus(tg, merchant.terminalKey, id, FINAL, 20_000);
       assert.equal(done.status, 'canceled');
       // The till's retry learns it at once: a final sale is not "in progress" for 30 s more.
       const retry = await sale();

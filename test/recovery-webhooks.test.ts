@@ -24,6 +24,7 @@ import {
   createPayment,
   createRefund,
   eventually,
+  FINAL,
   freePort,
   type Merchant,
   PG_BASE,
@@ -48,7 +49,6 @@ before(async () => {
 after(() => tg.stop());
 
 const db = () => tg.gateway.ctx.db;
-const FINAL = ['succeeded', 'failed', 'canceled'];
 
 /** The open alerts about one payment. */
 async function alertsOf(paymentId: string): Promise<{ id: string; kind: string }[]> {

@@ -17,6 +17,7 @@ import {
   databaseUrl,
   discardEnvironment,
   eventually,
+  FINAL,
   freePort,
   idempotencyKey,
   qrPayment,
@@ -297,7 +298,7 @@ describe('an api and a worker process started at once', () => {
         const done = await eventually(
           async () => {
             const res = await api.get(`/v1/payments/${created.body.id}`).set('Authorization', sk);
-            return ['succeeded', 'failed', 'canceled'].includes(res.body.status) ? res.body : undefined;
+            return FINAL.includes(res.body.status) ? res.body : undefined;
           },
           25_000,
           `the ${provider} sale`,
