@@ -538,8 +538,7 @@ const objectSchemas: Record<string, Record<string, unknown>> = {
       last_status_code: { type: ['integer', 'null'] },
       last_error: nullableText,
       next_attempt_at: {
-        type: ['string', 'null'],
-        format: 'date-time',
+        ...nullableTime,
         description:
           'when the next try is due while the delivery is pending; null once it succeeded or failed',
       },

@@ -191,16 +191,14 @@ export async function resolveRefund(ctx: Context, refundId: string, step?: numbe
  * A success the ledger cannot take as it is, for an operator: the provider says it refunded another
  * amount than asked (the refund is recorded as asked; the settlement file will show what moved), or
  * it reports a success for a refund the ledger holds as failed, whose customer may be repaid twice
- * if the merchant repays by other means. `applied`: the refund this success just decided, if any.
+ * if the merchant repays by other means. `applied`: whether this success just decided `refund`.
  */
 async function alertOddSuccess(
   ctx: Context,
-  refundId: string,
   outcome: Extract<RefundOutcome, { kind: 'succeeded' }>,
-  applied: RefundRow | undefined,
+  refund: RefundRow | undefined,
+  applied: boolean,
 ): Promise<void> {
-  const refund =
-    applied ?? (await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId])).rows[0];
   if (!refund) return;
   const reported = outcome.amount;
   if (reported && (reported.value !== refund.amount_value || reported.currency !== refund.currency))
@@ -279,11 +277,14 @@ export async function applyRefundOutcome(
       return { refund, payment };
     });
     if (result.payment) announce(ctx, result.payment);
-    if (outcome.kind === 'succeeded') await alertOddSuccess(ctx, refundId, outcome, result.refund);
+    const refund =
+      result.refund ??
+      (await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId])).rows[0];
+    if (outcome.kind === 'succeeded')
+      await alertOddSuccess(ctx, outcome, refund, result.refund !== undefined);
     if (outcome.kind === 'failed' && outcome.failure.configuration && result.refund)
       await alertAccountRefused(ctx, await loadPayment(ctx, result.refund.payment_id), outcome.failure);
-    if (result.refund) return result.refund;
-    return (await ctx.db.query<RefundRow>('SELECT * FROM refunds WHERE id = $1', [refundId])).rows[0];
+    return refund;
   }
   // pending or unknown: inquire later, on a widening schedule, never giving up.
   const { rows } = await ctx.db.query<RefundRow>(
