@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import type { Request, Response } from 'express';
 import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
-import { inTransaction, prepared } from '../ledger/db.ts';
+import { inTransaction, lockUntilCommit, prepared } from '../ledger/db.ts';
 import { idempotencyKeySchema } from './schemas.ts';
 
 export const LOCK_LEASE_S = 30;
@@ -167,9 +167,7 @@ export async function idempotent(
     // The unique (scope, key) does not stop two scopes claiming one key at once (refunds of two
     // payments): each would find the other's claim not committed yet. Claims of the merchant's key
     // take turns, and the claim's own statement, run after the lock, sees the one before it.
-    await client.query(
-      prepared('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`idempotency:${merchantId}:${key}`]),
-    );
+    await lockUntilCommit(client, `idempotency:${merchantId}:${key}`);
     return client.query(
       prepared(
         `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until)

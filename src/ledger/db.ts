@@ -166,6 +166,11 @@ export function prepared(text: string, values: unknown[]): { name: string; text:
   return { name, text, values };
 }
 
+/** Takes the transaction-level advisory lock called `name`: held by `client`'s transaction until it ends. */
+export async function lockUntilCommit(client: pg.PoolClient, name: string): Promise<void> {
+  await client.query(prepared('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [name]));
+}
+
 export async function inTransaction<T>(
   pool: Db,
   work: (client: pg.PoolClient) => Promise<T>,

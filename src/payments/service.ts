@@ -16,7 +16,13 @@ import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { newId } from '../ids.ts';
 import { enqueue, enqueueDue, ensureJob, queuesUnavailable, sweepEach } from '../jobs/queues.ts';
-import { inTransaction, isInfrastructureError, prepared, retryWhileUnavailable } from '../ledger/db.ts';
+import {
+  inTransaction,
+  isInfrastructureError,
+  lockUntilCommit,
+  prepared,
+  retryWhileUnavailable,
+} from '../ledger/db.ts';
 import { type PaymentRow, paymentRequestOf, UNRESOLVED } from '../ledger/payments.ts';
 import { maskPaymentCode, open, seal } from '../secrets.ts';
 import { CredentialsUnreadableError, type LoadedAccount } from './accounts.ts';
@@ -174,7 +180,7 @@ async function raiseUnlessOpen(
   insert: { sql: string; params: unknown[] },
 ): Promise<void> {
   const raised = await inTransaction(ctx.db, async (client) => {
-    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`alert:${kind}:${scope}`]);
+    await lockUntilCommit(client, `alert:${kind}:${scope}`);
     const { rowCount } = await client.query(insert.sql, insert.params);
     return rowCount === 1;
   });

@@ -22,7 +22,7 @@ import type pg from 'pg';
 import { SettlementFormatError, type WalletAdapter } from '../../adapters/contract.ts';
 import { providerModule } from '../../adapters/index.ts';
 import type { Context } from '../context.ts';
-import { inTransaction, rollback } from '../ledger/db.ts';
+import { inTransaction, lockUntilCommit, rollback } from '../ledger/db.ts';
 import { UNRESOLVED_SQL } from '../ledger/payments.ts';
 import { discardLines } from './receive.ts';
 
@@ -738,9 +738,7 @@ async function analyzeStale(client: pg.PoolClient, tables: string[]): Promise<vo
 
 /** Held to commit: what settles the merchant's payments with one provider is done by one at a time. */
 async function lockLedger(client: pg.PoolClient, merchantId: string, provider: string): Promise<void> {
-  await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-    ledgerLock(merchantId, provider),
-  ]);
+  await lockUntilCommit(client, ledgerLock(merchantId, provider));
 }
 
 const ledgerLock = (merchantId: string, provider: string) => `settlement-ledger:${merchantId}:${provider}`;

@@ -8,7 +8,7 @@ import type { Context } from '../../context.ts';
 import { ApiError, notFound, providerNotSupported } from '../../errors.ts';
 import { newId, randomToken } from '../../ids.ts';
 import { requireQueues } from '../../jobs/queues.ts';
-import { inTransaction, type Queryable } from '../../ledger/db.ts';
+import { inTransaction, lockUntilCommit, type Queryable } from '../../ledger/db.ts';
 import {
   credentialsContext,
   type ProviderAccountRow,
@@ -298,9 +298,7 @@ export function setupRouter(ctx: Context): Router {
     const result = await inTransaction(ctx.db, async (client) => {
       // One configuration of a merchant's provider at a time: two first PUTs at once would both
       // insert (and each build its credentials for an id of its own).
-      await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [
-        `provider-account:${merchant.merchant_id}:${provider}`,
-      ]);
+      await lockUntilCommit(client, `provider-account:${merchant.merchant_id}:${provider}`);
       // The account keeps its id when it is configured again (and so does a sandbox identity made from it).
       const existing = await client.query<{ id: string }>(
         'SELECT id FROM provider_accounts WHERE merchant_id = $1 AND provider = $2 AND deleted_at IS NULL FOR UPDATE',
