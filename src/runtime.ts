@@ -6,7 +6,7 @@ import { providerModule } from '../adapters/index.ts';
 import { type Config, ConfigError, urlHost } from './config.ts';
 import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
-import { answerClientError, createApp, createOperationsApp } from './http/app.ts';
+import { createApp, createHttpServer, createOperationsApp } from './http/app.ts';
 import { startWorker, type Worker } from './jobs/processors.ts';
 import { createQueues, QUEUE_CLOSE_DEADLINE_MS } from './jobs/queues.ts';
 import { createPool, type Db, ensureDatabase, migrate } from './ledger/db.ts';
@@ -197,16 +197,15 @@ export async function startGateway(config: Config, port = config.port): Promise<
     await checkMasterKey(ctx);
     if (!config.production && config.role !== 'worker') await startSimulatorsInUse(ctx);
     server = await new Promise<Server>((resolve, reject) => {
-      // Express 5 hands a listen error (a port in use) to this callback as well.
-      const s = app.listen(port, config.host, (error?: Error) => (error ? reject(error) : resolve(s)));
+      const s = createHttpServer(app);
       s.on('error', reject);
+      s.listen(port, config.host, () => resolve(s));
     });
   } catch (error) {
     await closeContext(ctx);
     throw listenError(error, config.host, port);
   }
   server.keepAliveTimeout = 65_000;
-  server.on('clientError', answerClientError);
   if (config.role !== 'api') worker = await startWorker(ctx);
   const address = server.address() as AddressInfo;
   return {

@@ -517,11 +517,15 @@ describe('operations endpoints', () => {
     assert.equal(unknown.body.error.code, 'provider_unknown');
   });
 
-  test('a request Node’s HTTP parser refuses is still answered in the error shape, with a Request-Id', async () => {
+  test('a request Node would answer itself (refused by its parser, no Host, CONNECT) is answered in the error shape, with a Request-Id', async () => {
     const { hostname, port } = new URL(tg.url);
-    const raw = (request: string) =>
+    // Sent whole and half-closed, unless the request says Connection: close (Node drops a request
+    // still being served when the client half-closes).
+    const raw = (request: string, halfClose = true) =>
       new Promise<string>((resolve, reject) => {
-        const socket = connect(Number(port), hostname, () => socket.end(request));
+        const socket = connect(Number(port), hostname, () =>
+          halfClose ? socket.end(request) : socket.write(request),
+        );
         let answer = '';
         socket.on('data', (chunk) => {
           answer += chunk;
@@ -532,6 +536,8 @@ describe('operations endpoints', () => {
     for (const request of [
       `POST /v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\u0001b\r\nContent-Length: 0\r\n\r\n`,
       `GET /v1/payments HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(100_000)}\r\n\r\n`,
+      'GET /v1/payments HTTP/1.1\r\n\r\n',
+      'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n',
     ]) {
       const answer = await raw(request);
       const [head, body] = answer.split('\r\n\r\n');
@@ -542,6 +548,14 @@ describe('operations endpoints', () => {
       assert.equal(error.type, 'invalid_request');
       assert.equal(error.request_id, requestId);
     }
+    // An expectation the gateway does not know is ignored (RFC 9110 allows it), not a bare 417.
+    const expecting = await raw(
+      `GET /v1/payments HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nAuthorization: Bearer ${merchant.secretKey}\r\nConnection: close\r\n\r\n`,
+      false,
+    );
+    assert.match(expecting, /^HTTP\/1\.1 200 /);
+    assert.match(expecting, /\r\nRequest-Id: req_/i);
+    assert.ok(JSON.parse(expecting.split('\r\n\r\n')[1]).data);
   });
 
   test('the rate limit per key answers 429 with Retry-After', async () => {

@@ -1,4 +1,11 @@
 import { isUtf8 } from 'node:buffer';
+import {
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+  STATUS_CODES,
+} from 'node:http';
 import type { Duplex } from 'node:stream';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { inboundWebhooksRouter } from '../../webhooks/inbound.ts';
@@ -21,28 +28,47 @@ const PING_RETRY_MS = 10_000;
 const PROBES = new Set(['/healthz', '/readyz', '/metrics']);
 
 /**
- * A request Node's HTTP parser refuses before the app sees it (a control character in a header, a
- * header section too large): answered in the API's error shape with a Request-Id, like any other
- * bad input, instead of Node's bare 400/431. Sockets that are gone or timed out are just closed.
+ * The HTTP server of an app. Left to itself, Node answers some requests before the app sees them,
+ * bare, without a Request-Id or the error shape: one its parser refuses (400/431), an HTTP/1.1
+ * request without Host (400), an `Expect` other than 100-continue (417), CONNECT (the connection
+ * just closed). Here each is answered as any other request or bad input is.
  */
-export function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
-  if (!socket.writable || error.code === 'ECONNRESET' || error.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-    socket.destroy();
-    return;
-  }
-  const requestId = `req_${randomToken(16)}`;
-  const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
-  const body = JSON.stringify(
-    new ApiError(
-      'invalid_request',
-      tooLarge ? 'headers_too_large' : 'malformed_request',
-      tooLarge
-        ? 'the request line or headers are too large'
-        : 'the request is not valid HTTP (a control character in a header, or a malformed request line)',
-    ).body(requestId),
+export function createHttpServer(app: express.Express): Server {
+  const server = createServer({ requireHostHeader: false }, app);
+  // An expectation the server does not know may be ignored (RFC 9110, 10.1.1): the request is served.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => app(req, res));
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) =>
+    answerOnSocket(
+      socket,
+      new ApiError('invalid_request', 'malformed_request', 'CONNECT is not served: this is no proxy'),
+    ),
   );
+  server.on('clientError', (error: Error & { code?: string }, socket: Duplex) => {
+    if (!socket.writable || error.code === 'ECONNRESET' || error.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+    answerOnSocket(
+      socket,
+      new ApiError(
+        'invalid_request',
+        tooLarge ? 'headers_too_large' : 'malformed_request',
+        tooLarge
+          ? 'the request line or headers are too large'
+          : 'the request is not valid HTTP (a control character in a header, or a malformed request line)',
+      ),
+    );
+  });
+  return server;
+}
+
+/** An answer written on a socket no request object stands for, which is closed after it. */
+function answerOnSocket(socket: Duplex, error: ApiError): void {
+  const requestId = `req_${randomToken(16)}`;
+  const body = JSON.stringify(error.body(requestId));
   socket.end(
-    `HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nRequest-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nRequest-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
   );
 }
 
@@ -111,7 +137,7 @@ export function createOperationsApp(ctx: Context): express.Express {
     withRequestId(req, res);
     next();
   });
-  app.use(refuseOptions);
+  app.use(refuseUnservable);
   app.use(operationsRouter(ctx));
   app.use((req: Request, _res: Response, next: NextFunction) =>
     next(
@@ -126,13 +152,18 @@ export function createOperationsApp(ctx: Context): express.Express {
   return app;
 }
 
-/** Express would answer OPTIONS itself, in plain text: like any other method no route takes, it is 404. */
-function refuseOptions(req: Request, _res: Response, next: NextFunction): void {
-  next(
-    req.method === 'OPTIONS'
-      ? new ApiError('not_found', 'route_missing', `no route for ${req.method} ${req.path}`)
-      : undefined,
-  );
+/**
+ * Express would answer OPTIONS itself, in plain text: like any other method no route takes, it is
+ * 404. An HTTP/1.1 request without Host must be refused (RFC 9112, 3.2): Node leaves that to us.
+ */
+function refuseUnservable(req: Request, _res: Response, next: NextFunction): void {
+  if (req.method === 'OPTIONS')
+    next(new ApiError('not_found', 'route_missing', `no route for ${req.method} ${req.path}`));
+  else if (req.httpVersion === '1.1' && req.headers.host === undefined)
+    next(
+      new ApiError('invalid_request', 'malformed_request', 'an HTTP/1.1 request must carry a Host header'),
+    );
+  else next();
 }
 
 function decodableQuery(url: string): boolean {
@@ -177,7 +208,7 @@ export function createApp(ctx: Context): express.Express {
     });
     next();
   });
-  app.use(refuseOptions);
+  app.use(refuseUnservable);
 
   app.use(operationsRouter(ctx));
   app.get('/openapi.json', (_req, res) => {
