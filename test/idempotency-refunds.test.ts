@@ -350,10 +350,12 @@ describe('refunds', () => {
     const id = await paid(1000);
     const res = await refund(id, { amount: { value: 1001, currency: 'EUR' } }).expect(422);
     assert.equal(res.body.error.type, 'unprocessable');
+    assert.equal(res.body.error.code, 'amount_exceeds_refundable');
     assert.equal(res.body.error.param, 'amount.value');
     // Above the configured maximum is a bad amount (400), as in a payment, whatever was captured.
     const huge = await refund(id, { amount: { value: 100_000_001, currency: 'EUR' } }).expect(400);
     assert.equal(huge.body.error.type, 'invalid_request');
+    assert.equal(huge.body.error.code, 'amount_too_large');
     assert.equal(huge.body.error.param, 'amount.value');
   });
 

@@ -96,7 +96,9 @@ export async function createRefund(
     if (value > remaining) {
       throw new ApiError(
         'unprocessable',
-        'amount_too_large',
+        // Not `amount_too_large`, the 400 of an amount above the configured maximum: this one is
+        // valid, only more than what is left of this payment.
+        'amount_exceeds_refundable',
         `at most ${remaining} ${payment.currency} minor units can still be refunded`,
         'amount.value',
       );
