@@ -54,10 +54,15 @@ export function deriveSecret(masterKey: Buffer, purpose: string): Buffer {
   return createHmac('sha256', masterKey).update(`tillbridge:${purpose}`).digest();
 }
 
-/** '286714335246118790' → '2867********8790' for logs and responses. */
+/**
+ * '286714335246118790' → '2867**********8790' for logs and responses. At most a quarter of the
+ * digits show at each end, so that at least half stay hidden: a short code ('9123456789' →
+ * '91******89') is not left to a hundred guesses.
+ */
 export function maskPaymentCode(code: string): string {
-  if (code.length <= 8) return '*'.repeat(code.length);
-  return code.slice(0, 4) + '*'.repeat(code.length - 8) + code.slice(-4);
+  const shown = Math.min(4, Math.floor(code.length / 4));
+  if (code.length <= 8 || shown === 0) return '*'.repeat(code.length);
+  return code.slice(0, shown) + '*'.repeat(code.length - 2 * shown) + code.slice(-shown);
 }
 
 /**

@@ -56,6 +56,12 @@ describe('sandbox magic outcomes, mode scan', () => {
     assert.match(res.body.id, /^pay_/);
     assert.ok(res.body.provider_reference);
     assert.equal(res.body.payment_code, '2867**********8790', 'the payment code is shown masked only');
+    const short = await createPayment(
+      tg,
+      merchant.terminalKey,
+      scanPayment(1000, { payment_code: '9123456789' }),
+    ).expect(201);
+    assert.equal(short.body.payment_code, '91******89', 'a short code keeps at least half its digits hidden');
     assert.match(res.headers['request-id'], /^req_/);
   });
 
