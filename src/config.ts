@@ -189,6 +189,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.ADMIN_API_KEY !== undefined && env.ADMIN_API_KEY.length < 16) {
     throw new ConfigError('ADMIN_API_KEY must be at least 16 characters');
   }
+  // A Bearer token is one word of header bytes: a key with a space or a character outside ASCII
+  // could never be sent so as to match, and would lock the operator out unsaid.
+  if (env.ADMIN_API_KEY !== undefined && !/^[\x21-\x7e]+$/.test(env.ADMIN_API_KEY))
+    throw new ConfigError('ADMIN_API_KEY must be printable ASCII without spaces');
   if (production && env.ADMIN_API_KEY && placeholderAdminKey(env.ADMIN_API_KEY))
     throw new ConfigError('ADMIN_API_KEY looks like a placeholder: make one with `openssl rand -base64 32`');
   if (env.LOG_LEVEL !== undefined && !LOG_LEVELS.includes(env.LOG_LEVEL))

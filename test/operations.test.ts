@@ -828,6 +828,13 @@ describe('start-up', () => {
       ['REDIS_URL', 'http://127.0.0.1:6379', /REDIS_URL must be a redis or rediss URL/],
       ['REDIS_PREFIX', 'tb kiosk', /REDIS_PREFIX must be 1 to 64 printable ASCII/],
       ['REDIS_PREFIX', 'tbк', /REDIS_PREFIX must be 1 to 64 printable ASCII/],
+      // Keys no Authorization header could carry so as to match.
+      [
+        'ADMIN_API_KEY',
+        'correct horse battery staple',
+        /ADMIN_API_KEY must be printable ASCII without spaces/,
+      ],
+      ['ADMIN_API_KEY', 'clé-secrète-0123456789', /ADMIN_API_KEY must be printable ASCII without spaces/],
     ] as const)
       assert.throws(() => loadConfig({ ...env, [name]: value }), message, name);
   });
