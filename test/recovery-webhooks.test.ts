@@ -585,6 +585,26 @@ describe('inbound provider notifications', () => {
     assert.deepEqual(await alertsOf(res.body.id), []);
   });
 
+  test('a cancel whose answer is lost, with an inquiry finding the sale paid, is sent again rather than the sale taken as paid: the lost one may yet reverse it', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(5057)).expect(201);
+    const id = res.body.id;
+    const { inquire } = sandboxAdapter;
+    sandboxAdapter.inquire = async (account, payment) =>
+      payment.payment_id === id ? { kind: 'succeeded' } : inquire(account, payment);
+    try {
+      const answer = await tillCancelsWhile(id, async () => ({ kind: 'unknown', reason: 'read timeout' }));
+      assert.equal(answer.status, 202, JSON.stringify(answer.body));
+      assert.equal(answer.body.status, 'processing');
+      // Sent again, and this time answered: the till's one final answer is the reversal.
+      const ended = await waitForStatus(tg, merchant.terminalKey, id, FINAL);
+      assert.equal(ended.status, 'canceled');
+    } finally {
+      sandboxAdapter.inquire = inquire;
+    }
+    assert.ok(!(await events(id)).includes('succeeded'), 'never told succeeded, then canceled');
+    assert.equal((await simulatorCalls(tg, id))['/v1/cancel'], 1, 'the cancel that reached the provider');
+  });
+
   test('a success heard while the window’s own cancel is under way is held: the reversal is the one final answer', async () => {
     const res = await createPayment(tg, merchant.terminalKey, scanPayment(4857)).expect(201);
     await db().query('UPDATE payments SET resolve_by = now() WHERE id = $1', [res.body.id]);
@@ -713,6 +733,29 @@ describe('inbound provider notifications', () => {
       history.rows.map((e) => e.cause).join(', '),
     );
     assert.deepEqual(await alertsOf(res.body.id), [], 'nothing left for a human');
+  });
+
+  test('a late success for a sale the provider has already reversed is no alarm, though it refuses to cancel it twice', async () => {
+    const res = await createPayment(tg, merchant.terminalKey, scanPayment(5157)).expect(201);
+    const id = res.body.id;
+    await notify(paymentNote(id, 'failed')).expect(200);
+    const { cancel, inquire } = sandboxAdapter;
+    // Antom answers a second cancel with F ORDER_IS_CANCELED, and an inquiry with CANCELLED.
+    sandboxAdapter.cancel = async (account, payment) =>
+      payment.payment_id === id ? { kind: 'failed', reason: 'ORDER_IS_CANCELED' } : cancel(account, payment);
+    sandboxAdapter.inquire = async (account, payment) =>
+      payment.payment_id === id ? { kind: 'canceled' } : inquire(account, payment);
+    try {
+      await notify(paymentNote(id, 'succeeded')).expect(200);
+    } finally {
+      Object.assign(sandboxAdapter, { cancel, inquire });
+    }
+    assert.deepEqual(await alertsOf(id), [], 'nobody is asked to refund a customer already repaid');
+    const history = await db().query<{ cause: string }>(
+      'SELECT cause FROM payment_events WHERE payment_id = $1 ORDER BY id',
+      [id],
+    );
+    assert.ok(history.rows.some((e) => /reversed at the provider/.test(e.cause)));
   });
 
   test('a late success whose reversal the provider does not confirm is raised for a human', async () => {

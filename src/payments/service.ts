@@ -764,7 +764,9 @@ async function holdOutcome(
  * The provider reports a success for a sale that ended canceled or failed (its pay overtook our
  * cancel, or a resend arrived late): the customer was charged for a sale the till shows as unpaid.
  * So it is cancelled (reversed) at the provider again, which for one already reversed changes
- * nothing; only where that is not confirmed must a person refund the customer.
+ * nothing. A provider may refuse to cancel an order twice (Antom: ORDER_IS_CANCELED), so an
+ * unconfirmed cancel is followed by an inquiry: only an order still paid needs a person to refund
+ * the customer, who would otherwise be repaid twice.
  */
 async function reverseLateSuccess(
   ctx: Ctx,
@@ -773,7 +775,8 @@ async function reverseLateSuccess(
   source: Source,
 ): Promise<void> {
   const outcome = await cancelWith(ctx, row, account);
-  if (outcome.kind === 'canceled') {
+  const reversed = outcome.kind === 'canceled' || (await inquire(ctx, row, account)).kind === 'canceled';
+  if (reversed) {
     await recordEvent(
       ctx.db,
       row.id,
@@ -1051,40 +1054,55 @@ async function cancelAtProvider(
           );
           if (ended) return ended;
           const now = await loadPayment(ctx, row.id);
-          return UNRESOLVED.includes(now.status) ? cancelUnconfirmed(ctx, now, account, outcome.reason) : now;
+          return UNRESOLVED.includes(now.status)
+            ? cancelUnconfirmed(ctx, now, account, outcome.reason, true)
+            : now;
         }
         const updated =
           (await updatePayment(ctx.db, row.id, { not_found_count: count, not_found_since: since })) ?? row;
         await scheduleCheck(ctx, updated, policy, policy.resend_after_not_found_s);
         return updated;
       }
-      // An answered pay the provider cannot find: as unknown as any other answer.
-      return cancelUnconfirmed(ctx, row, account, outcome.reason);
+      // An answered pay the provider cannot find: as unknown as any other answer. The cancel was
+      // answered, though: it cannot reverse the order later.
+      return cancelUnconfirmed(ctx, row, account, outcome.reason, true);
     }
     case 'unknown':
+      return cancelUnconfirmed(ctx, row, account, outcome.reason, false);
     case 'failed':
-      return cancelUnconfirmed(ctx, row, account, outcome.reason);
+      return cancelUnconfirmed(ctx, row, account, outcome.reason, true);
   }
 }
 
 /**
  * A cancel the provider did not confirm: the customer's payment may have won the race, so ask
  * before trying again; retried on the provider's schedule, then raised to a human, never dropped.
+ * A success found is the outcome only when the provider `answered` the cancel (refused it, or
+ * found no order): one whose answer was lost may still reach the paid order and reverse it
+ * (Antom's cancel refunds a paid order), so it is sent again until the provider answers it.
  */
 async function cancelUnconfirmed(
   ctx: Ctx,
   row: PaymentRow,
   account: LoadedAccount,
   reason: string,
+  answered: boolean,
 ): Promise<PaymentRow> {
   const { adapter } = account.module;
   const inquiry = await inquire(ctx, row, account);
-  if (decides(inquiry, row)) return applyOutcome(ctx, row, account, inquiry, 'inquiry', true);
+  const paid = inquiry.kind === 'succeeded';
+  if (decides(inquiry, row) && (answered || !paid))
+    return applyOutcome(ctx, row, account, inquiry, 'inquiry', true);
   const reported = otherAmount(inquiry, row);
   if (reported) await alertAmountMismatch(ctx, row, reported);
   const attempts = row.cancel_attempts + 1;
   const schedule = adapter.resolution.cancel_schedule_s;
-  const updated = (await updatePayment(ctx.db, row.id, { cancel_attempts: attempts })) ?? row;
+  // A paid order was reached: no later "not found" may pass for proof that the pay never arrived.
+  const updated =
+    (await updatePayment(ctx.db, row.id, {
+      cancel_attempts: attempts,
+      ...(paid && { pay_reached: true }),
+    })) ?? row;
   if (attempts === schedule.length) {
     await raiseAlert(ctx, 'cancel_unknown', `cancel result unknown after ${attempts} attempts: ${reason}`, {
       payment_id: row.id,
