@@ -468,6 +468,16 @@ describe('operations endpoints', () => {
       .set('Authorization', `Bearer ${merchant.secretKey}`)
       .expect(400);
     assert.equal(undecodable.body.error.code, 'invalid_path');
+    // A NUL byte, whichever route the path would reach and however its id begins.
+    for (const path of [
+      '/v1/payments/%00',
+      '/v1/payments/pay_%00',
+      '/v1/settlements/%00',
+      '/v1/refunds/%00',
+    ]) {
+      const nul = await tg.http.get(path).set('Authorization', `Bearer ${merchant.secretKey}`).expect(400);
+      assert.equal(nul.body.error.code, 'invalid_path', path);
+    }
   });
 
   test("a worker's operations port answers its own failures in the error shape too, with a Request-Id", async () => {

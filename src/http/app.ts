@@ -252,6 +252,9 @@ export function createApp(ctx: Context): express.Express {
           'the query string is not valid percent-encoded UTF-8',
         ),
       );
+    // Whichever route it would reach: some read an id's prefix before they look it up (404).
+    if (req.path.includes('%00'))
+      return next(new ApiError('invalid_request', 'invalid_path', 'the URL path holds a NUL byte'));
     // PostgreSQL refuses a NUL byte: the parameter that holds one is named here, as a schema would.
     const holdsNul = Object.keys(req.query).find((key) => JSON.stringify(req.query[key]).includes('\\u0000'));
     if (holdsNul !== undefined) return next(unstorable(holdsNul));
