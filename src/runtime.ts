@@ -186,6 +186,8 @@ function listenError(error: unknown, host: string, port: number): unknown {
 
 /** How long each step of a stop after the in-flight requests may take. */
 const STOP_STEP_DEADLINE_MS = 10_000;
+/** How long pausing the queues may hold the stop's first step (a hung Redis would hold it). */
+const CLOSE_PAUSE_DEADLINE_MS = 2_000;
 
 export async function startGateway(config: Config, port = config.port): Promise<Gateway> {
   const ctx = await createContext(config);
@@ -215,26 +217,37 @@ export async function startGateway(config: Config, port = config.port): Promise<
     // An IPv6 address is written in brackets in a URL; listening on every address, ask the loopback.
     url: `http://${urlHost(config.host)}:${address.port}`,
     async stop() {
-      // Stop accepting, let in-flight requests finish, then close queues and connections.
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      // Long-polling tills would otherwise hold the shutdown for up to their wait: answer them now.
-      ctx.updates.wakeAll();
-      await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
-      server.closeAllConnections();
       // A PostgreSQL or Redis that stopped answering must not hold the stop for ever: each step
       // waits so long, then the process goes (what it did not finish, the sweeper takes up).
       const bounded = (work: Promise<unknown>, what: string, ms = STOP_STEP_DEADLINE_MS) =>
         withDeadline(work, what, ms).catch((error) =>
           ctx.log.error({ err: error }, `shutdown: ${what} did not finish`),
         );
+      // Stop accepting, let in-flight requests finish, then close queues and connections. A worker
+      // takes no new job from the start: one queued meanwhile is left to a worker that stays.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      // Long-polling tills would otherwise hold the shutdown for up to their wait: answer them now.
+      ctx.updates.wakeAll();
+      if (worker) await bounded(ctx.queues.stopTaking(), 'pausing the queues', CLOSE_PAUSE_DEADLINE_MS);
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
+      server.closeAllConnections();
       // A provider's answer still waiting for PostgreSQL: stored now, while the queues can still
       // take the sale's next check, so that the sweeper need not ask the provider again.
       await bounded(Promise.all(ctx.lateWrites), "storing providers' answers");
       await bounded(worker?.stop() ?? Promise.resolve(), 'stopping the worker');
       // Closing the queues waits for running jobs, as long as it allows them (QUEUE_CLOSE_DEADLINE_MS).
-      await bounded(ctx.queues.close(), 'closing the queues', QUEUE_CLOSE_DEADLINE_MS + 1_000);
-      await bounded(closeConnections(ctx), 'closing connections');
+      const jobsFinished = await bounded(
+        ctx.queues.close(),
+        'closing the queues',
+        QUEUE_CLOSE_DEADLINE_MS + 1_000,
+      );
+      if (jobsFinished === false)
+        ctx.log.warn(
+          `shutdown: running jobs did not finish within ${QUEUE_CLOSE_DEADLINE_MS} ms; each runs again on a worker that stays`,
+        );
+      // A job left running keeps its pooled connection: the pools are not waited for then.
+      await bounded(closeConnections(ctx, jobsFinished === true), 'closing connections');
     },
   };
 }
@@ -244,10 +257,11 @@ async function closeContext(ctx: Context): Promise<void> {
   await closeConnections(ctx);
 }
 
-async function closeConnections(ctx: Context): Promise<void> {
+async function closeConnections(ctx: Context, waitForPools = true): Promise<void> {
   await ctx.updates.close();
   await ctx.sandbox.close();
   ctx.redis.disconnect();
-  await ctx.db.end();
-  await ctx.bulkDb.end();
+  const ended = Promise.all([ctx.db.end(), ctx.bulkDb.end()]);
+  if (waitForPools) await ended;
+  else ended.catch(() => {});
 }

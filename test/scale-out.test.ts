@@ -12,6 +12,7 @@ import type { SimulatorHandle } from '../adapters/contract.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
 import { startSandboxSimulator } from '../adapters/sandbox/simulator.ts';
 import { loadConfig } from '../src/config.ts';
+import { createQueues } from '../src/jobs/queues.ts';
 import { deriveSecret } from '../src/secrets.ts';
 import {
   databaseUrl,
@@ -366,10 +367,10 @@ describe('a worker killed while it checks a sale', () => {
 
 describe('graceful shutdown', () => {
   /** A gateway process of `role` with a merchant on the sandbox provider; its stdout kept. */
-  async function gatewayWithMerchant(role: string) {
+  async function gatewayWithMerchant(role: string, env: Record<string, string> = {}) {
     const port = await freePort();
     // Errors logged, to tell a clean shutdown from one that cut work off.
-    const environment = testEnvironment({ PORT: String(port), LOG_LEVEL: 'error' });
+    const environment = testEnvironment({ PORT: String(port), LOG_LEVEL: 'error', ...env });
     const child = startProcess(environment.env, role, port);
     const output: string[] = [];
     child.stdout?.on('data', (d) => output.push(String(d)));
@@ -410,6 +411,38 @@ describe('graceful shutdown', () => {
       assert.equal(await exited, 0);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
+      await discardEnvironment(environment.dbName);
+    }
+  });
+
+  test('SIGTERM stops the worker taking jobs at once: one queued while in-flight sales finish is left to a worker that stays', async () => {
+    // Every provider call takes 2 s: the sale below is still in flight when the job is queued.
+    const { child, environment, api, sk, exited, errors } = await gatewayWithMerchant('all', {
+      SANDBOX_LATENCY_MS: '2000',
+    });
+    const config = loadConfig(environment.env);
+    const queues = createQueues(config.redisUrl, config.redisPrefix);
+    try {
+      const sale = api
+        .post('/v1/payments')
+        .set('Authorization', sk)
+        .set('Idempotency-Key', idempotencyKey())
+        .send(scanPayment(2700))
+        .then((r) => r);
+      await new Promise((r) => setTimeout(r, 500));
+      child.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 300));
+      // A check of nothing: a worker taking it would complete it at once.
+      const job = await queues.resolve.add({});
+      const res = await sale;
+      assert.equal(res.status, 201, 'the sale in flight was answered');
+      assert.equal(res.body.status, 'succeeded');
+      assert.equal(await exited, 0);
+      assert.equal(await job.getState(), 'waiting', 'left for a worker that stays');
+      assert.deepEqual(errors(), []);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await queues.close();
       await discardEnvironment(environment.dbName);
     }
   });

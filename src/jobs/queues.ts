@@ -19,7 +19,13 @@ export type Queues = Record<QueueName, Queue.Queue> & {
   reachable(): boolean;
   /** A queue command went unanswered: not reachable until Redis answers a ping again. */
   suspect(): void;
-  close(): Promise<void>;
+  /**
+   * Takes no new job from now on (those running go on): the first step of a stop, so that a job
+   * queued while in-flight requests finish is left to a worker that stays.
+   */
+  stopTaking(): Promise<void>;
+  /** Waits for running jobs (QUEUE_CLOSE_DEADLINE_MS at most); false when some were left running. */
+  close(): Promise<boolean>;
 };
 
 /**
@@ -232,6 +238,16 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
     ...queues,
     reachable,
     suspect,
+    async stopTaking() {
+      // Locally, without waiting for the running jobs.
+      const paused = Promise.all(QUEUE_NAMES.map((name) => queues[name].pause(true, true).catch(() => {})));
+      // A fetch already waiting on its blocking connection would still take the next job: bull
+      // cuts it only after a polite QUIT has waited 500 ms behind it. Each queue is marked paused
+      // within a few microtasks (the fetch cut after that is not retried), so it is cut now.
+      await new Promise((resolve) => setImmediate(resolve));
+      for (const connection of blocking) connection.disconnect();
+      await paused;
+    },
     async close() {
       // Running jobs are waited for, unless Redis is (or becomes) unreachable: then they could not
       // finish anyway (every job is safe to run again), and bull's close, which waits for Redis,
@@ -261,6 +277,7 @@ export function createQueues(redisUrl: string, prefix: string): Queues {
       if (!finished)
         for (const name of QUEUE_NAMES)
           (queues[name] as unknown as BullInternals)._clearTimers().catch(() => {});
+      return finished;
     },
   };
 }
