@@ -28,6 +28,7 @@ import {
   idempotencyKey,
   type Merchant,
   PG_BASE,
+  qrPayment,
   scanPayment,
   setupMerchant,
   startTestGateway,
@@ -452,6 +453,20 @@ describe('operations endpoints', () => {
       assert.equal(typeof lineOf(String(missing.headers['request-id']))?.ms, 'number');
       // Health probes, every few seconds, stay out of the info log.
       assert.equal(lineOf(String(probe.headers['request-id'])), undefined);
+      // A till that gives up waiting (its request may yet do what it asked) is logged too.
+      const shown = await createPayment(tg, merchant.terminalKey, qrPayment(1000)).expect(201);
+      await assert.rejects(
+        tg.http
+          .get(`/v1/payments/${shown.body.id}?wait=30`)
+          .set('Authorization', `Bearer ${merchant.terminalKey}`)
+          .timeout(300),
+      );
+      const givenUp = await eventually(async () =>
+        lines.map((line) => JSON.parse(line) as Record<string, unknown>).find((line) => line.status === 499),
+      );
+      assert.equal(givenUp.method, 'GET');
+      assert.equal(givenUp.route, '/v1/payments/:id');
+      assert.match(String(givenUp.request_id), /^req_/);
     } finally {
       tg.gateway.ctx.log = quiet;
     }

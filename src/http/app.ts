@@ -26,6 +26,8 @@ const READY_PING_DEADLINE_MS = 2_000;
 /** A ping unanswered for this long is left behind and a new one sent: one held connection per 10 s at most. */
 const PING_RETRY_MS = 10_000;
 const PROBES = new Set(['/healthz', '/readyz', '/metrics']);
+/** The status logged for a request whose client closed the connection before its answer. */
+const CLIENT_CLOSED_REQUEST = 499;
 
 /**
  * The HTTP server of an app. Left to itself, Node answers some requests before the app sees them,
@@ -186,24 +188,28 @@ export function createApp(ctx: Context): express.Express {
   app.use((req: Request, res: Response, next: NextFunction) => {
     withRequestId(req, res);
     const stop = ctx.metrics.httpDuration.startTimer({ method: req.method });
-    res.on('finish', () => {
+    // 'close', not 'finish': a till that gave up before its answer (its sale may still go through)
+    // is logged and counted too, as 499, nginx's "client closed request".
+    res.on('close', () => {
       // A label from the documented patterns only: one holding a raw path (express leaves a
       // mounted handler's baseUrl as the path it matched) would let anybody add series at will.
       const route =
         documentedRoute(req.method, req.originalUrl.split('?')[0]) ??
         (req.route?.path && !req.baseUrl ? String(req.route.path) : 'unmatched');
-      const seconds = stop({ route, status: String(res.statusCode) });
+      const status = res.writableFinished ? res.statusCode : CLIENT_CLOSED_REQUEST;
+      const seconds = stop({ route, status: String(status) });
       // The access log: one line a request, its Request-Id the thread to the till's report.
       const line = {
         request_id: req.requestId,
         method: req.method,
         route,
-        status: res.statusCode,
+        status,
         ms: Math.round(seconds * 1000),
       };
-      if (res.statusCode >= 500) ctx.log.error(line, 'request failed');
+      if (status >= 500) ctx.log.error(line, 'request failed');
+      else if (status === CLIENT_CLOSED_REQUEST) ctx.log.info(line, 'request given up by the client');
       // Probes come every few seconds: their lines would drown the requests'.
-      else if (PROBES.has(route) && res.statusCode < 400) ctx.log.debug(line, 'request');
+      else if (PROBES.has(route) && status < 400) ctx.log.debug(line, 'request');
       else ctx.log.info(line, 'request');
     });
     next();
