@@ -1,9 +1,11 @@
 /** npm run cli -- migrate | create-merchant <name> <currency> <country> | create-terminal <merchant_id> <store_id> <terminal_id> [--can-refund] */
 import type { z } from 'zod';
-import { databaseUrlFrom } from './config.ts';
+import { ConfigError, databaseUrlFrom } from './config.ts';
+import { ApiError } from './errors.ts';
 import { createMerchant, createTerminal } from './http/routes/setup.ts';
 import { createMerchantSchema, createTerminalSchema } from './http/schemas.ts';
-import { createPool, ensureDatabase, migrate } from './ledger/db.ts';
+import { parse } from './http/validate.ts';
+import { asDatabaseConfigError, createPool, ensureDatabase, migrate } from './ledger/db.ts';
 
 const USAGE = `usage:
   npm run cli -- migrate
@@ -20,10 +22,10 @@ const COMMANDS: Record<string, { positional: number; flags: string[] }> = {
 /** Arguments that do not fit the command: a usage error (exit 2), before any database work. */
 function checkArguments(command: string | undefined, args: string[]): string | undefined {
   const spec = command === undefined ? undefined : COMMANDS[command];
-  if (!spec)
-    return command === undefined || command === '--help' || command === 'help'
-      ? ''
-      : `unknown command ${command}`;
+  if (!spec) {
+    if (command === '--help' || command === 'help') return '';
+    return command === undefined ? 'a command is required' : `unknown command ${command}`;
+  }
   const flags = args.filter((a) => a.startsWith('--'));
   const unknown = flags.find((f) => !spec.flags.includes(f));
   if (unknown) return `${command} takes no option ${unknown}`;
@@ -44,10 +46,13 @@ async function main(argv: string[]): Promise<number> {
   // Flags may stand anywhere; the positional arguments keep their order.
   const positional = args.filter((a) => !a.startsWith('--'));
   const databaseUrl = databaseUrlFrom();
-  await ensureDatabase(databaseUrl);
   const db = createPool(databaseUrl, { max: 2 });
   try {
-    const applied = await migrate(db);
+    const applied = await ensureDatabase(databaseUrl)
+      .then(() => migrate(db))
+      .catch((error) => {
+        throw asDatabaseConfigError(error, databaseUrl);
+      });
     const ctx = { db };
     switch (command) {
       case 'migrate':
@@ -70,7 +75,7 @@ async function main(argv: string[]): Promise<number> {
           can_refund: args.includes('--can-refund'),
         });
         const exists = await db.query('SELECT 1 FROM merchants WHERE id = $1', [merchantId]);
-        if (exists.rowCount === 0) throw new Error(`no merchant ${merchantId}`);
+        if (exists.rowCount === 0) throw new UsageError(`no merchant ${merchantId}`);
         console.log(JSON.stringify(await createTerminal(ctx, merchantId, input), null, 2));
         return 0;
       }
@@ -80,18 +85,24 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-/** The schema's output, or an error naming the first bad argument (not zod's JSON). */
+/** An argument the command cannot take: said, with exit code 2, as a wrong number of them is. */
+class UsageError extends Error {}
+
+/** The schema's output, or a usage error naming the first bad argument, in the API's words. */
 function valid<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
-  const result = schema.safeParse(input);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  throw new Error(`${issue.path.join('.') || 'arguments'}: ${issue.message}`);
+  try {
+    return parse(schema, input);
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    throw new UsageError(error.message);
+  }
 }
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error) => {
     console.error(`error: ${(error as Error).message}`);
-    process.exit(1);
+    // As the gateway does: 2 for what the operator must change (arguments, DATABASE_URL).
+    process.exit(error instanceof UsageError || error instanceof ConfigError ? 2 : 1);
   },
 );

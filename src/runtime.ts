@@ -3,13 +3,13 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { providerModule } from '../adapters/index.ts';
-import { type Config, ConfigError, urlHost } from './config.ts';
+import { type Config, ConfigError, urlHost, withoutPassword } from './config.ts';
 import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
 import { createApp, createHttpServer, createOperationsApp } from './http/app.ts';
 import { startWorker, type Worker } from './jobs/processors.ts';
 import { createQueues, QUEUE_CLOSE_DEADLINE_MS } from './jobs/queues.ts';
-import { createPool, type Db, ensureDatabase, migrate } from './ledger/db.ts';
+import { asDatabaseConfigError, createPool, type Db, ensureDatabase, migrate } from './ledger/db.ts';
 import { createLogger } from './logger.ts';
 import { createMetrics } from './metrics.ts';
 import { ProviderAccounts } from './payments/accounts.ts';
@@ -55,42 +55,6 @@ async function connectRedis(url: string): Promise<Redis> {
   }
 }
 
-/** The URL with any password masked, for messages. */
-function withoutPassword(url: string): string {
-  const parsed = new URL(url);
-  if (parsed.password) parsed.password = '***';
-  return parsed.toString();
-}
-
-/**
- * A start-up failure that says the database at DATABASE_URL cannot be used as configured: not
- * reached, not PostgreSQL, or refusing us (authentication, an unknown role, no permission to
- * connect or to create the database), rather than a bug of ours.
- */
-function unusableDatabase(error: unknown): boolean {
-  const code = (error as { code?: string }).code ?? '';
-  return (
-    [
-      'ECONNREFUSED',
-      'ENOTFOUND',
-      'EAI_AGAIN',
-      'ETIMEDOUT',
-      'EHOSTUNREACH',
-      'ENETUNREACH',
-      'ECONNRESET',
-    ].includes(code) ||
-    // Class 28: invalid authorization (a wrong password, an unknown role); 3D000 no such database
-    // to connect to; 42501 not allowed (to connect, or to create the database).
-    /^28/.test(code) ||
-    code === '3D000' ||
-    code === '42501' ||
-    // What pg says when the server closes the connection, or talks another protocol.
-    /Connection terminated|timeout expired|not a PostgreSQL|unexpected message/i.test(
-      (error as Error).message ?? '',
-    )
-  );
-}
-
 export async function createContext(config: Config): Promise<Context> {
   // Redis first: a gateway that cannot reach it would start but never finish a payment.
   const redis = await connectRedis(config.redisUrl);
@@ -103,11 +67,7 @@ export async function createContext(config: Config): Promise<Context> {
     await migrate(bulkDb);
   } catch (error) {
     redis.disconnect();
-    if (unusableDatabase(error))
-      throw new ConfigError(
-        `PostgreSQL at DATABASE_URL (${withoutPassword(config.databaseUrl)}) cannot be used: ${(error as Error).message}`,
-      );
-    throw error;
+    throw asDatabaseConfigError(error, config.databaseUrl);
   }
   const sandbox = new SandboxRuntime(config);
   const updates = new PaymentUpdates(config.redisUrl, config.redisPrefix);

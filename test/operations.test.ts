@@ -1090,21 +1090,40 @@ describe('start-up', () => {
     assert.match(terminal.terminal_key, /^tk_/);
     assert.equal(terminal.can_refund, true);
     const bad = cli('create-terminal', 'mer_nope', 's', 't');
-    assert.notEqual(bad.status, 0);
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /^error: no merchant mer_nope$/m);
+    const none = cli();
+    assert.equal(none.status, 2, 'no command is a usage error');
+    assert.match(none.stderr, /a command is required[\s\S]*usage:/);
     // A forgotten argument is a usage error, never a terminal named after the flag.
     const forgotten = cli('create-terminal', created.id, 'lyon-1', '--can-refund');
     assert.equal(forgotten.status, 2);
     assert.match(forgotten.stderr, /takes 3 argument\(s\), got 2[\s\S]*usage:/);
+    // A bad value is a usage error too, said in the API's words.
     const badCurrency = cli('create-merchant', 'Shop', 'EURO', 'FR');
-    assert.equal(badCurrency.status, 1);
-    assert.match(badCurrency.stderr, /^error: settlement_currency: /m);
+    assert.equal(badCurrency.status, 2);
+    assert.match(badCurrency.stderr, /^error: settlement_currency must be a three-letter ISO 4217 code/m);
+    const longTill = cli('create-terminal', created.id, 'lyon-1', 't'.repeat(65));
+    assert.equal(longTill.status, 2);
+    assert.match(longTill.stderr, /^error: terminal_id must be at most 64 characters long$/m);
     // Production never falls back to the local default database.
     const unset = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'migrate'], {
       env,
       encoding: 'utf8',
       timeout: 30_000,
     });
-    assert.equal(unset.status, 1);
+    assert.equal(unset.status, 2);
     assert.match(unset.stderr, /^error: DATABASE_URL is required when NODE_ENV=production$/m);
+    // A database it cannot reach is named by its variable, as the gateway names it.
+    const unreachable = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'migrate'], {
+      env: { ...env, DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nowhere' },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.equal(unreachable.status, 2);
+    assert.match(
+      unreachable.stderr,
+      /^error: PostgreSQL at DATABASE_URL \(postgres:\/\/postgres@127\.0\.0\.1:1\/nowhere\) cannot be used: /m,
+    );
   });
 });

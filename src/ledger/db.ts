@@ -2,6 +2,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { ConfigError, withoutPassword } from '../config.ts';
 
 // bigint columns hold minor units below 2^53 (amounts are capped far lower): read them as numbers.
 pg.types.setTypeParser(20, (value) => Number(value));
@@ -205,4 +206,41 @@ export async function rollback(client: pg.PoolClient, cause: unknown): Promise<E
   } catch (error) {
     return error as Error;
   }
+}
+
+/**
+ * A start-up failure that says the database at DATABASE_URL cannot be used as configured: not
+ * reached, not PostgreSQL, or refusing us (authentication, an unknown role, no permission to
+ * connect or to create the database), rather than a bug of ours.
+ */
+function unusableDatabase(error: unknown): boolean {
+  const code = (error as { code?: string }).code ?? '';
+  return (
+    [
+      'ECONNREFUSED',
+      'ENOTFOUND',
+      'EAI_AGAIN',
+      'ETIMEDOUT',
+      'EHOSTUNREACH',
+      'ENETUNREACH',
+      'ECONNRESET',
+    ].includes(code) ||
+    // Class 28: invalid authorization (a wrong password, an unknown role); 3D000 no such database
+    // to connect to; 42501 not allowed (to connect, or to create the database).
+    /^28/.test(code) ||
+    code === '3D000' ||
+    code === '42501' ||
+    // What pg says when the server closes the connection, or talks another protocol.
+    /Connection terminated|timeout expired|not a PostgreSQL|unexpected message/i.test(
+      (error as Error).message ?? '',
+    )
+  );
+}
+
+/** `error` as a configuration error naming DATABASE_URL when it says the database cannot be used. */
+export function asDatabaseConfigError(error: unknown, databaseUrl: string): unknown {
+  if (!unusableDatabase(error)) return error;
+  return new ConfigError(
+    `PostgreSQL at DATABASE_URL (${withoutPassword(databaseUrl)}) cannot be used: ${(error as Error).message}`,
+  );
 }
