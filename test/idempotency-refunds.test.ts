@@ -60,13 +60,7 @@ async function insertUnfinishedSale(
       merchant.id,
       merchant.accountId,
       key,
-      requestHashOf(
-        tg.gateway.ctx.config.masterKey,
-        'POST',
-        '/v1/payments',
-        `terminal ${till.rows[0].id}`,
-        body,
-      ),
+      requestHashOf('POST', '/v1/payments', `terminal ${till.rows[0].id}`, body),
       status,
       body.amount.value,
       body.reference,
@@ -218,13 +212,7 @@ describe('Idempotency-Key', () => {
     );
     await tg.gateway.ctx.db.query('UPDATE payments SET request_hash = $2 WHERE id = $1', [
       first.body.id,
-      requestHashOf(
-        tg.gateway.ctx.config.masterKey,
-        'POST',
-        '/v1/payments',
-        `terminal ${till.rows[0].terminal_ref}`,
-        body,
-      ),
+      requestHashOf('POST', '/v1/payments', `terminal ${till.rows[0].terminal_ref}`, body),
     ]);
     const retry = await createPayment(tg, merchant.terminalKey, body, key).expect(200);
     assert.equal(retry.body.id, first.body.id);
@@ -494,13 +482,7 @@ describe('refunds', () => {
       [
         `${merchant.id}:refunds:${id}`,
         idem,
-        requestHashOf(
-          tg.gateway.ctx.config.masterKey,
-          'POST',
-          `/v1/payments/${id}/refunds`,
-          'merchant',
-          body,
-        ),
+        requestHashOf('POST', `/v1/payments/${id}/refunds`, 'merchant', body),
       ],
     );
     const retry = await refund(id, body, merchant.secretKey, idem).expect(200);

@@ -4,12 +4,11 @@
  * while the first is still running gets 409. The lock is a PostgreSQL row with a 30 s lease,
  * so a lock left by a process that died frees itself. Records are kept at least 24 h.
  */
-import { createHmac } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { Request, Response } from 'express';
 import type { Context } from '../context.ts';
 import { ApiError, idempotencyInProgress, idempotencyKeyReused } from '../errors.ts';
 import { inTransaction, lockUntilCommit, prepared } from '../ledger/db.ts';
-import { deriveSecret } from '../secrets.ts';
 import { idempotencyKeySchema } from './schemas.ts';
 
 export const LOCK_LEASE_S = 30;
@@ -96,10 +95,10 @@ function send(res: Response, result: HandlerResult, replayed: boolean): void {
  * order) and who sends it. A terminal's key used by another terminal, or by the merchant's secret
  * key, is another request (422), never a replay of a payment that caller may not see.
  */
-export function requestHash(ctx: Context, req: Request): string {
+export function requestHash(req: Request): string {
   const principal = req.principal;
   const caller = principal?.kind === 'terminal' ? `terminal ${principal.terminal_ref}` : 'merchant';
-  return requestHashOf(ctx.config.masterKey, req.method, routeOf(req), caller, req.body ?? null);
+  return requestHashOf(req.method, routeOf(req), caller, req.body ?? null);
 }
 
 /**
@@ -112,27 +111,10 @@ function routeOf(req: Request): string {
   return pattern.replace(/:(\w+)/g, (_, name: string) => String(req.params[name] ?? ''));
 }
 
-/**
- * Keyed (an HMAC under a key derived from the master key), not a bare SHA-256: the body holds the
- * payment code, and every other part of it is stored in plain columns beside the hash, so a bare
- * hash would give the code back to anybody reading the table who tries the digits a mask hides.
- */
-export function requestHashOf(
-  masterKey: Buffer,
-  method: string,
-  path: string,
-  caller: string,
-  body: unknown,
-): string {
-  return createHmac('sha256', requestHashKey(masterKey))
+export function requestHashOf(method: string, path: string, caller: string, body: unknown): string {
+  return createHash('sha256')
     .update(`${method} ${path} ${caller}\n${canonicalJson(body)}`)
     .digest('hex');
-}
-
-let hashKey: { masterKey: Buffer; key: Buffer } | undefined;
-function requestHashKey(masterKey: Buffer): Buffer {
-  if (hashKey?.masterKey !== masterKey) hashKey = { masterKey, key: deriveSecret(masterKey, 'request-hash') };
-  return hashKey.key;
 }
 
 /**
@@ -180,7 +162,7 @@ export async function idempotent(
 ): Promise<void> {
   if (key === undefined) return send(res, await handler(), false);
   const scope = `${merchantId}:${action}`;
-  const hash = requestHash(ctx, req);
+  const hash = requestHash(req);
   const claimed = await inTransaction(ctx.db, async (client) => {
     // The unique (scope, key) does not stop two scopes claiming one key at once (refunds of two
     // payments): each would find the other's claim not committed yet. Claims of the merchant's key

@@ -132,7 +132,7 @@ export function paymentsRouter(ctx: Context): Router {
       ...scope,
       merchant_id: principal.merchant_id,
       idempotency_key: key,
-      request_hash: requestHash(ctx, req),
+      request_hash: requestHash(req),
     });
     if (replayed) res.set('Idempotent-Replayed', 'true');
     res.status(replayed ? 200 : 201).json(paymentJson(await codeOrOutcome(ctx, payment)));
