@@ -1,8 +1,10 @@
 /** Settlement reports: groups add up to the totals exactly (property test), CSV for spreadsheets, the dashboard. */
 import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import vm from 'node:vm';
 import fc from 'fast-check';
+import { ReaderGone, streamSettlementReportCsv } from '../src/settlements/reports.ts';
 import { setupMerchant, startTestGateway, type TestGateway } from './helpers.ts';
 
 let tg: TestGateway;
@@ -210,6 +212,33 @@ test('CSV: streamed, UTF-8 with BOM, CRLF, major units, quoted cells, a TOTAL ro
     assert.equal(unknown.status, 400, path);
     assert.equal(unknown.body.error.code, 'provider_unknown', path);
   }
+});
+
+test('a CSV download its client gives up on (gone, or reading no more) ends its transaction: the bulk pool every merchant shares is not drained by it', async () => {
+  const merchant = await setupMerchant(tg);
+  const { ctx } = tg.gateway;
+  const q = { merchant_id: merchant.id, from: '2026-11-01', to: '2026-11-30', group_by: 'day' as const };
+  /** A client that takes nothing: its buffer is full at once. */
+  const stuck = () => new Writable({ highWaterMark: 1, write() {} });
+  const inUse = () => ctx.bulkDb.totalCount - ctx.bulkDb.idleCount;
+  const within = <T>(work: Promise<T>) =>
+    Promise.race([
+      work,
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('still streaming')), 5_000)),
+    ]);
+  // Closed while the report is written.
+  const gone = stuck();
+  const streaming = streamSettlementReportCsv(ctx, q, gone);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  gone.destroy();
+  await assert.rejects(within(streaming), ReaderGone);
+  // Kept open, reading nothing.
+  await assert.rejects(within(streamSettlementReportCsv(ctx, q, stuck(), 300)), ReaderGone);
+  assert.equal(inUse(), 0, 'every bulk connection back in the pool');
+  const { rows } = await ctx.db.query<{ n: number }>(
+    "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+  );
+  assert.equal(rows[0].n, 0, 'no transaction left open');
 });
 
 test('the dashboard page needs no key to load, and holds no data', async () => {

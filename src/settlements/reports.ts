@@ -105,15 +105,49 @@ function csvLine(fields: (string | number)[]): string {
   return `${fields.map(cell).join(',')}\r\n`;
 }
 
-async function write(out: Writable, text: string): Promise<void> {
-  if (!out.write(text)) await new Promise((resolve) => out.once('drain', resolve));
+/** How long a client may take no more of a CSV report before it is given up on. */
+const STALLED_READER_MS = 30_000;
+
+/** The client went away, or took nothing for STALLED_READER_MS: the report's transaction ends. */
+export class ReaderGone extends Error {}
+
+/**
+ * Writes, waiting while the client's buffer is full. A client that closed the connection, or reads
+ * no more while keeping it, would otherwise hold the cursor's transaction and one connection of
+ * the bulk pool (shared by every merchant's imports and reports) for ever.
+ */
+async function write(out: Writable, text: string, stalledMs = STALLED_READER_MS): Promise<void> {
+  if (out.destroyed) throw new ReaderGone('the client closed the connection');
+  if (out.write(text)) return;
+  await new Promise<void>((resolve, reject) => {
+    const settle = (error?: Error) => {
+      clearTimeout(stalled);
+      out.off('drain', drained);
+      out.off('close', closed);
+      if (error) reject(error);
+      else resolve();
+    };
+    const drained = () => settle();
+    const closed = () => settle(new ReaderGone('the client closed the connection'));
+    const stalled = setTimeout(() => {
+      settle(new ReaderGone(`the client read nothing for ${stalledMs} ms`));
+      out.destroy();
+    }, stalledMs);
+    out.on('drain', drained);
+    out.on('close', closed);
+  });
 }
 
 /**
  * CSV for spreadsheets: UTF-8 with BOM, CRLF, amounts in major units with a decimal point, and a
  * TOTAL row per currency after its groups (`row` says which rows are totals). Rows come from a cursor, a page at a time.
  */
-export async function streamSettlementReportCsv(ctx: Context, q: ReportQuery, out: Writable): Promise<void> {
+export async function streamSettlementReportCsv(
+  ctx: Context,
+  q: ReportQuery,
+  out: Writable,
+  stalledMs = STALLED_READER_MS,
+): Promise<void> {
   await inTransaction(
     ctx.bulkDb,
     async (client) => {
@@ -121,7 +155,7 @@ export async function streamSettlementReportCsv(ctx: Context, q: ReportQuery, ou
         `DECLARE report NO SCROLL CURSOR FOR ${reportSql(q.group_by, !!q.provider)}`,
         params(q),
       );
-      await write(out, `\ufeff${csvLine(CSV_HEADER)}`);
+      await write(out, `\ufeff${csvLine(CSV_HEADER)}`, stalledMs);
       for (;;) {
         const { rows } = await client.query<ReportRow>('FETCH 500 FROM report');
         for (const r of rows) {
@@ -137,6 +171,7 @@ export async function streamSettlementReportCsv(ctx: Context, q: ReportQuery, ou
               r.discrepancies,
               r.grouped ? 'total' : 'group',
             ]),
+            stalledMs,
           );
         }
         if (rows.length < 500) break;

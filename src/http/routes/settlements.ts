@@ -19,7 +19,7 @@ import { fetchable, queueFetch } from '../../settlements/fetch.ts';
 import { type ImportRow, jobJson, queueReconcile } from '../../settlements/imports.ts';
 import { EmptyFileError, FileBrokenOffError, receiveFile } from '../../settlements/receive.ts';
 import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
-import { settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
+import { ReaderGone, settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
 import { requireMerchant } from '../auth.ts';
 import { registerOperations } from '../openapi.ts';
 import { listQuerySchema } from '../schemas.ts';
@@ -503,7 +503,13 @@ export function settlementsRouter(ctx: Context): Router {
       'Content-Type': 'text/csv; charset=utf-8',
       'Content-Disposition': `attachment; filename="settlements_${q.from}_${q.to}_by_${q.group_by}.csv"`,
     });
-    await streamSettlementReportCsv(ctx, q, res);
+    try {
+      await streamSettlementReportCsv(ctx, q, res);
+    } catch (error) {
+      // Nobody is left to answer: the cursor's transaction has been rolled back.
+      if (error instanceof ReaderGone) return;
+      throw error;
+    }
     res.end();
   });
 
