@@ -8,12 +8,13 @@ import { connect } from 'node:net';
 import { hostname } from 'node:os';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import express from 'express';
 import pg from 'pg';
 import supertest from 'supertest';
 import { isNonPublicAddress } from '../adapters/addresses.ts';
 import { MAX_RESPONSE_BYTES, send } from '../adapters/transport.ts';
 import { ConfigError, loadConfig } from '../src/config.ts';
-import { createOperationsApp } from '../src/http/app.ts';
+import { createHttpServer, createOperationsApp } from '../src/http/app.ts';
 import { createPool, inTransaction, isInfrastructureError } from '../src/ledger/db.ts';
 import { createLogger } from '../src/logger.ts';
 import { startGateway } from '../src/runtime.ts';
@@ -581,6 +582,29 @@ describe('operations endpoints', () => {
     assert.match(expecting, /^HTTP\/1\.1 200 /);
     assert.match(expecting, /\r\nRequest-Id: req_/i);
     assert.ok(JSON.parse(expecting.split('\r\n\r\n')[1]).data);
+  });
+
+  test('a CONNECT client that keeps its side open after the answer is cut off, not left holding a socket (or a stop)', async () => {
+    const server = createHttpServer(express());
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    const lingering = connect({ port, host: '127.0.0.1', allowHalfOpen: true }, () =>
+      lingering.write('CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n'),
+    );
+    let answer = '';
+    lingering.on('data', (chunk) => {
+      answer += chunk;
+    });
+    await new Promise((resolve) => lingering.once('end', resolve));
+    assert.match(answer, /^HTTP\/1\.1 400 /);
+    // Closing waits for every connection: it ends only once the gateway has let this one go.
+    const closed = await new Promise<boolean>((resolve) => {
+      server.close(() => resolve(true));
+      setTimeout(() => resolve(false), 5_000);
+    });
+    lingering.destroy();
+    server.closeAllConnections();
+    assert.ok(closed, 'the server let the connection go');
   });
 
   test('the rate limit per key answers 429 with Retry-After', async () => {

@@ -26,7 +26,7 @@ const READY_PING_DEADLINE_MS = 2_000;
 /** A ping unanswered for this long is left behind and a new one sent: one held connection per 10 s at most. */
 const PING_RETRY_MS = 10_000;
 const PROBES = new Set(['/healthz', '/readyz', '/metrics']);
-/** The status logged for a request whose client closed the connection before its answer. */
+/** The status logged for a request whose connection closed before its answer. */
 const CLIENT_CLOSED_REQUEST = 499;
 
 /**
@@ -65,10 +65,20 @@ export function createHttpServer(app: express.Express): Server {
   return server;
 }
 
-/** An answer written on a socket no request object stands for, which is closed after it. */
+/** How long a socket answered by answerOnSocket may stay open for its client to close its side. */
+const ANSWERED_SOCKET_LINGER_MS = 2_000;
+
+/**
+ * An answer written on a socket no request object stands for, which is closed after it. Such a
+ * socket is Node's HTTP server's no more (CONNECT hands it over): its input is read away, so that
+ * the client's end is seen, and a client that never ends its side is cut off.
+ */
 function answerOnSocket(socket: Duplex, error: ApiError): void {
   const requestId = `req_${randomToken(16)}`;
   const body = JSON.stringify(error.body(requestId));
+  socket.resume();
+  socket.once('end', () => socket.destroy());
+  setTimeout(() => socket.destroy(), ANSWERED_SOCKET_LINGER_MS).unref();
   socket.end(
     `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nRequest-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
   );
@@ -188,8 +198,9 @@ export function createApp(ctx: Context): express.Express {
   app.use((req: Request, res: Response, next: NextFunction) => {
     withRequestId(req, res);
     const stop = ctx.metrics.httpDuration.startTimer({ method: req.method });
-    // 'close', not 'finish': a till that gave up before its answer (its sale may still go through)
-    // is logged and counted too, as 499, nginx's "client closed request".
+    // 'close', not 'finish': a request whose connection closed before its answer (a till that gave
+    // up, whose sale may still go through; or one a stop cut off) is logged and counted too, as
+    // 499, nginx's "client closed request".
     res.on('close', () => {
       // A label from the documented patterns only: one holding a raw path (express leaves a
       // mounted handler's baseUrl as the path it matched) would let anybody add series at will.
@@ -207,7 +218,7 @@ export function createApp(ctx: Context): express.Express {
         ms: Math.round(seconds * 1000),
       };
       if (status >= 500) ctx.log.error(line, 'request failed');
-      else if (status === CLIENT_CLOSED_REQUEST) ctx.log.info(line, 'request given up by the client');
+      else if (status === CLIENT_CLOSED_REQUEST) ctx.log.info(line, 'request closed before its answer');
       // Probes come every few seconds: their lines would drown the requests'.
       else if (PROBES.has(route) && status < 400) ctx.log.debug(line, 'request');
       else ctx.log.info(line, 'request');
