@@ -51,7 +51,7 @@ after(() => tg.stop());
 const db = () => tg.gateway.ctx.db;
 
 /** The open alerts about one payment. */
-async function alertsOf(paymentId: string): Promise<{ id: string; kind: string }[]> {
+async function alertsOf(paymentId: string): Promise<{ id: string; kind: string; detail: string }[]> {
   const alerts = await tg.http
     .get('/v1/admin/alerts?limit=100')
     .set('Authorization', `Bearer ${tg.adminKey}`)
@@ -774,6 +774,8 @@ describe('inbound provider notifications', () => {
       ['late_success'],
       'a success after a final failure that could not be reversed is raised for a human',
     );
+    // The lost cancel may yet reverse it: refunding at once could repay the customer twice.
+    assert.match(mine[0].detail, /a reversal may still be under way; check the order at the provider/);
     // Once dealt with, the operator resolves it and it leaves the list.
     const resolved = await tg.http
       .post(`/v1/admin/alerts/${mine[0].id}/resolve`)

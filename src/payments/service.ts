@@ -764,9 +764,10 @@ async function holdOutcome(
  * The provider reports a success for a sale that ended canceled or failed (its pay overtook our
  * cancel, or a resend arrived late): the customer was charged for a sale the till shows as unpaid.
  * So it is cancelled (reversed) at the provider again, which for one already reversed changes
- * nothing. A provider may refuse to cancel an order twice (Antom: ORDER_IS_CANCELED), so an
- * unconfirmed cancel is followed by an inquiry: only an order still paid needs a person to refund
- * the customer, who would otherwise be repaid twice.
+ * nothing. A provider may refuse to cancel an order twice (Antom: ORDER_IS_CANCELED), so a refused
+ * cancel is followed by an inquiry: only an order still paid needs a person to refund the
+ * customer, who would otherwise be repaid twice. A cancel whose answer was lost (or put off) may
+ * still be reversing the order, so no inquiry now could tell: the person is told to look first.
  */
 async function reverseLateSuccess(
   ctx: Ctx,
@@ -775,7 +776,9 @@ async function reverseLateSuccess(
   source: Source,
 ): Promise<void> {
   const outcome = await cancelWith(ctx, row, account);
-  const reversed = outcome.kind === 'canceled' || (await inquire(ctx, row, account)).kind === 'canceled';
+  const answered = outcome.kind === 'failed' || outcome.kind === 'not_found';
+  const reversed =
+    outcome.kind === 'canceled' || (answered && (await inquire(ctx, row, account)).kind === 'canceled');
   if (reversed) {
     await recordEvent(
       ctx.db,
@@ -789,7 +792,11 @@ async function reverseLateSuccess(
   await raiseAlert(
     ctx,
     'late_success',
-    `provider reports success after the payment became ${row.status}, and reversing it was not confirmed (${outcome.kind}): refund the customer`,
+    `provider reports success after the payment became ${row.status}, and reversing it was not confirmed (${outcome.kind}): ${
+      outcome.kind === 'unknown' || outcome.kind === 'deferred'
+        ? 'a reversal may still be under way; check the order at the provider, and refund the customer only if it is still paid'
+        : 'refund the customer'
+    }`,
     { payment_id: row.id },
   );
 }
