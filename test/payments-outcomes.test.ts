@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
@@ -62,6 +63,23 @@ describe('sandbox magic outcomes, mode scan', () => {
       scanPayment(1000, { payment_code: '9123456789' }),
     ).expect(201);
     assert.equal(short.body.payment_code, '91******89', 'a short code keeps at least half its digits hidden');
+    // Those stored under the old mask (four digits at each end) are masked again by a migration.
+    const { db } = tg.gateway.ctx;
+    await db.query("UPDATE payments SET payment_code_masked = '9123**6789' WHERE id = $1", [short.body.id]);
+    await db.query(
+      readFileSync(
+        new URL('../src/ledger/migrations/119_payment_code_mask_half_hidden.sql', import.meta.url),
+        'utf8',
+      ),
+    );
+    const masks = await db.query<{ id: string; payment_code_masked: string }>(
+      'SELECT id, payment_code_masked FROM payments WHERE id = ANY($1)',
+      [[short.body.id, res.body.id]],
+    );
+    assert.deepEqual(Object.fromEntries(masks.rows.map((r) => [r.id, r.payment_code_masked])), {
+      [short.body.id]: '91******89',
+      [res.body.id]: '2867**********8790',
+    });
     assert.match(res.headers['request-id'], /^req_/);
   });
 
