@@ -4,6 +4,7 @@ import { Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import vm from 'node:vm';
 import fc from 'fast-check';
+import pg from 'pg';
 import { ReaderGone, streamSettlementReportCsv } from '../src/settlements/reports.ts';
 import { setupMerchant, startTestGateway, type TestGateway } from './helpers.ts';
 
@@ -239,6 +240,25 @@ test('a CSV download its client gives up on (gone, or reading no more) ends its 
     "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
   );
   assert.equal(rows[0].n, 0, 'no transaction left open');
+});
+
+test('a CSV report that fails after its first rows went out is cut off, not ended as if whole', async () => {
+  const merchant = await setupMerchant(tg);
+  const { query } = pg.Client.prototype;
+  // The ledger fails while the rows are read (a lost connection, a statement past its time).
+  pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+    if (typeof args[0] === 'string' && args[0].startsWith('FETCH')) throw new Error('connection lost');
+    return (query as (...a: unknown[]) => unknown).apply(this, args);
+  } as typeof query;
+  try {
+    const res = await fetch(`${tg.url}/v1/reports/settlements?from=2026-11-01&to=2026-11-30&format=csv`, {
+      headers: { Authorization: `Bearer ${merchant.secretKey}` },
+    });
+    assert.equal(res.status, 200, 'the header row was on its way');
+    await assert.rejects(res.text(), 'the download does not end cleanly');
+  } finally {
+    pg.Client.prototype.query = query;
+  }
 });
 
 test('the dashboard page needs no key to load, and holds no data', async () => {

@@ -508,7 +508,11 @@ export function settlementsRouter(ctx: Context): Router {
     } catch (error) {
       // Nobody is left to answer: the cursor's transaction has been rolled back.
       if (error instanceof ReaderGone) return;
-      throw error;
+      if (!res.headersSent) throw error;
+      // Rows already sent: a clean end would pass the cut report off as whole.
+      ctx.log.error({ err: error, request_id: req.requestId }, 'settlement report cut off');
+      res.destroy();
+      return;
     }
     res.end();
   });
