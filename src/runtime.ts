@@ -8,7 +8,7 @@ import type { Context } from './context.ts';
 import { withDeadline } from './deadline.ts';
 import { createApp, createHttpServer, createOperationsApp } from './http/app.ts';
 import { startWorker, type Worker } from './jobs/processors.ts';
-import { createQueues, QUEUE_CLOSE_DEADLINE_MS } from './jobs/queues.ts';
+import { createQueues, QUEUE_CLOSE_MAX_MS } from './jobs/queues.ts';
 import { asDatabaseConfigError, createPool, type Db, ensureDatabase, migrate } from './ledger/db.ts';
 import { createLogger } from './logger.ts';
 import { createMetrics } from './metrics.ts';
@@ -196,15 +196,15 @@ export async function startGateway(config: Config, port = config.port): Promise<
       // take the sale's next check, so that the sweeper need not ask the provider again.
       await bounded(Promise.all(ctx.lateWrites), "storing providers' answers");
       await bounded(worker?.stop() ?? Promise.resolve(), 'stopping the worker');
-      // Closing the queues waits for running jobs, as long as it allows them (QUEUE_CLOSE_DEADLINE_MS).
+      // Closing the queues waits for running jobs, as long as it allows them (QUEUE_CLOSE_MAX_MS).
       const jobsFinished = await bounded(
         ctx.queues.close(),
         'closing the queues',
-        QUEUE_CLOSE_DEADLINE_MS + 1_000,
+        QUEUE_CLOSE_MAX_MS + 1_000,
       );
       if (jobsFinished === false)
         ctx.log.warn(
-          `shutdown: running jobs did not finish within ${QUEUE_CLOSE_DEADLINE_MS} ms; each runs again on a worker that stays`,
+          'shutdown: stopped waiting for running jobs (past their time, or Redis unreachable); each runs again on a worker that stays',
         );
       // A job left running keeps its pooled connection: the pools are not waited for then.
       await bounded(closeConnections(ctx, jobsFinished === true), 'closing connections');

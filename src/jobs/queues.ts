@@ -24,7 +24,10 @@ export type Queues = Record<QueueName, Queue.Queue> & {
    * queued while in-flight requests finish is left to a worker that stays.
    */
   stopTaking(): Promise<void>;
-  /** Waits for running jobs (QUEUE_CLOSE_DEADLINE_MS at most); false when some were left running. */
+  /**
+   * Waits for running jobs (QUEUE_CLOSE_DEADLINE_MS at most, less with Redis unreachable); false
+   * when it stopped waiting: jobs may have been left running.
+   */
   close(): Promise<boolean>;
 };
 
@@ -42,6 +45,8 @@ export const QUEUE_CLOSE_DEADLINE_MS = 25_000;
 const JOB_LOCK_MS = 10_000;
 const CLOSE_UNREACHABLE_DEADLINE_MS = 5_000;
 const CLOSE_PING_DEADLINE_MS = 1_500;
+/** The longest a close takes: its ping, then its wait for running jobs. */
+export const QUEUE_CLOSE_MAX_MS = CLOSE_PING_DEADLINE_MS + QUEUE_CLOSE_DEADLINE_MS;
 
 /** Waits for Redis to answer a queue command (`work`), at most QUEUE_DEADLINE_MS. */
 export async function queueDeadline<T>(queues: Queues, work: Promise<T>, what: string): Promise<T> {
