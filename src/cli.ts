@@ -45,6 +45,23 @@ async function main(argv: string[]): Promise<number> {
   }
   // Flags may stand anywhere; the positional arguments keep their order.
   const positional = args.filter((a) => !a.startsWith('--'));
+  // Checked before any database work, as the argument count is.
+  const merchant =
+    command === 'create-merchant'
+      ? valid(createMerchantSchema, {
+          name: positional[0],
+          settlement_currency: positional[1],
+          country: positional[2],
+        })
+      : undefined;
+  const terminal =
+    command === 'create-terminal'
+      ? valid(createTerminalSchema, {
+          store_id: positional[1],
+          terminal_id: positional[2],
+          can_refund: args.includes('--can-refund'),
+        })
+      : undefined;
   const databaseUrl = databaseUrlFrom();
   const db = createPool(databaseUrl, { max: 2 });
   try {
@@ -54,32 +71,14 @@ async function main(argv: string[]): Promise<number> {
         throw asDatabaseConfigError(error, databaseUrl);
       });
     const ctx = { db };
-    switch (command) {
-      case 'migrate':
-        console.log(applied.length ? `applied: ${applied.join(', ')}` : 'database is up to date');
-        return 0;
-      case 'create-merchant': {
-        const input = valid(createMerchantSchema, {
-          name: positional[0],
-          settlement_currency: positional[1],
-          country: positional[2],
-        });
-        console.log(JSON.stringify(await createMerchant(ctx, input), null, 2));
-        return 0;
-      }
-      default: {
-        const [merchantId, storeId, terminalId] = positional;
-        const input = valid(createTerminalSchema, {
-          store_id: storeId,
-          terminal_id: terminalId,
-          can_refund: args.includes('--can-refund'),
-        });
-        const exists = await db.query('SELECT 1 FROM merchants WHERE id = $1', [merchantId]);
-        if (exists.rowCount === 0) throw new UsageError(`no merchant ${merchantId}`);
-        console.log(JSON.stringify(await createTerminal(ctx, merchantId, input), null, 2));
-        return 0;
-      }
-    }
+    if (merchant) console.log(JSON.stringify(await createMerchant(ctx, merchant), null, 2));
+    else if (terminal) {
+      const merchantId = positional[0];
+      const exists = await db.query('SELECT 1 FROM merchants WHERE id = $1', [merchantId]);
+      if (exists.rowCount === 0) throw new UsageError(`no merchant ${merchantId}`);
+      console.log(JSON.stringify(await createTerminal(ctx, merchantId, terminal), null, 2));
+    } else console.log(applied.length ? `applied: ${applied.join(', ')}` : 'database is up to date');
+    return 0;
   } finally {
     await db.end();
   }
@@ -102,7 +101,10 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error) => {
     console.error(`error: ${(error as Error).message}`);
-    // As the gateway does: 2 for what the operator must change (arguments, DATABASE_URL).
-    process.exit(error instanceof UsageError || error instanceof ConfigError ? 2 : 1);
+    // As the gateway does: 2 for what the operator must change (arguments, DATABASE_URL), a
+    // terminal that already exists among them.
+    const operators =
+      error instanceof UsageError || error instanceof ConfigError || error instanceof ApiError;
+    process.exit(operators ? 2 : 1);
   },
 );

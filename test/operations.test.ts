@@ -1087,6 +1087,9 @@ describe('start-up', () => {
     const terminal = JSON.parse(terminalOut.stdout);
     assert.match(terminal.terminal_key, /^tk_/);
     assert.equal(terminal.can_refund, true);
+    const again = cli('create-terminal', created.id, 'lyon-1', 'till-1');
+    assert.equal(again.status, 2, 'a terminal that exists is the operator’s to change, as a bad argument is');
+    assert.match(again.stderr, /^error: .*exists/m);
     const bad = cli('create-terminal', 'mer_nope', 's', 't');
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /^error: no merchant mer_nope$/m);
@@ -1119,6 +1122,18 @@ describe('start-up', () => {
       timeout: 30_000,
     });
     assert.equal(unreachable.status, 2);
+    // Arguments are checked before any database work: a bad one is said as such.
+    const badAndUnreachable = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli.ts', 'create-merchant', 'Shop', 'EURO', 'FR'],
+      {
+        env: { ...env, DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nowhere' },
+        encoding: 'utf8',
+        timeout: 30_000,
+      },
+    );
+    assert.equal(badAndUnreachable.status, 2);
+    assert.match(badAndUnreachable.stderr, /^error: settlement_currency must be/m);
     assert.match(
       unreachable.stderr,
       /^error: PostgreSQL at DATABASE_URL \(postgres:\/\/postgres@127\.0\.0\.1:1\/nowhere\) cannot be used: /m,
