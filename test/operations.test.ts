@@ -295,7 +295,14 @@ describe('operations endpoints', () => {
         (p: { name: string; required: boolean }) => p.name === 'Idempotency-Key' && p.required,
       ),
     );
-    assert.ok(res.body.paths['/v1/payments/{id}/refunds'].post);
+    // A refund's body may be left out: it refunds the rest.
+    assert.equal(res.body.paths['/v1/payments/{id}/refunds'].post.requestBody.required, false);
+    assert.equal(create.requestBody.required, true);
+    // API.md: a list's limit defaults to 20.
+    const limit = res.body.paths['/v1/payments'].get.parameters.find(
+      (p: { name: string }) => p.name === 'limit',
+    );
+    assert.equal(limit.schema.default, 20);
     // API.md: every list takes limit and starting_after.
     type Operation = { parameters?: { name: string }[]; responses: Record<string, { content?: object }> };
     const lists = Object.entries(res.body.paths as Record<string, { get?: Operation }>).filter(([, item]) =>

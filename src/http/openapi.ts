@@ -9,6 +9,7 @@ import {
   createRefundSchema,
   createTerminalSchema,
   createWebhookEndpointSchema,
+  DEFAULT_LIST_LIMIT,
   getPaymentQuerySchema,
   listPaymentsQuerySchema,
   listQuerySchema,
@@ -21,6 +22,8 @@ type Op = {
   path: string;
   summary: string;
   body?: z.ZodType;
+  /** The body may be left out (a refund of the rest). */
+  bodyOptional?: boolean;
   query?: z.ZodObject;
   /** A body taken as raw bytes (not JSON): the content types it may come in. */
   rawBody?: string[];
@@ -246,6 +249,7 @@ const OPERATIONS: Op[] = [
     path: '/v1/payments/{id}/refunds',
     summary: 'Refund a payment',
     body: createRefundSchema,
+    bodyOptional: true,
     idempotent: 'required',
     auth: 'merchant_or_terminal',
     responses: { 200: 'refund replay', 201: 'refund' },
@@ -859,7 +863,13 @@ export function openApiDocument(
       const properties = (query.properties ?? {}) as Record<string, unknown>;
       const required = new Set((query.required ?? []) as string[]);
       for (const [name, schema] of Object.entries(properties))
-        parameters.push({ name, in: 'query', required: required.has(name), schema });
+        parameters.push({
+          name,
+          in: 'query',
+          required: required.has(name),
+          // API.md: lists default to 20 items; the schema leaves it unset, and the list applies it.
+          schema: name === 'limit' ? { ...(schema as object), default: DEFAULT_LIST_LIMIT } : schema,
+        });
     }
     if (op.idempotent) {
       parameters.push({
@@ -894,7 +904,7 @@ export function openApiDocument(
       ...(op.body
         ? {
             requestBody: {
-              required: true,
+              required: !op.bodyOptional,
               content: { 'application/json': { schema: requestRules(op, jsonSchema(op.body), maxAmount) } },
             },
           }

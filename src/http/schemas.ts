@@ -160,6 +160,9 @@ const wholeNumber = (min: number, max: number, what: string) => {
     .meta({ type: 'integer', minimum: min, maximum: max });
 };
 
+/** API.md: a list gives this many items unless `limit` says otherwise. */
+export const DEFAULT_LIST_LIMIT = 20;
+
 export const listQuerySchema = z.strictObject({
   limit: wholeNumber(1, 100, 'a whole number').optional(),
   starting_after: z.string().min(1).max(64).optional(),

@@ -1,5 +1,6 @@
 import type { Context } from '../../context.ts';
 import { ApiError } from '../../errors.ts';
+import { DEFAULT_LIST_LIMIT } from '../schemas.ts';
 
 /** A condition of a list's WHERE clause: SQL with at most one `?`, and the value it stands for. */
 export type Condition = readonly [sql: string, value?: unknown];
@@ -35,7 +36,7 @@ export async function listPage<R extends { id: string }>(
   query: { limit?: number; starting_after?: string },
   toJson: (row: R) => unknown,
 ): Promise<{ object: 'list'; data: unknown[]; has_more: boolean }> {
-  const limit = query.limit ?? 20;
+  const limit = query.limit ?? DEFAULT_LIST_LIMIT;
   const { sql: where, values: params } = compile([...scope.owner, ...(scope.filters ?? [])]);
   if (query.starting_after) {
     const owner = compile(scope.owner);

@@ -22,7 +22,7 @@ import { DISCREPANCY_KINDS } from '../../settlements/reconcile.ts';
 import { ReaderGone, settlementReport, streamSettlementReportCsv } from '../../settlements/reports.ts';
 import { requireMerchant } from '../auth.ts';
 import { registerOperations } from '../openapi.ts';
-import { listQuerySchema } from '../schemas.ts';
+import { DEFAULT_LIST_LIMIT, listQuerySchema } from '../schemas.ts';
 import { parse, refuseQuery } from '../validate.ts';
 import { type ListScope, listPage } from './lists.ts';
 
@@ -414,7 +414,7 @@ export function settlementsRouter(ctx: Context): Router {
   router.get('/v1/settlements/:id/lines', async (req, res) => {
     const json = await visibleSettlement(ctx, req, String(req.params.id));
     const query = parse(listLinesQuerySchema, req.query, 'query');
-    const limit = query.limit ?? 20;
+    const limit = query.limit ?? DEFAULT_LIST_LIMIT;
     let after = '0';
     if (query.starting_after) {
       const cursor = query.starting_after.startsWith('ln_')
