@@ -147,7 +147,7 @@ function listenError(error: unknown, host: string, port: number): unknown {
 /** How long each step of a stop after the in-flight requests may take. */
 const STOP_STEP_DEADLINE_MS = 10_000;
 /** How long pausing the queues may hold the stop's first step (a hung Redis would hold it). */
-const CLOSE_PAUSE_DEADLINE_MS = 2_000;
+const QUEUE_PAUSE_DEADLINE_MS = 2_000;
 
 export async function startGateway(config: Config, port = config.port): Promise<Gateway> {
   const ctx = await createContext(config);
@@ -189,7 +189,7 @@ export async function startGateway(config: Config, port = config.port): Promise<
       server.closeIdleConnections();
       // Long-polling tills would otherwise hold the shutdown for up to their wait: answer them now.
       ctx.updates.wakeAll();
-      if (worker) await bounded(ctx.queues.stopTaking(), 'pausing the queues', CLOSE_PAUSE_DEADLINE_MS);
+      if (worker) await bounded(ctx.queues.stopTaking(), 'pausing the queues', QUEUE_PAUSE_DEADLINE_MS);
       await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
       server.closeAllConnections();
       // A provider's answer still waiting for PostgreSQL: stored now, while the queues can still
