@@ -465,6 +465,41 @@ describe('refunds', () => {
     assert.equal(again.headers['idempotent-replayed'], 'true');
   });
 
+  test('a cancel whose process died unanswered, carried on by the worker: its retry gets the canceled sale, not a 409', async () => {
+    const sale = await createPayment(tg, merchant.terminalKey, scanPayment(2257)).expect(201);
+    const id = sale.body.id;
+    const idem = idempotencyKey();
+    const { rows } = await tg.gateway.ctx.db.query<{ terminal_ref: string }>(
+      'SELECT terminal_ref FROM payments WHERE id = $1',
+      [id],
+    );
+    // What the dead request left: its lapsed lock; its cancel, which the worker carried to the end.
+    await tg.gateway.ctx.db.query(
+      `INSERT INTO idempotency_keys (scope, key, request_hash, locked_until) VALUES ($1, $2, $3, now() - interval '1 second')`,
+      [
+        `${merchant.id}:cancel:${id}`,
+        idem,
+        requestHashOf('POST', `/v1/payments/${id}/cancel`, `terminal ${rows[0].terminal_ref}`, {}),
+      ],
+    );
+    await tg.http
+      .post(`/v1/payments/${id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .expect(200);
+    const retry = await tg.http
+      .post(`/v1/payments/${id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .set('Idempotency-Key', idem);
+    assert.equal(retry.status, 200, JSON.stringify(retry.body));
+    assert.equal(retry.body.status, 'canceled');
+    // A new cancel of the canceled sale is still the 409 of API.md.
+    await tg.http
+      .post(`/v1/payments/${id}/cancel`)
+      .set('Authorization', `Bearer ${merchant.terminalKey}`)
+      .set('Idempotency-Key', idempotencyKey())
+      .expect(409);
+  });
+
   test('a refund made by a request whose process died: its retry gets that refund, never a second', async () => {
     const id = await paid(2100);
     const idem = idempotencyKey();

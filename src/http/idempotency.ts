@@ -157,10 +157,11 @@ export async function idempotent(
   merchantId: string,
   action: string,
   key: string | undefined,
-  handler: () => Promise<HandlerResult>,
+  /** `tookOver`: the key's first request died unanswered, and this retry runs in its place. */
+  handler: (tookOver: boolean) => Promise<HandlerResult>,
   replay: Replay = {},
 ): Promise<void> {
-  if (key === undefined) return send(res, await handler(), false);
+  if (key === undefined) return send(res, await handler(false), false);
   const scope = `${merchantId}:${action}`;
   const hash = requestHash(req);
   const claimed = await inTransaction(ctx.db, async (client) => {
@@ -177,7 +178,8 @@ export async function idempotent(
       ),
     );
   });
-  if (claimed.rowCount === 0) {
+  const tookOver = claimed.rowCount === 0;
+  if (tookOver) {
     const { rows } = await ctx.db.query<Row>(
       `SELECT request_hash, response_status, response_body, locked_until > now() AS locked
          FROM idempotency_keys WHERE scope = $1 AND key = $2`,
@@ -219,7 +221,7 @@ export async function idempotent(
   }
   let result: HandlerResult;
   try {
-    result = await handler();
+    result = await handler(tookOver);
   } catch (error) {
     // A refused request (a 4xx, or 503 before anything was done) moved nothing: free the key so
     // a corrected retry can use it.

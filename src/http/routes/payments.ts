@@ -193,9 +193,18 @@ export function paymentsRouter(ctx: Context): Router {
     const payment = await visiblePayment(ctx, req, req.params.id);
     const key = idempotencyKeyOf(req, false);
     refuseParameters(req.body);
-    await idempotent(ctx, req, res, payment.merchant_id, `cancel:${payment.id}`, key, async () => {
-      const { payment: after, confirmed } = await requestCancel(ctx, payment);
-      return { status: confirmed ? 200 : 202, body: paymentJson(after) };
+    await idempotent(ctx, req, res, payment.merchant_id, `cancel:${payment.id}`, key, async (tookOver) => {
+      try {
+        const { payment: after, confirmed } = await requestCancel(ctx, payment);
+        return { status: confirmed ? 200 : 202, body: paymentJson(after) };
+      } catch (error) {
+        // The retry of a cancel whose process died unanswered: the sale it asked to cancel was
+        // cancelled meanwhile (by that very cancel, carried on by the worker), which is its answer,
+        // not the 409 of a cancel that came too late.
+        const now = tookOver && error instanceof ApiError ? await loadPayment(ctx, payment.id) : undefined;
+        if (now?.status === 'canceled') return { status: 200, body: paymentJson(now) };
+        throw error;
+      }
     });
   });
 
