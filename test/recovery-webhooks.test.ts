@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { createHmac } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
@@ -8,6 +9,8 @@ import type { Response } from 'supertest';
 import type { CancelOutcome } from '../adapters/contract.ts';
 import { sandboxAdapter } from '../adapters/sandbox/adapter.ts';
 import { sandboxSecret, signSandbox } from '../adapters/sandbox/protocol.ts';
+import { startSandboxSimulator } from '../adapters/sandbox/simulator.ts';
+import { seededStatePath } from '../adapters/simulator-port.ts';
 import { WEBHOOK_EVENTS } from '../src/http/schemas.ts';
 import { applyRefundOutcome } from '../src/payments/refunds.ts';
 import { applyOutcome, loadPayment, resolvePayment, sweepStragglers } from '../src/payments/service.ts';
@@ -377,6 +380,64 @@ describe('PostgreSQL lost for a moment', () => {
 });
 
 describe('restart', () => {
+  test('a QR code the customer scanned just before a restart stays scanned: the sandbox simulator keeps scans', async () => {
+    const seed = randomBytes(32);
+    const secret = sandboxSecret(seed);
+    const call = async (url: string, path: string, payload: object) => {
+      const body = JSON.stringify(payload);
+      const post = () =>
+        fetch(`${url}${path}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'sandbox-signature': signSandbox(secret, body) },
+          body,
+        });
+      // Once more if a kept-alive connection to the stopped simulator was picked.
+      const res = await post().catch(post);
+      return (await res.json()) as { status: string; qr_url?: string };
+    };
+    const request = {
+      request_id: `pay_scanned${randomBytes(6).toString('hex')}`,
+      amount: 4952, // 52: the customer confirms on the phone, then it succeeds
+      currency: 'EUR',
+      mode: 'qr',
+      notify_url: 'http://127.0.0.1:9/nobody',
+      created_at: new Date().toISOString(),
+      expires_at: new Date(Date.now() + 120_000).toISOString(),
+    };
+    const first = await startSandboxSimulator({ seed, latency_ms: 0, time_scale: 0.3 });
+    let second: Awaited<ReturnType<typeof startSandboxSimulator>> | undefined;
+    try {
+      const created = await call(first.url, '/v1/pay', request);
+      assert.equal(created.status, 'requires_customer');
+      assert.equal((await fetch(String(created.qr_url), { method: 'POST' })).status, 200);
+      await first.close();
+      // Let this process's fetch see the old server's connections closed before it calls again.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      second = await startSandboxSimulator({ seed, latency_ms: 0, time_scale: 0.3 });
+      const known = await call(second.url, '/v1/inquire', {
+        request_id: request.request_id,
+        original: request,
+      });
+      assert.notEqual(known.status, 'requires_customer', 'the scan outlived the simulator');
+      await eventually(
+        async () =>
+          (
+            await call(second?.url ?? '', '/v1/inquire', {
+              request_id: request.request_id,
+              original: request,
+            })
+          ).status === 'succeeded' || undefined,
+        10_000,
+        'the confirmed payment',
+      );
+    } finally {
+      await first.close().catch(() => {});
+      await second?.close();
+      for (const suffix of ['.sandbox-scans', '.sandbox.port'])
+        rmSync(seededStatePath(seed, suffix), { force: true });
+    }
+  });
+
   test('a payment in flight while the gateway restarts resolves the same way afterwards', async () => {
     const shop = await setupMerchant(tg, 'Restarting shop');
     const res = await createPayment(tg, shop.terminalKey, scanPayment(4652)).expect(201); // 52: succeeds after ~1 s

@@ -5,10 +5,13 @@
  *
  * Outcomes depend only on the request, so a payment in flight while the gateway restarts
  * resolves the same way: an inquiry carries the original request and a fresh simulator rebuilds
- * the order from it.
+ * the order from it. The one thing no request carries, a customer's scan of a QR code, is kept in
+ * a file beside the simulator's port.
  */
 import { createHash } from 'node:crypto';
+import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import { dirname } from 'node:path';
 import type { SimulatorHandle, SimulatorOptions } from '../contract.ts';
 import { convert, rateFor } from '../demo-fx.ts';
 import { listenRemembered, seededStatePath } from '../simulator-port.ts';
@@ -67,6 +70,9 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
   const callCounts = new Map<string, Record<string, number>>();
   const timers = new Set<NodeJS.Timeout>();
   let baseUrl = '';
+  // Simulators started on a port of their own (tests) keep nothing, as they keep no port file.
+  const scansFile = options.port === undefined ? seededStatePath(options.seed, '.sandbox-scans') : undefined;
+  const scans = readScans(scansFile);
 
   const later = (ms: number, fn: () => void) => {
     const timer = setTimeout(() => {
@@ -157,8 +163,10 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
       refunds: new Map(),
     };
     // Cancelled before its pay arrived: the order is born closed, and nobody is charged.
+    const scannedAt = scans.get(request.request_id);
     if (canceledUnseen.has(request.request_id)) order.status = 'canceled';
     else if (request.mode === 'scan') authorize(order, createdAt);
+    else if (scannedAt !== undefined) authorize(order, scannedAt);
     orders.set(request.request_id, order);
     return order;
   }
@@ -340,7 +348,13 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
         return;
       }
       if (req.method === 'POST' && order.status === 'requires_customer') {
-        authorize(order, Date.now());
+        const now = Date.now();
+        scans.set(order.request.request_id, now);
+        if (scansFile) {
+          mkdirSync(dirname(scansFile), { recursive: true });
+          appendFileSync(scansFile, `${order.request.request_id}\t${now}\n`);
+        }
+        authorize(order, now);
         notify(order);
       }
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
@@ -408,4 +422,21 @@ export async function startSandboxSimulator(options: SimulatorOptions): Promise<
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** The QR codes customers scanned (request id → when), as an earlier simulator of this seed kept them. */
+function readScans(file: string | undefined): Map<string, number> {
+  const scans = new Map<string, number>();
+  if (!file) return scans;
+  let text = '';
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return scans;
+  }
+  for (const line of text.split('\n')) {
+    const [requestId, at] = line.split('\t');
+    if (requestId && Number.isFinite(Number(at))) scans.set(requestId, Number(at));
+  }
+  return scans;
 }
