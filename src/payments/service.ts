@@ -1075,9 +1075,8 @@ async function cancelAtProvider(
       return cancelUnconfirmed(ctx, row, account, outcome.reason, true);
     }
     case 'unknown':
-      return cancelUnconfirmed(ctx, row, account, outcome.reason, false);
     case 'failed':
-      return cancelUnconfirmed(ctx, row, account, outcome.reason, true);
+      return cancelUnconfirmed(ctx, row, account, outcome.reason, outcome.kind === 'failed');
   }
 }
 
